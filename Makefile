@@ -1,0 +1,33 @@
+# Two entry points: `make run` (demo app + worker) and `make test` (every test, browser tests included).
+# Both create .venv and install on a fresh machine; nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install chromium bench clean
+
+$(STAMP): requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-test.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's chromium for the Playwright browser tests (Playwright's own browser download cannot work offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+test: $(STAMP) chromium
+	$(PY) -m pytest -q
+
+run: $(STAMP)
+	$(PY) -m annotator demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.quality --data ../shared/data/cifar10n --labels aggre --json benchmarks/out/quality-aggre.json
+
+clean:
+	rm -rf $(VENV) data/state benchmarks/.cache

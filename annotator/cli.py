@@ -1,0 +1,271 @@
+"""Command line: a thin shell over the Python API (store, ingest, pipeline, worker, export, auth).
+
+    python -m annotator --help
+Every command opens the database given by --db (or $ANNOTATOR_DB, else data/state/annotator.db), calls
+the same function the app and worker call, and turns library errors into a one-line message and exit 1.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import auth, export as export_mod, ingest as ingest_mod, pipeline
+from .store import Store, StoreError, default_db_path
+
+
+def _open(ctx: click.Context) -> Store:
+    try:
+        return Store(ctx.obj["db"])
+    except (StoreError, OSError) as e:
+        raise click.ClickException(f"cannot open database {ctx.obj['db']}: {e}") from e
+
+
+def _round_config(store: Store, **overrides) -> pipeline.RoundConfig:
+    """RoundConfig from the stored `round` setting plus CLI overrides that were given."""
+    base = dict(store.get_setting("round") or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return pipeline.RoundConfig(**base)
+    except TypeError as e:
+        raise click.ClickException(f"bad round setting: {e}") from e
+
+
+@click.group()
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite file (default: $ANNOTATOR_DB or data/state/annotator.db)")
+@click.option("-v", "--verbose", is_flag=True, help="log progress details")
+@click.pass_context
+def cli(ctx: click.Context, db: Path | None, verbose: bool) -> None:
+    """Clean wrong labels with CleanNet and a live annotation loop."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    ctx.obj = {"db": db or default_db_path()}
+
+
+@cli.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the database and the lead 'admin'.
+
+    Example: python -m annotator init
+    """
+    store = _open(ctx)
+    password = auth.ensure_admin(store)
+    click.echo(f"database: {store.path}")
+    if password:
+        click.echo(f"created lead 'admin' with password: {password}")
+
+
+@cli.command()
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path), help="ROOT/<class>/<image> tree")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="CSV with path,label")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="folder the CSV paths are in")
+@click.option("--classes", help="comma-separated allowed class names (others are rejected)")
+@click.pass_context
+def ingest(ctx, folder, csv_path, root, classes) -> None:
+    """Add images from a class-folder tree or a CSV; bad files are counted and reported.
+
+    Example: python -m annotator ingest --csv labels.csv --root images/
+    """
+    if bool(folder) == bool(csv_path):
+        raise click.UsageError("give exactly one of --folder DIR or --csv FILE --root DIR")
+    allowed = [c.strip() for c in classes.split(",")] if classes else None
+    store = _open(ctx)
+    try:
+        if folder:
+            report = ingest_mod.ingest_folder(store, folder, allowed_classes=allowed)
+        else:
+            report = ingest_mod.ingest_csv(store, csv_path, root or csv_path.parent, allowed_classes=allowed)
+    except (ingest_mod.BadSource, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(report.summary())
+    for path, reason in report.errors[:20]:
+        click.echo(f"  {reason}: {path}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"  ... and {len(report.errors) - 20} more (see the Admin page)", err=True)
+
+
+@cli.command()
+@click.option("--verify", multiple=True, help="choose a class for verification (repeatable)")
+@click.option("--unverify", multiple=True, help="stop verifying a class (repeatable)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def classes(ctx, verify, unverify, as_json) -> None:
+    """List classes, or choose which ones annotators verify.
+
+    Example: python -m annotator classes --verify cat --verify dog
+    """
+    store = _open(ctx)
+    try:
+        if verify:
+            store.set_verify(list(verify), True)
+        if unverify:
+            store.set_verify(list(unverify), False)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from e
+    rows = store.classes()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for c in rows:
+        click.echo(f"{'*' if c['verify'] else ' '} {c['name']}\t{c['n_images']}")
+
+
+@cli.command()
+@click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth)")
+@click.pass_context
+def extract(ctx, weights) -> None:
+    """Compute (or fetch from the cache) the backbone features of every image.
+
+    Example: python -m annotator extract --weights resnet50.pth
+    """
+    store = _open(ctx)
+    cfg = _round_config(store, weights_path=weights)
+    data = pipeline.load_data(store)
+    model, info = pipeline.ensure_backbone(store, data, cfg, lambda *a: None)
+    feats = pipeline.features(store, data, model, info, cfg)
+    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info['source']})")
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="also retrain the backbone with w_soft weights first")
+@click.option("--steps", type=int, help="CleanNet training steps")
+@click.pass_context
+def train(ctx, full, steps) -> None:
+    """Run one round now: features, references, CleanNet, scores; the new model becomes current.
+
+    Example: python -m annotator train --steps 4000
+    """
+    store = _open(ctx)
+    try:
+        version = pipeline.run_round(store, _round_config(store, steps=steps), full=full,
+                                     report=lambda phase, p, msg: msg and click.echo(f"[{phase}] {msg}"))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"model version {version} is current")
+
+
+@cli.command()
+@click.pass_context
+def score(ctx) -> None:
+    """Rescore every image with the current model (e.g. after ingesting more images).
+
+    Example: python -m annotator score
+    """
+    store = _open(ctx)
+    try:
+        version = pipeline.rescore(store, _round_config(store))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"model version {version} is current")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="run one round if one is due, then exit")
+@click.option("--poll", type=float, default=2.0, show_default=True, help="seconds between checks")
+@click.pass_context
+def worker(ctx, once, poll) -> None:
+    """Run the background worker (retrains as verdicts arrive).
+
+    Example: python -m annotator worker
+    """
+    from .worker import run_worker
+    logging.getLogger().setLevel(logging.INFO)
+    _open(ctx).close()
+    try:
+        run_worker(ctx.obj["db"], poll=poll, once=once)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file, - = stdout")
+@click.option("--threshold", type=float, help="score threshold (default: the model's delta)")
+@click.option("--only-kept", is_flag=True, help="write only the rows to keep")
+@click.pass_context
+def export(ctx, out, threshold, only_kept) -> None:
+    """Export the cleaned dataset as CSV (verdicts, scores, weights, keep/drop).
+
+    Example: python -m annotator export --out cleaned.csv --only-kept
+    """
+    store = _open(ctx)
+    if str(out) == "-":
+        n = export_mod.export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept)
+    else:
+        n = export_mod.export_csv(store, out, threshold=threshold, only_kept=only_kept, progress=True)
+    click.echo(f"{n} rows written", err=True)
+
+
+@cli.group()
+def users() -> None:
+    """Manage users (annotators and leads)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["annotator", "lead"]), required=True)
+@click.option("--password", help="default: generated and printed once")
+@click.pass_context
+def users_add(ctx, name, role, password) -> None:
+    """Add a user.
+
+    Example: python -m annotator users add alice --role annotator
+    """
+    store = _open(ctx)
+    try:
+        pw = auth.add_user(store, name, role, password)
+    except (StoreError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"added {role} {name!r}" + ("" if password else f" with password: {pw}"))
+
+
+@users.command("list")
+@click.pass_context
+def users_list(ctx) -> None:
+    """List users and roles."""
+    for u in _open(ctx).list_users():
+        click.echo(f"{u['name']}\t{u['role']}\t{'active' if u['active'] else 'disabled'}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx, as_json) -> None:
+    """Counts, current model and worker state.
+
+    Example: python -m annotator status --json
+    """
+    store = _open(ctx)
+    model = store.current_model()
+    w = store.worker_state()
+    out = {"images": store.images_count(), "verdicts": store.verdict_count(),
+           "classes_verified": sum(c["verify"] for c in store.classes()),
+           "model_version": model["version"] if model else None,
+           "delta": model["delta"] if model else None,
+           "worker": {"phase": w.get("phase"), "progress": w.get("progress"),
+                      "heartbeat_age_s": w.get("heartbeat_age_s"), "last_error": w.get("last_error")},
+           "ingest_errors": store.ingest_error_counts()}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    for k, v in out.items():
+        click.echo(f"{k}: {v}")
+
+
+@cli.command()
+@click.option("--port", type=int, default=8501, show_default=True)
+@click.pass_context
+def demo(ctx, port) -> None:
+    """Start the worker and the app on the bundled demo (what `make run` does).
+
+    Example: python -m annotator demo
+    """
+    from .demo import run_demo
+    run_demo(ctx.obj["db"], port=port)
+
+
+def main() -> None:
+    cli(prog_name="python -m annotator")

@@ -1,0 +1,179 @@
+"""Admin (lead): classes to verify, users, retrain requests, settings, ingest errors."""
+import secrets
+
+import pandas as pd
+import streamlit as st
+
+from annotator import auth
+from annotator.pages.common import context, md, require_role
+from annotator.store import Store, StoreError
+
+SUGGEST = 5  # classes suggested for verification
+
+
+def done(message: str, secret: str | None = None) -> None:
+    """Rerun so every panel shows the change, then say what happened (a new password is shown this once)."""
+    st.session_state["adm_flash"] = (message, secret)
+    st.rerun()
+
+
+def flash_panel() -> None:
+    flash = st.session_state.pop("adm_flash", None)
+    if flash:
+        st.success(flash[0])
+        if flash[1]:
+            st.code(flash[1], language=None)
+
+
+def class_rows(store: Store) -> pd.DataFrame:
+    """Per class: images, unreviewed images, model-estimated noise rate, expected wrong labels left, verified."""
+    model = store.current_model()
+    estimated = ((model or {}).get("metrics") or {}).get("per_class_noise_rate") or {}
+    unreviewed = store.unreviewed_by_class()
+    rows = [{"class": c["name"], "images": c["n_images"], "unreviewed": unreviewed.get(c["name"], 0),
+             "estimated": estimated.get(c["name"]), "verified": bool(c["verify"])} for c in store.classes()]
+    df = pd.DataFrame(rows, columns=["class", "images", "unreviewed", "estimated", "verified"])
+    # Expected mislabeled images nobody has looked at; without a model every class counts as equally noisy.
+    df["expected_wrong"] = (df["estimated"].fillna(1.0 if model is None else 0.0) * df["unreviewed"]).round(1)
+    return df
+
+
+def classes_panel(store: Store) -> None:
+    st.subheader("Classes to verify")
+    df = class_rows(store)
+    if df.empty:
+        st.info("No images yet: ingest some with `python -m annotator ingest`.")
+        return
+    current = df.loc[df["verified"], "class"].tolist()
+    candidates = df[~df["verified"]].sort_values(["expected_wrong", "unreviewed"], ascending=False)
+    suggested = candidates.head(SUGGEST)["class"].tolist()
+    if suggested:
+        st.info("Suggested next: " + ", ".join(f"**{md(c)}**" for c in suggested)
+                + ". Heuristic: the most expected mislabeled images nobody has reviewed yet (the model's "
+                  "estimated noise rate × unreviewed images; with no model yet, the classes with the most "
+                  "unreviewed images).")
+    st.dataframe(df.assign(estimated=df["estimated"] * 100), hide_index=True, width="stretch", key="adm_classes",
+                 column_config={"estimated": st.column_config.NumberColumn("model estimate %", format="%.1f"),
+                                "expected_wrong": st.column_config.NumberColumn(
+                                    "expected wrong, unreviewed", format="%.0f")})
+    chosen = st.multiselect("Verified classes (annotators review these)", df["class"].tolist(), default=current,
+                            key="adm_verify")
+    a, b = st.columns(2)
+    if a.button("Save verified classes", key="adm_verify_save", type="primary"):
+        store.set_verify([c for c in current if c not in chosen], False)
+        store.set_verify(chosen, True)
+        done(f"{len(chosen)} classes are verified now.")
+    if suggested and b.button("Add the suggested classes", key="adm_verify_suggest"):
+        store.set_verify(suggested, True)
+        done(f"Added {len(suggested)} suggested classes.")
+
+
+def users_panel(store: Store, me: str) -> None:
+    st.subheader("Users")
+    users = store.list_users()
+    st.dataframe(pd.DataFrame(users, columns=["name", "role", "active", "created_at"]).assign(
+        active=lambda d: d["active"].astype(bool),
+        created_at=lambda d: pd.to_datetime(d["created_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M")),
+        hide_index=True, width="stretch", key="adm_users")
+    with st.form("adm_add_user", clear_on_submit=True):
+        a, b = st.columns(2)
+        name = a.text_input("New user name", key="adm_user_name")
+        role = b.selectbox("Role", ["annotator", "lead"], key="adm_user_role")
+        added = st.form_submit_button("Add user", type="primary", key="adm_user_add")
+    if added:
+        try:
+            password = auth.add_user(store, name or "", role)
+        except (ValueError, StoreError) as e:
+            st.error(md(e))
+        else:
+            done(f"Created {role} **{md(name.strip())}**. Their password (shown only now):", password)
+    others = [u["name"] for u in users if u["name"] != me]
+    if not others:
+        return
+    pick = st.selectbox("User", others, key="adm_user_pick")
+    target = next(u for u in users if u["name"] == pick)
+    a, b = st.columns(2)
+    if target["active"]:
+        if a.button("Deactivate", key="adm_user_deactivate"):
+            store.set_user_active(pick, False)
+            store.release_leases(pick)
+            done(f"Deactivated {md(pick)}; their sessions end at their next click.")
+    elif a.button("Reactivate", key="adm_user_activate"):
+        store.set_user_active(pick, True)
+        done(f"Reactivated {md(pick)}.")
+    if b.button("Reset password", key="adm_user_reset"):
+        password = secrets.token_urlsafe(12)
+        store.set_password_hash(pick, auth.hash_password(password))
+        done(f"New password for {md(pick)} (shown only now):", password)
+
+
+def worker_panel(store: Store, me: str) -> None:
+    st.subheader("Retraining")
+    st.caption("A retrain trains CleanNet again on all verdicts; a full round also retrains the backbone "
+               "with the current soft weights. The worker otherwise retrains by itself every "
+               f"{store.get_setting('retrain_every')} verdicts.")
+    a, b = st.columns(2)
+    if a.button("Request a retrain", key="adm_req_retrain", icon=":material/model_training:"):
+        store.request("retrain", me)
+        done("Retrain requested.")
+    if b.button("Request a full round", key="adm_req_full", icon=":material/restart_alt:"):
+        store.request("full", me)
+        done("Full round requested.")
+    pending = store.pending_request()
+    if pending:
+        st.info(f"Pending: **{pending['kind']}** requested by {md(pending['requested_by'] or '?')}"
+                + (" (running)." if pending["started_at"] else " (waiting for the worker)."))
+
+
+def settings_panel(store: Store) -> None:
+    st.subheader("Settings")
+    s = store.settings()
+    model = store.current_model()
+    with st.form("adm_settings"):
+        override = st.checkbox("Override the model's threshold δ", value=s["delta_override"] is not None,
+                               key="adm_delta_on",
+                               help="Images scoring below δ count as mislabeled (export, dashboard, annotate). "
+                                    + (f"The current model's δ is {model['delta']:.3f}." if model else ""))
+        delta = st.number_input("δ override", -1.0, 1.0, float(s["delta_override"] if s["delta_override"] is not None
+                                                                else (model or {}).get("delta") or 0.0),
+                                step=0.01, format="%.3f", key="adm_delta")
+        share = st.slider("Audit share", 0.0, 1.0, float(s["audit_share"]), 0.05, key="adm_audit_share",
+                          help="Share of queue items drawn at random: the unbiased sample the dashboard's human "
+                               "noise rates and the model's threshold are measured on.")
+        every = st.number_input("Retrain every N verdicts", 1, 100000, int(s["retrain_every"]), key="adm_retrain_every")
+        lease = st.number_input("Lease seconds (how long a served image stays reserved)", 30, 86400,
+                                int(s["lease_seconds"]), key="adm_lease")
+        if st.form_submit_button("Save settings", type="primary", key="adm_settings_save"):
+            store.set_setting("delta_override", float(delta) if override else None)
+            store.set_setting("audit_share", float(share))
+            store.set_setting("retrain_every", int(every))
+            store.set_setting("lease_seconds", int(lease))
+            done("Settings saved.")
+
+
+def ingest_panel(store: Store) -> None:
+    st.subheader("Ingest errors")
+    counts = store.ingest_error_counts()
+    if not counts:
+        st.caption(f"None. {store.images_count()} images in the store.")
+        return
+    st.dataframe(pd.DataFrame(list(counts.items()), columns=["reason", "files"]), hide_index=True,
+                 key="adm_ingest_counts")
+    with st.expander("Most recent 200"):
+        st.dataframe(pd.DataFrame(store.ingest_errors(200), columns=["source", "path", "reason"]), hide_index=True,
+                     width="stretch", key="adm_ingest_errors")
+
+
+def page() -> None:
+    store, user = context()
+    require_role(user, "lead")
+    st.title("Admin")
+    flash_panel()
+    classes_panel(store)
+    users_panel(store, user["name"])
+    worker_panel(store, user["name"])
+    settings_panel(store)
+    ingest_panel(store)
+
+
+page()

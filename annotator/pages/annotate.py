@@ -1,0 +1,312 @@
+"""Annotate: check the labels of the classes a lead chose, one image at a time or 16 at once.
+
+Single mode keys: ``j`` correct, ``k`` wrong, ``u`` unsure, ``z`` undo my last verdict, then (optional)
+``1``-``9`` give the true class of the image just marked wrong. Grid mode: 16 images of one class,
+all "correct" until clicked; ``g`` saves the page.
+
+Buttons only queue an action (``ann_actions``, via their callback); the page body applies the queue
+first, with no Streamlit call in between, so each verdict is in SQLite before the next image is drawn,
+and a press aimed at an image already judged (keys faster than reruns) is dropped, never recorded twice.
+The buttons are rendered before the new image and before the counts, so whatever a user sees was
+drawn after the buttons were bound to the image on screen. The item after the current one stays leased in session state with
+its bytes already read, so the next image shows in the same rerun; a reload resumes my leases.
+"""
+from pathlib import Path
+
+import streamlit as st
+
+from annotator.pages.common import context, md, threshold
+from annotator.queue import QueueItem, grid_items, next_items, queue_status
+from annotator.store import LeaseLost, Store, StoreError, UnknownClass
+
+PREFETCH = 2  # items held in session state: the current one and the next
+GRID = 16
+REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a random audit sample",
+               "grid": "grid mode", "manual": "manual"}
+
+
+# -- actions (applied at the top of the rerun) ------------------------------------------
+def _queue(*action) -> None:
+    """Button callback: queue the action (several may queue up if keys come faster than reruns)."""
+    st.session_state.setdefault("ann_actions", []).append(action)
+
+
+def _flash(kind: str, text: str) -> None:
+    st.session_state["ann_flash"] = (kind, text)
+
+
+def _verdict(store: Store, name: str, verdict: str, target: int) -> None:
+    items = st.session_state.get("ann_items") or []
+    if not items or items[0].image_id != target:  # a stale second press: the image was already judged
+        return
+    item = items[0]
+    try:
+        vid = store.record_verdict(item.image_id, name, verdict, reason=item.reason, model_version=item.model_version)
+    except LeaseLost as e:
+        vid = None
+        _flash("warning", f"Skipped: {md(e)} (the lease had expired).")
+    st.session_state["ann_items"] = items[1:]
+    if vid is not None:
+        _flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
+        st.session_state["ann_last_wrong"] = (
+            {"verdict_id": vid, "image_id": item.image_id, "label": item.label, "path": item.path,
+             "suggested": item.suggested_label, "corrected": None} if verdict == "wrong" else None)
+
+
+def _relabel(store: Store, name: str, verdict_id: int, label: str) -> None:
+    last = st.session_state.get("ann_last_wrong")
+    if not last or last["verdict_id"] != verdict_id:
+        return
+    new_id = store.relabel_verdict(verdict_id, name, label)
+    st.session_state["ann_last_wrong"] = dict(last, verdict_id=new_id, corrected=label)
+    _flash("success", f"True class of the last image set to **{md(label)}**.")
+
+
+def _undo(store: Store, name: str) -> None:
+    voided = store.undo_last(name)
+    if voided is None:
+        _flash("info", "Nothing to undo.")
+        return
+    row = store.get_verdict(voided)
+    last = st.session_state.get("ann_last_wrong")
+    if last and last["verdict_id"] == voided:
+        st.session_state["ann_last_wrong"] = None
+    _flash("info", f"Undone: your **{row['verdict']}** verdict. The image is back in front of you.")
+    if st.session_state.get("ann_grid_mode"):
+        return  # the grid picks the image up again from my leases
+    model = store.current_model()
+    version = model["version"] if model else None
+    if store.acquire_leases(name, [row["image_id"]], store.get_setting("lease_seconds")):
+        r = store.queue_rows([row["image_id"]], version)[row["image_id"]]
+        item = QueueItem(r["image_id"], r["path"], r["label"], r["score"], r["suggested_label"],
+                         r["suggested_score"], row["reason"], version)
+        items = [i for i in st.session_state.get("ann_items") or [] if i.image_id != item.image_id]
+        st.session_state["ann_items"] = [item] + items
+
+
+def _grid_submit(store: Store, name: str, target: tuple[int, ...]) -> None:
+    grid = st.session_state.get("ann_grid")
+    if not grid or tuple(i.image_id for i in grid["items"]) != target:
+        return
+    saved = lost = 0
+    for item in grid["items"]:
+        verdict = "wrong" if item.image_id in grid["wrong"] else "correct"
+        try:
+            store.record_verdict(item.image_id, name, verdict, reason=item.reason, model_version=item.model_version)
+            saved += 1
+        except LeaseLost:
+            lost += 1
+    st.session_state["ann_grid"] = None
+    _flash("success", f"Saved {saved} verdicts ({len(grid['wrong'])} wrong)."
+           + (f" {lost} skipped: their lease had expired and someone else took them." if lost else ""))
+
+
+def apply_actions(store: Store, name: str) -> None:
+    """Apply the queued actions in order (no Streamlit rendering call inside, so a new key press cannot
+    interrupt it halfway). An action aimed at an image that is no longer the current one is dropped."""
+    actions = st.session_state.get("ann_actions") or []
+    while actions:
+        kind, *args = actions.pop(0)
+        if kind == "verdict":
+            _verdict(store, name, *args)
+        elif kind == "undo":
+            _undo(store, name)
+        elif kind == "relabel":
+            _relabel(store, name, *args)
+        elif kind == "grid":
+            _grid_submit(store, name, *args)
+
+
+# -- queue and prefetch -----------------------------------------------------------------
+def fill(store: Store, name: str) -> list[QueueItem]:
+    """Top the session's items up to ``PREFETCH`` (my own leases come back first, renewed)."""
+    items = list(st.session_state.get("ann_items") or [])
+    if len(items) < PREFETCH:
+        have = {i.image_id for i in items}
+        items += [i for i in next_items(store, name, n=PREFETCH) if i.image_id not in have][:PREFETCH - len(items)]
+        st.session_state["ann_items"] = items
+    cache = st.session_state.setdefault("ann_bytes", {})
+    for key in [k for k in cache if k not in {i.image_id for i in items}]:
+        del cache[key]
+    for item in items:  # the next image's bytes are read now, before it is shown
+        if item.image_id not in cache:
+            try:
+                cache[item.image_id] = Path(item.path).read_bytes()
+            except OSError:
+                cache[item.image_id] = None
+    return items
+
+
+def _switch_mode() -> None:
+    st.session_state["ann_items"] = []  # leases stay mine; the other mode resumes them
+    st.session_state["ann_grid"] = None
+    st.session_state["ann_last_wrong"] = None
+
+
+def _flip(image_id: int) -> None:
+    grid = st.session_state.get("ann_grid")
+    if grid:
+        grid["wrong"] ^= {image_id}
+
+
+# -- panels -----------------------------------------------------------------------------
+def progress_panel(store: Store, name: str) -> int:
+    """My verdicts today and what is left in my classes (images held for me included); returns the number left."""
+    status = queue_status(store, name)
+    mine = len(store.leased_candidates(name, list(store.verify_classes().values())))  # served to me, not judged
+    left = sum(status["remaining"].values()) + mine
+    a, b, c = st.columns(3)
+    a.metric("My verdicts today", status["mine_today"])
+    b.metric("Left in my classes", left)
+    c.metric("All verdicts", status["verdicts_total"])
+    if status["remaining"]:
+        st.caption("Not yet served: " + " · ".join(f"{md(k)} {v}" for k, v in status["remaining"].items()))
+    return left
+
+
+def show_image(data: bytes | None, path: str, width: int | str) -> None:
+    if data is None:
+        st.warning(f"Image file missing or unreadable: `{md(path)}`. Mark it unsure to move on.")
+    else:
+        st.image(data, width=width)
+
+
+def single_mode(store: Store, name: str) -> None:
+    items = fill(store, name)
+    if not items:
+        if not store.verify_classes():
+            st.info("No classes are chosen for verification yet. A lead picks them on the Admin page.")
+        else:
+            st.success("The queue is empty: every image of your classes has a verdict or is being reviewed "
+                       "by someone else. Thank you!")
+        undo_button(disabled=False)
+        return
+    item = items[0]
+    model = store.current_model()
+    delta = threshold(store, model)
+    left, right = st.columns([3, 2], gap="large")
+    with right:  # buttons first: they are registered for this image before anything new shows
+        about = st.container()
+        with st.container(horizontal=True):
+            st.button("Correct", key="ann_correct", shortcut="j", type="primary", icon=":material/check:",
+                      on_click=_queue, args=("verdict", "correct", item.image_id))
+            st.button("Wrong", key="ann_wrong", shortcut="k", icon=":material/close:",
+                      on_click=_queue, args=("verdict", "wrong", item.image_id))
+            st.button("Unsure", key="ann_unsure", shortcut="u", icon=":material/help:",
+                      on_click=_queue, args=("verdict", "unsure", item.image_id))
+            undo_button()
+        relabel_panel(store)
+    with about:
+        st.markdown(f"### Label: {md(item.label)}")
+        st.caption(f"Image #{item.image_id} · shown because: {REASON_TEXT.get(item.reason, item.reason)}")
+        if item.score is None:
+            st.caption("No model score yet (the first model is still training).")
+        else:
+            st.metric("CleanNet score", f"{item.score:+.3f}",
+                      help="Relevance in [-1, 1]; higher = label more likely correct. Below the threshold "
+                           f"({delta:+.3f}) the model thinks the label is wrong." if delta is not None else None)
+            if delta is not None and item.score < delta:
+                suggestion = f" Suggested label: **{md(item.suggested_label)}**." if item.suggested_label else ""
+                st.warning(f"The model thinks this label is wrong.{suggestion}")
+            elif delta is not None:
+                st.caption("The model thinks this label is right.")
+    with left:
+        show_image(st.session_state["ann_bytes"].get(item.image_id), item.path, 480)
+
+
+def undo_button(disabled: bool = False) -> None:
+    st.button("Undo last", key="ann_undo", shortcut="z", icon=":material/undo:", disabled=disabled,
+              on_click=_queue, args=("undo",))
+
+
+def relabel_panel(store: Store) -> None:
+    """After 'wrong': the true class of that image (optional), by number key or select box."""
+    last = st.session_state.get("ann_last_wrong")
+    if not last:
+        return
+    with st.container(border=True):
+        if last["corrected"]:
+            st.caption(f"Last image marked wrong; true class: **{md(last['corrected'])}**.")
+            return
+        st.caption(f"Last image ({md(last['label'])}) marked wrong. True class? (optional)")
+        names = [c["name"] for c in store.classes() if c["name"] != last["label"]]
+        if last["suggested"] in names:  # the model's suggestion gets key 1
+            names.remove(last["suggested"])
+            names.insert(0, last["suggested"])
+        cols = st.columns(3)
+        for n, label in enumerate(names[:9], start=1):
+            cols[(n - 1) % 3].button(md(label), key=f"ann_true_{n}", shortcut=str(n), width="stretch",
+                                     on_click=_queue, args=("relabel", last["verdict_id"], label))
+        if len(names) > 9:
+            other = st.selectbox("Other class", names[9:], index=None, key="ann_true_other",
+                                 placeholder="Choose a class")
+            st.button("Set class", key="ann_true_set", disabled=other is None,
+                      on_click=_queue, args=("relabel", last["verdict_id"], other))
+
+
+def grid_mode(store: Store, name: str) -> None:
+    classes = list(store.verify_classes())
+    if not classes:
+        st.info("No classes are chosen for verification yet. A lead picks them on the Admin page.")
+        return
+    cls = st.selectbox("Class", classes, key="ann_grid_class")
+    grid = st.session_state.get("ann_grid")
+    if grid is None or grid["class"] != cls:
+        try:
+            grid = {"class": cls, "items": grid_items(store, name, cls, GRID), "wrong": set()}
+        except UnknownClass:  # a lead stopped verifying it a moment ago
+            st.info(f"{md(cls)} is no longer verified; pick another class.")
+            return
+        st.session_state["ann_grid"] = grid
+    items = grid["items"]
+    if not items:
+        st.success(f"The queue is empty for {md(cls)}: nothing left to review in this class.")
+        undo_button()
+        return
+    st.caption(f"Every image is **{md(cls)}** and counts as correct unless you click it to mark it wrong; "
+               f"**g** saves the page. {len(grid['wrong'])} of {len(items)} marked wrong.")
+    cache = {}
+    for row_start in range(0, len(items), 4):
+        cols = st.columns(4)
+        for col, item in zip(cols, items[row_start:row_start + 4]):
+            with col:
+                try:
+                    cache[item.image_id] = Path(item.path).read_bytes()
+                except OSError:
+                    cache[item.image_id] = None
+                show_image(cache[item.image_id], item.path, "stretch")
+                wrong = item.image_id in grid["wrong"]
+                st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{item.image_id}",
+                          type="primary" if wrong else "secondary", width="stretch",
+                          icon=":material/close:" if wrong else ":material/check:",
+                          on_click=_flip, args=(item.image_id,))
+    a, b = st.columns(2)
+    a.button("Save this page", key="ann_grid_submit", shortcut="g", type="primary", icon=":material/done_all:",
+             on_click=_queue, args=("grid", tuple(i.image_id for i in items)))
+    with b:
+        undo_button()
+
+
+def page() -> None:
+    store, user = context()
+    name = user["name"]
+    try:
+        apply_actions(store, name)
+    except StoreError as e:
+        st.session_state["ann_actions"] = []
+        _flash("error", md(e))
+    st.title("Annotate")
+    flash = st.session_state.pop("ann_flash", None)
+    if flash:
+        getattr(st, flash[0])(flash[1])
+    st.toggle("Grid mode: 16 images of one class", key="ann_grid_mode", on_change=_switch_mode)
+    progress = st.container()
+    if st.session_state.get("ann_grid_mode"):
+        grid_mode(store, name)
+    else:
+        single_mode(store, name)
+    with progress:  # filled last, so an updated count means this rerun's buttons are in place
+        progress_panel(store, name)
+
+
+page()

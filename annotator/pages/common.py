@@ -1,0 +1,200 @@
+"""What the app's pages share: the rerun's Store and user, signed session tokens, error boundaries, escaping.
+
+``app.py`` opens one ``Store`` per rerun and hands it (with the signed-in user) to the page through
+``bind``; pages call ``context()``. No SQL here either: every query is a ``Store`` method.
+
+Session tokens keep a user signed in across browser reloads. A token is
+``base64url(json [name, expiry]) "." base64url(HMAC-SHA256)``, kept in the URL query parameter
+``session``; the HMAC key is a random secret stored once in the DB setting ``session_secret`` and the
+MAC also covers the user's password hash, so a token dies when it expires (``TOKEN_TTL_S``), when the
+password changes, or (checked on every rerun) when the user is deactivated. Logout removes it from the URL.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import logging
+import secrets
+import sqlite3
+import string
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime
+from math import sqrt
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from annotator.export import export_csv
+from annotator.store import Store, StoreError
+
+log = logging.getLogger("annotator.app")
+
+SESSION_PARAM = "session"  # URL query parameter holding the signed session token
+TOKEN_TTL_S = 12 * 3600  # a token (and so a signed-in browser tab) lasts one working day
+_MD_SPECIAL = set(string.punctuation)
+
+
+# -- rendering user text ----------------------------------------------------------------
+def md(text: object) -> str:
+    """``text`` as literal Markdown: every ASCII punctuation character backslash-escaped, newlines flattened.
+
+    Class, label and user names are verbatim user input (``<script>``, ``**x**``, ``:red[x]``,
+    ``[a](javascript:...)``); Streamlit never renders raw HTML without ``unsafe_allow_html``, and this
+    also stops Markdown, colour directives, emoji shortcodes and LaTeX from being interpreted.
+    """
+    s = " ".join(str(text).split())
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in s)
+
+
+# -- the rerun's context ----------------------------------------------------------------
+def bind(store: Store, user: dict) -> None:
+    """Called by app.py each rerun: the page's Store (closed when the rerun ends) and signed-in user."""
+    st.session_state["_store"] = store
+    st.session_state["user"] = user
+
+
+def context() -> tuple[Store, dict]:
+    """(store, user) of this rerun."""
+    return st.session_state["_store"], st.session_state["user"]
+
+
+def require_role(user: dict, role: str) -> None:
+    """Stop the page unless ``user`` has ``role`` (navigation already hides it; this is the second lock)."""
+    if user.get("role") != role:
+        st.error("This page is for leads only.")
+        st.stop()
+
+
+@contextmanager
+def errors_as_messages(where: str = "This page"):
+    """Turn an exception in the block into an ``st.error`` sentence; the traceback goes to the log only."""
+    try:
+        yield
+    except StoreError as e:
+        log.warning("%s: %s", where, e)
+        st.error(md(f"{where}: {e}"))
+    except sqlite3.OperationalError as e:
+        log.exception("%s: database error", where)
+        st.error(f"The database is busy or unavailable ({md(e)}). Please try again in a moment.")
+    except Exception:  # the app never shows a traceback; the reference ties the message to the log line
+        ref = uuid.uuid4().hex[:8]
+        log.exception("%s failed [ref %s]", where, ref)
+        st.error(f"Something went wrong (reference {ref}). The details are in the server log.")
+
+
+# -- session tokens ---------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(store: Store, payload: str, password_hash: str) -> str:
+    key = store.setting_or_init("session_secret", secrets.token_hex(32))
+    return _b64(hmac.new(bytes.fromhex(key), f"{payload}|{password_hash}".encode(), hashlib.sha256).digest())
+
+
+def make_token(store: Store, name: str, *, ttl: float = TOKEN_TTL_S, now: float | None = None) -> str:
+    """A signed session token for user ``name`` (see the module docstring)."""
+    user = store.get_user(name)
+    if user is None:
+        raise StoreError(f"unknown user {name!r}")
+    payload = _b64(json.dumps([name, int((now or time.time()) + ttl)]).encode())
+    return f"{payload}.{_mac(store, payload, user['password_hash'])}"
+
+
+def user_from_token(store: Store, token: str | None, *, now: float | None = None) -> dict | None:
+    """The active user a valid, unexpired token names (without the password hash), else None."""
+    if not token or token.count(".") != 1:
+        return None
+    payload, mac = token.split(".")
+    try:
+        name, expires = json.loads(_unb64(payload))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(name, str) or not isinstance(expires, int) or expires < (now or time.time()):
+        return None
+    user = store.get_user(name)
+    if not user or not user["active"] or not hmac.compare_digest(mac, _mac(store, payload, user["password_hash"])):
+        return None
+    return {k: v for k, v in user.items() if k != "password_hash"}
+
+
+# -- small pure helpers -----------------------------------------------------------------
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k/n; (0, 1) when n == 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def midnight(now: float | None = None) -> float:
+    """Unix time of the last local midnight."""
+    now = time.time() if now is None else now
+    return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def threshold(store: Store, model: dict | None) -> float | None:
+    """The score threshold in force: the lead's ``delta_override``, else the current model's delta."""
+    override = store.get_setting("delta_override")
+    if override is not None:
+        return float(override)
+    return float(model["delta"]) if model and model.get("delta") is not None else None
+
+
+# -- export helpers ---------------------------------------------------------------------
+class _Enough(Exception):
+    """Raised by ``_Head`` once it holds enough lines."""
+
+
+class _Head(io.StringIO):
+    """A text sink that stops the export after ``lines`` lines (csv.writer writes one row per call)."""
+
+    def __init__(self, lines: int):
+        super().__init__()
+        self.left = lines
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        self.left -= s.count("\n")
+        if self.left <= 0:
+            raise _Enough
+        return n
+
+
+def export_preview(store: Store, *, threshold: float | None, only_kept: bool, rows: int = 100) -> pd.DataFrame:
+    """The first ``rows`` rows of the export, read by stopping ``export_csv`` early (no full export)."""
+    sink = _Head(rows + 1)
+    try:
+        export_csv(store, sink, threshold=threshold, only_kept=only_kept, page=max(rows, 100))
+    except _Enough:
+        pass
+    return pd.read_csv(io.StringIO(sink.getvalue()), dtype=str, keep_default_na=False)
+
+
+def export_bytes(db_path: str, threshold: float | None, only_kept: bool) -> bytes:
+    """The whole export as bytes, for ``st.download_button(data=callable)``: runs on its own thread with its
+    own Store; ``export_csv`` writes a temp file under the state dir, which is read and removed."""
+    store = Store(db_path)
+    try:
+        out = Path(store.path).resolve().parent / "exports" / f"export-{uuid.uuid4().hex[:12]}.csv"
+        n = export_csv(store, out, threshold=threshold, only_kept=only_kept)
+        try:
+            data = out.read_bytes()
+        finally:
+            out.unlink(missing_ok=True)
+        log.info("export: %d rows (threshold=%s, only_kept=%s) downloaded", n, threshold, only_kept)
+        return data
+    finally:
+        store.close()

@@ -1,0 +1,50 @@
+"""Export (lead): preview and download the cleaned-dataset CSV (``annotator.export``) with its filters."""
+import functools
+from datetime import datetime
+
+import streamlit as st
+
+from annotator.pages.common import context, export_bytes, export_preview, require_role, threshold
+from annotator.store import Store
+
+PREVIEW_ROWS = 100
+
+
+def filters(store: Store) -> tuple[float | None, bool]:
+    """The export's filters: (threshold or None for the one in force, only kept rows)."""
+    model = store.current_model()
+    in_force = threshold(store, model)
+    source = ("the lead's override" if store.get_setting("delta_override") is not None
+              else f"model v{model['version']}" if model else "none: no model yet")
+    st.caption(f"Threshold in force: {'—' if in_force is None else f'{in_force:+.3f}'} ({source}). Images "
+               "scoring below it count as mislabeled; human verdicts always win over the score.")
+    a, b = st.columns(2)
+    custom = a.toggle("Custom threshold", key="exp_custom")
+    value = a.number_input("Threshold", -1.0, 1.0, float(in_force or 0.0), 0.01, format="%.3f",
+                           key="exp_threshold", disabled=not custom)
+    only_kept = b.toggle("Only rows to keep", key="exp_only_kept",
+                         help="Drop images marked wrong without a corrected label and unverified images "
+                              "scoring below the threshold.")
+    return (float(value) if custom else None), only_kept
+
+
+def page() -> None:
+    store, user = context()
+    require_role(user, "lead")
+    st.title("Export")
+    chosen, only_kept = filters(store)
+    st.download_button(
+        "Download CSV", key="exp_download", type="primary", icon=":material/download:",
+        data=functools.partial(export_bytes, str(store.path), chosen, only_kept),
+        file_name=f"cleaned-{datetime.now():%Y%m%d-%H%M}.csv", mime="text/csv", on_click="ignore")
+    st.caption(f"{store.images_count()} images in the store; the file is generated when you click. "
+               "Columns: see `annotator/export.py` (`keep`, `w_soft` = training weight).")
+    st.subheader(f"Preview (first {PREVIEW_ROWS} rows)")
+    preview = export_preview(store, threshold=chosen, only_kept=only_kept, rows=PREVIEW_ROWS)
+    if preview.empty:
+        st.info("No rows match these filters.")
+    else:
+        st.dataframe(preview, hide_index=True, width="stretch", key="exp_preview")
+
+
+page()

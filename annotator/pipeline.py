@@ -1,0 +1,284 @@
+"""One retraining round: images -> features -> references -> CleanNet -> scores -> new current model.
+
+The worker runs `run_round` whenever enough verdicts arrived or a lead asked; the CLI runs its phases one by
+one (`extract`, `train`, `score`). Heavy lifting is in `cleannet_core`; SQL is in `annotator.store`.
+
+Files live under the state folder (the database's folder): backbones/, features/ (content-keyed float16
+cache), models/ (CleanNet checkpoints, written to a temp file then renamed, before the database points at
+them). A model version becomes current in one transaction after all its scores are written, so a crash at
+any moment leaves the previous model current.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from itertools import islice
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cleannet_core.classifier import (Backbone, ClassifierConfig, is_small, load_backbone, resolve_device,
+                                      save_backbone, train_classifier)
+from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
+from cleannet_core.metrics import detection_report
+from cleannet_core.model import CleanNet
+from cleannet_core.references import KMeansConfig, build_references
+from cleannet_core.score import score_images, soft_weights
+from cleannet_core.train import TrainConfig, train_cleannet
+
+from .store import Store
+
+log = logging.getLogger(__name__)
+Report = Callable[[str, float, str], None]  # (phase, progress in [0, 1], message)
+SCORE_CHUNK = 50_000  # score rows written between progress reports
+REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
+
+
+@dataclass
+class RoundConfig:
+    arch: str = "resnet18"             # backbone: resnet18 | resnet50
+    image_size: int = 0                # crop size; 0 = 32 when images are small (<= 64 px), else 224
+    backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
+    weights_path: str | None = None    # local ImageNet weights file (else the torch cache, else train)
+    steps: int = 4000                  # CleanNet steps per round (paper: 60k; LR drops at half)
+    num_ref: int = 32                  # K references per class
+    device: str = "auto"               # cuda when present
+
+
+@dataclass
+class Data:
+    ids: np.ndarray           # (N,) image ids, status ok
+    paths: list[str]
+    labels: np.ndarray        # (N,) class index 0..C-1 (position in class_ids)
+    class_ids: np.ndarray     # (C,) store class ids
+    class_names: list[str]
+
+
+def load_data(store: Store) -> Data:
+    classes = sorted(store.classes(), key=lambda c: c["id"])
+    class_ids = np.array([c["id"] for c in classes], dtype=np.int64)
+    pos = {cid: i for i, cid in enumerate(class_ids)}
+    ids, paths, labels = [], [], []
+    for row in store.iter_images():
+        if row["status"] == "ok":
+            ids.append(row["id"])
+            paths.append(row["path"])
+            labels.append(pos[row["label_id"]])
+    return Data(np.array(ids, dtype=np.int64), paths, np.array(labels, dtype=np.int64), class_ids,
+                [c["name"] for c in classes])
+
+
+def state_dir(store: Store) -> Path:
+    return Path(store.path).resolve().parent
+
+
+def pick_image_size(store: Store, cfg: RoundConfig) -> int:
+    if cfg.image_size:
+        return cfg.image_size
+    sizes = [min(r["width"], r["height"]) for r, _ in zip(store.iter_images(), range(500)) if r["width"]]
+    return 32 if sizes and float(np.median(sizes)) <= 64 else 224
+
+
+def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, *,
+                    retrain_weights: np.ndarray | None = None) -> tuple[Backbone, dict]:
+    """The backbone whose features feed CleanNet, and a description of where its weights came from.
+
+    Order: the stored one; else ImageNet weights (local file or torch cache; never downloaded); else a
+    backbone trained on the noisy labels (the paper's features come from such a classifier anyway, §1).
+    `retrain_weights` (N,) retrains it on the noisy labels with those per-sample weights (full round, §6).
+    """
+    info = store.get_setting("backbone")
+    size = pick_image_size(store, cfg)
+    if retrain_weights is None and info and Path(info["path"]).exists() and info.get("num_classes") == len(
+            data.class_ids):
+        model, _ = load_backbone(info["path"])
+        return model, info
+    init_state, source = None, None
+    if retrain_weights is not None and info and Path(info["path"]).exists():
+        init_state = load_backbone(info["path"])[0].state_dict()
+        source = "retrained on the noisy labels with CleanNet's w_soft weights"
+    else:
+        state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
+        if state is not None:
+            model = Backbone(cfg.arch, len(data.class_ids), small_input=is_small(size))
+            model.load_pretrained(state)
+            return _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size, cfg)
+        report("backbone", 0.0, message)
+        log.warning(message)
+        source = "trained on the noisy labels (no ImageNet weights available offline)"
+    ccfg = ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size,
+                            batch_size=min(128, max(8, len(data.ids) // 8)))
+    report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images")
+    model = train_classifier(data.paths, data.labels, len(data.class_ids), sample_weights=retrain_weights,
+                             config=ccfg, init_state=init_state, device=cfg.device, progress=False)
+    return _save_backbone(store, model, data, source, size, cfg)
+
+
+def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size: int,
+                   cfg: RoundConfig) -> tuple[Backbone, dict]:
+    path = state_dir(store) / "backbones" / f"backbone-{uuid.uuid4().hex[:8]}.pt"
+    save_backbone(model, path, class_names=data.class_names, meta={"source": source})
+    info = {"path": str(path), "source": source, "arch": cfg.arch, "image_size": size,
+            "num_classes": len(data.class_ids), "id": backbone_id(model)}
+    store.set_setting("backbone", info)
+    return model, info
+
+
+def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundConfig) -> np.ndarray:
+    """(N, D) features of data.paths from the content-keyed cache; unreadable images are reported."""
+    res = extract_features(model, data.paths, cache_dir=state_dir(store) / "features", backbone_id=info["id"],
+                           image_size=info["image_size"], device=cfg.device, progress=False)
+    if res.errors:
+        store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
+        log.warning("%d images could not be read for features", len(res.errors))
+    return res.features
+
+
+def verdict_split(store: Store, data: Data) -> dict[str, np.ndarray]:
+    """Latest live correct/wrong verdict per image -> train and validation index arrays into data.
+
+    Audit verdicts (random draws) are unbiased: those on odd image ids validate (delta, checkpoint, the
+    model's reported error); everything else trains. 'unsure' verdicts are left out.
+    """
+    latest: dict[int, dict] = {}
+    for v in store.live_verdicts():
+        if v["verdict"] != "unsure" and (v["image_id"] not in latest or v["id"] > latest[v["image_id"]]["id"]):
+            latest[v["image_id"]] = v
+    where = {int(i): k for k, i in enumerate(data.ids)}
+    tr, va, tr_ok, va_ok = [], [], [], []
+    for image_id, v in latest.items():
+        if image_id not in where:
+            continue
+        val = v["reason"] == "audit" and image_id % 2 == 1
+        (va if val else tr).append(where[image_id])
+        (va_ok if val else tr_ok).append(v["verdict"] == "correct")
+    return {"train": np.array(tr, np.int64), "train_ok": np.array(tr_ok, bool),
+            "val": np.array(va, np.int64), "val_ok": np.array(va_ok, bool)}
+
+
+def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = False,
+              report: Report = lambda *a: None) -> int:
+    """Retrain and rescore everything; returns the new current model version."""
+    data = load_data(store)
+    if len(data.ids) == 0:
+        raise ValueError("no images: ingest some first")
+    device = resolve_device(cfg.device)
+    current = store.current_model()
+    weights = None
+    if full and current:
+        report("backbone", 0.0, "full round: retraining the backbone with w_soft weights")
+        weights = soft_weights(_current_scores(store, data))
+    report("features", 0.0, "loading backbone")
+    model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
+    report("features", 0.0, f"extracting features ({info['source']})")
+    feats = features(store, data, model, info, cfg)
+    report("references", 0.0, "k-means reference sets")
+    refs, counts = build_references(feats, data.labels, len(data.class_ids),
+                                    config=KMeansConfig(k=cfg.num_ref), device=device)
+    split = verdict_split(store, data)
+    max_verdict = store.max_verdict_id()
+    tcfg = TrainConfig(steps=cfg.steps, lr_step=max(cfg.steps // 2, 1), val_interval=max(cfg.steps // 10, 1))
+    init = _load_model(current, feats.shape[1], refs.shape[1]) if current and not full else None
+    report("training", 0.0, f"CleanNet on {len(split['train'])} + {len(split['val'])} verdicts")
+
+    def on_step(step: int, record: dict) -> None:
+        if step % 100 == 0:
+            report("training", step / cfg.steps, f"step {step}/{cfg.steps}, loss {record['loss']:.3f}")
+
+    res = train_cleannet(feats, data.labels, refs, verified_idx=split["train"], verified_ok=split["train_ok"],
+                         val_idx=split["val"], val_ok=split["val_ok"], config=tcfg, init=init, device=device,
+                         callback=on_step)
+    delta = res.delta
+    report("scoring", 0.0, f"scoring {len(data.ids)} images")
+    sc = score_images(res.model, feats, data.labels, refs, valid_classes=counts > 0)
+    metrics = _metrics(sc.score, delta, data, split, res, info, max_verdict)
+    ckpt = state_dir(store) / "models" / f"cleannet-{uuid.uuid4().hex[:8]}.pt"
+    _atomic_save({"cleannet": res.model.checkpoint(), "delta": delta, "class_ids": data.class_ids.tolist(),
+                  "backbone": info, "refs": torch.from_numpy(refs)}, ckpt)
+    version = store.add_model(delta=delta, metrics=metrics, checkpoint=str(ckpt), backbone=info["source"],
+                              n_verdicts=int(len(split["train"]) + len(split["val"])))
+    _publish(store, version, data, sc, delta, report)
+    return version
+
+
+def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = lambda *a: None) -> int:
+    """Score every image (new ones included) with the current model; published as a new version."""
+    current = store.current_model()
+    if current is None:
+        raise ValueError("no model yet: run `train` first")
+    ckpt = torch.load(current["checkpoint"], map_location="cpu", weights_only=False)
+    data = load_data(store)
+    if ckpt["class_ids"] != data.class_ids.tolist():
+        raise ValueError("the classes changed since the current model: run `train` instead")
+    model, info = ensure_backbone(store, data, cfg, report)
+    if info["id"] != ckpt["backbone"]["id"]:
+        raise ValueError("the backbone changed since the current model: run `train` instead")
+    feats = features(store, data, model, info, cfg)
+    net = CleanNet.from_checkpoint(ckpt["cleannet"])
+    refs = ckpt["refs"].numpy()
+    sc = score_images(net, feats, data.labels, refs, valid_classes=np.abs(refs).sum(axis=(1, 2)) > 0)
+    metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
+    version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
+                              backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
+    _publish(store, version, data, sc, current["delta"], report)
+    return version
+
+
+def _publish(store: Store, version: int, data: Data, sc, delta: float, report: Report) -> None:
+    """Write the scores of `version`, make it current in one transaction, drop older versions' scores."""
+    sugg = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
+    # The queue scans the (label, uncertainty) index from the most uncertain end and skips reviewed images;
+    # pushing images that already have a live verdict behind everything else keeps that scan short.
+    reviewed = {v["image_id"] for v in store.live_verdicts()}
+    rows = ((int(i), int(data.class_ids[y]), float(s), abs(float(s) - delta) + (REVIEWED if i in reviewed else 0),
+             int(g) if g >= 0 else None, float(gs) if g >= 0 else None)
+            for i, y, s, g, gs in zip(data.ids, data.labels, sc.score, sugg, sc.suggested_score))
+    report("writing", 0.0, f"writing scores of version {version}")
+    done = 0
+    while chunk := list(islice(rows, SCORE_CHUNK)):
+        done += store.write_scores(version, chunk)
+        report("writing", done / len(data.ids), f"{done} of {len(data.ids)} scores written")
+    store.make_current(version)
+    for old in store.models():
+        if old["version"] != version:
+            store.delete_scores(old["version"])
+    report("idle", 1.0, f"model version {version} is current")
+
+
+def _metrics(score, delta, data, split, res, info, max_verdict) -> dict:
+    flagged = score < delta
+    per_class = {name: float(flagged[data.labels == c].mean()) if (data.labels == c).any() else None
+                 for c, name in enumerate(data.class_names)}
+    out = {"estimated_noise_rate": float(flagged.mean()), "per_class_noise_rate": per_class,
+           "max_verdict_id": max_verdict, "best_step": res.best_step, "backbone": info["source"],
+           "n_train": int(len(split["train"])), "n_val": int(len(split["val"]))}
+    if len(split["val"]):
+        out["audit"] = detection_report(score[split["val"]], split["val_ok"], delta)
+    return out
+
+
+def _current_scores(store: Store, data: Data) -> np.ndarray:
+    by_id = store.current_scores()
+    return np.array([by_id.get(int(i), 1.0) for i in data.ids], dtype=np.float32)
+
+
+def _load_model(current: dict, dim: int, k: int) -> CleanNet | None:
+    """The current CleanNet as a warm start, when it fits the new features."""
+    try:
+        ckpt = torch.load(current["checkpoint"], map_location="cpu", weights_only=False)
+    except (OSError, TypeError, RuntimeError) as e:
+        log.warning("cannot warm-start from %s: %s", current.get("checkpoint"), e)
+        return None
+    model = CleanNet.from_checkpoint(ckpt["cleannet"])
+    return model if model.cfg.img_dim == dim and model.cfg.num_ref == k else None
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+

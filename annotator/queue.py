@@ -1,0 +1,163 @@
+"""The review queue: which images an annotator sees next (no SQL here; queries live in ``annotator.store``).
+
+Rules, in order:
+
+1. Only classes chosen for verification are served (``classes --verify``).
+2. The annotator's own live leases come back first, so a browser reload resumes where it was.
+3. New items: with a current model, each slot is, with probability ``audit_share`` (setting,
+   default 0.2), a uniform random draw marked ``audit``; otherwise the candidate with the
+   lowest ``uncertainty = |score - delta|`` (the model's least sure image) marked
+   ``uncertain``. Audit verdicts are an unbiased sample: delta, detection error and
+   human-measured noise rates are computed from them only.
+4. Cold start (no current model): every item is a random draw, marked ``audit``.
+5. Never an image with a live verdict or someone else's live lease. Every served item is
+   leased with ``Store.acquire_leases`` (``lease_seconds`` setting, default 600 s); an item
+   lost to a concurrent annotator is dropped and the queue tries once more to fill up.
+
+Example::
+
+    store = Store()
+    item = next_items(store, "ann")[0]
+    store.record_verdict(item.image_id, "ann", "correct", reason=item.reason, model_version=item.model_version)
+"""
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from .store import Store, UnknownClass
+
+log = logging.getLogger(__name__)
+
+STAGGER = 1e-3  # seconds between the lease expiries of items served together (keeps their order)
+
+
+@dataclass
+class QueueItem:
+    image_id: int
+    path: str                      # absolute image path
+    label: str                     # the noisy label under review (verbatim: escape before rendering as HTML)
+    score: float | None            # relevance in [-1, 1] (higher = label more likely correct); None: no model
+    suggested_label: str | None    # the model's best other class, if it wrote one
+    suggested_score: float | None
+    reason: str                    # 'uncertain' | 'audit' | 'grid': pass to record_verdict(reason=...)
+    model_version: int | None = None  # the model that chose the item; pass to record_verdict(model_version=...)
+
+
+def _class_ids(store: Store, class_name: str | None) -> list[int]:
+    verify = store.verify_classes()
+    if class_name is None:
+        return list(verify.values())
+    if class_name.strip() not in verify:
+        store.class_id(class_name)  # raises UnknownClass for a name that does not exist at all
+        raise UnknownClass(f"class {class_name!r} is not chosen for verification")
+    return [verify[class_name.strip()]]
+
+
+def _items(store: Store, ids: list[int], reasons: dict[int, str], version: int | None) -> list[QueueItem]:
+    rows = store.queue_rows(ids, version)
+    return [QueueItem(i, rows[i]["path"], rows[i]["label"], rows[i]["score"], rows[i]["suggested_label"],
+                      rows[i]["suggested_score"], reasons[i], version) for i in ids if i in rows]
+
+
+def _serve(store: Store, annotator: str, class_ids: list[int], n: int, resume_reason: str, draw,
+           now: float) -> tuple[list[int], dict[int, str]]:
+    """Lease up to ``n`` ids: the annotator's own live leases first (renewed), then new ones from
+    ``draw(k, exclude) -> [(id, reason)]``, with one retry after losing a race for some of them.
+
+    Leases do not store why an item was served, so resumed items get ``resume_reason``: never
+    'audit' once a model exists, because an image chosen by uncertainty must not enter the
+    unbiased audit sample (losing an audit draw to a reload is harmless). Expiries are
+    staggered in serve order, so a reload shows the items in the order first served.
+    """
+    seconds = store.get_setting("lease_seconds")
+    own = store.leased_candidates(annotator, class_ids, now=now)[:n]
+    ids = store.acquire_leases(annotator, own, seconds, now=now, stagger=STAGGER) if own else []
+    reasons = {i: resume_reason for i in ids}
+    for attempt in range(2):
+        if len(ids) >= n:
+            break
+        wanted = draw(n - len(ids), list(ids))
+        if not wanted:
+            break
+        granted = set(store.acquire_leases(annotator, [i for i, _ in wanted], seconds,
+                                           now=now + len(ids) * STAGGER, stagger=STAGGER))
+        for i, reason in wanted:
+            if i in granted:
+                ids.append(i)
+                reasons[i] = reason
+        if len(granted) < len(wanted):
+            log.debug("queue: %s lost %d of %d items to other annotators (attempt %d)", annotator,
+                      len(wanted) - len(granted), len(wanted), attempt + 1)
+    return ids, reasons
+
+
+def _next(store: Store, annotator: str, n: int, class_ids: list[int], model: dict | None, rng: random.Random,
+          now: float) -> list[QueueItem]:
+    version = model["version"] if model else None
+    share = float(store.get_setting("audit_share"))
+
+    def draw(k: int, exclude: list[int]) -> list[tuple[int, str]]:
+        # Cold start: with no model there is no uncertainty to sort by, so every item is a uniform random
+        # draw. Such draws are exactly what 'audit' means (chosen independently of any score), so they
+        # seed the audit sample that the first model's delta is chosen on.
+        n_audit = k if model is None else sum(rng.random() < share for _ in range(k))
+        picks = [(i, "audit") for i in store.random_candidates(class_ids, n_audit, rng=rng, now=now,
+                                                               exclude=exclude)]
+        if k - n_audit:
+            uncertain = store.uncertain_candidates(version, class_ids, k - n_audit, now=now,
+                                                   exclude=exclude + [i for i, _ in picks])
+            picks += [(i, "uncertain") for i in uncertain]
+        return picks
+
+    ids, reasons = _serve(store, annotator, class_ids, n, "uncertain" if model else "audit", draw, now)
+    log.debug("queue: %s gets %s", annotator, [(i, reasons[i]) for i in ids])
+    return _items(store, ids, reasons, version)
+
+
+def next_items(store: Store, annotator: str, *, n: int = 1, class_name: str | None = None,
+               rng: random.Random | None = None, now: float | None = None) -> list[QueueItem]:
+    """Up to ``n`` leased items for ``annotator`` (fewer when the verify classes run out); see the rules above.
+
+    ``class_name`` restricts the queue to one verify class (``UnknownClass`` if it is not one).
+    ``rng`` (a ``random.Random``) makes the audit choice and the random draws reproducible.
+    """
+    rng = rng or random.Random()
+    now = time.time() if now is None else now
+    class_ids = _class_ids(store, class_name)
+    items: list[QueueItem] = []
+    for _ in range(2):  # once more if a new model became current meanwhile (its scores replace the old ones)
+        model = store.current_model()
+        items = _next(store, annotator, n, class_ids, model, rng, now)
+        if len(items) == n or (store.current_model() or {}).get("version") == (model or {}).get("version"):
+            break
+    return items
+
+
+def grid_items(store: Store, annotator: str, class_name: str, n: int = 16, *, rng: random.Random | None = None,
+               now: float | None = None) -> list[QueueItem]:
+    """Up to ``n`` leased items of one verify class for a grid, reason 'grid': the annotator's own leases
+    in that class first, then the most uncertain candidates (no model: consecutive ones from a random id)."""
+    now = time.time() if now is None else now
+    class_ids = _class_ids(store, class_name)
+    model = store.current_model()
+    version = model["version"] if model else None
+
+    def draw(k: int, exclude: list[int]) -> list[tuple[int, str]]:
+        return [(i, "grid") for i in store.grid_candidates(class_ids[0], k, version, rng=rng, now=now,
+                                                           exclude=exclude)]
+
+    ids, reasons = _serve(store, annotator, class_ids, n, "grid", draw, now)
+    return _items(store, ids, reasons, version)
+
+
+def queue_status(store: Store, annotator: str, *, now: float | None = None) -> dict:
+    """``{"remaining": {verify class: candidates left}, "mine_today": live verdicts of ``annotator``
+    since local midnight, "verdicts_total": all live verdicts}``."""
+    now = time.time() if now is None else now
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    return {"remaining": store.remaining_by_class(now=now),
+            "mine_today": store.verdict_count_by(annotator, midnight),
+            "verdicts_total": store.verdict_count()}

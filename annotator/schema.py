@@ -1,0 +1,116 @@
+"""SQLite schema and migrations, owned by the store layer (only the `annotator.store` package imports this).
+
+The schema version lives in ``PRAGMA user_version``. ``MIGRATIONS[i]`` upgrades a database
+from version ``i`` to ``i + 1``; append new functions, never edit shipped ones.
+
+Verdicts are append-only. Undo is a new row whose ``voids`` column holds the voided
+verdict's id. A *live verdict* is a row with ``voids IS NULL`` whose id no undo row
+references (see ``LIVE``).
+"""
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+SCHEMA_V1 = """
+CREATE TABLE classes (
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,              -- verbatim label text (may be hostile; escape on output)
+    verify INTEGER NOT NULL DEFAULT 0,      -- 1 = a class humans verify (CleanNet reference/verified set)
+    created_at REAL
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    path TEXT UNIQUE NOT NULL,              -- absolute, resolved
+    hash TEXT NOT NULL,                     -- blake2b-128 hex of the file bytes
+    label_id INTEGER NOT NULL REFERENCES classes(id),
+    width INT, height INT, bytes INT,
+    status TEXT NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'duplicate')),
+    duplicate_of INTEGER REFERENCES images(id),
+    extra TEXT,                             -- JSON object of extra CSV columns
+    added_at REAL
+);
+CREATE INDEX images_hash ON images(hash);
+CREATE INDEX images_label ON images(label_id, id);
+CREATE TABLE verdicts (
+    id INTEGER PRIMARY KEY,
+    image_id INT NOT NULL REFERENCES images(id),
+    annotator TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('correct', 'wrong', 'unsure')),
+    corrected_label_id INT REFERENCES classes(id),
+    reason TEXT NOT NULL CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual')),
+    model_version INT,
+    voids INT REFERENCES verdicts(id),      -- set on undo rows only
+    created_at REAL NOT NULL
+);
+CREATE INDEX verdicts_image ON verdicts(image_id);
+CREATE INDEX verdicts_annotator ON verdicts(annotator, id);
+CREATE UNIQUE INDEX verdicts_voids ON verdicts(voids) WHERE voids IS NOT NULL;
+CREATE TABLE leases (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    annotator TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX leases_annotator ON leases(annotator);
+CREATE TABLE models (
+    version INTEGER PRIMARY KEY,
+    created_at REAL,
+    delta REAL,                             -- CleanNet decision threshold on the score
+    metrics TEXT,                           -- JSON
+    checkpoint TEXT,
+    backbone TEXT,
+    n_verdicts INT,
+    is_current INT NOT NULL DEFAULT 0
+);
+CREATE TABLE scores (
+    model_version INT NOT NULL REFERENCES models(version),
+    image_id INT NOT NULL REFERENCES images(id),
+    label_id INT NOT NULL,
+    score REAL NOT NULL,                    -- relevance in [-1, 1], higher = label more likely correct
+    uncertainty REAL NOT NULL,              -- |score - delta|, lower = model less sure
+    suggested_label_id INT,
+    suggested_score REAL,
+    PRIMARY KEY (model_version, image_id)
+);
+CREATE INDEX scores_queue ON scores(model_version, label_id, uncertainty);
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('annotator', 'lead')),
+    password_hash TEXT NOT NULL,
+    created_at REAL,
+    active INT NOT NULL DEFAULT 1
+);
+CREATE TABLE worker (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INT, heartbeat REAL, phase TEXT, progress REAL, message TEXT,
+    last_error TEXT, last_error_at REAL
+);
+CREATE TABLE requests (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('retrain', 'full')),
+    requested_by TEXT,
+    created_at REAL, started_at REAL, done_at REAL
+);
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT                              -- JSON
+);
+CREATE TABLE ingest_errors (
+    id INTEGER PRIMARY KEY,
+    source TEXT, path TEXT, reason TEXT, created_at REAL
+);
+CREATE UNIQUE INDEX ingest_errors_key ON ingest_errors(source, path, reason);
+"""
+
+
+def _v1(db: Database) -> None:
+    """Version 1: the initial schema."""
+    db.executescript(SCHEMA_V1)  # runs inside the caller's open transaction
+
+
+# Ordered: MIGRATIONS[i] takes user_version i to i + 1.
+MIGRATIONS: list[Callable[[Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.
+LIVE = "v.voids IS NULL AND NOT EXISTS (SELECT 1 FROM verdicts u WHERE u.voids = v.id)"

@@ -1,0 +1,35 @@
+"""The one package that owns the SQLite connection, the schema and every query.
+
+``Store`` is composed of one mixin per area, each in its own module:
+
+- ``base``: connection, pragmas (WAL, busy timeout, foreign keys), ``_tx``, migrations, errors;
+- ``catalog``: classes, images, ingest errors;
+- ``verdicts``: append-only verdicts and undo, leases, users;
+- ``models``: model versions and scores, worker status, retrain requests, settings;
+- ``review``: candidate queries of the review queue;
+- ``exports``: paged rows for the CSV export.
+
+No other module writes SQL. See ``base`` for the concurrency rules (one Store per
+thread or process).
+"""
+
+from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (were importable from annotator.store)
+from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, VERDICTS, WORKER_FIELDS, AddResult,
+                   LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser, default_db_path)
+from .catalog import CatalogMixin
+from .exports import EXPORT_ROW, ExportMixin
+from .models import ModelsMixin
+from .review import ReviewMixin
+from .verdicts import VerdictsMixin
+
+
+class Store(CatalogMixin, VerdictsMixin, ModelsMixin, ReviewMixin, ExportMixin, StoreBase):
+    """SQLite state of one project. One instance per thread/process."""
+
+    def __enter__(self) -> "Store":
+        return self
+
+
+__all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "UnknownUser", "AddResult",
+           "default_db_path", "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS",
+           "SCORE_COLUMNS", "EXPORT_ROW"]

@@ -1,0 +1,153 @@
+"""Connection, pragmas, transactions and migrations of the store, plus its named errors and constants.
+
+Usage: one ``Store`` per thread or process (opening one is cheap; never share a Store or
+its connection between threads, e.g. through ``st.cache_resource``)::
+
+    store = Store()                      # default_db_path(), migrates on open
+    store.ensure_classes(["cat", "dog"])
+
+The database runs in WAL mode with a 30 s busy timeout, so the app's sessions and the
+worker can write concurrently. Every write goes through ``StoreBase._tx()``: ``BEGIN
+IMMEDIATE`` takes the write lock up front, so a read-then-write (leases!) is atomic and
+never fails with "database is locked" halfway; nested calls become ``db.atomic()``
+savepoints. Timestamps are ``time.time()`` floats (Unix seconds). Reads run outside any
+transaction (autocommit); long reads page by id so no snapshot stays open.
+"""
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sqlite_utils import Database
+
+from ..schema import MIGRATIONS, SCHEMA_VERSION
+
+
+class StoreError(Exception):
+    """Base class for store errors the CLI and app turn into messages."""
+
+
+class UnknownClass(StoreError):
+    """A class name that is not in ``classes``."""
+
+
+class UnknownImage(StoreError):
+    """An image id that is not in ``images``."""
+
+
+class LeaseLost(StoreError):
+    """Another annotator holds a live lease on the image."""
+
+
+class UnknownUser(StoreError):
+    """A user name that is not in ``users``."""
+
+
+VERDICTS = ("correct", "wrong", "unsure")
+REASONS = ("uncertain", "audit", "grid", "manual")
+ROLES = ("annotator", "lead")
+REQUEST_KINDS = ("retrain", "full")
+SETTING_DEFAULTS: dict[str, Any] = {
+    "audit_share": 0.2,  # share of queue items drawn at random to audit the model
+    "lease_seconds": 600,  # how long a served image stays reserved for its annotator
+    "retrain_every": 50,  # live verdicts since the current model that trigger a retrain
+    "delta_override": None,  # lead's threshold on the score; None = the model's delta
+}
+WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at")
+SCORE_COLUMNS = ("image_id", "label_id", "score", "uncertainty", "suggested_label_id", "suggested_score")
+
+
+class AddResult(NamedTuple):
+    added: int  # new rows, duplicates included
+    skipped: int  # path already in the store
+    duplicates: int  # new rows stored with status 'duplicate'
+
+
+def default_db_path() -> Path:
+    """``$ANNOTATOR_DB`` if set, else ``<repo>/data/state/annotator.db``."""
+    env = os.environ.get("ANNOTATOR_DB")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "state" / "annotator.db"
+
+
+def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def _ids_json(ids: Iterable[int]) -> str:
+    """Id lists go in as one JSON parameter (``IN (SELECT value FROM json_each(?))``): no variable limit."""
+    return json.dumps([int(i) for i in ids])
+
+
+class StoreBase:
+    """Connection and transactions; the area mixins (catalog, verdicts, ...) add the queries."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.path, execute_plugins=False)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """Write transaction: BEGIN IMMEDIATE ... COMMIT, or a savepoint when nested."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            self.db.rollback()
+            raise
+
+    def _all(self, sql: str, params: list | tuple = ()) -> list[dict]:
+        return list(self.db.query(sql, params))
+
+    def _one(self, sql: str, params: list | tuple = ()) -> dict | None:
+        return next(self.db.query(sql, params), None)
+
+    def _scalar(self, sql: str, params: list | tuple = ()) -> Any:
+        row = self.db.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    def _user_version(self) -> int:
+        return self._scalar("PRAGMA user_version")
+
+    def _migrate(self) -> None:
+        """Apply ``schema.MIGRATIONS`` past ``PRAGMA user_version``, all in one transaction."""
+        if self._user_version() == SCHEMA_VERSION:
+            return
+        with self._tx():
+            version = self._user_version()  # re-read under the write lock: another process may have migrated
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema v{version}; this code knows up to v{SCHEMA_VERSION}")
+            for migrate in MIGRATIONS[version:]:
+                migrate(self.db)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        return self._user_version()
+

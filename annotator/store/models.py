@@ -1,0 +1,147 @@
+"""Store queries for models and scores, worker status, retrain requests and settings."""
+
+import json
+import time
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any
+
+from .base import REQUEST_KINDS, SCORE_COLUMNS, SETTING_DEFAULTS, WORKER_FIELDS, StoreBase, StoreError, _choice
+
+
+class ModelsMixin(StoreBase):
+    """Model versions and their scores, the worker's status row, retrain requests, settings."""
+
+    # -- settings -----------------------------------------------------------------------
+    def get_setting(self, key: str) -> Any:
+        """Stored value (JSON-decoded), else the code default from ``SETTING_DEFAULTS``, else None."""
+        row = self._one("SELECT value FROM settings WHERE key = ?", [key])
+        return json.loads(row["value"]) if row else SETTING_DEFAULTS.get(key)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` as JSON."""
+        with self._tx():
+            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                            "value = excluded.value", [key, json.dumps(value)])
+
+    def setting_or_init(self, key: str, value: Any) -> Any:
+        """The stored value of ``key``; when none is stored yet, ``value`` is stored first. Atomic, so
+        concurrent callers all get the one value that won (e.g. the app's session-signing secret)."""
+        with self._tx():
+            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                            [key, json.dumps(value)])
+            return json.loads(self._scalar("SELECT value FROM settings WHERE key = ?", [key]))
+
+    def settings(self) -> dict[str, Any]:
+        """Defaults overlaid with stored values."""
+        return {**SETTING_DEFAULTS, **{r["key"]: json.loads(r["value"]) for r in self.db.query(
+            "SELECT key, value FROM settings")}}
+
+    # -- worker status ------------------------------------------------------------------
+    def worker_update(self, **fields: Any) -> None:
+        """Upsert the single worker row; ``heartbeat`` defaults to now. Fields: ``WORKER_FIELDS``."""
+        bad = set(fields) - set(WORKER_FIELDS)
+        if bad:
+            raise ValueError(f"unknown worker fields {sorted(bad)}; valid: {', '.join(WORKER_FIELDS)}")
+        fields.setdefault("heartbeat", time.time())
+        cols = list(fields)
+        with self._tx():
+            self.db.execute(
+                f"INSERT INTO worker (id, {', '.join(cols)}) VALUES (1, {', '.join('?' * len(cols))}) ON CONFLICT(id)"
+                f" DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols)}", list(fields.values()))
+
+    def worker_state(self) -> dict:
+        """Worker row (all ``WORKER_FIELDS``, None if never written) plus ``heartbeat_age_s``."""
+        state = self._one("SELECT * FROM worker WHERE id = 1") or {}
+        state = {f: state.get(f) for f in WORKER_FIELDS}
+        state["heartbeat_age_s"] = time.time() - state["heartbeat"] if state["heartbeat"] else None
+        return state
+
+    # -- retrain requests ---------------------------------------------------------------
+    def request(self, kind: str, by: str | None = None) -> int:
+        """Queue a 'retrain' or 'full' request; returns an id (an unstarted one of the same kind is reused)."""
+        _choice(kind, REQUEST_KINDS, "request kind")
+        with self._tx():
+            same = self._scalar("SELECT id FROM requests WHERE kind = ? AND started_at IS NULL AND done_at IS NULL"
+                                " ORDER BY id LIMIT 1", [kind])
+            if same is not None:
+                return same
+            return self.db.execute("INSERT INTO requests (kind, requested_by, created_at) VALUES (?, ?, ?)",
+                                   [kind, by, time.time()]).lastrowid
+
+    def pending_request(self) -> dict | None:
+        """Oldest request not done yet (started or not), or None."""
+        return self._one("SELECT * FROM requests WHERE done_at IS NULL ORDER BY id LIMIT 1")
+
+    def mark_request(self, request_id: int, *, started: bool = False, done: bool = False) -> None:
+        """Stamp ``started_at`` and/or ``done_at`` with now."""
+        now = time.time()
+        with self._tx():
+            if started:
+                self.db.execute("UPDATE requests SET started_at = ? WHERE id = ?", [now, request_id])
+            if done:
+                self.db.execute("UPDATE requests SET done_at = ? WHERE id = ?", [now, request_id])
+
+    # -- models and scores --------------------------------------------------------------
+    def add_model(self, *, delta: float, metrics: dict | None = None, checkpoint: str | None = None,
+                  backbone: str | None = None, n_verdicts: int | None = None) -> int:
+        """Register a trained model (not current yet); returns its version (1, 2, ...)."""
+        with self._tx():
+            version = self._scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM models")
+            self.db.execute(
+                "INSERT INTO models (version, created_at, delta, metrics, checkpoint, backbone, n_verdicts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [version, time.time(), delta, json.dumps(metrics), checkpoint, backbone, n_verdicts])
+        return version
+
+    def _model_exists(self, version: int) -> None:
+        if self._scalar("SELECT 1 FROM models WHERE version = ?", [version]) is None:
+            raise StoreError(f"unknown model version {version}")
+
+    def write_scores(self, version: int, rows: Iterable[tuple], *, batch: int = 5000) -> int:
+        """Insert/replace score rows, ``batch`` per transaction; returns the row count.
+
+        Each row: (image_id, label_id, score, uncertainty[, suggested_label_id, suggested_score]),
+        score = relevance in [-1, 1] (higher = label more likely correct), uncertainty = |score - delta|.
+        """
+        self._model_exists(version)
+        n = 0
+        it = iter(rows)
+        while chunk := list(islice(it, batch)):
+            with self._tx():
+                self.db.conn.executemany(
+                    f"INSERT OR REPLACE INTO scores (model_version, {', '.join(SCORE_COLUMNS)})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(version, *r, *(None,) * (len(SCORE_COLUMNS) - len(r))) for r in chunk])
+            n += len(chunk)
+        return n
+
+    def make_current(self, version: int) -> None:
+        """Make ``version`` the only current model, in one transaction."""
+        with self._tx():
+            self._model_exists(version)
+            self.db.execute("UPDATE models SET is_current = (version = ?)", [version])
+
+    def delete_scores(self, version: int) -> int:
+        """Drop the scores of an old model version; returns rows deleted."""
+        with self._tx():
+            return self.db.execute("DELETE FROM scores WHERE model_version = ?", [version]).rowcount
+
+    def _model_row(self, row: dict) -> dict:
+        row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None
+        return row
+
+    def current_model(self) -> dict | None:
+        """The current model row (``metrics`` decoded), or None."""
+        row = self._one("SELECT * FROM models WHERE is_current = 1")
+        return self._model_row(row) if row else None
+
+    def models(self) -> list[dict]:
+        """All model rows by version (``metrics`` decoded)."""
+        return [self._model_row(r) for r in self.db.query("SELECT * FROM models ORDER BY version")]
+
+    def current_scores(self) -> dict[int, float]:
+        """{image_id: score} of the current model ({} without one); for the full round's sample weights."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT s.image_id, s.score FROM scores s JOIN models m ON m.version = s.model_version"
+            " WHERE m.is_current = 1").fetchall()}

@@ -1,0 +1,139 @@
+"""The background worker: a separate long-running process that retrains CleanNet as verdicts arrive.
+
+    python -m annotator worker            # loop forever
+    python -m annotator worker --once     # one round if one is due, then exit
+
+Every `poll` seconds it checks whether a round is due: no model yet, a lead's request (retrain or full), or
+at least `retrain_every` (setting, default 50) live verdicts since the current model. A heartbeat thread
+writes `worker.heartbeat` every few seconds even while a round trains, so the UI can tell "busy" from "dead".
+Phase, progress and the last error are written to the store. An error is stored and shown; the worker keeps
+running. SIGKILL at any moment leaves the previous model current (see annotator.pipeline).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .pipeline import RoundConfig, run_round
+from .store import Store
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 2.0
+
+
+def due(store: Store) -> tuple[str | None, dict | None]:
+    """-> (kind, request): kind 'full' | 'retrain' when a round is due, else None."""
+    if store.images_count(status="ok") == 0:
+        return None, None
+    req = store.pending_request()
+    if req:
+        return req["kind"], req
+    current = store.current_model()
+    if current is None:
+        return "retrain", None
+    since = store.verdicts_since((current.get("metrics") or {}).get("max_verdict_id") or 0)
+    return ("retrain", None) if since >= int(store.get_setting("retrain_every")) else (None, None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Heartbeat(threading.Thread):
+    """Writes the heartbeat from its own connection (a Store is never shared between threads)."""
+
+    def __init__(self, db_path: Path):
+        super().__init__(daemon=True, name="heartbeat")
+        self.db_path, self.stop = db_path, threading.Event()
+
+    def run(self) -> None:
+        store = Store(self.db_path)
+        try:
+            while not self.stop.wait(HEARTBEAT_S):
+                try:
+                    store.worker_update()
+                except Exception as e:  # a locked or vanished DB must not kill the thread  # noqa: BLE001
+                    log.warning("heartbeat failed: %s", e)
+        finally:
+            store.close()
+
+
+def round_config(store: Store, overrides: dict | None = None) -> RoundConfig:
+    """RoundConfig from the `round` setting (re-read every round, so a lead's change applies to the next
+    round without a restart), then `overrides`."""
+    return RoundConfig(**{**(store.get_setting("round") or {}), **(overrides or {})})
+
+
+def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: float = 2.0, once: bool = False,
+               max_rounds: int | None = None) -> int:
+    """Run rounds while they are due. Returns the number of rounds completed.
+
+    Test hook: with $ANNOTATOR_PAUSE_AT=PHASE the worker sleeps 60 s at its first progress report past the
+    start of PHASE (e.g. 'writing': scores written, version not yet current), so a test can SIGKILL it there.
+    """
+    pause_at = os.environ.get("ANNOTATOR_PAUSE_AT")
+    store = Store(db_path)
+    other = store.worker_state()
+    if other["pid"] and other["pid"] != os.getpid() and _alive(other["pid"]) and (
+            other["heartbeat_age_s"] or 1e9) < 5 * HEARTBEAT_S:
+        store.close()
+        raise RuntimeError(f"another worker (pid {other['pid']}) is running on this database")
+    store.worker_update(pid=os.getpid(), phase="idle", progress=0.0, message="worker started")
+    beat = _Heartbeat(Path(store.path))
+    beat.start()
+    last_report = [0.0]
+
+    def report(phase: str, progress: float, message: str) -> None:
+        if phase == pause_at and progress > 0:
+            store.worker_update(phase=phase, progress=progress, message="paused by ANNOTATOR_PAUSE_AT")
+            time.sleep(60)
+        now = time.time()
+        if now - last_report[0] >= 0.5 or phase in ("idle", "writing") or progress == 0.0:
+            last_report[0] = now
+            fields = {"phase": phase, "progress": round(progress, 4)}
+            if message:
+                fields["message"] = message
+            store.worker_update(**fields)
+
+    rounds, failures = 0, 0
+    try:
+        while True:
+            kind, req = due(store)
+            if kind is None:
+                if once:
+                    break
+                time.sleep(poll)
+                continue
+            if req:
+                store.mark_request(req["id"], started=True)
+            try:
+                version = run_round(store, round_config(store, overrides), full=kind == "full", report=report)
+                rounds, failures = rounds + 1, 0
+                log.info("round %d done: model version %d is current", rounds, version)
+            except Exception as e:  # stored and shown; the worker keeps running  # noqa: BLE001
+                failures += 1
+                log.error("round failed: %s", traceback.format_exc())
+                store.worker_update(phase="error", last_error=f"{type(e).__name__}: {e}",
+                                    last_error_at=time.time(), message="round failed; will retry")
+                if not req:  # back off before retrying a verdict-triggered round
+                    time.sleep(min(poll * 2 ** failures, 300))
+            if req:
+                store.mark_request(req["id"], done=True)
+            if once or (max_rounds is not None and rounds >= max_rounds):
+                break
+    finally:
+        beat.stop.set()
+        beat.join(timeout=5)
+        store.worker_update(phase="stopped", pid=None)
+        store.close()
+    return rounds

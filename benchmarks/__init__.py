@@ -1,0 +1,1 @@
+"""Quality and speed benchmarks (printed tables + JSON); see benchmarks/README.md."""

@@ -1,0 +1,80 @@
+"""Shared pieces of the benchmarks: CIFAR-10N loading and the cached noisy-label backbone features."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cleannet_core.classifier import ClassifierConfig, load_backbone, save_backbone, train_classifier
+from cleannet_core.features import backbone_id, extract_features
+
+log = logging.getLogger(__name__)
+
+LABEL_SETS = {"aggre": "aggre_label", "worse": "worse_label", "random1": "random_label1",
+              "random2": "random_label2", "random3": "random_label3"}
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+@dataclass
+class Dataset:
+    paths: list[str]          # absolute image paths, (N,)
+    clean: np.ndarray         # (N,) ground-truth labels
+    noisy: np.ndarray         # (N,) noisy labels of the chosen label set
+    class_names: list[str]
+    index: np.ndarray         # (N,) CIFAR-10N index of each image
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_cifar10n(data: Path, labels: str, n: int | None, seed: int) -> Dataset:
+    """The first `n` images of a seeded permutation of the 50k training images (all when n is None)."""
+    if labels not in LABEL_SETS:
+        raise SystemExit(f"--labels must be one of {sorted(LABEL_SETS)}, got {labels!r}")
+    data = Path(data)
+    with open(data / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    names = json.loads((data / "stats.json").read_text())["classes"]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    if n is not None:
+        order = np.sort(order[:n])
+    rows = [rows[i] for i in order]
+    return Dataset(paths=[str((data / r["path"]).resolve()) for r in rows],
+                   clean=np.array([int(r["clean_label"]) for r in rows]),
+                   noisy=np.array([int(r[LABEL_SETS[labels]]) for r in rows]),
+                   class_names=names, index=order)
+
+
+def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, device: str = "auto",
+                            timings: dict | None = None) -> np.ndarray:
+    """Pool features (N, D) float32 of a backbone trained on the noisy labels themselves (spec §1, §6).
+
+    The backbone checkpoint and the features are cached under benchmarks/.cache, so a second run with the
+    same data, labels and settings trains nothing and extracts nothing.
+    """
+    timings = timings if timings is not None else {}
+    key = hashlib.blake2b(json.dumps([tag, ds.index.tolist(), ds.noisy.tolist(), config.__dict__],
+                                     sort_keys=True).encode(), digest_size=8).hexdigest()
+    ckpt = CACHE / f"backbone-{tag}-{key}.pt"
+    t = time.perf_counter()
+    if ckpt.exists():
+        model, _ = load_backbone(ckpt)
+        log.info("backbone from cache %s", ckpt)
+    else:
+        model = train_classifier(ds.paths, ds.noisy, ds.num_classes, config=config, device=device)
+        save_backbone(model, ckpt, class_names=ds.class_names, meta={"tag": tag, "config": config.__dict__})
+    timings["backbone_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    res = extract_features(model, ds.paths, cache_dir=CACHE / "features", backbone_id=backbone_id(model),
+                           image_size=config.image_size, device=device)
+    timings["features_s"] = round(time.perf_counter() - t, 2)
+    if not res.ok.all():
+        raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
+    return res.features

@@ -1,0 +1,1 @@
+"""CleanNet in pure PyTorch/numpy: features, references, model, train, score, classifier, metrics."""

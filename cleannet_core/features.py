@@ -1,0 +1,259 @@
+"""Images -> pool5 feature vectors (CleanNet's input, ../shared/cleannet-spec.md §1), with an on-disk cache.
+
+Features are cached per backbone (arch + weight hash) and keyed by the image's content hash, so renamed or moved
+files hit the cache and a retrained backbone never reuses stale vectors.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.models import ResNet18_Weights, ResNet50_Weights
+from tqdm import tqdm
+
+from .classifier import ARCHS, Backbone, iter_inference
+
+log = logging.getLogger(__name__)
+
+IMAGENET_WEIGHTS = {"resnet50": ResNet50_Weights.IMAGENET1K_V2, "resnet18": ResNet18_Weights.IMAGENET1K_V1}
+SHARD_ROWS = 16384  # extract_features writes a shard at least this often (a crash loses at most this much work)
+_SHARD_RE = re.compile(r"shard-(\d{5,})\.keys\.npy")
+
+
+def _check_state(state: object, arch: str, src: Path) -> dict[str, torch.Tensor]:
+    """Validate that `state` is a `arch` state_dict (the fc layer may have any class count)."""
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # e.g. a save_backbone checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"ImageNet weights file {src} does not hold a state_dict of tensors")
+    ref = ARCHS[arch](weights=None).state_dict()
+    bad = sorted(k for k in ref.keys() | state.keys() if not k.startswith("fc.")
+                 and (k not in ref or k not in state or ref[k].shape != state[k].shape))
+    if bad:
+        raise ValueError(f"ImageNet weights file {src} is not a {arch} state_dict "
+                         f"({len(bad)} missing/unexpected/mis-shaped keys, e.g. {bad[:3]})")
+    return state
+
+
+def load_imagenet_weights(arch: str, *, weights_path: str | Path | None = None) -> tuple[dict | None, str]:
+    """Find ImageNet weights offline: explicit file -> torch hub cache -> none. Never downloads.
+
+    Returns (state_dict or None, human-readable source message). An explicit `weights_path` that is missing or
+    unloadable raises (FileNotFoundError / ValueError); a broken cache file only logs a warning.
+    """
+    if arch not in IMAGENET_WEIGHTS:
+        raise ValueError(f"arch must be one of {tuple(IMAGENET_WEIGHTS)}, got {arch!r}")
+    if weights_path is not None:
+        src = Path(weights_path).expanduser()
+        if not src.is_file():
+            raise FileNotFoundError(f"ImageNet weights file {src} does not exist")
+        try:
+            state = torch.load(src, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle/zip/unsupported-type errors all mean "not a usable weights file"
+            raise ValueError(f"cannot load ImageNet weights from {src}: {type(e).__name__}: {e}") from e
+        return _check_state(state, arch, src), f"ImageNet weights for {arch} loaded from {src}"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS[arch].url).name
+    if cached.is_file():
+        try:
+            state = _check_state(torch.load(cached, map_location="cpu", weights_only=True), arch, cached)
+            return state, f"ImageNet weights for {arch} loaded from the torch cache ({cached})"
+        except Exception as e:
+            log.warning("ignoring unusable cached weights %s: %s", cached, e)
+    return None, (f"ImageNet weights for {arch} are not available offline (no local file, not in the torch cache "
+                  f"at {cached}); the backbone will be trained on the noisy labels themselves")
+
+
+def content_key(path: str | Path) -> str:
+    """blake2b-128 hex digest of the file's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def backbone_id(model: Backbone) -> str:
+    """'<arch>-<12 hex>': hash over every state_dict tensor (weights and BN statistics) of the model."""
+    h = hashlib.blake2b(digest_size=6)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{model.arch}-{h.hexdigest()}"
+
+
+class FeatureCache:
+    """Append-only float16 feature store under root/backbone_id/, keyed by content key.
+
+    Each add() writes shard-XXXXX.npy (n, D) float16 and shard-XXXXX.keys.npy (n,) unicode; both go to temp names
+    and are os.replace'd, the keys file last, so only complete shards are ever listed. Shards are memory-mapped;
+    the key index is one dict (~150 B per key) built once per instance, fine for millions of images.
+    """
+
+    def __init__(self, root: str | Path, backbone_id: str, dim: int):
+        self.dir = Path(root) / backbone_id
+        self.dim = dim
+        self._index: dict[str, int] | None = None  # key -> global row
+        self._shards: list[np.ndarray] = []       # mmap'd (n_s, D) float16
+        self._offsets = [0]                       # global row of each shard's first row, plus the total
+
+    def _load(self) -> dict[str, int]:
+        if self._index is not None:
+            return self._index
+        self._index = {}
+        kfiles = sorted(self.dir.glob("shard-*.keys.npy")) if self.dir.is_dir() else []
+        for kf in kfiles:
+            if not _SHARD_RE.fullmatch(kf.name):
+                continue
+            try:
+                keys = np.load(kf, allow_pickle=False)
+                feats = np.load(kf.with_name(kf.name.replace(".keys.npy", ".npy")), mmap_mode="r")
+            except (OSError, ValueError) as e:
+                log.warning("feature cache: skipping unreadable shard %s: %s", kf, e)
+                continue
+            if feats.shape != (len(keys), self.dim):
+                log.warning("feature cache: skipping shard %s with shape %s (expected (%d, %d))",
+                            kf, feats.shape, len(keys), self.dim)
+                continue
+            self._append(keys.tolist(), feats)
+        return self._index
+
+    def _append(self, keys: list[str], feats: np.ndarray) -> None:
+        base = self._offsets[-1]
+        for i, k in enumerate(keys):
+            self._index.setdefault(k, base + i)
+        self._shards.append(feats)
+        self._offsets.append(base + len(keys))
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """-> hit (N,) bool, feats (N, D) float32 (zero rows where missing)."""
+        index = self._load()
+        rows = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        hit = rows >= 0
+        out = np.zeros((len(keys), self.dim), np.float32)
+        shard = np.searchsorted(self._offsets, rows, side="right") - 1
+        for s in np.unique(shard[hit]):
+            sel = np.flatnonzero(hit & (shard == s))
+            local = rows[sel] - self._offsets[s]
+            order = np.argsort(local)  # sorted reads from the memory map
+            out[sel[order]] = self._shards[s][local[order]]
+        return hit, out
+
+    def add(self, keys: Sequence[str], feats: np.ndarray) -> int:
+        """Store feats (n, D) under keys (n,); keys already cached are skipped. Returns the number of new rows."""
+        if feats.shape != (len(keys), self.dim):
+            raise ValueError(f"feats must have shape ({len(keys)}, {self.dim}), got {feats.shape}")
+        index = self._load()
+        new: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in index and k not in new:
+                new[k] = i
+        if not new:
+            return 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        nums = [int(m.group(1)) for p in self.dir.iterdir() if (m := _SHARD_RE.fullmatch(p.name))]
+        stem = f"shard-{max(nums, default=-1) + 1:05d}"
+        new_keys = np.array(list(new), dtype=str)
+        new_feats = feats[list(new.values())].astype(np.float16)
+        for name, arr in ((f"{stem}.npy", new_feats), (f"{stem}.keys.npy", new_keys)):  # keys file last
+            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dir / name)
+        self._append(new_keys.tolist(), np.load(self.dir / f"{stem}.npy", mmap_mode="r"))
+        return len(new)
+
+
+@dataclass
+class FeatureResult:
+    features: np.ndarray  # (N, D) float32, zero rows where not ok (values are float16-rounded, as cached)
+    ok: np.ndarray        # (N,) bool
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) for every not-ok image
+    n_cached: int = 0     # images served from the cache
+    n_extracted: int = 0  # images run through the backbone in this call
+
+
+def _hash_or_error(path: str) -> tuple[str, str]:
+    """-> (content key, '') or ('', reason)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "", "empty file (0 bytes)"
+        return content_key(path), ""
+    except FileNotFoundError:
+        return "", "file not found"
+    except OSError as e:
+        return "", f"{type(e).__name__}: {e}"
+
+
+def extract_features(model: Backbone, paths: Sequence[str | Path], *, cache_dir: str | Path, backbone_id: str,
+                     image_size: int, batch_size: int = 256, num_workers: int = 2, device: str = "auto",
+                     progress: bool = True) -> FeatureResult:
+    """Pool5 features (N, D) for `paths`, computing only images whose content is not cached yet.
+
+    Cache namespace is cache_dir/<backbone_id>-<image_size>px (the crop size changes the features). Missing,
+    empty or undecodable files are reported in `errors` with ok=False; they never abort the run.
+    """
+    paths = [str(p) for p in paths]
+    n = len(paths)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # file reads dominate on real disks; hashlib drops the GIL
+        hashed = list(tqdm(pool.map(_hash_or_error, paths, chunksize=256), total=n, desc="hashing",
+                           disable=not progress, leave=False))
+    keys = [k for k, _ in hashed]
+    reasons = [r for _, r in hashed]
+    cache = FeatureCache(cache_dir, f"{backbone_id}-{image_size}px", model.num_features)
+    readable = np.array([not r for r in reasons], bool)
+    feats = np.zeros((n, model.num_features), np.float32)
+    hit = np.zeros(n, bool)
+    if readable.any():
+        hit[readable], feats[readable] = cache.lookup([keys[i] for i in np.flatnonzero(readable)])
+
+    todo: dict[str, list[int]] = {}  # content key -> positions needing it (duplicates computed once)
+    for i in np.flatnonzero(readable & ~hit):
+        todo.setdefault(keys[i], []).append(i)
+    first = [pos[0] for pos in todo.values()]
+    buf_keys: list[str] = []
+    buf_feats: list[np.ndarray] = []
+    n_extracted = 0
+    bar = tqdm(total=len(first), desc="features", disable=not progress, leave=False)
+    batches = iter_inference(model, [paths[i] for i in first], image_size=image_size, batch_size=batch_size,
+                             num_workers=num_workers, device=device) if first else ()
+    for idx, f, _, err in batches:
+        f = f.astype(np.float16).astype(np.float32)  # identical values whether freshly computed or cached
+        for j, fj, e in zip(idx, f, err):
+            pos = todo[keys[first[j]]]
+            if e:
+                for i in pos:
+                    reasons[i] = f"cannot decode image: {e}"
+                continue
+            feats[pos] = fj
+            n_extracted += len(pos)
+            buf_keys.append(keys[pos[0]])
+            buf_feats.append(fj)
+        if len(buf_keys) >= SHARD_ROWS:
+            cache.add(buf_keys, np.stack(buf_feats))
+            buf_keys, buf_feats = [], []
+        bar.update(len(idx))
+    bar.close()
+    if buf_keys:
+        cache.add(buf_keys, np.stack(buf_feats))
+
+    ok = np.array([not r for r in reasons], bool)
+    errors = [(paths[i], reasons[i]) for i in np.flatnonzero(~ok)]
+    if errors:
+        log.warning("%d of %d images could not be read, e.g. %s (%s)", len(errors), n, *errors[0])
+    feats[~ok] = 0.0
+    n_cached = int(hit.sum())
+    log.info("features: %d cached, %d extracted, %d failed (cache %s)", n_cached, n_extracted, len(errors), cache.dir)
+    return FeatureResult(features=feats, ok=ok, errors=errors, n_cached=n_cached, n_extracted=n_extracted)

@@ -1,0 +1,436 @@
+"""The Streamlit app under AppTest: login and role gating, each page's logic, escaping, error boundary, speed.
+
+Each test gets a fresh SQLite file (``$ANNOTATOR_DB``) with 36 tiny generated images in three classes
+(one with a hostile name) ingested through ``annotator.ingest``, and a model version written through the
+store (add_model + write_scores + make_current), so scores show without running the worker.
+"""
+import csv
+import io
+import random
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from annotator import auth
+from annotator.ingest import ingest_folder
+from annotator.pages import common
+from annotator.store import Store
+
+APP = "../app.py"  # relative to this file (AppTest resolves it against the test's folder)
+ADMIN_PW = "admin-secret-pw"
+HOSTILE = "<b>x **y** :red[z] $1+1$"  # no "/": it is a folder name
+CLASSES = ("cat", "dog", HOSTILE)
+DELTA = 0.0
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    """Path of a populated database; env ANNOTATOR_DB points at it."""
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+        for k in range(12):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{k}.png")
+    path = tmp_path / "state" / "annotator.db"
+    monkeypatch.setenv("ANNOTATOR_DB", str(path))
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", ADMIN_PW)
+    with Store(path) as store:
+        report = ingest_folder(store, root, progress=False)
+        assert report.added == 36 and not report.errors
+        store.set_verify(["cat", "dog"])
+        auth.ensure_admin(store)
+        auth.add_user(store, "ann", "annotator", "ann-pw")
+        add_model(store)
+    return path
+
+
+def add_model(store, *, metrics=None):
+    """A current model: every image scored at random in [-1, 1]; suggested label 'dog' (or 'cat')."""
+    rng = random.Random(1)
+    rows = []
+    for r in store.iter_images():
+        score = rng.uniform(-1, 1)
+        other = "cat" if r["label"] == "dog" else "dog"
+        rows.append((r["id"], r["label_id"], score, abs(score - DELTA), store.class_id(other), 0.5))
+    version = store.add_model(delta=DELTA, backbone="ImageNet weights from a test file", metrics=metrics or {
+        "estimated_noise_rate": 0.3, "per_class_noise_rate": {"cat": 0.2, "dog": 0.4, HOSTILE: 0.3},
+        "backbone": "ImageNet weights from a test file", "audit": {"error": 0.25, "auroc": 0.8}})
+    store.write_scores(version, rows)
+    store.make_current(version)
+    return version
+
+
+def app(user: str | None = None, *, page: str | None = None) -> AppTest:
+    """AppTest of app.py, run once; signed in as ``user`` (by a session token, like a reloaded tab)."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    if user:
+        with Store() as store:
+            at.query_params[common.SESSION_PARAM] = common.make_token(store, user)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at) -> str:
+    """Everything the page says, as one string (markdown, captions, alerts, metrics, titles)."""
+    parts = [e.value for kind in ("markdown", "caption", "title", "subheader", "success", "info", "warning", "error")
+             for e in getattr(at, kind)]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+# -- login and roles --------------------------------------------------------------------
+def test_anonymous_sees_only_the_login_form(db):
+    at = app()
+    assert [t.key for t in at.text_input] == ["login_name", "login_password"]
+    assert [t.value for t in at.title] == ["Label cleaner"]
+    assert not at.sidebar.button  # no logout, no navigation
+    for page in ("annotator/pages/annotate.py", "annotator/pages/admin.py"):
+        with pytest.raises(ValueError):
+            at.switch_page(page)
+
+
+def test_login_logout_and_session_token(db):
+    at = app()
+    at.text_input(key="login_name").input("admin")
+    at.text_input(key="login_password").input("wrong")
+    at.button(key="login_submit").click().run()
+    assert "wrong password" in at.error[0].value and not at.metric
+    at.text_input(key="login_password").input(ADMIN_PW)
+    at.button(key="login_submit").click().run()
+    assert not at.exception and at.title[0].value == "Annotate"
+    token = at.query_params[common.SESSION_PARAM]
+    # a reload (new session, same URL) stays signed in
+    again = AppTest.from_file(APP, default_timeout=60)
+    again.query_params[common.SESSION_PARAM] = token
+    again.run()
+    assert again.title[0].value == "Annotate"
+    # log out: back to the form, token gone from the URL
+    at.button(key="logout").click().run()
+    assert [t.key for t in at.text_input] == ["login_name", "login_password"]
+    assert common.SESSION_PARAM not in at.query_params
+
+
+def test_bad_expired_or_deactivated_tokens_are_refused(db):
+    with Store() as store:
+        good = common.make_token(store, "ann")
+        expired = common.make_token(store, "ann", ttl=-1)
+        payload, mac = good.split(".")
+        forged = common._b64(b'["admin", 9999999999]') + "." + mac
+        assert common.user_from_token(store, good)["name"] == "ann"
+        for bad in (expired, forged, payload, "", None, "x.y", good + "x"):
+            assert common.user_from_token(store, bad) is None
+        store.set_user_active("ann", False)
+        assert common.user_from_token(store, good) is None
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params[common.SESSION_PARAM] = good
+    at.run()
+    assert [t.key for t in at.text_input] == ["login_name", "login_password"]
+    assert common.SESSION_PARAM not in at.query_params  # the dead token is dropped from the URL
+
+
+def test_annotator_cannot_open_lead_pages(db):
+    at = app("ann")
+    assert at.title[0].value == "Annotate"
+    for page in ("admin", "export", "dashboard"):
+        with pytest.raises(ValueError):
+            at.switch_page(f"annotator/pages/{page}.py")
+    lead = app("admin")
+    for page in ("admin", "export", "dashboard"):
+        lead.switch_page(f"annotator/pages/{page}.py").run()
+        assert not lead.exception and lead.title[0].value == page.capitalize()
+
+
+def test_deactivated_user_is_signed_out_at_the_next_rerun(db):
+    at = app("ann")
+    with Store() as store:
+        store.set_user_active("ann", False)
+    at.run()
+    assert [t.key for t in at.text_input] == ["login_name", "login_password"]
+
+
+# -- annotate ---------------------------------------------------------------------------
+def shown_image(at) -> int:
+    caption = next(c.value for c in at.caption if c.value.startswith("Image #"))
+    return int(caption.split("#")[1].split(" ")[0])
+
+
+def test_single_mode_verdicts_undo_and_true_class(db):
+    at = app("ann")
+    assert metric(at, "My verdicts today") == "0" and metric(at, "Left in my classes") == "24"
+    assert len(at.session_state["ann_items"]) == 2  # current + prefetched next, both leased
+    first = shown_image(at)
+    at.button(key="ann_correct").click().run()
+    with Store() as store:
+        assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
+    second = shown_image(at)
+    assert second != first and metric(at, "My verdicts today") == "1"
+    at.button(key="ann_wrong").click().run()
+    # the true class of the image just marked wrong, by its number key button
+    buttons = [b for b in at.button if b.key and b.key.startswith("ann_true_")]
+    assert buttons and buttons[0].label in ("cat", "dog")
+    label = buttons[0].label
+    buttons[0].click().run()
+    with Store() as store:
+        wrong = [v for v in store.live_verdicts() if v["image_id"] == second]
+        assert [(v["verdict"], v["corrected_label_id"]) for v in wrong] == [("wrong", store.class_id(label))]
+    at.button(key="ann_unsure").click().run()
+    assert metric(at, "My verdicts today") == "3"
+    third = at.session_state["ann_items"][0].image_id
+    at.button(key="ann_undo").click().run()  # z: the unsure verdict is voided and its image comes back
+    assert metric(at, "My verdicts today") == "2" and shown_image(at) != third
+    with Store() as store:
+        assert store.verdict_count() == 2
+        undone = store.get_verdict(store.max_verdict_id())
+        assert undone["voids"] is not None and store.get_verdict(undone["voids"])["verdict"] == "unsure"
+        assert shown_image(at) == store.get_verdict(undone["voids"])["image_id"]
+
+
+def test_true_class_beyond_nine_by_select_box(db):
+    with Store() as store:
+        store.ensure_classes([f"extra{k:02d}" for k in range(10)])
+    at = app("ann")
+    shown = shown_image(at)
+    at.button(key="ann_wrong").click().run()
+    assert len([b for b in at.button if b.key and b.key.startswith("ann_true_") and b.key[-1].isdigit()]) == 9
+    at.selectbox(key="ann_true_other").set_value("extra09").run()
+    at.button(key="ann_true_set").click().run()
+    with Store() as store:
+        [v] = store.live_verdicts()
+        assert (v["image_id"], v["corrected_label_id"]) == (shown, store.class_id("extra09"))
+    assert "true class: **extra09**" in texts(at)
+
+
+def test_stale_second_press_does_not_record_twice(db):
+    at = app("ann")
+    first = shown_image(at)
+    # two presses queued before a rerun: the second is aimed at the image the first one judged
+    at.session_state["ann_actions"] = [("verdict", "correct", first), ("verdict", "wrong", first)]
+    at.run()
+    with Store() as store:
+        assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
+    assert shown_image(at) != first
+
+
+def test_reload_resumes_the_same_image_and_keeps_verdicts(db):
+    at = app("ann")
+    at.button(key="ann_correct").click().run()
+    shown, nxt = [i.image_id for i in at.session_state["ann_items"]]
+    again = app("ann")  # a new browser session of the same user
+    assert shown_image(again) == shown and [i.image_id for i in again.session_state["ann_items"]] == [shown, nxt]
+    assert metric(again, "My verdicts today") == "1"
+
+
+def test_grid_mode_flip_and_submit(db):
+    at = app("ann")
+    at.toggle(key="ann_grid_mode").set_value(True).run()
+    at.selectbox(key="ann_grid_class").set_value("dog").run()
+    flips = [b for b in at.button if b.key and b.key.startswith("ann_flip_")]
+    assert len(flips) == 12 and all(b.label == "Correct" for b in flips)  # dog has 12 images
+    target = int(flips[3].key.rsplit("_", 1)[1])
+    flips[3].click().run()
+    assert at.button(key=f"ann_flip_{target}").label == "Wrong"
+    at.button(key="ann_grid_submit").click().run()
+    with Store() as store:
+        live = store.live_verdicts()
+        assert len(live) == 12 and {v["reason"] for v in live} == {"grid"}
+        assert [v["image_id"] for v in live if v["verdict"] == "wrong"] == [target]
+    assert "queue is empty" in texts(at)  # dog is done
+
+
+def test_empty_queue_and_no_verify_classes_say_so(db):
+    with Store() as store:
+        store.set_verify(["cat", "dog"], False)
+    at = app("ann")
+    assert "No classes are chosen" in texts(at)
+    with Store() as store:
+        store.set_verify([HOSTILE])
+        for r in store.iter_images():
+            if r["label"] == HOSTILE:
+                store.record_verdict(r["id"], "someone", "correct", reason="manual")
+    at.run()
+    assert "queue is empty" in texts(at) and metric(at, "Left in my classes") == "0"
+
+
+def test_class_names_are_escaped(db):
+    with Store() as store:
+        store.set_verify(["cat", "dog"], False)
+        store.set_verify([HOSTILE])
+    at = app("ann")
+    label = next(m.value for m in at.markdown if m.value.startswith("### Label"))
+    assert label == "### Label: " + common.md(HOSTILE)
+    assert common.md(HOSTILE) == "\\<b\\>x \\*\\*y\\*\\* \\:red\\[z\\] \\$1\\+1\\$"
+    assert all(not getattr(m.proto, "allow_html", False) for m in at.markdown)
+
+
+# -- lead pages -------------------------------------------------------------------------
+def test_dashboard_rates_intervals_trend_worker(db):
+    with Store() as store:
+        ids = [r["id"] for r in store.iter_images() if r["label"] == "cat"]
+        for k, i in enumerate(ids[:10]):
+            store.record_verdict(i, "ann", "wrong" if k < 3 else "correct", reason="audit")
+        add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
+                                  "backbone": "trained on the noisy labels", "audit": {"error": 0.2, "auroc": 0.9}})
+        store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
+                            last_error_at=time.time())
+    at = app("admin", page="annotator/pages/dashboard.py")
+    table = at.dataframe[0].value
+    cat = table[table["class"] == "cat"].iloc[0]
+    lo, hi = common.wilson(3, 10)
+    assert cat["audited"] == 10 and cat["human"] == pytest.approx(30.0)
+    assert (cat["low"], cat["high"]) == pytest.approx((lo * 100, hi * 100))
+    assert cat["estimated"] == pytest.approx(10.0) and bool(cat["verified"])
+    assert table["class"].tolist() == sorted(CLASSES)  # every class, the hostile one as a plain cell
+    assert len(at.get("vega_lite_chart")) == 3  # noise per class, estimated trend, audit trend
+    said = texts(at)
+    assert "Phase=training" in said and "boom" in said and "trained on the noisy labels" in said
+    assert at.dataframe[1].value["n"].tolist() == [10]
+
+
+def test_wilson_interval():
+    assert common.wilson(0, 0) == (0.0, 1.0)
+    lo, hi = common.wilson(3, 10)
+    assert lo == pytest.approx(0.1078, abs=1e-3) and hi == pytest.approx(0.6032, abs=1e-3)
+    lo, hi = common.wilson(0, 50)
+    assert lo == 0.0 and hi == pytest.approx(0.0713, abs=1e-3)
+
+
+def test_admin_classes_users_requests_settings(db):
+    at = app("admin", page="annotator/pages/admin.py")
+    assert "Suggested next: " in at.info[0].value and common.md(HOSTILE) in at.info[0].value
+    at.multiselect(key="adm_verify").set_value(["cat", HOSTILE]).run()
+    at.button(key="adm_verify_save").click().run()
+    with Store() as store:
+        assert list(store.verify_classes()) == sorted(["cat", HOSTILE])
+    # add an annotator: the generated password is shown once and works
+    at.text_input(key="adm_user_name").input("bob")
+    at.button(key="adm_user_add").click().run()
+    password = at.code[0].value
+    with Store() as store:
+        assert auth.authenticate(store, "bob", password)["role"] == "annotator"
+    at.run()
+    assert not at.code  # shown once only
+    at.selectbox(key="adm_user_pick").set_value("bob").run()
+    at.button(key="adm_user_deactivate").click().run()
+    at.button(key="adm_req_retrain").click().run()
+    at.checkbox(key="adm_delta_on").check()
+    at.number_input(key="adm_delta").set_value(0.25)
+    at.slider(key="adm_audit_share").set_value(0.5)
+    at.number_input(key="adm_retrain_every").set_value(7)
+    at.button(key="adm_settings_save").click().run()
+    assert not at.exception
+    with Store() as store:
+        assert not store.get_user("bob")["active"]
+        assert store.pending_request()["kind"] == "retrain"
+        s = store.settings()
+        assert (s["delta_override"], s["audit_share"], s["retrain_every"]) == (0.25, 0.5, 7)
+
+
+def test_admin_reactivate_reset_full_round_and_suggested(db):
+    with Store() as store:
+        store.set_user_active("ann", False)
+    at = app("admin", page="annotator/pages/admin.py")
+    at.selectbox(key="adm_user_pick").set_value("ann").run()
+    at.button(key="adm_user_activate").click().run()
+    at.button(key="adm_user_reset").click().run()
+    password = at.code[0].value
+    at.button(key="adm_req_full").click().run()
+    at.button(key="adm_verify_suggest").click().run()
+    assert not at.exception and not at.error
+    with Store() as store:
+        assert auth.authenticate(store, "ann", password)["active"]
+        assert store.pending_request()["kind"] == "full"
+        assert list(store.verify_classes()) == sorted(CLASSES)  # the only unverified class was suggested
+
+
+def test_every_page_renders_on_an_empty_database(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "empty.db"))
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", ADMIN_PW)
+    at = app()  # first start creates the admin
+    said = []
+    for page in ("annotate", "dashboard", "admin", "export"):
+        at = app("admin", page=f"annotator/pages/{page}.py")
+        assert not at.error, page
+        said.append(texts(at))
+    assert "No classes are chosen" in said[0] and "worker is not running" in said[1]
+    assert "No images yet" in said[2] and "No rows match" in said[3]
+    at = app("admin", page="annotator/pages/dashboard.py")
+    at.segmented_control(key="dash_period").set_value("All time").run()
+    assert not at.exception and "No verdicts in this period" in texts(at)
+
+
+def test_export_preview_filters_and_download(db):
+    at = app("admin", page="annotator/pages/export.py")
+    preview = at.dataframe[0].value
+    assert len(preview) == 36 and preview.columns[0] == "path"
+    with Store() as store:
+        data = common.export_bytes(str(store.path), None, False)
+        assert not list((store.path.parent / "exports").iterdir())  # the temp file is gone
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    assert len(rows) == 36 and rows[0].keys() == set(preview.columns)
+    at.toggle(key="exp_only_kept").set_value(True).run()
+    kept = at.dataframe[0].value
+    assert len(kept) == sum(r["keep"] == "1" for r in rows) < 36
+    at.toggle(key="exp_custom").set_value(True).run()
+    at.number_input(key="exp_threshold").set_value(-1.0).run()
+    assert len(at.dataframe[0].value) == 36  # nothing scores below -1
+
+
+def test_errors_become_messages_not_tracebacks(db, monkeypatch):
+    import annotator.queue
+
+    def boom(*a, **k):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(annotator.queue, "queue_status", boom)
+    at = app("ann")
+    assert not at.exception
+    assert "Something went wrong (reference" in at.error[0].value and "secret" not in texts(at)
+
+
+# -- speed at 100k images ---------------------------------------------------------------
+@pytest.fixture
+def big_db(tmp_path, monkeypatch):
+    """100k fake image rows (no files) in 100 classes, scored by a current model, 2k audit verdicts."""
+    path = tmp_path / "big.db"
+    monkeypatch.setenv("ANNOTATOR_DB", str(path))
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", ADMIN_PW)
+    rng = random.Random(0)
+    with Store(path) as store:
+        ids = store.ensure_classes([f"class{c:03d}" for c in range(100)])
+        store.add_images(({"path": f"/img/{k}.jpg", "hash": f"h{k}", "label_id": ids[f"class{k % 100:03d}"]}
+                          for k in range(100_000)), batch=20_000)
+        store.set_verify([f"class{c:03d}" for c in range(10)])
+        version = store.add_model(delta=0.0, metrics={
+            "estimated_noise_rate": 0.2, "per_class_noise_rate": {n: rng.random() for n in ids},
+            "audit": {"error": 0.2, "auroc": 0.9}})
+        store.write_scores(version, ((i, (i - 1) % 100 + 1, s, abs(s), None, None)
+                                     for i, s in ((i, rng.uniform(-1, 1)) for i in range(1, 100_001))), batch=50_000)
+        store.make_current(version)
+        for i in range(1, 2001):
+            store.record_verdict(i * 7, "ann", "wrong" if i % 5 == 0 else "correct", reason="audit")
+        auth.ensure_admin(store)
+    return path
+
+
+def test_dashboard_renders_under_a_second_at_100k_images(big_db):
+    at = app("admin", page="annotator/pages/dashboard.py")  # warms imports and the per-version cache
+    t0 = time.perf_counter()
+    at.run()
+    assert time.perf_counter() - t0 < 1.0
+    assert len(at.dataframe[0].value) == 100
+    with Store() as store:  # a new verdict changes the watermark: the class table is recomputed (cold)
+        store.record_verdict(3, "ann", "correct", reason="audit")
+    t0 = time.perf_counter()
+    at.run()
+    assert time.perf_counter() - t0 < 1.0 and not at.exception

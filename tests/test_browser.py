@@ -1,0 +1,276 @@
+"""End to end in Debian Chromium (Playwright): the real worker and `streamlit run app.py` on 200 demo images.
+
+The lead logs in and creates an annotator; the annotator presses j/k/u for 10 verdicts, undoes one with
+z, cannot open the lead pages, reloads and keeps every verdict; the lead sees the dashboard chart and
+downloads the CSV. Screenshots of each page go to tests/artifacts/ (with the server and worker logs).
+Skipped when /usr/bin/chromium is missing (`make chromium` installs it).
+"""
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from annotator.ingest import ingest_csv
+from annotator.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ADMIN_PW = "lead-pass-123"
+N_IMAGES = 200
+WAIT_MS = 30_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+expect.set_options(timeout=30_000)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Yields (url, db path); the worker and the app run until the module's tests are done."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    tmp = tmp_path_factory.mktemp("e2e")
+    db = tmp / "state" / "annotator.db"
+    with open(DEMO / "labels.csv", newline="") as f:
+        rows = list(csv.reader(f))[:N_IMAGES + 1]
+    with open(tmp / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with Store(db) as store:
+        report = ingest_csv(store, tmp / "labels.csv", DEMO, progress=False)
+        assert report.added == N_IMAGES, report.summary()
+        store.set_verify(["airplane", "automobile"])
+        store.set_setting("round", {"backbone_epochs": 1, "steps": 200})
+    env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD=ADMIN_PW, PYTHONUNBUFFERED="1")
+    port = _free_port()
+    logs = [open(ARTIFACTS / "worker.log", "w"), open(ARTIFACTS / "streamlit.log", "w")]
+    procs = [subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "-v", "worker", "--poll", "1"],
+                              cwd=REPO, env=env, stdout=logs[0], stderr=subprocess.STDOUT)]
+    try:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=logs[1], stderr=subprocess.STDOUT))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline and procs[1].poll() is None, "streamlit did not start"
+            time.sleep(0.3)
+        yield url, db
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        for log in logs:
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def accounts():
+    """Passwords created during the module (the lead creates the annotator in the first test)."""
+    return {"admin": ADMIN_PW}
+
+
+def new_page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+def login(page, url: str, name: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
+
+
+def metric(page, label: str):
+    return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue")
+
+
+def shot(page, name: str) -> None:
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    page.wait_for_timeout(300)  # let charts paint
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def live_of(db: Path, name: str) -> list[dict]:
+    with Store(db) as store:
+        return [v for v in store.live_verdicts() if v["annotator"] == name]
+
+
+def test_lead_creates_an_annotator(server, browser, accounts):
+    url, db = server
+    page = new_page(browser)
+    page.goto(url)
+    expect(page.get_by_label("User name")).to_be_visible()
+    shot(page, "login")
+    login(page, url, "admin", ADMIN_PW)
+    page.get_by_role("link", name="Admin").click()
+    expect(page.get_by_role("heading", name="Admin")).to_be_visible()
+    page.get_by_label("New user name").fill("alice")
+    page.get_by_role("button", name="Add user").click()
+    code = page.get_by_test_id("stCode")
+    expect(code).to_be_visible()
+    accounts["alice"] = code.inner_text().strip()
+    shot(page, "admin")
+    with Store(db) as store:
+        assert store.get_user("alice")["role"] == "annotator"
+    page.context.close()
+
+
+def test_annotator_keys_count_and_undo(server, browser, accounts):
+    url, db = server
+    page = new_page(browser)
+    login(page, url, "alice", accounts["alice"])
+    expect(metric(page, "My verdicts today")).to_have_text("0")
+    keys = ["j", "k", "u", "j", "k", "u", "j", "j", "k", "j"]
+    for n, key in enumerate(keys, start=1):
+        page.keyboard.press(key)
+        expect(metric(page, "My verdicts today")).to_have_text(str(n))  # counted after each key
+        if n == 2:  # after 'k': the number keys give the true class (optional)
+            expect(page.get_by_text("True class? (optional)")).to_be_visible()
+            shot(page, "annotate-wrong")
+            page.keyboard.press("1")
+            expect(page.get_by_text("true class:")).to_be_visible()
+    live = live_of(db, "alice")
+    assert [v["verdict"] for v in live] == ["correct", "wrong", "unsure", "correct", "wrong", "unsure", "correct",
+                                            "correct", "wrong", "correct"]
+    assert live[1]["corrected_label_id"] is not None and live[4]["corrected_label_id"] is None
+    last = live[-1]["id"]
+    page.keyboard.press("z")
+    expect(metric(page, "My verdicts today")).to_have_text("9")
+    with Store(db) as store:
+        undo = store.get_verdict(store.max_verdict_id())
+        assert undo["voids"] == last and undo["annotator"] == "alice"
+    assert len(live_of(db, "alice")) == 9
+    shot(page, "annotate")
+    accounts["alice_url"] = page.url
+    page.context.close()
+
+
+def test_annotator_cannot_open_lead_pages(server, browser, accounts):
+    url, _ = server
+    page = new_page(browser)
+    login(page, url, "alice", accounts["alice"])
+    for title in ("Dashboard", "Admin", "Export"):
+        expect(page.get_by_role("link", name=title)).to_have_count(0)
+    token = page.url.split("session=", 1)[1]
+    for path in ("admin", "export", "dashboard"):
+        page.goto(f"{url}/{path}?session={token}")
+        expect(page.get_by_role("heading", name="Annotate")).to_be_visible()  # falls back to her only page
+        expect(page.get_by_role("heading", name=path.capitalize())).to_have_count(0)
+        expect(page.get_by_test_id("stDataFrame")).to_have_count(0)
+    shot(page, "annotator-denied")
+    page.context.close()
+
+
+def test_reload_keeps_every_verdict(server, browser, accounts):
+    url, db = server
+    page = new_page(browser)
+    login(page, url, "alice", accounts["alice"])
+    before = len(live_of(db, "alice"))
+    expect(metric(page, "My verdicts today")).to_have_text(str(before))
+    for n in (1, 2):
+        page.keyboard.press("j")
+        expect(metric(page, "My verdicts today")).to_have_text(str(before + n))
+    image = page.get_by_text("Image #").inner_text()
+    page.reload()
+    expect(page.get_by_role("heading", name="Annotate")).to_be_visible()  # still signed in
+    expect(metric(page, "My verdicts today")).to_have_text(str(before + 2))
+    assert page.get_by_text("Image #").inner_text() == image  # the same image comes back
+    assert len(live_of(db, "alice")) == before + 2
+    page.context.close()
+
+
+def test_grid_mode_flip_and_submit_with_g(server, browser, accounts):
+    url, db = server
+    page = new_page(browser)
+    login(page, url, "alice", accounts["alice"])
+    before = len(live_of(db, "alice"))
+    page.get_by_text("Grid mode: 16 images of one class").click()
+    flips = page.locator("[class*='st-key-ann_flip_'] button")
+    expect(flips.first).to_be_visible()
+    n = flips.count()
+    assert 0 < n <= 16
+    flips.first.click()
+    expect(page.get_by_text(f"1 of {n} marked wrong")).to_be_visible()
+    shot(page, "annotate-grid")
+    page.keyboard.press("g")
+    expect(metric(page, "My verdicts today")).to_have_text(str(before + n))
+    grid = [v for v in live_of(db, "alice") if v["reason"] == "grid"]
+    assert len(grid) == n and [v["verdict"] for v in grid].count("wrong") == 1
+    page.context.close()
+
+
+def test_lead_dashboard_and_csv_download(server, browser, tmp_path):
+    url, db = server
+    deadline = time.time() + 150
+    with Store(db) as store:  # the worker trains the first model (1 backbone epoch, 200 CleanNet steps)
+        while store.current_model() is None:
+            assert time.time() < deadline, f"no model yet; worker: {store.worker_state()}"
+            time.sleep(1)
+        live = {v["image_id"]: v["verdict"] for v in store.live_verdicts()}
+    page = new_page(browser)
+    login(page, url, "admin", ADMIN_PW)
+    page.get_by_role("link", name="Dashboard").click()
+    expect(page.get_by_role("heading", name="Label noise per class")).to_be_visible()
+    charts = page.get_by_test_id("stVegaLiteChart")
+    expect(charts.first).to_be_visible()
+    assert charts.count() >= 2  # noise per class, estimate trend (+ audit trend once audit verdicts reach a model)
+    expect(page.get_by_text("Backbone weights:")).to_be_visible()
+    shot(page, "dashboard")
+    page.get_by_role("link", name="Export").click()
+    expect(page.get_by_role("heading", name="Preview (first 100 rows)")).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    shot(page, "export")
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download CSV").click()
+    out = tmp_path / "export.csv"
+    info.value.save_as(out)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == N_IMAGES
+    assert {"path", "noisy_label", "verdict", "score", "keep", "w_soft"} <= set(rows[0])
+    assert sum(1 for r in rows if r["verdict"]) == len(live)
+    assert all(r["score"] for r in rows)  # every image scored by the current model
+    page.context.close()

@@ -1,0 +1,140 @@
+"""annotator.export on real SQLite files: exact rows, keep/w_soft rules, thresholds, CSV injection, streaming."""
+
+import csv
+import io
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from annotator.export import COLUMNS, escape_cell, export_csv
+from annotator.store import Store
+
+HOSTILE = ['=HYPERLINK("http://x")', "+1", "-2", "@x", "<script>"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "annotator.db") as s:
+        yield s
+
+
+def read(store, **kw):
+    buf = io.StringIO(newline="")
+    n = export_csv(store, buf, **kw)
+    buf.seek(0)
+    reader = csv.DictReader(buf)
+    rows = list(reader)
+    assert tuple(reader.fieldnames) == COLUMNS and len(rows) == n
+    return rows
+
+
+def short(rows, *cols):
+    return [tuple(r[c] for c in ("path", *cols)) for r in rows]
+
+
+@pytest.fixture
+def small(store):
+    """Six cat/dog images with verdict correct / wrong / wrong+dog / unsure / undone / none."""
+    ids = store.ensure_classes(["cat", "dog", *HOSTILE])
+    store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["dog" if k == 6 else "cat"]}
+                     for k in range(1, 7))
+    store.record_verdict(1, "bob", "wrong", reason="audit")
+    store.record_verdict(1, "ann", "correct", reason="uncertain")  # the latest live verdict wins
+    store.record_verdict(2, "ann", "wrong", reason="uncertain")
+    store.record_verdict(3, "ann", "wrong", reason="grid", corrected_label="dog")
+    store.record_verdict(4, "ann", "unsure", reason="audit")
+    store.record_verdict(5, "bob", "correct", reason="manual")
+    store.undo_last("bob")  # voids bob's verdict on image 5: no live verdict left there
+    return ids
+
+
+def add_scores(store, ids, delta=0.1):
+    v = store.add_model(delta=delta)
+    scores = {1: 0.9, 2: -0.5, 3: -0.3, 4: 0.05, 5: 0.123456789, 6: -0.12}
+    store.write_scores(v, [(k, ids["cat"], s, abs(s - delta), ids[HOSTILE[0]], -0.25) for k, s in scores.items()])
+    store.make_current(v)
+    return v
+
+
+def test_without_model(store, small):
+    rows = read(store)
+    assert short(rows, "verdict", "corrected_label", "annotator", "score", "predicted_noisy", "w_soft", "keep",
+                 "suggested_label", "model_version") == [
+        ("/img/1.jpg", "correct", "", "ann", "", "", "1", "1", "", ""),
+        ("/img/2.jpg", "wrong", "", "ann", "", "", "0", "0", "", ""),
+        ("/img/3.jpg", "wrong", "dog", "ann", "", "", "1", "1", "", ""),
+        ("/img/4.jpg", "unsure", "", "ann", "", "", "1", "1", "", ""),
+        ("/img/5.jpg", "", "", "", "", "", "1", "1", "", ""),
+        ("/img/6.jpg", "", "", "", "", "", "1", "1", "", "")]
+    assert [r["noisy_label"] for r in rows] == ["cat"] * 5 + ["dog"]
+    created = {v["image_id"]: v["created_at"] for v in store.live_verdicts()}
+    assert rows[0]["verified_at"] == datetime.fromtimestamp(created[1], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["verified_at"]) for r in rows[:4])
+    assert rows[4]["verified_at"] == rows[5]["verified_at"] == ""
+
+
+def test_with_model_threshold_and_only_kept(store, small):
+    add_scores(store, small)
+    cols = ("score", "predicted_noisy", "w_soft", "keep", "suggested_label", "suggested_score", "model_version")
+    assert short(read(store), *cols) == [
+        ("/img/1.jpg", "0.9", "0", "1", "1", "'=HYPERLINK(\"http://x\")", "-0.25", "1"),
+        ("/img/2.jpg", "-0.5", "1", "0", "0", "'=HYPERLINK(\"http://x\")", "-0.25", "1"),
+        ("/img/3.jpg", "-0.3", "1", "1", "1", "'=HYPERLINK(\"http://x\")", "-0.25", "1"),
+        ("/img/4.jpg", "0.05", "1", "0.05", "0", "'=HYPERLINK(\"http://x\")", "-0.25", "1"),
+        ("/img/5.jpg", "0.123457", "0", "0.123457", "1", "'=HYPERLINK(\"http://x\")", "-0.25", "1"),
+        ("/img/6.jpg", "-0.12", "1", "0", "0", "'=HYPERLINK(\"http://x\")", "-0.25", "1")]
+    # an explicit threshold beats the model's delta; verdicts still decide their rows
+    assert short(read(store, threshold=0.0), "predicted_noisy", "keep") == [
+        ("/img/1.jpg", "0", "1"), ("/img/2.jpg", "1", "0"), ("/img/3.jpg", "1", "1"),
+        ("/img/4.jpg", "0", "1"), ("/img/5.jpg", "0", "1"), ("/img/6.jpg", "1", "0")]
+    # the lead's delta_override setting beats the model's delta, the argument beats both
+    store.set_setting("delta_override", 0.6)
+    assert [r["keep"] for r in read(store)] == ["1", "0", "1", "0", "0", "0"]
+    assert [r["keep"] for r in read(store, threshold=-1.0)] == ["1", "0", "1", "1", "1", "1"]
+    kept = read(store, only_kept=True)
+    assert [r["path"] for r in kept] == ["/img/1.jpg", "/img/3.jpg"] and {r["keep"] for r in kept} == {"1"}
+
+
+def test_image_without_score_row(store, small):
+    v = store.add_model(delta=0.1)
+    store.write_scores(v, [(6, small["dog"], -0.12, 0.22)])
+    store.make_current(v)
+    rows = read(store)
+    assert short(rows[4:], "score", "predicted_noisy", "w_soft", "keep", "model_version") == [
+        ("/img/5.jpg", "", "", "1", "1", ""), ("/img/6.jpg", "-0.12", "1", "0", "0", str(v))]
+
+
+def test_csv_injection_neutralised_numbers_stay_numbers(store):
+    ids = store.ensure_classes(HOSTILE)
+    store.add_images({"path": f"/h/{k}.jpg", "hash": str(k), "label_id": ids[h]} for k, h in enumerate(HOSTILE))
+    store.add_images([{"path": "=cmd|'/C calc'!A0", "hash": "p", "label_id": ids["+1"]}])
+    store.record_verdict(1, "@evil", "wrong", reason="manual", corrected_label="-2")
+    v = store.add_model(delta=0.1)
+    store.write_scores(v, [(1, ids[HOSTILE[0]], -0.12, 0.22, ids["@x"], -0.5)])
+    store.make_current(v)
+    rows = read(store)
+    assert [r["noisy_label"] for r in rows] == ["'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@x", "<script>", "'+1"]
+    assert rows[-1]["path"] == "'=cmd|'/C calc'!A0"
+    first = rows[0]
+    assert (first["annotator"], first["corrected_label"], first["suggested_label"]) == ("'@evil", "'-2", "'@x")
+    assert (first["score"], first["suggested_score"]) == ("-0.12", "-0.5")  # numbers, not escaped text
+    assert float(first["score"]) == -0.12
+    assert [escape_cell(s) for s in ("\tx", "\rx", "a=b", "", None)] == ["'\tx", "'\rx", "a=b", "", ""]
+
+
+def test_streaming_pages_see_new_writes(store, tmp_path):
+    cid = store.ensure_classes(["cat"])["cat"]
+    store.add_images(({"path": f"/s/{k:05d}.jpg", "hash": str(k), "label_id": cid} for k in range(20_000)),
+                     batch=20_000)
+    rows = store.export_rows(None, page=1000)
+    assert [next(rows)[0] for _ in range(1500)][-1] == 1500  # halfway through the second page
+    with Store(store.path) as other:  # a write while the export is paused: no snapshot blocks it
+        other.record_verdict(19_000, "ann", "wrong", reason="manual")
+    rest = list(rows)
+    assert len(rest) == 18_500 and {r[0]: r[3] for r in rest}[19_000] == "wrong"  # a later page sees it
+    out = tmp_path / "out" / "export.csv"
+    assert export_csv(store, out, page=1000, only_kept=True) == 19_999
+    assert sorted(p.name for p in out.parent.iterdir()) == ["export.csv"]  # written via a temp file + rename
+    with open(out, newline="") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == 19_999

@@ -1,0 +1,312 @@
+"""annotator.store on real SQLite files: schema, append-only verdicts, leases, models, settings."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from annotator.schema import SCHEMA_VERSION
+from annotator.store import (LeaseLost, SETTING_DEFAULTS, Store, StoreError, UnknownClass, UnknownImage,
+                             UnknownUser, default_db_path)
+
+TABLES = {"classes", "images", "verdicts", "leases", "models", "scores", "users", "worker", "requests",
+          "settings", "ingest_errors"}
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "state" / "annotator.db"
+
+
+@pytest.fixture
+def store(db_path):
+    with Store(db_path) as s:
+        yield s
+
+
+def add(store, n, label="cat", start=0):
+    """Add n fake images (distinct hashes) labelled ``label``; returns their ids."""
+    cid = store.ensure_classes([label])[label]
+    store.add_images({"path": f"/img/{label}/{i}.jpg", "hash": f"h{label}{i}", "label_id": cid}
+                     for i in range(start, start + n))
+    return [r["id"] for r in store.iter_images() if r["label"] == label][start:start + n]
+
+
+def test_schema_created_wal_and_reopen_idempotent(db_path):
+    s = Store(db_path)
+    assert db_path.exists()
+    assert TABLES <= set(s.db.table_names())
+    assert s.schema_version == SCHEMA_VERSION == 1
+    assert s.db.journal_mode == "wal"
+    assert s._scalar("PRAGMA busy_timeout") == 30000
+    assert s._scalar("PRAGMA foreign_keys") == 1
+    add(s, 3)
+    s.close()
+    s2 = Store(db_path)  # re-open: no migration, data intact
+    assert s2.schema_version == SCHEMA_VERSION
+    assert s2.images_count() == 3
+    assert [c["name"] for c in s2.classes()] == ["cat"]
+
+
+def test_newer_schema_refused(db_path):
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="schema v2"):
+        Store(db_path)
+
+
+def test_default_db_path(monkeypatch, tmp_path):
+    monkeypatch.delenv("ANNOTATOR_DB", raising=False)
+    assert default_db_path().parts[-3:] == ("data", "state", "annotator.db")
+    monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "x.db"))
+    assert default_db_path() == tmp_path / "x.db"
+
+
+def test_classes(store):
+    assert store.ensure_classes([" cat ", "dog", "cat"]) == {"cat": 1, "dog": 2}
+    add(store, 2, "cat")
+    store.set_verify(["cat"])
+    assert [(c["name"], c["verify"], c["n_images"]) for c in store.classes()] == [("cat", 1, 2), ("dog", 0, 0)]
+    assert store.class_id("dog") == 2
+    with pytest.raises(UnknownClass):
+        store.class_id("bird")
+    with pytest.raises(UnknownClass):
+        store.set_verify(["cat", "bird"])
+    assert store.classes()[0]["verify"] == 1  # the failed call changed nothing
+
+
+def test_add_images_idempotent_and_duplicates(store):
+    cid = store.ensure_classes(["cat"])["cat"]
+    rows = [{"path": "/a.jpg", "hash": "x", "label_id": cid, "extra": {"k": "v"}},
+            {"path": "/b.jpg", "hash": "x", "label_id": cid},
+            {"path": "/a.jpg", "hash": "x", "label_id": cid}]
+    assert tuple(store.add_images(rows)) == (2, 1, 1)
+    assert tuple(store.add_images(rows)) == (0, 3, 0)
+    a, b = list(store.iter_images(batch=1))
+    assert (a["status"], a["duplicate_of"], a["extra"], a["label"]) == ("ok", None, {"k": "v"}, "cat")
+    assert (b["status"], b["duplicate_of"]) == ("duplicate", a["id"])
+    assert store.image_by_hash("x")["id"] == a["id"]
+    assert store.image_by_hash("nope") is None
+    assert store.images_count() == 2 and store.images_count("duplicate") == 1
+    assert store.existing_paths(["/a.jpg", "/c.jpg"]) == {"/a.jpg"}
+    with pytest.raises(UnknownClass):
+        store.add_images([{"path": "/c.jpg", "hash": "y", "label_id": 99}])
+
+
+def test_verdicts_append_only_and_undo(store):
+    ids = add(store, 3)
+    store.ensure_classes(["dog"])
+    v1 = store.record_verdict(ids[0], "ann", "correct", reason="uncertain", model_version=1)
+    v2 = store.record_verdict(ids[1], "ann", "wrong", reason="audit", corrected_label="dog")
+    v3 = store.record_verdict(ids[2], "bob", "unsure", reason="grid")
+    assert store.verdict_count() == 3
+    assert store.undo_last("ann") == v2
+    rows = store._all("SELECT id, verdict, voids FROM verdicts ORDER BY id")
+    assert rows == [{"id": v1, "verdict": "correct", "voids": None}, {"id": v2, "verdict": "wrong", "voids": None},
+                    {"id": v3, "verdict": "unsure", "voids": None}, {"id": v3 + 1, "verdict": "wrong", "voids": v2}]
+    assert [v["id"] for v in store.live_verdicts()] == [v1, v3]
+    assert store.live_verdicts()[0] == {"id": v1, "image_id": ids[0], "verdict": "correct",
+                                        "corrected_label_id": None, "reason": "uncertain", "annotator": "ann",
+                                        "created_at": store.live_verdicts()[0]["created_at"], "model_version": 1,
+                                        "label_id": store.class_id("cat")}
+    # undo twice voids two different verdicts, then there is nothing left to undo
+    assert store.undo_last("ann") == v1
+    assert store.undo_last("ann") is None
+    assert [v["id"] for v in store.live_verdicts()] == [v3]
+    assert store.verdict_count() == 1 and store.verdict_count(live_only=False) == 3
+    assert store.verdicts_since(0) == 1 and store.verdicts_since(v3) == 0
+    v4 = store.record_verdict(ids[0], "ann", "correct", reason="manual")
+    assert store.verdicts_since(store.max_verdict_id() - 1) == 1 and v4 == store.max_verdict_id()
+    stats = {s["annotator"]: s for s in store.annotator_stats(since=0)}
+    assert (stats["ann"]["n"], stats["ann"]["correct"], stats["ann"]["undone"]) == (1, 1, 2)
+    assert store.annotator_stats(since=time.time() + 60) == []
+
+
+def test_record_verdict_validation(store):
+    (img,) = add(store, 1)
+    with pytest.raises(ValueError, match="valid: correct, wrong, unsure"):
+        store.record_verdict(img, "ann", "maybe", reason="manual")
+    with pytest.raises(ValueError, match="reason"):
+        store.record_verdict(img, "ann", "correct", reason="whim")
+    with pytest.raises(ValueError):
+        store.record_verdict(img, "ann", "correct", reason="manual", corrected_label="cat")
+    with pytest.raises(UnknownClass):
+        store.record_verdict(img, "ann", "wrong", reason="manual", corrected_label="bird")
+    with pytest.raises(UnknownImage):
+        store.record_verdict(999, "ann", "correct", reason="manual")
+    assert store.verdict_count(live_only=False) == 0
+
+
+def test_leases_exclusive_expiry_and_verdicts(store):
+    ids = add(store, 4)
+    assert store.acquire_leases("ann", ids[:3], 600) == ids[:3]
+    assert store.acquire_leases("bob", ids, 600) == [ids[3]]
+    assert store.held_by(ids[0]) == "ann" and store.leased_to("bob") == [ids[3]]
+    with pytest.raises(LeaseLost):
+        store.record_verdict(ids[0], "bob", "correct", reason="uncertain")
+    store.record_verdict(ids[0], "ann", "correct", reason="uncertain")  # releases ann's lease on it
+    assert store.held_by(ids[0]) is None
+    assert store.acquire_leases("bob", [ids[0]], 600) == []  # verdicted: never leased again
+    # an expired lease is taken over (this also purges every lease expired by then: ids[2], ids[3])
+    future = time.time() + 601
+    assert store.acquire_leases("bob", [ids[1]], 600, now=future) == [ids[1]]
+    assert store.held_by(ids[1]) == "bob" and store.held_by(ids[1], now=future + 600) is None
+    assert store.acquire_leases("ann", [ids[2]], 600) == [ids[2]]
+    assert store.acquire_leases("ann", [ids[2]], 900) == [ids[2]]  # own live lease renewed
+    assert store.release_leases("bob") == 1
+    assert store.release_leases("ann", [ids[2]]) == 1
+    assert store.leased_to("ann") == [] and store.acquire_leases("ann", [999], 60) == []
+    # undo makes the image leasable again
+    store.undo_last("ann")
+    assert store.acquire_leases("bob", [ids[0]], 600) == [ids[0]]
+
+
+def test_two_annotators_never_share_an_image(db_path):
+    with Store(db_path) as setup:
+        ids = add(setup, 200)
+    got: dict[str, list[int]] = {}
+
+    def work(name):
+        s = Store(db_path)  # one Store per thread
+        mine = got.setdefault(name, [])
+        while granted := s.acquire_leases(name, [i for i in ids if i not in mine][:7], 600):
+            mine.extend(granted)
+            for i in granted[:3]:
+                s.record_verdict(i, name, "correct", reason="uncertain")
+        s.close()
+
+    threads = [threading.Thread(target=work, args=(f"a{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    taken = [i for mine in got.values() for i in mine]
+    assert sorted(taken) == sorted(ids)  # every image leased exactly once across annotators
+
+
+def test_models_and_scores(store):
+    ids = add(store, 3)
+    v1 = store.add_model(delta=0.1, metrics={"auc": 0.9}, checkpoint="m1.pt", backbone="resnet50", n_verdicts=5)
+    v2 = store.add_model(delta=0.2)
+    assert (v1, v2) == (1, 2) and store.current_model() is None
+    assert store.write_scores(v1, [(i, 1, 0.5, 0.4) for i in ids], batch=2) == 3
+    assert store.write_scores(v1, [(ids[0], 1, -0.5, 0.6, 2, 0.7)]) == 1
+    assert store._all("SELECT image_id, score, suggested_label_id FROM scores ORDER BY image_id") == [
+        {"image_id": ids[0], "score": -0.5, "suggested_label_id": 2},
+        {"image_id": ids[1], "score": 0.5, "suggested_label_id": None},
+        {"image_id": ids[2], "score": 0.5, "suggested_label_id": None}]
+    store.make_current(v1)
+    store.make_current(v2)
+    assert [m["is_current"] for m in store.models()] == [0, 1]
+    assert store.current_model()["version"] == v2
+    assert store.models()[0]["metrics"] == {"auc": 0.9}
+    with pytest.raises(StoreError):
+        store.make_current(7)
+    assert store.current_model()["version"] == v2
+    assert store.delete_scores(v1) == 3
+
+
+def test_settings_defaults(store):
+    assert store.settings() == SETTING_DEFAULTS == {"audit_share": 0.2, "lease_seconds": 600,
+                                                    "retrain_every": 50, "delta_override": None}
+    store.set_setting("delta_override", 0.15)
+    store.set_setting("retrain_every", 10)
+    assert store.get_setting("delta_override") == 0.15 and store.get_setting("retrain_every") == 10
+    assert store.get_setting("audit_share") == 0.2 and store.get_setting("nope") is None
+
+
+def test_worker_heartbeat_age(store):
+    assert store.worker_state()["heartbeat_age_s"] is None
+    store.worker_update(pid=123, phase="scoring", progress=0.5, heartbeat=time.time() - 30)
+    state = store.worker_state()
+    assert (state["pid"], state["phase"], state["progress"]) == (123, "scoring", 0.5)
+    assert 29 < state["heartbeat_age_s"] < 40
+    store.worker_update(message="hi")  # heartbeat refreshed, other fields kept
+    state = store.worker_state()
+    assert state["heartbeat_age_s"] < 5 and state["phase"] == "scoring" and state["message"] == "hi"
+    with pytest.raises(ValueError):
+        store.worker_update(bogus=1)
+
+
+def test_requests(store):
+    assert store.pending_request() is None
+    r1 = store.request("retrain", "lead")
+    assert store.request("retrain", "ann") == r1  # unstarted duplicate reused
+    store.mark_request(r1, started=True)
+    r2 = store.request("retrain", "ann")
+    assert r2 != r1 and store.pending_request()["id"] == r1
+    store.mark_request(r1, done=True)
+    assert store.pending_request()["id"] == r2
+    with pytest.raises(ValueError):
+        store.request("partial")
+
+
+def test_users(store):
+    store.add_user("lee", "lead", "h1")
+    store.add_user("ann", "annotator", "h2")
+    with pytest.raises(StoreError):
+        store.add_user("ann", "annotator", "h3")
+    with pytest.raises(ValueError):
+        store.add_user("x", "admin", "h")
+    store.set_user_active("ann", False)
+    store.set_password_hash("lee", "h9")
+    assert store.get_user("lee")["password_hash"] == "h9" and store.get_user("zed") is None
+    assert [(u["name"], u["role"], u["active"]) for u in store.list_users()] == [("ann", "annotator", 0),
+                                                                                 ("lee", "lead", 1)]
+    with pytest.raises(UnknownUser):
+        store.set_user_active("zed")
+
+
+def test_ingest_errors_dedup(store):
+    rows = [{"source": "s", "path": "a", "reason": "missing"}, {"source": "s", "path": "b", "reason": "missing"},
+            {"source": "s", "path": "c", "reason": "too large"}]
+    assert store.add_ingest_errors(rows) == 3
+    assert store.add_ingest_errors(rows) == 0
+    assert store.ingest_error_counts() == {"missing": 2, "too large": 1}
+    assert len(store.ingest_errors()) == 3
+
+
+# -- queries added for the app (annotate, dashboard, admin, login) ------------------------
+def test_relabel_verdict_voids_and_copies_and_undo_removes_it(store):
+    ids = add(store, 2)
+    store.ensure_classes(["dog"])
+    v1 = store.record_verdict(ids[0], "ann", "wrong", reason="audit", model_version=3)
+    v2 = store.relabel_verdict(v1, "ann", "dog")
+    live = store.live_verdicts()
+    assert [(v["id"], v["verdict"], v["corrected_label_id"], v["reason"], v["model_version"]) for v in live] == [
+        (v2, "wrong", store.class_id("dog"), "audit", 3)]
+    assert store.get_verdict(v2)["created_at"] == store.get_verdict(v1)["created_at"]
+    assert store.get_verdict(v2 - 1)["voids"] == v1 and store.get_verdict(999) is None
+    with pytest.raises(StoreError):  # no longer live
+        store.relabel_verdict(v1, "ann", "dog")
+    with pytest.raises(StoreError):  # someone else's
+        store.relabel_verdict(v2, "other", "dog")
+    with pytest.raises(UnknownClass):
+        store.relabel_verdict(v2, "ann", "nope")
+    v3 = store.record_verdict(ids[1], "ann", "correct", reason="audit")
+    with pytest.raises(StoreError):  # not 'wrong'
+        store.relabel_verdict(v3, "ann", "dog")
+    assert store.undo_last("ann") == v3 and store.undo_last("ann") == v2
+    assert store.live_verdicts() == []
+
+
+def test_audit_counts_and_unreviewed_by_class(store):
+    cats, dogs = add(store, 4), add(store, 3, label="dog")
+    store.ensure_classes(["empty"])
+    store.record_verdict(cats[0], "a", "wrong", reason="audit")
+    store.record_verdict(cats[1], "a", "correct", reason="audit")
+    store.record_verdict(cats[2], "a", "unsure", reason="audit")
+    store.record_verdict(cats[3], "a", "wrong", reason="uncertain")  # not an audit verdict
+    store.record_verdict(dogs[0], "a", "wrong", reason="audit")
+    store.undo_last("a")  # voids the dog verdict
+    assert store.audit_counts() == {"cat": {"correct": 1, "wrong": 1, "unsure": 1}}
+    assert store.unreviewed_by_class() == {"cat": 0, "dog": 3, "empty": 0}
+
+
+def test_setting_or_init_keeps_the_first_value(store):
+    assert store.setting_or_init("secret", "a") == "a"
+    assert store.setting_or_init("secret", "b") == "a"
+    assert store.get_setting("secret") == "a"

@@ -1,0 +1,160 @@
+"""The worker as a real process on real CIFAR-10N images: a full round, SIGKILL at bad moments, errors."""
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotator.ingest import ingest_csv
+from annotator.queue import next_items
+from annotator.store import Store
+from cleannet_core.metrics import auroc
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+VERIFY = NAMES[:5]
+ROUND = {"backbone_epochs": 4, "steps": 300, "num_ref": 8}
+
+
+def cli(db: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "annotator", "--db", str(db), *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def start_worker(db: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "worker", "--poll", "0.5", *args],
+                            cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(pred, timeout: float = 300, what: str = "condition"):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def simulate_verdicts(store: Store, truth: dict[int, bool], n: int, who: str = "sim") -> None:
+    """Answer `n` queue items the way a perfect annotator would (from clean_label)."""
+    for _ in range(n):
+        items = next_items(store, who)
+        if not items:
+            return
+        it = items[0]
+        store.record_verdict(it.image_id, who, "correct" if truth[it.image_id] else "wrong", reason=it.reason,
+                             model_version=it.model_version)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, cifar_dir):
+    """A database of 600 CIFAR-10N images (annotator-1 labels), 5 verified classes, 80 verdicts, model v1."""
+    tmp = tmp_path_factory.mktemp("worker")
+    rows = list(csv.DictReader(open(cifar_dir / "labels.csv")))
+    pick = np.random.default_rng(0).permutation(len(rows))[:600]
+    with open(tmp / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "clean"])
+        for i in pick:
+            w.writerow([rows[i]["path"], NAMES[int(rows[i]["random_label1"])], NAMES[int(rows[i]["clean_label"])]])
+    db = tmp / "state" / "a.db"
+    store = Store(db)
+    assert ingest_csv(store, tmp / "labels.csv", cifar_dir, progress=False).added == 600
+    store.set_verify(VERIFY)
+    store.set_setting("round", ROUND)
+    truth = {r["id"]: r["extra"]["clean"] == r["label"] for r in store.iter_images()}
+    simulate_verdicts(store, truth, 80)
+    store.close()
+    done = cli(db, "worker", "--once")
+    assert done.returncode == 0, done.stderr
+    return db, truth
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_round_scores_every_image_and_finds_wrong_labels_in_unverified_classes(base):
+    db, truth = base
+    store = Store(db)
+    model = store.current_model()
+    assert model["version"] == 1 and model["n_verdicts"] == 80
+    assert "noisy labels" in model["metrics"]["backbone"]  # no ImageNet weights offline: said so
+    scores = store.current_scores()
+    assert len(scores) == 600
+    images = list(store.iter_images())
+    held = [r["id"] for r in images if r["label"] not in VERIFY]
+    s = np.array([scores[i] for i in held])
+    ok = np.array([truth[i] for i in held])
+    assert (~ok).sum() > 20 and auroc(s, ok) > 0.5  # better than chance on classes nobody verified
+    status = json.loads(cli(db, "status", "--json").stdout)
+    assert status["images"] == 600 and status["model_version"] == 1 and status["classes_verified"] == 5
+    assert status["worker"]["phase"] == "stopped"
+
+
+def test_sigkill_during_training_keeps_previous_model_and_restart_completes(base, tmp_path):
+    db = copy_db(base[0], tmp_path / "state" / "a.db")
+    Store(db).request("retrain", "test")
+    proc = start_worker(db)
+    store = Store(db)
+    wait_for(lambda: store.worker_state()["phase"] == "training", what="training phase")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert integrity(db) == "ok"
+    assert store.current_model()["version"] == 1
+    assert cli(db, "worker", "--once").returncode == 0
+    assert store.current_model()["version"] == 2 and store.pending_request() is None
+    assert len(store.current_scores()) == 600
+
+
+def test_sigkill_while_writing_scores_keeps_previous_model_and_restart_completes(base, tmp_path):
+    db = copy_db(base[0], tmp_path / "state" / "a.db")
+    Store(db).request("retrain", "test")
+    proc = start_worker(db, env={"ANNOTATOR_PAUSE_AT": "writing"})
+    store = Store(db)
+    wait_for(lambda: store.worker_state()["message"] == "paused by ANNOTATOR_PAUSE_AT", what="writing pause")
+    assert store.models()[-1]["version"] == 2 and not store.models()[-1]["is_current"]  # scores in, not current
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert integrity(db) == "ok"
+    assert store.current_model()["version"] == 1 and len(store.current_scores()) == 600
+    assert cli(db, "worker", "--once").returncode == 0
+    assert store.current_model()["version"] == 3
+    assert store.db.execute("SELECT COUNT(DISTINCT model_version) FROM scores").fetchone()[0] == 1
+
+
+def test_error_is_stored_and_worker_keeps_running(base, tmp_path):
+    db = copy_db(base[0], tmp_path / "state" / "a.db")
+    store = Store(db)
+    store.set_setting("round", {**ROUND, "num_ref": 0})  # k-means with K=0 fails inside the round
+    store.request("retrain", "test")
+    proc = start_worker(db)
+    try:
+        wait_for(lambda: store.worker_state()["last_error"], what="stored error")
+        assert store.worker_state()["phase"] in ("error", "idle") and proc.poll() is None
+        assert store.current_model()["version"] == 1
+        assert cli(db, "worker").returncode != 0  # a second worker on the same database is refused
+        store.set_setting("round", ROUND)
+        store.request("retrain", "test")
+        wait_for(lambda: store.current_model()["version"] > 1, what="a round after the error")
+        assert proc.poll() is None and store.worker_state()["heartbeat_age_s"] < 10
+    finally:
+        proc.kill()
+        proc.wait(10)
