@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -146,6 +147,79 @@ def train(ctx, full, steps) -> None:
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"model version {version} is current")
+
+
+@cli.command("train-classifier")
+@click.option("--rounds", type=click.IntRange(min=0), default=1, show_default=True,
+              help="extra classifier/CleanNet alternations after the first weighted classifier")
+@click.option("--weights", "mode", type=click.Choice(["soft", "hard"]), default="soft", show_default=True,
+              help="soft: max(0, score); hard: 1[score >= delta]")
+@click.option("--epochs", type=click.IntRange(min=1), help="classifier epochs (default: the round's backbone_epochs)")
+@click.option("--steps", type=click.IntRange(min=1), help="CleanNet steps per round (default: the round setting)")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="image loader processes")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="checkpoint file (default: <state folder>/classifiers/classifier-<weights>-<time>.pt)")
+@click.pass_context
+def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
+    """Train an image classifier on the noisy labels weighted by CleanNet, and export it.
+
+    Alternates classifier -> features -> CleanNet (live verdicts) -> weights -> classifier; the checkpoint
+    holds the weights and the class names (load it with cleannet_core.classifier.load_backbone). Per-epoch
+    checkpoints in <state folder>/classifiers/resume let a rerun with the same inputs pick up where it stopped.
+
+    Example: python -m annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
+    """
+    from cleannet_core.alternate import AlternateConfig, train_alternating
+    from cleannet_core.classifier import ClassifierConfig, save_backbone
+    from cleannet_core.features import load_imagenet_weights
+    from cleannet_core.train import TrainConfig
+
+    store = _open(ctx)
+    cfg = _round_config(store, steps=steps, backbone_epochs=epochs)
+    data = pipeline.load_data(store)
+    if len(data.ids) == 0:
+        raise click.ClickException("no images: ingest some first")
+    if len(data.class_ids) < 2:
+        raise click.ClickException("need at least two classes to train a classifier")
+    split = pipeline.verdict_split(store, data)
+    n_verdicts = len(split["train"]) + len(split["val"])
+    if n_verdicts == 0:
+        click.echo("warning: no live verdicts; CleanNet trains without supervision", err=True)
+    size = pipeline.pick_image_size(store, cfg)
+    try:
+        init_state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(message)
+    acfg = AlternateConfig(
+        rounds=rounds, weights=mode, num_ref=cfg.num_ref, device=cfg.device,
+        classifier=ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size, num_workers=workers,
+                                    batch_size=min(128, max(8, len(data.ids) // 8))),
+        cleannet=TrainConfig(steps=cfg.steps, lr_step=max(cfg.steps // 2, 1), val_interval=max(cfg.steps // 10, 1)),
+        cache_dir=pipeline.state_dir(store) / "features",
+        checkpoint_dir=pipeline.state_dir(store) / "classifiers" / "resume")  # an interrupted run resumes
+    try:
+        res = train_alternating(data.paths, data.labels, len(data.class_ids), verified_idx=split["train"],
+                                verified_ok=split["train_ok"], val_idx=split["val"], val_ok=split["val_ok"],
+                                config=acfg, init_state=init_state, progress=True,
+                                report=lambda msg: click.echo(f"[train-classifier] {msg}"))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = pipeline.state_dir(store) / "classifiers" / f"classifier-{mode}-{stamp}.pt"
+    meta = {"source": f"train-classifier: CleanNet w_{mode}, {rounds} extra round(s)", "image_size": size,
+            "weights": mode, "rounds": rounds, "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps,
+            "n_images": len(data.ids), "n_verdicts": int(n_verdicts), "class_ids": data.class_ids.tolist(),
+            "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
+    try:
+        save_backbone(res.model, out, class_names=data.class_names, meta=meta)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out}: {e}") from e
+    last = res.rounds[-1]
+    click.echo(f"round {last.round}: delta {last.delta:.4f}, mean weight {last.weights.mean():.3f}, "
+               f"{(last.score < last.delta).mean():.1%} flagged")
+    click.echo(f"classifier ({len(data.class_names)} classes, {size}px) written to {out}")
 
 
 @cli.command()

@@ -53,16 +53,16 @@ def load_cifar10n(data: Path, labels: str, n: int | None, seed: int) -> Dataset:
 
 
 def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, device: str = "auto",
-                            timings: dict | None = None) -> np.ndarray:
+                            timings: dict | None = None, cache: Path = CACHE) -> np.ndarray:
     """Pool features (N, D) float32 of a backbone trained on the noisy labels themselves (spec §1, §6).
 
-    The backbone checkpoint and the features are cached under benchmarks/.cache, so a second run with the
-    same data, labels and settings trains nothing and extracts nothing.
+    The backbone checkpoint and the features are cached under `cache` (default benchmarks/.cache), so a
+    second run with the same data, labels and settings trains nothing and extracts nothing.
     """
     timings = timings if timings is not None else {}
     key = hashlib.blake2b(json.dumps([tag, ds.index.tolist(), ds.noisy.tolist(), config.__dict__],
                                      sort_keys=True).encode(), digest_size=8).hexdigest()
-    ckpt = CACHE / f"backbone-{tag}-{key}.pt"
+    ckpt = Path(cache) / f"backbone-{tag}-{key}.pt"
     t = time.perf_counter()
     if ckpt.exists():
         model, _ = load_backbone(ckpt)
@@ -72,7 +72,7 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
         save_backbone(model, ckpt, class_names=ds.class_names, meta={"tag": tag, "config": config.__dict__})
     timings["backbone_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    res = extract_features(model, ds.paths, cache_dir=CACHE / "features", backbone_id=backbone_id(model),
+    res = extract_features(model, ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
                            image_size=config.image_size, device=device)
     timings["features_s"] = round(time.perf_counter() - t, 2)
     if not res.ok.all():

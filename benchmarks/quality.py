@@ -9,6 +9,10 @@ verdict (answered from clean_label), drawn only from the verified classes the wa
 a random audit slice (20 %, used to pick delta and the checkpoint) plus an uncertainty queue filled in rounds
 (random at cold start, then lowest |score - delta| of the current model). All methods are scored on the
 images whose noisy label is in a held-out (unverified) class. See benchmarks/README.md for recorded runs.
+
+Extra rows (issue 6 ablations, same model and verdicts): `reference_margin`, the verdict-free cosine margin
+of an image to its class's reference prototype over the best other class, and `cleannet_calibrated`, a
+logistic calibrator over the class-agnostic signals of cleannet_core.transfer fitted on the audit verdicts.
 """
 from __future__ import annotations
 
@@ -23,14 +27,16 @@ import torch
 
 from cleannet_core.classifier import ClassifierConfig, resolve_device
 from cleannet_core.metrics import best_threshold, detection_report, flag_report
+from cleannet_core.model import CleanNet
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.score import score_images
 from cleannet_core.train import TrainConfig, relevance, train_cleannet
+from cleannet_core.transfer import SIGNALS, agnostic_signals, fit_calibrator
 
-from .common import Dataset, load_cifar10n, noisy_backbone_features
+from .common import CACHE, Dataset, load_cifar10n, noisy_backbone_features
 
 METHODS = ("cleannet", "cleannet_random_verdicts", "cleannet_no_verdicts", "cleanlab", "knn",
-           "cleannet_all_classes", "all_clean")
+           "cleannet_all_classes", "all_clean", "reference_margin", "cleannet_calibrated")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--audit-share", type=float, default=0.2, help="share of verdicts drawn at random")
     p.add_argument("--num-ref", type=int, default=32, help="K reference vectors per class")
     p.add_argument("--device", default="auto")
+    p.add_argument("--cache", type=Path, default=CACHE, help="backbone and feature cache folder")
     return p.parse_args(argv)
 
 
@@ -63,7 +70,8 @@ def main(argv=None) -> dict:
     if verified.size == 0 or verified.min() < 0 or verified.max() >= ds.num_classes:
         raise SystemExit(f"--verified-classes must be ids in [0, {ds.num_classes})")
     ccfg = ClassifierConfig(arch=args.arch, epochs=args.epochs, seed=args.seed)
-    feats = noisy_backbone_features(ds, ccfg, tag=args.labels, device=str(device), timings=timings)
+    feats = noisy_backbone_features(ds, ccfg, tag=args.labels, device=str(device), timings=timings,
+                                    cache=args.cache)
 
     t = time.perf_counter()
     refs, counts = build_references(feats, ds.noisy, ds.num_classes,
@@ -87,23 +95,32 @@ def main(argv=None) -> dict:
 
     candidates = np.flatnonzero(~heldout)
     sel = timed("select", lambda: run.product_verdicts(candidates, budget, args.audit_share, args.rounds, rng))
-    s, delta = timed("cleannet", lambda: run.fit_score(*sel))
+    s, delta, model = timed("cleannet", lambda: run.fit_score(*sel))
     results["cleannet"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
     audit = sel[1]
 
+    # Issue 6 ablations on the same model and verdicts: class-agnostic signals (cleannet_core.transfer).
+    sig = timed("signals", lambda: agnostic_signals(model, feats, ds.noisy, refs, valid_classes=run.valid))
+    margin = sig[:, SIGNALS.index("proto_margin")]       # verdict-free: no training at all
+    delta, _ = best_threshold(margin[audit], ok[audit])
+    results["reference_margin"] = detection_report(margin[heldout], ok[heldout], delta) | {"delta": delta}
+    calibrated = fit_calibrator(sig[audit], ok[audit])(sig)  # fitted on the audit verdicts only
+    delta, _ = best_threshold(calibrated[audit], ok[audit])
+    results["cleannet_calibrated"] = detection_report(calibrated[heldout], ok[heldout], delta) | {"delta": delta}
+
     rand = rng.choice(candidates, budget, replace=False)
     n_val = int(round(args.audit_share * budget))
-    s, delta = timed("cleannet_random_verdicts", lambda: run.fit_score(rand[n_val:], rand[:n_val]))
+    s, delta, _ = timed("cleannet_random_verdicts", lambda: run.fit_score(rand[n_val:], rand[:n_val]))
     results["cleannet_random_verdicts"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
 
     empty = np.zeros(0, dtype=np.int64)
-    s, delta = timed("cleannet_no_verdicts", lambda: run.fit_score(empty, empty))
+    s, delta, _ = timed("cleannet_no_verdicts", lambda: run.fit_score(empty, empty))
     results["cleannet_no_verdicts"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
 
     everywhere = np.arange(len(ds.noisy))
     sel_all = timed("select_all", lambda: run.product_verdicts(everywhere, budget, args.audit_share,
                                                                args.rounds, rng))
-    s, delta = timed("cleannet_all_classes", lambda: run.fit_score(*sel_all))
+    s, delta, _ = timed("cleannet_all_classes", lambda: run.fit_score(*sel_all))
     results["cleannet_all_classes"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
 
     flags, conf = timed("cleanlab", lambda: cleanlab_flags(feats, ds.noisy, args.seed))
@@ -147,10 +164,10 @@ class Runner:
                               verified_ok=self.ok[train_idx], val_idx=val_idx, val_ok=self.ok[val_idx],
                               config=cfg, device=self.device)
 
-    def fit_score(self, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[np.ndarray, float]:
+    def fit_score(self, train_idx: np.ndarray, val_idx: np.ndarray) -> tuple[np.ndarray, float, CleanNet]:
         res = self.train(train_idx, val_idx)
         sc = score_images(res.model, self.feats, self.ds.noisy, self.refs, valid_classes=self.valid)
-        return sc.score, res.delta
+        return sc.score, res.delta, res.model
 
     def product_verdicts(self, candidates: np.ndarray, budget: int, audit_share: float, rounds: int,
                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

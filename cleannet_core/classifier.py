@@ -5,11 +5,13 @@ vectors are CleanNet's input features (§1), and the classifier retrained with C
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,13 +155,21 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: 
 
 def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classes: int, *,
                      sample_weights: np.ndarray | None = None, config: ClassifierConfig = ClassifierConfig(),
-                     init_state: dict | None = None, device: str = "auto", progress: bool = True) -> Backbone:
+                     init_state: dict | None = None, device: str = "auto", progress: bool = True,
+                     checkpoint: str | Path | None = None,
+                     on_epoch: Callable[[int, Backbone, dict], None] | None = None) -> Backbone:
     """Train a Backbone on (paths, labels (N,)) with SGD + per-step cosine LR; returns it in eval mode.
 
     Loss per step: (1/N) sum_i w_i * CE(x_i, y_i), N = readable images in the mini-batch (weight-0 ones included),
     w = sample_weights (N,) or all ones. This is the spec's L = -(1/N) sum w_i log p(y_i|x_i), normalised by the
     batch size rather than by sum(w). Unreadable images are dropped from their batch and counted in a warning.
     init_state: optional (ImageNet) state_dict, loaded with Backbone.load_pretrained before training.
+    checkpoint: file written atomically after every epoch (model, optimiser, schedule, epoch). A run started with
+    the same inputs (labels, weights, config, paths) resumes after its last finished epoch, and returns at once
+    when all epochs are done; a file from other inputs is ignored and overwritten. Shuffle and augmentation
+    draws after a resume differ from an uninterrupted run.
+    on_epoch(epoch, model, stats): called after each epoch (1-based; stats: loss, train_acc, lr), e.g. to
+    evaluate on a test set; the model is in train mode and must be left so.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(paths) or len(paths) == 0:
@@ -190,9 +200,23 @@ def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classe
     total_steps = max(cfg.epochs * len(loader), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
 
+    start = 0
+    fingerprint = _fingerprint(paths, labels, weights, num_classes, cfg, init_state is not None)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            start = int(state["epoch"])
+            log.info("resuming %s after epoch %d/%d", checkpoint, start, cfg.epochs)
+        else:
+            log.info("ignoring checkpoint %s: it was written for other inputs", checkpoint)
+
     bad: set[int] = set()
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for x, y, idx, err in bar:
@@ -214,8 +238,13 @@ def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classe
                 seen += len(y)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             sched.step()  # stepped even for an all-bad batch so the schedule keeps its length
-        log.info("epoch %d/%d: loss %.4f, train acc %.4f, lr %.4g", epoch + 1, cfg.epochs,
-                 loss_sum / max(seen, 1), correct / max(seen, 1), sched.get_last_lr()[0])
+        stats = {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
+        log.info("epoch %d/%d: loss %.4f, train acc %.4f, lr %.4g", epoch + 1, cfg.epochs, *stats.values())
+        if checkpoint is not None:
+            _atomic_save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                          "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()}, checkpoint)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, stats)
     if bad:
         log.warning("%d of %d images could not be read and were left out of training", len(bad), len(ds))
     return model.eval()
@@ -273,21 +302,38 @@ def evaluate(model: Backbone, paths: Sequence[str | Path], labels: np.ndarray, *
 
 def save_backbone(model: Backbone, path: str | Path, *, class_names: list[str], meta: dict) -> None:
     """Atomically write the weights plus arch/class info (meta: plain JSON-like values) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "arch": model.arch,
             "num_classes": model.num_classes, "small_input": model.small_input, "class_names": list(class_names),
             "meta": dict(meta), "format": CHECKPOINT_FORMAT}
+    _atomic_save(ckpt, path)
+
+
+def _atomic_save(obj: dict, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fingerprint(paths: Sequence, labels: np.ndarray, weights: np.ndarray, num_classes: int,
+                 cfg: ClassifierConfig, pretrained: bool) -> str:
+    """Hash of a training run's inputs, to decide whether a checkpoint may be resumed."""
+    h = hashlib.blake2b(digest_size=16)
+    settings = sorted((k, v) for k, v in cfg.__dict__.items() if k != "num_workers")  # workers: speed only
+    h.update(json.dumps([num_classes, pretrained, settings]).encode())
+    h.update("\0".join(map(str, paths)).encode())
+    h.update(labels.tobytes())
+    h.update(weights.tobytes())
+    return h.hexdigest()
 
 
 def load_backbone(path: str | Path, device: str = "cpu") -> tuple[Backbone, dict]:

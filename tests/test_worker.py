@@ -158,3 +158,15 @@ def test_error_is_stored_and_worker_keeps_running(base, tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_full_round_retrains_the_backbone_with_soft_weights(base, tmp_path):
+    db = copy_db(base[0], tmp_path / "state" / "a.db")
+    store = Store(db)
+    before = store.get_setting("backbone")
+    store.request("full", "lead")
+    assert cli(db, "worker", "--once").returncode == 0
+    after = store.get_setting("backbone")
+    assert after["path"] != before["path"] and after["id"] != before["id"] and "w_soft" in after["source"]
+    model = store.current_model()
+    assert model["version"] == 2 and "w_soft" in model["metrics"]["backbone"] and len(store.current_scores()) == 600

@@ -1,0 +1,182 @@
+"""Tests for cleannet_core.alternate (classifier <-> CleanNet alternation) and `annotator train-classifier`."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from annotator.cli import cli
+from annotator.ingest import ingest_folder
+from annotator.store import Store
+from cleannet_core.alternate import AlternateConfig, round_weights, train_alternating, training_weights
+from cleannet_core.classifier import (Backbone, ClassifierConfig, load_backbone, train_classifier,
+                                      weighted_cross_entropy)
+from cleannet_core.score import hard_weights, soft_weights
+from cleannet_core.train import TrainConfig
+
+COLORS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def write_images(root: Path, labels: np.ndarray, seed: int = 0, *, folders: list[str] | None = None) -> list[Path]:
+    """One 32x32 PNG per label (0/1/2 = red/green/blue-ish + noise + a dark square); in root/<folders[i]>/ if given."""
+    rng = np.random.default_rng(seed)
+    cols = np.array(list(COLORS.values()), float)
+    paths = []
+    for i, y in enumerate(labels):
+        img = cols[y] + rng.normal(0, 30, (32, 32, 3))
+        r, c, s = *rng.integers(0, 20, 2), rng.integers(6, 12)
+        img[r:r + s, c:c + s] *= 0.4
+        d = root / folders[i] if folders else root
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"img{i:04d}.png"
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def tiny_config(rounds: int, weights: str = "soft", **kw) -> AlternateConfig:
+    return AlternateConfig(rounds=rounds, weights=weights, num_ref=4, device="cpu",
+                           classifier=ClassifierConfig(epochs=1, batch_size=16, lr=0.02, num_workers=0),
+                           cleannet=TrainConfig(steps=60, lr_step=40, val_interval=20), **kw)
+
+
+# -- the weighting math -------------------------------------------------------------------------------------------
+def test_soft_and_hard_weights_on_hand_values():
+    s = np.array([-0.7, 0.0, 0.05, 0.1, 0.3, 1.0], np.float32)
+    np.testing.assert_array_equal(soft_weights(s), np.array([0, 0, 0.05, 0.1, 0.3, 1.0], np.float32))
+    np.testing.assert_array_equal(hard_weights(s, 0.1), np.array([0, 0, 0, 1, 1, 1], np.float32))  # s == delta keeps
+    np.testing.assert_array_equal(round_weights(s, 0.1, "soft"), soft_weights(s))
+    np.testing.assert_array_equal(round_weights(s, 0.1, "hard"), hard_weights(s, 0.1))
+    with pytest.raises(ValueError, match="weight mode"):
+        round_weights(s, 0.1, "medium")
+
+
+def test_verdicts_and_unreadable_images_override_the_score():
+    s = np.array([0.9, 0.8, -0.2, 0.4, 0.6], np.float32)
+    before = s.copy()
+    w = round_weights(s, 0.5, "soft", verified_idx=np.array([1, 2]), verified_ok=np.array([False, True]),
+                      ok=np.array([True, True, True, True, False]))
+    np.testing.assert_allclose(w, [0.9, 0.0, 1.0, 0.4, 0.0])
+    w = round_weights(s, 0.5, "hard", verified_idx=np.array([3]), verified_ok=np.array([True]))
+    np.testing.assert_array_equal(w, [1, 1, 0, 1, 1])
+    np.testing.assert_array_equal(s, before)  # input untouched
+
+
+def test_training_weight_normalisation_hand_example():
+    w = np.array([0.0, 0.5, 1.0, 2.5], np.float32)               # mean 1.0
+    np.testing.assert_allclose(training_weights(w * 0.4, "mean"), w)  # mean 0.4 -> divided by 0.4
+    np.testing.assert_array_equal(training_weights(w, "batch"), w)
+    with pytest.raises(ValueError, match="every weight is 0"):
+        training_weights(np.zeros(3), "mean")
+    with pytest.raises(ValueError, match="normalize"):
+        training_weights(w, "sum")
+
+    # One batch holding the whole set: 'batch' is (1/N) sum w_i CE_i, 'mean' is sum w_i CE_i / sum w_i.
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 3.0]])
+    target = torch.tensor([0, 0, 1, 1])
+    ce = [math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in zip(logits.tolist(), target.tolist())]
+    raw = np.array([0.2, 0.0, 0.6, 0.4], np.float32)
+    batch = weighted_cross_entropy(logits, target, torch.from_numpy(training_weights(raw, "batch"))).item()
+    mean = weighted_cross_entropy(logits, target, torch.from_numpy(training_weights(raw, "mean"))).item()
+    assert batch == pytest.approx((0.2 * ce[0] + 0.6 * ce[2] + 0.4 * ce[3]) / 4, abs=1e-6)
+    assert mean == pytest.approx((0.2 * ce[0] + 0.6 * ce[2] + 0.4 * ce[3]) / 1.2, abs=1e-6)
+
+
+def test_bad_configs_are_rejected(tmp_path):
+    paths = write_images(tmp_path, np.array([0, 1, 2]))
+    args = dict(verified_idx=np.zeros(0), verified_ok=np.zeros(0, bool))
+    for bad, match in [(dict(weights="x"), "weights"), (dict(normalize="x"), "normalize"), (dict(rounds=-1), "rounds")]:
+        with pytest.raises(ValueError, match=match):
+            train_alternating(paths, np.array([0, 1, 2]), 3, config=AlternateConfig(**bad), **args)
+
+
+# -- tiny end-to-end runs -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def noisy_colors(tmp_path_factory):
+    """120 images of 3 colour classes; 25 % of the labels flipped to another class."""
+    rng = np.random.default_rng(0)
+    clean = np.arange(120) % 3
+    noisy = clean.copy()
+    flip = rng.random(120) < 0.25
+    noisy[flip] = (clean[flip] + rng.integers(1, 3, flip.sum())) % 3
+    return write_images(tmp_path_factory.mktemp("colors"), clean), clean, noisy
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
+    paths, clean, noisy = noisy_colors
+    ok = noisy == clean
+    v = np.random.default_rng(1).permutation(len(paths))[:30]
+    messages = []
+    cfg = tiny_config(1, mode, checkpoint_dir=tmp_path / "ckpt")
+    res = train_alternating(paths, noisy, 3, verified_idx=v[:20], verified_ok=ok[v[:20]], val_idx=v[20:],
+                            val_ok=ok[v[20:]], config=cfg, progress=False, report=messages.append)
+    assert isinstance(res.model, Backbone) and not res.model.training and res.model.num_classes == 3
+    assert [r.round for r in res.rounds] == [1, 2]
+    for r in res.rounds:
+        assert r.score.shape == r.weights.shape == (120,) and r.score.dtype == np.float32
+        assert np.isfinite(r.score).all() and np.isfinite(r.delta) and 0.0 <= r.val_accuracy <= 1.0
+        assert ((r.weights >= 0) & (r.weights <= 1)).all()
+        np.testing.assert_array_equal(r.weights[v[:20]], ok[v[:20]].astype(np.float32))  # verdicts override
+        if mode == "hard":
+            assert set(np.unique(r.weights)) <= {0.0, 1.0}
+    assert [(h["round"], h["phase"]) for h in res.history] == [
+        (0, "classifier"), (1, "cleannet"), (1, "classifier"), (2, "cleannet"), (2, "classifier")]
+    assert all(len(h["epochs"]) == 1 for h in res.history if h["phase"] == "classifier")
+    assert len(messages) == 5
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"classifier-round{r}.pt" for r in range(3)]
+
+
+def test_init_model_skips_round_zero_and_finished_checkpoints_resume(noisy_colors, tmp_path):
+    paths, clean, noisy = noisy_colors
+    cfg = tiny_config(0)
+    c0 = train_classifier(paths, noisy, 3, config=cfg.classifier, device="cpu", progress=False)
+    ckpt = tmp_path / "c.pt"
+    seen = []
+    m1 = train_classifier(paths, noisy, 3, config=cfg.classifier, device="cpu", progress=False, checkpoint=ckpt,
+                          on_epoch=lambda e, m, stats: seen.append((e, sorted(stats))))
+    assert seen == [(1, ["loss", "lr", "train_acc"])]
+    m2 = train_classifier(paths, noisy, 3, config=cfg.classifier, device="cpu", progress=False, checkpoint=ckpt,
+                          on_epoch=lambda *a: seen.append("again"))
+    assert seen == [(1, ["loss", "lr", "train_acc"])]  # all epochs done: nothing retrained
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(c0.state_dict().values(), m1.state_dict().values()))
+    res = train_alternating(paths, noisy, 3, verified_idx=np.zeros(0), verified_ok=np.zeros(0, bool),
+                            config=cfg, init_model=c0, progress=False)
+    assert [(h["round"], h["phase"]) for h in res.history] == [(1, "cleannet"), (1, "classifier")]
+    assert res.rounds[0].val_accuracy is None and np.isfinite(res.rounds[0].score).all()
+
+
+def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
+    names = list(COLORS)
+    labels = np.arange(45) % 3
+    folders = [names[(y + 1) % 3] if i % 7 == 0 else names[y] for i, y in enumerate(labels)]  # some mislabelled
+    write_images(tmp_path / "images", labels, seed=2, folders=folders)
+    db = tmp_path / "state" / "a.db"
+    store = Store(db)
+    assert ingest_folder(store, tmp_path / "images", progress=False).added == 45
+    store.set_setting("round", {"num_ref": 4, "steps": 40, "backbone_epochs": 1, "device": "cpu"})
+    for k, row in enumerate(store.iter_images()):
+        if k < 12:
+            truth = names.index(Path(row["path"]).parent.name) == labels[int(Path(row["path"]).stem[3:])]
+            store.record_verdict(row["id"], "ann", "correct" if truth else "wrong",
+                                 reason="audit" if k % 2 else "uncertain")
+    store.close()
+    out = tmp_path / "export" / "clf.pt"
+    result = CliRunner().invoke(cli, ["--db", str(db), "train-classifier", "--rounds", "0", "--weights", "hard",
+                                      "--epochs", "1", "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"written to {out}" in result.output
+    model, info = load_backbone(out)
+    assert info["class_names"] == sorted(names) and model.num_classes == 3 and model.small_input
+    assert info["meta"]["weights"] == "hard" and info["meta"]["n_verdicts"] == 12 and info["meta"]["image_size"] == 32
+
+    empty = tmp_path / "empty.db"
+    Store(empty).close()
+    result = CliRunner().invoke(cli, ["--db", str(empty), "train-classifier"])
+    assert result.exit_code == 1 and "no images" in result.output

@@ -1,0 +1,22 @@
+"""The benchmark scripts run end to end at toy sizes (their numbers are judged in benchmarks/README.md)."""
+import json
+
+from benchmarks import gpu_check, quality
+
+
+def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
+    out = tmp_path / "q.json"
+    quality.main(["--data", str(cifar_dir), "--labels", "random1", "--verified-classes", "0,1,2,3,4",
+                  "--budget", "0.05", "--seed", "0", "--json", str(out), "--n", "300", "--epochs", "1",
+                  "--steps", "40", "--rounds", "2", "--num-ref", "4", "--cache", str(tmp_path / "cache")])
+    res = json.loads(out.read_text())
+    assert set(res["heldout"]) == set(quality.METHODS)
+    for m in res["heldout"].values():
+        assert {"error", "precision", "recall", "f1", "auroc"} <= set(m) and 0 <= m["error"] <= 1
+    assert res["verified_fraction"] == 15 / 300 and res["config"]["labels"] == "random1"
+    assert res["timings_s"]["total_s"] > 0 and res["cleannet_vs_cleanlab_error"] > 0
+
+
+def test_gpu_check_runs_on_cpu(tmp_path):
+    res = gpu_check.main(["--small", "--device", "cpu", "--json", str(tmp_path / "g.json")])
+    assert res["device"] == "cpu" and res["results"]["rescore_img_s"] > 0
