@@ -200,7 +200,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
                   "backbone": info, "refs": torch.from_numpy(refs)}, ckpt)
     version = store.add_model(delta=delta, metrics=metrics, checkpoint=str(ckpt), backbone=info["source"],
                               n_verdicts=int(len(split["train"]) + len(split["val"])))
-    _publish(store, version, data, sc, delta, report)
+    publish_scores(store, version, data, sc, delta, report)
     return version
 
 
@@ -223,11 +223,11 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
-    _publish(store, version, data, sc, current["delta"], report)
+    publish_scores(store, version, data, sc, current["delta"], report)
     return version
 
 
-def _publish(store: Store, version: int, data: Data, sc, delta: float, report: Report) -> None:
+def publish_scores(store: Store, version: int, data: Data, sc, delta: float, report: Report) -> None:
     """Write the scores of `version`, make it current in one transaction, drop older versions' scores."""
     sugg = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
     # The queue scans the (label, uncertainty) index from the most uncertain end and skips reviewed images;

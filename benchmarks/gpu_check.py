@@ -1,4 +1,5 @@
-"""Throughput on the current device: feature extraction (fp32 vs bf16), CleanNet training, full rescore.
+"""Throughput on the current device: feature extraction (fp32 vs bf16), k-means references, CleanNet training,
+full rescore.
 
     python -m benchmarks.gpu_check --json out.json          # on a CUDA machine (the `device` tool)
     python -m benchmarks.gpu_check --small                  # a quick run on a CPU, to check it works
@@ -18,6 +19,7 @@ import torch
 
 from cleannet_core.classifier import Backbone, resolve_device
 from cleannet_core.model import CleanNetConfig
+from cleannet_core.references import build_references
 from cleannet_core.score import score_images
 from cleannet_core.train import TrainConfig, train_cleannet
 
@@ -64,6 +66,10 @@ def main(argv=None) -> dict:
     labels = rng.integers(0, c, n)
     refs = rng.random((c, 32, d), dtype=np.float32)
     verified = rng.choice(n, 2_000 if not small else 200, replace=False)
+    t = time.perf_counter()
+    build_references(feats, labels, c, device=device)  # K = 32 per class, the product's defaults
+    _sync(device)
+    rows["references_s"] = time.perf_counter() - t
     t = time.perf_counter()
     res = train_cleannet(feats, labels, refs, verified_idx=verified, verified_ok=rng.random(verified.size) > 0.2,
                          config=TrainConfig(steps=steps, val_interval=steps + 1), device=device,

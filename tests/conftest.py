@@ -6,6 +6,7 @@ contention with the worker and server processes some tests start (they inherit O
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,3 +22,18 @@ def cifar_dir() -> Path:
     if not (CIFAR / "labels.csv").exists():
         pytest.skip(f"CIFAR-10N data not found at {CIFAR}")
     return CIFAR
+
+
+def planted_noise(seed: int = 0, c: int = 8, per: int = 120, d: int = 32, rate: float = 0.2):
+    """Non-negative features around c class prototypes with `rate` of the labels flipped to another class.
+
+    Returns feats (c*per, d) float32, clean (c*per,) and noisy (c*per,) labels.
+    """
+    rng = np.random.default_rng(seed)
+    protos = rng.random((c, d)) * 3
+    clean = np.repeat(np.arange(c), per)
+    feats = np.maximum(protos[clean] + rng.normal(0, 0.6, (c * per, d)), 0).astype(np.float32)
+    noisy = clean.copy()
+    flip = rng.random(clean.size) < rate
+    noisy[flip] = (clean[flip] + rng.integers(1, c, flip.sum())) % c
+    return feats, clean, noisy

@@ -1,4 +1,5 @@
-"""8 annotator processes x 200 verdicts through the queue while a worker process keeps writing model versions.
+"""8 annotator processes x 200 verdicts through the queue while a process keeps publishing model versions
+with the worker's own publishing code (annotator.pipeline.publish_scores).
 
 Real processes on one SQLite file: every verdict must land, no image may be served to two
 annotators, nobody may see "database is locked", and the file must pass integrity_check.
@@ -41,22 +42,25 @@ print(json.dumps({"served": served, "errors": errors, "empty": empty}))
 
 WRITE_MODELS = """
 import json, os, random, sys
+import numpy as np
+from annotator.pipeline import load_data, publish_scores
 from annotator.store import Store
+from cleannet_core.score import Scores
 db, stop = sys.argv[1], sys.argv[2]
 rng = random.Random(0)
 versions, errors = [], []
 with Store(db) as store:
-    images = [(r["id"], r["label_id"]) for r in store.iter_images()]
+    data = load_data(store)
+    n = len(data.ids)
     while not os.path.exists(stop):
-        try:
+        try:  # the worker's own publishing step: scores in chunks, make current, drop older scores
             delta = rng.uniform(-0.2, 0.3)
             v = store.add_model(delta=delta)
-            rows = [(i, label, s, abs(s - delta)) for i, label in images for s in [rng.uniform(-1, 1)]]
-            store.write_scores(v, rows, batch=1000)
-            store.make_current(v)
-            if v > 2:
-                store.delete_scores(v - 2)  # old versions go away, as a worker would clean up
+            sc = Scores(np.array([rng.uniform(-1, 1) for _ in range(n)], np.float32),
+                        (data.labels + 1) % len(data.class_ids), np.zeros(n, np.float32))
+            publish_scores(store, v, data, sc, delta, lambda *a: None)
             versions.append(v)
+            open(stop + ".ready", "w").close()
         except Exception as e:
             errors.append(repr(e))
             break
@@ -85,7 +89,10 @@ def test_annotators_and_model_writer_share_one_file(tmp_path):
         store.set_verify(["a", "b", "c"])  # 2,400 candidates for 1,600 verdicts; 'd' is never served
     stop = tmp_path / "stop"
     writer = spawn(WRITE_MODELS, db, stop)
-    time.sleep(0.5)  # let the first model version land, so the queue runs both with and without a model
+    ready = Path(f"{stop}.ready")  # the first version has landed; the queue then runs with a model
+    deadline = time.time() + 120
+    while not ready.exists() and writer.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
     t0 = time.time()
     annotators = [spawn(ANNOTATE, db, f"ann{k}", VERDICTS, k) for k in range(ANNOTATORS)]
     results = [finish(p, timeout=120) for p in annotators]
@@ -110,4 +117,3 @@ def test_annotators_and_model_writer_share_one_file(tmp_path):
         assert store._scalar("PRAGMA integrity_check") == "ok"
         assert store.current_model()["version"] == written["versions"][-1]
     print(f"{elapsed:.1f}s, {len(written['versions'])} model versions, empty answers {[r['empty'] for r in results]}")
-    assert elapsed < 60

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import planted_noise
+
 from cleannet_core.metrics import auroc, best_threshold, detection_report, per_class_report
 from cleannet_core.references import KMeansConfig, build_references, kmeans
 from cleannet_core.score import hard_weights, noise_flags, score_images, soft_weights
@@ -89,15 +91,7 @@ def test_build_references_rejects_bad_labels():
 @pytest.fixture(scope="module")
 def planted():
     """8 classes of non-negative features around class prototypes; 20% of labels flipped."""
-    rng = np.random.default_rng(0)
-    c, per, d = 8, 120, 32
-    protos = rng.random((c, d)) * 3
-    clean = np.repeat(np.arange(c), per)
-    feats = np.maximum(protos[clean] + rng.normal(0, 0.6, (c * per, d)), 0).astype(np.float32)
-    noisy = clean.copy()
-    flip = rng.random(clean.size) < 0.2
-    noisy[flip] = (clean[flip] + rng.integers(1, c, flip.sum())) % c
-    return feats, clean, noisy
+    return planted_noise()
 
 
 def test_sampler_is_class_uniform_and_wraps():
@@ -178,5 +172,5 @@ def test_score_images_excludes_own_and_invalid_classes():
     sc = score_images(model, feats, labels, refs, valid_classes=np.array([True, True, False]), batch_size=4)
     assert (sc.suggested != labels).all() and (sc.suggested != 2).all()
     full = score_images(model, feats, labels, refs)
-    np.testing.assert_allclose(sc.score, full.score, rtol=1e-6)
+    np.testing.assert_allclose(sc.score, full.score, atol=1e-6)  # float32, batch-size dependent rounding
     assert model.training  # mode restored

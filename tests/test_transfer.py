@@ -4,6 +4,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from conftest import planted_noise
+
 from cleannet_core.metrics import auroc
 from cleannet_core.model import CleanNet, CleanNetConfig
 from cleannet_core.references import KMeansConfig, build_references
@@ -62,14 +64,8 @@ def test_calibrator_with_one_kind_of_verdict_is_the_smoothed_rate():
 
 def test_calibrated_signals_transfer_to_classes_without_verdicts():
     """Planted noise in 8 classes, verdicts on 4: the class-agnostic score finds the errors in the other 4."""
-    rng = np.random.default_rng(0)
-    c, per, d = 8, 120, 32
-    protos = rng.random((c, d)) * 3
-    clean = np.repeat(np.arange(c), per)
-    feats = np.maximum(protos[clean] + rng.normal(0, 0.6, (c * per, d)), 0).astype(np.float32)
-    noisy = clean.copy()
-    flip = rng.random(clean.size) < 0.2
-    noisy[flip] = (clean[flip] + rng.integers(1, c, flip.sum())) % c
+    feats, clean, noisy = planted_noise(c=8)
+    rng, c = np.random.default_rng(0), 8
     ok = noisy == clean
     refs, _ = build_references(feats, noisy, c, config=KMeansConfig(k=4, attempts=1))
     verified = rng.permutation(np.flatnonzero(noisy < 4))[:150]
