@@ -15,9 +15,10 @@ gain_recovered = (cleannet_soft - noisy) / (clean - noisy): the paper reports 47
 Verdicts: --budget x N images, answered from clean_label, drawn only from --verified-classes the way the product
 draws them (benchmarks.quality.Runner.product_verdicts: a random audit slice that validates, plus uncertainty-queue
 rounds). Size: --n / --epochs / --batch-size / --lr default to 50,000 images x 15 epochs, batch 128, LR 0.1 on CUDA
-and to 3,000 x 3, batch 32, LR 0.05 on a CPU (a 2-core CPU shared with other jobs took about 40 minutes with
---steps 2000); see benchmarks/README.md. Classifier checkpoints and features are cached under
-benchmarks/.cache/classify, so a rerun with the same settings retrains nothing.
+and to 3,000 x 3, batch 32, LR 0.02 on a CPU (12 minutes cold with --steps 2000 --threads 1 --workers 1 on a
+2-core CPU shared with other jobs; --threads 1 was 5x faster there than torch's 2 threads); see
+benchmarks/README.md. Classifier checkpoints (per epoch) and features are cached under benchmarks/.cache, so an
+interrupted run resumes and a rerun with the same settings retrains nothing.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, help="test images, a seeded subset (default: all 10k)")
     p.add_argument("--arch", default="resnet18", help="classifier: resnet18 | resnet50")
     p.add_argument("--batch-size", type=int, help="images per SGD step (default: 128 on CUDA, 32 on CPU)")
-    p.add_argument("--lr", type=float, help="peak SGD learning rate, cosine decay (default: 0.1 on CUDA, 0.05 on CPU)")
+    p.add_argument("--lr", type=float, help="peak SGD learning rate, cosine decay (default: 0.1 on CUDA, 0.02 on CPU)")
     p.add_argument("--workers", type=int, help="image loader processes (default: min(8, cores))")
     p.add_argument("--steps", type=int, default=4000, help="CleanNet steps per round (paper: 60,000)")
     p.add_argument("--rounds", type=int, default=1, help="extra classifier/CleanNet alternations")
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
     epochs = args.epochs if args.epochs is not None else (15 if cuda else 3)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     batch_size = args.batch_size if args.batch_size is not None else (128 if cuda else 32)  # 32: enough steps
-    lr = args.lr if args.lr is not None else (0.1 if cuda else 0.05)  # for a few CPU epochs to learn something
+    lr = args.lr if args.lr is not None else (0.1 if cuda else 0.02)  # 0.05 diverges in the first CPU epoch
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if set(rows) - set(ROWS):
         raise SystemExit(f"--rows must be a subset of {','.join(ROWS)}")
@@ -187,8 +188,9 @@ def main(argv=None) -> dict:
     out = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         | {"n": len(ds.paths), "epochs": epochs, "batch_size": batch_size, "lr": lr, "workers": workers,
-           "n_test": len(test_paths), "device": str(device), "gpu": torch.cuda.get_device_name(device) if cuda else None,
-           "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__, "budget_images": budget,
+           "n_test": len(test_paths), "device": str(device),
+           "gpu": torch.cuda.get_device_name(device) if cuda else None, "cpu_cores": os.cpu_count(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "budget_images": budget,
            "verified_images": int(len(train_idx) + len(val_idx)), "train_noise_rate": float(1 - ok.mean())},
         "test_acc": acc,
         "gain_recovered": gain,

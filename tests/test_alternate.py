@@ -176,6 +176,14 @@ def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     assert info["class_names"] == sorted(names) and model.num_classes == 3 and model.small_input
     assert info["meta"]["weights"] == "hard" and info["meta"]["n_verdicts"] == 12 and info["meta"]["image_size"] == 32
 
+    # default --out under the state folder; the finished per-epoch checkpoints of the first run are reused
+    result = CliRunner().invoke(cli, ["--db", str(db), "train-classifier", "--rounds", "0", "--weights", "hard",
+                                      "--epochs", "1", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    (default,) = (tmp_path / "state" / "classifiers").glob("classifier-hard-*.pt")
+    again, _ = load_backbone(default)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
     empty = tmp_path / "empty.db"
     Store(empty).close()
     result = CliRunner().invoke(cli, ["--db", str(empty), "train-classifier"])
