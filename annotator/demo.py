@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 VERIFY = ["airplane", "automobile", "bird", "cat", "deer"]
 # First model within ~3 minutes on a 2-core CPU: a short backbone run and fewer CleanNet steps.
-DEMO_ROUND = {"backbone_epochs": 8, "steps": 2000}
+DEMO_ROUND = {"backbone_epochs": 3, "steps": 1000}
 
 
 def prepare_demo(store: Store) -> str | None:
@@ -44,6 +45,7 @@ def run_demo(db: str | Path, *, port: int = 8501) -> None:
           + (password if password else "(the password printed when this database was created, or "
              "$ANNOTATOR_ADMIN_PASSWORD)") + "\n  The worker trains the first model now (about 3 minutes on "
           "a 2-core CPU); press Ctrl+C to stop.\n", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops both children on SIGTERM too
     try:
         while worker.poll() is None and app.poll() is None:
             time.sleep(1)

@@ -42,6 +42,7 @@ class RoundConfig:
     arch: str = "resnet18"             # backbone: resnet18 | resnet50
     image_size: int = 0                # crop size; 0 = 32 when images are small (<= 64 px), else 224
     backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
+    backbone_lr: float = 0.02          # its peak LR (0.1 diverged in the first epoch on a few thousand images)
     weights_path: str | None = None    # local ImageNet weights file (else the torch cache, else train)
     steps: int = 4000                  # CleanNet steps per round (paper: 60k; LR drops at half)
     num_ref: int = 32                  # K references per class
@@ -109,7 +110,7 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, 
         report("backbone", 0.0, message)
         log.warning(message)
         source = "trained on the noisy labels (no ImageNet weights available offline)"
-    ccfg = ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size,
+    ccfg = ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size, lr=cfg.backbone_lr,
                             batch_size=min(128, max(8, len(data.ids) // 8)))
     report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images")
     model = train_classifier(data.paths, data.labels, len(data.class_ids), sample_weights=retrain_weights,

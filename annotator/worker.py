@@ -18,6 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from .pipeline import RoundConfig, run_round
 from .store import Store
 
@@ -82,6 +84,8 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
     start of PHASE (e.g. 'writing': scores written, version not yet current), so a test can SIGKILL it there.
     """
     pause_at = os.environ.get("ANNOTATOR_PAUSE_AT")
+    if "OMP_NUM_THREADS" not in os.environ:  # leave a core to the app: oversubscribed torch threads crawl
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     store = Store(db_path)
     other = store.worker_state()
     if other["pid"] and other["pid"] != os.getpid() and _alive(other["pid"]) and (
