@@ -41,6 +41,7 @@ from cleannet_core.metrics import detection_report, flag_report
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.train import TrainConfig
 
+from .report import config_of, write_json
 from .common import CACHE, load_cifar10n
 from .quality import Runner, cleanlab_flags
 
@@ -186,7 +187,7 @@ def main(argv=None) -> dict:
         gain = (acc["cleannet_soft"] - acc["noisy"]) / (acc["clean"] - acc["noisy"])
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     out = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        "config": config_of(args)
         | {"n": len(ds.paths), "epochs": epochs, "batch_size": batch_size, "lr": lr, "workers": workers,
            "n_test": len(test_paths), "device": str(device),
            "gpu": torch.cuda.get_device_name(device) if cuda else None, "cpu_cores": os.cpu_count(),
@@ -198,9 +199,7 @@ def main(argv=None) -> dict:
         "timings_s": timings,
     }
     print(markdown_table(out))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return out
 
 

@@ -14,7 +14,6 @@ Usage::
 
 import argparse
 import csv
-import json
 import logging
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.report import write_json
 from annotator.export import COLUMNS, export_csv
 from benchmarks.queue_speed import build_store
 
@@ -93,9 +93,7 @@ def main() -> None:
     print(f"\nCSV {size_mb:.0f} MB; peak RSS of a process doing only the export: {rss[0]:.0f} MB after imports,"
           f" {rss[1]:.0f} MB after the export")
     print(f"export {export_s:.2f} s (target < 10 s): {'OK' if export_s < 10 else 'MISSED'}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ Synthetic inputs (random pixels, random features) so it needs no data set; shape
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.report import write_json
 from cleannet_core.classifier import Backbone, resolve_device
 from cleannet_core.model import CleanNetConfig
 from cleannet_core.references import build_references
@@ -87,9 +87,7 @@ def main(argv=None) -> dict:
     print(f"device: {name}\n| measure | value |\n|---|---|")
     for k, v in rows.items():
         print(f"| {k} | {v:,.1f} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return out
 
 

@@ -17,7 +17,6 @@ logistic calibrator over the class-agnostic signals of cleannet_core.transfer fi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from cleannet_core.score import score_images
 from cleannet_core.train import TrainConfig, relevance, train_cleannet
 from cleannet_core.transfer import SIGNALS, agnostic_signals, fit_calibrator
 
+from .report import config_of, write_json
 from .common import CACHE, Dataset, load_cifar10n, noisy_backbone_features
 
 METHODS = ("cleannet", "cleannet_random_verdicts", "cleannet_no_verdicts", "cleanlab", "knn",
@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     results["all_clean"] = flag_report(np.zeros(heldout.sum(), bool), np.zeros(heldout.sum()), ok[heldout])
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     out = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        "config": config_of(args)
         | {"device": str(device), "torch": torch.__version__, "n_images": len(ds.noisy),
            "n_heldout": int(heldout.sum()), "budget_images": budget},
         "verified_fraction": float((len(sel[0]) + len(sel[1])) / len(ds.noisy)),
@@ -142,9 +142,7 @@ def main(argv=None) -> dict:
         "timings_s": timings,
     }
     print(markdown_table(out))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return out
 
 

@@ -17,7 +17,6 @@ Usage::
 """
 
 import argparse
-import json
 import logging
 import random
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import write_json
 from annotator.queue import grid_items, next_items, queue_status
 from annotator.store import Store
 
@@ -156,9 +156,7 @@ def main() -> None:
     print(table(results))
     target = results["next_item"]["p95"]
     print(f"\nnext_item p95 {target:.2f} ms (target < 50 ms): {'OK' if target < 50 else 'MISSED'}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":
