@@ -63,19 +63,22 @@ def _items(store: Store, ids: list[int], reasons: dict[int, str], version: int |
 
 
 def _serve(store: Store, annotator: str, class_ids: list[int], n: int, resume_reason: str, draw,
-           now: float) -> tuple[list[int], dict[int, str]]:
+           now: float, *, keep_stored: bool = True) -> tuple[list[int], dict[int, str]]:
     """Lease up to ``n`` ids: the annotator's own live leases first (renewed), then new ones from
     ``draw(k, exclude) -> [(id, reason)]``, with one retry after losing a race for some of them.
 
-    Leases do not store why an item was served, so resumed items get ``resume_reason``: never
-    'audit' once a model exists, because an image chosen by uncertainty must not enter the
-    unbiased audit sample (losing an audit draw to a reload is harmless). Expiries are
-    staggered in serve order, so a reload shows the items in the order first served.
+    A lease records why its item was served, so a resumed item keeps its reason (an audit draw
+    stays an audit draw after a reload); a lease without one (granted elsewhere, e.g. an undo)
+    gets ``resume_reason``: never 'audit' once a model exists, because an image chosen by
+    uncertainty must not enter the unbiased audit sample. Expiries are staggered in serve
+    order, so a reload shows the items in the order first served. With ``keep_stored=False`` every
+    resumed item gets ``resume_reason`` (the grid: its verdicts are 'grid' however the image was drawn).
     """
     seconds = store.get_setting("lease_seconds")
     own = store.leased_candidates(annotator, class_ids, now=now)[:n]
     ids = store.acquire_leases(annotator, own, seconds, now=now, stagger=STAGGER) if own else []
-    reasons = {i: resume_reason for i in ids}
+    stored = store.lease_reasons(annotator, ids) if ids and keep_stored else {}
+    reasons = {i: stored.get(i) or resume_reason for i in ids}
     for attempt in range(2):
         if len(ids) >= n:
             break
@@ -83,7 +86,7 @@ def _serve(store: Store, annotator: str, class_ids: list[int], n: int, resume_re
         if not wanted:
             break
         granted = set(store.acquire_leases(annotator, [i for i, _ in wanted], seconds,
-                                           now=now + len(ids) * STAGGER, stagger=STAGGER))
+                                           now=now + len(ids) * STAGGER, stagger=STAGGER, reasons=dict(wanted)))
         for i, reason in wanted:
             if i in granted:
                 ids.append(i)
@@ -149,7 +152,7 @@ def grid_items(store: Store, annotator: str, class_name: str, n: int = 16, *, rn
         return [(i, "grid") for i in store.grid_candidates(class_ids[0], k, version, rng=rng, now=now,
                                                            exclude=exclude)]
 
-    ids, reasons = _serve(store, annotator, class_ids, n, "grid", draw, now)
+    ids, reasons = _serve(store, annotator, class_ids, n, "grid", draw, now, keep_stored=False)
     return _items(store, ids, reasons, version)
 
 

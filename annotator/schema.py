@@ -108,8 +108,14 @@ def _v1(db: Database) -> None:
     db.executescript(SCHEMA_V1)  # runs inside the caller's open transaction
 
 
+def _v2(db: Database) -> None:
+    """Version 2: a lease remembers why its image was served (queue reason), so an audit draw that comes
+    back after a browser reload is still recorded as 'audit'."""
+    db.execute("ALTER TABLE leases ADD COLUMN reason TEXT")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

@@ -144,7 +144,7 @@ def test_reload_returns_my_leased_item_first(store):
     (first,) = next_items(store, "ann", rng=random.Random(0))
     (again,) = next_items(store, "ann", rng=random.Random(1))
     assert again.image_id == first.image_id
-    assert again.reason == "uncertain"  # a resumed item is never counted as an audit draw
+    assert again.reason == first.reason  # a resumed item keeps the reason it was served for
     two = next_items(store, "ann", n=2, rng=random.Random(2))
     assert two[0].image_id == first.image_id and two[1].image_id != first.image_id
     store.record_verdict(first.image_id, "ann", "correct", reason=first.reason)
@@ -200,3 +200,13 @@ def test_hot_queries_use_indexes(store):
     assert "USING INDEX scores_queue (model_version=? AND label_id=?)" in plans["uncertain"][0]
     assert "USING INDEX images_label (label_id=? AND id>?)" in plans["scan"][0]
     assert not any("SCAN" in line and "json_each" not in line for p in plans.values() for line in p)
+
+
+def test_an_audit_draw_stays_audit_after_a_reload(store):
+    images = populate(store)
+    add_model(store, images)
+    store.set_setting("audit_share", 1.0)
+    (first,) = next_items(store, "ann", rng=random.Random(0))
+    store.set_setting("audit_share", 0.0)
+    (again,) = next_items(store, "ann", rng=random.Random(1))
+    assert first.reason == again.reason == "audit" and again.image_id == first.image_id

@@ -37,7 +37,7 @@ def test_schema_created_wal_and_reopen_idempotent(db_path):
     s = Store(db_path)
     assert db_path.exists()
     assert TABLES <= set(s.db.table_names())
-    assert s.schema_version == SCHEMA_VERSION == 1
+    assert s.schema_version == SCHEMA_VERSION == 2
     assert s.db.journal_mode == "wal"
     assert s._scalar("PRAGMA busy_timeout") == 30000
     assert s._scalar("PRAGMA foreign_keys") == 1
@@ -54,8 +54,24 @@ def test_newer_schema_refused(db_path):
     conn = sqlite3.connect(db_path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreError, match="schema v2"):
+    with pytest.raises(StoreError, match=f"schema v{SCHEMA_VERSION + 1}"):
         Store(db_path)
+
+
+def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
+    from sqlite_utils import Database
+
+    from annotator.schema import MIGRATIONS
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db = Database(db_path)
+    MIGRATIONS[0](db)  # a database written by the v1 code
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO classes (name) VALUES ('cat')")
+    db.conn.commit()
+    db.close()
+    s = Store(db_path)
+    assert s.schema_version == 2 and [c["name"] for c in s.classes()] == ["cat"]
+    assert "reason" in s.db["leases"].columns_dict
 
 
 def test_default_db_path(monkeypatch, tmp_path):

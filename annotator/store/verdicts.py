@@ -125,11 +125,13 @@ class VerdictsMixin(StoreBase):
 
     # -- leases -------------------------------------------------------------------------
     def acquire_leases(self, annotator: str, image_ids: Iterable[int], seconds: float, *,
-                       now: float | None = None, stagger: float = 0.0) -> list[int]:
+                       now: float | None = None, stagger: float = 0.0,
+                       reasons: dict[int, str] | None = None) -> list[int]:
         """Atomically lease to ``annotator`` those of ``image_ids`` that exist, have no live verdict and
         no live lease by someone else (expired leases are taken over, own leases renewed).
         Returns the granted ids in the order given. With ``stagger`` > 0 the k-th granted id
-        expires ``k * stagger`` s later, so expiry order (``leased_candidates``) keeps the given order."""
+        expires ``k * stagger`` s later, so expiry order (``leased_candidates``) keeps the given order.
+        ``reasons`` records why each image is served (a renewal without one keeps the stored reason)."""
         now = time.time() if now is None else now
         ids = list(dict.fromkeys(int(i) for i in image_ids))
         wanted = _ids_json(ids)
@@ -144,11 +146,20 @@ class VerdictsMixin(StoreBase):
                 f"SELECT v.image_id FROM verdicts v WHERE v.image_id IN (SELECT value FROM json_each(?)) AND {LIVE}",
                 [wanted])}
             granted = [i for i in ids if i in existing and i not in blocked]
+            reasons = reasons or {}
             self.db.conn.executemany(
-                "INSERT INTO leases (image_id, annotator, expires_at) VALUES (?, ?, ?) ON CONFLICT(image_id)"
-                " DO UPDATE SET annotator = excluded.annotator, expires_at = excluded.expires_at",
-                [(i, annotator, now + seconds + k * stagger) for k, i in enumerate(granted)])
+                "INSERT INTO leases (image_id, annotator, expires_at, reason) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(image_id) DO UPDATE SET annotator = excluded.annotator,"
+                " expires_at = excluded.expires_at, reason = COALESCE(excluded.reason,"
+                " CASE WHEN leases.annotator = excluded.annotator THEN leases.reason END)",
+                [(i, annotator, now + seconds + k * stagger, reasons.get(i)) for k, i in enumerate(granted)])
         return granted
+
+    def lease_reasons(self, annotator: str, image_ids: Iterable[int]) -> dict[int, str | None]:
+        """``{image_id: reason}`` recorded when ``annotator``'s leases on ``image_ids`` were granted."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT image_id, reason FROM leases WHERE annotator = ? AND image_id IN (SELECT value FROM json_each(?))",
+            [annotator, _ids_json(image_ids)])}
 
     def release_leases(self, annotator: str, image_ids: Iterable[int] | None = None) -> int:
         """Drop ``annotator``'s leases (all, or only ``image_ids``); returns how many."""
