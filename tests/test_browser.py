@@ -7,6 +7,7 @@ Skipped when /usr/bin/chromium is missing (`make chromium` installs it).
 """
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -228,9 +229,11 @@ def test_grid_mode_flip_and_submit_with_g(server, browser, accounts):
     login(page, url, "alice", accounts["alice"])
     before = len(live_of(db, "alice"))
     page.get_by_text("Grid mode: 16 images of one class").click()
+    caption = page.get_by_text(re.compile(r"0 of \d+ marked wrong"))  # the whole grid has rendered
+    expect(caption).to_be_visible()
+    n = int(re.search(r"0 of (\d+) marked wrong", caption.inner_text()).group(1))
     flips = page.locator("[class*='st-key-ann_flip_'] button")
-    expect(flips.first).to_be_visible()
-    n = flips.count()
+    expect(flips).to_have_count(n)
     assert 0 < n <= 16
     flips.first.click()
     expect(page.get_by_text(f"1 of {n} marked wrong")).to_be_visible()
