@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import CIFAR
+
 from cleannet_core.classifier import (Backbone, ClassifierConfig, evaluate, load_backbone, predict, resolve_device,
                                       save_backbone, train_classifier, weighted_cross_entropy)
 
-CIFAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10n"
 FAST = dict(epochs=3, batch_size=32, lr=0.02, num_workers=0, image_size=32)
 
 

@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 from torchvision.models import resnet18
 
+from conftest import CIFAR
+
 from cleannet_core.classifier import Backbone, predict
 from cleannet_core.features import (FeatureCache, backbone_id, content_key, extract_features,
                                     load_imagenet_weights)
 
-CIFAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10n"
 KW = dict(image_size=32, batch_size=8, num_workers=0, device="cpu", progress=False)
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import CIFAR
+
 from annotator.ingest import (CORRUPT, EMPTY, ESCAPES, MAX_PIXELS, MISSING, NOT_IMAGE, TOO_LARGE, UNKNOWN_CLASS,
                               UNREADABLE, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, decode, ingest_csv,
                               ingest_folder)
 from annotator.store import Store
 
-CIFAR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10n"
 HYPERLINK = '=HYPERLINK("http://x")'
 SCRIPT = "<script>alert(1)</script>"
 
