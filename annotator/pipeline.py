@@ -113,6 +113,7 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, 
     ccfg = ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size, lr=cfg.backbone_lr,
                             batch_size=min(128, max(8, len(data.ids) // 8)))
     report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images")
+
     def on_epoch(epoch: int, _model: Backbone, stats: dict) -> None:
         report("backbone", epoch / ccfg.epochs,
                f"backbone epoch {epoch}/{ccfg.epochs}: train accuracy {stats['train_acc']:.3f} on the noisy labels")

@@ -93,42 +93,47 @@ def main(argv=None) -> dict:
         timings[f"{name}_s"] = round(time.perf_counter() - t, 2)
         return out
 
+    def held(score: np.ndarray, delta: float) -> dict:
+        """Detection report on the held-out images at `delta` (recorded alongside)."""
+        return detection_report(score[heldout], ok[heldout], delta) | {"delta": delta}
+
+    def held_at_audit_delta(score: np.ndarray) -> dict:
+        """`held` with delta chosen on the audit verdicts: the verdicts CleanNet gets too."""
+        return held(score, best_threshold(score[audit], ok[audit])[0])
+
     candidates = np.flatnonzero(~heldout)
     sel = timed("select", lambda: run.product_verdicts(candidates, budget, args.audit_share, args.rounds, rng))
     s, delta, model = timed("cleannet", lambda: run.fit_score(*sel))
-    results["cleannet"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
+    results["cleannet"] = held(s, delta)
     audit = sel[1]
 
     # Issue 6 ablations on the same model and verdicts: class-agnostic signals (cleannet_core.transfer).
     sig = timed("signals", lambda: agnostic_signals(model, feats, ds.noisy, refs, valid_classes=run.valid))
     margin = sig[:, SIGNALS.index("proto_margin")]       # verdict-free: no training at all
-    delta, _ = best_threshold(margin[audit], ok[audit])
-    results["reference_margin"] = detection_report(margin[heldout], ok[heldout], delta) | {"delta": delta}
+    results["reference_margin"] = held_at_audit_delta(margin)
     calibrated = fit_calibrator(sig[audit], ok[audit])(sig)  # fitted on the audit verdicts only
-    delta, _ = best_threshold(calibrated[audit], ok[audit])
-    results["cleannet_calibrated"] = detection_report(calibrated[heldout], ok[heldout], delta) | {"delta": delta}
+    results["cleannet_calibrated"] = held_at_audit_delta(calibrated)
 
     rand = rng.choice(candidates, budget, replace=False)
     n_val = int(round(args.audit_share * budget))
     s, delta, _ = timed("cleannet_random_verdicts", lambda: run.fit_score(rand[n_val:], rand[:n_val]))
-    results["cleannet_random_verdicts"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
+    results["cleannet_random_verdicts"] = held(s, delta)
 
     empty = np.zeros(0, dtype=np.int64)
     s, delta, _ = timed("cleannet_no_verdicts", lambda: run.fit_score(empty, empty))
-    results["cleannet_no_verdicts"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
+    results["cleannet_no_verdicts"] = held(s, delta)
 
     everywhere = np.arange(len(ds.noisy))
     sel_all = timed("select_all", lambda: run.product_verdicts(everywhere, budget, args.audit_share,
                                                                args.rounds, rng))
     s, delta, _ = timed("cleannet_all_classes", lambda: run.fit_score(*sel_all))
-    results["cleannet_all_classes"] = detection_report(s[heldout], ok[heldout], delta) | {"delta": delta}
+    results["cleannet_all_classes"] = held(s, delta)
 
     flags, conf = timed("cleanlab", lambda: cleanlab_flags(feats, ds.noisy, args.seed))
     results["cleanlab"] = flag_report(flags[heldout], conf[heldout], ok[heldout])
 
     agree = timed("knn", lambda: knn_agreement(feats, ds.noisy))
-    delta, _ = best_threshold(agree[audit], ok[audit])  # same verdicts CleanNet gets
-    results["knn"] = detection_report(agree[heldout], ok[heldout], delta) | {"delta": delta}
+    results["knn"] = held_at_audit_delta(agree)
 
     results["all_clean"] = flag_report(np.zeros(heldout.sum(), bool), np.zeros(heldout.sum()), ok[heldout])
     timings["total_s"] = round(time.perf_counter() - t0, 2)
