@@ -31,7 +31,7 @@ def _round_config(store: Store, **overrides) -> pipeline.RoundConfig:
     base.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return pipeline.RoundConfig(**base)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise click.ClickException(f"bad round setting: {e}") from e
 
 
@@ -133,16 +133,18 @@ def extract(ctx, weights) -> None:
 
 @cli.command()
 @click.option("--full", is_flag=True, help="also retrain the backbone with w_soft weights first")
-@click.option("--steps", type=int, help="CleanNet training steps")
+@click.option("--steps", type=int, help="CleanNet training steps (method paper)")
+@click.option("--method", type=click.Choice(["transfer", "paper"]),
+              help="scoring method for this round (default: the stored round setting, else transfer)")
 @click.pass_context
-def train(ctx, full, steps) -> None:
-    """Run one round now: features, references, CleanNet, scores; the new model becomes current.
+def train(ctx, full, steps, method) -> None:
+    """Run one round now: features, references, the scoring model, scores; the new model becomes current.
 
-    Example: python -m annotator train --steps 4000
+    Example: python -m annotator train --method paper --steps 4000
     """
     store = _open(ctx)
     try:
-        version = pipeline.run_round(store, _round_config(store, steps=steps), full=full,
+        version = pipeline.run_round(store, _round_config(store, steps=steps, method=method), full=full,
                                      report=lambda phase, p, msg: msg and click.echo(f"[{phase}] {msg}"))
     except ValueError as e:
         raise click.ClickException(str(e)) from e

@@ -6,7 +6,8 @@ One row per image (duplicates included), by image id, with the columns ``COLUMNS
   verdict (empty if none); ``verified_at`` in ISO 8601 UTC (``2024-05-01T12:00:00Z``).
 - ``score``, ``suggested_label``, ``suggested_score``, ``model_version``: the current
   model's score row (empty without a current model or without a score for the image).
-  Score = relevance in [-1, 1], higher = label more likely correct.
+  Score: higher = label more likely correct; P(label correct) in [0, 1] for the default transfer
+  model, the CleanNet relevance in [-1, 1] for the paper model (``pipeline.METHODS``).
 - ``threshold``: the ``threshold`` argument, else the ``delta_override`` setting, else
   the current model's ``delta``.
 - ``predicted_noisy`` = 1 if score < threshold else 0 (empty without a score).

@@ -20,14 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cleannet_core.alternate import round_weights, training_weights
 from cleannet_core.classifier import (Backbone, ClassifierConfig, is_small, load_backbone, resolve_device,
                                       save_backbone, train_classifier)
 from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
 from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.score import score_images, soft_weights
+from cleannet_core.probe import Probe, ProbeConfig, fit_probe
+from cleannet_core.score import Scores, score_images
 from cleannet_core.train import TrainConfig, train_cleannet
+from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, TransferScore, fit_transfer, score_transfer, signal_matrix
 
 from .store import Store
 
@@ -37,8 +40,12 @@ SCORE_CHUNK = 50_000  # score rows written between progress reports
 REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
 
 
+METHODS = ("transfer", "paper")
+
+
 @dataclass
 class RoundConfig:
+    method: str = "transfer"           # transfer: calibrated class-agnostic signals (issue 6) | paper: CleanNet
     arch: str = "resnet18"             # backbone: resnet18 | resnet50
     image_size: int = 0                # crop size; 0 = 32 when images are small (<= 64 px), else 224
     backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
@@ -47,6 +54,10 @@ class RoundConfig:
     steps: int = 4000                  # CleanNet steps per round (paper: 60k; LR drops at half)
     num_ref: int = 32                  # K references per class
     device: str = "auto"               # cuda when present
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
 @dataclass
@@ -177,7 +188,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     weights = None
     if full and current:
         report("backbone", 0.0, "full round: retraining the backbone with w_soft weights")
-        weights = soft_weights(_current_scores(store, data))
+        weights = full_round_weights(store, data, current)
     report("features", 0.0, "loading backbone")
     model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
     report("features", 0.0, f"extracting features ({info['source']})")
@@ -187,8 +198,34 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
                                     config=KMeansConfig(k=cfg.num_ref), device=device)
     split = verdict_split(store, data)
     max_verdict = store.max_verdict_id()
+    fit = _fit_transfer if cfg.method == "transfer" else _fit_paper
+    sc, delta, saved, best_step = fit(feats, data, refs, counts, split, cfg, current if not full else None,
+                                      device, report)
+    metrics = _metrics(sc.score, delta, data, split, best_step, info, max_verdict) | {"method": cfg.method}
+    ckpt = state_dir(store) / "models" / f"{cfg.method}-{uuid.uuid4().hex[:8]}.pt"
+    _atomic_save(saved | {"method": cfg.method, "delta": delta, "class_ids": data.class_ids.tolist(),
+                          "backbone": info, "refs": torch.from_numpy(refs)}, ckpt)
+    version = store.add_model(delta=delta, metrics=metrics, checkpoint=str(ckpt), backbone=info["source"],
+                              n_verdicts=int(len(split["train"]) + len(split["val"])))
+    publish_scores(store, version, data, sc, delta, report)
+    return version
+
+
+def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
+    """(N,) weights of the full round's backbone retraining, exactly as `train-classifier` weights (spec §6,
+    cleannet_core.alternate): w_soft = max(0, score) of the current model, 1 / 0 for images with a live
+    correct / wrong verdict, then divided by their mean."""
+    split = verdict_split(store, data)
+    w = round_weights(_current_scores(store, data), current["delta"], "soft",
+                      verified_idx=np.concatenate([split["train"], split["val"]]),
+                      verified_ok=np.concatenate([split["train_ok"], split["val_ok"]]))
+    return training_weights(w, "mean")
+
+
+def _fit_paper(feats, data, refs, counts, split, cfg, current, device, report) -> tuple[Scores, float, dict, int]:
+    """The paper's CleanNet on the verdicts (warm-started from the current model when it fits)."""
     tcfg = TrainConfig(steps=cfg.steps, lr_step=max(cfg.steps // 2, 1), val_interval=max(cfg.steps // 10, 1))
-    init = _load_model(current, feats.shape[1], refs.shape[1]) if current and not full else None
+    init = _load_model(current, feats.shape[1], refs.shape[1]) if current else None
     report("training", 0.0, f"CleanNet on {len(split['train'])} + {len(split['val'])} verdicts")
 
     def on_step(step: int, record: dict) -> None:
@@ -198,17 +235,27 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     res = train_cleannet(feats, data.labels, refs, verified_idx=split["train"], verified_ok=split["train_ok"],
                          val_idx=split["val"], val_ok=split["val_ok"], config=tcfg, init=init, device=device,
                          callback=on_step)
-    delta = res.delta
     report("scoring", 0.0, f"scoring {len(data.ids)} images")
     sc = score_images(res.model, feats, data.labels, refs, valid_classes=counts > 0)
-    metrics = _metrics(sc.score, delta, data, split, res, info, max_verdict)
-    ckpt = state_dir(store) / "models" / f"cleannet-{uuid.uuid4().hex[:8]}.pt"
-    _atomic_save({"cleannet": res.model.checkpoint(), "delta": delta, "class_ids": data.class_ids.tolist(),
-                  "backbone": info, "refs": torch.from_numpy(refs)}, ckpt)
-    version = store.add_model(delta=delta, metrics=metrics, checkpoint=str(ckpt), backbone=info["source"],
-                              n_verdicts=int(len(split["train"]) + len(split["val"])))
-    publish_scores(store, version, data, sc, delta, report)
-    return version
+    return sc, res.delta, {"cleannet": res.model.checkpoint()}, res.best_step
+
+
+def _fit_transfer(feats, data, refs, counts, split, cfg, current, device, report) -> tuple[Scores, float, dict, None]:
+    """Out-of-fold probe (folds = image id % 5) + reference margin, calibrated on the training verdicts."""
+    report("training", 0.0, f"out-of-fold linear probe on {len(data.ids)} images")
+    folds = data.ids % ProbeConfig.folds
+    probe = fit_probe(feats, data.labels, folds, len(data.class_ids), ProbeConfig(), device=device)
+    probs = probe.predict(feats, folds)
+    report("training", 0.8, f"calibrating on {len(split['train'])} verdicts")
+    tr = split["train"]
+    x = signal_matrix(DEFAULT_SIGNALS, data.labels[tr], probs=probs[tr], features=feats[tr], refs=refs,
+                      valid_classes=counts > 0)
+    ts = fit_transfer(x, split["train_ok"])
+    if ts.calibrator is None:
+        report("training", 0.9, "too few verdicts of each kind: flagging where the probe prefers another class")
+    report("scoring", 0.0, f"scoring {len(data.ids)} images")
+    sc = score_transfer(ts, data.labels, probs=probs, features=feats, refs=refs, valid_classes=counts > 0)
+    return sc, DELTA, {"probe": probe.state(), "transfer": ts.state()}, None
 
 
 def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = lambda *a: None) -> int:
@@ -224,9 +271,14 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     if info["id"] != ckpt["backbone"]["id"]:
         raise ValueError("the backbone changed since the current model: run `train` instead")
     feats = features(store, data, model, info, cfg)
-    net = CleanNet.from_checkpoint(ckpt["cleannet"])
     refs = ckpt["refs"].numpy()
-    sc = score_images(net, feats, data.labels, refs, valid_classes=np.abs(refs).sum(axis=(1, 2)) > 0)
+    valid = np.abs(refs).sum(axis=(1, 2)) > 0
+    if ckpt.get("method", "paper") == "paper":
+        sc = score_images(CleanNet.from_checkpoint(ckpt["cleannet"]), feats, data.labels, refs, valid_classes=valid)
+    else:  # a new image's fold model never saw it; an old image's is the one that scored it before
+        probs = Probe.from_state(ckpt["probe"]).predict(feats, data.ids % ProbeConfig.folds)
+        sc = score_transfer(TransferScore.from_state(ckpt["transfer"]), data.labels, probs=probs, features=feats,
+                            refs=refs, valid_classes=valid)
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
@@ -255,12 +307,12 @@ def publish_scores(store: Store, version: int, data: Data, sc, delta: float, rep
     report("idle", 1.0, f"model version {version} is current")
 
 
-def _metrics(score, delta, data, split, res, info, max_verdict) -> dict:
+def _metrics(score, delta, data, split, best_step, info, max_verdict) -> dict:
     flagged = score < delta
     per_class = {name: float(flagged[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}
     out = {"estimated_noise_rate": float(flagged.mean()), "per_class_noise_rate": per_class,
-           "max_verdict_id": max_verdict, "best_step": res.best_step, "backbone": info["source"],
+           "max_verdict_id": max_verdict, "best_step": best_step, "backbone": info["source"],
            "n_train": int(len(split["train"])), "n_val": int(len(split["val"]))}
     if len(split["val"]):
         out["audit"] = detection_report(score[split["val"]], split["val_ok"], delta)
@@ -278,6 +330,8 @@ def _load_model(current: dict, dim: int, k: int) -> CleanNet | None:
         ckpt = torch.load(current["checkpoint"], map_location="cpu", weights_only=False)
     except (OSError, TypeError, RuntimeError) as e:
         log.warning("cannot warm-start from %s: %s", current.get("checkpoint"), e)
+        return None
+    if "cleannet" not in ckpt:  # the current model is a transfer model
         return None
     model = CleanNet.from_checkpoint(ckpt["cleannet"])
     return model if model.cfg.img_dim == dim and model.cfg.num_ref == k else None

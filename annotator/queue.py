@@ -39,7 +39,7 @@ class QueueItem:
     image_id: int
     path: str                      # absolute image path
     label: str                     # the noisy label under review (verbatim: escape before rendering as HTML)
-    score: float | None            # relevance in [-1, 1] (higher = label more likely correct); None: no model
+    score: float | None            # model score (higher = label more likely correct); None: no model
     suggested_label: str | None    # the model's best other class, if it wrote one
     suggested_score: float | None
     reason: str                    # 'uncertain' | 'audit' | 'grid': pass to record_verdict(reason=...)

@@ -1,5 +1,5 @@
 """Throughput on the current device: feature extraction (fp32 vs bf16), k-means references, CleanNet training,
-full rescore.
+full rescore, and the default transfer score's out-of-fold probe (5 folds) + scoring.
 
     python -m benchmarks.gpu_check --json out.json          # on a CUDA machine (the `device` tool)
     python -m benchmarks.gpu_check --small                  # a quick run on a CPU, to check it works
@@ -19,9 +19,11 @@ import torch
 from benchmarks.report import write_json
 from cleannet_core.classifier import Backbone, resolve_device
 from cleannet_core.model import CleanNetConfig
+from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import build_references
 from cleannet_core.score import score_images
 from cleannet_core.train import TrainConfig, train_cleannet
+from cleannet_core.transfer import DEFAULT_SIGNALS, fit_transfer, score_transfer, signal_matrix
 
 
 def _sync(device: torch.device) -> None:
@@ -81,6 +83,16 @@ def main(argv=None) -> dict:
     _sync(device)
     rows["rescore_s"] = time.perf_counter() - t
     rows["rescore_img_s"] = n / rows["rescore_s"]
+    t = time.perf_counter()
+    folds = np.arange(n) % ProbeConfig.folds
+    probs = fit_probe(feats, labels, folds, c, ProbeConfig(), device=device).predict(feats, folds)
+    _sync(device)
+    rows["probe_fit_predict_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ok = rng.random(verified.size) > 0.2
+    x = signal_matrix(DEFAULT_SIGNALS, labels[verified], probs=probs[verified], features=feats[verified], refs=refs)
+    score_transfer(fit_transfer(x, ok), labels, probs=probs, features=feats, refs=refs)
+    rows["transfer_calibrate_score_s"] = time.perf_counter() - t
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = {"device": name, "torch": torch.__version__, "arch": arch, "image_size": size, "n_rescore": n,
            "feature_dim": d, "results": rows}

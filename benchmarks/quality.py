@@ -10,9 +10,15 @@ a random audit slice (20 %, used to pick delta and the checkpoint) plus an uncer
 (random at cold start, then lowest |score - delta| of the current model). All methods are scored on the
 images whose noisy label is in a held-out (unverified) class. See benchmarks/README.md for recorded runs.
 
-Extra rows (issue 6 ablations, same model and verdicts): `reference_margin`, the verdict-free cosine margin
-of an image to its class's reference prototype over the best other class, and `cleannet_calibrated`, a
-logistic calibrator over the class-agnostic signals of cleannet_core.transfer fitted on the audit verdicts.
+Methods (issue 6). `--method` picks the product default, reported as `default` and used for the headline
+ratio: `transfer` (default) is a calibrator over two class-agnostic signals, the out-of-fold linear-probe
+log-odds of the noisy label and the reference-prototype margin (cleannet_core.transfer), fitted on the
+verdicts and flagged below 0.5, with its own uncertainty queue (|p - 0.5|); `paper` is the spec's CleanNet.
+Ablation rows on the same features: `transfer_cleannet` (+ CleanNet relevance signals), `transfer_fallback`
+(no verdicts: flag when the probe prefers another class), `selfconf_verdict_delta` (probe self-confidence,
+threshold chosen on the same verdicts), `reference_margin` (threshold on the audit verdicts),
+`transfer_all_classes` / `cleannet_all_classes` (the same budget spread over every class).
+`--data-seed` fixes the image subset (and so the cached backbone) while `--seed` varies verdicts and models.
 """
 from __future__ import annotations
 
@@ -27,16 +33,18 @@ import torch
 from cleannet_core.classifier import ClassifierConfig, resolve_device
 from cleannet_core.metrics import best_threshold, detection_report, flag_report
 from cleannet_core.model import CleanNet
+from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.score import score_images
 from cleannet_core.train import TrainConfig, relevance, train_cleannet
-from cleannet_core.transfer import SIGNALS, agnostic_signals, fit_calibrator
+from cleannet_core.transfer import CLEANNET_SIGNALS, DEFAULT_SIGNALS, DELTA, fit_transfer, signal_matrix
 
 from .report import config_of, write_json
 from .common import CACHE, Dataset, load_cifar10n, noisy_backbone_features
 
-METHODS = ("cleannet", "cleannet_random_verdicts", "cleannet_no_verdicts", "cleanlab", "knn",
-           "cleannet_all_classes", "all_clean", "reference_margin", "cleannet_calibrated")
+METHODS = ("default", "transfer", "transfer_cleannet", "transfer_fallback", "selfconf_verdict_delta",
+           "reference_margin", "cleannet", "cleannet_random_verdicts", "cleannet_no_verdicts",
+           "transfer_all_classes", "cleannet_all_classes", "cleanlab", "knn", "all_clean")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--labels", default="worse", help="aggre | worse | random1 | random2 | random3")
     p.add_argument("--verified-classes", default="0,1,2,3,4", help="comma-separated class ids with verdicts")
     p.add_argument("--budget", type=float, default=0.02, help="fraction of ALL images that get a verdict")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="verdict draws, probe folds, CleanNet init")
+    p.add_argument("--data-seed", type=int, help="image subset and backbone (default: --seed)")
+    p.add_argument("--method", choices=("transfer", "paper"), default="transfer", help="the `default` row")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--n", type=int, default=10_000, help="images used (default 10k: ~15 min cold on 2 cores)")
     p.add_argument("--arch", default="resnet18", help="backbone trained on the noisy labels")
@@ -65,11 +75,12 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     device = resolve_device(args.device)
-    ds = load_cifar10n(args.data, args.labels, args.n, args.seed)
+    data_seed = args.seed if args.data_seed is None else args.data_seed
+    ds = load_cifar10n(args.data, args.labels, args.n, data_seed)
     verified = np.array(sorted({int(c) for c in args.verified_classes.split(",")}))
     if verified.size == 0 or verified.min() < 0 or verified.max() >= ds.num_classes:
         raise SystemExit(f"--verified-classes must be ids in [0, {ds.num_classes})")
-    ccfg = ClassifierConfig(arch=args.arch, epochs=args.epochs, seed=args.seed)
+    ccfg = ClassifierConfig(arch=args.arch, epochs=args.epochs, seed=data_seed)
     feats = noisy_backbone_features(ds, ccfg, tag=args.labels, device=str(device), timings=timings,
                                     cache=args.cache)
 
@@ -97,22 +108,36 @@ def main(argv=None) -> dict:
         """Detection report on the held-out images at `delta` (recorded alongside)."""
         return detection_report(score[heldout], ok[heldout], delta) | {"delta": delta}
 
-    def held_at_audit_delta(score: np.ndarray) -> dict:
-        """`held` with delta chosen on the audit verdicts: the verdicts CleanNet gets too."""
-        return held(score, best_threshold(score[audit], ok[audit])[0])
-
     candidates = np.flatnonzero(~heldout)
+    everywhere = np.arange(len(ds.noisy))
+
+    # The product default: class-agnostic signals, calibrated on verdicts drawn by its own queue.
+    folds = np.random.default_rng(args.seed).integers(0, ProbeConfig.folds, len(ds.noisy))
+    probe = timed("probe", lambda: fit_probe(feats, ds.noisy, folds, ds.num_classes,
+                                             ProbeConfig(seed=args.seed), device=device))
+    probs = probe.predict(feats, folds)
+    names = ("probe_logodds", "probe_margin", "proto_margin")
+    sigs = dict(zip(names, signal_matrix(names, ds.noisy, probs=probs, features=feats, refs=refs,
+                                         valid_classes=run.valid).T))
+    t_sel = timed("transfer", lambda: transfer_verdicts(sigs, ok, candidates, budget, args.rounds, rng))
+    results["transfer"] = held(fit_and_score(sigs, DEFAULT_SIGNALS, t_sel, ok), DELTA)
+    results["transfer_fallback"] = held((1 + sigs["probe_margin"]) / 2, DELTA)
+    selfconf = sigs["probe_logodds"]
+    results["selfconf_verdict_delta"] = held(selfconf, best_threshold(selfconf[t_sel], ok[t_sel])[0])
+    t_all = transfer_verdicts(sigs, ok, everywhere, budget, args.rounds, rng)
+    results["transfer_all_classes"] = held(fit_and_score(sigs, DEFAULT_SIGNALS, t_all, ok), DELTA)
+
+    # The paper's CleanNet, with verdicts drawn by its own queue (random audit slice + uncertainty rounds).
     sel = timed("select", lambda: run.product_verdicts(candidates, budget, args.audit_share, args.rounds, rng))
     s, delta, model = timed("cleannet", lambda: run.fit_score(*sel))
     results["cleannet"] = held(s, delta)
     audit = sel[1]
-
-    # Issue 6 ablations on the same model and verdicts: class-agnostic signals (cleannet_core.transfer).
-    sig = timed("signals", lambda: agnostic_signals(model, feats, ds.noisy, refs, valid_classes=run.valid))
-    margin = sig[:, SIGNALS.index("proto_margin")]       # verdict-free: no training at all
-    results["reference_margin"] = held_at_audit_delta(margin)
-    calibrated = fit_calibrator(sig[audit], ok[audit])(sig)  # fitted on the audit verdicts only
-    results["cleannet_calibrated"] = held_at_audit_delta(calibrated)
+    margin = sigs["proto_margin"]
+    results["reference_margin"] = held(margin, best_threshold(margin[audit], ok[audit])[0])
+    sigs |= dict(zip(CLEANNET_SIGNALS, signal_matrix(CLEANNET_SIGNALS, ds.noisy, features=feats, refs=refs,
+                                                     model=model, valid_classes=run.valid).T))
+    results["transfer_cleannet"] = held(fit_and_score(sigs, DEFAULT_SIGNALS + CLEANNET_SIGNALS,
+                                                      np.concatenate(sel), ok), DELTA)
 
     rand = rng.choice(candidates, budget, replace=False)
     n_val = int(round(args.audit_share * budget))
@@ -123,7 +148,6 @@ def main(argv=None) -> dict:
     s, delta, _ = timed("cleannet_no_verdicts", lambda: run.fit_score(empty, empty))
     results["cleannet_no_verdicts"] = held(s, delta)
 
-    everywhere = np.arange(len(ds.noisy))
     sel_all = timed("select_all", lambda: run.product_verdicts(everywhere, budget, args.audit_share,
                                                                args.rounds, rng))
     s, delta, _ = timed("cleannet_all_classes", lambda: run.fit_score(*sel_all))
@@ -133,22 +157,45 @@ def main(argv=None) -> dict:
     results["cleanlab"] = flag_report(flags[heldout], conf[heldout], ok[heldout])
 
     agree = timed("knn", lambda: knn_agreement(feats, ds.noisy))
-    results["knn"] = held_at_audit_delta(agree)
+    results["knn"] = held(agree, best_threshold(agree[audit], ok[audit])[0])
 
     results["all_clean"] = flag_report(np.zeros(heldout.sum(), bool), np.zeros(heldout.sum()), ok[heldout])
+    results["default"] = results["transfer" if args.method == "transfer" else "cleannet"]
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     out = {
         "config": config_of(args)
-        | {"device": str(device), "torch": torch.__version__, "n_images": len(ds.noisy),
+        | {"data_seed": data_seed, "device": str(device), "torch": torch.__version__, "n_images": len(ds.noisy),
            "n_heldout": int(heldout.sum()), "budget_images": budget},
-        "verified_fraction": float((len(sel[0]) + len(sel[1])) / len(ds.noisy)),
+        "verified_fraction": float(len(t_sel) / len(ds.noisy) if args.method == "transfer"
+                                   else (len(sel[0]) + len(sel[1])) / len(ds.noisy)),
         "heldout": results,
+        "default_vs_cleanlab_error": results["default"]["error"] / max(results["cleanlab"]["error"], 1e-12),
         "cleannet_vs_cleanlab_error": results["cleannet"]["error"] / max(results["cleanlab"]["error"], 1e-12),
         "timings_s": timings,
     }
     print(markdown_table(out))
     write_json(args.json, out)
     return out
+
+
+def fit_and_score(sigs: dict[str, np.ndarray], signals: tuple[str, ...], idx: np.ndarray,
+                  ok: np.ndarray) -> np.ndarray:
+    """(N,) transfer score fitted on the verdicts at idx (the fallback when they are too one-sided)."""
+    ts = fit_transfer(np.stack([sigs[n][idx] for n in signals], axis=1), ok[idx], signals)
+    return ts(np.stack([sigs[n] for n in ts.signals], axis=1))
+
+
+def transfer_verdicts(sigs: dict[str, np.ndarray], ok: np.ndarray, candidates: np.ndarray, budget: int,
+                      rounds: int, rng: np.random.Generator) -> np.ndarray:
+    """Verdict indices as the product's queue draws them for the transfer score: a random first round (cold
+    start), then each round the images with the lowest |p - 0.5| under the score fitted so far."""
+    sizes = np.diff(np.linspace(0, budget, rounds + 1).round().astype(int))
+    chosen = rng.choice(candidates, sizes[0], replace=False)
+    for size in sizes[1:]:
+        rest = np.setdiff1d(candidates, chosen)
+        p = fit_and_score(sigs, DEFAULT_SIGNALS, chosen, ok)[rest]
+        chosen = np.concatenate([chosen, rest[np.argsort(np.abs(p - DELTA), kind="stable")[:size]]])
+    return chosen
 
 
 class Runner:
@@ -230,9 +277,10 @@ def markdown_table(out: dict) -> str:
         rows.append(f"| {name} | {r['error']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} "
                     f"| {r['auroc']:.3f} |")
     c = out["config"]
-    head = (f"labels={c['labels']} n={c['n_images']} held-out images={c['n_heldout']} "
-            f"verified fraction={out['verified_fraction']:.4f} seed={c['seed']}")
-    return "\n".join([head, *rows, f"cleannet error / cleanlab error = {out['cleannet_vs_cleanlab_error']:.3f}"])
+    head = (f"labels={c['labels']} n={c['n_images']} held-out images={c['n_heldout']} method={c['method']} "
+            f"verified fraction={out['verified_fraction']:.4f} seed={c['seed']} data seed={c['data_seed']}")
+    return "\n".join([head, *rows, f"default error / cleanlab error = {out['default_vs_cleanlab_error']:.3f}",
+                      f"paper cleannet error / cleanlab error = {out['cleannet_vs_cleanlab_error']:.3f}"])
 
 
 if __name__ == "__main__":

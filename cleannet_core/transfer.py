@@ -1,21 +1,22 @@
-"""Transfer to classes nobody verified: class-agnostic signals + a calibrator learned on verified classes.
+"""Transfer to classes nobody verified: class-agnostic signals + a calibrator fitted on the verified classes.
 
 The paper's CleanNet learns relevance from verdicts, but on our benchmark (issue 6, benchmarks/README.md)
 what it learns on the verified classes hardly carries over to the others. The signals below describe how an
-image sits relative to its noisy class *without naming the class*, so a model fitted on verdicts of some
-classes applies unchanged to every other class:
+image sits relative to its noisy class *without naming the class*, so a calibrator fitted on verdicts of some
+classes applies unchanged to every other class. Score direction everywhere: higher = label more likely correct.
 
-    cleannet         r(q, c): CleanNet relevance to the noisy class c
+    probe_logodds    log p / (1 - p), p = out-of-fold probe probability of the noisy label (probe.py)
+    probe_margin     p - the best other class's probe probability
+    proto_margin     cos(log q, class prototype) minus the best other class's; prototype = mean of the class's
+                     normalised log reference vectors (the CleanNet reference set, no training at all)
+    cleannet         r(q, c): the paper's CleanNet relevance to the noisy class c
     cleannet_margin  r(q, c) - max_{c' != c} r(q, c')
-    proto            cos(log q, mean of class c's log references)  (no training at all)
-    proto_margin     proto to c minus the best other class
-    nearref_margin   cos to c's nearest reference minus cos to the nearest reference of any other class
-    z_cleannet       cleannet standardised within class c over all its images (per-class calibration)
-    z_proto_margin   proto_margin standardised within class c
+    z_cleannet       cleannet standardised within the noisy class over all its images
 
-A logistic regression on these (standardised) signals, fitted on the verdicts, gives P(label correct); it
-is the product's default score ("transfer"). The paper's relevance stays available ("paper").
-Score direction everywhere: higher = the noisy label is more likely correct.
+The product's default score ("transfer") is P(label correct) from a logistic calibrator over DEFAULT_SIGNALS
+fitted on the live verdicts, flagged below 0.5. With fewer than `min_each` verdicts of either kind it falls
+back to the verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2, also
+flagged below 0.5.
 """
 from __future__ import annotations
 
@@ -26,47 +27,79 @@ import torch
 import torch.nn.functional as F
 
 from .model import CleanNet
+from .probe import self_confidence
+from .score import Scores
 
-SIGNALS = ("cleannet", "cleannet_margin", "proto", "proto_margin", "nearref_margin", "z_cleannet", "z_proto_margin")
+DEFAULT_SIGNALS = ("probe_logodds", "proto_margin")
+CLEANNET_SIGNALS = ("cleannet", "cleannet_margin", "z_cleannet")
+DELTA = 0.5  # a calibrated probability is flagged below one half
 
 
 @torch.inference_mode()
-def agnostic_signals(model: CleanNet, features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *,
-                     valid_classes: np.ndarray | None = None, batch_size: int = 8192) -> np.ndarray:
-    """(N, len(SIGNALS)) float64 class-agnostic signals of each image w.r.t. its noisy class.
+def proto_margin(features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *,
+                 valid_classes: np.ndarray | None = None, batch_size: int = 65_536) -> np.ndarray:
+    """(N,) float64 prototype cosine to the noisy class minus the best other valid class (0 for a lone class).
 
-    features: (N, d) raw; labels: (N,) int in [0, C); refs: (C, K, d) raw; valid_classes: (C,) bool classes
-    that count as "other" classes (e.g. those with images). Runs on the model's device.
+    features (N, d) raw, labels (N,), refs (C, K, d) raw; classes with all-zero references are never "other".
     """
+    refs_t = torch.as_tensor(refs, dtype=torch.float32)
+    proto = F.normalize(F.normalize(torch.log1p(refs_t.clamp_min(0)), dim=2).mean(dim=1), dim=1)  # (C, d)
+    ok = torch.as_tensor(np.abs(refs).sum(axis=(1, 2)) > 0 if valid_classes is None
+                         else np.asarray(valid_classes, bool))
+    out = np.empty(len(labels), dtype=np.float64)
+    for start in range(0, len(labels), batch_size):
+        sl = slice(start, start + batch_size)
+        x = F.normalize(torch.log1p(torch.as_tensor(features[sl]).float().clamp_min(0)), dim=1)
+        own, other = _own_and_best_other(x @ proto.T, torch.as_tensor(labels[sl], dtype=torch.long), ok)
+        out[sl] = (own - other).double().numpy()
+    return out
+
+
+@torch.inference_mode()
+def cleannet_signals(model: CleanNet, features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *,
+                     valid_classes: np.ndarray | None = None, batch_size: int = 65_536) -> np.ndarray:
+    """(N, 3) float64: CLEANNET_SIGNALS of each image. Runs on the model's device."""
     labels = np.asarray(labels, dtype=np.int64)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    refs_t = torch.as_tensor(refs, device=device, dtype=torch.float32)
-    phi_s = model.class_embeddings(refs_t)                                     # (C, 128)
-    r_log = F.normalize(torch.log1p(refs_t.clamp_min(0)), dim=2)               # (C, K, d)
-    proto = F.normalize(r_log.mean(dim=1), dim=1)                              # (C, d)
-    other_ok = (torch.ones(refs.shape[0], dtype=torch.bool, device=device) if valid_classes is None
-                else torch.as_tensor(np.asarray(valid_classes, bool), device=device))
-    out = np.empty((len(labels), len(SIGNALS)), dtype=np.float64)
+    phi_s = model.class_embeddings(torch.as_tensor(refs, device=device, dtype=torch.float32))  # (C, 128)
+    ok = torch.as_tensor(np.ones(len(refs), bool) if valid_classes is None else np.asarray(valid_classes, bool),
+                         device=device)
+    out = np.empty((len(labels), 3), dtype=np.float64)
     for start in range(0, len(labels), batch_size):
         sl = slice(start, start + batch_size)
-        q = torch.as_tensor(features[sl], device=device).float()
-        y = torch.as_tensor(labels[sl], device=device)
-        x = F.normalize(torch.log1p(q.clamp_min(0)), dim=1)                     # (b, d)
-        mats = [model.query_embeddings(q) @ phi_s.T,                           # (b, C) CleanNet relevance
-                x @ proto.T,                                                    # (b, C) prototype cosine
-                torch.einsum("bd,ckd->bck", x, r_log).amax(dim=2)]              # (b, C) nearest reference
-        cols = []
-        for m in mats:
-            own, best_other = _own_and_best_other(m, y, other_ok)
-            cols.append((own, own - best_other))
-        (cn, cn_m), (pr, pr_m), (_, nr_m) = cols
-        out[sl, :5] = torch.stack([cn, cn_m, pr, pr_m, nr_m], dim=1).double().cpu().numpy()
+        r = model.query_embeddings(torch.as_tensor(features[sl], device=device).float()) @ phi_s.T   # (b, C)
+        own, other = _own_and_best_other(r, torch.as_tensor(labels[sl], device=device), ok)
+        out[sl, 0], out[sl, 1] = own.double().cpu().numpy(), (own - other).double().cpu().numpy()
     model.train(was_training)
-    out[:, 5] = _standardise_within(out[:, 0], labels)
-    out[:, 6] = _standardise_within(out[:, 3], labels)
+    out[:, 2] = standardise_within(out[:, 0], labels)
     return out
+
+
+def probe_signals(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N, 2) float64 probe_logodds (p clipped to [1e-6, 1 - 1e-6]) and probe_margin from probs (N, C)."""
+    own, _, other = self_confidence(probs, labels)
+    p = np.clip(own.astype(np.float64), 1e-6, 1 - 1e-6)
+    return np.stack([np.log(p) - np.log1p(-p), own.astype(np.float64) - other], axis=1)
+
+
+def signal_matrix(names: tuple[str, ...], labels: np.ndarray, *, probs: np.ndarray | None = None,
+                  features: np.ndarray | None = None, refs: np.ndarray | None = None,
+                  model: CleanNet | None = None, valid_classes: np.ndarray | None = None) -> np.ndarray:
+    """(N, len(names)) the named signals; computes only the groups the names need."""
+    cols: dict[str, np.ndarray] = {}
+    if {"probe_logodds", "probe_margin"} & set(names):
+        cols |= dict(zip(("probe_logodds", "probe_margin"), probe_signals(probs, labels).T))
+    if "proto_margin" in names:
+        cols["proto_margin"] = proto_margin(features, labels, refs, valid_classes=valid_classes)
+    if set(CLEANNET_SIGNALS) & set(names):
+        cols |= dict(zip(CLEANNET_SIGNALS, cleannet_signals(model, features, labels, refs,
+                                                            valid_classes=valid_classes).T))
+    unknown = set(names) - set(cols)
+    if unknown:
+        raise ValueError(f"unknown signals {sorted(unknown)}")
+    return np.stack([cols[n] for n in names], axis=1)
 
 
 def _own_and_best_other(m: torch.Tensor, y: torch.Tensor, other_ok: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -78,9 +111,9 @@ def _own_and_best_other(m: torch.Tensor, y: torch.Tensor, other_ok: torch.Tensor
     return own, torch.where(torch.isfinite(best), best, own)  # a lone class has margin 0
 
 
-def _standardise_within(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def standardise_within(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(v - mean) / std computed separately over the images of each noisy class (std floor 1e-6)."""
-    out = np.zeros_like(v)
+    out = np.zeros_like(v, dtype=np.float64)
     for c in np.unique(labels):
         m = labels == c
         out[m] = (v[m] - v[m].mean()) / max(v[m].std(), 1e-6)
@@ -137,3 +170,51 @@ def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0) ->
 
     opt.step(closure)
     return Calibrator(mean, std, w.detach().numpy().copy(), float(b.detach()))
+
+
+@dataclass
+class TransferScore:
+    """The default score: a calibrator over `signals`, or (calibrator None) the verdict-free fallback
+    (1 + probe_margin) / 2 with signals = ('probe_margin',). Call it on signal_matrix(self.signals, ...)."""
+    signals: tuple[str, ...]
+    calibrator: Calibrator | None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(N,) P(label correct) from the signals (N, len(self.signals))."""
+        return self.calibrator(x) if self.calibrator is not None else (1.0 + np.asarray(x)[:, 0]) / 2.0
+
+    def state(self) -> dict:
+        return {"signals": list(self.signals), "calibrator": self.calibrator.state() if self.calibrator else None}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "TransferScore":
+        cal = s.get("calibrator")
+        return cls(tuple(s["signals"]), Calibrator.from_state(cal) if cal else None)
+
+
+def fit_transfer(x: np.ndarray, is_correct: np.ndarray, signals: tuple[str, ...] = DEFAULT_SIGNALS, *,
+                 min_each: int = 5, l2: float = 1.0) -> TransferScore:
+    """Calibrator on the verdicts' signals x (M, len(signals)), or the fallback when fewer than `min_each`
+    verdicts of either kind exist (then x is not used)."""
+    y = np.asarray(is_correct, bool)
+    if min(int(y.sum()), int((~y).sum())) < min_each:
+        return TransferScore(("probe_margin",), None)
+    return TransferScore(tuple(signals), fit_calibrator(x, y, l2=l2))
+
+
+def score_transfer(ts: TransferScore, labels: np.ndarray, *, probs: np.ndarray, features: np.ndarray,
+                   refs: np.ndarray, valid_classes: np.ndarray | None = None) -> Scores:
+    """Scores of every image: P(label correct) under `ts`; the suggestion is the probe's best other valid class.
+
+    probs (N, C) out-of-fold probe probabilities, features (N, d), refs (C, K, d), labels (N,).
+    """
+    labels = np.asarray(labels, np.int64)
+    score = ts(signal_matrix(ts.signals, labels, probs=probs, features=features, refs=refs,
+                             valid_classes=valid_classes)).astype(np.float32)
+    p = np.array(probs, dtype=np.float32, copy=True)
+    if valid_classes is not None:
+        p[:, ~np.asarray(valid_classes, bool)] = -np.inf
+    _, best, best_p = self_confidence(p, labels)
+    has = np.isfinite(best_p)
+    return Scores(score=score, suggested=np.where(has, best, -1).astype(np.int64),
+                  suggested_score=np.where(has, best_p, np.nan).astype(np.float32))

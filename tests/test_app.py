@@ -327,6 +327,8 @@ def test_admin_classes_users_requests_settings(db):
     at.number_input(key="adm_delta").set_value(0.25)
     at.slider(key="adm_audit_share").set_value(0.5)
     at.number_input(key="adm_retrain_every").set_value(7)
+    assert at.selectbox(key="adm_method").value == "transfer"  # the default when no round setting says otherwise
+    at.selectbox(key="adm_method").set_value("paper")
     at.button(key="adm_settings_save").click().run()
     assert not at.exception
     with Store() as store:
@@ -334,6 +336,12 @@ def test_admin_classes_users_requests_settings(db):
         assert store.pending_request()["kind"] == "retrain"
         s = store.settings()
         assert (s["delta_override"], s["audit_share"], s["retrain_every"]) == (0.25, 0.5, 7)
+        assert store.get_setting("round")["method"] == "paper"
+
+
+def test_admin_method_choices_are_the_pipelines():
+    from annotator import pipeline
+    assert tuple(common.METHOD_TEXT) == pipeline.METHODS and pipeline.RoundConfig().method == pipeline.METHODS[0]
 
 
 def test_admin_reactivate_reset_full_round_and_suggested(db):

@@ -1,7 +1,7 @@
 """The benchmark scripts run end to end at toy sizes (their numbers are judged in benchmarks/README.md)."""
 import json
 
-from benchmarks import gpu_check, quality
+from benchmarks import budget, gpu_check, quality
 
 
 def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
@@ -15,6 +15,19 @@ def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_pa
         assert {"error", "precision", "recall", "f1", "auroc"} <= set(m) and 0 <= m["error"] <= 1
     assert res["verified_fraction"] == 15 / 300 and res["config"]["labels"] == "random1"
     assert res["timings_s"]["total_s"] > 0 and res["cleannet_vs_cleanlab_error"] > 0
+    assert res["heldout"]["default"] == res["heldout"]["transfer"] and res["config"]["method"] == "transfer"
+
+
+def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):
+    out = tmp_path / "b.json"
+    res = budget.main(["--data", str(cifar_dir), "--labels", "random1", "--budgets", "0,0.05", "--verified", "1,5",
+                       "--seeds", "0,1", "--n", "300", "--epochs", "1", "--cache", str(tmp_path / "cache"),
+                       "--json", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert len(res["runs"]) == 2 * 2 * 2 and {r["verdicts"] for r in res["runs"]} == {0, 15}
+    assert all(0 <= r["error"] <= 1 for r in res["runs"]) and 0 <= res["cleanlab_error"]["random1"] <= 1
+    fallback = [r["error"] for r in res["runs"] if r["verdicts"] == 0]
+    assert len(set(fallback)) <= 2  # the verdict-free score depends on the seed only, not on the classes
 
 
 def test_gpu_check_runs_on_cpu(tmp_path):

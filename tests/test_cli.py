@@ -3,6 +3,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -83,10 +84,25 @@ def test_train_score_extract_export(env, tmp_path):
     assert "feature vectors of size 512" in run("extract").output  # cached backbone, cached features
     assert "model version 2 is current" in run("score").output
     assert store.current_model()["version"] == 2 and len(store.current_scores()) == 60
+    assert store.current_model()["metrics"]["method"] == "transfer"  # the default
+    transfer_scores = store.current_scores()
+    assert "model version 3 is current" in run("train", "--method", "paper").output
+    assert store.current_model()["metrics"]["method"] == "paper" and store.current_model()["metrics"]["best_step"]
+    assert "model version 4 is current" in run("score").output  # rescoring a paper model
+    assert store.current_scores() != transfer_scores
+    assert "model version 5 is current" in run("train").output  # back to transfer from a paper model
+    assert "model version 6 is current" in run("score").output
+    np.testing.assert_allclose([store.current_scores()[i] for i in sorted(transfer_scores)],
+                               [transfer_scores[i] for i in sorted(transfer_scores)], atol=1e-5)
+    assert run("train", "--method", "nope", ok=False).exit_code == 2
+    store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4, "method": "nope"})
+    res = run("train", ok=False)
+    assert res.exit_code == 1 and "bad round setting: method must be one of" in res.output
+    store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4})
     out = tmp_path / "clean.csv"
     run("export", "--out", str(out))
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 60 and {r["model_version"] for r in rows} == {"2"}
+    assert len(rows) == 60 and {r["model_version"] for r in rows} == {"6"}
     assert sum(r["verdict"] == "wrong" for r in rows) == 3
     kept = run("export", "--out", "-", "--only-kept", "--threshold", "-2").stdout
     assert len(list(csv.DictReader(io.StringIO(kept)))) == 57  # everything but the 3 verified-wrong rows

@@ -1,4 +1,4 @@
-"""Class-agnostic signals and the calibrator: values by hand, a check against scikit-learn, planted transfer."""
+"""Transfer: class-agnostic signals by hand, the calibrator against scikit-learn, the fallback, planted transfer."""
 import numpy as np
 import pytest
 import torch
@@ -8,39 +8,65 @@ from conftest import planted_noise
 
 from cleannet_core.metrics import auroc
 from cleannet_core.model import CleanNet, CleanNetConfig
+from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.train import TrainConfig, train_cleannet
-from cleannet_core.transfer import SIGNALS, Calibrator, agnostic_signals, fit_calibrator
+from cleannet_core.transfer import (DEFAULT_SIGNALS, Calibrator, TransferScore, cleannet_signals, fit_calibrator,
+                                    fit_transfer, probe_signals, proto_margin, signal_matrix)
+
+E = np.e - 1  # log1p(e - 1) = 1
 
 
-def test_signals_by_hand():
+def test_proto_margin_by_hand():
     """Two classes with one reference each along the axes: prototype cosines are computable by hand."""
-    torch.manual_seed(0)
-    model = CleanNet(CleanNetConfig(img_dim=2, num_ref=1))
-    e = np.e - 1  # log1p(e - 1) = 1
-    refs = np.array([[[e, 0.0]], [[0.0, e]]], dtype=np.float32)
-    feats = np.array([[e, 0.0], [e, e], [0.0, e]], dtype=np.float32)
-    labels = np.array([0, 0, 0])
-    s = agnostic_signals(model, feats, labels, refs)
-    assert s.shape == (3, len(SIGNALS))
-    proto, proto_margin, near_margin = s[:, 2], s[:, 3], s[:, 4]
-    np.testing.assert_allclose(proto, [1.0, 2 ** -0.5, 0.0], atol=1e-6)
-    np.testing.assert_allclose(proto_margin, [1.0, 0.0, -1.0], atol=1e-6)
-    np.testing.assert_allclose(near_margin, proto_margin, atol=1e-6)  # K = 1: nearest reference = prototype
-    with torch.no_grad():
-        r = model.query_embeddings(torch.as_tensor(feats)) @ model.class_embeddings(torch.as_tensor(refs)).T
-    np.testing.assert_allclose(s[:, 0], r[:, 0].numpy(), atol=1e-6)
-    np.testing.assert_allclose(s[:, 1], (r[:, 0] - r[:, 1]).numpy(), atol=1e-6)
-    z = s[:, 6]  # standardised within the class
-    assert z.mean() == pytest.approx(0, abs=1e-9) and z.std() == pytest.approx(1, abs=1e-9)
+    refs = np.array([[[E, 0.0]], [[0.0, E]]], dtype=np.float32)
+    feats = np.array([[E, 0.0], [E, E], [0.0, E]], dtype=np.float32)
+    np.testing.assert_allclose(proto_margin(feats, np.array([0, 0, 0]), refs), [1.0, 0.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(proto_margin(feats, np.array([1, 1, 1]), refs), [-1.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_prototype_is_the_mean_of_the_normalised_log_references():
+    refs = np.array([[[E, 0.0], [0.0, E]], [[E, E], [E, E]]], dtype=np.float32)  # class 0 prototype ~ (1, 1)
+    feats = np.array([[E, E]], dtype=np.float32)
+    assert proto_margin(feats, np.array([0]), refs)[0] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_invalid_other_classes_are_ignored_and_a_lone_class_has_zero_margin():
-    model = CleanNet(CleanNetConfig(img_dim=2, num_ref=1))
     refs = np.array([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=np.float32)
     feats = np.array([[0.5, 2.0]], dtype=np.float32)
-    s = agnostic_signals(model, feats, np.array([0]), refs, valid_classes=np.array([True, False]))
-    assert s[0, 1] == 0 and s[0, 3] == 0 and s[0, 4] == 0
+    assert proto_margin(feats, np.array([0]), refs, valid_classes=np.array([True, False]))[0] == 0
+    empty = np.zeros_like(refs)
+    empty[0] = refs[0]  # a class without images has all-zero references: never "other" by default
+    assert proto_margin(feats, np.array([0]), empty)[0] == 0
+    model = CleanNet(CleanNetConfig(img_dim=2, num_ref=1))
+    s = cleannet_signals(model, feats, np.array([0]), refs, valid_classes=np.array([True, False]))
+    assert s[0, 1] == 0
+
+
+def test_cleannet_signals_are_the_relevance_its_margin_and_a_within_class_z():
+    torch.manual_seed(0)
+    model = CleanNet(CleanNetConfig(img_dim=2, num_ref=1))
+    refs = np.array([[[E, 0.0]], [[0.0, E]]], dtype=np.float32)
+    feats = np.array([[E, 0.0], [E, E], [0.0, E], [1.0, 2.0]], dtype=np.float32)
+    labels = np.array([0, 0, 0, 1])
+    s = cleannet_signals(model, feats, labels, refs)
+    with torch.no_grad():
+        r = (model.query_embeddings(torch.as_tensor(feats)) @ model.class_embeddings(torch.as_tensor(refs)).T).numpy()
+    own = r[np.arange(4), labels]
+    np.testing.assert_allclose(s[:, 0], own, atol=1e-6)
+    np.testing.assert_allclose(s[:, 1], own - r[np.arange(4), 1 - labels], atol=1e-6)
+    z = s[:3, 2]  # class 0's three images; class 1 has one image: z = 0
+    assert z.mean() == pytest.approx(0, abs=1e-9) and z.std() == pytest.approx(1, abs=1e-9) and s[3, 2] == 0
+
+
+def test_probe_signals_by_hand():
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.8, 0.1, 0.1]])
+    s = probe_signals(probs, np.array([0, 0, 2]))
+    np.testing.assert_allclose(s[:, 0], [0.0, np.log(0.1 / 0.9), np.log(0.1 / 0.9)])
+    np.testing.assert_allclose(s[:, 1], [0.2, -0.5, -0.7])
+    np.testing.assert_allclose(signal_matrix(("probe_margin", "probe_logodds"), np.array([0, 0, 2]),
+                                             probs=probs), s[:, ::-1])
+    with pytest.raises(ValueError, match="unknown"):
+        signal_matrix(("probe_margin", "bogus"), np.array([0, 0, 2]), probs=probs)
 
 
 def test_calibrator_matches_sklearn_logistic_regression():
@@ -62,16 +88,34 @@ def test_calibrator_with_one_kind_of_verdict_is_the_smoothed_rate():
     assert (cal.w == 0).all() and cal(np.zeros((1, 2)))[0] == pytest.approx(9 / 10)
 
 
+def test_too_few_wrong_verdicts_fall_back_to_the_probe_preferring_another_class():
+    x = np.random.default_rng(0).normal(size=(30, 2))
+    ok = np.ones(30, bool)
+    ok[:4] = False                                   # 4 wrong < min_each = 5
+    ts = fit_transfer(x, ok)
+    assert ts.calibrator is None and ts.signals == ("probe_margin",)
+    np.testing.assert_allclose(ts(np.array([[-0.4], [0.0], [0.6]])), [0.3, 0.5, 0.8])
+    ok[4] = False
+    ts = fit_transfer(x, ok)
+    assert ts.calibrator is not None and ts.signals == DEFAULT_SIGNALS
+    again = TransferScore.from_state(ts.state())
+    np.testing.assert_allclose(again(x), ts(x))
+    assert TransferScore.from_state(fit_transfer(x, np.ones(30, bool)).state()).calibrator is None
+
+
 def test_calibrated_signals_transfer_to_classes_without_verdicts():
     """Planted noise in 8 classes, verdicts on 4: the class-agnostic score finds the errors in the other 4."""
     feats, clean, noisy = planted_noise(c=8)
-    rng, c = np.random.default_rng(0), 8
     ok = noisy == clean
-    refs, _ = build_references(feats, noisy, c, config=KMeansConfig(k=4, attempts=1))
+    rng = np.random.default_rng(0)
+    refs, _ = build_references(feats, noisy, 8, config=KMeansConfig(k=4, attempts=1))
+    folds = rng.integers(0, 5, len(noisy))
+    probs = fit_probe(feats, noisy, folds, 8, ProbeConfig(epochs=30)).predict(feats, folds)
+    sig = signal_matrix(DEFAULT_SIGNALS, noisy, probs=probs, features=feats, refs=refs)
     verified = rng.permutation(np.flatnonzero(noisy < 4))[:150]
-    res = train_cleannet(feats, noisy, refs, verified_idx=verified[:120], verified_ok=ok[verified[:120]],
-                         val_idx=verified[120:], val_ok=ok[verified[120:]], config=TrainConfig(steps=60, seed=0))
-    sig = agnostic_signals(res.model, feats, noisy, refs)
-    score = fit_calibrator(sig[verified], ok[verified])(sig)
+    ts = fit_transfer(sig[verified], ok[verified])
+    assert ts.calibrator is not None and (ts.calibrator.w > 0).all()  # both signals say "label is right"
+    score = ts(sig)
     held = noisy >= 4
     assert auroc(score[held], ok[held]) > 0.9
+    assert ((score[held] < 0.5) == ~ok[held]).mean() > 0.9

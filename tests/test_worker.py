@@ -92,11 +92,12 @@ def integrity(db: Path) -> str:
 
 
 def test_round_scores_every_image_including_unverified_classes(base):
-    """A round scores all 600 images, the unverified classes included, from 80 queue verdicts.
+    """A round scores all 600 images, the unverified classes included, from 80 queue verdicts, and those
+    scores beat chance at finding the wrong labels of the unverified classes.
 
-    Whether those scores beat chance on the unverified classes is measured, not asserted: at this size
-    (600 images, a backbone trained 4 epochs on them) the features carry almost no signal and every method
-    we tried sits at AUROC 0.45-0.6 from seed to seed (benchmarks/README.md, issue 6)."""
+    "Beat chance" = AUROC above the one-sided 1 % critical value of the Mann-Whitney test under the null of
+    no signal (0.5 + 2.33 sigma, about 0.59 here). The default transfer score reached 0.67 on this sample and
+    0.72-0.74 on three other 600-image samples; the paper's CleanNet sat at 0.45-0.6 (issue 6)."""
     db, truth = base
     store = Store(db)
     model = store.current_model()
@@ -110,7 +111,11 @@ def test_round_scores_every_image_including_unverified_classes(base):
     s = np.array([scores[i] for i in held])
     ok = np.array([truth[i] for i in held])
     assert len(held) > 250 and np.isfinite(s).all() and (np.abs(s) <= 1 + 1e-6).all() and np.ptp(s) > 0
-    print(f"AUROC on unverified classes: {auroc(s, ok):.3f} ({(~ok).sum()} wrong labels among {len(held)})")
+    n_wrong, n_ok = int((~ok).sum()), int(ok.sum())
+    sigma = ((n_wrong + n_ok + 1) / (12 * n_wrong * n_ok)) ** 0.5  # AUROC's std under the null (no ties)
+    print(f"AUROC on unverified classes: {auroc(s, ok):.3f} ({n_wrong} wrong labels among {len(held)})")
+    assert n_wrong >= 20 and auroc(s, ok) > 0.5 + 2.33 * sigma
+    assert model["metrics"]["method"] == "transfer" and (s >= 0).all()  # P(label correct)
     status = json.loads(cli(db, "status", "--json").stdout)
     assert status["images"] == 600 and status["model_version"] == 1 and status["classes_verified"] == 5
     assert status["worker"]["phase"] == "stopped"

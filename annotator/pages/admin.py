@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from annotator import auth
-from annotator.pages.common import context, md, require_role
+from annotator.pages.common import METHOD_TEXT, context, md, require_role
 from annotator.store import Store, StoreError
 
 SUGGEST = 5  # classes suggested for verification
@@ -109,7 +109,7 @@ def users_panel(store: Store, me: str) -> None:
 
 def worker_panel(store: Store, me: str) -> None:
     st.subheader("Retraining")
-    st.caption("A retrain trains CleanNet again on all verdicts; a full round also retrains the backbone "
+    st.caption("A retrain refits the scoring model on all verdicts; a full round also retrains the backbone "
                "with the current soft weights. The worker otherwise retrains by itself every "
                f"{store.get_setting('retrain_every')} verdicts.")
     a, b = st.columns(2)
@@ -143,11 +143,20 @@ def settings_panel(store: Store) -> None:
         every = st.number_input("Retrain every N verdicts", 1, 100000, int(s["retrain_every"]), key="adm_retrain_every")
         lease = st.number_input("Lease seconds (how long a served image stays reserved)", 30, 86400,
                                 int(s["lease_seconds"]), key="adm_lease")
+        round_cfg = dict(store.get_setting("round") or {})
+        methods = list(METHOD_TEXT)
+        method = st.selectbox("Scoring method (from the next round)", methods, key="adm_method",
+                              index=methods.index(round_cfg.get("method", methods[0])),
+                              format_func=METHOD_TEXT.get,
+                              help="transfer: out-of-fold probe + reference margin, calibrated on the verdicts; it "
+                                   "carries over to classes nobody verified (benchmarks/README.md). paper: the "
+                                   "CleanNet relevance of Lee et al. 2018, for comparison.")
         if st.form_submit_button("Save settings", type="primary", key="adm_settings_save"):
             store.set_setting("delta_override", float(delta) if override else None)
             store.set_setting("audit_share", float(share))
             store.set_setting("retrain_every", int(every))
             store.set_setting("lease_seconds", int(lease))
+            store.set_setting("round", round_cfg | {"method": method})
             done("Settings saved.")
 
 

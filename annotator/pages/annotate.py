@@ -202,8 +202,9 @@ def single_mode(store: Store, name: str) -> None:
         if item.score is None:
             st.caption("No model score yet (the first model is still training).")
         else:
-            st.metric("CleanNet score", f"{item.score:+.3f}",
-                      help="Relevance in [-1, 1]; higher = label more likely correct. Below the threshold "
+            st.metric("Model score", f"{item.score:+.3f}",
+                      help="Higher = label more likely correct: the probability that it is (default transfer "
+                           "model) or the CleanNet relevance in [-1, 1] (paper model). Below the threshold "
                            f"({delta:+.3f}) the model thinks the label is wrong." if delta is not None else None)
             if delta is not None and item.score < delta:
                 suggestion = f" Suggested label: **{md(item.suggested_label)}**." if item.suggested_label else ""

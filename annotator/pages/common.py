@@ -39,6 +39,10 @@ SESSION_PARAM = "session"  # URL query parameter holding the signed session toke
 TOKEN_TTL_S = 12 * 3600  # a token (and so a signed-in browser tab) lasts one working day
 _MD_SPECIAL = set(string.punctuation)
 
+# pipeline.METHODS with their labels, kept here so pages need not import torch (a test checks they agree)
+METHOD_TEXT = {"transfer": "transfer (default: calibrated probe + reference margin)",
+               "paper": "paper (CleanNet relevance, Lee et al. 2018)"}
+
 
 # -- rendering user text ----------------------------------------------------------------
 def md(text: object) -> str:

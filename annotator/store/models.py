@@ -102,7 +102,7 @@ class ModelsMixin(StoreBase):
         """Insert/replace score rows, ``batch`` per transaction; returns the row count.
 
         Each row: (image_id, label_id, score, uncertainty[, suggested_label_id, suggested_score]),
-        score = relevance in [-1, 1] (higher = label more likely correct), uncertainty = |score - delta|.
+        score = the model's score (higher = label more likely correct), uncertainty = |score - delta|.
         """
         self._model_exists(version)
         n = 0

@@ -1,0 +1,32 @@
+"""Pipeline pieces that need no images: the full round's weights and the method setting."""
+import numpy as np
+import pytest
+
+from annotator import pipeline
+from annotator.store import Store
+
+
+def test_full_round_weights_are_train_classifiers_soft_weights(tmp_path):
+    """w_soft = max(0, s), verdicts override (1 correct, 0 wrong, unsure ignored), images without a score 1,
+    then divided by the mean: the same weights `train-classifier` (cleannet_core.alternate) trains with."""
+    store = Store(tmp_path / "a.db")
+    ids = store.ensure_classes(["cat", "dog"])
+    store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["cat" if k < 4 else "dog"]}
+                     for k in range(1, 7))
+    v = store.add_model(delta=0.1)
+    scores = {1: 0.8, 2: -0.5, 3: 0.3, 4: 0.6, 5: 0.2}                   # image 6 has no score yet
+    store.write_scores(v, [(k, ids["cat" if k < 4 else "dog"], s, abs(s - 0.1)) for k, s in scores.items()])
+    store.make_current(v)
+    store.record_verdict(1, "ann", "wrong", reason="audit")              # odd id + audit: a validation verdict
+    store.record_verdict(2, "ann", "correct", reason="uncertain")
+    store.record_verdict(3, "ann", "unsure", reason="uncertain")
+    data = pipeline.load_data(store)
+    w = pipeline.full_round_weights(store, data, store.current_model())
+    raw = np.array([0.0, 1.0, 0.3, 0.6, 0.2, 1.0])                       # by image id 1..6
+    np.testing.assert_allclose(w[np.argsort(data.ids)], raw / raw.mean(), rtol=1e-6)
+
+
+def test_round_config_rejects_an_unknown_method():
+    assert pipeline.RoundConfig().method == "transfer"
+    with pytest.raises(ValueError, match="method must be one of"):
+        pipeline.RoundConfig(method="magic")
