@@ -28,6 +28,7 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.quality --data ../shared/data/cifar10n --labels aggre --json benchmarks/out/quality-aggre.json
+	$(PY) -m benchmarks.budget --data ../shared/data/cifar10n --labels aggre --json benchmarks/out/budget-aggre.json
 
 clean:
 	rm -rf $(VENV) data/state benchmarks/.cache

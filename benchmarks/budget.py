@@ -22,7 +22,7 @@ from cleannet_core.classifier import ClassifierConfig, resolve_device
 from cleannet_core.metrics import detection_report, flag_report
 from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, signal_matrix
+from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, MIN_EACH, signal_matrix
 
 from .common import CACHE, load_cifar10n, noisy_backbone_features
 from .quality import cleanlab_flags, fit_and_score, transfer_verdicts
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-each", type=int, default=MIN_EACH, help="verdicts of each kind the calibrator needs")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", type=Path)
@@ -85,8 +86,9 @@ def main(argv=None) -> dict:
                         score = (1 + sigs["probe_margin"]) / 2
                     else:
                         rng = np.random.default_rng(seed)
-                        chosen = transfer_verdicts(sigs, ok, candidates, min(n, len(candidates)), args.rounds, rng)
-                        score = fit_and_score(sigs, DEFAULT_SIGNALS, chosen, ok)
+                        chosen = transfer_verdicts(sigs, ok, candidates, min(n, len(candidates)), args.rounds, rng,
+                                                   args.min_each)
+                        score = fit_and_score(sigs, DEFAULT_SIGNALS, chosen, ok, args.min_each)
                     r = detection_report(score[heldout], ok[heldout], DELTA)
                     runs.append({"labels": labels, "seed": seed, "verified": v, "budget": b, "verdicts": n,
                                  "error": r["error"], "auroc": r["auroc"], "f1": r["f1"]})

@@ -37,7 +37,7 @@ from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.score import score_images
 from cleannet_core.train import TrainConfig, relevance, train_cleannet
-from cleannet_core.transfer import CLEANNET_SIGNALS, DEFAULT_SIGNALS, DELTA, fit_transfer, signal_matrix
+from cleannet_core.transfer import CLEANNET_SIGNALS, DEFAULT_SIGNALS, DELTA, MIN_EACH, fit_transfer, signal_matrix
 
 from .report import config_of, write_json
 from .common import CACHE, Dataset, load_cifar10n, noisy_backbone_features
@@ -179,21 +179,21 @@ def main(argv=None) -> dict:
 
 
 def fit_and_score(sigs: dict[str, np.ndarray], signals: tuple[str, ...], idx: np.ndarray,
-                  ok: np.ndarray) -> np.ndarray:
+                  ok: np.ndarray, min_each: int = MIN_EACH) -> np.ndarray:
     """(N,) transfer score fitted on the verdicts at idx (the fallback when they are too one-sided)."""
-    ts = fit_transfer(np.stack([sigs[n][idx] for n in signals], axis=1), ok[idx], signals)
+    ts = fit_transfer(np.stack([sigs[n][idx] for n in signals], axis=1), ok[idx], signals, min_each=min_each)
     return ts(np.stack([sigs[n] for n in ts.signals], axis=1))
 
 
 def transfer_verdicts(sigs: dict[str, np.ndarray], ok: np.ndarray, candidates: np.ndarray, budget: int,
-                      rounds: int, rng: np.random.Generator) -> np.ndarray:
+                      rounds: int, rng: np.random.Generator, min_each: int = MIN_EACH) -> np.ndarray:
     """Verdict indices as the product's queue draws them for the transfer score: a random first round (cold
     start), then each round the images with the lowest |p - 0.5| under the score fitted so far."""
     sizes = np.diff(np.linspace(0, budget, rounds + 1).round().astype(int))
     chosen = rng.choice(candidates, sizes[0], replace=False)
     for size in sizes[1:]:
         rest = np.setdiff1d(candidates, chosen)
-        p = fit_and_score(sigs, DEFAULT_SIGNALS, chosen, ok)[rest]
+        p = fit_and_score(sigs, DEFAULT_SIGNALS, chosen, ok, min_each)[rest]
         chosen = np.concatenate([chosen, rest[np.argsort(np.abs(p - DELTA), kind="stable")[:size]]])
     return chosen
 

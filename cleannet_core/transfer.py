@@ -33,6 +33,7 @@ from .score import Scores
 DEFAULT_SIGNALS = ("probe_logodds", "proto_margin")
 CLEANNET_SIGNALS = ("cleannet", "cleannet_margin", "z_cleannet")
 DELTA = 0.5  # a calibrated probability is flagged below one half
+MIN_EACH = 2  # verdicts of each kind (correct, wrong) the calibrator needs; fewer: the verdict-free fallback
 
 
 @torch.inference_mode()
@@ -193,7 +194,7 @@ class TransferScore:
 
 
 def fit_transfer(x: np.ndarray, is_correct: np.ndarray, signals: tuple[str, ...] = DEFAULT_SIGNALS, *,
-                 min_each: int = 5, l2: float = 1.0) -> TransferScore:
+                 min_each: int = MIN_EACH, l2: float = 1.0) -> TransferScore:
     """Calibrator on the verdicts' signals x (M, len(signals)), or the fallback when fewer than `min_each`
     verdicts of either kind exist (then x is not used)."""
     y = np.asarray(is_correct, bool)

@@ -280,7 +280,8 @@ def test_dashboard_rates_intervals_trend_worker(db):
         for k, i in enumerate(ids[:10]):
             store.record_verdict(i, "ann", "wrong" if k < 3 else "correct", reason="audit")
         add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
-                                  "backbone": "trained on the noisy labels", "audit": {"error": 0.2, "auroc": 0.9}})
+                                  "backbone": "trained on the noisy labels", "audit": {"error": 0.2, "auroc": 0.9},
+                                  "method": "transfer"})
         store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
                             last_error_at=time.time())
     at = app("admin", page="annotator/pages/dashboard.py")
@@ -294,6 +295,7 @@ def test_dashboard_rates_intervals_trend_worker(db):
     assert len(at.get("vega_lite_chart")) == 3  # noise per class, estimated trend, audit trend
     said = texts(at)
     assert "Phase=training" in said and "boom" in said and "trained on the noisy labels" in said
+    assert "scoring: transfer" in said
     assert at.dataframe[1].value["n"].tolist() == [10]
 
 

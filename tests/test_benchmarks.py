@@ -1,7 +1,7 @@
 """The benchmark scripts run end to end at toy sizes (their numbers are judged in benchmarks/README.md)."""
 import json
 
-from benchmarks import budget, gpu_check, quality
+from benchmarks import budget, gpu_check, quality, summarize
 
 
 def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
@@ -16,6 +16,10 @@ def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_pa
     assert res["verified_fraction"] == 15 / 300 and res["config"]["labels"] == "random1"
     assert res["timings_s"]["total_s"] > 0 and res["cleannet_vs_cleanlab_error"] > 0
     assert res["heldout"]["default"] == res["heldout"]["transfer"] and res["config"]["method"] == "transfer"
+    summary = summarize.main([str(out), str(out), "--json", str(tmp_path / "s.json")])  # two identical "seeds"
+    row = summary["random1"]["transfer"]
+    assert row["seeds"] == 2 and row["error_std"] == 0 and row["error_mean"] == res["heldout"]["transfer"]["error"]
+    assert summary["random1"]["cleanlab"]["ratio_mean"] == 1.0
 
 
 def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):

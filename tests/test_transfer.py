@@ -10,7 +10,7 @@ from cleannet_core.metrics import auroc
 from cleannet_core.model import CleanNet, CleanNetConfig
 from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.transfer import (DEFAULT_SIGNALS, Calibrator, TransferScore, cleannet_signals, fit_calibrator,
+from cleannet_core.transfer import (DEFAULT_SIGNALS, MIN_EACH, Calibrator, TransferScore, cleannet_signals, fit_calibrator,
                                     fit_transfer, probe_signals, proto_margin, signal_matrix)
 
 E = np.e - 1  # log1p(e - 1) = 1
@@ -89,13 +89,15 @@ def test_calibrator_with_one_kind_of_verdict_is_the_smoothed_rate():
 
 
 def test_too_few_wrong_verdicts_fall_back_to_the_probe_preferring_another_class():
+    assert MIN_EACH == 2
     x = np.random.default_rng(0).normal(size=(30, 2))
     ok = np.ones(30, bool)
-    ok[:4] = False                                   # 4 wrong < min_each = 5
+    ok[0] = False                                    # 1 wrong < MIN_EACH = 2
     ts = fit_transfer(x, ok)
     assert ts.calibrator is None and ts.signals == ("probe_margin",)
     np.testing.assert_allclose(ts(np.array([[-0.4], [0.0], [0.6]])), [0.3, 0.5, 0.8])
-    ok[4] = False
+    assert fit_transfer(x, ok, min_each=1).calibrator is not None
+    ok[1] = False
     ts = fit_transfer(x, ok)
     assert ts.calibrator is not None and ts.signals == DEFAULT_SIGNALS
     again = TransferScore.from_state(ts.state())

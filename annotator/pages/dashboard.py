@@ -10,7 +10,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from annotator.pages.common import context, md, midnight, require_role, wilson
+from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role, wilson
 from annotator.store import Store
 
 PERIODS = {"Today": 0, "Last 7 days": 6, "All time": None}
@@ -81,9 +81,11 @@ def worker_panel(store: Store) -> None:
         st.info(f"Pending request: **{pending['kind']}**"
                 + (" (running)" if pending["started_at"] else " (waiting for the worker)"))
     if model:
-        backbone = (model.get("metrics") or {}).get("backbone") or model.get("backbone")
-        st.caption(f"Backbone weights: {md(backbone or 'unknown')} · threshold δ = {model['delta']:.3f} · "
-                   f"trained on {model.get('n_verdicts') or 0} verdicts")
+        metrics = model.get("metrics") or {}
+        backbone = metrics.get("backbone") or model.get("backbone")
+        method = METHOD_TEXT.get(metrics.get("method", "paper"), metrics.get("method"))
+        st.caption(f"Backbone weights: {md(backbone or 'unknown')} · scoring: {md(method)} · "
+                   f"threshold δ = {model['delta']:.3f} · trained on {model.get('n_verdicts') or 0} verdicts")
 
 
 def noise_panel(table: pd.DataFrame) -> None:
