@@ -163,9 +163,10 @@ def train(ctx, full, steps, method) -> None:
               help="checkpoint file (default: <state folder>/classifiers/classifier-<weights>-<time>.pt)")
 @click.pass_context
 def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
-    """Train an image classifier on the noisy labels weighted by CleanNet, and export it.
+    """Train an image classifier on the noisy labels weighted by the model's scores, and export it.
 
-    Alternates classifier -> features -> CleanNet (live verdicts) -> weights -> classifier; the checkpoint
+    Alternates classifier -> features -> score (the round setting's method, default transfer; paper =
+    CleanNet; live verdicts) -> weights -> classifier; the checkpoint
     holds the weights and the class names (load it with cleannet_core.classifier.load_backbone). Per-epoch
     checkpoints in <state folder>/classifiers/resume let a rerun with the same inputs pick up where it stopped.
 
@@ -194,7 +195,7 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
         raise click.ClickException(str(e)) from e
     click.echo(message)
     acfg = AlternateConfig(
-        rounds=rounds, weights=mode, num_ref=cfg.num_ref, device=cfg.device,
+        rounds=rounds, weights=mode, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
         classifier=ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size, num_workers=workers,
                                     batch_size=min(128, max(8, len(data.ids) // 8))),
         cleannet=TrainConfig(steps=cfg.steps, lr_step=max(cfg.steps // 2, 1), val_interval=max(cfg.steps // 10, 1)),
@@ -210,8 +211,8 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = pipeline.state_dir(store) / "classifiers" / f"classifier-{mode}-{stamp}.pt"
-    meta = {"source": f"train-classifier: CleanNet w_{mode}, {rounds} extra round(s)", "image_size": size,
-            "weights": mode, "rounds": rounds, "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps,
+    meta = {"source": f"train-classifier: {cfg.method} score w_{mode}, {rounds} extra round(s)", "image_size": size,
+            "weights": mode, "method": cfg.method, "rounds": rounds, "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps,
             "n_images": len(data.ids), "n_verdicts": int(n_verdicts), "class_ids": data.class_ids.tolist(),
             "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
     try:

@@ -46,6 +46,7 @@ from .common import CACHE, load_cifar10n
 from .quality import Runner, cleanlab_flags
 
 ROWS = ("noisy", "cleannet_soft", "cleannet_hard", "cleanlab_pruned", "clean")
+EXTRA_ROWS = ("transfer_soft", "transfer_hard")  # weights from the product's default score; only with --rows
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of the rows to run")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is far faster on a busy CPU)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--cache", type=Path, default=CACHE, help="checkpoint and feature cache folder")
     return p.parse_args(argv)
 
 
@@ -98,8 +100,8 @@ def main(argv=None) -> dict:
     batch_size = args.batch_size if args.batch_size is not None else (128 if cuda else 32)  # 32: enough steps
     lr = args.lr if args.lr is not None else (0.1 if cuda else 0.02)  # 0.05 diverges in the first CPU epoch
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    if set(rows) - set(ROWS):
-        raise SystemExit(f"--rows must be a subset of {','.join(ROWS)}")
+    if set(rows) - set(ROWS + EXTRA_ROWS):
+        raise SystemExit(f"--rows must be a subset of {','.join(ROWS + EXTRA_ROWS)}")
     timings: dict[str, float] = {}
     ds = load_cifar10n(args.data, args.labels, n, args.seed)
     test_paths, test_labels = load_test(args.data, args.n_test, args.seed)
@@ -111,8 +113,8 @@ def main(argv=None) -> dict:
     key = hashlib.blake2b(json.dumps([args.labels, ds.index.tolist(), {k: v for k, v in ccfg.__dict__.items()
                                                                         if k != "num_workers"}]).encode(),
                           digest_size=6).hexdigest()
-    run_dir = CACHE / "classify" / f"{args.labels}-n{len(ds.paths)}-s{args.seed}-{key}"
-    feature_cache = CACHE / "features"
+    run_dir = args.cache / "classify" / f"{args.labels}-n{len(ds.paths)}-s{args.seed}-{key}"
+    feature_cache = args.cache / "features"
 
     def fit(name: str, paths, labels) -> torch.nn.Module:
         t = time.perf_counter()
@@ -155,12 +157,13 @@ def main(argv=None) -> dict:
                                            np.random.default_rng(args.seed))
         timings["verdicts_s"] = round(time.perf_counter() - t, 2)
     train_idx, val_idx = verdicts
-    for mode in ("soft", "hard"):
-        name = f"cleannet_{mode}"
+    for name in ("cleannet_soft", "cleannet_hard", *EXTRA_ROWS):
         if name not in rows:
             continue
+        method, mode = ("paper" if name.startswith("cleannet") else "transfer"), name.split("_")[1]
         t = time.perf_counter()
-        acfg = AlternateConfig(rounds=args.rounds, weights=mode, normalize=args.normalize, num_ref=args.num_ref,
+        acfg = AlternateConfig(rounds=args.rounds, weights=mode, method=method, normalize=args.normalize,
+                               num_ref=args.num_ref,
                                classifier=ccfg, cleannet=tcfg, device=str(device), checkpoint_dir=run_dir / name,
                                cache_dir=feature_cache)
         res = train_alternating(ds.paths, ds.noisy, ds.num_classes, verified_idx=train_idx, verified_ok=ok[train_idx],
@@ -218,7 +221,7 @@ def markdown_table(out: dict) -> str:
              f"(verified {c['verified_images']} images) rounds={c['rounds']} steps={c['steps']} "
              f"test images={c['n_test']} device={c['gpu'] or c['device']} seed={c['seed']}",
              "", "| row | test acc |", "|---|---|"]
-    lines += [f"| {name} | {acc[name]:.4f} |" for name in ROWS if name in acc]
+    lines += [f"| {name} | {acc[name]:.4f} |" for name in ROWS + EXTRA_ROWS if name in acc]
     g = out["gain_recovered"]
     lines += ["", f"gain_recovered = (cleannet_soft - noisy) / (clean - noisy) = "
                   f"{'n/a' if g is None else f'{g:.3f}'}; wall time {out['timings_s']['total_s']:.0f} s"]

@@ -7,6 +7,9 @@
 `rounds` counts the extra alternations after the paper's single pass (rounds=0: C0 -> CleanNet -> C1, the
 pipeline of spec §6 steps 1-6; rounds=1, the default: one more feature/CleanNet/classifier pass, as the
 NoiseRank rerun did). The human verdicts stay the same in every round; only the features change.
+`method` picks the score: 'paper' (default, the spec's CleanNet relevance and its delta) or 'transfer' (the
+product's default score of cleannet_core.transfer, P(label correct) with delta 0.5; its calibrator is fitted on
+the training verdicts).
 
 Weights (spec §6): 'soft' w = max(0, s), 'hard' w = 1[s >= delta], delta chosen by CleanNet on the
 validation verdicts. Images with a human verdict get 1 (correct) or 0 (wrong) instead (`use_verdicts`),
@@ -27,18 +30,22 @@ import numpy as np
 
 from .classifier import Backbone, ClassifierConfig, predict, resolve_device, train_classifier
 from .features import backbone_id, extract_features
+from .probe import ProbeConfig, fit_probe
 from .references import KMeansConfig, build_references
-from .score import hard_weights, score_images, soft_weights
+from .score import Scores, hard_weights, score_images, soft_weights
 from .train import TrainConfig, train_cleannet
+from .transfer import DEFAULT_SIGNALS, DELTA, fit_transfer, score_transfer, signal_matrix
 
 log = logging.getLogger(__name__)
 WEIGHT_MODES = ("soft", "hard")
+METHODS = ("paper", "transfer")
 NORMALIZE_MODES = ("mean", "batch")
 
 
 @dataclass
 class AlternateConfig:
     rounds: int = 1                  # extra alternations after the first weighted classifier (0 = single pass)
+    method: str = "paper"            # "paper": CleanNet relevance | "transfer": cleannet_core.transfer's score
     weights: str = "soft"            # "soft": max(0, s) | "hard": 1[s >= delta]
     normalize: str = "mean"          # "mean": w / mean(w) | "batch": raw w (see the module docstring)
     use_verdicts: bool = True        # verified images get weight 1 (correct) / 0 (wrong) instead of their score
@@ -54,8 +61,8 @@ class AlternateConfig:
 @dataclass
 class RoundResult:
     round: int                # 1-based
-    score: np.ndarray         # (N,) float32 CleanNet relevance of each image to its noisy label
-    delta: float              # CleanNet threshold: score < delta = label noise
+    score: np.ndarray         # (N,) float32 score of each image's noisy label (relevance, or P(correct))
+    delta: float              # threshold: score < delta = label noise
     weights: np.ndarray       # (N,) float32 w_soft / w_hard after verdict overrides, before normalisation
     val_accuracy: float | None  # CleanNet verification accuracy on the validation verdicts at delta
 
@@ -114,6 +121,8 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
     cfg = config
     if cfg.weights not in WEIGHT_MODES:
         raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {cfg.weights!r}")
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
     if cfg.normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {cfg.normalize!r}")
     if cfg.rounds < 0:
@@ -149,24 +158,44 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
     results: list[RoundResult] = []
     for r in range(1, cfg.rounds + 2):
         t = time.perf_counter()
-        say(f"round {r}: features, references and CleanNet ({cfg.cleannet.steps} steps, "
-            f"{len(verified_idx)} + {len(val_idx)} verdicts)")
+        what = f"CleanNet ({cfg.cleannet.steps} steps" if cfg.method == "paper" else "the transfer score ("
+        say(f"round {r}: features, references and {what}, {len(verified_idx)} + {len(val_idx)} verdicts)")
         feats, ok = _features(model, paths, cfg, progress)
         refs, counts = build_references(feats[ok], labels[ok], num_classes,
                                         config=KMeansConfig(k=cfg.num_ref, seed=cfg.cleannet.seed), device=dev)
-        res = train_cleannet(feats, labels, refs, verified_idx=verified_idx, verified_ok=verified_ok,
-                             val_idx=val_idx, val_ok=val_ok, config=cfg.cleannet, device=dev, progress=progress)
-        sc = score_images(res.model, feats, labels, refs, valid_classes=counts > 0)
-        w = round_weights(sc.score, res.delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,
+        if cfg.method == "paper":
+            res = train_cleannet(feats, labels, refs, verified_idx=verified_idx, verified_ok=verified_ok,
+                                 val_idx=val_idx, val_ok=val_ok, config=cfg.cleannet, device=dev, progress=progress)
+            sc = score_images(res.model, feats, labels, refs, valid_classes=counts > 0)
+            delta, val_acc, best_step = res.delta, res.val_accuracy, res.best_step
+        else:
+            sc = _transfer_scores(feats, ok, labels, num_classes, refs, counts > 0, verified_idx, verified_ok,
+                                  cfg.cleannet.seed, dev)
+            delta, best_step = DELTA, None
+            val_acc = float(((sc.score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
+        w = round_weights(sc.score, delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,
                           verified_ok=verified_ok, ok=ok)
-        results.append(RoundResult(round=r, score=sc.score, delta=res.delta, weights=w,
-                                   val_accuracy=res.val_accuracy))
+        results.append(RoundResult(round=r, score=sc.score, delta=delta, weights=w, val_accuracy=val_acc))
         history.append({"round": r, "phase": "cleannet", "seconds": round(time.perf_counter() - t, 2),
-                        "delta": res.delta, "val_accuracy": res.val_accuracy, "best_step": res.best_step,
-                        "mean_weight": float(w.mean()), "flagged": float((sc.score < res.delta).mean())})
-        log.info("round %d: delta %.4f, val acc %s, mean weight %.3f", r, res.delta, res.val_accuracy, w.mean())
+                        "delta": delta, "val_accuracy": val_acc, "best_step": best_step,
+                        "mean_weight": float(w.mean()), "flagged": float((sc.score < delta).mean())})
+        log.info("round %d: delta %.4f, val acc %s, mean weight %.3f", r, delta, val_acc, w.mean())
         model = fit(r, training_weights(w, cfg.normalize), model if cfg.warm_start else None)
     return AlternateResult(model=model, rounds=results, history=history)
+
+
+def _transfer_scores(feats: np.ndarray, ok: np.ndarray, labels: np.ndarray, num_classes: int, refs: np.ndarray,
+                     valid: np.ndarray, verified_idx: np.ndarray, verified_ok: np.ndarray, seed: int,
+                     dev) -> Scores:
+    """The transfer score of every image: out-of-fold probe (folds = index % 5) on the readable images,
+    calibrated on the verified images' signals (the fallback when verdicts are too one-sided)."""
+    folds = np.arange(len(labels)) % ProbeConfig.folds
+    probe = fit_probe(feats[ok], labels[ok], folds[ok], num_classes, ProbeConfig(seed=seed), device=dev)
+    probs = probe.predict(feats, folds)
+    x = signal_matrix(DEFAULT_SIGNALS, labels[verified_idx], probs=probs[verified_idx],
+                      features=feats[verified_idx], refs=refs, valid_classes=valid)
+    return score_transfer(fit_transfer(x, verified_ok), labels, probs=probs, features=feats, refs=refs,
+                          valid_classes=valid)
 
 
 def _features(model: Backbone, paths: list[str], cfg: AlternateConfig, progress: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -90,7 +90,8 @@ def test_training_weight_normalisation_hand_example():
 def test_bad_configs_are_rejected(tmp_path):
     paths = write_images(tmp_path, np.array([0, 1, 2]))
     args = dict(verified_idx=np.zeros(0), verified_ok=np.zeros(0, bool))
-    for bad, match in [(dict(weights="x"), "weights"), (dict(normalize="x"), "normalize"), (dict(rounds=-1), "rounds")]:
+    for bad, match in [(dict(weights="x"), "weights"), (dict(normalize="x"), "normalize"), (dict(rounds=-1), "rounds"),
+                       (dict(method="x"), "method")]:
         with pytest.raises(ValueError, match=match):
             train_alternating(paths, np.array([0, 1, 2]), 3, config=AlternateConfig(**bad), **args)
 
@@ -130,6 +131,22 @@ def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
     assert all(len(h["epochs"]) == 1 for h in res.history if h["phase"] == "classifier")
     assert len(messages) == 5
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"classifier-round{r}.pt" for r in range(3)]
+
+
+def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
+    """method='transfer': P(label correct) in [0, 1] with delta 0.5; w_soft = P; verdicts override."""
+    paths, clean, noisy = noisy_colors
+    ok = noisy == clean
+    v = np.random.default_rng(1).permutation(len(paths))[:30]
+    res = train_alternating(paths, noisy, 3, verified_idx=v[:20], verified_ok=ok[v[:20]], val_idx=v[20:],
+                            val_ok=ok[v[20:]], config=tiny_config(0, method="transfer"), progress=False)
+    (r,) = res.rounds
+    assert r.delta == 0.5 and ((r.score >= 0) & (r.score <= 1)).all() and np.ptp(r.score) > 0
+    assert r.val_accuracy == ((r.score[v[20:]] >= 0.5) == ok[v[20:]]).mean()
+    rest = np.setdiff1d(np.arange(120), v[:20])
+    np.testing.assert_allclose(r.weights[rest], r.score[rest])                   # w_soft = max(0, P) = P
+    np.testing.assert_array_equal(r.weights[v[:20]], ok[v[:20]].astype(np.float32))
+    assert res.history[1]["best_step"] is None
 
 
 def test_init_model_skips_round_zero_and_finished_checkpoints_resume(noisy_colors, tmp_path):
@@ -175,6 +192,7 @@ def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     model, info = load_backbone(out)
     assert info["class_names"] == sorted(names) and model.num_classes == 3 and model.small_input
     assert info["meta"]["weights"] == "hard" and info["meta"]["n_verdicts"] == 12 and info["meta"]["image_size"] == 32
+    assert info["meta"]["method"] == "transfer"  # the product default
 
     # default --out under the state folder; the finished per-epoch checkpoints of the first run are reused
     result = CliRunner().invoke(cli, ["--db", str(db), "train-classifier", "--rounds", "0", "--weights", "hard",

@@ -1,7 +1,9 @@
 """The benchmark scripts run end to end at toy sizes (their numbers are judged in benchmarks/README.md)."""
 import json
 
-from benchmarks import budget, gpu_check, quality, summarize
+import pytest
+
+from benchmarks import budget, classify, gpu_check, quality, summarize
 
 
 def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
@@ -37,3 +39,16 @@ def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):
 def test_gpu_check_runs_on_cpu(tmp_path):
     res = gpu_check.main(["--small", "--device", "cpu", "--json", str(tmp_path / "g.json")])
     assert res["device"] == "cpu" and res["results"]["rescore_img_s"] > 0
+
+
+def test_classify_benchmark_runs_with_the_transfer_rows(cifar_dir, tmp_path):
+    out = tmp_path / "c.json"
+    res = classify.main(["--data", str(cifar_dir), "--labels", "worse", "--n", "160", "--epochs", "1",
+                         "--n-test", "100", "--steps", "20", "--threads", "1", "--workers", "0", "--json", str(out),
+                         "--cache", str(tmp_path / "cache"),
+                         "--rows", "noisy,cleannet_soft,transfer_soft,clean"])
+    assert json.loads(out.read_text())["test_acc"] == res["test_acc"]
+    acc = res["test_acc"]
+    assert set(acc) == {"noisy", "cleannet_soft", "transfer_soft", "clean"} and all(0 <= a <= 1 for a in acc.values())
+    if acc["clean"] != acc["noisy"]:
+        assert res["gain_recovered"] == pytest.approx((acc["cleannet_soft"] - acc["noisy"]) / (acc["clean"] - acc["noisy"]))
