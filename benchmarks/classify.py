@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
                        seed=args.seed)
     budget = int(round(args.budget * len(ds.noisy)))
     verdicts = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if {"cleannet_soft", "cleannet_hard"} & set(rows):
+    if {"cleannet_soft", "cleannet_hard", *EXTRA_ROWS} & set(rows):  # the same verdicts for every weighted row
         t = time.perf_counter()
         refs, _ = build_references(feats, ds.noisy, ds.num_classes, config=KMeansConfig(k=args.num_ref,
                                                                                           seed=args.seed),
@@ -157,6 +157,10 @@ def main(argv=None) -> dict:
                                            np.random.default_rng(args.seed))
         timings["verdicts_s"] = round(time.perf_counter() - t, 2)
     train_idx, val_idx = verdicts
+    # weighted rows resume from checkpoints only when everything that sets their weights is the same
+    weights_key = hashlib.blake2b(json.dumps([args.budget, sorted(verified.tolist()), args.steps, args.rounds,
+                                              args.normalize, args.queue_rounds, args.audit_share,
+                                              args.num_ref]).encode(), digest_size=6).hexdigest()
     for name in ("cleannet_soft", "cleannet_hard", *EXTRA_ROWS):
         if name not in rows:
             continue
@@ -164,7 +168,8 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         acfg = AlternateConfig(rounds=args.rounds, weights=mode, method=method, normalize=args.normalize,
                                num_ref=args.num_ref,
-                               classifier=ccfg, cleannet=tcfg, device=str(device), checkpoint_dir=run_dir / name,
+                               classifier=ccfg, cleannet=tcfg, device=str(device),
+                               checkpoint_dir=run_dir / f"{name}-{weights_key}",
                                cache_dir=feature_cache)
         res = train_alternating(ds.paths, ds.noisy, ds.num_classes, verified_idx=train_idx, verified_ok=ok[train_idx],
                                 val_idx=val_idx, val_ok=ok[val_idx], config=acfg, init_model=noisy_model,
