@@ -20,17 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cleannet_core.alternate import round_weights, training_weights
+from cleannet_core.alternate import METHODS, round_weights, training_weights
 from cleannet_core.classifier import (Backbone, ClassifierConfig, is_small, load_backbone, resolve_device,
                                       save_backbone, train_classifier)
 from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
 from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.probe import Probe, ProbeConfig, fit_probe
+from cleannet_core.probe import Probe, ProbeConfig
 from cleannet_core.score import Scores, score_images
 from cleannet_core.train import TrainConfig, train_cleannet
-from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, TransferScore, fit_transfer, score_transfer, signal_matrix
+from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, score_transfer
 
 from .store import Store
 
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 Report = Callable[[str, float, str], None]  # (phase, progress in [0, 1], message)
 SCORE_CHUNK = 50_000  # score rows written between progress reports
 REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
-
-
-METHODS = ("transfer", "paper")
 
 
 @dataclass
@@ -242,20 +239,13 @@ def _fit_paper(feats, data, refs, counts, split, cfg, current, device, report) -
 
 def _fit_transfer(feats, data, refs, counts, split, cfg, current, device, report) -> tuple[Scores, float, dict, None]:
     """Out-of-fold probe (folds = image id % 5) + reference margin, calibrated on the training verdicts."""
-    report("training", 0.0, f"out-of-fold linear probe on {len(data.ids)} images")
-    folds = data.ids % ProbeConfig.folds
-    probe = fit_probe(feats, data.labels, folds, len(data.class_ids), ProbeConfig(), device=device)
-    probs = probe.predict(feats, folds)
-    report("training", 0.8, f"calibrating on {len(split['train'])} verdicts")
-    tr = split["train"]
-    x = signal_matrix(DEFAULT_SIGNALS, data.labels[tr], probs=probs[tr], features=feats[tr], refs=refs,
-                      valid_classes=counts > 0)
-    ts = fit_transfer(x, split["train_ok"])
-    if ts.calibrator is None:
+    report("training", 0.0, f"out-of-fold linear probe on {len(data.ids)} images, "
+                            f"calibrated on {len(split['train'])} verdicts")
+    fit = fit_transfer_scores(feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids), refs,
+                              split["train"], split["train_ok"], valid_classes=counts > 0, device=device)
+    if fit.score.calibrator is None:
         report("training", 0.9, "too few verdicts of each kind: flagging where the probe prefers another class")
-    report("scoring", 0.0, f"scoring {len(data.ids)} images")
-    sc = score_transfer(ts, data.labels, probs=probs, features=feats, refs=refs, valid_classes=counts > 0)
-    return sc, DELTA, {"probe": probe.state(), "transfer": ts.state()}, None
+    return fit.scores, DELTA, {"probe": fit.probe.state(), "transfer": fit.score.state()}, None
 
 
 def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = lambda *a: None) -> int:

@@ -20,12 +20,11 @@ import numpy as np
 
 from cleannet_core.classifier import ClassifierConfig, resolve_device
 from cleannet_core.metrics import detection_report, flag_report
-from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, MIN_EACH, signal_matrix
+from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, MIN_EACH
 
 from .common import CACHE, load_cifar10n, noisy_backbone_features
-from .quality import cleanlab_flags, fit_and_score, transfer_verdicts
+from .quality import cleanlab_flags, fit_and_score, transfer_signals, transfer_verdicts
 from .report import config_of, write_json
 
 HELD = np.arange(5, 10)
@@ -72,12 +71,7 @@ def main(argv=None) -> dict:
         for seed in seeds:
             refs, counts = build_references(feats, ds.noisy, ds.num_classes, config=KMeansConfig(seed=seed),
                                             device=device)
-            folds = np.random.default_rng(seed).integers(0, ProbeConfig.folds, len(ok))
-            probs = fit_probe(feats, ds.noisy, folds, ds.num_classes, ProbeConfig(seed=seed),
-                              device=device).predict(feats, folds)
-            names = ("probe_logodds", "probe_margin", "proto_margin")
-            sigs = dict(zip(names, signal_matrix(names, ds.noisy, probs=probs, features=feats, refs=refs,
-                                                 valid_classes=counts > 0).T))
+            sigs = transfer_signals(feats, ds.noisy, ds.num_classes, refs, counts > 0, seed, device)
             for v in verified_counts:
                 candidates = np.flatnonzero(np.isin(ds.noisy, np.arange(v)))
                 for b in budgets:

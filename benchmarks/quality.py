@@ -112,13 +112,8 @@ def main(argv=None) -> dict:
     everywhere = np.arange(len(ds.noisy))
 
     # The product default: class-agnostic signals, calibrated on verdicts drawn by its own queue.
-    folds = np.random.default_rng(args.seed).integers(0, ProbeConfig.folds, len(ds.noisy))
-    probe = timed("probe", lambda: fit_probe(feats, ds.noisy, folds, ds.num_classes,
-                                             ProbeConfig(seed=args.seed), device=device))
-    probs = probe.predict(feats, folds)
-    names = ("probe_logodds", "probe_margin", "proto_margin")
-    sigs = dict(zip(names, signal_matrix(names, ds.noisy, probs=probs, features=feats, refs=refs,
-                                         valid_classes=run.valid).T))
+    sigs = timed("probe", lambda: transfer_signals(feats, ds.noisy, ds.num_classes, refs, run.valid, args.seed,
+                                                   device))
     t_sel = timed("transfer", lambda: transfer_verdicts(sigs, ok, candidates, budget, args.rounds, rng))
     results["transfer"] = held(fit_and_score(sigs, DEFAULT_SIGNALS, t_sel, ok), DELTA)
     results["transfer_fallback"] = held((1 + sigs["probe_margin"]) / 2, DELTA)
@@ -176,6 +171,16 @@ def main(argv=None) -> dict:
     print(markdown_table(out))
     write_json(args.json, out)
     return out
+
+
+def transfer_signals(feats: np.ndarray, noisy: np.ndarray, num_classes: int, refs: np.ndarray, valid: np.ndarray,
+                     seed: int, device) -> dict[str, np.ndarray]:
+    """probe_logodds, probe_margin and proto_margin (N,) of every image; probe folds drawn at random from seed."""
+    folds = np.random.default_rng(seed).integers(0, ProbeConfig.folds, len(noisy))
+    probs = fit_probe(feats, noisy, folds, num_classes, ProbeConfig(seed=seed), device=device).predict(feats, folds)
+    names = ("probe_logodds", "probe_margin", "proto_margin")
+    return dict(zip(names, signal_matrix(names, noisy, probs=probs, features=feats, refs=refs,
+                                         valid_classes=valid).T))
 
 
 def fit_and_score(sigs: dict[str, np.ndarray], signals: tuple[str, ...], idx: np.ndarray,

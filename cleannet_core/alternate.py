@@ -30,15 +30,15 @@ import numpy as np
 
 from .classifier import Backbone, ClassifierConfig, predict, resolve_device, train_classifier
 from .features import backbone_id, extract_features
-from .probe import ProbeConfig, fit_probe
+from .probe import ProbeConfig
 from .references import KMeansConfig, build_references
-from .score import Scores, hard_weights, score_images, soft_weights
+from .score import hard_weights, score_images, soft_weights
 from .train import TrainConfig, train_cleannet
-from .transfer import DEFAULT_SIGNALS, DELTA, fit_transfer, score_transfer, signal_matrix
+from .transfer import DELTA, fit_transfer_scores
 
 log = logging.getLogger(__name__)
 WEIGHT_MODES = ("soft", "hard")
-METHODS = ("paper", "transfer")
+METHODS = ("transfer", "paper")  # the product's default first (annotator.pipeline.RoundConfig)
 NORMALIZE_MODES = ("mean", "batch")
 
 
@@ -169,8 +169,9 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
             sc = score_images(res.model, feats, labels, refs, valid_classes=counts > 0)
             delta, val_acc, best_step = res.delta, res.val_accuracy, res.best_step
         else:
-            sc = _transfer_scores(feats, ok, labels, num_classes, refs, counts > 0, verified_idx, verified_ok,
-                                  cfg.cleannet.seed, dev)
+            sc = fit_transfer_scores(feats, labels, np.arange(len(labels)) % ProbeConfig.folds, num_classes, refs,
+                                     verified_idx, verified_ok, valid_classes=counts > 0, fit_rows=ok,
+                                     probe_config=ProbeConfig(seed=cfg.cleannet.seed), device=dev).scores
             delta, best_step = DELTA, None
             val_acc = float(((sc.score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
         w = round_weights(sc.score, delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,
@@ -182,20 +183,6 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
         log.info("round %d: delta %.4f, val acc %s, mean weight %.3f", r, delta, val_acc, w.mean())
         model = fit(r, training_weights(w, cfg.normalize), model if cfg.warm_start else None)
     return AlternateResult(model=model, rounds=results, history=history)
-
-
-def _transfer_scores(feats: np.ndarray, ok: np.ndarray, labels: np.ndarray, num_classes: int, refs: np.ndarray,
-                     valid: np.ndarray, verified_idx: np.ndarray, verified_ok: np.ndarray, seed: int,
-                     dev) -> Scores:
-    """The transfer score of every image: out-of-fold probe (folds = index % 5) on the readable images,
-    calibrated on the verified images' signals (the fallback when verdicts are too one-sided)."""
-    folds = np.arange(len(labels)) % ProbeConfig.folds
-    probe = fit_probe(feats[ok], labels[ok], folds[ok], num_classes, ProbeConfig(seed=seed), device=dev)
-    probs = probe.predict(feats, folds)
-    x = signal_matrix(DEFAULT_SIGNALS, labels[verified_idx], probs=probs[verified_idx],
-                      features=feats[verified_idx], refs=refs, valid_classes=valid)
-    return score_transfer(fit_transfer(x, verified_ok), labels, probs=probs, features=feats, refs=refs,
-                          valid_classes=valid)
 
 
 def _features(model: Backbone, paths: list[str], cfg: AlternateConfig, progress: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -132,12 +132,26 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_c
     return Probe(torch.stack(means), torch.stack(stds), torch.stack(ws), torch.stack(bs), hist)
 
 
-def self_confidence(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(p of the noisy label, best other class, its p), each (N,), from probs (N, C)."""
+def self_confidence(probs: np.ndarray, labels: np.ndarray, *, valid: np.ndarray | None = None,
+                    chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p of the noisy label, best other class, its p), each (N,), from probs (N, C).
+
+    valid (C,) bool: classes that may be the best other one (its p is -inf when none may). Works on chunks of
+    rows, so it never copies the whole (N, C) array.
+    """
     labels = np.asarray(labels, np.int64)
-    rows = np.arange(len(labels))
-    own = probs[rows, labels]
-    other = probs.copy()
-    other[rows, labels] = -np.inf
-    best = other.argmax(axis=1)
-    return own, best, other[rows, best]
+    n = len(labels)
+    own = np.empty(n, dtype=probs.dtype)
+    best = np.empty(n, dtype=np.int64)
+    best_p = np.empty(n, dtype=probs.dtype)
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        other = np.array(probs[sl], copy=True)
+        rows, y = np.arange(other.shape[0]), labels[sl]
+        own[sl] = other[rows, y]
+        if valid is not None:
+            other[:, ~np.asarray(valid, bool)] = -np.inf
+        other[rows, y] = -np.inf
+        best[sl] = other.argmax(axis=1)
+        best_p[sl] = other[rows, best[sl]]
+    return own, best, best_p

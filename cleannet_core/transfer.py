@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import CleanNet
-from .probe import self_confidence
+from .probe import Probe, ProbeConfig, fit_probe, self_confidence
 from .score import Scores
 
 DEFAULT_SIGNALS = ("probe_logodds", "proto_margin")
@@ -212,10 +212,33 @@ def score_transfer(ts: TransferScore, labels: np.ndarray, *, probs: np.ndarray, 
     labels = np.asarray(labels, np.int64)
     score = ts(signal_matrix(ts.signals, labels, probs=probs, features=features, refs=refs,
                              valid_classes=valid_classes)).astype(np.float32)
-    p = np.array(probs, dtype=np.float32, copy=True)
-    if valid_classes is not None:
-        p[:, ~np.asarray(valid_classes, bool)] = -np.inf
-    _, best, best_p = self_confidence(p, labels)
+    _, best, best_p = self_confidence(probs, labels, valid=valid_classes)
     has = np.isfinite(best_p)
     return Scores(score=score, suggested=np.where(has, best, -1).astype(np.int64),
                   suggested_score=np.where(has, best_p, np.nan).astype(np.float32))
+
+
+@dataclass
+class TransferFit:
+    probe: Probe          # the k fold models (predict with the same folds to score new images)
+    score: TransferScore  # the calibrator, or the fallback when the verdicts were too one-sided
+    scores: Scores        # every image's score and suggestion
+
+
+def fit_transfer_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
+                        refs: np.ndarray, verified_idx: np.ndarray, verified_ok: np.ndarray, *,
+                        valid_classes: np.ndarray | None = None, fit_rows: np.ndarray | None = None,
+                        probe_config: ProbeConfig = ProbeConfig(), device="cpu") -> TransferFit:
+    """The whole default score: out-of-fold probe -> signals of the verified images -> calibrator -> scores.
+
+    features (N, d), labels and folds (N,) ints, refs (C, K, d); verified_idx (M,) indices with verified_ok (M,)
+    bool verdicts; fit_rows (N,) bool: the images the probe trains on (default all, e.g. not the unreadable).
+    """
+    rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
+    probe = fit_probe(features[rows], labels[rows], folds[rows], num_classes, probe_config, device=device)
+    probs = probe.predict(features, folds)
+    x = signal_matrix(DEFAULT_SIGNALS, labels[verified_idx], probs=probs[verified_idx],
+                      features=features[verified_idx], refs=refs, valid_classes=valid_classes)
+    ts = fit_transfer(x, verified_ok)
+    return TransferFit(probe, ts, score_transfer(ts, labels, probs=probs, features=features, refs=refs,
+                                                 valid_classes=valid_classes))
