@@ -198,7 +198,7 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
         rounds=rounds, weights=mode, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
         classifier=ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size, num_workers=workers,
                                     batch_size=min(128, max(8, len(data.ids) // 8))),
-        cleannet=TrainConfig(steps=cfg.steps, lr_step=max(cfg.steps // 2, 1), val_interval=max(cfg.steps // 10, 1)),
+        cleannet=TrainConfig.shortened(cfg.steps),
         cache_dir=pipeline.state_dir(store) / "features",
         checkpoint_dir=pipeline.state_dir(store) / "classifiers" / "resume")  # an interrupted run resumes
     try:

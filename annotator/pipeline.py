@@ -221,7 +221,7 @@ def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
 
 def _fit_paper(feats, data, refs, counts, split, cfg, current, device, report) -> tuple[Scores, float, dict, int]:
     """The paper's CleanNet on the verdicts (warm-started from the current model when it fits)."""
-    tcfg = TrainConfig(steps=cfg.steps, lr_step=max(cfg.steps // 2, 1), val_interval=max(cfg.steps // 10, 1))
+    tcfg = TrainConfig.shortened(cfg.steps)
     init = _load_model(current, feats.shape[1], refs.shape[1]) if current else None
     report("training", 0.0, f"CleanNet on {len(split['train'])} + {len(split['val'])} verdicts")
 

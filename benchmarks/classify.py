@@ -142,8 +142,7 @@ def main(argv=None) -> dict:
                              image_size=ccfg.image_size, num_workers=workers, device=str(device)).features
     timings["features_s"] = round(time.perf_counter() - t, 2)
 
-    tcfg = TrainConfig(steps=args.steps, lr_step=max(args.steps // 2, 1), val_interval=max(args.steps // 10, 1),
-                       seed=args.seed)
+    tcfg = TrainConfig.shortened(args.steps, seed=args.seed)
     budget = int(round(args.budget * len(ds.noisy)))
     verdicts = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if {"cleannet_soft", "cleannet_hard", *EXTRA_ROWS} & set(rows):  # the same verdicts for every weighted row

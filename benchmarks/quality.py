@@ -92,8 +92,7 @@ def main(argv=None) -> dict:
     ok = ds.noisy == ds.clean
     heldout = ~np.isin(ds.noisy, verified)
     budget = int(round(args.budget * len(ds.noisy)))
-    tcfg = TrainConfig(steps=args.steps, lr_step=max(args.steps // 2, 1), val_interval=max(args.steps // 10, 1),
-                       seed=args.seed)
+    tcfg = TrainConfig.shortened(args.steps, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     run = Runner(ds, feats, refs, ok, tcfg, device)
     results: dict[str, dict] = {}

@@ -39,6 +39,11 @@ class TrainConfig:
     default_delta: float = 0.1  # delta when there are no validation verdicts (val_sim_thres default)
     seed: int = 0
 
+    @classmethod
+    def shortened(cls, steps: int, **kw) -> "TrainConfig":
+        """A run of `steps` with the paper's schedule scaled to it: LR drop at half, 10 validations."""
+        return cls(steps=steps, lr_step=max(steps // 2, 1), val_interval=max(steps // 10, 1), **kw)
+
 
 @dataclass
 class TrainResult:
