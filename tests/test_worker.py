@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -44,10 +45,12 @@ def wait_for(pred, timeout: float = 300, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def simulate_verdicts(store: Store, truth: dict[int, bool], n: int, who: str = "sim") -> None:
-    """Answer `n` queue items the way a perfect annotator would (from clean_label)."""
+def simulate_verdicts(store: Store, truth: dict[int, bool], n: int, who: str = "sim", seed: int = 0) -> None:
+    """Answer `n` queue items the way a perfect annotator would (from clean_label); the queue's random draws
+    are seeded, so a run sees the same verdicts every time."""
+    rng = random.Random(seed)
     for _ in range(n):
-        items = next_items(store, who)
+        items = next_items(store, who, rng=rng)
         if not items:
             return
         it = items[0]
@@ -96,8 +99,10 @@ def test_round_scores_every_image_including_unverified_classes(base):
     scores beat chance at finding the wrong labels of the unverified classes.
 
     "Beat chance" = AUROC above the one-sided 1 % critical value of the Mann-Whitney test under the null of
-    no signal (0.5 + 2.33 sigma, about 0.59 here). The default transfer score reached 0.67 on this sample and
-    0.72-0.74 on three other 600-image samples; the paper's CleanNet sat at 0.45-0.6 (issue 6)."""
+    no signal (0.5 + 2.33 sigma, about 0.59 here). The 80 verdicts are seeded random draws (queue seed 0:
+    AUROC 0.722; seeds 1-4: 0.69-0.73). Unseeded, the draws changed from run to run (0.65-0.73 in five runs)
+    and this test failed once in about ten full-suite runs (output not kept; most likely this bound); three other 600-image samples gave
+    0.72-0.74. The paper's CleanNet sat at 0.45-0.6 here (issue 6)."""
     db, truth = base
     store = Store(db)
     model = store.current_model()
