@@ -173,7 +173,7 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     Example: python -m annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
     """
     from cleannet_core.alternate import AlternateConfig, train_alternating
-    from cleannet_core.classifier import ClassifierConfig, save_backbone
+    from cleannet_core.classifier import save_backbone
     from cleannet_core.features import load_imagenet_weights
     from cleannet_core.train import TrainConfig
 
@@ -196,8 +196,7 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     click.echo(message)
     acfg = AlternateConfig(
         rounds=rounds, weights=mode, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
-        classifier=ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size, num_workers=workers,
-                                    batch_size=min(128, max(8, len(data.ids) // 8))),
+        classifier=cfg.classifier_config(size, len(data.ids), num_workers=workers),
         cleannet=TrainConfig.shortened(cfg.steps),
         cache_dir=pipeline.state_dir(store) / "features",
         checkpoint_dir=pipeline.state_dir(store) / "classifiers" / "resume")  # an interrupted run resumes

@@ -56,6 +56,11 @@ class RoundConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
+    def classifier_config(self, image_size: int, n_images: int, **kw) -> ClassifierConfig:
+        """The backbone/classifier training settings of this round for n_images images of image_size px."""
+        return ClassifierConfig(arch=self.arch, epochs=self.backbone_epochs, image_size=image_size,
+                                lr=self.backbone_lr, batch_size=min(128, max(8, n_images // 8)), **kw)
+
 
 @dataclass
 class Data:
@@ -118,8 +123,7 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, 
         report("backbone", 0.0, message)
         log.warning(message)
         source = "trained on the noisy labels (no ImageNet weights available offline)"
-    ccfg = ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=size, lr=cfg.backbone_lr,
-                            batch_size=min(128, max(8, len(data.ids) // 8)))
+    ccfg = cfg.classifier_config(size, len(data.ids))
     report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images")
 
     def on_epoch(epoch: int, _model: Backbone, stats: dict) -> None:
