@@ -127,8 +127,9 @@ def extract(ctx, weights) -> None:
     cfg = _round_config(store, weights_path=weights)
     data = pipeline.load_data(store)
     model, info = pipeline.ensure_backbone(store, data, cfg, lambda *a: None)
-    feats = pipeline.features(store, data, model, info, cfg)
-    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info['source']})")
+    feats, readable = pipeline.features(store, data, model, info, cfg)
+    bad = f"; {int((~readable).sum())} images could not be read (listed on the Admin page)" if not readable.all() else ""
+    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info['source']}){bad}")
 
 
 @cli.command()

@@ -146,14 +146,15 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
     return model, info
 
 
-def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundConfig) -> np.ndarray:
-    """(N, D) features of data.paths from the content-keyed cache; unreadable images are reported."""
+def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
+    images (zero rows) are reported and left out of the references and the probe's training."""
     res = extract_features(model, data.paths, cache_dir=state_dir(store) / "features", backbone_id=info["id"],
                            image_size=info["image_size"], device=cfg.device, progress=False)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
-    return res.features
+    return res.features, res.ok
 
 
 def verdict_split(store: Store, data: Data) -> dict[str, np.ndarray]:
@@ -193,15 +194,15 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     report("features", 0.0, "loading backbone")
     model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
     report("features", 0.0, f"extracting features ({info['source']})")
-    feats = features(store, data, model, info, cfg)
+    feats, readable = features(store, data, model, info, cfg)
     report("references", 0.0, "k-means reference sets")
-    refs, counts = build_references(feats, data.labels, len(data.class_ids),
+    refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),
                                     config=KMeansConfig(k=cfg.num_ref), device=device)
     split = verdict_split(store, data)
     max_verdict = store.max_verdict_id()
     fit = _fit_transfer if cfg.method == "transfer" else _fit_paper
-    sc, delta, saved, best_step = fit(feats, data, refs, counts, split, cfg, current if not full else None,
-                                      device, report)
+    sc, delta, saved, best_step = fit(feats, readable, data, refs, counts, split, cfg,
+                                      current if not full else None, device, report)
     metrics = _metrics(sc.score, delta, data, split, best_step, info, max_verdict) | {"method": cfg.method}
     ckpt = state_dir(store) / "models" / f"{cfg.method}-{uuid.uuid4().hex[:8]}.pt"
     _atomic_save(saved | {"method": cfg.method, "delta": delta, "class_ids": data.class_ids.tolist(),
@@ -223,7 +224,8 @@ def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
     return training_weights(w, "mean")
 
 
-def _fit_paper(feats, data, refs, counts, split, cfg, current, device, report) -> tuple[Scores, float, dict, int]:
+def _fit_paper(feats, readable, data, refs, counts, split, cfg, current, device,
+               report) -> tuple[Scores, float, dict, int]:
     """The paper's CleanNet on the verdicts (warm-started from the current model when it fits)."""
     tcfg = TrainConfig.shortened(cfg.steps)
     init = _load_model(current, feats.shape[1], refs.shape[1]) if current else None
@@ -241,12 +243,15 @@ def _fit_paper(feats, data, refs, counts, split, cfg, current, device, report) -
     return sc, res.delta, {"cleannet": res.model.checkpoint()}, res.best_step
 
 
-def _fit_transfer(feats, data, refs, counts, split, cfg, current, device, report) -> tuple[Scores, float, dict, None]:
+def _fit_transfer(feats, readable, data, refs, counts, split, cfg, current, device,
+                  report) -> tuple[Scores, float, dict, None]:
     """Out-of-fold probe (folds = image id % 5) + reference margin, calibrated on the training verdicts."""
-    report("training", 0.0, f"out-of-fold linear probe on {len(data.ids)} images, "
-                            f"calibrated on {len(split['train'])} verdicts")
+    message = (f"out-of-fold linear probe on {int(readable.sum())} images, "
+               f"calibrated on {len(split['train'])} verdicts")
+    report("training", 0.0, message)
     fit = fit_transfer_scores(feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids), refs,
-                              split["train"], split["train_ok"], valid_classes=counts > 0, device=device)
+                              split["train"], split["train_ok"], valid_classes=counts > 0, fit_rows=readable,
+                              device=device, progress=lambda p: report("training", 0.9 * p, message))
     if fit.score.calibrator is None:
         report("training", 0.9, "too few verdicts of each kind: flagging where the probe prefers another class")
     return fit.scores, DELTA, {"probe": fit.probe.state(), "transfer": fit.score.state()}, None
@@ -264,7 +269,7 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     model, info = ensure_backbone(store, data, cfg, report)
     if info["id"] != ckpt["backbone"]["id"]:
         raise ValueError("the backbone changed since the current model: run `train` instead")
-    feats = features(store, data, model, info, cfg)
+    feats, _ = features(store, data, model, info, cfg)
     refs = ckpt["refs"].numpy()
     valid = np.abs(refs).sum(axis=(1, 2)) > 0
     if ckpt.get("method", "paper") == "paper":

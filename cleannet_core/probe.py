@@ -12,6 +12,7 @@ self-confidence", the strongest verdict-free signal on our benchmark). Folds are
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,8 +94,11 @@ def _moments(base: torch.Tensor, rows: torch.Tensor, chunk: int = 65_536) -> tup
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
-              config: ProbeConfig = ProbeConfig(), device: str | torch.device = "cpu") -> Probe:
-    """Fit one probe per fold f on the images with folds % k != f. features (N, d), labels/folds (N,) int."""
+              config: ProbeConfig = ProbeConfig(), device: str | torch.device = "cpu",
+              progress: Callable[[float], None] | None = None) -> Probe:
+    """Fit one probe per fold f on the images with folds % k != f. features (N, d), labels/folds (N,) int.
+
+    progress, when given, is called with the fraction done in (0, 1] every 100 steps and after each fold."""
     labels = np.asarray(labels, np.int64)
     folds = np.asarray(folds, np.int64) % config.folds
     if features.shape[0] != labels.shape[0] or labels.shape != folds.shape:
@@ -127,6 +131,10 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_c
             opt.step()
             sched.step()
             total, count = total + loss.detach(), count + 1
+            if progress and (step + 1) % 100 == 0 and step + 1 < steps:
+                progress((f + (step + 1) / steps) / k)
+        if progress:
+            progress((f + 1) / k)
         means.append(mean), stds.append(std), ws.append(w.detach()), bs.append(b.detach())
         hist.append(float(total) / max(count, 1))
     return Probe(torch.stack(means), torch.stack(stds), torch.stack(ws), torch.stack(bs), hist)

@@ -20,6 +20,7 @@ flagged below 0.5.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,14 +229,17 @@ class TransferFit:
 def fit_transfer_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
                         refs: np.ndarray, verified_idx: np.ndarray, verified_ok: np.ndarray, *,
                         valid_classes: np.ndarray | None = None, fit_rows: np.ndarray | None = None,
-                        probe_config: ProbeConfig = ProbeConfig(), device="cpu") -> TransferFit:
+                        probe_config: ProbeConfig = ProbeConfig(), device="cpu",
+                        progress: Callable[[float], None] | None = None) -> TransferFit:
     """The whole default score: out-of-fold probe -> signals of the verified images -> calibrator -> scores.
 
     features (N, d), labels and folds (N,) ints, refs (C, K, d); verified_idx (M,) indices with verified_ok (M,)
-    bool verdicts; fit_rows (N,) bool: the images the probe trains on (default all, e.g. not the unreadable).
+    bool verdicts; fit_rows (N,) bool: the images the probe trains on (default all, e.g. not the unreadable);
+    progress: called with the probe's fraction done (the step that takes the time).
     """
     rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
-    probe = fit_probe(features[rows], labels[rows], folds[rows], num_classes, probe_config, device=device)
+    probe = fit_probe(features[rows], labels[rows], folds[rows], num_classes, probe_config, device=device,
+                      progress=progress)
     probs = probe.predict(features, folds)
     x = signal_matrix(DEFAULT_SIGNALS, labels[verified_idx], probs=probs[verified_idx],
                       features=features[verified_idx], refs=refs, valid_classes=valid_classes)

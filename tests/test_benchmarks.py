@@ -22,6 +22,15 @@ def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_pa
     row = summary["random1"]["transfer"]
     assert row["seeds"] == 2 and row["error_std"] == 0 and row["error_mean"] == res["heldout"]["transfer"]["error"]
     assert summary["random1"]["cleanlab"]["ratio_mean"] == 1.0
+    fast = quality.main(["--data", str(cifar_dir), "--labels", "random1", "--budget", "0.05", "--n", "300",
+                         "--epochs", "1", "--rounds", "2", "--num-ref", "4", "--cache", str(tmp_path / "cache"),
+                         "--no-paper"])  # same cache: no backbone training
+    paper = {"cleannet", "transfer_cleannet", "cleannet_random_verdicts", "cleannet_no_verdicts",
+             "cleannet_all_classes"}
+    assert set(fast["heldout"]) == set(quality.METHODS) - paper and fast["cleannet_vs_cleanlab_error"] is None
+    assert fast["heldout"]["transfer"] == res["heldout"]["transfer"]  # its verdicts are drawn before the paper's
+    with pytest.raises(SystemExit, match="--no-paper"):
+        quality.main(["--data", str(cifar_dir), "--n", "300", "--no-paper", "--method", "paper"])
 
 
 def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):

@@ -108,6 +108,20 @@ def test_train_score_extract_export(env, tmp_path):
     assert len(list(csv.DictReader(io.StringIO(kept)))) == 57  # everything but the 3 verified-wrong rows
 
 
+def test_an_image_broken_after_ingest_is_counted_and_the_round_still_scores_everything(env):
+    run, db, root = env
+    run("ingest", "--folder", str(root))
+    run("classes", "--verify", "red")
+    store = Store(db)
+    store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4})
+    (root / "green" / "7.png").write_bytes(b"truncated on the file server")
+    assert "60 feature vectors of size 512" in run("extract").output
+    assert "1 images could not be read" in run("extract").output
+    assert "model version 1 is current" in run("train").output
+    assert len(store.current_scores()) == 60
+    assert any(e["path"].endswith("7.png") and e["source"] == "features" for e in store.ingest_errors())
+
+
 def test_score_without_model_is_a_clear_error(env):
     run, db, root = env
     run("ingest", "--folder", str(root))

@@ -38,3 +38,13 @@ def test_out_of_fold_self_confidence_finds_planted_noise():
 def test_probe_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="disagree"):
         fit_probe(np.zeros((5, 3), np.float32), np.zeros(4, int), np.zeros(4, int), 2)
+
+
+def test_progress_rises_to_one_over_the_folds():
+    feats, _, noisy = planted_noise(c=4, per=300)                # 960 training rows per fold: 2 steps/epoch
+    seen: list[float] = []
+    cfg = ProbeConfig(folds=5, epochs=60, batch_size=512)        # 120 steps per fold: one mid-fold call each
+    fit_probe(feats, noisy, np.arange(len(noisy)), 4, cfg, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and all(0 < p <= 1 for p in seen)
+    assert [p for p in seen if p in (0.2, 0.4, 0.6, 0.8, 1.0)] == [0.2, 0.4, 0.6, 0.8, 1.0]  # each fold's end
+    assert len(seen) == 10 and seen[0] == pytest.approx(100 / 120 / 5)

@@ -10,8 +10,9 @@ from cleannet_core.metrics import auroc
 from cleannet_core.model import CleanNet, CleanNetConfig
 from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.transfer import (DEFAULT_SIGNALS, MIN_EACH, Calibrator, TransferScore, cleannet_signals, fit_calibrator,
-                                    fit_transfer, probe_signals, proto_margin, signal_matrix)
+from cleannet_core.transfer import (DEFAULT_SIGNALS, MIN_EACH, Calibrator, TransferScore, cleannet_signals,
+                                    fit_calibrator, fit_transfer, fit_transfer_scores, probe_signals, proto_margin,
+                                    signal_matrix)
 
 E = np.e - 1  # log1p(e - 1) = 1
 
@@ -121,3 +122,23 @@ def test_calibrated_signals_transfer_to_classes_without_verdicts():
     held = noisy >= 4
     assert auroc(score[held], ok[held]) > 0.9
     assert ((score[held] < 0.5) == ~ok[held]).mean() > 0.9
+
+
+def test_unreadable_rows_are_scored_but_not_trained_on():
+    """fit_rows=False rows (the zero features of unreadable images) stay out of the probe's training; every
+    row still gets a score, and the probe is exactly the one fitted on the readable rows alone."""
+    feats, clean, noisy = planted_noise(c=4, per=60)
+    feats = np.concatenate([feats, np.zeros((20, feats.shape[1]), np.float32)])
+    noisy, clean = np.concatenate([noisy, np.zeros(20, int)]), np.concatenate([clean, np.zeros(20, int)])
+    readable = np.arange(len(noisy)) < 240
+    folds = np.arange(len(noisy)) % 5
+    refs, _ = build_references(feats[readable], noisy[readable], 4, config=KMeansConfig(k=3, attempts=1))
+    verified = np.flatnonzero(noisy[:240] < 2)
+    cfg = ProbeConfig(epochs=5)
+    fit = fit_transfer_scores(feats, noisy, folds, 4, refs, verified, (noisy == clean)[verified],
+                              fit_rows=readable, probe_config=cfg)
+    alone = fit_probe(feats[readable], noisy[readable], folds[readable], 4, cfg)
+    np.testing.assert_array_equal(fit.probe.w.numpy(), alone.w.numpy())
+    assert fit.scores.score.shape == (260,) and np.isfinite(fit.scores.score).all()
+    full = fit_transfer_scores(feats, noisy, folds, 4, refs, verified, (noisy == clean)[verified], probe_config=cfg)
+    assert not np.array_equal(full.probe.w.numpy(), alone.w.numpy())  # the zero rows would have trained it

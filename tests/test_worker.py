@@ -127,11 +127,14 @@ def test_round_scores_every_image_including_unverified_classes(base):
 
 
 def test_sigkill_during_training_keeps_previous_model_and_restart_completes(base, tmp_path):
+    """Killed inside the probe's training (held there by ANNOTATOR_PAUSE_AT: the phase lasts well under a
+    second on 600 images, so polling for it alone missed it on a fast machine)."""
     db = copy_db(base[0], tmp_path / "state" / "a.db")
     Store(db).request("retrain", "test")
-    proc = start_worker(db)
+    proc = start_worker(db, env={"ANNOTATOR_PAUSE_AT": "training"})
     store = Store(db)
-    wait_for(lambda: store.worker_state()["phase"] == "training", what="training phase")
+    wait_for(lambda: store.worker_state()["message"] == "paused by ANNOTATOR_PAUSE_AT", what="training pause")
+    assert store.worker_state()["phase"] == "training" and 0 < store.worker_state()["progress"] < 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     assert integrity(db) == "ok"
