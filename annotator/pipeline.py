@@ -30,7 +30,7 @@ from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.probe import Probe, ProbeConfig
 from cleannet_core.score import Scores, score_images
 from cleannet_core.train import TrainConfig, train_cleannet
-from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, score_transfer
+from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, score_with_probe
 
 from .store import Store
 
@@ -275,9 +275,8 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     if ckpt.get("method", "paper") == "paper":
         sc = score_images(CleanNet.from_checkpoint(ckpt["cleannet"]), feats, data.labels, refs, valid_classes=valid)
     else:  # a new image's fold model never saw it; an old image's is the one that scored it before
-        probs = Probe.from_state(ckpt["probe"]).predict(feats, data.ids % ProbeConfig.folds)
-        sc = score_transfer(TransferScore.from_state(ckpt["transfer"]), data.labels, probs=probs, features=feats,
-                            refs=refs, valid_classes=valid)
+        sc = score_with_probe(TransferScore.from_state(ckpt["transfer"]), Probe.from_state(ckpt["probe"]), feats,
+                              data.labels, data.ids % ProbeConfig.folds, refs, valid_classes=valid)
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))

@@ -219,6 +219,23 @@ def score_transfer(ts: TransferScore, labels: np.ndarray, *, probs: np.ndarray, 
                   suggested_score=np.where(has, best_p, np.nan).astype(np.float32))
 
 
+def score_with_probe(ts: TransferScore, probe: Probe, features: np.ndarray, labels: np.ndarray,
+                     folds: np.ndarray, refs: np.ndarray, *, valid_classes: np.ndarray | None = None,
+                     chunk: int = 131_072) -> Scores:
+    """score_transfer on the probe's out-of-fold probabilities, `chunk` rows at a time: the (N, C)
+    probabilities never exist at once (10M images x 1,000 classes would be 40 GB). Shapes as score_transfer."""
+    labels, folds = np.asarray(labels, np.int64), np.asarray(folds, np.int64)
+    parts = []
+    for start in range(0, len(labels), chunk):
+        sl = slice(start, start + chunk)
+        parts.append(score_transfer(ts, labels[sl], probs=probe.predict(features[sl], folds[sl]),
+                                    features=features[sl], refs=refs, valid_classes=valid_classes))
+    if not parts:
+        return Scores(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return Scores(*(np.concatenate([getattr(p, f) for p in parts])
+                    for f in ("score", "suggested", "suggested_score")))
+
+
 @dataclass
 class TransferFit:
     probe: Probe          # the k fold models (predict with the same folds to score new images)
@@ -240,9 +257,9 @@ def fit_transfer_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndar
     rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
     probe = fit_probe(features[rows], labels[rows], folds[rows], num_classes, probe_config, device=device,
                       progress=progress)
-    probs = probe.predict(features, folds)
-    x = signal_matrix(DEFAULT_SIGNALS, labels[verified_idx], probs=probs[verified_idx],
-                      features=features[verified_idx], refs=refs, valid_classes=valid_classes)
+    v = np.asarray(verified_idx, np.int64)
+    x = signal_matrix(DEFAULT_SIGNALS, labels[v], probs=probe.predict(features[v], folds[v]), features=features[v],
+                      refs=refs, valid_classes=valid_classes)
     ts = fit_transfer(x, verified_ok)
-    return TransferFit(probe, ts, score_transfer(ts, labels, probs=probs, features=features, refs=refs,
-                                                 valid_classes=valid_classes))
+    return TransferFit(probe, ts, score_with_probe(ts, probe, features, labels, folds, refs,
+                                                   valid_classes=valid_classes))

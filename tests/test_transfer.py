@@ -12,7 +12,7 @@ from cleannet_core.probe import ProbeConfig, fit_probe
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.transfer import (DEFAULT_SIGNALS, MIN_EACH, Calibrator, TransferScore, cleannet_signals,
                                     fit_calibrator, fit_transfer, fit_transfer_scores, probe_signals, proto_margin,
-                                    signal_matrix)
+                                    score_transfer, score_with_probe, signal_matrix)
 
 E = np.e - 1  # log1p(e - 1) = 1
 
@@ -142,3 +142,19 @@ def test_unreadable_rows_are_scored_but_not_trained_on():
     assert fit.scores.score.shape == (260,) and np.isfinite(fit.scores.score).all()
     full = fit_transfer_scores(feats, noisy, folds, 4, refs, verified, (noisy == clean)[verified], probe_config=cfg)
     assert not np.array_equal(full.probe.w.numpy(), alone.w.numpy())  # the zero rows would have trained it
+
+
+def test_scoring_in_row_chunks_equals_scoring_all_rows_at_once():
+    feats, clean, noisy = planted_noise(c=5, per=40)
+    folds = np.arange(len(noisy)) % 5
+    refs, _ = build_references(feats, noisy, 5, config=KMeansConfig(k=3, attempts=1))
+    probe = fit_probe(feats, noisy, folds, 5, ProbeConfig(epochs=3))
+    probs = probe.predict(feats, folds)
+    x = signal_matrix(DEFAULT_SIGNALS, noisy, probs=probs, features=feats, refs=refs)
+    ts = fit_transfer(x, noisy == clean)
+    valid = np.array([True, True, False, True, True])
+    whole = score_transfer(ts, noisy, probs=probs, features=feats, refs=refs, valid_classes=valid)
+    chunked = score_with_probe(ts, probe, feats, noisy, folds, refs, valid_classes=valid, chunk=7)  # 29 chunks
+    for f in ("score", "suggested", "suggested_score"):
+        np.testing.assert_allclose(getattr(chunked, f), getattr(whole, f), rtol=1e-6, err_msg=f)
+    assert (chunked.suggested != 2).all()  # an invalid class is never suggested
