@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from benchmarks import budget, classify, gpu_check, quality, summarize
+from benchmarks import budget, classify, gpu_check, quality, signals, summarize
 
 
 def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
@@ -43,6 +43,19 @@ def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):
     assert all(0 <= r["error"] <= 1 for r in res["runs"]) and 0 <= res["cleanlab_error"]["random1"] <= 1
     fallback = [r["error"] for r in res["runs"] if r["verdicts"] == 0]
     assert len(set(fallback)) <= 2  # the verdict-free score depends on the seed only, not on the classes
+
+
+def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp_path):
+    res = signals.main(["--data", str(cifar_dir), "--labels", "random1", "--seeds", "0,1", "--n", "300",
+                        "--epochs", "1", "--budget", "0.1", "--num-ref", "4", "--cache", str(tmp_path / "cache"),
+                        "--json", str(tmp_path / "s.json")])
+    assert len(res["runs"]) == 2 * (len(signals.SETS) + 1)
+    for seed in (0, 1):
+        runs = {r["set"]: r for r in res["runs"] if r["seed"] == seed}
+        chosen = runs["class_cv"]["chosen"]
+        assert runs[chosen]["cv_loss"] == min(r["cv_loss"] for r in runs.values() if r["cv_loss"] is not None)
+        assert runs["class_cv"]["error"] == runs[chosen]["error"]  # the chosen set, fitted on the same verdicts
+    assert res["summary"]["random1"]["default"]["seeds"] == 2
 
 
 def test_gpu_check_runs_on_cpu(tmp_path):

@@ -1,0 +1,132 @@
+"""Which signals the transfer calibrator should use (issue 6, hypotheses 1-3): one row per signal set.
+
+    python -m benchmarks.signals --data ../shared/data/cifar10n --labels aggre,random1,worse \
+        --seeds 0,1,2 --json out.json
+
+Same cached features, probe, references and verdicts as `benchmarks.quality` (the default score's own queue
+draws `--budget` x N verdicts from classes 0-4); every signal set is calibrated on those same verdicts and
+judged on the images whose noisy label is in classes 5-9. Sets: the product default (`probe_logodds`,
+`proto_margin`), the same standardised within each noisy class (`_z`, hypothesis 2), with the kNN label
+agreement or the probe margin added (hypothesis 3), the log-odds alone, and `class_cv`: the set chosen per run
+by leave-one-verified-class-out log loss of the verdicts (hypothesis 1: model selection on verified classes
+held out as if unverified; it sees no verdict of classes 5-9).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cleannet_core.classifier import ClassifierConfig, resolve_device
+from cleannet_core.metrics import detection_report
+from cleannet_core.references import KMeansConfig, build_references
+from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, standardise_within
+
+from .common import CACHE, load_cifar10n, noisy_backbone_features
+from .quality import fit_and_score, knn_agreement, transfer_signals, transfer_verdicts
+from .report import config_of, write_json
+
+log = logging.getLogger(__name__)
+VERIFIED = np.arange(0, 5)
+SETS: dict[str, tuple[str, ...]] = {
+    "default": DEFAULT_SIGNALS,
+    "within_class_z": ("probe_logodds_z", "proto_margin_z"),
+    "default+z": DEFAULT_SIGNALS + ("probe_logodds_z", "proto_margin_z"),
+    "default+knn": DEFAULT_SIGNALS + ("knn",),
+    "default+probe_margin": DEFAULT_SIGNALS + ("probe_margin",),
+    "logodds_only": ("probe_logodds",),
+    "logodds+logodds_z": ("probe_logodds", "probe_logodds_z"),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--labels", default="aggre,random1,worse")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--budget", type=float, default=0.02)
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--num-ref", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--json", type=Path)
+    return p.parse_args(argv)
+
+
+def class_cv_loss(sigs: dict[str, np.ndarray], names: tuple[str, ...], idx: np.ndarray, ok: np.ndarray,
+                  noisy: np.ndarray) -> float:
+    """Mean log loss on each verified class's verdicts of the calibrator fitted on the other classes' verdicts."""
+    losses = []
+    for c in np.unique(noisy[idx]):
+        test, train = idx[noisy[idx] == c], idx[noisy[idx] != c]
+        p = np.clip(fit_and_score(sigs, names, train, ok)[test], 1e-6, 1 - 1e-6)
+        losses.append(-np.where(ok[test], np.log(p), np.log1p(-p)).sum())
+    return float(np.sum(losses) / len(idx))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    runs = []
+    for labels in args.labels.split(","):
+        ds = load_cifar10n(args.data, labels, args.n, args.data_seed)
+        feats = noisy_backbone_features(ds, ClassifierConfig(epochs=args.epochs, seed=args.data_seed), tag=labels,
+                                        device=str(device), cache=args.cache)
+        ok = ds.noisy == ds.clean
+        held = ~np.isin(ds.noisy, VERIFIED)
+        knn = knn_agreement(feats, ds.noisy)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            refs, counts = build_references(feats, ds.noisy, ds.num_classes,
+                                            config=KMeansConfig(k=args.num_ref, seed=seed), device=device)
+            sigs = transfer_signals(feats, ds.noisy, ds.num_classes, refs, counts > 0, seed, device)
+            sigs |= {f"{n}_z": standardise_within(sigs[n], ds.noisy) for n in ("probe_logodds", "proto_margin")}
+            sigs["knn"] = knn
+            sel = transfer_verdicts(sigs, ok, np.flatnonzero(~held), int(round(args.budget * len(ok))),
+                                    args.rounds, np.random.default_rng(seed))
+            cv = {name: class_cv_loss(sigs, names, sel, ok, ds.noisy) for name, names in SETS.items()}
+            chosen = min(cv, key=cv.get)
+            for name, names in [*SETS.items(), ("class_cv", SETS[chosen])]:
+                r = detection_report(fit_and_score(sigs, names, sel, ok)[held], ok[held], DELTA)
+                runs.append({"labels": labels, "seed": seed, "set": name, "error": r["error"], "auroc": r["auroc"],
+                             "cv_loss": cv.get(name), "chosen": chosen if name == "class_cv" else None})
+            log.info("%s seed %d: class_cv chose %s", labels, seed, chosen)
+    out = {"config": config_of(args), "runs": runs, "summary": summarize(runs),
+           "total_s": round(time.perf_counter() - t0, 1)}
+    print(markdown_table(out["summary"]))
+    write_json(args.json, out)
+    return out
+
+
+def summarize(runs: list[dict]) -> dict:
+    """{labels: {set: {error_mean, error_std, auroc_mean, auroc_std, seeds}}} (population std over seeds)."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        out.setdefault(r["labels"], {}).setdefault(r["set"], []).append((r["error"], r["auroc"]))
+    return {lab: {name: {"error_mean": float(np.mean([v[0] for v in vals])),
+                         "error_std": float(np.std([v[0] for v in vals])),
+                         "auroc_mean": float(np.mean([v[1] for v in vals])),
+                         "auroc_std": float(np.std([v[1] for v in vals])), "seeds": len(vals)}
+                  for name, vals in sets.items()} for lab, sets in out.items()}
+
+
+def markdown_table(summary: dict) -> str:
+    labels = list(summary)
+    rows = ["| signal set | " + " | ".join(f"{lb} error | {lb} AUROC" for lb in labels) + " |",
+            "|---|" + "---|---|" * len(labels)]
+    for name in [*SETS, "class_cv"]:
+        cells = [f"{summary[lb][name]['error_mean']:.4f} ± {summary[lb][name]['error_std']:.4f} | "
+                 f"{summary[lb][name]['auroc_mean']:.3f}" for lb in labels]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
