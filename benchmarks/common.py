@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleannet_core.classifier import ClassifierConfig, load_backbone, save_backbone, train_classifier
+from cleannet_core.classifier import Backbone, ClassifierConfig, load_backbone, save_backbone, train_classifier
 from cleannet_core.features import backbone_id, extract_features
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,12 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def subset(self, rows: np.ndarray) -> "Dataset":
+        """The images at `rows` (indices or a bool mask), in order."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        return Dataset([self.paths[i] for i in idx], self.clean[idx], self.noisy[idx], self.class_names,
+                       self.index[idx])
+
 
 def load_cifar10n(data: Path, labels: str, n: int | None, seed: int) -> Dataset:
     """The first `n` images of a seeded permutation of the 50k training images (all when n is None)."""
@@ -52,6 +58,20 @@ def load_cifar10n(data: Path, labels: str, n: int | None, seed: int) -> Dataset:
                    class_names=names, index=order)
 
 
+def noisy_backbone(ds: Dataset, config: ClassifierConfig, *, tag: str, device: str = "auto",
+                   cache: Path = CACHE) -> Backbone:
+    """A backbone trained on ds's noisy labels, cached under `cache` keyed by the images, labels and settings."""
+    key = hashlib.blake2b(json.dumps([tag, ds.index.tolist(), ds.noisy.tolist(), config.__dict__],
+                                     sort_keys=True).encode(), digest_size=8).hexdigest()
+    ckpt = Path(cache) / f"backbone-{tag}-{key}.pt"
+    if ckpt.exists():
+        log.info("backbone from cache %s", ckpt)
+        return load_backbone(ckpt)[0]
+    model = train_classifier(ds.paths, ds.noisy, ds.num_classes, config=config, device=device)
+    save_backbone(model, ckpt, class_names=ds.class_names, meta={"tag": tag, "config": config.__dict__})
+    return model
+
+
 def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, device: str = "auto",
                             timings: dict | None = None, cache: Path = CACHE) -> np.ndarray:
     """Pool features (N, D) float32 of a backbone trained on the noisy labels themselves (spec §1, §6).
@@ -60,16 +80,8 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
     second run with the same data, labels and settings trains nothing and extracts nothing.
     """
     timings = timings if timings is not None else {}
-    key = hashlib.blake2b(json.dumps([tag, ds.index.tolist(), ds.noisy.tolist(), config.__dict__],
-                                     sort_keys=True).encode(), digest_size=8).hexdigest()
-    ckpt = Path(cache) / f"backbone-{tag}-{key}.pt"
     t = time.perf_counter()
-    if ckpt.exists():
-        model, _ = load_backbone(ckpt)
-        log.info("backbone from cache %s", ckpt)
-    else:
-        model = train_classifier(ds.paths, ds.noisy, ds.num_classes, config=config, device=device)
-        save_backbone(model, ckpt, class_names=ds.class_names, meta={"tag": tag, "config": config.__dict__})
+    model = noisy_backbone(ds, config, tag=tag, device=device, cache=cache)
     timings["backbone_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     res = extract_features(model, ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),

@@ -1,9 +1,10 @@
 """The benchmark scripts run end to end at toy sizes (their numbers are judged in benchmarks/README.md)."""
 import json
 
+import numpy as np
 import pytest
 
-from benchmarks import budget, classify, gpu_check, quality, signals, summarize
+from benchmarks import budget, classify, gpu_check, oof, quality, signals, summarize
 
 
 def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
@@ -56,6 +57,26 @@ def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp
         assert runs[chosen]["cv_loss"] == min(r["cv_loss"] for r in runs.values() if r["cv_loss"] is not None)
         assert runs["class_cv"]["error"] == runs[chosen]["error"]  # the chosen set, fitted on the same verdicts
     assert res["summary"]["random1"]["default"]["seeds"] == 2
+
+
+def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_on_it(cifar_dir, tmp_path):
+    from benchmarks.common import load_cifar10n
+    from cleannet_core.classifier import ClassifierConfig
+    res = oof.main(["--data", str(cifar_dir), "--labels", "random1", "--folds", "2", "--seeds", "0", "--n", "300",
+                    "--epochs", "1", "--budget", "0.1", "--num-ref", "4", "--cache", str(tmp_path / "cache")])
+    assert {r["row"] for r in res["runs"]} == {*oof.SETS, "cleanlab_features", "cleanlab_oof", "all_clean"}
+    assert 0 <= res["oof_accuracy_on_noisy_labels"] <= 1
+    ds = load_cifar10n(cifar_dir, "random1", 300, 0)
+    folds = np.arange(300) % 2
+    probs = oof.oof_probs(ds, ClassifierConfig(epochs=1), folds, tag="t", device="cpu", cache=tmp_path / "c2")
+    backbones = sorted((tmp_path / "c2").glob("backbone-t-oof*"))
+    assert [b.name.split("-")[2] for b in backbones] == ["oof0of2", "oof1of2"]
+    changed = ds.subset(np.arange(300))
+    changed.noisy = ds.noisy.copy()
+    changed.noisy[folds == 0] = (changed.noisy[folds == 0] + 1) % 10  # they train backbone 1 only
+    again = oof.oof_probs(changed, ClassifierConfig(epochs=1), folds, tag="t", device="cpu", cache=tmp_path / "c2")
+    np.testing.assert_allclose(again[folds == 0], probs[folds == 0], atol=1e-6)  # backbone 0 predicts them
+    assert not np.allclose(again[folds == 1], probs[folds == 1])
 
 
 def test_gpu_check_runs_on_cpu(tmp_path):

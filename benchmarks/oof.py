@@ -1,0 +1,124 @@
+"""Out-of-fold backbones (issue 6, hypothesis 4): does a network that never saw an image's label find it better?
+
+    python -m benchmarks.oof --data ../shared/data/cifar10n --labels worse --folds 2 --seeds 0,1,2 --json out.json
+
+The backbone of `benchmarks.quality` is trained on every noisy label, so it can memorise the wrong ones. Here
+`--folds` k extra backbones are each trained on the images of k - 1 folds and predict the k-th: every image
+gets class probabilities from a network that never saw its label (cleanlab's recommended input). Rows, all
+judged on classes 5-9 with the default's 2 % queue-drawn verdicts on classes 0-4:
+
+- `default`: the product's score (probe log-odds + prototype margin on the full backbone's features).
+- `oof_logodds`: the calibrator on the out-of-fold backbone's log-odds of the noisy label alone.
+- `default+oof`: the default's two signals plus that log-odds.
+- `cleanlab_features`: cleanlab on the probe of the full backbone's features (the `cleanlab` row of quality).
+- `cleanlab_oof`: cleanlab `find_label_issues` on the out-of-fold backbone probabilities.
+- `all_clean`: flag nothing.
+Costs k backbone trainings on (k-1)/k of the images each (cached in --cache).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from cleanlab.filter import find_label_issues
+
+from cleannet_core.classifier import ClassifierConfig, predict, resolve_device
+from cleannet_core.metrics import detection_report, flag_report
+from cleannet_core.references import KMeansConfig, build_references
+from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, probe_signals
+
+from .common import CACHE, Dataset, load_cifar10n, noisy_backbone, noisy_backbone_features
+from .quality import cleanlab_flags, fit_and_score, transfer_signals, transfer_verdicts
+from .report import config_of, write_json
+
+log = logging.getLogger(__name__)
+VERIFIED = np.arange(0, 5)
+SETS = {"default": DEFAULT_SIGNALS, "oof_logodds": ("oof_logodds",),
+        "default+oof": DEFAULT_SIGNALS + ("oof_logodds",)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--labels", default="worse")
+    p.add_argument("--folds", type=int, default=2, help="out-of-fold backbones (each trained on (k-1)/k)")
+    p.add_argument("--seeds", default="0,1,2", help="verdict draws, probe folds, k-means")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--budget", type=float, default=0.02)
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--num-ref", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--json", type=Path)
+    return p.parse_args(argv)
+
+
+def oof_probs(ds: Dataset, config: ClassifierConfig, folds: np.ndarray, *, tag: str, device: str,
+              cache: Path) -> np.ndarray:
+    """(N, C) probabilities of each image from the backbone trained on the other folds."""
+    out = np.zeros((len(ds.noisy), ds.num_classes), np.float32)
+    for f in np.unique(folds):
+        model = noisy_backbone(ds.subset(folds != f), config, tag=f"{tag}-oof{f}of{folds.max() + 1}",
+                               device=device, cache=cache)
+        _, probs, ok = predict(model, [ds.paths[i] for i in np.flatnonzero(folds == f)],
+                               image_size=config.image_size, device=device)
+        if not ok.all():
+            raise SystemExit(f"{(~ok).sum()} images could not be read")
+        out[folds == f] = probs
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    ds = load_cifar10n(args.data, args.labels, args.n, args.data_seed)
+    ccfg = ClassifierConfig(epochs=args.epochs, seed=args.data_seed)
+    feats = noisy_backbone_features(ds, ccfg, tag=args.labels, device=str(device), cache=args.cache)
+    folds = np.random.default_rng(args.data_seed).integers(0, args.folds, len(ds.noisy))
+    probs = oof_probs(ds, ccfg, folds, tag=args.labels, device=str(device), cache=args.cache)
+    t_backbones = round(time.perf_counter() - t0, 1)
+    ok = ds.noisy == ds.clean
+    held = ~np.isin(ds.noisy, VERIFIED)
+    oof = probe_signals(probs, ds.noisy)[:, 0]
+    runs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        refs, counts = build_references(feats, ds.noisy, ds.num_classes,
+                                        config=KMeansConfig(k=args.num_ref, seed=seed), device=device)
+        sigs = transfer_signals(feats, ds.noisy, ds.num_classes, refs, counts > 0, seed, device)
+        sigs["oof_logodds"] = oof
+        sel = transfer_verdicts(sigs, ok, np.flatnonzero(~held), int(round(args.budget * len(ok))), args.rounds,
+                                np.random.default_rng(seed))
+        rows = {name: detection_report(fit_and_score(sigs, names, sel, ok)[held], ok[held], DELTA)
+                for name, names in SETS.items()}
+        flags, conf = cleanlab_flags(feats, ds.noisy, seed)
+        rows["cleanlab_features"] = flag_report(flags[held], conf[held], ok[held])
+        rows["all_clean"] = flag_report(np.zeros(held.sum(), bool), np.zeros(held.sum()), ok[held])
+        flags = find_label_issues(labels=ds.noisy, pred_probs=probs)
+        rows["cleanlab_oof"] = flag_report(flags[held], probs[held, ds.noisy[held]], ok[held])
+        runs += [{"seed": seed, "row": k, "error": v["error"], "auroc": v["auroc"]} for k, v in rows.items()]
+    summary = {row: {"error_mean": float(np.mean([r["error"] for r in runs if r["row"] == row])),
+                     "error_std": float(np.std([r["error"] for r in runs if r["row"] == row])),
+                     "auroc_mean": float(np.mean([r["auroc"] for r in runs if r["row"] == row]))}
+               for row in dict.fromkeys(r["row"] for r in runs)}
+    oof_acc = float((probs.argmax(1) == ds.noisy).mean())
+    out = {"config": config_of(args), "runs": runs, "summary": summary, "oof_accuracy_on_noisy_labels": oof_acc,
+           "oof_accuracy_on_clean_labels": float((probs.argmax(1) == ds.clean).mean()),
+           "backbones_s": t_backbones, "total_s": round(time.perf_counter() - t0, 1)}
+    print(f"labels={args.labels} n={len(ok)} folds={args.folds} out-of-fold backbone accuracy: "
+          f"{oof_acc:.3f} on the noisy labels, {out['oof_accuracy_on_clean_labels']:.3f} on the clean ones")
+    print("| row | error | AUROC |\n|---|---|---|")
+    for row, v in summary.items():
+        print(f"| {row} | {v['error_mean']:.4f} ± {v['error_std']:.4f} | {v['auroc_mean']:.3f} |")
+    write_json(args.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
