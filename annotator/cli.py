@@ -128,7 +128,8 @@ def extract(ctx, weights) -> None:
     data = pipeline.load_data(store)
     model, info = pipeline.ensure_backbone(store, data, cfg, lambda *a: None)
     feats, readable = pipeline.features(store, data, model, info, cfg)
-    bad = f"; {int((~readable).sum())} images could not be read (listed on the Admin page)" if not readable.all() else ""
+    n_bad = int((~readable).sum())
+    bad = f"; {n_bad} images could not be read (listed on the Admin page)" if n_bad else ""
     click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info['source']}){bad}")
 
 
@@ -212,7 +213,8 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = pipeline.state_dir(store) / "classifiers" / f"classifier-{mode}-{stamp}.pt"
     meta = {"source": f"train-classifier: {cfg.method} score w_{mode}, {rounds} extra round(s)", "image_size": size,
-            "weights": mode, "method": cfg.method, "rounds": rounds, "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps,
+            "weights": mode, "method": cfg.method, "rounds": rounds, "epochs": cfg.backbone_epochs,
+            "cleannet_steps": cfg.steps,
             "n_images": len(data.ids), "n_verdicts": int(n_verdicts), "class_ids": data.class_ids.tolist(),
             "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
     try:

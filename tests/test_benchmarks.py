@@ -62,8 +62,8 @@ def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp
 def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_on_it(cifar_dir, tmp_path):
     from benchmarks.common import load_cifar10n
     from cleannet_core.classifier import ClassifierConfig
-    res = oof.main(["--data", str(cifar_dir), "--labels", "random1", "--folds", "2", "--seeds", "0", "--n", "300",
-                    "--epochs", "1", "--budget", "0.1", "--num-ref", "4", "--cache", str(tmp_path / "cache")])
+    res = oof.main(["--data", str(cifar_dir), "--labels", "random1", "--folds", "2", "--seeds", "0",
+                    "--n", "300", "--epochs", "1", "--budget", "0.1", "--num-ref", "4", "--cache", str(tmp_path / "cache")])
     assert {r["row"] for r in res["runs"]} == {*oof.SETS, "cleanlab_features", "cleanlab_oof", "all_clean"}
     assert 0 <= res["oof_accuracy_on_noisy_labels"] <= 1
     ds = load_cifar10n(cifar_dir, "random1", 300, 0)
@@ -94,4 +94,5 @@ def test_classify_benchmark_runs_with_the_transfer_rows(cifar_dir, tmp_path):
     acc = res["test_acc"]
     assert set(acc) == {"noisy", "cleannet_soft", "transfer_soft", "clean"} and all(0 <= a <= 1 for a in acc.values())
     if acc["clean"] != acc["noisy"]:
-        assert res["gain_recovered"] == pytest.approx((acc["cleannet_soft"] - acc["noisy"]) / (acc["clean"] - acc["noisy"]))
+        gain = (acc["cleannet_soft"] - acc["noisy"]) / (acc["clean"] - acc["noisy"])
+        assert res["gain_recovered"] == pytest.approx(gain)

@@ -8,8 +8,9 @@ Buttons only queue an action (``ann_actions``, via their callback); the page bod
 first, with no Streamlit call in between, so each verdict is in SQLite before the next image is drawn,
 and a press aimed at an image already judged (keys faster than reruns) is dropped, never recorded twice.
 The buttons are rendered before the new image and before the counts, so whatever a user sees was
-drawn after the buttons were bound to the image on screen. The item after the current one stays leased in session state with
-its bytes already read, so the next image shows in the same rerun; a reload resumes my leases.
+drawn after the buttons were bound to the image on screen. The item after the current one stays leased in
+session state with its bytes already read, so the next image shows in the same rerun; a reload resumes my
+leases.
 """
 from pathlib import Path
 
