@@ -206,14 +206,15 @@ def fit_and_score(sigs: dict[str, np.ndarray], signals: tuple[str, ...], idx: np
 
 
 def transfer_verdicts(sigs: dict[str, np.ndarray], ok: np.ndarray, candidates: np.ndarray, budget: int,
-                      rounds: int, rng: np.random.Generator, min_each: int = MIN_EACH) -> np.ndarray:
+                      rounds: int, rng: np.random.Generator, min_each: int = MIN_EACH,
+                      signals: tuple[str, ...] = DEFAULT_SIGNALS) -> np.ndarray:
     """Verdict indices as the product's queue draws them for the transfer score: a random first round (cold
-    start), then each round the images with the lowest |p - 0.5| under the score fitted so far."""
+    start), then each round the images with the lowest |p - 0.5| under the score (over `signals`) so far."""
     sizes = np.diff(np.linspace(0, budget, rounds + 1).round().astype(int))
     chosen = rng.choice(candidates, sizes[0], replace=False)
     for size in sizes[1:]:
         rest = np.setdiff1d(candidates, chosen)
-        p = fit_and_score(sigs, DEFAULT_SIGNALS, chosen, ok, min_each)[rest]
+        p = fit_and_score(sigs, signals, chosen, ok, min_each)[rest]
         chosen = np.concatenate([chosen, rest[np.argsort(np.abs(p - DELTA), kind="stable")[:size]]])
     return chosen
 

@@ -5,9 +5,10 @@
 
 Same cached features, probe, references and verdicts as `benchmarks.quality` (the default score's own queue
 draws `--budget` x N verdicts from classes 0-4); every signal set is calibrated on those same verdicts and
-judged on the images whose noisy label is in classes 5-9. Sets: the product default (`probe_logodds`,
-`proto_margin`), the same standardised within each noisy class (`_z`, hypothesis 2), with the kNN label
-agreement or the probe margin added (hypothesis 3), the log-odds alone, and `class_cv`: the set chosen per run
+judged on the images whose noisy label is in classes 5-9. Sets: the probe log-odds with the prototype margin
+(the default until session 3), the same standardised within each noisy class (`_z`, hypothesis 2), with the kNN
+label agreement or the probe margin added (hypothesis 3), the log-odds or the probe margin alone, the two
+together (DEFAULT_SIGNALS now), and `class_cv`: the set chosen per run
 by leave-one-verified-class-out log loss of the verdicts (hypothesis 1: model selection on verified classes
 held out as if unverified; it sees no verdict of classes 5-9).
 """
@@ -32,14 +33,17 @@ from .report import config_of, write_json
 log = logging.getLogger(__name__)
 VERIFIED = np.arange(0, 5)
 SETS: dict[str, tuple[str, ...]] = {
-    "default": DEFAULT_SIGNALS,
+    "logodds+proto_margin": ("probe_logodds", "proto_margin"),   # the default until session 3
     "within_class_z": ("probe_logodds_z", "proto_margin_z"),
-    "default+z": DEFAULT_SIGNALS + ("probe_logodds_z", "proto_margin_z"),
-    "default+knn": DEFAULT_SIGNALS + ("knn",),
-    "default+probe_margin": DEFAULT_SIGNALS + ("probe_margin",),
+    "logodds+proto_margin+z": ("probe_logodds", "proto_margin", "probe_logodds_z", "proto_margin_z"),
+    "logodds+proto_margin+knn": ("probe_logodds", "proto_margin", "knn"),
+    "logodds+proto_margin+probe_margin": ("probe_logodds", "proto_margin", "probe_margin"),
     "logodds_only": ("probe_logodds",),
+    "probe_margin_only": ("probe_margin",),
+    "logodds+probe_margin": ("probe_logodds", "probe_margin"),   # DEFAULT_SIGNALS now
     "logodds+logodds_z": ("probe_logodds", "probe_logodds_z"),
 }
+DEFAULT_SET = next(name for name, names in SETS.items() if names == DEFAULT_SIGNALS)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--budget", type=float, default=0.02)
+    p.add_argument("--queue", choices=list(SETS), default=DEFAULT_SET,
+                   help="the signal set whose uncertainty queue draws the verdicts (default: the product's)")
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
@@ -90,7 +96,7 @@ def main(argv=None) -> dict:
             sigs |= {f"{n}_z": standardise_within(sigs[n], ds.noisy) for n in ("probe_logodds", "proto_margin")}
             sigs["knn"] = knn
             sel = transfer_verdicts(sigs, ok, np.flatnonzero(~held), int(round(args.budget * len(ok))),
-                                    args.rounds, np.random.default_rng(seed))
+                                    args.rounds, np.random.default_rng(seed), signals=SETS[args.queue])
             cv = {name: class_cv_loss(sigs, names, sel, ok, ds.noisy) for name, names in SETS.items()}
             chosen = min(cv, key=cv.get)
             for name, names in [*SETS.items(), ("class_cv", SETS[chosen])]:
@@ -122,9 +128,10 @@ def markdown_table(summary: dict) -> str:
     rows = ["| signal set | " + " | ".join(f"{lb} error | {lb} AUROC" for lb in labels) + " |",
             "|---|" + "---|---|" * len(labels)]
     for name in [*SETS, "class_cv"]:
+        label = f"{name} (default)" if name == DEFAULT_SET else name
         cells = [f"{summary[lb][name]['error_mean']:.4f} ± {summary[lb][name]['error_std']:.4f} | "
                  f"{summary[lb][name]['auroc_mean']:.3f}" for lb in labels]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -14,7 +14,11 @@ classes applies unchanged to every other class. Score direction everywhere: high
     z_cleannet       cleannet standardised within the noisy class over all its images
 
 The product's default score ("transfer") is P(label correct) from a logistic calibrator over DEFAULT_SIGNALS
-fitted on the live verdicts, flagged below 0.5. With fewer than `min_each` verdicts of either kind it falls
+fitted on the live verdicts, flagged below 0.5. DEFAULT_SIGNALS are the probe's log-odds and margin: on the
+full 50k CIFAR-10N `worse` labels the prototype margin's and the log-odds' thresholds carried class-specific
+offsets from the verified classes to the others (held-out error 0.173 with the prototype margin, 0.150
+without; cleanlab 0.165), while the probe margin's natural threshold (another class preferred) does not
+depend on the class (benchmarks/README.md, "Which signals"). With fewer than `min_each` verdicts of either kind it falls
 back to the verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2, also
 flagged below 0.5.
 """
@@ -31,7 +35,7 @@ from .model import CleanNet
 from .probe import Probe, ProbeConfig, fit_probe, self_confidence
 from .score import Scores
 
-DEFAULT_SIGNALS = ("probe_logodds", "proto_margin")
+DEFAULT_SIGNALS = ("probe_logodds", "probe_margin")
 CLEANNET_SIGNALS = ("cleannet", "cleannet_margin", "z_cleannet")
 DELTA = 0.5  # a calibrated probability is flagged below one half
 MIN_EACH = 2  # verdicts of each kind (correct, wrong) the calibrator needs; fewer: the verdict-free fallback

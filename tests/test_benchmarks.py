@@ -56,7 +56,7 @@ def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp
         chosen = runs["class_cv"]["chosen"]
         assert runs[chosen]["cv_loss"] == min(r["cv_loss"] for r in runs.values() if r["cv_loss"] is not None)
         assert runs["class_cv"]["error"] == runs[chosen]["error"]  # the chosen set, fitted on the same verdicts
-    assert res["summary"]["random1"]["default"]["seeds"] == 2
+    assert res["summary"]["random1"][signals.DEFAULT_SET]["seeds"] == 2
 
 
 def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_on_it(cifar_dir, tmp_path):

@@ -100,7 +100,8 @@ def test_round_scores_every_image_including_unverified_classes(base):
 
     "Beat chance" = AUROC above the one-sided 1 % critical value of the Mann-Whitney test under the null of
     no signal (0.5 + 2.33 sigma, about 0.59 here). The 80 verdicts are seeded random draws (queue seed 0:
-    AUROC 0.722; seeds 1-4: 0.69-0.73). Unseeded, the draws changed from run to run (0.65-0.73 in five runs)
+    AUROC 0.701 with the probe log-odds + margin default; 0.722, seeds 1-4 0.69-0.73, with the earlier
+    log-odds + prototype margin). Unseeded, the draws changed from run to run (0.65-0.73 in five runs)
     and this test failed once in about ten full-suite runs (output not kept; most likely this bound); three
     other 600-image samples gave 0.72-0.74. The paper's CleanNet sat at 0.45-0.6 here (issue 6)."""
     db, truth = base
