@@ -245,7 +245,7 @@ def _fit_paper(feats, readable, data, refs, counts, split, cfg, current, device,
 
 def _fit_transfer(feats, readable, data, refs, counts, split, cfg, current, device,
                   report) -> tuple[Scores, float, dict, None]:
-    """Out-of-fold probe (folds = image id % 5) + reference margin, calibrated on the training verdicts."""
+    """Out-of-fold probe (folds = image id % 5): log-odds + margin, calibrated on the training verdicts."""
     message = (f"out-of-fold linear probe on {int(readable.sum())} images, "
                f"calibrated on {len(split['train'])} verdicts")
     report("training", 0.0, message)

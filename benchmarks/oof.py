@@ -7,7 +7,7 @@ The backbone of `benchmarks.quality` is trained on every noisy label, so it can 
 gets class probabilities from a network that never saw its label (cleanlab's recommended input). Rows, all
 judged on classes 5-9 with the default's 2 % queue-drawn verdicts on classes 0-4:
 
-- `default`: the product's score (probe log-odds + prototype margin on the full backbone's features).
+- `default`: the product's score (probe log-odds + margin on the full backbone's features).
 - `oof_logodds`: the calibrator on the out-of-fold backbone's log-odds of the noisy label alone.
 - `default+oof`: the default's two signals plus that log-odds.
 - `cleanlab_features`: cleanlab on the probe of the full backbone's features (the `cleanlab` row of quality).

@@ -12,7 +12,7 @@ images whose noisy label is in a held-out (unverified) class. See benchmarks/REA
 
 Methods (issue 6). `--method` picks the product default, reported as `default` and used for the headline
 ratio: `transfer` (default) is a calibrator over two class-agnostic signals, the out-of-fold linear-probe
-log-odds of the noisy label and the reference-prototype margin (cleannet_core.transfer), fitted on the
+log-odds of the noisy label and its margin over the best other class (cleannet_core.transfer), fitted on the
 verdicts and flagged below 0.5, with its own uncertainty queue (|p - 0.5|); `paper` is the spec's CleanNet.
 Ablation rows on the same features: `transfer_cleannet` (+ CleanNet relevance signals), `transfer_fallback`
 (no verdicts: flag when the probe prefers another class), `selfconf_verdict_delta` (probe self-confidence,

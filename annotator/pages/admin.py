@@ -153,7 +153,7 @@ def settings_panel(store: Store) -> None:
         method = st.selectbox("Scoring method (from the next round)", methods, key="adm_method",
                               index=methods.index(round_cfg.get("method", methods[0])),
                               format_func=METHOD_TEXT.get,
-                              help="transfer: out-of-fold probe + reference margin, calibrated on the verdicts; it "
+                              help="transfer: out-of-fold probe log-odds + margin, calibrated on the verdicts; it "
                                    "carries over to classes nobody verified (benchmarks/README.md). paper: the "
                                    "CleanNet relevance of Lee et al. 2018, for comparison.")
         if st.form_submit_button("Save settings", type="primary", key="adm_settings_save"):
