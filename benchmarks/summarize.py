@@ -21,8 +21,12 @@ from .report import write_json
 def summarize(results: list[dict]) -> dict:
     """{labels: {method: {error_mean, error_std, auroc_mean, auroc_std, ratio_mean, seeds}}}."""
     by: dict[str, dict[str, list[tuple[float, float, float]]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[str, set[int]] = defaultdict(set)
     for r in results:
         held, lab = r["heldout"], r["config"]["labels"]
+        sizes[lab].add(r["config"]["n_images"])
+        if len(sizes[lab]) > 1:
+            raise SystemExit(f"{lab}: runs of different sizes ({sorted(sizes[lab])} images); summarize each size alone")
         base = max(held["cleanlab"]["error"], 1e-12)
         for m, v in held.items():
             by[lab][m].append((v["error"], v["auroc"], v["error"] / base))

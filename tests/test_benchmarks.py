@@ -23,6 +23,9 @@ def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_pa
     row = summary["random1"]["transfer"]
     assert row["seeds"] == 2 and row["error_std"] == 0 and row["error_mean"] == res["heldout"]["transfer"]["error"]
     assert summary["random1"]["cleanlab"]["ratio_mean"] == 1.0
+    bigger = {**res, "config": {**res["config"], "n_images": 600}}
+    with pytest.raises(SystemExit, match="different sizes"):
+        summarize.summarize([res, bigger])
     fast = quality.main(["--data", str(cifar_dir), "--labels", "random1", "--budget", "0.05", "--n", "300",
                          "--epochs", "1", "--rounds", "2", "--num-ref", "4", "--cache", str(tmp_path / "cache"),
                          "--no-paper"])  # same cache: no backbone training
