@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: CIFAR-10N loading and the cached noisy-label backbone features."""
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -90,3 +91,19 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
     if not res.ok.all():
         raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
     return res.features
+
+
+def add_run_args(p: argparse.ArgumentParser, *, labels: str) -> None:
+    """The flags signals.py and oof.py share: data, label sets, seeds, verdict budget, sizes, cache, --json."""
+    p.add_argument("--data", type=Path, required=True, help="the cifar10n folder (labels.csv, train/)")
+    p.add_argument("--labels", default=labels, help="comma-separated label sets")
+    p.add_argument("--seeds", default="0,1,2", help="verdict draws, probe folds, k-means")
+    p.add_argument("--data-seed", type=int, default=0, help="image subset and backbone")
+    p.add_argument("--budget", type=float, default=0.02, help="fraction of ALL images that get a verdict")
+    p.add_argument("--n", type=int, default=10_000, help="images used")
+    p.add_argument("--epochs", type=int, default=10, help="backbone epochs")
+    p.add_argument("--rounds", type=int, default=3, help="uncertainty-queue rounds")
+    p.add_argument("--num-ref", type=int, default=32, help="K reference vectors per class")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", type=Path, default=CACHE, help="backbone and feature cache folder")
+    p.add_argument("--json", type=Path, help="write the results here")

@@ -30,7 +30,7 @@ from cleannet_core.metrics import detection_report, flag_report
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, probe_signals
 
-from .common import CACHE, Dataset, load_cifar10n, noisy_backbone, noisy_backbone_features
+from .common import Dataset, add_run_args, load_cifar10n, noisy_backbone, noisy_backbone_features
 from .quality import cleanlab_flags, fit_and_score, transfer_signals, transfer_verdicts
 from .report import config_of, write_json
 
@@ -42,19 +42,8 @@ SETS = {"default": DEFAULT_SIGNALS, "oof_logodds": ("oof_logodds",),
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--labels", default="worse")
+    add_run_args(p, labels="worse")
     p.add_argument("--folds", type=int, default=2, help="out-of-fold backbones (each trained on (k-1)/k)")
-    p.add_argument("--seeds", default="0,1,2", help="verdict draws, probe folds, k-means")
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--budget", type=float, default=0.02)
-    p.add_argument("--n", type=int, default=10_000)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--num-ref", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cache", type=Path, default=CACHE)
-    p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
 
@@ -77,6 +66,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
+    if "," in args.labels:
+        raise SystemExit("--labels: one label set per oof.py run")
     device = resolve_device(args.device)
     ds = load_cifar10n(args.data, args.labels, args.n, args.data_seed)
     ccfg = ClassifierConfig(epochs=args.epochs, seed=args.data_seed)

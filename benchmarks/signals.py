@@ -26,7 +26,7 @@ from cleannet_core.metrics import detection_report
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, standardise_within
 
-from .common import CACHE, load_cifar10n, noisy_backbone_features
+from .common import add_run_args, load_cifar10n, noisy_backbone_features
 from .quality import fit_and_score, knn_agreement, transfer_signals, transfer_verdicts
 from .report import config_of, write_json
 
@@ -48,20 +48,9 @@ DEFAULT_SET = next(name for name, names in SETS.items() if names == DEFAULT_SIGN
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--labels", default="aggre,random1,worse")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--budget", type=float, default=0.02)
+    add_run_args(p, labels="aggre,random1,worse")
     p.add_argument("--queue", choices=list(SETS), default=DEFAULT_SET,
                    help="the signal set whose uncertainty queue draws the verdicts (default: the product's)")
-    p.add_argument("--n", type=int, default=10_000)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--num-ref", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cache", type=Path, default=CACHE)
-    p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
 
