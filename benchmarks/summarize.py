@@ -50,7 +50,8 @@ def markdown_table(summary: dict) -> str:
         cells = []
         for lb in labels:
             s = summary[lb][m]
-            cells.append(f"{s['error_mean']:.4f} ± {s['error_std']:.4f} | {s['auroc_mean']:.3f} ± {s['auroc_std']:.3f}"
+            cells.append(f"{s['error_mean']:.4f} ± {s['error_std']:.4f} | "
+                         f"{s['auroc_mean']:.3f} ± {s['auroc_std']:.3f}"
                          f" | {s['ratio_mean']:.2f}")
         rows.append(f"| {m} | " + " | ".join(cells) + " |")
     seeds = {lb: next(iter(summary[lb].values()))["seeds"] for lb in labels}

@@ -18,9 +18,9 @@ fitted on the live verdicts, flagged below 0.5. DEFAULT_SIGNALS are the probe's 
 full 50k CIFAR-10N `worse` labels the prototype margin's and the log-odds' thresholds carried class-specific
 offsets from the verified classes to the others (held-out error 0.173 with the prototype margin, 0.150
 without; cleanlab 0.165), while the probe margin's natural threshold (another class preferred) does not
-depend on the class (benchmarks/README.md, "Which signals"). With fewer than `min_each` verdicts of either kind it falls
-back to the verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2, also
-flagged below 0.5.
+depend on the class (benchmarks/README.md, "Which signals"). With fewer than `min_each` verdicts of either
+kind it falls back to the verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2,
+also flagged below 0.5.
 """
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_
     from benchmarks.common import load_cifar10n
     from cleannet_core.classifier import ClassifierConfig
     res = oof.main(["--data", str(cifar_dir), "--labels", "random1", "--folds", "2", "--seeds", "0",
-                    "--n", "300", "--epochs", "1", "--budget", "0.1", "--num-ref", "4", "--cache", str(tmp_path / "cache")])
+                    "--n", "300", "--epochs", "1", "--budget", "0.1", "--num-ref", "4",
+                    "--cache", str(tmp_path / "cache")])
     assert {r["row"] for r in res["runs"]} == {*oof.SETS, "cleanlab_features", "cleanlab_oof", "all_clean"}
     assert 0 <= res["oof_accuracy_on_noisy_labels"] <= 1
     ds = load_cifar10n(cifar_dir, "random1", 300, 0)
