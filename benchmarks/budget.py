@@ -20,11 +20,11 @@ import numpy as np
 
 from cleannet_core.classifier import ClassifierConfig, resolve_device
 from cleannet_core.metrics import detection_report, flag_report
-from cleannet_core.references import KMeansConfig, build_references
+from cleannet_core.references import KMeansConfig
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, MIN_EACH
 
 from .common import CACHE, load_cifar10n, noisy_backbone_features
-from .quality import cleanlab_flags, fit_and_score, transfer_signals, transfer_verdicts
+from .quality import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
 from .report import config_of, write_json
 
 HELD = np.arange(5, 10)
@@ -69,9 +69,7 @@ def main(argv=None) -> dict:
         flags, conf = cleanlab_flags(feats, ds.noisy, args.data_seed)
         cleanlab_err[labels] = flag_report(flags[heldout], conf[heldout], ok[heldout])["error"]
         for seed in seeds:
-            refs, counts = build_references(feats, ds.noisy, ds.num_classes, config=KMeansConfig(seed=seed),
-                                            device=device)
-            sigs = transfer_signals(feats, ds.noisy, ds.num_classes, refs, counts > 0, seed, device)
+            sigs = seed_signals(feats, ds.noisy, ds.num_classes, KMeansConfig.k, seed, device)
             for v in verified_counts:
                 candidates = np.flatnonzero(np.isin(ds.noisy, np.arange(v)))
                 for b in budgets:

@@ -27,12 +27,11 @@ from cleanlab.filter import find_label_issues
 
 from cleannet_core.classifier import ClassifierConfig, predict, resolve_device
 from cleannet_core.metrics import detection_report, flag_report
-from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, probe_signals
 
 from .common import Dataset, add_run_args, load_cifar10n, noisy_backbone, noisy_backbone_features
-from .quality import cleanlab_flags, fit_and_score, transfer_signals, transfer_verdicts
-from .report import config_of, write_json
+from .quality import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
+from .report import config_of, mean_over_seeds, write_json
 
 log = logging.getLogger(__name__)
 VERIFIED = np.arange(0, 5)
@@ -78,26 +77,20 @@ def main(argv=None) -> dict:
     ok = ds.noisy == ds.clean
     held = ~np.isin(ds.noisy, VERIFIED)
     oof = probe_signals(probs, ds.noisy)[:, 0]
+    fixed = {"all_clean": flag_report(np.zeros(held.sum(), bool), np.zeros(held.sum()), ok[held]),  # no seed in
+             "cleanlab_oof": flag_report(find_label_issues(labels=ds.noisy, pred_probs=probs)[held],
+                                         probs[held, ds.noisy[held]], ok[held])}
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        refs, counts = build_references(feats, ds.noisy, ds.num_classes,
-                                        config=KMeansConfig(k=args.num_ref, seed=seed), device=device)
-        sigs = transfer_signals(feats, ds.noisy, ds.num_classes, refs, counts > 0, seed, device)
-        sigs["oof_logodds"] = oof
+        sigs = seed_signals(feats, ds.noisy, ds.num_classes, args.num_ref, seed, device) | {"oof_logodds": oof}
         sel = transfer_verdicts(sigs, ok, np.flatnonzero(~held), int(round(args.budget * len(ok))), args.rounds,
                                 np.random.default_rng(seed))
         rows = {name: detection_report(fit_and_score(sigs, names, sel, ok)[held], ok[held], DELTA)
                 for name, names in SETS.items()}
         flags, conf = cleanlab_flags(feats, ds.noisy, seed)
-        rows["cleanlab_features"] = flag_report(flags[held], conf[held], ok[held])
-        rows["all_clean"] = flag_report(np.zeros(held.sum(), bool), np.zeros(held.sum()), ok[held])
-        flags = find_label_issues(labels=ds.noisy, pred_probs=probs)
-        rows["cleanlab_oof"] = flag_report(flags[held], probs[held, ds.noisy[held]], ok[held])
+        rows |= {"cleanlab_features": flag_report(flags[held], conf[held], ok[held])} | fixed
         runs += [{"seed": seed, "row": k, "error": v["error"], "auroc": v["auroc"]} for k, v in rows.items()]
-    summary = {row: {"error_mean": float(np.mean([r["error"] for r in runs if r["row"] == row])),
-                     "error_std": float(np.std([r["error"] for r in runs if r["row"] == row])),
-                     "auroc_mean": float(np.mean([r["auroc"] for r in runs if r["row"] == row]))}
-               for row in dict.fromkeys(r["row"] for r in runs)}
+    summary = mean_over_seeds(runs, "row")
     oof_acc = float((probs.argmax(1) == ds.noisy).mean())
     out = {"config": config_of(args), "runs": runs, "summary": summary, "oof_accuracy_on_noisy_labels": oof_acc,
            "oof_accuracy_on_clean_labels": float((probs.argmax(1) == ds.clean).mean()),

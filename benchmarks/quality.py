@@ -198,6 +198,14 @@ def transfer_signals(feats: np.ndarray, noisy: np.ndarray, num_classes: int, ref
                                          valid_classes=valid).T))
 
 
+def seed_signals(feats: np.ndarray, noisy: np.ndarray, num_classes: int, num_ref: int, seed: int,
+                 device) -> dict[str, np.ndarray]:
+    """transfer_signals of one seed with that seed's k-means references (K = num_ref per class)."""
+    refs, counts = build_references(feats, noisy, num_classes, config=KMeansConfig(k=num_ref, seed=seed),
+                                    device=device)
+    return transfer_signals(feats, noisy, num_classes, refs, counts > 0, seed, device)
+
+
 def fit_and_score(sigs: dict[str, np.ndarray], signals: tuple[str, ...], idx: np.ndarray,
                   ok: np.ndarray, min_each: int = MIN_EACH) -> np.ndarray:
     """(N,) transfer score fitted on the verdicts at idx (the fallback when they are too one-sided)."""

@@ -1,9 +1,11 @@
-"""What every benchmark does with its result: a JSON-ready config and the --json file."""
+"""What every benchmark does with its result: a JSON-ready config, mean ± std over seeds, the --json file."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 def config_of(args: argparse.Namespace) -> dict:
@@ -16,3 +18,20 @@ def write_json(path: Path | None, result: dict) -> None:
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
+
+
+def mean_over_seeds(runs: list[dict], *keys: str) -> dict:
+    """Runs grouped by `keys` (nested dicts, in that order) -> {error_mean, error_std, auroc_mean, auroc_std,
+    seeds} per group (population std over the runs of a group)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out: dict = {}
+    for group, rs in groups.items():
+        node = out
+        for part in group[:-1]:
+            node = node.setdefault(part, {})
+        e, a = np.array([r["error"] for r in rs]), np.array([r["auroc"] for r in rs])
+        node[group[-1]] = {"error_mean": float(e.mean()), "error_std": float(e.std()), "auroc_mean": float(a.mean()),
+                           "auroc_std": float(a.std()), "seeds": len(rs)}
+    return out

@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
 from cleannet_core.classifier import ClassifierConfig, resolve_device
 from cleannet_core.metrics import detection_report
-from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, standardise_within
 
 from .common import add_run_args, load_cifar10n, noisy_backbone_features
-from .quality import fit_and_score, knn_agreement, transfer_signals, transfer_verdicts
-from .report import config_of, write_json
+from .quality import fit_and_score, knn_agreement, seed_signals, transfer_verdicts
+from .report import config_of, mean_over_seeds, write_json
 
 log = logging.getLogger(__name__)
 VERIFIED = np.arange(0, 5)
@@ -79,9 +77,7 @@ def main(argv=None) -> dict:
         held = ~np.isin(ds.noisy, VERIFIED)
         knn = knn_agreement(feats, ds.noisy)
         for seed in (int(s) for s in args.seeds.split(",")):
-            refs, counts = build_references(feats, ds.noisy, ds.num_classes,
-                                            config=KMeansConfig(k=args.num_ref, seed=seed), device=device)
-            sigs = transfer_signals(feats, ds.noisy, ds.num_classes, refs, counts > 0, seed, device)
+            sigs = seed_signals(feats, ds.noisy, ds.num_classes, args.num_ref, seed, device)
             sigs |= {f"{n}_z": standardise_within(sigs[n], ds.noisy) for n in ("probe_logodds", "proto_margin")}
             sigs["knn"] = knn
             sel = transfer_verdicts(sigs, ok, np.flatnonzero(~held), int(round(args.budget * len(ok))),
@@ -93,23 +89,11 @@ def main(argv=None) -> dict:
                 runs.append({"labels": labels, "seed": seed, "set": name, "error": r["error"], "auroc": r["auroc"],
                              "cv_loss": cv.get(name), "chosen": chosen if name == "class_cv" else None})
             log.info("%s seed %d: class_cv chose %s", labels, seed, chosen)
-    out = {"config": config_of(args), "runs": runs, "summary": summarize(runs),
+    out = {"config": config_of(args), "runs": runs, "summary": mean_over_seeds(runs, "labels", "set"),
            "total_s": round(time.perf_counter() - t0, 1)}
     print(markdown_table(out["summary"]))
     write_json(args.json, out)
     return out
-
-
-def summarize(runs: list[dict]) -> dict:
-    """{labels: {set: {error_mean, error_std, auroc_mean, auroc_std, seeds}}} (population std over seeds)."""
-    out: dict[str, dict] = {}
-    for r in runs:
-        out.setdefault(r["labels"], {}).setdefault(r["set"], []).append((r["error"], r["auroc"]))
-    return {lab: {name: {"error_mean": float(np.mean([v[0] for v in vals])),
-                         "error_std": float(np.std([v[0] for v in vals])),
-                         "auroc_mean": float(np.mean([v[1] for v in vals])),
-                         "auroc_std": float(np.std([v[1] for v in vals])), "seeds": len(vals)}
-                  for name, vals in sets.items()} for lab, sets in out.items()}
 
 
 def markdown_table(summary: dict) -> str:
