@@ -7,12 +7,16 @@ Every `poll` seconds it checks whether a round is due: no model yet, a lead's re
 at least `retrain_every` (setting, default 50) live verdicts since the current model. A heartbeat thread
 writes `worker.heartbeat` every few seconds even while a round trains, so the UI can tell "busy" from "dead".
 Phase, progress and the last error are written to the store. An error is stored and shown; the worker keeps
-running. SIGKILL at any moment leaves the previous model current (see annotator.pipeline).
+running. SIGKILL at any moment leaves the previous model current (see annotator.pipeline); SIGTERM (`kill`,
+`docker stop`) and Ctrl-C stop it cleanly: a round in progress is abandoned the same way, the worker is marked
+stopped and the process exits 0.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -93,6 +97,8 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
         store.close()
         raise RuntimeError(f"another worker (pid {other['pid']}) is running on this database")
     store.worker_update(pid=os.getpid(), phase="idle", progress=0.0, message="worker started")
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     beat = _Heartbeat(Path(store.path))
     beat.start()
     last_report = [0.0]
@@ -135,6 +141,8 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
                 store.mark_request(req["id"], done=True)
             if once or (max_rounds is not None and rounds >= max_rounds):
                 break
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping")
     finally:
         beat.stop.set()
         beat.join(timeout=5)

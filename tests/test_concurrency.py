@@ -1,30 +1,51 @@
-"""8 annotator processes x 200 verdicts through the queue while a process keeps publishing model versions
-with the worker's own publishing code (annotator.pipeline.publish_scores).
+"""8 annotator processes x 200 verdicts through the queue while the real worker process
+(`python -m annotator worker`) retrains and publishes model versions on the same SQLite file.
 
-Real processes on one SQLite file: every verdict must land, no image may be served to two
-annotators, nobody may see "database is locked", and the file must pass integrity_check.
+Every verdict must land, no image may be served to two annotators, nobody (annotators or worker) may see
+"database is locked", the worker must not fail a round, and the file must pass integrity_check.
+
+Images are 2,000 generated 16 px PNGs (4 verified classes x 450, one unverified class x 200), so the test does
+not need the CIFAR-10N folder. The backbone's weights come from a local "ImageNet weights" file (a seeded,
+untrained resnet18), so no backbone is trained here: a round is feature extraction (once, then cached),
+references, the probe and score writing - a few seconds, repeated every 50 verdicts (`retrain_every`).
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.models import resnet18
+
+from annotator.ingest import ingest_folder
 from annotator.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 ANNOTATORS, VERDICTS = 8, 200
+VERIFIED, PER_CLASS, UNVERIFIED = ["a", "b", "c", "d"], 450, 200
 
 ANNOTATE = """
 import json, random, sys, time
 from annotator.queue import next_items
 from annotator.store import Store
-db, name, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+db, name, n, seed, start_version = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rng = random.Random(seed)
-served, errors, empty = [], [], 0
+served, errors, empty, gated = [], [], 0, False
 with Store(db) as store:
-    while len(served) < n and len(errors) < 10 and empty < 50:
+    while len(served) < n and len(errors) < 10 and empty < 200:
+        if len(served) == n // 2 and not gated:  # halfway: wait for a model the worker trained on our verdicts,
+            gated, end = True, time.time() + 300  # so a version is published between our first and last verdict
+            while store.current_model()["version"] <= start_version and time.time() < end:
+                time.sleep(0.05)
+            if store.current_model()["version"] <= start_version:
+                errors.append("no new model version within 300 s")
+                break
         try:
             items = next_items(store, name, n=2, rng=rng)  # prefetch one: the next call resumes it
             if not items:
@@ -40,80 +61,84 @@ with Store(db) as store:
 print(json.dumps({"served": served, "errors": errors, "empty": empty}))
 """
 
-WRITE_MODELS = """
-import json, os, random, sys
-import numpy as np
-from annotator.pipeline import load_data, publish_scores
-from annotator.store import Store
-from cleannet_core.score import Scores
-db, stop = sys.argv[1], sys.argv[2]
-rng = random.Random(0)
-versions, errors = [], []
-with Store(db) as store:
-    data = load_data(store)
-    n = len(data.ids)
-    while not os.path.exists(stop):
-        try:  # the worker's own publishing step: scores in chunks, make current, drop older scores
-            delta = rng.uniform(-0.2, 0.3)
-            v = store.add_model(delta=delta)
-            sc = Scores(np.array([rng.uniform(-1, 1) for _ in range(n)], np.float32),
-                        (data.labels + 1) % len(data.class_ids), np.zeros(n, np.float32))
-            publish_scores(store, v, data, sc, delta, lambda *a: None)
-            versions.append(v)
-            open(stop + ".ready", "w").close()
-        except Exception as e:
-            errors.append(repr(e))
-            break
-print(json.dumps({"versions": versions, "errors": errors}))
-"""
+
+def spawn(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
 
 
-def spawn(code: str, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float) -> dict:
+def finish(proc: subprocess.Popen, timeout: float) -> str:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
-    assert "locked" not in err
-    return json.loads(out)
+    assert "locked" not in err, err
+    return out
 
 
-def test_annotators_and_model_writer_share_one_file(tmp_path):
-    db = tmp_path / "annotator.db"
-    with Store(db) as store:
-        ids = store.ensure_classes(["a", "b", "c", "d"])
-        store.add_images({"path": f"/img/{c}/{k}.jpg", "hash": f"{c}{k}", "label_id": ids[c]}
-                         for c in "abcd" for k in range(800))
-        store.set_verify(["a", "b", "c"])  # 2,400 candidates for 1,600 verdicts; 'd' is never served
-    stop = tmp_path / "stop"
-    writer = spawn(WRITE_MODELS, db, stop)
-    ready = Path(f"{stop}.ready")  # the first version has landed; the queue then runs with a model
-    deadline = time.time() + 120
-    while not ready.exists() and writer.poll() is None and time.time() < deadline:
+def make_images(root: Path) -> None:
+    """Noisy 16 x 16 PNGs tinted by class."""
+    rng = np.random.default_rng(0)
+    for k, (name, n) in enumerate([(c, PER_CLASS) for c in VERIFIED] + [("e", UNVERIFIED)]):
+        (root / name).mkdir(parents=True)
+        tint = np.array([50 * k, 255 - 50 * k, 128])
+        for i in range(n):
+            px = np.clip(rng.normal(tint, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / name / f"{i}.png")
+
+
+def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        assert proc.poll() is None, f"worker exited: {proc.stderr.read()}"
         time.sleep(0.1)
-    t0 = time.time()
-    annotators = [spawn(ANNOTATE, db, f"ann{k}", VERDICTS, k) for k in range(ANNOTATORS)]
-    results = [finish(p, timeout=120) for p in annotators]
-    stop.touch()
-    written = finish(writer, timeout=60)
-    elapsed = time.time() - t0
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_annotators_and_worker_share_one_file(tmp_path):
+    make_images(tmp_path / "images")
+    torch.manual_seed(0)
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    db = tmp_path / "state" / "annotator.db"
+    with Store(db) as store:
+        assert ingest_folder(store, tmp_path / "images", progress=False).added == 4 * PER_CLASS + UNVERIFIED
+        store.set_verify(VERIFIED)  # 1,800 candidates for 1,600 verdicts; 'e' is never served
+        store.set_setting("round", {"weights_path": str(tmp_path / "r18.pth"), "image_size": 16, "num_ref": 8})
+        assert store.get_setting("retrain_every") == 50
+    worker = spawn("-m", "annotator", "--db", db, "worker", "--poll", "0.2")
+    store = Store(db)
+    try:
+        wait_for(lambda: store.current_model() is not None, 300, "the first model", worker)
+        v1 = store.current_model()["version"]
+        annotators = [spawn("-c", ANNOTATE, db, f"ann{k}", VERDICTS, k, v1) for k in range(ANNOTATORS)]
+        results = [json.loads(finish(p, timeout=600)) for p in annotators]
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)  # a clean stop: the worker marks itself stopped and exits 0
+        finish(worker, timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
 
     assert [r["errors"] for r in results] == [[]] * ANNOTATORS
-    assert written["errors"] == [] and len(written["versions"]) >= 2, written
     assert [len(r["served"]) for r in results] == [VERDICTS] * ANNOTATORS
     served = [i for r in results for i in r["served"]]
     assert len(set(served)) == ANNOTATORS * VERDICTS  # no image served to two annotators
-    with Store(db) as store:
-        live = store.live_verdicts()
-        assert len(live) == ANNOTATORS * VERDICTS
-        by_image: dict[int, set[str]] = {}
-        for v in live:
-            by_image.setdefault(v["image_id"], set()).add(v["annotator"])
-        assert len(by_image) == len(live) and all(len(a) == 1 for a in by_image.values())
-        d = store.class_id("d")
-        assert all(v["label_id"] != d for v in live)
-        assert store._scalar("PRAGMA integrity_check") == "ok"
-        assert store.current_model()["version"] == written["versions"][-1]
-    print(f"{elapsed:.1f}s, {len(written['versions'])} model versions, empty answers {[r['empty'] for r in results]}")
+    live = store.live_verdicts()
+    assert len(live) == ANNOTATORS * VERDICTS
+    by_image: dict[int, set[str]] = {}
+    for v in live:
+        by_image.setdefault(v["image_id"], set()).add(v["annotator"])
+    assert len(by_image) == len(live) and all(len(a) == 1 for a in by_image.values())
+    assert all(v["label_id"] != store.class_id("e") for v in live)
+    assert store._scalar("PRAGMA integrity_check") == "ok"
+    state = store.worker_state()
+    assert state["last_error"] is None and state["phase"] == "stopped"
+    first, last = store.db.execute("SELECT MIN(created_at), MAX(created_at) FROM verdicts").fetchone()
+    models = store.models()
+    during = [m["version"] for m in models if first < m["created_at"] < last and m["version"] > v1]
+    assert during, [(m["version"], m["created_at"]) for m in models]  # the worker published while we wrote
+    current = store.current_model()
+    assert current["version"] == models[-1]["version"] and len(store.current_scores()) == 4 * PER_CLASS + UNVERIFIED
+    print(f"{len(models)} model versions, {len(during)} published while annotators wrote; "
+          f"empty answers {[r['empty'] for r in results]}")
+    store.close()
