@@ -157,11 +157,12 @@ def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundCo
     return res.features, res.ok
 
 
-def verdict_split(store: Store, data: Data) -> dict[str, np.ndarray]:
+def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Latest live correct/wrong verdict per image -> train and validation index arrays into data.
 
     Audit verdicts (random draws) are unbiased: those on odd image ids validate (delta, checkpoint, the
-    model's reported error); everything else trains. 'unsure' verdicts are left out.
+    model's reported error); everything else trains. 'unsure' verdicts are left out, and so are images not
+    `readable` (N,) bool (no features: the verdict stays in the log, it only trains nothing).
     """
     latest: dict[int, dict] = {}
     for v in store.live_verdicts():
@@ -170,7 +171,7 @@ def verdict_split(store: Store, data: Data) -> dict[str, np.ndarray]:
     where = {int(i): k for k, i in enumerate(data.ids)}
     tr, va, tr_ok, va_ok = [], [], [], []
     for image_id, v in latest.items():
-        if image_id not in where:
+        if image_id not in where or (readable is not None and not readable[where[image_id]]):
             continue
         val = v["reason"] == "audit" and image_id % 2 == 1
         (va if val else tr).append(where[image_id])
@@ -198,7 +199,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     report("references", 0.0, "k-means reference sets")
     refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),
                                     config=KMeansConfig(k=cfg.num_ref), device=device)
-    split = verdict_split(store, data)
+    split = verdict_split(store, data, readable)
     max_verdict = store.max_verdict_id()
     fit = _fit_transfer if cfg.method == "transfer" else _fit_paper
     sc, delta, saved, best_step = fit(feats, readable, data, refs, counts, split, cfg,
@@ -237,7 +238,7 @@ def _fit_paper(feats, readable, data, refs, counts, split, cfg, current, device,
 
     res = train_cleannet(feats, data.labels, refs, verified_idx=split["train"], verified_ok=split["train_ok"],
                          val_idx=split["val"], val_ok=split["val_ok"], config=tcfg, init=init, device=device,
-                         callback=on_step)
+                         callback=on_step, pool=readable)
     report("scoring", 0.0, f"scoring {len(data.ids)} images")
     sc = score_images(res.model, feats, data.labels, refs, valid_classes=counts > 0)
     return sc, res.delta, {"cleannet": res.model.checkpoint()}, res.best_step

@@ -59,13 +59,15 @@ def train_cleannet(features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *
                    val_idx: np.ndarray | None = None, val_ok: np.ndarray | None = None,
                    model_config: CleanNetConfig | None = None, config: TrainConfig = TrainConfig(),
                    init: CleanNet | None = None, device: str | torch.device = "cpu", progress: bool = False,
-                   callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+                   callback: Callable[[int, dict], None] | None = None, pool: np.ndarray | None = None) -> TrainResult:
     """Train CleanNet and choose delta.
 
     features: (N, d) raw features (float16 or float32); labels: (N,) noisy class ids; refs: (C, K, d).
     verified_idx: (M,) indices into features with verdicts verified_ok: (M,) bool (True = label correct);
     may be empty (pure unsupervised training). val_idx/val_ok: validation verdicts (may be None/empty).
     init: optional model to start from (warm start). callback(step, record) is called after every step.
+    pool: (N,) bool, the rows the unverified half of each batch draws from (default all; e.g. not the
+    unreadable images, whose feature rows are zeros).
     Deterministic on CPU for a fixed seed.
     """
     n, d = features.shape
@@ -88,7 +90,7 @@ def train_cleannet(features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *
         refs_t = torch.as_tensor(refs, dtype=torch.float32).to(device)     # (C, K, d)
         opt = _optimizer(model, config)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step, gamma=config.lr_decay)
-        sampler = _Sampler(labels, verified_idx, verified_ok, config)
+        sampler = _Sampler(labels, verified_idx, verified_ok, config, pool)
         best = {"acc": -1.0, "state": None, "step": 0, "delta": config.default_delta}
         log: list[dict] = []
         for step in tqdm(range(1, config.steps + 1), desc="cleannet", disable=not progress):
@@ -148,14 +150,15 @@ class _Sampler:
     """Draws the verified half (shuffled passes) and the class-uniform unverified half of each batch."""
 
     def __init__(self, labels: np.ndarray, verified_idx: np.ndarray, verified_ok: np.ndarray,
-                 config: TrainConfig):
+                 config: TrainConfig, pool: np.ndarray | None = None):
         self.rng = np.random.default_rng(config.seed)
         self.sup_idx, self.sup_ok = verified_idx, verified_ok
         self.batch_sup = config.batch_sup if verified_idx.size else 0
         self.batch_unsup = config.batch_unsup
         self.order, self.pos = self.rng.permutation(verified_idx.size), 0
-        self.by_class = np.argsort(labels, kind="stable")                 # image ids grouped by class
-        counts = np.bincount(labels)
+        rows = np.arange(labels.size) if pool is None else np.flatnonzero(pool)
+        self.by_class = rows[np.argsort(labels[rows], kind="stable")]    # pool rows grouped by class
+        counts = np.bincount(labels[rows], minlength=labels.max(initial=0) + 1)
         self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self.counts = counts
         self.present = np.flatnonzero(counts > 0)                         # classes with images

@@ -119,6 +119,8 @@ def test_an_image_broken_after_ingest_is_counted_and_the_round_still_scores_ever
     assert "1 images could not be read" in run("extract").output
     assert "model version 1 is current" in run("train").output
     assert len(store.current_scores()) == 60
+    assert "model version 2 is current" in run("train", "--method", "paper", "--steps", "40").output
+    assert len(store.current_scores()) == 60
     assert any(e["path"].endswith("7.png") and e["source"] == "features" for e in store.ingest_errors())
 
 

@@ -105,6 +105,18 @@ def test_sampler_is_class_uniform_and_wraps():
     assert 0.45 < share_1 < 0.55  # class-uniform, not image-uniform (which would give 0.1)
 
 
+def test_sampler_draws_the_unverified_half_from_the_pool_only():
+    """pool=False rows (the zero features of unreadable images) are never drawn; class-uniform over the rest."""
+    labels = np.array([0] * 90 + [1] * 10 + [2] * 5)
+    pool = np.ones(labels.size, bool)
+    pool[[0, 1, 95, 96]] = False
+    pool[100:] = False  # class 2 has no readable image: not drawn at all
+    s = _Sampler(labels, np.array([3]), np.array([True]), TrainConfig(batch_sup=1, batch_unsup=3000, seed=0), pool)
+    unsup = s.batch()[0][1:].numpy()
+    assert set(unsup.tolist()) == set(np.flatnonzero(pool).tolist())  # every pool row, nothing else
+    assert 0.45 < (labels[unsup] == 1).mean() < 0.55
+
+
 def test_training_finds_planted_noise_beyond_its_verdicts(planted):
     """Verdicts on 300 images of classes 0-3 find the planted errors among the other images of those classes.
 

@@ -1,4 +1,4 @@
-"""Pipeline pieces that need no images: the full round's weights and the method setting."""
+"""Pipeline pieces that need no images: the full round's weights, the verdict split and the method setting."""
 import numpy as np
 import pytest
 
@@ -30,3 +30,24 @@ def test_round_config_rejects_an_unknown_method():
     assert pipeline.RoundConfig().method == "transfer"
     with pytest.raises(ValueError, match="method must be one of"):
         pipeline.RoundConfig(method="magic")
+
+
+def test_verdict_split_leaves_out_unreadable_images(tmp_path):
+    """Audit verdicts on odd ids validate, the rest train, 'unsure' is dropped, and so is any verdict on an
+    image without features (not readable); the verdict itself stays in the log."""
+    store = Store(tmp_path / "a.db")
+    ids = store.ensure_classes(["cat"])
+    store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["cat"]} for k in range(1, 6))
+    for image_id, verdict, reason in [(1, "wrong", "audit"), (2, "correct", "audit"), (3, "correct", "uncertain"),
+                                      (4, "unsure", "uncertain"), (5, "wrong", "audit")]:
+        store.record_verdict(image_id, "ann", verdict, reason=reason)
+    data = pipeline.load_data(store)
+    row = {int(i): k for k, i in enumerate(data.ids)}
+    split = pipeline.verdict_split(store, data)
+    assert sorted(data.ids[split["val"]].tolist()) == [1, 5] and sorted(data.ids[split["train"]].tolist()) == [2, 3]
+    readable = np.ones(len(data.ids), bool)
+    readable[[row[3], row[5]]] = False
+    split = pipeline.verdict_split(store, data, readable)
+    assert data.ids[split["val"]].tolist() == [1] and split["val_ok"].tolist() == [False]
+    assert data.ids[split["train"]].tolist() == [2] and split["train_ok"].tolist() == [True]
+    assert store.verdict_count() == 5
