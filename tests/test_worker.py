@@ -161,6 +161,22 @@ def test_sigkill_while_writing_scores_keeps_previous_model_and_restart_completes
     assert store.db.execute("SELECT COUNT(DISTINCT model_version) FROM scores").fetchone()[0] == 1
 
 
+def test_sigterm_mid_round_stops_cleanly_and_keeps_previous_model(base, tmp_path):
+    """`kill` (SIGTERM) while scores are being written: exit 0, marked stopped, the previous model current."""
+    db = copy_db(base[0], tmp_path / "state" / "a.db")
+    Store(db).request("retrain", "test")
+    proc = start_worker(db, env={"ANNOTATOR_PAUSE_AT": "writing"})
+    store = Store(db)
+    wait_for(lambda: store.worker_state()["message"] == "paused by ANNOTATOR_PAUSE_AT", what="writing pause")
+    proc.terminate()
+    assert proc.wait(30) == 0, proc.stderr.read()
+    state = store.worker_state()
+    assert state["phase"] == "stopped" and state["pid"] is None and state["last_error"] is None
+    assert integrity(db) == "ok" and store.current_model()["version"] == 1 and len(store.current_scores()) == 600
+    assert cli(db, "worker", "--once").returncode == 0  # the lead's request is still pending: it runs now
+    assert store.current_model()["version"] == 3 and store.pending_request() is None
+
+
 def test_error_is_stored_and_worker_keeps_running(base, tmp_path):
     db = copy_db(base[0], tmp_path / "state" / "a.db")
     store = Store(db)
