@@ -127,14 +127,20 @@ def test_round_scores_every_image_including_unverified_classes(base):
     assert status["worker"]["phase"] == "stopped"
 
 
+def paused_round(src: Path, tmp_path: Path, phase: str) -> tuple[Path, subprocess.Popen, Store]:
+    """A copy of `src` with a lead's retrain request and a worker held inside `phase` by ANNOTATOR_PAUSE_AT."""
+    db = copy_db(src, tmp_path / "state" / "a.db")
+    Store(db).request("retrain", "test")
+    proc = start_worker(db, env={"ANNOTATOR_PAUSE_AT": phase})
+    store = Store(db)
+    wait_for(lambda: store.worker_state()["message"] == "paused by ANNOTATOR_PAUSE_AT", what=f"{phase} pause")
+    return db, proc, store
+
+
 def test_sigkill_during_training_keeps_previous_model_and_restart_completes(base, tmp_path):
     """Killed inside the probe's training (held there by ANNOTATOR_PAUSE_AT: the phase lasts well under a
     second on 600 images, so polling for it alone missed it on a fast machine)."""
-    db = copy_db(base[0], tmp_path / "state" / "a.db")
-    Store(db).request("retrain", "test")
-    proc = start_worker(db, env={"ANNOTATOR_PAUSE_AT": "training"})
-    store = Store(db)
-    wait_for(lambda: store.worker_state()["message"] == "paused by ANNOTATOR_PAUSE_AT", what="training pause")
+    db, proc, store = paused_round(base[0], tmp_path, "training")
     assert store.worker_state()["phase"] == "training" and 0 < store.worker_state()["progress"] < 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -146,11 +152,7 @@ def test_sigkill_during_training_keeps_previous_model_and_restart_completes(base
 
 
 def test_sigkill_while_writing_scores_keeps_previous_model_and_restart_completes(base, tmp_path):
-    db = copy_db(base[0], tmp_path / "state" / "a.db")
-    Store(db).request("retrain", "test")
-    proc = start_worker(db, env={"ANNOTATOR_PAUSE_AT": "writing"})
-    store = Store(db)
-    wait_for(lambda: store.worker_state()["message"] == "paused by ANNOTATOR_PAUSE_AT", what="writing pause")
+    db, proc, store = paused_round(base[0], tmp_path, "writing")
     assert store.models()[-1]["version"] == 2 and not store.models()[-1]["is_current"]  # scores in, not current
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -163,11 +165,7 @@ def test_sigkill_while_writing_scores_keeps_previous_model_and_restart_completes
 
 def test_sigterm_mid_round_stops_cleanly_and_keeps_previous_model(base, tmp_path):
     """`kill` (SIGTERM) while scores are being written: exit 0, marked stopped, the previous model current."""
-    db = copy_db(base[0], tmp_path / "state" / "a.db")
-    Store(db).request("retrain", "test")
-    proc = start_worker(db, env={"ANNOTATOR_PAUSE_AT": "writing"})
-    store = Store(db)
-    wait_for(lambda: store.worker_state()["message"] == "paused by ANNOTATOR_PAUSE_AT", what="writing pause")
+    db, proc, store = paused_round(base[0], tmp_path, "writing")
     proc.terminate()
     assert proc.wait(30) == 0, proc.stderr.read()
     state = store.worker_state()
