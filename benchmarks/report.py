@@ -20,8 +20,8 @@ def write_json(path: Path | None, result: dict) -> None:
         path.write_text(json.dumps(result, indent=2))
 
 
-def mean_over_seeds(runs: list[dict], *keys: str) -> dict:
-    """Runs grouped by `keys` (nested dicts, in that order) -> {error_mean, error_std, auroc_mean, auroc_std,
+def mean_over_seeds(runs: list[dict], *keys: str, fields: tuple[str, ...] = ("error", "auroc")) -> dict:
+    """Runs grouped by `keys` (nested dicts, in that order) -> {<field>_mean, <field>_std for each of `fields`,
     seeds} per group (population std over the runs of a group)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -31,7 +31,9 @@ def mean_over_seeds(runs: list[dict], *keys: str) -> dict:
         node = out
         for part in group[:-1]:
             node = node.setdefault(part, {})
-        e, a = np.array([r["error"] for r in rs]), np.array([r["auroc"] for r in rs])
-        node[group[-1]] = {"error_mean": float(e.mean()), "error_std": float(e.std()), "auroc_mean": float(a.mean()),
-                           "auroc_std": float(a.std()), "seeds": len(rs)}
+        stats: dict = {}
+        for f in fields:
+            v = np.array([r[f] for r in rs], dtype=np.float64)
+            stats |= {f"{f}_mean": float(v.mean()), f"{f}_std": float(v.std())}
+        node[group[-1]] = stats | {"seeds": len(rs)}
     return out

@@ -12,15 +12,13 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from .quality import METHODS
-from .report import write_json
+from .report import mean_over_seeds, write_json
 
 
 def summarize(results: list[dict]) -> dict:
-    """{labels: {method: {error_mean, error_std, auroc_mean, auroc_std, ratio_mean, seeds}}}."""
-    by: dict[str, dict[str, list[tuple[float, float, float]]]] = defaultdict(lambda: defaultdict(list))
+    """{labels: {method: {error_mean, error_std, auroc_mean, auroc_std, ratio_mean, ratio_std, seeds}}}."""
+    runs = []
     sizes: dict[str, set[int]] = defaultdict(set)
     for r in results:
         held, lab = r["heldout"], r["config"]["labels"]
@@ -28,16 +26,9 @@ def summarize(results: list[dict]) -> dict:
         if len(sizes[lab]) > 1:
             raise SystemExit(f"{lab}: runs of different sizes ({sorted(sizes[lab])} images); summarize each size alone")
         base = max(held["cleanlab"]["error"], 1e-12)
-        for m, v in held.items():
-            by[lab][m].append((v["error"], v["auroc"], v["error"] / base))
-    out: dict[str, dict] = {}
-    for lab, methods in by.items():
-        out[lab] = {}
-        for m, vals in methods.items():
-            a = np.array(vals, dtype=np.float64)
-            out[lab][m] = {"error_mean": a[:, 0].mean(), "error_std": a[:, 0].std(), "auroc_mean": a[:, 1].mean(),
-                           "auroc_std": a[:, 1].std(), "ratio_mean": a[:, 2].mean(), "seeds": len(vals)}
-    return out
+        runs += [{"labels": lab, "method": m, "error": v["error"], "auroc": v["auroc"], "ratio": v["error"] / base}
+                 for m, v in held.items()]
+    return mean_over_seeds(runs, "labels", "method", fields=("error", "auroc", "ratio"))
 
 
 def markdown_table(summary: dict) -> str:
