@@ -93,12 +93,9 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
     return res.features
 
 
-def add_run_args(p: argparse.ArgumentParser, *, labels: str) -> None:
-    """The flags signals.py and oof.py share: data, label sets, seeds, verdict budget, sizes, cache, --json."""
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The flags every CIFAR-10N quality benchmark shares: data, size, backbone, verdict budget, cache, --json."""
     p.add_argument("--data", type=Path, required=True, help="the cifar10n folder (labels.csv, train/)")
-    p.add_argument("--labels", default=labels, help="comma-separated label sets")
-    p.add_argument("--seeds", default="0,1,2", help="verdict draws, probe folds, k-means")
-    p.add_argument("--data-seed", type=int, default=0, help="image subset and backbone")
     p.add_argument("--budget", type=float, default=0.02, help="fraction of ALL images that get a verdict")
     p.add_argument("--n", type=int, default=10_000, help="images used")
     p.add_argument("--epochs", type=int, default=10, help="backbone epochs")
@@ -107,3 +104,11 @@ def add_run_args(p: argparse.ArgumentParser, *, labels: str) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path, default=CACHE, help="backbone and feature cache folder")
     p.add_argument("--json", type=Path, help="write the results here")
+
+
+def add_run_args(p: argparse.ArgumentParser, *, labels: str) -> None:
+    """add_data_args plus the label sets and seeds that signals.py and oof.py loop over."""
+    add_data_args(p)
+    p.add_argument("--labels", default=labels, help="comma-separated label sets")
+    p.add_argument("--seeds", default="0,1,2", help="verdict draws, probe folds, k-means")
+    p.add_argument("--data-seed", type=int, default=0, help="image subset and backbone")

@@ -40,7 +40,7 @@ from cleannet_core.train import TrainConfig, relevance, train_cleannet
 from cleannet_core.transfer import CLEANNET_SIGNALS, DEFAULT_SIGNALS, DELTA, MIN_EACH, fit_transfer, signal_matrix
 
 from .report import config_of, write_json
-from .common import CACHE, Dataset, load_cifar10n, noisy_backbone_features
+from .common import Dataset, add_data_args, load_cifar10n, noisy_backbone_features
 
 METHODS = ("default", "transfer", "transfer_cleannet", "transfer_fallback", "selfconf_verdict_delta",
            "reference_margin", "cleannet", "cleannet_random_verdicts", "cleannet_no_verdicts",
@@ -49,23 +49,15 @@ METHODS = ("default", "transfer", "transfer_cleannet", "transfer_fallback", "sel
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="the cifar10n folder (labels.csv, train/)")
+    add_data_args(p)
     p.add_argument("--labels", default="worse", help="aggre | worse | random1 | random2 | random3")
     p.add_argument("--verified-classes", default="0,1,2,3,4", help="comma-separated class ids with verdicts")
-    p.add_argument("--budget", type=float, default=0.02, help="fraction of ALL images that get a verdict")
     p.add_argument("--seed", type=int, default=0, help="verdict draws, probe folds, CleanNet init")
     p.add_argument("--data-seed", type=int, help="image subset and backbone (default: --seed)")
     p.add_argument("--method", choices=("transfer", "paper"), default="transfer", help="the `default` row")
-    p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--n", type=int, default=10_000, help="images used (default 10k: ~15 min cold on 2 cores)")
     p.add_argument("--arch", default="resnet18", help="backbone trained on the noisy labels")
-    p.add_argument("--epochs", type=int, default=10, help="backbone epochs")
     p.add_argument("--steps", type=int, default=4000, help="CleanNet steps (paper: 60,000; LR drops at half)")
-    p.add_argument("--rounds", type=int, default=3, help="uncertainty-queue rounds before the final model")
     p.add_argument("--audit-share", type=float, default=0.2, help="share of verdicts drawn at random")
-    p.add_argument("--num-ref", type=int, default=32, help="K reference vectors per class")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--cache", type=Path, default=CACHE, help="backbone and feature cache folder")
     p.add_argument("--no-paper", action="store_true",
                    help="skip the paper CleanNet rows (most of the time at 50k images on a CPU)")
     return p.parse_args(argv)
