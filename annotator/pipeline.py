@@ -23,7 +23,7 @@ import torch
 from cleannet_core.alternate import METHODS, round_weights, training_weights
 from cleannet_core.classifier import (Backbone, ClassifierConfig, is_small, load_backbone, resolve_device,
                                       save_backbone, train_classifier)
-from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
+from cleannet_core.features import DECODERS, backbone_id, extract_features, load_imagenet_weights
 from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
 from cleannet_core.references import KMeansConfig, build_references
@@ -51,10 +51,13 @@ class RoundConfig:
     steps: int = 4000                  # CleanNet steps per round (paper: 60k; LR drops at half)
     num_ref: int = 32                  # K references per class
     device: str = "auto"               # cuda when present
+    decode: str = "cpu"                # JPEG decoding for extraction: cpu (DataLoader workers) | gpu (decode_jpeg)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.decode not in DECODERS:
+            raise ValueError(f"decode must be one of {DECODERS}, got {self.decode!r}")
 
     def classifier_config(self, image_size: int, n_images: int, **kw) -> ClassifierConfig:
         """The backbone/classifier training settings of this round for n_images images of image_size px."""
@@ -66,6 +69,7 @@ class RoundConfig:
 class Data:
     ids: np.ndarray           # (N,) image ids, status ok
     paths: list[str]
+    keys: list[str]           # (N,) content hashes from ingest: the feature cache's keys
     labels: np.ndarray        # (N,) class index 0..C-1 (position in class_ids)
     class_ids: np.ndarray     # (C,) store class ids
     class_names: list[str]
@@ -75,13 +79,14 @@ def load_data(store: Store) -> Data:
     classes = sorted(store.classes(), key=lambda c: c["id"])
     class_ids = np.array([c["id"] for c in classes], dtype=np.int64)
     pos = {cid: i for i, cid in enumerate(class_ids)}
-    ids, paths, labels = [], [], []
+    ids, paths, keys, labels = [], [], [], []
     for row in store.iter_images():
         if row["status"] == "ok":
             ids.append(row["id"])
             paths.append(row["path"])
+            keys.append(row["hash"])
             labels.append(pos[row["label_id"]])
-    return Data(np.array(ids, dtype=np.int64), paths, np.array(labels, dtype=np.int64), class_ids,
+    return Data(np.array(ids, dtype=np.int64), paths, keys, np.array(labels, dtype=np.int64), class_ids,
                 [c["name"] for c in classes])
 
 
@@ -97,19 +102,20 @@ def pick_image_size(store: Store, cfg: RoundConfig) -> int:
 
 
 def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, *,
-                    retrain_weights: np.ndarray | None = None) -> tuple[Backbone, dict]:
+                    retrain_weights: np.ndarray | None = None, load: bool = True) -> tuple[Backbone | None, dict]:
     """The backbone whose features feed CleanNet, and a description of where its weights came from.
 
     Order: the stored one; else ImageNet weights (local file or torch cache; never downloaded); else a
     backbone trained on the noisy labels (the paper's features come from such a classifier anyway, §1).
     `retrain_weights` (N,) retrains it on the noisy labels with those per-sample weights (full round, §6).
+    load=False returns (None, info) when the stored backbone is reused: `features` loads it only if an image
+    is not cached yet.
     """
     info = store.get_setting("backbone")
     size = pick_image_size(store, cfg)
     if retrain_weights is None and info and Path(info["path"]).exists() and info.get("num_classes") == len(
             data.class_ids):
-        model, _ = load_backbone(info["path"])
-        return model, info
+        return (load_backbone(info["path"])[0] if load or "dim" not in info else None), info
     init_state, source = None, None
     if retrain_weights is not None and info and Path(info["path"]).exists():
         init_state = load_backbone(info["path"])[0].state_dict()
@@ -141,16 +147,23 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
     path = state_dir(store) / "backbones" / f"backbone-{uuid.uuid4().hex[:8]}.pt"
     save_backbone(model, path, class_names=data.class_names, meta={"source": source})
     info = {"path": str(path), "source": source, "arch": cfg.arch, "image_size": size,
-            "num_classes": len(data.class_ids), "id": backbone_id(model)}
+            "num_classes": len(data.class_ids), "id": backbone_id(model), "dim": model.num_features}
     store.set_setting("backbone", info)
     return model, info
 
 
-def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
-    images (zero rows) are reported and left out of the references and the probe's training."""
-    res = extract_features(model, data.paths, cache_dir=state_dir(store) / "features", backbone_id=info["id"],
-                           image_size=info["image_size"], device=cfg.device, progress=False)
+def features(store: Store, data: Data, model: Backbone | None, info: dict, cfg: RoundConfig,
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) float16 features of data from the cache keyed by the ingest hashes, and (N,) bool readable.
+
+    Cached images are not opened; the others are read, checked against their ingest hash and extracted (model
+    None: the stored backbone is loaded then). The unreadable images (zero rows) are reported and left out of
+    the references and the probe's training. float16 holds the cached values exactly at half the memory.
+    """
+    res = extract_features(model if model is not None else (lambda: load_backbone(info["path"])[0]), data.paths,
+                           keys=data.keys, dim=info.get("dim"), cache_dir=state_dir(store) / "features",
+                           backbone_id=info["id"], image_size=info["image_size"], device=cfg.device,
+                           decode=cfg.decode, dtype=np.float16, progress=False)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
@@ -193,11 +206,12 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
         report("backbone", 0.0, "full round: retraining the backbone with w_soft weights")
         weights = full_round_weights(store, data, current)
     report("features", 0.0, "loading backbone")
-    model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
+    model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights, load=False)
     report("features", 0.0, f"extracting features ({info['source']})")
     feats, readable = features(store, data, model, info, cfg)
     report("references", 0.0, "k-means reference sets")
-    refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),
+    sub = slice(None) if readable.all() else readable  # a boolean index would copy all N rows
+    refs, counts = build_references(feats[sub], data.labels[sub], len(data.class_ids),
                                     config=KMeansConfig(k=cfg.num_ref), device=device)
     split = verdict_split(store, data, readable)
     max_verdict = store.max_verdict_id()
@@ -267,7 +281,7 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     data = load_data(store)
     if ckpt["class_ids"] != data.class_ids.tolist():
         raise ValueError("the classes changed since the current model: run `train` instead")
-    model, info = ensure_backbone(store, data, cfg, report)
+    model, info = ensure_backbone(store, data, cfg, report, load=False)
     if info["id"] != ckpt["backbone"]["id"]:
         raise ValueError("the backbone changed since the current model: run `train` instead")
     feats, _ = features(store, data, model, info, cfg)
