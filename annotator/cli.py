@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from . import auth, export as export_mod, ingest as ingest_mod, pipeline
+from cleannet_core.features import DECODERS, SHARD_ROWS
+
 from .store import Store, StoreError, default_db_path
 
 
@@ -117,20 +120,44 @@ def classes(ctx, verify, unverify, as_json) -> None:
 
 @cli.command()
 @click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader processes decoding images, per rank")
+@click.option("--decode", type=click.Choice(DECODERS), help="where JPEGs are decoded (default: the round setting)")
+@click.option("--flush-every", type=click.IntRange(min=1), default=SHARD_ROWS, show_default=True,
+              help="images per cache shard: a killed run loses at most this many per process")
 @click.pass_context
-def extract(ctx, weights) -> None:
-    """Compute (or fetch from the cache) the backbone features of every image.
+def extract(ctx, weights, batch_size, workers, decode, flush_every) -> None:
+    """Compute the backbone features of every image not in the feature cache yet.
+
+    Runs alone or as one rank of torchrun (each rank extracts its share on its own GPU, or CPU, into the
+    shared cache; a rerun after a crash extracts only what is still missing). See README, "Many GPUs".
 
     Example: python -m annotator extract --weights resnet50.pth
+    Example: torchrun --standalone --nproc-per-node=4 -m annotator extract
     """
+    from . import distributed
+
     store = _open(ctx)
-    cfg = _round_config(store, weights_path=weights)
-    data = pipeline.load_data(store)
-    model, info = pipeline.ensure_backbone(store, data, cfg, lambda *a: None)
-    feats, readable = pipeline.features(store, data, model, info, cfg)
-    n_bad = int((~readable).sum())
-    bad = f"; {n_bad} images could not be read (listed on the Admin page)" if n_bad else ""
-    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info['source']}){bad}")
+    cfg = _round_config(store, weights_path=weights, decode=decode)
+    rank = distributed.world_from_env()[0]
+    bar = tqdm(desc="features", unit="img", disable=rank != 0, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        t = distributed.extract(store, cfg, batch_size=batch_size, num_workers=workers, flush_rows=flush_every,
+                                progress=progress)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    bar.close()
+    if rank != 0:
+        return
+    bad = f"; {t.failed} images could not be read (listed on the Admin page)" if t.failed else ""
+    click.echo(f"{t.images} images, feature vectors of size {t.dim} (backbone: {t.backbone}): "
+               f"{t.cached_before} were cached, {t.extracted} extracted by {t.world} process(es){bad}")
 
 
 @cli.command()
