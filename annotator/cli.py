@@ -93,6 +93,26 @@ def ingest(ctx, folder, csv_path, root, classes) -> None:
 
 
 @cli.command()
+@click.pass_context
+def rescan(ctx) -> None:
+    """Find image files changed since ingest (size or mtime differ, then the content hash) and record them.
+
+    Files whose size and mtime match are not read. Changed images get their new hash, so the next round
+    extracts their features; missing and broken files are counted and listed on the Admin page.
+
+    Example: python -m annotator rescan
+    """
+    from .rescan import rescan as run_rescan
+
+    report = run_rescan(_open(ctx), progress=True)
+    click.echo(report.summary())
+    for path, reason in report.errors[:20]:
+        click.echo(f"  {reason}: {path}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"  ... and {len(report.errors) - 20} more (see the Admin page)", err=True)
+
+
+@cli.command()
 @click.option("--verify", multiple=True, help="choose a class for verification (repeatable)")
 @click.option("--unverify", multiple=True, help="stop verifying a class (repeatable)")
 @click.option("--json", "as_json", is_flag=True)

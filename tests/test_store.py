@@ -37,7 +37,7 @@ def test_schema_created_wal_and_reopen_idempotent(db_path):
     s = Store(db_path)
     assert db_path.exists()
     assert TABLES <= set(s.db.table_names())
-    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.schema_version == SCHEMA_VERSION
     assert s.db.journal_mode == "wal"
     assert s._scalar("PRAGMA busy_timeout") == 30000
     assert s._scalar("PRAGMA foreign_keys") == 1
@@ -58,7 +58,7 @@ def test_newer_schema_refused(db_path):
         Store(db_path)
 
 
-def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
+def test_v1_database_is_migrated_to_the_latest_keeping_its_rows(db_path):
     from sqlite_utils import Database
 
     from annotator.schema import MIGRATIONS
@@ -67,11 +67,13 @@ def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
     MIGRATIONS[0](db)  # a database written by the v1 code
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO classes (name) VALUES ('cat')")
+    db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/a.jpg', 'h', 1)")
     db.conn.commit()
     db.close()
     s = Store(db_path)
-    assert s.schema_version == 2 and [c["name"] for c in s.classes()] == ["cat"]
+    assert s.schema_version == SCHEMA_VERSION and [c["name"] for c in s.classes()] == ["cat"]
     assert "reason" in s.db["leases"].columns_dict
+    assert [(r["path"], r["mtime"]) for r in s.iter_images()] == [("/a.jpg", None)]  # rescan rehashes it
 
 
 def test_default_db_path(monkeypatch, tmp_path):
