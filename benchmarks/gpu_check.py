@@ -138,7 +138,7 @@ def big_round(n: int, device: torch.device, tmp: Path) -> dict:
     db = tmp / "round" / "bench.db"
     db.parent.mkdir(parents=True)
     t = time.perf_counter()
-    build = round_speed.build_store(db, n, 10, 1280, verdicts=2000)
+    build = round_speed.build_store(db, n, 10, 1280, verdicts=min(2000, n // 10))
     build_s = time.perf_counter() - t
     return round_speed.run(db, idle_calls=50, device=str(device)) | {"build_s": build, "build_total_s": build_s,
                                                                     "n_images": n}
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     small = args.small
     archs = args.archs.split(",") if args.archs else (["resnet18"] if small else list(ARCHS))
-    n_img = args.images or (64 if small else 20_000)
+    n_img = args.images or (32 if small else 20_000)
     side, size, batch = (48, 32, 16) if small else (256, 224, 256)
     skip = set(filter(None, args.skip.split(",")))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
                         print(f"{key}: {runs[key]['img_s']:,.0f} images/s", flush=True)
             out["extraction"] = runs
         if "round" not in skip:
-            out["round"] = big_round(args.round_n or (2_000 if small else 1_000_000), device, tmp)
+            out["round"] = big_round(args.round_n or (400 if small else 1_000_000), device, tmp)
             print(f"round: {out['round']}", flush=True)
         if "kernels" not in skip:
             out["kernels"] = kernels(device, small)

@@ -157,3 +157,25 @@ def test_extract_features_cifar(model, tmp_path):
     r2 = extract_features(model, paths[:32], cache_dir=tmp_path, backbone_id=backbone_id(model), **KW)
     assert r2.n_cached == 32 and r2.n_extracted == 0
     np.testing.assert_array_equal(r2.features, r.features[:32])
+
+
+def test_gpu_jpeg_path_matches_the_pil_transform(tmp_path):
+    """The decode_jpeg + tensor resize/crop/normalise path (run here on the CPU) gives the DataLoader's pixels up
+    to resampling differences; a broken JPEG in the batch fails alone."""
+    from cleannet_core.classifier import make_transform
+    from cleannet_core.features import _gpu_pixels
+    rng = np.random.default_rng(0)
+    blobs, ref = [], []
+    for i in range(3):
+        a = np.kron(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))  # smooth
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(a).save(p, quality=95)
+        blobs.append(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8))
+        with Image.open(p) as im:
+            ref.append(make_transform(32, train=False)(im.convert("RGB")))
+    blobs.insert(1, torch.frombuffer(bytearray(b"\xff\xd8\xff not really a jpeg"), dtype=torch.uint8))
+    out, errs = _gpu_pixels(blobs, 32, torch.device("cpu"))
+    assert errs[1].startswith("cannot decode image") and out[1] is None and errs[0] == errs[2] == errs[3] == ""
+    for got, want in zip([out[0], out[2], out[3]], ref):
+        assert got.shape == want.shape == (3, 32, 32)
+        assert (got - want).abs().mean() < 0.05
