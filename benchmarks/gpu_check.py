@@ -175,18 +175,27 @@ def main(argv=None) -> dict:
                 for decode in ("cpu", "gpu") if device.type == "cuda" else ("cpu",):
                     for bf16 in (False, True) if device.type == "cuda" else (False,):
                         key = f"{arch}/{decode}-decode/{'bf16' if bf16 else 'fp32'}"
-                        runs[key] = extraction_rate(arch, paths, keys, size=size, device=device, bf16=bf16,
-                                                    decode=decode, workers=args.workers, batch=batch, cache_root=tmp)
-                        print(f"{key}: {runs[key]['img_s']:,.0f} images/s", flush=True)
-            out["extraction"] = runs
+                        try:
+                            runs[key] = extraction_rate(arch, paths, keys, size=size, device=device, bf16=bf16,
+                                                        decode=decode, workers=args.workers, batch=batch,
+                                                        cache_root=tmp)
+                        except Exception as e:  # one failing variant must not cost the other figures
+                            runs[key] = {"error": f"{type(e).__name__}: {e}"}
+                        print(f"{key}: {runs[key]}", flush=True)
+                        out["extraction"] = runs
+                        write_json(args.json, out)  # partial results survive a time limit
         if "round" not in skip:
-            out["round"] = big_round(args.round_n or (400 if small else 1_000_000), device, tmp)
+            try:
+                out["round"] = big_round(args.round_n or (400 if small else 1_000_000), device, tmp)
+            except Exception as e:  # report it with whatever else was measured
+                out["round"] = {"error": f"{type(e).__name__}: {e}"}
             print(f"round: {out['round']}", flush=True)
+            write_json(args.json, out)
         if "kernels" not in skip:
             out["kernels"] = kernels(device, small)
     print(f"\ndevice: {name}\n| measure | value |\n|---|---|")
     for key, r in out.get("extraction", {}).items():
-        print(f"| extract {key} (img/s, JPEG files end to end) | {r['img_s']:,.0f} |")
+        print(f"| extract {key} (img/s, JPEG files end to end) | {r.get('img_s', r.get('error'))} |")
     rnd = out.get("round", {})
     if "round_s" in rnd:
         print(f"| round at {rnd['n_images']:,} images (s) | {rnd['round_s']:.1f} |")

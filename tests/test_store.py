@@ -224,7 +224,9 @@ def test_models_and_scores(store):
     with pytest.raises(StoreError):
         store.make_current(7)
     assert store.current_model()["version"] == v2
-    assert store.delete_scores(v1) == 3
+    store.write_scores(v2, [(ids[0], 1, 0.1, 0.1)])
+    assert store.delete_scores(v1, batch=2) == 3  # two transactions; v2's score stays
+    assert store._all("SELECT model_version, image_id FROM scores") == [{"model_version": v2, "image_id": ids[0]}]
 
 
 def test_settings_defaults(store):
