@@ -14,12 +14,8 @@ reports progress and totals; the other ranks only read the database.
 """
 from __future__ import annotations
 
-import logging
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +28,6 @@ from cleannet_core.features import SHARD_ROWS, FeatureCache, fill_cache
 from . import pipeline
 from .store import Store
 
-log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (images done by rank 0, rank 0's share)
 
 
@@ -118,15 +113,3 @@ def extract(store: Store, cfg: pipeline.RoundConfig, *, batch_size: int = 256, n
 def _barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
-
-
-def run_torchrun(store: Store, procs: int, *, timeout: float | None = None) -> None:
-    """`torchrun --standalone --nproc-per-node=procs -m annotator --db <store> extract` as a child process
-    (the worker's extraction phase when the round setting `extract_procs` > 1). Raises RuntimeError on failure."""
-    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
-    cmd += ["--standalone", f"--nproc-per-node={procs}", "-m", "annotator", "--db", str(store.path), "extract"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if res.returncode != 0:
-        raise RuntimeError(f"distributed extraction failed (exit {res.returncode}): {res.stderr.strip()[-2000:]}")
-    log.info("distributed extraction: %s", res.stdout.strip()[-500:])

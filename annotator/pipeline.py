@@ -11,6 +11,9 @@ any moment leaves the previous model current.
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from itertools import islice
@@ -52,10 +55,14 @@ class RoundConfig:
     num_ref: int = 32                  # K references per class
     device: str = "auto"               # cuda when present
     decode: str = "cpu"                # JPEG decoding for extraction: cpu (DataLoader workers) | gpu (decode_jpeg)
+    extract_procs: int = 1             # > 1: the round extracts missing features with torchrun on this many
+                                       # processes (one per GPU), see annotator.distributed
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.extract_procs < 1:
+            raise ValueError(f"extract_procs must be >= 1, got {self.extract_procs}")
         if self.decode not in DECODERS:
             raise ValueError(f"decode must be one of {DECODERS}, got {self.decode!r}")
 
@@ -170,6 +177,18 @@ def features(store: Store, data: Data, model: Backbone | None, info: dict, cfg: 
     return res.features, res.ok
 
 
+def torchrun_extract(store: Store, procs: int) -> None:
+    """`torchrun --standalone --nproc-per-node=procs -m annotator --db <store> extract` in a child process: the
+    missing features land in the cache, where `features` finds them. Raises RuntimeError when it fails."""
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    cmd += ["--standalone", f"--nproc-per-node={procs}", "-m", "annotator", "--db", str(store.path), "extract"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"torchrun extraction failed (exit {res.returncode}): {res.stderr.strip()[-2000:]}")
+    log.info("torchrun extraction: %s", res.stdout.strip()[-500:])
+
+
 def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Latest live correct/wrong verdict per image -> train and validation index arrays into data.
 
@@ -208,6 +227,8 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     report("features", 0.0, "loading backbone")
     model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights, load=False)
     report("features", 0.0, f"extracting features ({info['source']})")
+    if cfg.extract_procs > 1:
+        torchrun_extract(store, cfg.extract_procs)
     feats, readable = features(store, data, model, info, cfg)
     report("references", 0.0, "k-means reference sets")
     sub = slice(None) if readable.all() else readable  # a boolean index would copy all N rows

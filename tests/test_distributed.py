@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from torchvision.models import resnet18
 
@@ -86,3 +85,19 @@ def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
 
     res = extract(two, 2)
     assert res.returncode == 0 and f"{N} were cached, 0 extracted" in res.stdout
+
+
+def test_a_round_with_extract_procs_extracts_on_torchrun_ranks(tmp_path):
+    """The round setting extract_procs = 2: the worker's round runs the extraction on two ranks."""
+    torch.manual_seed(0)
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    db = make_store(tmp_path, tmp_path / "r18.pth")
+    with Store(db) as store:
+        store.set_verify([store.classes()[0]["name"]])
+        cfg = pipeline.RoundConfig(weights_path=str(tmp_path / "r18.pth"), image_size=32, num_ref=4, device="cpu",
+                                   extract_procs=2)
+        assert pipeline.run_round(store, cfg) == 1 and len(store.current_scores()) == N
+    hit, _, keys = cached(db)
+    assert hit.all() and len(keys) == N
+    shards = list((db.parent / "features").glob("*/shard-*.keys.npy"))
+    assert len({f.name.split("-")[1] for f in shards}) == 2  # written by two processes
