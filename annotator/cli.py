@@ -16,7 +16,8 @@ import click
 from tqdm import tqdm
 
 from . import auth, export as export_mod, ingest as ingest_mod, pipeline
-from cleannet_core.features import DECODERS, SHARD_ROWS
+from cleannet_core.features import SHARD_ROWS
+from cleannet_core.loading import DECODERS
 
 from .store import Store, StoreError, default_db_path
 

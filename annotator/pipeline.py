@@ -26,7 +26,8 @@ import torch
 from cleannet_core.alternate import METHODS, round_weights, training_weights
 from cleannet_core.classifier import (Backbone, ClassifierConfig, is_small, load_backbone, resolve_device,
                                       save_backbone, train_classifier)
-from cleannet_core.features import DECODERS, backbone_id, extract_features, load_imagenet_weights
+from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
+from cleannet_core.loading import DECODERS
 from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
 from cleannet_core.references import KMeansConfig, build_references

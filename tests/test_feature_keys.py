@@ -15,7 +15,7 @@ from annotator import pipeline
 from annotator.ingest import MISSING, NOT_IMAGE, ingest_folder
 from annotator.rescan import rescan
 from annotator.store import Store
-from cleannet_core.features import CHANGED
+from cleannet_core.loading import CHANGED
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def test_gpu_jpeg_path_matches_the_pil_transform(tmp_path):
     """The decode_jpeg + tensor resize/crop/normalise path (run here on the CPU) gives the DataLoader's pixels up
     to resampling differences; a broken JPEG in the batch fails alone."""
     from cleannet_core.classifier import make_transform
-    from cleannet_core.features import _gpu_pixels
+    from cleannet_core.loading import _gpu_pixels
     rng = np.random.default_rng(0)
     blobs, ref = [], []
     for i in range(3):
