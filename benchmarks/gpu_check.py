@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--small", action="store_true", help="tiny sizes for a CPU smoke run")
     p.add_argument("--archs", default=None, help=f"backbones to time, of {tuple(ARCHS)} (default: all)")
-    p.add_argument("--images", type=int, default=None, help="JPEG files per extraction run (default 20,000)")
+    p.add_argument("--images", type=int, default=None, help="JPEG files per extraction run (default 32,000)")
     p.add_argument("--round-n", type=int, default=None, help="images in the round (default 1,000,000)")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader decode workers")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: extract,round,kernels")
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     small = args.small
     archs = args.archs.split(",") if args.archs else (["resnet18"] if small else list(ARCHS))
-    n_img = args.images or (32 if small else 20_000)
+    n_img = args.images or (32 if small else 32_000)
     side, size, batch = (48, 32, 16) if small else (256, 224, 256)
     skip = set(filter(None, args.skip.split(",")))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
