@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from annotator.cli import cli
 from annotator.ingest import ingest_folder
@@ -17,27 +16,9 @@ from cleannet_core.alternate import AlternateConfig, round_weights, train_altern
 from cleannet_core.classifier import (Backbone, ClassifierConfig, load_backbone, train_classifier,
                                       weighted_cross_entropy)
 from cleannet_core.score import hard_weights, soft_weights
+from cleannet_core.metrics import auroc
 from cleannet_core.train import TrainConfig
-
-COLORS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-
-
-def write_images(root: Path, labels: np.ndarray, seed: int = 0, *, folders: list[str] | None = None) -> list[Path]:
-    """One 32x32 PNG per label (0/1/2 = red/green/blue-ish + noise + a dark square); in root/<folders[i]>/ if given."""
-    rng = np.random.default_rng(seed)
-    cols = np.array(list(COLORS.values()), float)
-    paths = []
-    for i, y in enumerate(labels):
-        img = cols[y] + rng.normal(0, 30, (32, 32, 3))
-        r, c, s = *rng.integers(0, 20, 2), rng.integers(6, 12)
-        img[r:r + s, c:c + s] *= 0.4
-        d = root / folders[i] if folders else root
-        d.mkdir(parents=True, exist_ok=True)
-        p = d / f"img{i:04d}.png"
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(p)
-        paths.append(p)
-    return paths
-
+from helpers import COLORS, write_images
 
 def tiny_config(rounds: int, weights: str = "soft", **kw) -> AlternateConfig:
     return AlternateConfig(rounds=rounds, weights=weights, num_ref=4, device="cpu",
@@ -126,6 +107,9 @@ def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
         np.testing.assert_array_equal(r.weights[v[:20]], ok[v[:20]].astype(np.float32))  # verdicts override
         if mode == "hard":
             assert set(np.unique(r.weights)) <= {0.0, 1.0}
+        rest = np.setdiff1d(np.arange(120), v[:20])  # w follows the round's score wherever no verdict overrides it
+        expected = np.maximum(r.score[rest], 0) if mode == "soft" else (r.score[rest] >= r.delta).astype(np.float32)
+        np.testing.assert_allclose(r.weights[rest], expected, rtol=1e-6)
     assert [(h["round"], h["phase"]) for h in res.history] == [
         (0, "classifier"), (1, "cleannet"), (1, "classifier"), (2, "cleannet"), (2, "classifier")]
     assert all(len(h["epochs"]) == 1 for h in res.history if h["phase"] == "classifier")
@@ -134,7 +118,8 @@ def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
 
 
 def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
-    """method='transfer': P(label correct) in [0, 1] with delta 0.5; w_soft = P; verdicts override."""
+    """method='transfer': P(label correct) in [0, 1] with delta 0.5 that ranks the flipped labels of the
+    images without a verdict below the right ones; w_soft = P; verdicts override."""
     paths, clean, noisy = noisy_colors
     ok = noisy == clean
     v = np.random.default_rng(1).permutation(len(paths))[:30]
@@ -142,6 +127,8 @@ def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
                             val_ok=ok[v[20:]], config=tiny_config(0, method="transfer"), progress=False)
     (r,) = res.rounds
     assert r.delta == 0.5 and ((r.score >= 0) & (r.score <= 1)).all() and np.ptp(r.score) > 0
+    unseen = np.setdiff1d(np.arange(120), v)
+    assert auroc(r.score[unseen], ok[unseen]) > 0.9  # colours are easy: the flipped labels score lowest (1.0 seen)
     assert r.val_accuracy == ((r.score[v[20:]] >= 0.5) == ok[v[20:]]).mean()
     rest = np.setdiff1d(np.arange(120), v[:20])
     np.testing.assert_allclose(r.weights[rest], r.score[rest])                   # w_soft = max(0, P) = P

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import planted_noise
+from helpers import planted_noise
 
 from cleannet_core.metrics import auroc, best_threshold, detection_report, per_class_report
 from cleannet_core.references import KMeansConfig, build_references, kmeans

@@ -1,4 +1,4 @@
-"""The worker as a real process on real CIFAR-10N images: a full round, SIGKILL at bad moments, errors."""
+"""The worker as a real process on the demo's CIFAR-10N images: a full round, SIGKILL at bad moments, errors."""
 import csv
 import json
 import os
@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,8 @@ from annotator.ingest import ingest_csv
 from annotator.queue import next_items
 from annotator.store import Store
 from cleannet_core.metrics import auroc
+from helpers import DEMO, NAMES, REPO, demo_rows, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
-NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 VERIFY = NAMES[:5]
 ROUND = {"backbone_epochs": 4, "steps": 300, "num_ref": 8}
 
@@ -33,16 +31,6 @@ def start_worker(db: Path, *args: str, env: dict | None = None) -> subprocess.Po
     return subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "worker", "--poll", "0.5", *args],
                             cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(pred, timeout: float = 300, what: str = "condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def simulate_verdicts(store: Store, truth: dict[int, bool], n: int, who: str = "sim", seed: int = 0) -> None:
@@ -59,19 +47,19 @@ def simulate_verdicts(store: Store, truth: dict[int, bool], n: int, who: str = "
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, cifar_dir):
-    """A database of 600 CIFAR-10N images (annotator-1 labels), 5 verified classes, 80 verdicts, model v1."""
+def base(tmp_path_factory):
+    """A database of 600 demo images (CIFAR-10N annotator-1 labels), 5 verified classes, 80 verdicts, model v1."""
     tmp = tmp_path_factory.mktemp("worker")
-    rows = list(csv.DictReader(open(cifar_dir / "labels.csv")))
+    rows = demo_rows()
     pick = np.random.default_rng(0).permutation(len(rows))[:600]
     with open(tmp / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "clean"])
         for i in pick:
-            w.writerow([rows[i]["path"], NAMES[int(rows[i]["random_label1"])], NAMES[int(rows[i]["clean_label"])]])
+            w.writerow([rows[i]["path"], rows[i]["label"], rows[i]["clean_label"]])
     db = tmp / "state" / "a.db"
     store = Store(db)
-    assert ingest_csv(store, tmp / "labels.csv", cifar_dir, progress=False).added == 600
+    assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == 600
     store.set_verify(VERIFY)
     store.set_setting("round", ROUND)
     truth = {r["id"]: r["extra"]["clean"] == r["label"] for r in store.iter_images()}
@@ -99,11 +87,8 @@ def test_round_scores_every_image_including_unverified_classes(base):
     scores beat chance at finding the wrong labels of the unverified classes.
 
     "Beat chance" = AUROC above the one-sided 1 % critical value of the Mann-Whitney test under the null of
-    no signal (0.5 + 2.33 sigma, about 0.59 here). The 80 verdicts are seeded random draws (queue seed 0:
-    AUROC 0.701 with the probe log-odds + margin default; 0.722, seeds 1-4 0.69-0.73, with the earlier
-    log-odds + prototype margin). Unseeded, the draws changed from run to run (0.65-0.73 in five runs)
-    and this test failed once in about ten full-suite runs (output not kept; most likely this bound); three
-    other 600-image samples gave 0.72-0.74. The paper's CleanNet sat at 0.45-0.6 here (issue 6)."""
+    no signal (0.5 + 2.33 sigma, about 0.59 here). The 80 verdicts are seeded queue draws, so every run sees
+    the same ones."""
     db, truth = base
     store = Store(db)
     model = store.current_model()
