@@ -10,13 +10,14 @@ from pathlib import Path
 
 from . import auth
 from .ingest import ingest_csv
+from .round_config import RoundConfig, save_round_config
 from .store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 VERIFY = ["airplane", "automobile", "bird", "cat", "deer"]
 # First model within ~3 minutes on a 2-core CPU: a short backbone run and fewer CleanNet steps.
-DEMO_ROUND = {"backbone_epochs": 3, "steps": 1000}
+DEMO_ROUND = RoundConfig(backbone_epochs=3, steps=1000)
 
 
 def prepare_demo(store: Store) -> str | None:
@@ -26,8 +27,7 @@ def prepare_demo(store: Store) -> str | None:
         report = ingest_csv(store, DEMO / "labels.csv", DEMO)
         print(report.summary(), flush=True)
         store.set_verify(VERIFY, True)
-        if store.get_setting("round") is None:
-            store.set_setting("round", DEMO_ROUND)
+        save_round_config(store, DEMO_ROUND)
     return password
 
 

@@ -8,6 +8,8 @@ verdict's id. A *live verdict* is a row with ``voids IS NULL`` whose id no undo 
 references (see ``LIVE``).
 """
 
+import json
+import time
 from collections.abc import Callable
 
 from sqlite_utils import Database
@@ -55,7 +57,7 @@ CREATE INDEX leases_annotator ON leases(annotator);
 CREATE TABLE models (
     version INTEGER PRIMARY KEY,
     created_at REAL,
-    delta REAL,                             -- CleanNet decision threshold on the score
+    delta REAL,                             -- threshold on the score: below = flagged as a wrong label
     metrics TEXT,                           -- JSON
     checkpoint TEXT,
     backbone TEXT,
@@ -66,8 +68,8 @@ CREATE TABLE scores (
     model_version INT NOT NULL REFERENCES models(version),
     image_id INT NOT NULL REFERENCES images(id),
     label_id INT NOT NULL,
-    score REAL NOT NULL,                    -- relevance in [-1, 1], higher = label more likely correct
-    uncertainty REAL NOT NULL,              -- |score - delta|, lower = model less sure
+    score REAL NOT NULL,                    -- higher = label more likely correct (transfer: P in [0, 1]; paper: [-1, 1])
+    uncertainty REAL NOT NULL,              -- queue order, lower = served first (|score - delta|, +10 once reviewed)
     suggested_label_id INT,
     suggested_score REAL,
     PRIMARY KEY (model_version, image_id)
@@ -114,8 +116,32 @@ def _v2(db: Database) -> None:
     db.execute("ALTER TABLE leases ADD COLUMN reason TEXT")
 
 
+def _model_artifacts(db: Database) -> None:
+    """Every model file (backbones, scoring checkpoints, exported classifiers) is registered with its provenance in ``artifacts``;
+    the backbone that was recorded in ``settings['backbone']`` becomes the first backbone row."""
+    db.executescript("""
+CREATE TABLE artifacts (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('backbone', 'scorer', 'classifier')),
+    path TEXT UNIQUE NOT NULL,              -- absolute; the file is complete before its row exists
+    backbone_id TEXT NOT NULL,              -- content id of the backbone weights (a scorer's: the one it scores)
+    source TEXT NOT NULL,                   -- where the weights came from, in words
+    provenance TEXT NOT NULL,               -- JSON: arch, image size, classes, weights file, verdicts, parent
+    created_at REAL NOT NULL
+);
+""")
+    row = db.execute("SELECT value FROM settings WHERE key = 'backbone'").fetchone()
+    if row:
+        info = json.loads(row[0])
+        provenance = {k: info.get(k) for k in ("arch", "image_size", "num_classes")}
+        db.execute("INSERT INTO artifacts (kind, path, backbone_id, source, provenance, created_at) "
+                   "VALUES ('backbone', ?, ?, ?, ?, ?)",
+                   [info["path"], info["id"], info["source"], json.dumps(provenance), time.time()])
+        db.execute("DELETE FROM settings WHERE key = 'backbone'")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _model_artifacts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

@@ -1,4 +1,4 @@
-"""Out-of-fold backbones (issue 6, hypothesis 4): does a network that never saw an image's label find it better?
+"""Out-of-fold backbones: does a network that never saw an image's label find it better?
 
     python -m benchmarks.oof --data ../shared/data/cifar10n --labels worse --folds 2 --seeds 0,1,2 --json out.json
 

@@ -10,7 +10,7 @@ a random audit slice (20 %, used to pick delta and the checkpoint) plus an uncer
 (random at cold start, then lowest |score - delta| of the current model). All methods are scored on the
 images whose noisy label is in a held-out (unverified) class. See benchmarks/README.md for recorded runs.
 
-Methods (issue 6). `--method` picks the product default, reported as `default` and used for the headline
+Methods. `--method` picks the product default, reported as `default` and used for the headline
 ratio: `transfer` (default) is a calibrator over two class-agnostic signals, the out-of-fold linear-probe
 log-odds of the noisy label and its margin over the best other class (cleannet_core.transfer), fitted on the
 verdicts and flagged below 0.5, with its own uncertainty queue (|p - 0.5|); `paper` is the spec's CleanNet.

@@ -7,12 +7,12 @@
 `rounds` counts the extra alternations after the paper's single pass (rounds=0: C0 -> CleanNet -> C1, the
 pipeline of spec §6 steps 1-6; rounds=1, the default: one more feature/CleanNet/classifier pass, as the
 NoiseRank rerun did). The human verdicts stay the same in every round; only the features change.
-`method` picks the score: 'paper' (default, the spec's CleanNet relevance and its delta) or 'transfer' (the
-product's default score of cleannet_core.transfer, P(label correct) with delta 0.5; its calibrator is fitted on
-the training verdicts).
+`method` picks the score: 'transfer' (default, as in the product: cleannet_core.transfer's P(label correct)
+with delta 0.5, its calibrator fitted on the training verdicts) or 'paper' (the spec's CleanNet relevance and
+its delta).
 
-Weights (spec §6): 'soft' w = max(0, s), 'hard' w = 1[s >= delta], delta chosen by CleanNet on the
-validation verdicts. Images with a human verdict get 1 (correct) or 0 (wrong) instead (`use_verdicts`),
+Weights (spec §6): 'soft' w = max(0, s), 'hard' w = 1[s >= delta] (method paper: delta chosen by CleanNet on
+the validation verdicts). Images with a human verdict get 1 (correct) or 0 (wrong) instead (`use_verdicts`),
 unreadable images 0. The classifier loss per batch is (1/N) sum_i w'_i CE_i (classifier.weighted_cross_entropy)
 with w' = w / mean(w) over the training set when normalize='mean' (default: the same average loss scale, hence
 effective learning rate, as the unweighted baseline; in expectation this normalises by sum(w) instead of N)
@@ -38,14 +38,14 @@ from .transfer import DELTA, fit_transfer_scores
 
 log = logging.getLogger(__name__)
 WEIGHT_MODES = ("soft", "hard")
-METHODS = ("transfer", "paper")  # the product's default first (annotator.pipeline.RoundConfig)
+METHODS = ("transfer", "paper")  # the product's default first (as in annotator.round_config)
 NORMALIZE_MODES = ("mean", "batch")
 
 
 @dataclass
 class AlternateConfig:
     rounds: int = 1                  # extra alternations after the first weighted classifier (0 = single pass)
-    method: str = "paper"            # "paper": CleanNet relevance | "transfer": cleannet_core.transfer's score
+    method: str = "transfer"         # "transfer": cleannet_core.transfer's score | "paper": CleanNet relevance
     weights: str = "soft"            # "soft": max(0, s) | "hard": 1[s >= delta]
     normalize: str = "mean"          # "mean": w / mean(w) | "batch": raw w (see the module docstring)
     use_verdicts: bool = True        # verified images get weight 1 (correct) / 0 (wrong) instead of their score

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from annotator.cli import cli
 from annotator.ingest import ingest_folder
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 from cleannet_core.alternate import AlternateConfig, round_weights, train_alternating, training_weights
 from cleannet_core.classifier import (Backbone, ClassifierConfig, load_backbone, train_classifier,
@@ -95,7 +96,7 @@ def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
     ok = noisy == clean
     v = np.random.default_rng(1).permutation(len(paths))[:30]
     messages = []
-    cfg = tiny_config(1, mode, checkpoint_dir=tmp_path / "ckpt")
+    cfg = tiny_config(1, mode, method="paper", checkpoint_dir=tmp_path / "ckpt")
     res = train_alternating(paths, noisy, 3, verified_idx=v[:20], verified_ok=ok[v[:20]], val_idx=v[20:],
                             val_ok=ok[v[20:]], config=cfg, progress=False, report=messages.append)
     assert isinstance(res.model, Backbone) and not res.model.training and res.model.num_classes == 3
@@ -164,7 +165,7 @@ def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     db = tmp_path / "state" / "a.db"
     store = Store(db)
     assert ingest_folder(store, tmp_path / "images", progress=False).added == 45
-    store.set_setting("round", {"num_ref": 4, "steps": 40, "backbone_epochs": 1, "device": "cpu"})
+    save_round_config(store, RoundConfig(num_ref=4, steps=40, backbone_epochs=1, device="cpu"))
     for k, row in enumerate(store.iter_images()):
         if k < 12:
             truth = names.index(Path(row["path"]).parent.name) == labels[int(Path(row["path"]).stem[3:])]

@@ -342,8 +342,8 @@ def test_admin_classes_users_requests_settings(db):
 
 
 def test_admin_method_choices_are_the_pipelines():
-    from annotator import pipeline
-    assert tuple(common.METHOD_TEXT) == pipeline.METHODS and pipeline.RoundConfig().method == pipeline.METHODS[0]
+    from annotator.round_config import METHODS, RoundConfig
+    assert tuple(common.METHOD_TEXT) == METHODS and RoundConfig().method == METHODS[0]
 
 
 def test_admin_reactivate_reset_full_round_and_suggested(db):
@@ -445,7 +445,8 @@ def test_dashboard_at_100k_images_aggregates_in_sql_and_recomputes_only_after_ne
     at = app("admin", page="annotator/pages/dashboard.py")
     table = at.dataframe[0].value
     assert len(table) == 100 and table["images"].sum() == 100_000
-    assert table["audited"].sum() == 2000 and (table["human"] / 100 * table["audited"]).sum() == pytest.approx(400)  # human: % wrong
+    assert table["audited"].sum() == 2000
+    assert (table["human"] / 100 * table["audited"]).sum() == pytest.approx(400)  # human: % wrong
     assert calls == {"audit_counts": 1, "iter_images": 0}
     at.run()
     assert calls["audit_counts"] == 1 and not at.exception  # same version and watermark: cached

@@ -19,6 +19,7 @@ import pytest
 
 from annotator import auth
 from annotator.ingest import ingest_csv
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 from helpers import DEMO, REPO, wait_for
 
@@ -67,7 +68,7 @@ def server(tmp_path_factory):
         report = ingest_csv(store, tmp / "labels.csv", DEMO, progress=False)
         assert report.added == N_IMAGES, report.summary()
         store.set_verify(["airplane", "automobile"])
-        store.set_setting("round", {"backbone_epochs": 1, "steps": 200})
+        save_round_config(store, RoundConfig(backbone_epochs=1, steps=200))
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD=ADMIN_PW, PYTHONUNBUFFERED="1")
     port = _free_port()
     logs = [open(ARTIFACTS / "worker.log", "w"), open(ARTIFACTS / "streamlit.log", "w")]

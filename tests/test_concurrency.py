@@ -22,6 +22,7 @@ from PIL import Image
 from torchvision.models import resnet18
 
 from annotator.ingest import ingest_folder
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 from helpers import wait_for
 
@@ -92,7 +93,7 @@ def test_annotators_and_worker_share_one_file(tmp_path):
     with Store(db) as store:
         assert ingest_folder(store, tmp_path / "images", progress=False).added == 4 * PER_CLASS + UNVERIFIED
         store.set_verify(VERIFIED)  # 1,800 candidates for 1,600 verdicts; 'e' is never served
-        store.set_setting("round", {"weights_path": str(tmp_path / "r18.pth"), "image_size": 16, "num_ref": 8})
+        save_round_config(store, RoundConfig(weights_path=str(tmp_path / "r18.pth"), image_size=16, num_ref=8))
         assert store.get_setting("retrain_every") == 50
     worker = spawn("-m", "annotator", "--db", db, "worker", "--poll", "0.2")
     store = Store(db)

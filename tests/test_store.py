@@ -11,7 +11,7 @@ from annotator.store import (LeaseLost, SETTING_DEFAULTS, Store, StoreError, Unk
                              UnknownUser, default_db_path)
 
 TABLES = {"classes", "images", "verdicts", "leases", "models", "scores", "users", "worker", "requests",
-          "settings", "ingest_errors"}
+          "settings", "ingest_errors", "artifacts"}
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_schema_created_wal_and_reopen_idempotent(db_path):
     s = Store(db_path)
     assert db_path.exists()
     assert TABLES <= set(s.db.table_names())
-    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.schema_version == SCHEMA_VERSION
     assert s.db.journal_mode == "wal"
     assert s._scalar("PRAGMA busy_timeout") == 30000
     assert s._scalar("PRAGMA foreign_keys") == 1
@@ -58,7 +58,7 @@ def test_newer_schema_refused(db_path):
         Store(db_path)
 
 
-def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
+def test_v1_database_is_migrated_to_the_current_schema_keeping_its_rows(db_path):
     from sqlite_utils import Database
 
     from annotator.schema import MIGRATIONS
@@ -70,7 +70,7 @@ def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
     db.conn.commit()
     db.close()
     s = Store(db_path)
-    assert s.schema_version == 2 and [c["name"] for c in s.classes()] == ["cat"]
+    assert s.schema_version == SCHEMA_VERSION and [c["name"] for c in s.classes()] == ["cat"]
     assert "reason" in s.db["leases"].columns_dict
 
 
@@ -227,7 +227,7 @@ def test_models_and_scores(store):
 
 def test_settings_defaults(store):
     assert store.settings() == SETTING_DEFAULTS == {"audit_share": 0.2, "lease_seconds": 600,
-                                                    "retrain_every": 50, "delta_override": None}
+                                                    "retrain_every": 50, "delta_override": None, "round": {}}
     store.set_setting("delta_override", 0.15)
     store.set_setting("retrain_every", 10)
     assert store.get_setting("delta_override") == 0.15 and store.get_setting("retrain_every") == 10

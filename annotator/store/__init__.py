@@ -6,6 +6,7 @@
 - ``catalog``: classes, images, ingest errors;
 - ``verdicts``: append-only verdicts and undo, leases, users;
 - ``models``: model versions and scores, worker status, retrain requests, settings;
+- ``artifacts``: model files (backbones, scoring checkpoints) and their provenance;
 - ``review``: candidate queries of the review queue;
 - ``exports``: paged rows for the CSV export.
 
@@ -13,7 +14,8 @@ No other module writes SQL. See ``base`` for the concurrency rules (one Store pe
 thread or process).
 """
 
-from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (were importable from annotator.store)
+from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (re-exported for callers of annotator.store)
+from .artifacts import ARTIFACT_KINDS, ArtifactsMixin
 from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, VERDICTS, WORKER_FIELDS, AddResult,
                    LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser, default_db_path)
 from .catalog import CatalogMixin
@@ -23,7 +25,7 @@ from .review import ReviewMixin
 from .verdicts import VerdictsMixin
 
 
-class Store(CatalogMixin, VerdictsMixin, ModelsMixin, ReviewMixin, ExportMixin, StoreBase):
+class Store(CatalogMixin, VerdictsMixin, ModelsMixin, ArtifactsMixin, ReviewMixin, ExportMixin, StoreBase):
     """SQLite state of one project. One instance per thread/process."""
 
     def __enter__(self) -> "Store":
@@ -32,4 +34,4 @@ class Store(CatalogMixin, VerdictsMixin, ModelsMixin, ReviewMixin, ExportMixin, 
 
 __all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "UnknownUser", "AddResult",
            "default_db_path", "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS",
-           "SCORE_COLUMNS", "EXPORT_ROW"]
+           "SCORE_COLUMNS", "EXPORT_ROW", "ARTIFACT_KINDS"]

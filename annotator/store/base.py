@@ -55,6 +55,7 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "lease_seconds": 600,  # how long a served image stays reserved for its annotator
     "retrain_every": 50,  # live verdicts since the current model that trigger a retrain
     "delta_override": None,  # lead's threshold on the score; None = the model's delta
+    "round": {},  # annotator.round_config.RoundConfig fields that differ from its defaults
 }
 WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at")
 SCORE_COLUMNS = ("image_id", "label_id", "score", "uncertainty", "suggested_label_id", "suggested_score")
