@@ -24,7 +24,7 @@ from cleannet_core.references import KMeansConfig
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, MIN_EACH
 
 from .common import CACHE, load_cifar10n, noisy_backbone_features
-from .quality import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
+from .methods import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
 from .report import config_of, write_json
 
 HELD = np.arange(5, 10)

@@ -8,12 +8,12 @@ Rows, every classifier trained from scratch with the same settings (arch, epochs
   cleannet_soft    noisy labels weighted by w_soft = max(0, s), alternating classifier/CleanNet (--rounds extra)
   cleannet_hard    the same with w_hard = 1[s >= delta]
   cleanlab_pruned  only the images cleanlab's find_label_issues keeps (out-of-fold logistic regression on the
-                   noisy classifier's features, benchmarks.quality.cleanlab_flags)
+                   noisy classifier's features, benchmarks.methods.cleanlab_flags)
   clean            the true labels (the ceiling)
 gain_recovered = (cleannet_soft - noisy) / (clean - noisy): the paper reports 47 % with 3.2 % of images verified.
 
 Verdicts: --budget x N images, answered from clean_label, drawn only from --verified-classes the way the product
-draws them (benchmarks.quality.Runner.product_verdicts: a random audit slice that validates, plus uncertainty-queue
+draws them (benchmarks.methods.Runner.product_verdicts: a random audit slice that validates, plus uncertainty-queue
 rounds). Size: --n / --epochs / --batch-size / --lr default to 50,000 images x 15 epochs, batch 128, LR 0.1 on CUDA
 and to 3,000 x 3, batch 32, LR 0.02 on a CPU (12 minutes cold with --steps 2000 --threads 1 --workers 1 on a
 2-core CPU shared with other jobs; --threads 1 was 5x faster there than torch's 2 threads); see
@@ -43,7 +43,7 @@ from cleannet_core.train import TrainConfig
 
 from .report import config_of, write_json
 from .common import CACHE, load_cifar10n
-from .quality import Runner, cleanlab_flags
+from .methods import Runner, cleanlab_flags
 
 ROWS = ("noisy", "cleannet_soft", "cleannet_hard", "cleanlab_pruned", "clean")
 EXTRA_ROWS = ("transfer_soft", "transfer_hard")  # weights from the product's default score; only with --rows

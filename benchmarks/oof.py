@@ -30,7 +30,7 @@ from cleannet_core.metrics import detection_report, flag_report
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, probe_signals
 
 from .common import Dataset, add_run_args, load_cifar10n, noisy_backbone, noisy_backbone_features
-from .quality import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
+from .methods import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
 from .report import config_of, mean_over_seeds, write_json
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from cleannet_core.metrics import detection_report
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, standardise_within
 
 from .common import add_run_args, load_cifar10n, noisy_backbone_features
-from .quality import fit_and_score, knn_agreement, seed_signals, transfer_verdicts
+from .methods import fit_and_score, knn_agreement, seed_signals, transfer_verdicts
 from .report import config_of, mean_over_seeds, write_json
 
 log = logging.getLogger(__name__)

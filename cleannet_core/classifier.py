@@ -241,8 +241,9 @@ def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classe
         stats = {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
         log.info("epoch %d/%d: loss %.4f, train acc %.4f, lr %.4g", epoch + 1, cfg.epochs, *stats.values())
         if checkpoint is not None:
-            _atomic_save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                          "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()}, checkpoint)
+            with atomic_write(checkpoint) as f:
+                torch.save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                            "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()}, f)
         if on_epoch is not None:
             on_epoch(epoch + 1, model, stats)
     if bad:

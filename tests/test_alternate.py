@@ -90,6 +90,7 @@ def noisy_colors(tmp_path_factory):
     return write_images(tmp_path_factory.mktemp("colors"), clean), clean, noisy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
     paths, clean, noisy = noisy_colors
@@ -118,6 +119,7 @@ def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"classifier-round{r}.pt" for r in range(3)]
 
 
+@pytest.mark.slow
 def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
     """method='transfer': P(label correct) in [0, 1] with delta 0.5 that ranks the flipped labels of the
     images without a verdict below the right ones; w_soft = P; verdicts override."""
@@ -137,6 +139,7 @@ def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
     assert res.history[1]["best_step"] is None
 
 
+@pytest.mark.slow
 def test_init_model_skips_round_zero_and_finished_checkpoints_resume(noisy_colors, tmp_path):
     paths, clean, noisy = noisy_colors
     cfg = tiny_config(0)
@@ -157,6 +160,7 @@ def test_init_model_skips_round_zero_and_finished_checkpoints_resume(noisy_color
     assert res.rounds[0].val_accuracy is None and np.isfinite(res.rounds[0].score).all()
 
 
+@pytest.mark.slow
 def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     names = list(COLORS)
     labels = np.arange(45) % 3

@@ -7,6 +7,7 @@ import pytest
 from benchmarks import budget, classify, gpu_check, oof, quality, signals, summarize
 
 
+@pytest.mark.slow
 def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
     out = tmp_path / "q.json"
     quality.main(["--data", str(cifar_dir), "--labels", "random1", "--verified-classes", "0,1,2,3,4",
@@ -37,6 +38,7 @@ def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_pa
         quality.main(["--data", str(cifar_dir), "--n", "300", "--no-paper", "--method", "paper"])
 
 
+@pytest.mark.slow
 def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):
     out = tmp_path / "b.json"
     res = budget.main(["--data", str(cifar_dir), "--labels", "random1", "--budgets", "0,0.05", "--verified", "1,5",
@@ -49,6 +51,7 @@ def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):
     assert len(set(fallback)) <= 2  # the verdict-free score depends on the seed only, not on the classes
 
 
+@pytest.mark.slow
 def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp_path):
     res = signals.main(["--data", str(cifar_dir), "--labels", "random1", "--seeds", "0,1", "--n", "300",
                         "--epochs", "1", "--budget", "0.1", "--num-ref", "4", "--cache", str(tmp_path / "cache"),
@@ -62,6 +65,7 @@ def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp
     assert res["summary"]["random1"][signals.DEFAULT_SET]["seeds"] == 2
 
 
+@pytest.mark.slow
 def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_on_it(cifar_dir, tmp_path):
     from benchmarks.common import load_cifar10n
     from cleannet_core.classifier import ClassifierConfig
@@ -83,6 +87,7 @@ def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_
     assert not np.allclose(again[folds == 1], probs[folds == 1])
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu(tmp_path):
     res = gpu_check.main(["--small", "--device", "cpu", "--json", str(tmp_path / "g.json")])
     assert res["device"] == "cpu" and res["results"]["rescore_img_s"] > 0
@@ -95,6 +100,7 @@ def test_gain_recovered_on_hand_values():
     assert classify.gain_recovered({"noisy": 0.6, "clean": 0.8}) is None
 
 
+@pytest.mark.slow
 def test_classify_benchmark_runs_with_the_transfer_rows(cifar_dir, tmp_path):
     out = tmp_path / "c.json"
     res = classify.main(["--data", str(cifar_dir), "--labels", "random1", "--n", "160", "--epochs", "1",

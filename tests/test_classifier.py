@@ -59,6 +59,7 @@ def test_weighted_cross_entropy_hand_computed():
     assert weighted_cross_entropy(logits, target, torch.zeros(2)).item() == 0.0
 
 
+@pytest.mark.slow
 def test_train_reaches_high_accuracy_and_is_deterministic(colors):
     paths, labels = colors
     cfg = ClassifierConfig(**FAST, seed=3)

@@ -73,6 +73,7 @@ def test_init_ingest_classes_users_status(env, monkeypatch):
     assert status["ingest_errors"]
 
 
+@pytest.mark.slow
 def test_train_score_extract_export(env, tmp_path):
     run, db, root = env
     run("ingest", "--folder", str(root))
@@ -111,6 +112,7 @@ def test_train_score_extract_export(env, tmp_path):
     assert len(list(csv.DictReader(io.StringIO(kept)))) == 57  # everything but the 3 verified-wrong rows
 
 
+@pytest.mark.slow
 def test_an_image_broken_after_ingest_is_counted_and_the_round_still_scores_everything(env):
     run, db, root = env
     run("ingest", "--folder", str(root))
@@ -134,6 +136,7 @@ def test_score_without_model_is_a_clear_error(env):
     assert res.exit_code == 1 and "no model yet" in res.output
 
 
+@pytest.mark.slow
 def test_extract_says_which_backbone_and_never_swaps_it_silently(env, tmp_path):
     run, db, root = env
     run("ingest", "--folder", str(root))

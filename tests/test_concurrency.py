@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torchvision.models import resnet18
@@ -25,6 +26,8 @@ from annotator.ingest import ingest_folder
 from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 from helpers import wait_for
+
+pytestmark = pytest.mark.slow  # real worker processes training on real images
 
 REPO = Path(__file__).resolve().parents[1]
 ANNOTATORS, VERDICTS = 8, 200

@@ -20,6 +20,8 @@ from cleannet_core.metrics import auroc
 import held_worker
 from helpers import DEMO, NAMES, REPO, demo_rows, wait_for
 
+pytestmark = pytest.mark.slow  # real worker processes training on real images
+
 VERIFY = NAMES[:5]
 ROUND = {"backbone_epochs": 4, "steps": 300, "num_ref": 8}
 
