@@ -148,7 +148,7 @@ def extract(ctx, weights, new_backbone) -> None:
         model, info = pipeline.ensure_backbone(store, data, cfg, _echo_report, new=new_backbone)
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    feats, readable = pipeline.features(store, data, model, info, cfg)
+    feats, readable = pipeline.features(store, data, model, info, cfg, progress=True)
     n_bad = int((~readable).sum())
     bad = f"; {n_bad} images could not be read (listed on the Admin page)" if n_bad else ""
     click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info.source}){bad}")

@@ -171,12 +171,13 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
                                   provenance={"n_images": len(data.ids)} | provenance)
 
 
-def features(store: Store, data: Data, model: Backbone, info: BackboneInfo, cfg: RoundConfig
-             ) -> tuple[np.ndarray, np.ndarray]:
+def features(store: Store, data: Data, model: Backbone, info: BackboneInfo, cfg: RoundConfig, *,
+             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
-    images (zero rows) are reported and left out of the references and the probe's training."""
+    images (zero rows) are reported and left out of the references and the probe's training. `progress`:
+    a tqdm bar on stderr (the CLI)."""
     res = extract_features(model, data.paths, cache_dir=features_dir(store), backbone_id=info.id,
-                           image_size=info.image_size, device=cfg.device, progress=False)
+                           image_size=info.image_size, device=cfg.device, progress=progress)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))

@@ -68,7 +68,8 @@ CREATE TABLE scores (
     model_version INT NOT NULL REFERENCES models(version),
     image_id INT NOT NULL REFERENCES images(id),
     label_id INT NOT NULL,
-    score REAL NOT NULL,                    -- higher = label more likely correct (transfer: P in [0, 1]; paper: [-1, 1])
+    score REAL NOT NULL,                    -- higher = label more likely correct: P in [0, 1] (transfer)
+                                            -- or CleanNet relevance in [-1, 1] (paper)
     uncertainty REAL NOT NULL,              -- queue order, lower = served first (|score - delta|, +10 once reviewed)
     suggested_label_id INT,
     suggested_score REAL,
@@ -117,8 +118,8 @@ def _v2(db: Database) -> None:
 
 
 def _model_artifacts(db: Database) -> None:
-    """Every model file (backbones, scoring checkpoints, exported classifiers) is registered with its provenance in ``artifacts``;
-    the backbone that was recorded in ``settings['backbone']`` becomes the first backbone row."""
+    """Every model file (backbones, scoring checkpoints, exported classifiers) is registered with its
+    provenance in ``artifacts``; the backbone recorded in ``settings['backbone']`` becomes the first row."""
     db.executescript("""
 CREATE TABLE artifacts (
     id INTEGER PRIMARY KEY,

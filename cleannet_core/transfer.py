@@ -17,9 +17,9 @@ The product's default score ("transfer") is P(label correct) from a logistic cal
 fitted on the live verdicts, flagged below 0.5. DEFAULT_SIGNALS are the probe's log-odds and margin: a
 threshold on the prototype margin or the log-odds learnt on the verified classes carries class-specific
 offsets to the others, while the probe margin's natural threshold (another class preferred) does not depend
-on the class (benchmarks/README.md, "Which signals", measures the signal sets). With fewer than `min_each` verdicts of either
-kind it falls back to the verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2,
-also flagged below 0.5.
+on the class (benchmarks/README.md, "Which signals", measures the signal sets). With fewer than `min_each`
+verdicts of either kind it falls back to the verdict-free rule "the probe prefers another class": score
+(1 + probe_margin) / 2, also flagged below 0.5.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_verdicts_and_unreadable_images_override_the_score():
     s = np.array([0.9, 0.8, -0.2, 0.4, 0.6], np.float32)
     before = s.copy()
     w = round_weights(s, 0.5, "soft", verified_idx=np.array([1, 2]), verified_ok=np.array([False, True]),
-                      ok=np.array([True, True, True, True, False]))
+                      readable=np.array([True, True, True, True, False]))
     np.testing.assert_allclose(w, [0.9, 0.0, 1.0, 0.4, 0.0])
     w = round_weights(s, 0.5, "hard", verified_idx=np.array([3]), verified_ok=np.array([True]))
     np.testing.assert_array_equal(w, [1, 1, 0, 1, 1])

@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from annotator import auth
 from annotator.ingest import ingest_folder
 from annotator.pages import common
+from annotator.round_config import RoundConfig, load_round_config
 from annotator.store import Store
 
 APP = "../app.py"  # relative to this file (AppTest resolves it against the test's folder)
@@ -338,7 +339,19 @@ def test_admin_classes_users_requests_settings(db):
         assert store.pending_request()["kind"] == "retrain"
         s = store.settings()
         assert (s["delta_override"], s["audit_share"], s["retrain_every"]) == (0.25, 0.5, 7)
-        assert store.get_setting("round")["method"] == "paper"
+        assert load_round_config(store) == RoundConfig(method="paper")
+
+
+def test_admin_replaces_an_invalid_round_setting(db):
+    with Store() as store:
+        store.set_setting("round", {"num_ref": 0, "steps": 40})  # e.g. edited by hand in the database
+    at = app("admin", page="annotator/pages/admin.py")
+    assert "The stored round setting is invalid (num\\_ref must be an integer" in at.error[0].value
+    at.selectbox(key="adm_method").set_value("paper")
+    at.button(key="adm_settings_save").click().run()
+    assert not at.exception and not at.error
+    with Store() as store:
+        assert store.get_setting("round") == {"method": "paper"}
 
 
 def test_admin_method_choices_are_the_pipelines():

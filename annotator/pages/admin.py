@@ -8,7 +8,7 @@ import streamlit as st
 
 from annotator import auth
 from annotator.pages.common import METHOD_TEXT, context, md, require_role
-from annotator.round_config import load_round_config, save_round_config
+from annotator.round_config import BadRoundConfig, RoundConfig, load_round_config, save_round_config
 from annotator.store import Store, StoreError
 
 SUGGEST = 5  # classes suggested for verification
@@ -151,7 +151,11 @@ def settings_panel(store: Store) -> None:
         every = st.number_input("Retrain every N verdicts", 1, 100000, int(s["retrain_every"]), key="adm_retrain_every")
         lease = st.number_input("Lease seconds (how long a served image stays reserved)", 30, 86400,
                                 int(s["lease_seconds"]), key="adm_lease")
-        round_cfg = load_round_config(store)
+        try:
+            round_cfg = load_round_config(store)
+        except BadRoundConfig as e:
+            st.error(f"The stored round setting is invalid ({md(e)}); saving replaces it with the defaults.")
+            round_cfg = RoundConfig()
         methods = list(METHOD_TEXT)
         method = st.selectbox("Scoring method (from the next round)", methods, key="adm_method",
                               index=methods.index(round_cfg.method),
