@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import budget, classify, gpu_check, oof, quality, signals, summarize
+from benchmarks import budget, classify, dashboard_speed, gpu_check, oof, quality, signals, summarize
 
 
 @pytest.mark.slow
@@ -112,3 +112,13 @@ def test_classify_benchmark_runs_with_the_transfer_rows(cifar_dir, tmp_path):
     assert set(acc) == {"noisy", "cleannet_soft", "transfer_soft", "clean"} and all(0 <= a <= 1 for a in acc.values())
     assert res["config"]["n_test"] == 100 and res["config"]["budget_images"] > 0
     assert res["gain_recovered"] == classify.gain_recovered(acc)
+
+
+@pytest.mark.slow
+def test_dashboard_speed_renders_every_kind(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "bench-admin-pw")
+    monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "unused.db"))  # restored after the benchmark sets it
+    res = dashboard_speed.main(["--n", "3000", "--verdicts", "50", "--repeats", "2",
+                                "--json", str(tmp_path / "d.json")])
+    assert {k: r["n"] for k, r in res["renders"].items()} == {"login": 2, "cold": 1, "warm": 2, "new_verdict": 2}
+    assert json.loads((tmp_path / "d.json").read_text())["n_images"] == 3000
