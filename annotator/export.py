@@ -7,7 +7,7 @@ One row per image (duplicates included), by image id, with the columns ``COLUMNS
 - ``score``, ``suggested_label``, ``suggested_score``, ``model_version``: the current
   model's score row (empty without a current model or without a score for the image).
   Score: higher = label more likely correct; P(label correct) in [0, 1] for the default transfer
-  model, the CleanNet relevance in [-1, 1] for the paper model (``pipeline.METHODS``).
+  model, the CleanNet relevance in [-1, 1] for the paper model (``round_config.METHODS``).
 - ``threshold``: the ``threshold`` argument, else the ``delta_override`` setting, else
   the current model's ``delta``.
 - ``predicted_noisy`` = 1 if score < threshold else 0 (empty without a score).

@@ -39,7 +39,7 @@ SESSION_PARAM = "session"  # URL query parameter holding the signed session toke
 TOKEN_TTL_S = 12 * 3600  # a token (and so a signed-in browser tab) lasts one working day
 _MD_SPECIAL = set(string.punctuation)
 
-# pipeline.METHODS with their labels, kept here so pages need not import torch (a test checks they agree)
+# round_config.METHODS with their labels for the admin page (a test checks they agree)
 METHOD_TEXT = {"transfer": "transfer (default: out-of-fold probe, calibrated on the verdicts)",
                "paper": "paper (CleanNet relevance, Lee et al. 2018)"}
 
