@@ -93,8 +93,8 @@ def backbone_id(model: Backbone) -> str:
 class FeatureCache:
     """Append-only float16 feature store under root/backbone_id/, keyed by content key.
 
-    Each add() writes shard-XXXXX.npy (n, D) float16 and shard-XXXXX.keys.npy (n,) unicode; both go to temp names
-    and are os.replace'd, the keys file last, so only complete shards are ever listed. Shards are memory-mapped;
+    Each add() writes shard-XXXXX.npy (n, D) float16 and shard-XXXXX.keys.npy (n,) unicode, each with
+    atomic.atomic_write and the keys file last, so only complete shards are ever listed. Shards are memory-mapped;
     the key index is one dict (~150 B per key) built once per instance, fine for millions of images.
     """
 
