@@ -146,11 +146,13 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
     return model, info
 
 
-def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
+def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundConfig, *,
+             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
-    images (zero rows) are reported and left out of the references and the probe's training."""
+    images (zero rows) are reported and left out of the references and the probe's training. ``progress``:
+    tqdm bars (the CLI)."""
     res = extract_features(model, data.paths, cache_dir=state_dir(store) / "features", backbone_id=info["id"],
-                           image_size=info["image_size"], device=cfg.device, progress=False)
+                           image_size=info["image_size"], device=cfg.device, progress=progress)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
@@ -194,7 +196,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
         weights = full_round_weights(store, data, current)
     report("features", 0.0, "loading backbone")
     model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
-    report("features", 0.0, f"extracting features ({info['source']})")
+    report("features", 0.0, f"extracting features at {info['image_size']} px ({info['source']})")
     feats, readable = features(store, data, model, info, cfg)
     report("references", 0.0, "k-means reference sets")
     refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),

@@ -8,9 +8,31 @@ verdict's id. A *live verdict* is a row with ``voids IS NULL`` whose id no undo 
 references (see ``LIVE``).
 """
 
+import sys
 from collections.abc import Callable
 
-from sqlite_utils import Database
+
+def _sqlite_utils_database() -> type:
+    """``sqlite_utils.Database``, imported without pandas and numpy when they are not loaded yet.
+
+    sqlite-utils imports pandas and numpy, when installed, only to map their scalar types to column types
+    for ``Table.insert``, which the store never calls (it writes SQL with Python values). Those imports
+    were most of every CLI command's start-up (0.5-1.4 s on 2 cores; benchmarks/cli_startup.py). While
+    sqlite-utils loads, importing them raises ImportError, as when they are absent; afterwards they
+    import normally.
+    """
+    blocked = [m for m in ("pandas", "numpy") if m not in sys.modules] if "sqlite_utils" not in sys.modules else []
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not installed"
+    try:
+        from sqlite_utils import Database
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+    return Database
+
+
+Database = _sqlite_utils_database()
 
 SCHEMA_V1 = """
 CREATE TABLE classes (
@@ -114,8 +136,15 @@ def _v2(db: Database) -> None:
     db.execute("ALTER TABLE leases ADD COLUMN reason TEXT")
 
 
+def _worker_round_progress(db: Database) -> None:
+    """The worker row says where a round is: phase k of n, overall share of the round, when the round
+    started and when it should end (``annotator.progress``)."""
+    for column in ("phase_index INT", "phase_count INT", "overall REAL", "round_started_at REAL", "eta_at REAL"):
+        db.execute(f"ALTER TABLE worker ADD COLUMN {column}")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _worker_round_progress]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

@@ -1,8 +1,10 @@
 """annotator.store on real SQLite files: schema, append-only verdicts, leases, models, settings."""
 
 import sqlite3
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +39,7 @@ def test_schema_created_wal_and_reopen_idempotent(db_path):
     s = Store(db_path)
     assert db_path.exists()
     assert TABLES <= set(s.db.table_names())
-    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.schema_version == SCHEMA_VERSION
     assert s.db.journal_mode == "wal"
     assert s._scalar("PRAGMA busy_timeout") == 30000
     assert s._scalar("PRAGMA foreign_keys") == 1
@@ -70,13 +72,22 @@ def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
     db.conn.commit()
     db.close()
     s = Store(db_path)
-    assert s.schema_version == 2 and [c["name"] for c in s.classes()] == ["cat"]
+    assert s.schema_version == SCHEMA_VERSION and [c["name"] for c in s.classes()] == ["cat"]
     assert "reason" in s.db["leases"].columns_dict
+    assert {"phase_index", "phase_count", "overall", "round_started_at", "eta_at"} <= set(s.db["worker"].columns_dict)
 
 
 def test_default_db_path(monkeypatch, tmp_path):
     monkeypatch.delenv("ANNOTATOR_DB", raising=False)
-    assert default_db_path().parts[-3:] == ("data", "state", "annotator.db")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_db_path() == tmp_path / "xdg" / "annotator" / "annotator.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # the XDG spec says to ignore relative paths
+    assert default_db_path() == Path.home() / ".local" / "share" / "annotator" / "annotator.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_db_path() == Path.home() / ".local" / "share" / "annotator" / "annotator.db"
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in default_db_path().parents  # a project's data never lands in the clone
     monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "x.db"))
     assert default_db_path() == tmp_path / "x.db"
 

@@ -42,7 +42,7 @@ def classes_panel(store: Store) -> None:
     st.subheader("Classes to verify")
     df = class_rows(store)
     if df.empty:
-        st.info("No images yet: ingest some with `python -m annotator ingest`.")
+        st.info("No images yet: ingest some with `annotator ingest`.")
         return
     current = df.loc[df["verified"], "class"].tolist()
     candidates = df[~df["verified"]].sort_values(["expected_wrong", "unreviewed"], ascending=False)

@@ -72,7 +72,7 @@ def worker_panel(store: Store) -> None:
         st.caption(md(w["message"]))
     if age is None or age > 30 or w["phase"] == "stopped":
         st.warning("The worker is not running (no heartbeat in the last 30 s). Start it with "
-                   "`python -m annotator worker`; verdicts are kept meanwhile.")
+                   "`annotator worker` (or `annotator serve`); verdicts are kept meanwhile.")
     if w["last_error"]:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(w["last_error_at"])) if w["last_error_at"] else "?"
         st.error(f"Last error ({when}): {md(w['last_error'])}")

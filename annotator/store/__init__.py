@@ -15,7 +15,8 @@ thread or process).
 
 from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (were importable from annotator.store)
 from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, VERDICTS, WORKER_FIELDS, AddResult,
-                   LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser, default_db_path)
+                   LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser, default_db_path,
+                   user_data_dir)
 from .catalog import CatalogMixin
 from .exports import EXPORT_ROW, ExportMixin
 from .models import ModelsMixin
@@ -31,5 +32,5 @@ class Store(CatalogMixin, VerdictsMixin, ModelsMixin, ReviewMixin, ExportMixin, 
 
 
 __all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "UnknownUser", "AddResult",
-           "default_db_path", "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS",
+           "default_db_path", "user_data_dir", "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS",
            "SCORE_COLUMNS", "EXPORT_ROW"]
