@@ -6,8 +6,10 @@ store (add_model + write_scores + make_current), so scores show without running 
 """
 import csv
 import io
+import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,8 +282,8 @@ def test_dashboard_rates_intervals_trend_worker(db):
         for k, i in enumerate(ids[:10]):
             store.record_verdict(i, "ann", "wrong" if k < 3 else "correct", reason="audit")
         add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
-                                  "backbone": "trained on the noisy labels", "audit": {"error": 0.2, "auroc": 0.9},
-                                  "method": "transfer"})
+                                  "backbone": "trained on the noisy labels", "method": "transfer",
+                                  "audit": {"error": 0.2, "auroc": 0.9, "n": 40}})
         store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
                             last_error_at=time.time())
     at = app("admin", page="annotator/pages/dashboard.py")
@@ -295,8 +297,45 @@ def test_dashboard_rates_intervals_trend_worker(db):
     assert len(at.get("vega_lite_chart")) == 3  # noise per class, estimated trend, audit trend
     said = texts(at)
     assert "Phase=training" in said and "boom" in said and "trained on the noisy labels" in said
+    assert chart_specs(at)[2]["encoding"]["x"]["title"] == "version (n)"  # the audit trend names its sample size
     assert "scoring: transfer" in said
     assert at.dataframe[1].value["n"].tolist() == [10]
+
+
+def chart_specs(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+def test_dashboard_sample_sizes_axes_progress_and_undo_counts(db):
+    """Detection metrics from 13 verdicts are not drawn (the count is said), class audit dots need 10 verdicts,
+    the noise axis fits 15-25 % rates, a running round shows its progress bar, relabels are not undos."""
+    with Store() as store:
+        cat = [r["id"] for r in store.iter_images() if r["label"] == "cat"]
+        for k, i in enumerate(cat[:9]):  # 9 audit verdicts on cat: below the dot's minimum
+            store.record_verdict(i, "ann", "wrong" if k < 2 else "correct", reason="audit")
+        v = store.record_verdict(cat[9], "ann", "wrong", reason="uncertain")
+        for _ in range(12):
+            v = store.relabel_verdict(v, "ann", "dog")
+        store.record_verdict(cat[10], "ann", "correct", reason="uncertain")
+        store.undo_last("ann")
+        add_model(store, metrics={"estimated_noise_rate": 0.2, "per_class_noise_rate": {"cat": 0.15, "dog": 0.25},
+                                  "audit": {"error": 0.0, "auroc": 1.0, "n": 13}})
+        store.worker_update(phase="training", progress=0.5, overall=0.42, phase_index=4, phase_count=6,
+                            eta_at=time.time() + 90, message="step 100/200")
+    at = app("admin", page="annotator/pages/dashboard.py")
+    specs = chart_specs(at)
+    assert len(specs) == 2  # noise per class and the estimated trend; no detection chart from 13 verdicts
+    said = texts(at)
+    assert "needs 30 in its validation split" in said and "the most so far is 13" in said
+    noise = json.dumps(specs[0])
+    assert '"domain": [0, 0.30000000000000004]' in noise or '"domain": [0, 0.3]' in noise  # 25 % * 1.1 -> 30 %
+    assert '"mark": {"type": "point"' not in noise  # no audit dot from 9 verdicts
+    bar = at.get("progress")[0].proto
+    assert bar.value == 42 and bar.text.startswith(
+        common.md("training (phase 4 of 6): 50% of the phase, 42% of the round, about 1 min"))
+    assert "Phase=training (4 of 6)" in said
+    stats = at.dataframe[1].value
+    assert stats[["n", "wrong", "undone"]].values.tolist() == [[10, 3, 1]]
 
 
 def test_wilson_interval():
@@ -377,6 +416,31 @@ def test_every_page_renders_on_an_empty_database(tmp_path, monkeypatch):
     at = app("admin", page="annotator/pages/dashboard.py")
     at.segmented_control(key="dash_period").set_value("All time").run()
     assert not at.exception and "No verdicts in this period" in texts(at)
+
+
+def test_export_page_documents_every_column_and_writes_the_train_format(db):
+    from annotator.export import COLUMN_DOCS
+    with Store() as store:
+        first = next(store.iter_images())
+        store.record_verdict(first["id"], "ann", "wrong", reason="audit", corrected_label="dog")
+    at = app("admin", page="annotator/pages/export.py")
+    docs = at.dataframe[1].value  # [0] is the preview
+    assert docs["column"].tolist() == list(COLUMN_DOCS) and docs["meaning"].tolist() == list(COLUMN_DOCS.values())
+    assert "final_label" in at.dataframe[0].value.columns
+    at.radio(key="exp_format").set_value("train").run()
+    preview = at.dataframe[0].value
+    assert preview.columns.tolist() == ["path", "label", "weight"] and preview["label"].iloc[0] == "dog"
+    with Store() as store:
+        rows = list(csv.DictReader(io.StringIO(common.export_bytes(str(store.path), None, False, "train").decode())))
+    assert len(rows) == len(preview) and rows[0] == {"path": first["path"], "label": "dog", "weight": "1"}
+
+
+def test_streamlit_config_is_a_product():
+    """No Deploy button or developer menu, no usage statistics, a theme (read by `annotator serve`/`demo`)."""
+    import tomllib
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] == "minimal" and config["browser"]["gatherUsageStats"] is False
+    assert config["theme"]["base"] == "light"
 
 
 def test_export_preview_filters_and_download(db):

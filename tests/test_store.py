@@ -152,6 +152,21 @@ def test_verdicts_append_only_and_undo(store):
     assert store.annotator_stats(since=time.time() + 60) == []
 
 
+def test_annotator_stats_count_undos_not_relabels(store):
+    """12 relabels (a corrected label given after 'wrong') are no undos; one real undo is one."""
+    ids = add(store, 14)
+    store.ensure_classes(["dog", "fox"])
+    for i in ids[:12]:
+        v = store.record_verdict(i, "ann", "wrong", reason="uncertain")
+        v = store.relabel_verdict(v, "ann", "dog")
+        store.relabel_verdict(v, "ann", "fox")  # changed mind: relabelled twice
+    store.record_verdict(ids[12], "ann", "correct", reason="audit")
+    store.record_verdict(ids[13], "ann", "correct", reason="audit")
+    store.undo_last("ann")
+    (stats,) = store.annotator_stats(since=0)
+    assert (stats["n"], stats["wrong"], stats["correct"], stats["undone"]) == (13, 12, 1, 1)
+
+
 def test_record_verdict_validation(store):
     (img,) = add(store, 1)
     with pytest.raises(ValueError, match="valid: correct, wrong, unsure"):

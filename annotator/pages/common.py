@@ -177,23 +177,24 @@ class _Head(io.StringIO):
         return n
 
 
-def export_preview(store: Store, *, threshold: float | None, only_kept: bool, rows: int = 100) -> pd.DataFrame:
+def export_preview(store: Store, *, threshold: float | None, only_kept: bool, rows: int = 100,
+                   fmt: str = "full") -> pd.DataFrame:
     """The first ``rows`` rows of the export, read by stopping ``export_csv`` early (no full export)."""
     sink = _Head(rows + 1)
     try:
-        export_csv(store, sink, threshold=threshold, only_kept=only_kept, page=max(rows, 100))
+        export_csv(store, sink, threshold=threshold, only_kept=only_kept, fmt=fmt, page=max(rows, 100))
     except _Enough:
         pass
     return pd.read_csv(io.StringIO(sink.getvalue()), dtype=str, keep_default_na=False)
 
 
-def export_bytes(db_path: str, threshold: float | None, only_kept: bool) -> bytes:
+def export_bytes(db_path: str, threshold: float | None, only_kept: bool, fmt: str = "full") -> bytes:
     """The whole export as bytes, for ``st.download_button(data=callable)``: runs on its own thread with its
     own Store; ``export_csv`` writes a temp file under the state dir, which is read and removed."""
     store = Store(db_path)
     try:
         out = Path(store.path).resolve().parent / "exports" / f"export-{uuid.uuid4().hex[:12]}.csv"
-        n = export_csv(store, out, threshold=threshold, only_kept=only_kept)
+        n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt)
         try:
             data = out.read_bytes()
         finally:
