@@ -59,11 +59,11 @@ def wall(args: list[str], repeat: int) -> list[float]:
     return times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=7, help="runs per command")
     ap.add_argument("--json", type=Path, help="write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "annotator.db"
@@ -73,13 +73,14 @@ def main() -> None:
         for name, argv in COMMANDS.items():
             rows[name] = wall(["-m", "annotator", "--db", str(db), *argv], args.repeat)
     base = statistics.median(rows["python -c pass"])
-    print(f"| command | median s | fastest s | median - bare interpreter s |\n| --- | --- | --- | --- |")
+    print("| command | median s | fastest s | median - bare interpreter s |\n| --- | --- | --- | --- |")
     for name, times in rows.items():
         print(f"| `{name}` | {statistics.median(times):.3f} | {min(times):.3f} | {statistics.median(times) - base:.3f} |")
-    write_json(args.json, {"config": config_of(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                           f"load average {os.getloadavg()[0]:.1f} at the end",
-                           "seconds": {k: {"median": statistics.median(v), "min": min(v), "runs": v}
-                                       for k, v in rows.items()}})
+    result = {"config": config_of(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f} at the end",
+              "seconds": {k: {"median": statistics.median(v), "min": min(v), "runs": v} for k, v in rows.items()}}
+    write_json(args.json, result)
+    return result
 
 
 if __name__ == "__main__":
