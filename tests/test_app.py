@@ -286,6 +286,7 @@ def test_dashboard_rates_intervals_trend_worker(db):
                                   "audit": {"error": 0.2, "auroc": 0.9, "n": 40}})
         store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
                             last_error_at=time.time())
+        store.set_setting("backbone", {"path": "/x.pt", "source": "trained", "image_size": 32})
     at = app("admin", page="annotator/pages/dashboard.py")
     table = at.dataframe[0].value
     cat = table[table["class"] == "cat"].iloc[0]
@@ -298,7 +299,7 @@ def test_dashboard_rates_intervals_trend_worker(db):
     said = texts(at)
     assert "Phase=training" in said and "boom" in said and "trained on the noisy labels" in said
     assert chart_specs(at)[2]["encoding"]["x"]["title"] == "version (n)"  # the audit trend names its sample size
-    assert "scoring: transfer" in said
+    assert "scoring: transfer" in said and "features at 32 px" in said  # the crop size is said
     assert at.dataframe[1].value["n"].tolist() == [10]
 
 
