@@ -43,7 +43,7 @@ def db(tmp_path, monkeypatch):
         assert report.added == 36 and not report.errors
         store.set_verify(["cat", "dog"])
         auth.ensure_admin(store)
-        auth.add_user(store, "ann", "annotator", "ann-pw")
+        auth.add_user(store, "ann", "annotator", "ann-password")
         add_model(store)
     return path
 
