@@ -57,8 +57,9 @@ def login_page() -> None:
         password = st.text_input("Password", type="password", key="login_password", max_chars=auth.MAX_PASSWORD)
         submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
     if submitted:
+        ip = st.context.ip_address  # None for localhost
         try:
-            user = auth.authenticate(store, name or "", password or "", client=st.context.ip_address or "localhost")
+            user = auth.authenticate(store, name or "", password or "", client=ip if isinstance(ip, str) else "local")
         except auth.LoginThrottled as e:
             middle.error(f"{e} (too many failed logins for this user name or from this address)")
             return
@@ -81,7 +82,8 @@ def signed_in(store: Store) -> auth.Session | None:
     if session is None:
         if st.session_state.get("user"):
             log.info("session of %s ended (logged out, revoked or expired)", st.session_state["user"]["name"])
-        _clear_state()
+        if token:  # keep the login form's own state otherwise
+            _clear_state()
         return None
     st.session_state["token"] = session.token
     return session
