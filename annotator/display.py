@@ -30,10 +30,11 @@ def read_for_display(path: str, *, max_pixels: int = MAX_PIXELS, max_bytes: int 
     except (OSError, RuntimeError, ValueError) as e:  # permission, link swapped in since the check, loop
         log.info("display: cannot open %s: %r", path, e)
         return UNREADABLE
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return NOT_REGULAR
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return NOT_REGULAR
         if info.st_size == 0:
             return EMPTY
         if info.st_size > max_bytes:
