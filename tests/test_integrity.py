@@ -160,3 +160,98 @@ def test_concurrent_processes_never_leave_two_live_verdicts(db_path):
         rows = store._all("SELECT image_id, COUNT(*) AS n FROM verdicts v WHERE v.voids IS NULL GROUP BY image_id")
     assert total["refused"] >= len(ids)  # at least every second press of a process was refused
     assert sum(r["n"] for r in rows) == total["saved"]
+
+
+# -- the annotate page (AppTest): each press carries its image id ------------------------
+from test_app import app, button, db, shown_image, texts  # noqa: E402,F401  (db is a fixture)
+
+
+def test_press_for_an_image_no_longer_on_screen_is_dropped_and_said(db):
+    at = app("ann")
+    first = shown_image(at)
+    seq = at.session_state["ann_seq"]
+    at.session_state["ann_actions"] = [("verdict", seq, "correct", first), ("verdict", seq, "wrong", first)]
+    at.run()
+    with Store() as store:
+        assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
+    assert f"Dropped a **wrong** key press for image #{first}" in texts(at) and shown_image(at) != first
+
+
+def test_a_move_lost_after_the_commit_cannot_bind_the_next_press_to_the_judged_image(db):
+    """The page's session state still shows the judged image (its update after the commit never ran)."""
+    at = app("ann")
+    first = shown_image(at)
+    stale = list(at.session_state["ann_items"])
+    button(at, "ann_correct").click().run()
+    at.session_state["ann_items"] = stale  # as if the rerun had stopped right after the commit
+    at.session_state["ann_actions"] = [("verdict", at.session_state["ann_seq"], "wrong", first)]
+    at.run()
+    with Store() as store:
+        assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
+    assert "Not saved" in texts(at) and shown_image(at) != first
+
+
+def test_two_tabs_of_one_user_never_store_two_verdicts(db):
+    one, two = app("ann"), app("ann")
+    first = shown_image(one)
+    assert shown_image(two) == first  # a user's leases come back in each of their tabs
+    button(one, "ann_correct").click().run()
+    button(two, "ann_wrong").click().run()
+    assert "Not saved: image" in texts(two) and "already has a verdict \\(correct\\, by you\\)" in texts(two)
+    assert shown_image(two) != first
+    for _ in range(3):
+        shown = shown_image(two)
+        button(one, "ann_correct").click().run()
+        button(two, "ann_wrong").click().run()  # aimed at an image the other tab may have judged
+        if shown_image(one) == shown:
+            continue
+        with Store() as store:
+            assert Counter(v["image_id"] for v in store.live_verdicts())[shown] == 1
+    with Store() as store:
+        live = Counter(v["image_id"] for v in store.live_verdicts())
+    assert max(live.values()) == 1
+
+
+def test_stale_screen_after_an_expired_lease_is_refused(db):
+    from annotator.queue import next_items
+    alice = app("ann")
+    image = shown_image(alice)
+    with Store() as store:
+        auth.add_user(store, "bob", "annotator", "bob-password")
+        store.db.execute("UPDATE leases SET expires_at = 0 WHERE image_id = ?", [image])  # alice went for lunch
+        got = {i.image_id for i in next_items(store, "bob", n=30)}
+        assert image in got
+        store.record_verdict(image, "bob", "wrong", reason="audit")
+    button(alice, "ann_correct").click().run()
+    with Store() as store:
+        assert [(v["annotator"], v["verdict"]) for v in store.live_verdicts() if v["image_id"] == image] == [
+            ("bob", "wrong")]
+    assert "Not saved" in texts(alice) and shown_image(alice) != image
+
+
+def test_undo_reaches_only_this_login_session(db):
+    first = app("ann")
+    button(first, "ann_correct").click().run()
+    button(first, "ann_correct").click().run()
+    later = app("ann")  # a new login of the same user
+    button(later, "ann_undo").click().run()
+    assert "Nothing to undo" in texts(later)
+    with Store() as store:
+        assert store.verdict_count() == 2
+    button(first, "ann_undo").click().run()
+    with Store() as store:
+        assert store.verdict_count() == 1
+
+
+def test_grid_undo_is_the_page(db):
+    at = app("ann")
+    at.toggle(key="ann_grid_mode").set_value(True).run()
+    at.selectbox(key="ann_grid_class").set_value("dog").run()
+    button(at, "ann_grid_submit").click().run()
+    with Store() as store:
+        assert store.verdict_count() == 12
+    button(at, "ann_undo").click().run()
+    assert "your last page (12 verdicts)" in texts(at)
+    with Store() as store:
+        assert store.verdict_count() == 0
+    assert len([b for b in at.button if b.key and b.key.startswith("ann_flip_")]) == 12  # the page is back

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_app import ADMIN_PW, APP, app, db, shown_image, texts  # noqa: F401  (db is a fixture)
+from test_app import ADMIN_PW, APP, app, button, db, shown_image, texts  # noqa: F401  (db is a fixture)
 
 from annotator import auth, display, ingest
 from annotator.cli import cli
@@ -105,7 +105,7 @@ def test_open_tab_is_signed_out_at_once_by_reset_and_by_sign_out_everywhere(db):
     tab = app("ann")
     lead.button(key="adm_user_signout").click().run()
     assert "Signed ann out of 1 session" in texts(lead)
-    tab.button(key="ann_correct").click().run()  # a press after "sign out everywhere" saves nothing
+    button(tab, "ann_correct").click().run()  # a press after "sign out everywhere" saves nothing
     assert login_form(tab)
     with Store() as store:
         assert store.verdict_count() == 0 and auth.authenticate(store, "ann", password)
@@ -305,5 +305,5 @@ def test_annotate_shows_the_designed_warning_for_a_changed_file(db, tmp_path):
     assert "Image file missing or unreadable" in warning and "Mark it unsure to move on" in warning
     assert not at.get("imgs")
     first = shown_image(at)
-    at.button(key="ann_unsure").click().run()
+    button(at, "ann_unsure").click().run()
     assert shown_image(at) != first and "Image file missing or unreadable" in texts(at) and not at.error
