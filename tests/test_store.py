@@ -320,9 +320,3 @@ def test_audit_counts_and_unreviewed_by_class(store):
     store.undo_last("a")  # voids the dog verdict
     assert store.audit_counts() == {"cat": {"correct": 1, "wrong": 1, "unsure": 1}}
     assert store.unreviewed_by_class() == {"cat": 0, "dog": 3, "empty": 0}
-
-
-def test_setting_or_init_keeps_the_first_value(store):
-    assert store.setting_or_init("secret", "a") == "a"
-    assert store.setting_or_init("secret", "b") == "a"
-    assert store.get_setting("secret") == "a"

@@ -6,11 +6,12 @@ clicked; ``g`` saves the page.
 
 Every press carries the id of the image it was made on and the page's state number (``_seq``), which
 is also part of every button's key. Buttons only queue an action (``ann_actions``, via their callback);
-the page body applies the queue first, and drops (and says so) a press drawn before the last change. The store keeps at most one live verdict
-per image and refuses a second one, and the images on screen are re-derived from the store on every
-rerun (an image stays only while my lease on it is live, and a saved verdict ends that lease), so a
-press that arrives after its image was judged (keys faster than reruns, a rerun cut short, a second
-tab of the same user, an expired lease) is refused or dropped with a message, never recorded twice.
+the page body applies the queue first and drops (and says so) a press drawn before the last change.
+The store keeps at most one live verdict per image and refuses a second one, and the images on screen
+are re-derived from the store on every rerun (an image stays only while my lease on it is live, and a
+saved verdict ends that lease), so a press that arrives after its image was judged (keys faster than
+reruns, a rerun cut short, a second tab of the same user, an expired lease) is refused or dropped with
+a message, never recorded twice.
 
 Undo (``z``) voids my most recent verdict of this login session; a saved grid page is undone as a
 whole, and undo reaches back at most ``UNDO_DEPTH`` steps. The item after the current one stays leased

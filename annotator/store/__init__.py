@@ -15,9 +15,9 @@ thread or process).
 """
 
 from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (were importable from annotator.store)
-from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, UNDO_DEPTH, VERDICTS, WORKER_FIELDS, AddResult,
-                   AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser, default_db_path,
-                   private_files)
+from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, UNDO_DEPTH, VERDICTS, WORKER_FIELDS,
+                   AddResult, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser,
+                   default_db_path, private_files)
 from .accounts import AccountsMixin, user_key
 from .catalog import CatalogMixin
 from .exports import EXPORT_ROW, ExportMixin
@@ -33,6 +33,6 @@ class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ReviewMixin
         return self
 
 
-__all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "AlreadyJudged", "UnknownUser", "AddResult",
-           "default_db_path", "private_files", "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH",
-           "SCORE_COLUMNS", "EXPORT_ROW", "user_key"]
+__all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "AlreadyJudged", "UnknownUser",
+           "AddResult", "default_db_path", "private_files", "user_key", "VERDICTS", "REASONS", "ROLES",
+           "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH", "SCORE_COLUMNS", "EXPORT_ROW"]
