@@ -18,7 +18,7 @@ import click
 
 from . import auth
 from .progress import TqdmReport, describe_next, describe_round, duration, worker_status
-from .store import Store, StoreError, default_db_path
+from .store import Store, StoreError, default_db_path, private_files
 
 
 def _open(ctx: click.Context) -> Store:
@@ -48,6 +48,7 @@ def _round_config(store: Store, **overrides):
 def cli(ctx: click.Context, db: Path | None, verbose: bool) -> None:
     """Clean wrong labels with CleanNet and a live annotation loop."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    private_files()  # state, features, checkpoints and exports: readable by this user only
     ctx.obj = {"db": db or default_db_path(), "db_given": db is not None}
 
 
@@ -59,7 +60,10 @@ def init(ctx: click.Context) -> None:
     Example: annotator init
     """
     store = _open(ctx)
-    password = auth.ensure_admin(store)
+    try:
+        password = auth.ensure_admin(store)
+    except ValueError as e:  # $ANNOTATOR_ADMIN_PASSWORD too short
+        raise click.ClickException(f"$ANNOTATOR_ADMIN_PASSWORD: {e}") from e
     click.echo(f"database: {store.path}")
     if password:
         click.echo(f"created lead 'admin' with password: {password}")
@@ -329,6 +333,41 @@ def users_list(ctx) -> None:
     """List users and roles."""
     for u in _open(ctx).list_users():
         click.echo(f"{u['name']}\t{u['role']}\t{'active' if u['active'] else 'disabled'}")
+
+
+@users.command("password")
+@click.argument("name")
+@click.option("--password", help=f"the new password (at least {auth.MIN_PASSWORD} characters); default: generated")
+@click.pass_context
+def users_password(ctx, name, password) -> None:
+    """Set a user's password; every session of the user ends.
+
+    Example: annotator users password alice
+    """
+    store = _open(ctx)
+    user = store.get_user(name)
+    if user is None:
+        raise click.ClickException(f"unknown user {name!r}")
+    try:
+        pw = auth.set_password(store, user["name"], password)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"password of {user['name']!r} changed" + ("" if password else f" to: {pw}"))
+
+
+@users.command("signout")
+@click.argument("name")
+@click.pass_context
+def users_signout(ctx, name) -> None:
+    """End every open session of a user (sign out everywhere).
+
+    Example: annotator users signout alice
+    """
+    store = _open(ctx)
+    user = store.get_user(name)
+    if user is None:
+        raise click.ClickException(f"unknown user {name!r}")
+    click.echo(f"ended {store.end_sessions(user['name'])} session(s) of {user['name']!r}")
 
 
 @cli.command()

@@ -136,6 +136,45 @@ def _v2(db: Database) -> None:
     db.execute("ALTER TABLE leases ADD COLUMN reason TEXT")
 
 
+def _v3_one_live_verdict_sessions_logins(db: Database) -> None:
+    """Version 3: verdict integrity and accounts.
+
+    - A trigger refuses a verdict on an image that already has a live one (undo rows pass), so at most one
+      live verdict per image holds for every writer; an explicit change voids the old verdict first.
+    - Verdicts remember the login session and the batch (a grid page) they were given in: undo rules.
+    - Server-side login sessions (only a SHA-256 of each random token is stored) and login attempts
+      (throttling); the old HMAC signing secret is deleted.
+    """
+    db.executescript("""
+CREATE TRIGGER verdicts_one_live BEFORE INSERT ON verdicts
+WHEN NEW.voids IS NULL AND EXISTS (SELECT 1 FROM verdicts v WHERE v.image_id = NEW.image_id AND v.voids IS NULL
+                                   AND NOT EXISTS (SELECT 1 FROM verdicts u WHERE u.voids = v.id))
+BEGIN SELECT RAISE(ABORT, 'image already has a live verdict'); END;
+ALTER TABLE verdicts ADD COLUMN session_id INT;     -- sessions.id the verdict was given in (NULL: CLI, import)
+ALTER TABLE verdicts ADD COLUMN batch TEXT;         -- verdicts saved together (a grid page) share it
+CREATE INDEX verdicts_session ON verdicts(session_id, id);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    token_hash TEXT UNIQUE NOT NULL,        -- SHA-256 hex of the random token; the token itself is never stored
+    user TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL NOT NULL,
+    expires_at REAL NOT NULL                -- absolute end (capped when checked too)
+);
+CREATE INDEX sessions_user ON sessions(user);
+CREATE TABLE login_attempts (
+    id INTEGER PRIMARY KEY,
+    user_key TEXT NOT NULL,                 -- normalised user name as typed (known or not)
+    client TEXT NOT NULL,                   -- client address ('' when unknown)
+    ok INT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX login_attempts_user ON login_attempts(user_key, at);
+CREATE INDEX login_attempts_client ON login_attempts(client, at);
+DELETE FROM settings WHERE key = 'session_secret';
+""")
+
+
 def _worker_round_progress(db: Database) -> None:
     """The worker row says where a round is: phase k of n, overall share of the round, when the round
     started and when it should end (``annotator.progress``)."""
@@ -144,7 +183,8 @@ def _worker_round_progress(db: Database) -> None:
 
 
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _worker_round_progress]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
+                                                 _worker_round_progress]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

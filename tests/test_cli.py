@@ -49,7 +49,7 @@ def test_every_command_has_help_with_an_example():
 
 def test_init_ingest_classes_users_status(env, monkeypatch):
     run, db, root = env
-    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "s3cret-pw-long")
     assert "admin" in run("init").output
     out = run("ingest", "--folder", str(root)).output
     assert "60 added" in out and "1 errors" in out and "broken.jpg" in out

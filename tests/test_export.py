@@ -41,7 +41,8 @@ def small(store):
     store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["dog" if k == 6 else "cat"]}
                      for k in range(1, 7))
     store.record_verdict(1, "bob", "wrong", reason="audit")
-    store.record_verdict(1, "ann", "correct", reason="uncertain")  # the latest live verdict wins
+    store.undo_last("bob")  # a changed verdict: undone, then given again
+    store.record_verdict(1, "ann", "correct", reason="uncertain")
     store.record_verdict(2, "ann", "wrong", reason="uncertain")
     store.record_verdict(3, "ann", "wrong", reason="grid", corrected_label="dog")
     store.record_verdict(4, "ann", "unsure", reason="audit")

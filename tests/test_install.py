@@ -39,7 +39,7 @@ def test_installed_command_works_from_another_folder(installed, tmp_path):
         for i in range(4):
             Image.new("RGB", (16, 16), (colour[0], colour[1] + 8 * i, colour[2])).save(project / "images" / cls / f"{i}.png")
     env = {k: v for k, v in os.environ.items() if k != "ANNOTATOR_DB"}
-    env.update(XDG_DATA_HOME=str(tmp_path / "xdg"), ANNOTATOR_ADMIN_PASSWORD="pw-123456")
+    env.update(XDG_DATA_HOME=str(tmp_path / "xdg"), ANNOTATOR_ADMIN_PASSWORD="pw-123456-long")
 
     def run(*args, extra=None):
         done = subprocess.run([str(installed), *args], cwd=project, env={**env, **(extra or {})}, capture_output=True,
@@ -51,7 +51,7 @@ def test_installed_command_works_from_another_folder(installed, tmp_path):
     assert "admin" in run("init")
     assert "8 added" in run("ingest", "--folder", "images")
     run("classes", "--verify", "owl")
-    run("users", "add", "ann", "--role", "annotator", "--password", "pw-ann-123")
+    run("users", "add", "ann", "--role", "annotator", "--password", "pw-ann-123456")
     status = json.loads(run("status", "--json"))
     db = tmp_path / "xdg" / "annotator" / "annotator.db"
     assert Path(status["database"]) == db and db.exists()

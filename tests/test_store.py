@@ -60,7 +60,7 @@ def test_newer_schema_refused(db_path):
         Store(db_path)
 
 
-def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
+def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path):
     from sqlite_utils import Database
 
     from annotator.schema import MIGRATIONS
@@ -130,7 +130,7 @@ def test_verdicts_append_only_and_undo(store):
     v2 = store.record_verdict(ids[1], "ann", "wrong", reason="audit", corrected_label="dog")
     v3 = store.record_verdict(ids[2], "bob", "unsure", reason="grid")
     assert store.verdict_count() == 3
-    assert store.undo_last("ann") == v2
+    assert store.undo_last("ann") == [v2]
     rows = store._all("SELECT id, verdict, voids FROM verdicts ORDER BY id")
     assert rows == [{"id": v1, "verdict": "correct", "voids": None}, {"id": v2, "verdict": "wrong", "voids": None},
                     {"id": v3, "verdict": "unsure", "voids": None}, {"id": v3 + 1, "verdict": "wrong", "voids": v2}]
@@ -140,8 +140,8 @@ def test_verdicts_append_only_and_undo(store):
                                         "created_at": store.live_verdicts()[0]["created_at"], "model_version": 1,
                                         "label_id": store.class_id("cat")}
     # undo twice voids two different verdicts, then there is nothing left to undo
-    assert store.undo_last("ann") == v1
-    assert store.undo_last("ann") is None
+    assert store.undo_last("ann") == [v1]
+    assert store.undo_last("ann") == []
     assert [v["id"] for v in store.live_verdicts()] == [v3]
     assert store.verdict_count() == 1 and store.verdict_count(live_only=False) == 3
     assert store.verdicts_since(0) == 1 and store.verdicts_since(v3) == 0
@@ -331,7 +331,7 @@ def test_relabel_verdict_voids_and_copies_and_undo_removes_it(store):
     v3 = store.record_verdict(ids[1], "ann", "correct", reason="audit")
     with pytest.raises(StoreError):  # not 'wrong'
         store.relabel_verdict(v3, "ann", "dog")
-    assert store.undo_last("ann") == v3 and store.undo_last("ann") == v2
+    assert store.undo_last("ann") == [v3] and store.undo_last("ann") == [v2]
     assert store.live_verdicts() == []
 
 
@@ -346,9 +346,3 @@ def test_audit_counts_and_unreviewed_by_class(store):
     store.undo_last("a")  # voids the dog verdict
     assert store.audit_counts() == {"cat": {"correct": 1, "wrong": 1, "unsure": 1}}
     assert store.unreviewed_by_class() == {"cat": 0, "dog": 3, "empty": 0}
-
-
-def test_setting_or_init_keeps_the_first_value(store):
-    assert store.setting_or_init("secret", "a") == "a"
-    assert store.setting_or_init("secret", "b") == "a"
-    assert store.get_setting("secret") == "a"
