@@ -9,9 +9,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test test-fast install chromium bench clean
 
-$(STAMP): requirements.txt requirements-test.txt
+# The project itself is installed editable: the `annotator` command (.venv/bin/annotator) runs this clone's
+# code from any folder. Its dependencies come from requirements*.txt first; setuptools (pulled in by torch)
+# builds it without a download.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-test.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,11 +33,11 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 run: $(STAMP)
-	$(PY) -m annotator demo
+	$(VENV)/bin/annotator demo
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.quality --data ../shared/data/cifar10n --labels aggre --json benchmarks/out/quality-aggre.json
 	$(PY) -m benchmarks.budget --data ../shared/data/cifar10n --labels aggre --json benchmarks/out/budget-aggre.json
 
 clean:
-	rm -rf $(VENV) data/state benchmarks/.cache
+	rm -rf $(VENV) data/state benchmarks/.cache *.egg-info

@@ -1,8 +1,10 @@
 """Command line: a thin shell over the Python API (store, ingest, pipeline, worker, export, auth).
 
-    python -m annotator --help
-Every command opens the database given by --db (or $ANNOTATOR_DB, else data/state/annotator.db), calls
-the same function the app and worker call, and turns library errors into a one-line message and exit 1.
+    annotator --help                 # installed by `pip install -e .`; `python -m annotator` works too
+Every command opens the database given by --db (or $ANNOTATOR_DB, else the per-user data folder, see
+``store.user_data_dir``), calls the same function the app and worker call, and turns library errors into a
+one-line message and exit 1. Heavy modules (torch, the pipeline, streamlit) are imported inside the commands
+that use them, so `status`, `users`, `classes` and `export` start fast (benchmarks/cli_startup.py).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from pathlib import Path
 
 import click
 
-from . import artifacts, auth, export as export_mod, ingest as ingest_mod, pipeline
+from . import auth
+from .progress import TqdmReport, describe_next, describe_round, duration, worker_status
 from .round_config import BadRoundConfig, RoundConfig, load_round_config
-from .store import Store, StoreError, default_db_path
+from .store import Store, StoreError, default_db_path, private_files
 
 
 def _open(ctx: click.Context) -> Store:
@@ -34,21 +37,17 @@ def _round_config(store: Store, **overrides) -> RoundConfig:
         raise click.ClickException(f"bad round setting: {e}") from e
 
 
-def _echo_report(phase: str, progress: float, message: str) -> None:
-    """A pipeline Report for the terminal: one line per message."""
-    if message:
-        click.echo(f"[{phase}] {message}")
-
-
 @click.group()
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="SQLite file (default: $ANNOTATOR_DB or data/state/annotator.db)")
+              help="SQLite file; its folder holds the runtime state (default: $ANNOTATOR_DB, else "
+                   "annotator.db in the per-user data folder, e.g. ~/.local/share/annotator)")
 @click.option("-v", "--verbose", is_flag=True, help="log progress details")
 @click.pass_context
 def cli(ctx: click.Context, db: Path | None, verbose: bool) -> None:
     """Clean wrong labels with CleanNet and a live annotation loop."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
-    ctx.obj = {"db": db or default_db_path()}
+    private_files()  # state, features, checkpoints and exports: readable by this user only
+    ctx.obj = {"db": db or default_db_path(), "db_given": db is not None}
 
 
 @cli.command()
@@ -56,10 +55,13 @@ def cli(ctx: click.Context, db: Path | None, verbose: bool) -> None:
 def init(ctx: click.Context) -> None:
     """Create the database and the lead 'admin'.
 
-    Example: python -m annotator init
+    Example: annotator init
     """
     store = _open(ctx)
-    password = auth.ensure_admin(store)
+    try:
+        password = auth.ensure_admin(store)
+    except ValueError as e:  # $ANNOTATOR_ADMIN_PASSWORD too short
+        raise click.ClickException(f"$ANNOTATOR_ADMIN_PASSWORD: {e}") from e
     click.echo(f"database: {store.path}")
     if password:
         click.echo(f"created lead 'admin' with password: {password}")
@@ -74,10 +76,11 @@ def init(ctx: click.Context) -> None:
 def ingest(ctx, folder, csv_path, root, classes) -> None:
     """Add images from a class-folder tree or a CSV; bad files are counted and reported.
 
-    Example: python -m annotator ingest --csv labels.csv --root images/
+    Example: annotator ingest --csv labels.csv --root images/
     """
     if bool(folder) == bool(csv_path):
         raise click.UsageError("give exactly one of --folder DIR or --csv FILE --root DIR")
+    from . import ingest as ingest_mod
     allowed = [c.strip() for c in classes.split(",")] if classes else None
     store = _open(ctx)
     try:
@@ -102,7 +105,7 @@ def ingest(ctx, folder, csv_path, root, classes) -> None:
 def classes(ctx, verify, unverify, as_json) -> None:
     """List classes, or choose which ones annotators verify.
 
-    Example: python -m annotator classes --verify cat --verify dog
+    Example: annotator classes --verify cat --verify dog
     """
     store = _open(ctx)
     try:
@@ -130,10 +133,11 @@ def extract(ctx, weights, new_backbone) -> None:
 
     The project's backbone is kept once it exists: the current model's scores depend on its features. The
     first extract builds one from ImageNet weights (--weights, else the torch cache), else trains it on the
-    noisy labels (progress printed). --new-backbone replaces it; run `train` afterwards.
+    noisy labels (progress shown). --new-backbone replaces it; run `train` afterwards.
 
-    Example: python -m annotator extract --weights resnet50.pth
+    Example: annotator extract --weights resnet50.pth
     """
+    from . import artifacts, pipeline
     store = _open(ctx)
     stored = artifacts.current_backbone(store)
     if weights and stored and not new_backbone:
@@ -144,10 +148,14 @@ def extract(ctx, weights, new_backbone) -> None:
     data = pipeline.load_data(store)
     if len(data.ids) == 0:
         raise click.ClickException("no images: ingest some first")
+    bars = TqdmReport()
     try:
-        model, info = pipeline.ensure_backbone(store, data, cfg, _echo_report, new=new_backbone)
+        model, info = pipeline.ensure_backbone(store, data, cfg, bars, new=new_backbone)
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
+    click.echo(f"backbone: {info.source}; features at {info.image_size} px")
     feats, readable = pipeline.features(store, data, model, info, cfg, progress=True)
     n_bad = int((~readable).sum())
     bad = f"; {n_bad} images could not be read (listed on the Admin page)" if n_bad else ""
@@ -163,14 +171,18 @@ def extract(ctx, weights, new_backbone) -> None:
 def train(ctx, full, steps, method) -> None:
     """Run one round now: features, references, the scoring model, scores; the new model becomes current.
 
-    Example: python -m annotator train --method paper --steps 4000
+    Example: annotator train --method paper --steps 4000
     """
+    from . import pipeline
     store = _open(ctx)
+    bars = TqdmReport()
     try:
         version = pipeline.run_round(store, _round_config(store, steps=steps, method=method), full=full,
-                                     report=_echo_report)
+                                     report=bars)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
     click.echo(f"model version {version} is current")
 
 
@@ -193,12 +205,13 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     holds the weights and the class names (load it with cleannet_core.classifier.load_backbone). Per-epoch
     checkpoints in <state folder>/classifiers/resume let a rerun with the same inputs pick up where it stopped.
 
-    Example: python -m annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
+    Example: annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
     """
     from cleannet_core.alternate import AlternateConfig, train_alternating
     from cleannet_core.features import load_imagenet_weights
     from cleannet_core.train import TrainConfig
 
+    from . import artifacts, pipeline
     store = _open(ctx)
     cfg = _round_config(store, steps=steps, backbone_epochs=epochs)
     data = pipeline.load_data(store)
@@ -253,13 +266,17 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
 def score(ctx) -> None:
     """Rescore every image with the current model (e.g. after ingesting more images).
 
-    Example: python -m annotator score
+    Example: annotator score
     """
+    from . import pipeline
     store = _open(ctx)
+    bars = TqdmReport()
     try:
-        version = pipeline.rescore(store, _round_config(store))
+        version = pipeline.rescore(store, _round_config(store), report=bars)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
     click.echo(f"model version {version} is current")
 
 
@@ -270,7 +287,7 @@ def score(ctx) -> None:
 def worker(ctx, once, poll) -> None:
     """Run the background worker (retrains as verdicts arrive).
 
-    Example: python -m annotator worker
+    Example: annotator worker
     """
     from .worker import run_worker
     logging.getLogger().setLevel(logging.INFO)
@@ -285,17 +302,20 @@ def worker(ctx, once, poll) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file, - = stdout")
 @click.option("--threshold", type=float, help="score threshold (default: the model's delta)")
 @click.option("--only-kept", is_flag=True, help="write only the rows to keep")
+@click.option("--format", "fmt", type=click.Choice(["full", "train"]), default="full", show_default=True,
+              help="full: every column (README); train: path,label,weight of the rows to keep, for a training script")
 @click.pass_context
-def export(ctx, out, threshold, only_kept) -> None:
-    """Export the cleaned dataset as CSV (verdicts, scores, weights, keep/drop).
+def export(ctx, out, threshold, only_kept, fmt) -> None:
+    """Export the cleaned dataset as CSV: final_label applies the human verdicts, then the score.
 
-    Example: python -m annotator export --out cleaned.csv --only-kept
+    Example: annotator export --out train.csv --format train
     """
+    from .export import export_csv
     store = _open(ctx)
     if str(out) == "-":
-        n = export_mod.export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept)
+        n = export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept, fmt=fmt)
     else:
-        n = export_mod.export_csv(store, out, threshold=threshold, only_kept=only_kept, progress=True)
+        n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=True)
     click.echo(f"{n} rows written", err=True)
 
 
@@ -312,7 +332,7 @@ def users() -> None:
 def users_add(ctx, name, role, password) -> None:
     """Add a user.
 
-    Example: python -m annotator users add alice --role annotator
+    Example: annotator users add alice --role annotator
     """
     store = _open(ctx)
     try:
@@ -330,29 +350,78 @@ def users_list(ctx) -> None:
         click.echo(f"{u['name']}\t{u['role']}\t{'active' if u['active'] else 'disabled'}")
 
 
+@users.command("password")
+@click.argument("name")
+@click.option("--password", help=f"the new password (at least {auth.MIN_PASSWORD} characters); default: generated")
+@click.pass_context
+def users_password(ctx, name, password) -> None:
+    """Set a user's password; every session of the user ends.
+
+    Example: annotator users password alice
+    """
+    store = _open(ctx)
+    user = store.get_user(name)
+    if user is None:
+        raise click.ClickException(f"unknown user {name!r}")
+    try:
+        pw = auth.set_password(store, user["name"], password)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"password of {user['name']!r} changed" + ("" if password else f" to: {pw}"))
+
+
+@users.command("signout")
+@click.argument("name")
+@click.pass_context
+def users_signout(ctx, name) -> None:
+    """End every open session of a user (sign out everywhere).
+
+    Example: annotator users signout alice
+    """
+    store = _open(ctx)
+    user = store.get_user(name)
+    if user is None:
+        raise click.ClickException(f"unknown user {name!r}")
+    click.echo(f"ended {store.end_sessions(user['name'])} session(s) of {user['name']!r}")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx, as_json) -> None:
     """Counts, current model and worker state.
 
-    Example: python -m annotator status --json
+    Example: annotator status --json
     """
     store = _open(ctx)
     model = store.current_model()
-    w = store.worker_state()
-    out = {"images": store.images_count(), "verdicts": store.verdict_count(),
+    out = {"database": str(store.path), "images": store.images_count(), "verdicts": store.verdict_count(),
            "classes_verified": sum(c["verify"] for c in store.classes()),
            "model_version": model["version"] if model else None,
            "delta": model["delta"] if model else None,
-           "worker": {"phase": w.get("phase"), "progress": w.get("progress"),
-                      "heartbeat_age_s": w.get("heartbeat_age_s"), "last_error": w.get("last_error")},
+           "worker": worker_status(store),
            "ingest_errors": store.ingest_error_counts()}
     if as_json:
         click.echo(json.dumps(out))
         return
-    for k, v in out.items():
-        click.echo(f"{k}: {v}")
+    w = out["worker"]
+    errors = ", ".join(f"{n} {reason}" for reason, n in out["ingest_errors"].items()) or "none"
+    current = "none yet" if model is None else f"v{model['version']}, threshold {model['delta']:.3f}"
+    click.echo(f"database: {out['database']}\n"
+               f"images: {out['images']} ({out['classes_verified']} classes verified); live verdicts: "
+               f"{out['verdicts']}; ingest errors: {errors}\n"
+               f"model: {current}")
+    if w["running"]:
+        click.echo(f"worker: running (pid {w['pid']}, heartbeat {duration(w['heartbeat_age_s'])} ago), {w['phase']}")
+    else:
+        click.echo(f"worker: not running (last state: {w['phase'] or 'never started'})")
+    if describe_round(w):
+        click.echo(f"  round: {describe_round(w)}")
+    if w["message"]:
+        click.echo(f"  message: {w['message']}")
+    click.echo(f"  next round: {describe_next(w['next_round'])}")
+    if w["last_error"]:
+        click.echo(f"  last error: {w['last_error']}")
 
 
 @cli.command()
@@ -361,11 +430,27 @@ def status(ctx, as_json) -> None:
 def demo(ctx, port) -> None:
     """Start the worker and the app on the bundled demo (what `make run` does).
 
-    Example: python -m annotator demo
+    The demo's database is <clone>/data/state/annotator.db unless --db is given ($ANNOTATOR_DB is ignored
+    here, so the demo never lands in your own project).
+
+    Example: annotator demo
     """
-    from .demo import run_demo
-    run_demo(ctx.obj["db"], port=port)
+    from .demo import DEMO_DB, run_demo
+    run_demo(ctx.obj["db"] if ctx.obj["db_given"] else DEMO_DB, port=port)
+
+
+@cli.command()
+@click.option("--port", type=int, default=8501, show_default=True)
+@click.pass_context
+def serve(ctx, port) -> None:
+    """Start the worker and the app on your database; Ctrl+C stops both.
+
+    Example: annotator --db ~/birds/annotator.db serve --port 8502
+    """
+    from .demo import serve as serve_app
+    _open(ctx).close()
+    serve_app(ctx.obj["db"], port=port)
 
 
 def main() -> None:
-    cli(prog_name="python -m annotator")
+    cli(prog_name="annotator")

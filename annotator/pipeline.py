@@ -121,7 +121,7 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
                     new: bool = False, retrain_weights: np.ndarray | None = None) -> tuple[Backbone, BackboneInfo]:
     """The backbone whose features feed the scoring model, and where its weights came from.
 
-    Precedence, said in a report every time: the project's stored backbone (features and the current model
+    Precedence, said in a report every time (phase 'features'; 'backbone' only while one trains): the project's stored backbone (features and the current model
     depend on it) when it has one head per class; else, or with `new`, ImageNet weights (cfg.weights_path,
     which raises when it cannot be loaded, else the torch cache; never downloaded); else a backbone trained
     on the noisy labels (the paper's features come from such a classifier anyway, spec §1).
@@ -131,12 +131,12 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
     stored = current_backbone(store)
     size = pick_image_size(store, cfg)
     if stored and stored.num_classes != len(data.class_ids):
-        report("backbone", 0.0, f"the stored backbone has {stored.num_classes} classes, the project "
+        report("features", 0.0, f"the stored backbone has {stored.num_classes} classes, the project "
                                 f"{len(data.class_ids)}: building a new one")
         stored = None
     if stored and not new and retrain_weights is None:
         unused = f"; weights_path {cfg.weights_path} applies to a new backbone only" if cfg.weights_path else ""
-        report("backbone", 0.0, f"using the project's backbone ({stored.source}){unused}")
+        report("features", 0.0, f"using the project's backbone ({stored.source}){unused}")
         return load_backbone_artifact(stored), stored
     init_state, parent = None, None
     if retrain_weights is not None and stored:
@@ -144,7 +144,7 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
         source = "retrained on the noisy labels with w_soft weights"
     else:
         state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
-        report("backbone", 0.0, message)
+        report("features", 0.0, message)
         if state is not None:
             model = Backbone(cfg.arch, len(data.class_ids), small_input=is_small(size))
             model.load_pretrained(state)
@@ -175,7 +175,7 @@ def features(store: Store, data: Data, model: Backbone, info: BackboneInfo, cfg:
              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
     images (zero rows) are reported and left out of the references and the probe's training. `progress`:
-    a tqdm bar on stderr (the CLI)."""
+    tqdm bars (the CLI)."""
     res = extract_features(model, data.paths, cache_dir=features_dir(store), backbone_id=info.id,
                            image_size=info.image_size, device=cfg.device, progress=progress)
     if res.errors:
@@ -219,7 +219,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
         report("backbone", 0.0, "full round: retraining the backbone with w_soft weights")
         weights = full_round_weights(store, data, current)
     model, backbone = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
-    report("features", 0.0, f"extracting features ({backbone.source})")
+    report("features", 0.0, f"extracting features at {backbone.image_size} px ({backbone.source})")
     feats, readable = features(store, data, model, backbone, cfg)
     report("references", 0.0, "k-means reference sets")
     refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),

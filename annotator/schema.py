@@ -9,10 +9,32 @@ references (see ``LIVE``).
 """
 
 import json
+import sys
 import time
 from collections.abc import Callable
 
-from sqlite_utils import Database
+
+def _sqlite_utils_database() -> type:
+    """``sqlite_utils.Database``, imported without pandas and numpy when they are not loaded yet.
+
+    sqlite-utils imports pandas and numpy, when installed, only to map their scalar types to column types
+    for ``Table.insert``, which the store never calls (it writes SQL with Python values). Those imports
+    were most of every CLI command's start-up (0.5-1.4 s on 2 cores; benchmarks/cli_startup.py). While
+    sqlite-utils loads, importing them raises ImportError, as when they are absent; afterwards they
+    import normally.
+    """
+    blocked = [m for m in ("pandas", "numpy") if m not in sys.modules] if "sqlite_utils" not in sys.modules else []
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not installed"
+    try:
+        from sqlite_utils import Database
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+    return Database
+
+
+Database = _sqlite_utils_database()
 
 SCHEMA_V1 = """
 CREATE TABLE classes (
@@ -117,6 +139,52 @@ def _v2(db: Database) -> None:
     db.execute("ALTER TABLE leases ADD COLUMN reason TEXT")
 
 
+def _v3_one_live_verdict_sessions_logins(db: Database) -> None:
+    """Version 3: verdict integrity and accounts.
+
+    - A trigger refuses a verdict on an image that already has a live one (undo rows pass), so at most one
+      live verdict per image holds for every writer; an explicit change voids the old verdict first.
+    - Verdicts remember the login session and the batch (a grid page) they were given in: undo rules.
+    - Server-side login sessions (only a SHA-256 of each random token is stored) and login attempts
+      (throttling); the old HMAC signing secret is deleted.
+    """
+    db.executescript("""
+CREATE TRIGGER verdicts_one_live BEFORE INSERT ON verdicts
+WHEN NEW.voids IS NULL AND EXISTS (SELECT 1 FROM verdicts v WHERE v.image_id = NEW.image_id AND v.voids IS NULL
+                                   AND NOT EXISTS (SELECT 1 FROM verdicts u WHERE u.voids = v.id))
+BEGIN SELECT RAISE(ABORT, 'image already has a live verdict'); END;
+ALTER TABLE verdicts ADD COLUMN session_id INT;     -- sessions.id the verdict was given in (NULL: CLI, import)
+ALTER TABLE verdicts ADD COLUMN batch TEXT;         -- verdicts saved together (a grid page) share it
+CREATE INDEX verdicts_session ON verdicts(session_id, id);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    token_hash TEXT UNIQUE NOT NULL,        -- SHA-256 hex of the random token; the token itself is never stored
+    user TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL NOT NULL,
+    expires_at REAL NOT NULL                -- absolute end (capped when checked too)
+);
+CREATE INDEX sessions_user ON sessions(user);
+CREATE TABLE login_attempts (
+    id INTEGER PRIMARY KEY,
+    user_key TEXT NOT NULL,                 -- normalised user name as typed (known or not)
+    client TEXT NOT NULL,                   -- client address ('' when unknown)
+    ok INT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX login_attempts_user ON login_attempts(user_key, at);
+CREATE INDEX login_attempts_client ON login_attempts(client, at);
+DELETE FROM settings WHERE key = 'session_secret';
+""")
+
+
+def _worker_round_progress(db: Database) -> None:
+    """The worker row says where a round is: phase k of n, overall share of the round, when the round
+    started and when it should end (``annotator.progress``)."""
+    for column in ("phase_index INT", "phase_count INT", "overall REAL", "round_started_at REAL", "eta_at REAL"):
+        db.execute(f"ALTER TABLE worker ADD COLUMN {column}")
+
+
 def _model_artifacts(db: Database) -> None:
     """Every model file (backbones, scoring checkpoints, exported classifiers) is registered with its
     provenance in ``artifacts``; the backbone recorded in ``settings['backbone']`` becomes the first row."""
@@ -142,7 +210,8 @@ CREATE TABLE artifacts (
 
 
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _model_artifacts]
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
+                                                 _worker_round_progress, _model_artifacts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

@@ -50,7 +50,7 @@ def run(db: Path, repeats: int) -> dict[str, list[float]]:
     times = {"login": [timed_run(login) for _ in range(repeats)], "cold": [], "warm": [], "new_verdict": []}
     with Store(db) as store:
         auth.ensure_admin(store)
-        token = common.make_token(store, auth.ADMIN)
+        token = auth.start_session(store, store.get_user(auth.ADMIN)).token
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params[common.SESSION_PARAM] = token
     at.run()

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import budget, classify, dashboard_speed, gpu_check, oof, quality, signals, summarize
+from benchmarks import budget, classify, cli_startup, dashboard_speed, gpu_check, oof, quality, signals, summarize
 
 
 @pytest.mark.slow
@@ -85,6 +85,14 @@ def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_
     again = oof.oof_probs(changed, ClassifierConfig(epochs=1), folds, tag="t", device="cpu", cache=tmp_path / "c2")
     np.testing.assert_allclose(again[folds == 0], probs[folds == 0], atol=1e-6)  # backbone 0 predicts them
     assert not np.allclose(again[folds == 1], probs[folds == 1])
+
+
+@pytest.mark.slow
+def test_cli_startup_benchmark_times_every_quick_command_and_the_baselines(tmp_path):
+    res = cli_startup.main(["--repeat", "1", "--json", str(tmp_path / "c.json")])
+    assert set(res["seconds"]) == set(cli_startup.COMMANDS) | set(cli_startup.BASELINES)
+    assert all(len(t["runs"]) == 1 and t["min"] > 0 for t in res["seconds"].values())
+    assert json.loads((tmp_path / "c.json").read_text()) == res
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ def test_every_command_has_help_with_an_example():
 
 def test_init_ingest_classes_users_status(env, monkeypatch):
     run, db, root = env
-    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "s3cret-pw-long")
     assert "admin" in run("init").output
     out = run("ingest", "--folder", str(root)).output
     assert "60 added" in out and "1 errors" in out and "broken.jpg" in out
@@ -144,7 +144,7 @@ def test_extract_says_which_backbone_and_never_swaps_it_silently(env, tmp_path):
     out = run("extract").output  # no ImageNet weights offline: the first extract trains, and says so
     assert "[backbone] training the resnet18 backbone on 60 images (1 epochs)" in out
     assert "[backbone] backbone epoch 1/1: train accuracy" in out
-    assert "using the project's backbone (trained on the noisy labels" in run("train").output
+    assert "[features] using the project's backbone (trained on the noisy labels" in run("train").output
     first = Store(db).latest_artifact("backbone")
     weights = tmp_path / "r18.pth"
     torch.manual_seed(0)

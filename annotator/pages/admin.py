@@ -1,5 +1,4 @@
 """Admin (lead): classes to verify, users, retrain requests, settings, ingest errors."""
-import secrets
 
 from dataclasses import replace
 
@@ -45,7 +44,7 @@ def classes_panel(store: Store) -> None:
     st.subheader("Classes to verify")
     df = class_rows(store)
     if df.empty:
-        st.info("No images yet: ingest some with `python -m annotator ingest`.")
+        st.info("No images yet: ingest some with `annotator ingest`.")
         return
     current = df.loc[df["verified"], "class"].tolist()
     candidates = df[~df["verified"]].sort_values(["expected_wrong", "unreviewed"], ascending=False)
@@ -79,7 +78,7 @@ def classes_panel(store: Store) -> None:
 def users_panel(store: Store, me: str) -> None:
     st.subheader("Users")
     users = store.list_users()
-    st.dataframe(pd.DataFrame(users, columns=["name", "role", "active", "created_at"]).assign(
+    st.dataframe(pd.DataFrame(users, columns=["name", "role", "active", "sessions", "created_at"]).assign(
         active=lambda d: d["active"].astype(bool),
         created_at=lambda d: pd.to_datetime(d["created_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M")),
         hide_index=True, width="stretch", key="adm_users")
@@ -94,25 +93,28 @@ def users_panel(store: Store, me: str) -> None:
         except (ValueError, StoreError) as e:
             st.error(md(e))
         else:
-            done(f"Created {role} **{md(name.strip())}**. Their password (shown only now):", password)
+            done(f"Created {role} **{md(auth.normalise_name(name))}**. Their password (shown only now):", password)
     others = [u["name"] for u in users if u["name"] != me]
     if not others:
         return
     pick = st.selectbox("User", others, key="adm_user_pick")
     target = next(u for u in users if u["name"] == pick)
-    a, b = st.columns(2)
+    a, b, c = st.columns(3)
     if target["active"]:
         if a.button("Deactivate", key="adm_user_deactivate"):
             store.set_user_active(pick, False)
             store.release_leases(pick)
-            done(f"Deactivated {md(pick)}; their sessions end at their next click.")
+            done(f"Deactivated {md(pick)}; every session of theirs has ended.")
     elif a.button("Reactivate", key="adm_user_activate"):
         store.set_user_active(pick, True)
         done(f"Reactivated {md(pick)}.")
     if b.button("Reset password", key="adm_user_reset"):
-        password = secrets.token_urlsafe(12)
-        store.set_password_hash(pick, auth.hash_password(password))
-        done(f"New password for {md(pick)} (shown only now):", password)
+        password = auth.set_password(store, pick)
+        done(f"New password for {md(pick)} (shown only now); every session of theirs has ended:", password)
+    if c.button("Sign out everywhere", key="adm_user_signout", help="End every open session of this user now"):
+        n = store.end_sessions(pick)
+        store.release_leases(pick)
+        done(f"Signed {md(pick)} out of {n} session(s).")
 
 
 def worker_panel(store: Store, me: str) -> None:

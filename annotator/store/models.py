@@ -25,14 +25,6 @@ class ModelsMixin(StoreBase):
             self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                             "value = excluded.value", [key, json.dumps(value)])
 
-    def setting_or_init(self, key: str, value: Any) -> Any:
-        """The stored value of ``key``; when none is stored yet, ``value`` is stored first. Atomic, so
-        concurrent callers all get the one value that won (e.g. the app's session-signing secret)."""
-        with self._tx():
-            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
-                            [key, json.dumps(value)])
-            return json.loads(self._scalar("SELECT value FROM settings WHERE key = ?", [key]))
-
     def settings(self) -> dict[str, Any]:
         """Defaults overlaid with stored values."""
         return {**copy.deepcopy(SETTING_DEFAULTS), **{r["key"]: json.loads(r["value"]) for r in self.db.query(
