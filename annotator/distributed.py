@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cleannet_core.classifier import load_backbone
 from cleannet_core.features import SHARD_ROWS, FeatureCache, fill_cache
 
 from . import pipeline
+from .artifacts import features_dir, load_backbone_artifact
+from .round_config import RoundConfig
 from .store import Store
 
 Progress = Callable[[int, int], None]  # (images done by rank 0, rank 0's share)
@@ -60,10 +61,12 @@ def _kill_hook(rank: int) -> Callable[[int], None]:
     return hook
 
 
-def extract(store: Store, cfg: pipeline.RoundConfig, *, batch_size: int = 256, num_workers: int = 2,
-            flush_rows: int = SHARD_ROWS, progress: Progress | None = None) -> ExtractTotals:
+def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, report: pipeline.Report | None = None,
+            batch_size: int = 256, num_workers: int = 2, flush_rows: int | None = None,
+            progress: Progress | None = None) -> ExtractTotals:
     """Fill the feature cache for every image of `store`, as this process's share of a torchrun job (or all
-    of it when run alone). Returns the job's totals (the same on every rank)."""
+    of it when run alone). Rank 0 prepares the backbone (`new_backbone`: a new one, see
+    pipeline.ensure_backbone; `report` gets its progress). Returns the job's totals (the same on every rank)."""
     rank, world, local_rank = world_from_env()
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     device = f"cuda:{local_rank}" if cuda else ("cpu" if cfg.device == "auto" else cfg.device)
@@ -74,12 +77,15 @@ def extract(store: Store, cfg: pipeline.RoundConfig, *, batch_size: int = 256, n
     try:
         data = pipeline.load_data(store)
         if rank == 0:  # may train or save a backbone: once, before anyone looks for it
-            model, info = pipeline.ensure_backbone(store, data, cfg, lambda *a: None, load=False)
+            model, info = pipeline.ensure_backbone(store, data, cfg, report or (lambda *a: None), new=new_backbone,
+                                                   load=False)
         _barrier(world)
         if rank != 0:
-            model, info = pipeline.ensure_backbone(store, data, cfg, lambda *a: None, load=False)
-        dim = info.get("dim") or (model.num_features if model is not None else load_backbone(info["path"])[0].num_features)
-        cache = FeatureCache(pipeline.state_dir(store) / "features", f"{info['id']}-{info['image_size']}px", dim)
+            model, info = pipeline.ensure_backbone(store, data, cfg, load=False)
+        if model is None and not info.dim:
+            model = load_backbone_artifact(info)
+        dim = info.dim or model.num_features
+        cache = FeatureCache(features_dir(store), f"{info.id}-{info.image_size}px", dim)
         cached_before = int(cache.contains(data.keys).sum())  # every rank reads the index before anyone writes
         _barrier(world)
         kill = _kill_hook(rank)
@@ -89,10 +95,11 @@ def extract(store: Store, cfg: pipeline.RoundConfig, *, batch_size: int = 256, n
             if progress is not None and rank == 0:
                 progress(done, total)
 
-        done, errors = fill_cache(model if model is not None else (lambda: load_backbone(info["path"])[0]),
-                                  data.paths, data.keys, cache=cache, image_size=info["image_size"],
+        done, errors = fill_cache(model if model is not None else (lambda: load_backbone_artifact(info)),
+                                  data.paths, data.keys, cache=cache, image_size=info.image_size,
                                   shard=(rank, world), batch_size=batch_size, num_workers=num_workers,
-                                  device=device, decode=cfg.decode, flush_rows=flush_rows, progress=on_progress)
+                                  device=device, decode=cfg.decode, flush_rows=flush_rows or SHARD_ROWS,
+                                  progress=on_progress)
         bad = [(data.paths[i], reason) for i, reason in errors.items()]
         counts = torch.tensor([done, len(bad)], dtype=torch.int64)
         if world > 1:
@@ -104,7 +111,7 @@ def extract(store: Store, cfg: pipeline.RoundConfig, *, batch_size: int = 256, n
         if rank == 0 and bad:
             store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in bad)
         extracted, failed = (int(c) for c in counts.cpu())
-        return ExtractTotals(len(data.ids), cached_before, extracted, failed, world, dim, info["source"])
+        return ExtractTotals(len(data.ids), cached_before, extracted, failed, world, dim, info.source)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from annotator import pipeline
+from annotator.round_config import RoundConfig
 from annotator.queue import next_items
 from annotator.store import Store
 from benchmarks.report import write_json
@@ -68,9 +69,9 @@ def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, se
     times["features_s"] = time.perf_counter() - t
     t = time.perf_counter()
     (path.parent / "backbone-synthetic.pt").write_bytes(b"")     # never loaded: every image is cached
-    store.set_setting("backbone", {"path": str(path.parent / "backbone-synthetic.pt"), "id": BACKBONE_ID,
-                                   "image_size": IMAGE_SIZE, "num_classes": classes, "dim": dim, "arch": "synthetic",
-                                   "source": "synthetic features (benchmark)"})
+    store.add_artifact(kind="backbone", path=str(path.parent / "backbone-synthetic.pt"), backbone_id=BACKBONE_ID,
+                       source="synthetic features (benchmark)",
+                       provenance={"arch": "synthetic", "image_size": IMAGE_SIZE, "num_classes": classes, "dim": dim})
     version = store.add_model(delta=0.5, metrics={"synthetic": True})
     s = rng.random(n)
     store.write_scores(version, ((i + 1, cids[names[c]], float(v), abs(float(v) - 0.5))
@@ -100,7 +101,7 @@ def _round(db: str, device: str, out: mp.Queue) -> None:
             store.worker_update(phase=phase, progress=progress, message=message)
             print(f"{time.strftime('%H:%M:%S')} {phase}: {message}", flush=True)
 
-    version = pipeline.run_round(store, pipeline.RoundConfig(device=device), report=report)
+    version = pipeline.run_round(store, RoundConfig(device=device), report=report)
     end, cpu_end = time.perf_counter(), time.process_time()
     store.worker_update(phase="done")
     store.close()
@@ -144,7 +145,8 @@ def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", seed: int = 0) 
         phase = store.worker_state()["phase"]
         if phase in ("writing", "training", "references"):
             during.setdefault(phase, []).append(_annotate_once(store, rng))
-            time.sleep(0.02)  # an annotator needs a moment per image; keep the load realistic
+            # writing is short: sample it densely; elsewhere a few annotators' pace, not a CPU hog of our own
+            time.sleep(0.02 if phase == "writing" else 0.5)
         else:
             time.sleep(0.05)
     res = q.get(timeout=60)

@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .classifier import ARCHS, Backbone
 from .loading import iter_features, read_error
 
@@ -97,11 +98,11 @@ def backbone_id(model: Backbone) -> str:
 class FeatureCache:
     """Append-only float16 feature store under root/backbone_id/, keyed by content key.
 
-    Each add() writes shard-<writer>-XXXXX.npy (n, D) float16 and shard-<writer>-XXXXX.keys.npy (n,) unicode; both
-    go to temp names and are os.replace'd, the keys file last, so only complete shards are ever listed. <writer> is
-    random per instance, so several processes (torchrun ranks, machines sharing the folder) add to one cache
-    without coordinating. Shards are memory-mapped; the key index is one dict (~150 B per key) built once per
-    instance, fine for millions of images.
+    Each add() writes shard-<writer>-XXXXX.npy (n, D) float16 and shard-<writer>-XXXXX.keys.npy (n,) unicode, each
+    with atomic.atomic_write and the keys file last, so only complete shards are ever listed. <writer> is random
+    per instance, so several processes (torchrun ranks, machines sharing the folder) add to one cache without
+    coordinating. Shards are memory-mapped; the key index is one dict (~150 B per key) built once per instance,
+    fine for millions of images.
     """
 
     def __init__(self, root: str | Path, backbone_id: str, dim: int):
@@ -188,12 +189,8 @@ class FeatureCache:
         new_keys = np.array(list(new), dtype=str)
         new_feats = feats[list(new.values())].astype(np.float16)
         for name, arr in ((f"{stem}.npy", new_feats), (f"{stem}.keys.npy", new_keys)):  # keys file last
-            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
+            with atomic_write(self.dir / name) as f:
                 np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / name)
         self._append(new_keys.tolist(), np.load(self.dir / f"{stem}.npy", mmap_mode="r"))
         return len(new)
 

@@ -11,6 +11,8 @@ import torch
 from torchvision.models import resnet18
 
 from annotator import pipeline
+from annotator.round_config import RoundConfig
+from annotator.artifacts import current_backbone
 from annotator.ingest import ingest_csv
 from annotator.store import Store
 from cleannet_core.features import FeatureCache
@@ -45,8 +47,8 @@ def cached(db: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """-> hit (N,), features (N, D) of the store's images, and every key stored in any shard (repeats kept)."""
     with Store(db) as store:
         data = pipeline.load_data(store)
-        info = store.get_setting("backbone")
-    cache = FeatureCache(db.parent / "features", f"{info['id']}-{info['image_size']}px", info["dim"])
+        info = current_backbone(store)
+    cache = FeatureCache(db.parent / "features", f"{info.id}-{info.image_size}px", info.dim)
     hit, feats = cache.lookup(data.keys)
     keys = [k for f in sorted(cache.dir.glob("shard-*.keys.npy")) for k in np.load(f).tolist()]
     return hit, feats, keys
@@ -65,7 +67,9 @@ def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
     hit1, feats1, keys1 = cached(one)
     assert hit1.all() and sorted(keys1) == sorted(set(keys1))
     with Store(one) as a, Store(two) as b:  # the same backbone (the small-input stem's conv1 is random)
-        b.set_setting("backbone", a.get_setting("backbone"))
+        row = a.latest_artifact("backbone")
+        b.add_artifact(kind="backbone", path=row["path"], backbone_id=row["backbone_id"], source=row["source"],
+                       provenance=row["provenance"])
 
     # rank 1 is SIGKILLed after 48 of its ~120 images: its first 3 shards (16 each) are on disk
     res = extract(two, 2, env={"ANNOTATOR_KILL_RANK": "1", "ANNOTATOR_KILL_AFTER": "48"})
@@ -94,7 +98,7 @@ def test_a_round_with_extract_procs_extracts_on_torchrun_ranks(tmp_path):
     db = make_store(tmp_path, tmp_path / "r18.pth")
     with Store(db) as store:
         store.set_verify([store.classes()[0]["name"]])
-        cfg = pipeline.RoundConfig(weights_path=str(tmp_path / "r18.pth"), image_size=32, num_ref=4, device="cpu",
+        cfg = RoundConfig(weights_path=str(tmp_path / "r18.pth"), image_size=32, num_ref=4, device="cpu",
                                    extract_procs=2)
         assert pipeline.run_round(store, cfg) == 1 and len(store.current_scores()) == N
     hit, _, keys = cached(db)

@@ -12,6 +12,8 @@ from PIL import Image
 from torchvision.models import resnet18
 
 from annotator import pipeline
+from annotator.round_config import RoundConfig
+from annotator.artifacts import current_backbone
 from annotator.ingest import MISSING, NOT_IMAGE, ingest_folder
 from annotator.rescan import rescan
 from annotator.store import Store
@@ -37,8 +39,8 @@ def store(tmp_path):
     s.close()
 
 
-def config(s: Store) -> pipeline.RoundConfig:
-    return pipeline.RoundConfig(**s.get_setting("round"), device="cpu")
+def config(s: Store) -> RoundConfig:
+    return RoundConfig(**s.get_setting("round"), device="cpu")
 
 
 def test_a_cached_round_opens_no_image_file(store, tmp_path, monkeypatch):
@@ -79,7 +81,7 @@ def test_a_file_changed_since_ingest_is_reported_not_served(store, tmp_path):
 def test_rescan_finds_changed_files_by_size_and_mtime_and_the_next_round_extracts_them(store, tmp_path):
     pipeline.run_round(store, config(store))
     data = pipeline.load_data(store)
-    info = store.get_setting("backbone")
+    info = current_backbone(store)
     old, _ = pipeline.features(store, data, None, info, config(store))
     by_path = {r["path"]: r for r in store.iter_images()}
     changed, copy, touched, broken, gone = (data.paths[i] for i in (3, 20, 7, 11, 30))
