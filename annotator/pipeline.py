@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from cleannet_core.alternate import METHODS, round_weights, training_weights
-from cleannet_core.classifier import (Backbone, ClassifierConfig, is_small, load_backbone, resolve_device,
-                                      save_backbone, train_classifier)
+from cleannet_core.classifier import (LITE_ARCHS, Backbone, ClassifierConfig, is_small, load_backbone,
+                                      resolve_device, save_backbone, train_classifier)
 from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
 from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
@@ -38,13 +38,20 @@ log = logging.getLogger(__name__)
 Report = Callable[[str, float, str], None]  # (phase, progress in [0, 1], message)
 SCORE_CHUNK = 50_000  # score rows written between progress reports
 REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
+BACKBONES = ("pretrained", "finetuned", "noisy")
 
 
 @dataclass
 class RoundConfig:
     method: str = "transfer"           # transfer: calibrated class-agnostic signals (issue 6) | paper: CleanNet
-    arch: str = "resnet18"             # backbone: resnet18 | resnet50
-    image_size: int = 0                # crop size; 0 = 32 when images are small (<= 64 px), else 224
+    arch: str = "efficientnet_lite0"   # backbone: efficientnet_lite0 (ImageNet weights from the installed
+                                       # package) | resnet18 | resnet50 (ImageNet weights only from a local
+                                       # file or the torch cache)
+    backbone: str = "pretrained"       # pretrained: frozen ImageNet features, nothing trained before the first
+                                       # model | finetuned: ImageNet weights fine-tuned on the noisy labels |
+                                       # noisy: trained from scratch on the noisy labels
+    image_size: int = 0                # input size; 0 = auto: Lite0 128 px for small images (<= 64 px), ResNet
+                                       # 32 px; 224 for larger images
     backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
     backbone_lr: float = 0.02          # its peak LR (0.1 diverged in the first epoch on a few thousand images)
     weights_path: str | None = None    # local ImageNet weights file (else the torch cache, else train)
@@ -55,6 +62,8 @@ class RoundConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
 
     def classifier_config(self, image_size: int, n_images: int, **kw) -> ClassifierConfig:
         """The backbone/classifier training settings of this round for n_images images of image_size px."""
@@ -90,39 +99,52 @@ def state_dir(store: Store) -> Path:
 
 
 def pick_image_size(store: Store, cfg: RoundConfig) -> int:
+    """cfg.image_size, or by the median image side: small images (<= 64 px) go to Lite0 upscaled to 128 px
+    (benchmarks/README.md, "Pretrained backbone": quality vs CPU time) and to a ResNet at their own 32 px."""
     if cfg.image_size:
         return cfg.image_size
     sizes = [min(r["width"], r["height"]) for r, _ in zip(store.iter_images(), range(500)) if r["width"]]
-    return 32 if sizes and float(np.median(sizes)) <= 64 else 224
+    if sizes and float(np.median(sizes)) <= 64:
+        return 128 if cfg.arch in LITE_ARCHS else 32
+    return 224
 
 
 def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, *,
                     retrain_weights: np.ndarray | None = None) -> tuple[Backbone, dict]:
-    """The backbone whose features feed CleanNet, and a description of where its weights came from.
+    """The backbone whose features feed the scoring model, and a description of where its weights came from.
 
-    Order: the stored one; else ImageNet weights (local file or torch cache; never downloaded); else a
-    backbone trained on the noisy labels (the paper's features come from such a classifier anyway, §1).
-    `retrain_weights` (N,) retrains it on the noisy labels with those per-sample weights (full round, §6).
+    The stored one while it matches the round's arch, kind and size; else, by cfg.backbone: `pretrained` the
+    ImageNet weights as they are (local file, the installed package or the torch cache; never downloaded),
+    `finetuned` those weights trained on the noisy labels, `noisy` a backbone trained from scratch on them (the
+    paper's features come from such a classifier, §1). Without ImageNet weights offline, the first two train
+    from scratch too, with a warning. `retrain_weights` (N,) retrains the stored backbone on the noisy labels
+    with those per-sample weights (full round, §6).
     """
     info = store.get_setting("backbone")
     size = pick_image_size(store, cfg)
-    if retrain_weights is None and info and Path(info["path"]).exists() and info.get("num_classes") == len(
-            data.class_ids):
+    have = info and Path(info["path"]).exists()
+    if retrain_weights is None and have and info.get("num_classes") == len(data.class_ids) and (
+            info.get("arch"), info.get("kind", "noisy"), info.get("image_size")) == (cfg.arch, cfg.backbone, size):
         model, _ = load_backbone(info["path"])
         return model, info
-    init_state, source = None, None
-    if retrain_weights is not None and info and Path(info["path"]).exists():
+    init_state, source, kind = None, None, cfg.backbone
+    if retrain_weights is not None and have:
         init_state = load_backbone(info["path"])[0].state_dict()
-        source = "retrained on the noisy labels with CleanNet's w_soft weights"
-    else:
+        source, kind = "retrained on the noisy labels with CleanNet's w_soft weights", info.get("kind", kind)
+    elif cfg.backbone != "noisy":
         state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
-        if state is not None:
+        if state is not None and cfg.backbone == "pretrained":
             model = Backbone(cfg.arch, len(data.class_ids), small_input=is_small(size))
             model.load_pretrained(state)
-            return _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size, cfg)
-        report("backbone", 0.0, message)
-        log.warning(message)
-        source = "trained on the noisy labels (no ImageNet weights available offline)"
+            return _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size, cfg, kind)
+        if state is not None:
+            init_state, source = state, f"ImageNet, fine-tuned on the noisy labels ({message})"
+        else:
+            report("backbone", 0.0, message)
+            log.warning(message)
+            source = "trained on the noisy labels (no ImageNet weights available offline)"
+    else:
+        source = "trained from scratch on the noisy labels"
     ccfg = cfg.classifier_config(size, len(data.ids))
     report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images")
 
@@ -133,14 +155,14 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, 
     model = train_classifier(data.paths, data.labels, len(data.class_ids), sample_weights=retrain_weights,
                              config=ccfg, init_state=init_state, device=cfg.device, progress=False,
                              on_epoch=on_epoch)
-    return _save_backbone(store, model, data, source, size, cfg)
+    return _save_backbone(store, model, data, source, size, cfg, kind)
 
 
 def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size: int,
-                   cfg: RoundConfig) -> tuple[Backbone, dict]:
+                   cfg: RoundConfig, kind: str) -> tuple[Backbone, dict]:
     path = state_dir(store) / "backbones" / f"backbone-{uuid.uuid4().hex[:8]}.pt"
     save_backbone(model, path, class_names=data.class_names, meta={"source": source})
-    info = {"path": str(path), "source": source, "arch": cfg.arch, "image_size": size,
+    info = {"path": str(path), "source": source, "arch": cfg.arch, "kind": kind, "image_size": size,
             "num_classes": len(data.class_ids), "id": backbone_id(model)}
     store.set_setting("backbone", info)
     return model, info
@@ -312,6 +334,7 @@ def _metrics(score, delta, data, split, best_step, info, max_verdict) -> dict:
                  for c, name in enumerate(data.class_names)}
     out = {"estimated_noise_rate": float(flagged.mean()), "per_class_noise_rate": per_class,
            "max_verdict_id": max_verdict, "best_step": best_step, "backbone": info["source"],
+           "backbone_arch": info.get("arch"), "backbone_kind": info.get("kind"), "image_size": info.get("image_size"),
            "n_train": int(len(split["train"])), "n_val": int(len(split["val"]))}
     if len(split["val"]):
         out["audit"] = detection_report(score[split["val"]], split["val_ok"], delta)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cleannet_core.classifier import Backbone, ClassifierConfig, load_backbone, save_backbone, train_classifier
-from cleannet_core.features import backbone_id, extract_features
+from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,26 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
     t = time.perf_counter()
     res = extract_features(model, ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
                            image_size=config.image_size, device=device)
+    timings["features_s"] = round(time.perf_counter() - t, 2)
+    if not res.ok.all():
+        raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
+    return res.features
+
+
+def pretrained_features(ds: Dataset, *, arch: str = "efficientnet_lite0", image_size: int = 128,
+                        device: str = "auto", batch_size: int = 64, timings: dict | None = None,
+                        cache: Path = CACHE) -> np.ndarray:
+    """Pool features (N, D) float32 of the frozen ImageNet backbone (weights found offline). They do not depend
+    on the labels: cached by image content under `cache`, so every label set, seed and size reuses them."""
+    timings = timings if timings is not None else {}
+    state, message = load_imagenet_weights(arch)
+    if state is None:
+        raise SystemExit(message)
+    model = Backbone(arch, 1000)
+    model.load_pretrained(state)
+    t = time.perf_counter()
+    res = extract_features(model.eval(), ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
+                           image_size=image_size, batch_size=batch_size, device=device)
     timings["features_s"] = round(time.perf_counter() - t, 2)
     if not res.ok.all():
         raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")

@@ -24,6 +24,7 @@ also flagged below 0.5.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,7 +129,8 @@ def standardise_within(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Calibrator:
-    """P(label correct | signals) = sigmoid(((X - mean) / std) @ w + b)."""
+    """P(label correct | signals) = sigmoid(((X - mean) / std) @ w + b); fitted with w >= 0 it never decreases
+    when a signal grows."""
     mean: np.ndarray  # (F,)
     std: np.ndarray   # (F,)
     w: np.ndarray     # (F,)
@@ -146,12 +148,19 @@ class Calibrator:
         return cls(np.array(s["mean"]), np.array(s["std"]), np.array(s["w"]), float(s["b"]))
 
 
-def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0) -> Calibrator:
+def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0, monotone: bool = True,
+                   prior: np.ndarray | None = None) -> Calibrator:
     """L2-regularised logistic regression (L-BFGS) of verdicts (M,) on signals (M, F).
 
     Standardisation uses the signals' own mean/std over the M verdicts; loss = mean log-loss
     + l2 / (2 M) * |w|^2 (the bias is not penalised). With verdicts of one kind only, w = 0 and
     b = the log-odds of the (smoothed) rate.
+
+    monotone (default): every weight is constrained to w >= 0, because every signal's direction is known
+    (higher = label more likely correct). A few dozen verdicts drawn near the decision boundary can make two
+    correlated signals look opposed by chance; unconstrained, the fit then ranks part of the images backwards.
+    The constrained optimum is exact: the loss is convex, so it is the best of the unconstrained fits over
+    subsets of the signals (the rest held at 0) whose weights all come out >= 0 (2^F fits at most, F is small).
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(is_correct, np.float64)
@@ -161,21 +170,43 @@ def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0) ->
     rate = (y.sum() + 1) / (y.size + 2)
     if y.min() == y.max():
         return Calibrator(mean, std, np.zeros(x.shape[1]), float(np.log(rate / (1 - rate))))
-    xt = torch.as_tensor((x - mean) / std)
-    yt = torch.as_tensor(y)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.tensor(float(np.log(rate / (1 - rate))), dtype=torch.float64, requires_grad=True)
+    xs = (x - mean) / std
+    w0 = np.zeros(x.shape[1]) if prior is None else np.asarray(prior, np.float64) * std
+    w, b, _ = _fit_logistic(xs, y, l2=l2, b0=float(np.log(rate / (1 - rate))), w0=w0)
+    if monotone and (w < 0).any():
+        best = None
+        for subset in itertools.product((False, True), repeat=x.shape[1]):
+            cols = np.flatnonzero(subset)
+            ws, bs, loss = _fit_logistic(xs[:, cols], y, l2=l2, b0=b, w0=w0[cols])
+            if (ws >= 0).all() and (best is None or loss < best[2]):
+                best = (cols, ws, bs, loss)
+        cols, ws, b, _ = best  # the empty subset (w = 0) is always feasible
+        w = np.zeros(x.shape[1])
+        w[cols] = ws
+    return Calibrator(mean, std, w, b)
+
+
+def _fit_logistic(xs: np.ndarray, y: np.ndarray, *, l2: float, b0: float,
+                  w0: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """-> (w (F,), b, loss) minimising mean log-loss + l2 / (2 M) |w - w0|^2 on standardised xs (M, F)."""
+    xt, yt, w0t = torch.as_tensor(xs), torch.as_tensor(y), torch.as_tensor(w0)
+    w = w0t.clone().requires_grad_(True)
+    b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14,
                             line_search_fn="strong_wolfe")
 
+    def loss_fn() -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 / (2 * len(y)) * ((w - w0t) ** 2).sum()
+
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 / (2 * len(y)) * (w * w).sum()
+        loss = loss_fn()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return Calibrator(mean, std, w.detach().numpy().copy(), float(b.detach()))
+    with torch.no_grad():
+        return w.detach().numpy().copy(), float(b.detach()), float(loss_fn())
 
 
 @dataclass
