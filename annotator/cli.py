@@ -324,6 +324,7 @@ def status(ctx, as_json) -> None:
            "classes_verified": sum(c["verify"] for c in store.classes()),
            "model_version": model["version"] if model else None,
            "delta": model["delta"] if model else None,
+           "backbone": backbone_summary(model),
            "worker": {"phase": w.get("phase"), "progress": w.get("progress"),
                       "heartbeat_age_s": w.get("heartbeat_age_s"), "last_error": w.get("last_error")},
            "ingest_errors": store.ingest_error_counts()}
@@ -332,6 +333,15 @@ def status(ctx, as_json) -> None:
         return
     for k, v in out.items():
         click.echo(f"{k}: {v}")
+
+
+def backbone_summary(model: dict | None) -> dict | None:
+    """Which backbone and input resolution the model's features came from (None without a model)."""
+    if not model:
+        return None
+    m = model.get("metrics") or {}
+    return {"arch": m.get("backbone_arch"), "kind": m.get("backbone_kind"), "image_size": m.get("image_size"),
+            "source": m.get("backbone") or model.get("backbone")}
 
 
 @cli.command()

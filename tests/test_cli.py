@@ -81,7 +81,11 @@ def test_train_score_extract_export(env, tmp_path):
     for i, image_id in enumerate(ids):
         store.record_verdict(image_id, "admin", "correct" if i % 2 else "wrong", reason="audit")
     assert "model version 1 is current" in run("train").output
-    assert "feature vectors of size 512" in run("extract").output  # cached backbone, cached features
+    # the default backbone: frozen ImageNet EfficientNet-Lite0, small images upscaled to 128 px
+    assert "feature vectors of size 1280 (backbone: ImageNet" in run("extract").output  # cached, nothing trained
+    status = json.loads(run("status", "--json").output)
+    assert status["backbone"]["arch"] == "efficientnet_lite0" and status["backbone"]["kind"] == "pretrained"
+    assert status["backbone"]["image_size"] == 128 and "package" in status["backbone"]["source"]
     assert "model version 2 is current" in run("score").output
     assert store.current_model()["version"] == 2 and len(store.current_scores()) == 60
     assert store.current_model()["metrics"]["method"] == "transfer"  # the default
@@ -115,7 +119,7 @@ def test_an_image_broken_after_ingest_is_counted_and_the_round_still_scores_ever
     store = Store(db)
     store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4})
     (root / "green" / "7.png").write_bytes(b"truncated on the file server")
-    assert "60 feature vectors of size 512" in run("extract").output
+    assert "60 feature vectors of size 1280" in run("extract").output
     assert "1 images could not be read" in run("extract").output
     assert "model version 1 is current" in run("train").output
     assert len(store.current_scores()) == 60

@@ -16,7 +16,7 @@ from cleannet_core.classifier import Backbone, load_backbone, make_transform, pr
 from cleannet_core.efficientnet import EfficientNetLite, SameConv2d, packaged_weights_file
 from cleannet_core.features import backbone_id, load_imagenet_weights
 
-skimage = pytest.importorskip("skimage")
+import skimage  # noqa: E402  (requirements-test.txt)
 PHOTOS = Path(skimage.__file__).parent / "data"
 # ImageNet classes: 281-285 cats (285 Egyptian cat), 967 espresso, 657 missile / 744 projectile
 EXPECTED = {"chelsea.png": {281, 282, 283, 284, 285}, "coffee.png": {967}, "rocket.jpg": {657, 744}}

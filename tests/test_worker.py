@@ -21,7 +21,7 @@ from cleannet_core.metrics import auroc
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 VERIFY = NAMES[:5]
-ROUND = {"backbone_epochs": 4, "steps": 300, "num_ref": 8}
+ROUND = {"backbone_epochs": 4, "steps": 300, "num_ref": 8, "arch": "resnet18", "backbone": "noisy"}
 
 
 def cli(db: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -84,7 +84,9 @@ def worker_panel(store: Store) -> None:
         metrics = model.get("metrics") or {}
         backbone = metrics.get("backbone") or model.get("backbone")
         method = METHOD_TEXT.get(metrics.get("method", "paper"), metrics.get("method"))
-        st.caption(f"Backbone weights: {md(backbone or 'unknown')} · scoring: {md(method)} · "
+        arch = (f" · {metrics['backbone_arch']} ({metrics.get('backbone_kind')}, {metrics.get('image_size')} px)"
+                if metrics.get("backbone_arch") else "")
+        st.caption(f"Backbone weights: {md(backbone or 'unknown')}{md(arch)} · scoring: {md(method)} · "
                    f"threshold δ = {model['delta']:.3f} · trained on {model.get('n_verdicts') or 0} verdicts")
 
 
