@@ -13,14 +13,15 @@ classes applies unchanged to every other class. Score direction everywhere: high
     cleannet_margin  r(q, c) - max_{c' != c} r(q, c')
     z_cleannet       cleannet standardised within the noisy class over all its images
 
-The product's default score ("transfer") is P(label correct) from a logistic calibrator over DEFAULT_SIGNALS
-fitted on the live verdicts, flagged below 0.5. DEFAULT_SIGNALS are the probe's log-odds and margin: on the
+The product's default score ("transfer") is P(label correct) from a monotone logistic calibrator (every weight
+>= 0: no signal may rank against its known direction) over DEFAULT_SIGNALS fitted on the live verdicts,
+flagged below 0.5. DEFAULT_SIGNALS are the probe's log-odds and margin: on the
 full 50k CIFAR-10N `worse` labels the prototype margin's and the log-odds' thresholds carried class-specific
 offsets from the verified classes to the others (held-out error 0.173 with the prototype margin, 0.150
 without; cleanlab 0.165), while the probe margin's natural threshold (another class preferred) does not
 depend on the class (benchmarks/README.md, "Which signals"). With fewer than `min_each` verdicts of either
-kind it falls back to the verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2,
-also flagged below 0.5.
+kind, or when no signal ranks the verdicts the right way round (every weight 0), it falls back to the
+verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2, also flagged below 0.5.
 """
 from __future__ import annotations
 
@@ -148,8 +149,7 @@ class Calibrator:
         return cls(np.array(s["mean"]), np.array(s["std"]), np.array(s["w"]), float(s["b"]))
 
 
-def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0, monotone: bool = True,
-                   prior: np.ndarray | None = None) -> Calibrator:
+def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0, monotone: bool = True) -> Calibrator:
     """L2-regularised logistic regression (L-BFGS) of verdicts (M,) on signals (M, F).
 
     Standardisation uses the signals' own mean/std over the M verdicts; loss = mean log-loss
@@ -171,14 +171,13 @@ def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0, mo
     if y.min() == y.max():
         return Calibrator(mean, std, np.zeros(x.shape[1]), float(np.log(rate / (1 - rate))))
     xs = (x - mean) / std
-    w0 = np.zeros(x.shape[1]) if prior is None else np.asarray(prior, np.float64) * std
-    w, b, _ = _fit_logistic(xs, y, l2=l2, b0=float(np.log(rate / (1 - rate))), w0=w0)
+    w, b, _ = _fit_logistic(xs, y, l2=l2, b0=float(np.log(rate / (1 - rate))))
     if monotone and (w < 0).any():
         best = None
         for subset in itertools.product((False, True), repeat=x.shape[1]):
             cols = np.flatnonzero(subset)
-            ws, bs, loss = _fit_logistic(xs[:, cols], y, l2=l2, b0=b, w0=w0[cols])
-            if (ws >= 0).all() and (best is None or loss < best[2]):
+            ws, bs, loss = _fit_logistic(xs[:, cols], y, l2=l2, b0=b)
+            if (ws >= 0).all() and (best is None or loss < best[3]):
                 best = (cols, ws, bs, loss)
         cols, ws, b, _ = best  # the empty subset (w = 0) is always feasible
         w = np.zeros(x.shape[1])
@@ -186,17 +185,16 @@ def fit_calibrator(x: np.ndarray, is_correct: np.ndarray, *, l2: float = 1.0, mo
     return Calibrator(mean, std, w, b)
 
 
-def _fit_logistic(xs: np.ndarray, y: np.ndarray, *, l2: float, b0: float,
-                  w0: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """-> (w (F,), b, loss) minimising mean log-loss + l2 / (2 M) |w - w0|^2 on standardised xs (M, F)."""
-    xt, yt, w0t = torch.as_tensor(xs), torch.as_tensor(y), torch.as_tensor(w0)
-    w = w0t.clone().requires_grad_(True)
+def _fit_logistic(xs: np.ndarray, y: np.ndarray, *, l2: float, b0: float) -> tuple[np.ndarray, float, float]:
+    """-> (w (F,), b, loss) minimising mean log-loss + l2 / (2 M) |w|^2 on standardised xs (M, F)."""
+    xt, yt = torch.as_tensor(xs), torch.as_tensor(y)
+    w = torch.zeros(xs.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14,
                             line_search_fn="strong_wolfe")
 
     def loss_fn() -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 / (2 * len(y)) * ((w - w0t) ** 2).sum()
+        return F.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 / (2 * len(y)) * (w * w).sum()
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -231,12 +229,15 @@ class TransferScore:
 
 def fit_transfer(x: np.ndarray, is_correct: np.ndarray, signals: tuple[str, ...] = DEFAULT_SIGNALS, *,
                  min_each: int = MIN_EACH, l2: float = 1.0) -> TransferScore:
-    """Calibrator on the verdicts' signals x (M, len(signals)), or the fallback when fewer than `min_each`
-    verdicts of either kind exist (then x is not used)."""
+    """Monotone calibrator on the verdicts' signals x (M, len(signals)), or the fallback when fewer than
+    `min_each` verdicts of either kind exist (then x is not used) or when every fitted weight is 0."""
     y = np.asarray(is_correct, bool)
     if min(int(y.sum()), int((~y).sum())) < min_each:
         return TransferScore(("probe_margin",), None)
-    return TransferScore(tuple(signals), fit_calibrator(x, y, l2=l2))
+    cal = fit_calibrator(x, y, l2=l2)
+    if not cal.w.any():  # no signal ranks the verdicts the right way round: a constant would flag all or nothing
+        return TransferScore(("probe_margin",), None)
+    return TransferScore(tuple(signals), cal)
 
 
 def score_transfer(ts: TransferScore, labels: np.ndarray, *, probs: np.ndarray, features: np.ndarray,
