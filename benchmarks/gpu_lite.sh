@@ -5,6 +5,7 @@
 #   cifar10n-10k/ the 10,000 images of `load_cifar10n(n=10000, seed=0)` as PNG, labels.csv, stats.json
 #   src/         this repository's code (so the run does not depend on what the checkout holds)
 # Results: $OUT/results.tgz (JSON + logs), refreshed every 20 s so a run cut short still returns what it has.
+# Run from the repository root with .carry carried: bash .carry/src/benchmarks/gpu_lite.sh (about 10 minutes).
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 C=$PWD/.carry
