@@ -1,15 +1,17 @@
 """Streamlit entry point: a router. Login gate, role-based navigation, logout; the pages live in annotator/pages/.
 
-    ANNOTATOR_DB=data/state/annotator.db streamlit run app.py      # or `make run` for the bundled demo
+    ANNOTATOR_DB=~/birds/annotator.db streamlit run app.py      # or `annotator serve` (app + worker)
 
-- The database is ``$ANNOTATOR_DB`` (else data/state/annotator.db). One ``Store`` is opened per rerun
+- The database is ``$ANNOTATOR_DB`` (else ``store.default_db_path()``). One ``Store`` is opened per rerun
   and closed when the rerun ends; pages get it through ``common.context()``.
 - First start creates the lead ``admin`` (password ``$ANNOTATOR_ADMIN_PASSWORD``, else generated and
   printed once to the terminal). Anonymous visitors see only the login form.
 - Roles: ``annotator`` sees Annotate; ``lead`` also sees Dashboard, Admin and Export.
-- A signed-in user stays signed in across browser reloads through a signed token in the URL
-  (``?session=...``, see ``annotator/pages/common.py``); sharing that URL shares the session until
-  the token expires (12 h), so use Log out on shared machines.
+- Sessions are server-side (``annotator.auth``): a random token, of which the database keeps only a hash.
+  It rides in the URL (``?session=...``, Streamlit cannot set cookies) so a reload stays signed in; it
+  is checked on every rerun and dies on logout, password change or reset, deactivation, a lead's
+  "Sign out everywhere", 30 min without use, and 12 h after login. Anything else in ``?session=`` is
+  removed and the login form shown.
 - No traceback ever reaches the browser: errors become ``st.error`` sentences, details go to the log.
 """
 import logging
@@ -19,7 +21,7 @@ import streamlit as st
 
 from annotator import auth
 from annotator.pages import common
-from annotator.store import Store, StoreError
+from annotator.store import Store, StoreError, private_files
 
 log = logging.getLogger("annotator.app")
 
@@ -51,79 +53,83 @@ def login_page() -> None:
     _, middle, _ = st.columns([1, 2, 1])
     middle.title("Label cleaner")
     with middle.form("login", clear_on_submit=False):
-        name = st.text_input("User name", key="login_name")
-        password = st.text_input("Password", type="password", key="login_password")
+        name = st.text_input("User name", key="login_name", max_chars=64)
+        password = st.text_input("Password", type="password", key="login_password", max_chars=auth.MAX_PASSWORD)
         submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
     if submitted:
-        user = auth.authenticate(store, name or "", password or "") if name and password else None
+        ip = st.context.ip_address  # None for localhost
+        try:
+            user = auth.authenticate(store, name or "", password or "", client=ip if isinstance(ip, str) else "local")
+        except auth.LoginThrottled as e:
+            middle.error(f"{e} (too many failed logins for this user name or from this address)")
+            return
         if user is None:
-            log.info("failed login for %r", name)
             middle.error("Unknown user name or wrong password.")
             return
-        st.session_state["user"] = user
-        st.session_state["token"] = common.make_token(store, user["name"])
+        session = auth.start_session(store, user)
+        st.session_state["token"] = session.token
+        st.query_params[common.SESSION_PARAM] = session.token
         log.info("login: %s (%s)", user["name"], user["role"])
         st.rerun()
 
 
-def signed_in_user(store: Store) -> dict | None:
-    """The user of this browser session: session state first, else a valid token in the URL; None if anonymous.
-
-    Re-read from the database every rerun, so a deactivated user is signed out at once.
-    """
-    user = st.session_state.get("user")
-    if user is not None:
-        row = store.get_user(user["name"])
-        if row and row["active"]:
-            return {k: v for k, v in row.items() if k != "password_hash"}
-        log.info("session of %s ended: user deactivated or removed", user["name"])
-        logout(store, rerun=False)
+def signed_in(store: Store) -> auth.Session | None:
+    """This browser session's login: its token (session state, else the URL) checked against the store on
+    every rerun, so logout, a password change, deactivation or "sign out everywhere" take effect at once.
+    A dead or unreadable token clears the session state and leaves the URL."""
+    token = st.session_state.get("token") or st.query_params.get(common.SESSION_PARAM)
+    session = auth.resume_session(store, token) if token else None
+    if session is None:
+        if st.session_state.get("user"):
+            log.info("session of %s ended (logged out, revoked or expired)", st.session_state["user"]["name"])
+        if token:  # keep the login form's own state otherwise
+            _clear_state()
         return None
-    token = st.query_params.get(common.SESSION_PARAM)
-    user = common.user_from_token(store, token)
-    if user is not None:
-        st.session_state["user"], st.session_state["token"] = user, token
-    elif token is not None:  # expired, forged, or its user deactivated
-        del st.query_params[common.SESSION_PARAM]
-    return user
+    st.session_state["token"] = session.token
+    return session
 
 
-def logout(store: Store, *, rerun: bool = True) -> None:
-    user = st.session_state.get("user")
-    if user:
-        store.release_leases(user["name"])  # hand the images I held back to the queue
+def _clear_state() -> None:
     for key in list(st.session_state):
         if key != "_store":
             del st.session_state[key]
+    if common.SESSION_PARAM in st.query_params:
+        del st.query_params[common.SESSION_PARAM]
+
+
+def logout(store: Store, session: auth.Session) -> None:
+    store.end_session(session.session_id)
+    store.release_leases(session.user["name"])  # hand the images I held back to the queue
+    log.info("logout: %s", session.user["name"])
+    _clear_state()
     st.query_params.clear()
-    if rerun:
-        st.rerun()
+    st.rerun()
 
 
 def main() -> None:
+    private_files()
     st.set_page_config(page_title="Label cleaner", page_icon=":material/cleaning_services:", layout="wide")
     if not logging.getLogger().handlers:  # `streamlit run` configures only its own logger
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with common.errors_as_messages("The app"), Store() as store:
         st.session_state["_store"] = store
-        user = signed_in_user(store)
-        if user is None:
+        session = signed_in(store)
+        if session is None:
             first_start(store)
             st.navigation([st.Page(login_page, title="Log in", url_path="login", default=True)],
                           position="hidden").run()
             return
+        user = dict(session.user, session_id=session.session_id)
         common.bind(store, user)
-        token = st.session_state.get("token") or common.make_token(store, user["name"])
-        st.session_state["token"] = token
-        if st.query_params.get(common.SESSION_PARAM) != token:  # navigation clears query params: put it back
-            st.query_params[common.SESSION_PARAM] = token
+        if st.query_params.get(common.SESSION_PARAM) != session.token:  # navigation clears query params
+            st.query_params[common.SESSION_PARAM] = session.token
         pages = [st.Page(path, title=title, icon=icon, url_path=url, default=(i == 0))
                  for i, (path, title, icon, url, roles) in enumerate(PAGES) if user["role"] in roles]
         page = st.navigation(pages)
         with st.sidebar:
             st.caption(f"Signed in as **{common.md(user['name'])}** ({user['role']})")
             if st.button("Log out", key="logout", icon=":material/logout:"):
-                logout(store)
+                logout(store, session)
         with common.errors_as_messages(page.title):
             page.run()
 

@@ -1,24 +1,92 @@
-"""Passwords (scrypt, stdlib) and users; the app's login and the CLI's `users add` both come here."""
+"""Accounts: user names, passwords (scrypt, stdlib), login throttling and server-side sessions.
+
+The app's login and the CLI's ``users`` commands both come here; SQL stays in ``annotator.store``.
+
+- User names are NFKC-normalised, 1-64 characters, without control or invisible (format) characters,
+  and compare case-insensitively (``store.user_key``): ``Admin`` is ``admin``.
+- Passwords: at least ``MIN_PASSWORD`` characters; stored as scrypt hashes (cost below). A hash made
+  with a lower cost is replaced at the user's next successful login.
+- Login throttling: after ``FREE_TRIES_USER`` failures for one user name (since its last success) or
+  ``FREE_TRIES_CLIENT`` from one client address within ``WINDOW_S``, each further try must wait
+  ``LOCK_BASE_S``, doubling per failure up to ``LOCK_MAX_S``. Unknown names cost the same scrypt work.
+- Sessions: a random 256-bit token; the store keeps only its SHA-256. A session ends on logout,
+  password change or reset, deactivation, a lead's "sign out everywhere", after ``SESSION_IDLE_S``
+  without use, and at the latest ``SESSION_MAX_S`` after login.
+"""
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 import os
+import re
 import secrets
+import time
+import unicodedata
+from dataclasses import dataclass
 
-from .store import Store
+from .store import Store, user_key
 
-# scrypt cost: n=2**14, r=8, p=1 (~16 MiB, tens of ms): the interactive-login setting from RFC 7914 §2.
-_N, _R, _P, _DKLEN = 2 ** 14, 8, 1, 32
+log = logging.getLogger(__name__)
+
+# scrypt cost n=2**17, r=8, p=1 (128 MiB): OWASP's current minimum for scrypt password storage.
+_N, _R, _P, _DKLEN = 2 ** 17, 8, 1, 32
+_MAXMEM = 256 * 2 ** 20  # hashlib's default limit (32 MiB) is below 128 * r * n
+MIN_PASSWORD = 10  # characters; generated passwords have 16
+MAX_PASSWORD = 1024
 ADMIN = "admin"
+
+FREE_TRIES_USER = 5  # failed logins per user name before the lockout starts
+FREE_TRIES_CLIENT = 20  # failed logins per client address (any names) before the lockout starts
+WINDOW_S = 3600  # failures older than this are forgotten
+LOCK_BASE_S = 30  # first lockout; doubles with every further failure
+LOCK_MAX_S = 900
+
+SESSION_IDLE_S = 30 * 60  # a session unused this long ends
+SESSION_MAX_S = 12 * 3600  # and every session ends this long after login, however it is used
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+
+
+class BadName(ValueError):
+    """A user name that is empty, too long, or has control or invisible characters."""
+
+
+class WeakPassword(ValueError):
+    """A password shorter than ``MIN_PASSWORD`` (or longer than ``MAX_PASSWORD``)."""
+
+
+class LoginThrottled(Exception):
+    """Too many failed logins for this user name or client; ``wait_s`` until the next try."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        super().__init__(f"Too many failed logins. Try again in {max(1, round(wait_s))} s.")
+
+
+# -- names and passwords ----------------------------------------------------------------
+def normalise_name(name: str) -> str:
+    """NFKC form of a user name, stripped; raises ``BadName``."""
+    name = unicodedata.normalize("NFKC", name or "").strip()
+    if not 1 <= len(name) <= 64:
+        raise BadName("user names are 1-64 characters")
+    if any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") for c in name):
+        raise BadName("user names must not contain control or invisible characters")
+    return name
+
+
+def check_password(password: str) -> str:
+    """``password`` if it is long enough; raises ``WeakPassword``."""
+    if not password or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise WeakPassword(f"passwords are {MIN_PASSWORD}-{MAX_PASSWORD} characters")
+    return password
 
 
 def hash_password(password: str) -> str:
     """-> 'scrypt$n$r$p$salt_hex$hash_hex'."""
-    if not password:
-        raise ValueError("password must not be empty")
+    check_password(password)
     salt = os.urandom(16)
-    dk = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=_DKLEN)
+    dk = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, maxmem=_MAXMEM, dklen=_DKLEN)
     return f"scrypt${_N}${_R}${_P}${salt.hex()}${dk.hex()}"
 
 
@@ -26,30 +94,76 @@ def verify_password(password: str, stored: str) -> bool:
     """Constant-time check of `password` against a `hash_password` string; False for malformed input."""
     try:
         algo, n, r, p, salt, want = stored.split("$")
-        if algo != "scrypt":
+        if algo != "scrypt" or int(n) > _N or int(r) > _R or int(p) > _P:  # no cost above ours (memory bomb)
             return False
         dk = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
-                            dklen=len(want) // 2)
-    except (ValueError, TypeError):
+                            maxmem=_MAXMEM, dklen=len(want) // 2)
+    except (ValueError, TypeError, MemoryError):
         return False
     return hmac.compare_digest(dk.hex(), want)
 
 
+def needs_rehash(stored: str) -> bool:
+    """True when ``stored`` was made with another cost than today's."""
+    return not stored.startswith(f"scrypt${_N}${_R}${_P}$")
+
+
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash of a random password: unknown names are checked against it, so they cost the same work."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+# -- users ------------------------------------------------------------------------------
 def add_user(store: Store, name: str, role: str, password: str | None = None) -> str:
-    """Create a user; a missing password is generated. Returns the password (show it once)."""
-    name = name.strip()
-    if not name or len(name) > 64 or any(c in name for c in "\r\n\t"):
-        raise ValueError("user names are 1-64 characters without tabs or newlines")
-    password = password or secrets.token_urlsafe(12)
+    """Create a user; a missing password is generated. Returns the password (show it once).
+
+    Raises ``BadName``, ``WeakPassword``, ``StoreError`` (the name, compared case-insensitively, exists).
+    """
+    name = normalise_name(name)
+    password = check_password(password) if password is not None else secrets.token_urlsafe(12)
     store.add_user(name, role, hash_password(password))
     return password
 
 
-def authenticate(store: Store, name: str, password: str) -> dict | None:
-    """The user row (without its hash) when name/password match an active user, else None."""
-    user = store.get_user(name.strip())
-    if not user or not user.get("active") or not verify_password(password, user["password_hash"]):
+def set_password(store: Store, name: str, password: str | None = None) -> str:
+    """Change (or, without ``password``, reset to a generated one) a user's password; every session of the
+    user ends. Returns the password."""
+    password = check_password(password) if password is not None else secrets.token_urlsafe(12)
+    store.set_password_hash(name, hash_password(password))
+    return password
+
+
+def _wait(store: Store, column: str, value: str, free: int, now: float) -> float:
+    failures, last = store.login_failures(column, value, now - WINDOW_S)
+    if failures < free:
+        return 0.0
+    return max(0.0, last + min(LOCK_BASE_S * 2 ** (failures - free), LOCK_MAX_S) - now)
+
+
+def authenticate(store: Store, name: str, password: str, *, client: str = "", now: float | None = None) -> dict | None:
+    """The user row (without its hash) when name/password match an active user, else None.
+
+    Raises ``LoginThrottled`` (nothing checked) while the name or the client is locked out. Every attempt
+    is recorded; a correct password stored with an older scrypt cost is rehashed.
+    """
+    now = time.time() if now is None else now
+    key = user_key(name or "")
+    wait = max(_wait(store, "user_key", key, FREE_TRIES_USER, now),
+               _wait(store, "client", client, FREE_TRIES_CLIENT, now) if client else 0.0)
+    if wait > 0:
+        log.warning("login throttled for %r from %s (%.0f s left)", name, client or "?", wait)
+        raise LoginThrottled(wait)
+    user = store.get_user(name) if name else None
+    ok = verify_password(password or "", user["password_hash"] if user else _dummy_hash())
+    ok = ok and user is not None and bool(user["active"])
+    store.record_login(key, client, ok, now=now)
+    if not ok:
+        log.warning("failed login for %r from %s", name, client or "?")
         return None
+    if needs_rehash(user["password_hash"]):
+        store.set_password_hash(user["name"], hash_password(password), end_sessions=False)
+        log.info("rehashed the password of %s with the current scrypt cost", user["name"])
     return {k: v for k, v in user.items() if k != "password_hash"}
 
 
@@ -61,3 +175,30 @@ def ensure_admin(store: Store) -> str | None:
     if store.get_user(ADMIN):
         return None
     return add_user(store, ADMIN, "lead", os.environ.get("ANNOTATOR_ADMIN_PASSWORD"))
+
+
+# -- sessions ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Session:
+    token: str  # goes to the browser (URL); the store keeps only its SHA-256
+    session_id: int
+    user: dict  # user row without the password hash
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(store: Store, user: dict, *, now: float | None = None) -> Session:
+    """A new session for ``user`` (a row from ``authenticate``)."""
+    token = secrets.token_urlsafe(32)
+    sid = store.create_session(user["name"], _token_hash(token), lifetime=SESSION_MAX_S, now=now)
+    return Session(token, sid, user)
+
+
+def resume_session(store: Store, token: object, *, now: float | None = None) -> Session | None:
+    """The live session a token belongs to, else None (also for anything that is not a token string)."""
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        return None
+    found = store.session_by_hash(_token_hash(token), idle=SESSION_IDLE_S, cap=SESSION_MAX_S, now=now)
+    return Session(token, found["session_id"], found["user"]) if found else None

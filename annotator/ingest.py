@@ -6,8 +6,10 @@ Bad inputs are counted and reported, never fatal: each gets one stable reason st
 (blake2b-128) and a full Pillow decode. Re-ingesting a source adds no rows: stored paths
 are skipped before their files are read. Paths are stored absolute and resolved, and
 must stay inside the root (``..``, absolute paths and symlinks leading out are refused).
-Labels are stored verbatim after stripping surrounding whitespace: they may hold hostile
-text (``=HYPERLINK(...)``, ``<script>``), which exporters and the UI must escape.
+A file or folder name that is not valid UTF-8 is recorded as ``name not UTF-8`` (shown with
+``\\xNN`` escapes) and the rest is ingested. Labels are stored verbatim after stripping surrounding
+whitespace: they may hold hostile text (``=HYPERLINK(...)``, ``<script>``), which exporters and the UI
+must escape.
 
 Pillow's decompression-bomb limit is process-global; ``ingest_*`` set it for their
 duration and restore it, so run one ingest at a time per process.
@@ -43,8 +45,9 @@ UNREADABLE = "unreadable"
 BAD_ROW = "bad csv row"
 UNKNOWN_CLASS = "unknown class"
 DUPLICATE_ROW = "duplicate row"
+BAD_NAME = "name not UTF-8"
 REASONS = (MISSING, EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, ESCAPES, UNREADABLE, BAD_ROW, UNKNOWN_CLASS,
-           DUPLICATE_ROW)
+           DUPLICATE_ROW, BAD_NAME)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # folder ingest only
 MAX_PIXELS = 50_000_000  # default decompression-bomb limit (width * height)
@@ -69,6 +72,20 @@ class IngestReport:
                  f"{len(self.errors)} errors"]
         detail = ", ".join(f"{reason}: {n}" for reason, n in self.counts.most_common())
         return "; ".join(parts) + (f" ({detail})" if detail else "")
+
+
+def printable(name: str) -> str:
+    """A file name as text that can be stored and shown: bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) become ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -122,7 +139,7 @@ class _Ingest:
     def __init__(self, store: Store, source: str, root: Path, *, allowed_classes: Iterable[str] | None, max_pixels: int,
                  progress: bool, total: int | None) -> None:
         self.store = store
-        self.report = IngestReport(source)
+        self.report = IngestReport(printable(source))
         self.root = root
         self.allowed = None if allowed_classes is None else {c.strip() for c in allowed_classes}
         self.max_pixels = max_pixels
@@ -131,6 +148,7 @@ class _Ingest:
         self.bar = tqdm(total=total, disable=not progress, unit="img", desc="ingest")
 
     def error(self, shown: str, reason: str) -> None:
+        shown = printable(shown)
         log.debug("ingest %s: %s (%s)", self.report.source, shown, reason)
         self.report.errors.append((shown, reason))
         self.report.counts[reason] += 1
@@ -144,6 +162,8 @@ class _Ingest:
             return self.error(shown, UNREADABLE)
         if not path.is_relative_to(self.root):
             return self.error(shown, ESCAPES)
+        if not _is_utf8(str(path)) or not _is_utf8(label):  # SQLite stores text as UTF-8 only
+            return self.error(shown, BAD_NAME)
         if self.allowed is not None and label not in self.allowed:
             return self.error(shown, UNKNOWN_CLASS)
         if str(path) in self.seen:
@@ -226,6 +246,9 @@ def ingest_folder(store: Store, root: str | Path, *, allowed_classes: Iterable[s
     with _pixel_limit(max_pixels):
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             label = class_dir.name.strip()
+            if not _is_utf8(label):  # the class name itself is unusable: one error for the folder
+                run.error(str(class_dir), BAD_NAME)
+                continue
             for dirpath, dirnames, filenames in os.walk(class_dir):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):

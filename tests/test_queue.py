@@ -109,7 +109,7 @@ def test_verdicted_and_unverified_never_served(store):
     for i in a_ids[:5]:
         store.record_verdict(i, "lead", "wrong", reason="manual")
     undone = store.record_verdict(a_ids[5], "lead", "correct", reason="manual")
-    assert store.undo_last("lead") == undone  # an undone verdict makes its image servable again
+    assert store.undo_last("lead") == [undone]  # an undone verdict makes its image servable again
     served = drain(store, "ann", random.Random(3))
     assert sorted(it.image_id for it in served) == sorted(a_ids[5:])
     assert {it.label for it in served} == {"a"}

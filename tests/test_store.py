@@ -1,8 +1,10 @@
 """annotator.store on real SQLite files: schema, append-only verdicts, leases, models, settings."""
 
 import sqlite3
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,7 @@ from annotator.store import (LeaseLost, SETTING_DEFAULTS, Store, StoreError, Unk
                              UnknownUser, default_db_path)
 
 TABLES = {"classes", "images", "verdicts", "leases", "models", "scores", "users", "worker", "requests",
-          "settings", "ingest_errors"}
+          "settings", "ingest_errors", "artifacts"}
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def test_schema_created_wal_and_reopen_idempotent(db_path):
     s = Store(db_path)
     assert db_path.exists()
     assert TABLES <= set(s.db.table_names())
-    assert s.schema_version == SCHEMA_VERSION == 2
+    assert s.schema_version == SCHEMA_VERSION
     assert s.db.journal_mode == "wal"
     assert s._scalar("PRAGMA busy_timeout") == 30000
     assert s._scalar("PRAGMA foreign_keys") == 1
@@ -58,7 +60,7 @@ def test_newer_schema_refused(db_path):
         Store(db_path)
 
 
-def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
+def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path):
     from sqlite_utils import Database
 
     from annotator.schema import MIGRATIONS
@@ -70,13 +72,22 @@ def test_v1_database_is_migrated_to_v2_keeping_its_rows(db_path):
     db.conn.commit()
     db.close()
     s = Store(db_path)
-    assert s.schema_version == 2 and [c["name"] for c in s.classes()] == ["cat"]
+    assert s.schema_version == SCHEMA_VERSION and [c["name"] for c in s.classes()] == ["cat"]
     assert "reason" in s.db["leases"].columns_dict
+    assert {"phase_index", "phase_count", "overall", "round_started_at", "eta_at"} <= set(s.db["worker"].columns_dict)
 
 
 def test_default_db_path(monkeypatch, tmp_path):
     monkeypatch.delenv("ANNOTATOR_DB", raising=False)
-    assert default_db_path().parts[-3:] == ("data", "state", "annotator.db")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_db_path() == tmp_path / "xdg" / "annotator" / "annotator.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # the XDG spec says to ignore relative paths
+    assert default_db_path() == Path.home() / ".local" / "share" / "annotator" / "annotator.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_db_path() == Path.home() / ".local" / "share" / "annotator" / "annotator.db"
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in default_db_path().parents  # a project's data never lands in the clone
     monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "x.db"))
     assert default_db_path() == tmp_path / "x.db"
 
@@ -119,7 +130,7 @@ def test_verdicts_append_only_and_undo(store):
     v2 = store.record_verdict(ids[1], "ann", "wrong", reason="audit", corrected_label="dog")
     v3 = store.record_verdict(ids[2], "bob", "unsure", reason="grid")
     assert store.verdict_count() == 3
-    assert store.undo_last("ann") == v2
+    assert store.undo_last("ann") == [v2]
     rows = store._all("SELECT id, verdict, voids FROM verdicts ORDER BY id")
     assert rows == [{"id": v1, "verdict": "correct", "voids": None}, {"id": v2, "verdict": "wrong", "voids": None},
                     {"id": v3, "verdict": "unsure", "voids": None}, {"id": v3 + 1, "verdict": "wrong", "voids": v2}]
@@ -129,8 +140,8 @@ def test_verdicts_append_only_and_undo(store):
                                         "created_at": store.live_verdicts()[0]["created_at"], "model_version": 1,
                                         "label_id": store.class_id("cat")}
     # undo twice voids two different verdicts, then there is nothing left to undo
-    assert store.undo_last("ann") == v1
-    assert store.undo_last("ann") is None
+    assert store.undo_last("ann") == [v1]
+    assert store.undo_last("ann") == []
     assert [v["id"] for v in store.live_verdicts()] == [v3]
     assert store.verdict_count() == 1 and store.verdict_count(live_only=False) == 3
     assert store.verdicts_since(0) == 1 and store.verdicts_since(v3) == 0
@@ -139,6 +150,21 @@ def test_verdicts_append_only_and_undo(store):
     stats = {s["annotator"]: s for s in store.annotator_stats(since=0)}
     assert (stats["ann"]["n"], stats["ann"]["correct"], stats["ann"]["undone"]) == (1, 1, 2)
     assert store.annotator_stats(since=time.time() + 60) == []
+
+
+def test_annotator_stats_count_undos_not_relabels(store):
+    """12 relabels (a corrected label given after 'wrong') are no undos; one real undo is one."""
+    ids = add(store, 14)
+    store.ensure_classes(["dog", "fox"])
+    for i in ids[:12]:
+        v = store.record_verdict(i, "ann", "wrong", reason="uncertain")
+        v = store.relabel_verdict(v, "ann", "dog")
+        store.relabel_verdict(v, "ann", "fox")  # changed mind: relabelled twice
+    store.record_verdict(ids[12], "ann", "correct", reason="audit")
+    store.record_verdict(ids[13], "ann", "correct", reason="audit")
+    store.undo_last("ann")
+    (stats,) = store.annotator_stats(since=0)
+    assert (stats["n"], stats["wrong"], stats["correct"], stats["undone"]) == (13, 12, 1, 1)
 
 
 def test_record_verdict_validation(store):
@@ -227,7 +253,7 @@ def test_models_and_scores(store):
 
 def test_settings_defaults(store):
     assert store.settings() == SETTING_DEFAULTS == {"audit_share": 0.2, "lease_seconds": 600,
-                                                    "retrain_every": 50, "delta_override": None}
+                                                    "retrain_every": 50, "delta_override": None, "round": {}}
     store.set_setting("delta_override", 0.15)
     store.set_setting("retrain_every", 10)
     assert store.get_setting("delta_override") == 0.15 and store.get_setting("retrain_every") == 10
@@ -305,7 +331,7 @@ def test_relabel_verdict_voids_and_copies_and_undo_removes_it(store):
     v3 = store.record_verdict(ids[1], "ann", "correct", reason="audit")
     with pytest.raises(StoreError):  # not 'wrong'
         store.relabel_verdict(v3, "ann", "dog")
-    assert store.undo_last("ann") == v3 and store.undo_last("ann") == v2
+    assert store.undo_last("ann") == [v3] and store.undo_last("ann") == [v2]
     assert store.live_verdicts() == []
 
 
@@ -320,9 +346,3 @@ def test_audit_counts_and_unreviewed_by_class(store):
     store.undo_last("a")  # voids the dog verdict
     assert store.audit_counts() == {"cat": {"correct": 1, "wrong": 1, "unsure": 1}}
     assert store.unreviewed_by_class() == {"cat": 0, "dog": 3, "empty": 0}
-
-
-def test_setting_or_init_keeps_the_first_value(store):
-    assert store.setting_or_init("secret", "a") == "a"
-    assert store.setting_or_init("secret", "b") == "a"
-    assert store.get_setting("secret") == "a"

@@ -1,11 +1,13 @@
 """Admin (lead): classes to verify, users, retrain requests, settings, ingest errors."""
-import secrets
+
+from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
 
 from annotator import auth
 from annotator.pages.common import METHOD_TEXT, context, md, require_role
+from annotator.round_config import BadRoundConfig, RoundConfig, load_round_config, save_round_config
 from annotator.store import Store, StoreError
 
 SUGGEST = 5  # classes suggested for verification
@@ -42,7 +44,7 @@ def classes_panel(store: Store) -> None:
     st.subheader("Classes to verify")
     df = class_rows(store)
     if df.empty:
-        st.info("No images yet: ingest some with `python -m annotator ingest`.")
+        st.info("No images yet: ingest some with `annotator ingest`.")
         return
     current = df.loc[df["verified"], "class"].tolist()
     candidates = df[~df["verified"]].sort_values(["expected_wrong", "unreviewed"], ascending=False)
@@ -76,7 +78,7 @@ def classes_panel(store: Store) -> None:
 def users_panel(store: Store, me: str) -> None:
     st.subheader("Users")
     users = store.list_users()
-    st.dataframe(pd.DataFrame(users, columns=["name", "role", "active", "created_at"]).assign(
+    st.dataframe(pd.DataFrame(users, columns=["name", "role", "active", "sessions", "created_at"]).assign(
         active=lambda d: d["active"].astype(bool),
         created_at=lambda d: pd.to_datetime(d["created_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M")),
         hide_index=True, width="stretch", key="adm_users")
@@ -91,25 +93,28 @@ def users_panel(store: Store, me: str) -> None:
         except (ValueError, StoreError) as e:
             st.error(md(e))
         else:
-            done(f"Created {role} **{md(name.strip())}**. Their password (shown only now):", password)
+            done(f"Created {role} **{md(auth.normalise_name(name))}**. Their password (shown only now):", password)
     others = [u["name"] for u in users if u["name"] != me]
     if not others:
         return
     pick = st.selectbox("User", others, key="adm_user_pick")
     target = next(u for u in users if u["name"] == pick)
-    a, b = st.columns(2)
+    a, b, c = st.columns(3)
     if target["active"]:
         if a.button("Deactivate", key="adm_user_deactivate"):
             store.set_user_active(pick, False)
             store.release_leases(pick)
-            done(f"Deactivated {md(pick)}; their sessions end at their next click.")
+            done(f"Deactivated {md(pick)}; every session of theirs has ended.")
     elif a.button("Reactivate", key="adm_user_activate"):
         store.set_user_active(pick, True)
         done(f"Reactivated {md(pick)}.")
     if b.button("Reset password", key="adm_user_reset"):
-        password = secrets.token_urlsafe(12)
-        store.set_password_hash(pick, auth.hash_password(password))
-        done(f"New password for {md(pick)} (shown only now):", password)
+        password = auth.set_password(store, pick)
+        done(f"New password for {md(pick)} (shown only now); every session of theirs has ended:", password)
+    if c.button("Sign out everywhere", key="adm_user_signout", help="End every open session of this user now"):
+        n = store.end_sessions(pick)
+        store.release_leases(pick)
+        done(f"Signed {md(pick)} out of {n} session(s).")
 
 
 def worker_panel(store: Store, me: str) -> None:
@@ -148,10 +153,14 @@ def settings_panel(store: Store) -> None:
         every = st.number_input("Retrain every N verdicts", 1, 100000, int(s["retrain_every"]), key="adm_retrain_every")
         lease = st.number_input("Lease seconds (how long a served image stays reserved)", 30, 86400,
                                 int(s["lease_seconds"]), key="adm_lease")
-        round_cfg = dict(store.get_setting("round") or {})
+        try:
+            round_cfg = load_round_config(store)
+        except BadRoundConfig as e:
+            st.error(f"The stored round setting is invalid ({md(e)}); saving replaces it with the defaults.")
+            round_cfg = RoundConfig()
         methods = list(METHOD_TEXT)
         method = st.selectbox("Scoring method (from the next round)", methods, key="adm_method",
-                              index=methods.index(round_cfg.get("method", methods[0])),
+                              index=methods.index(round_cfg.method),
                               format_func=METHOD_TEXT.get,
                               help="transfer: out-of-fold probe log-odds + margin, calibrated on the verdicts; it "
                                    "carries over to classes nobody verified (benchmarks/README.md). paper: the "
@@ -161,7 +170,7 @@ def settings_panel(store: Store) -> None:
             store.set_setting("audit_share", float(share))
             store.set_setting("retrain_every", int(every))
             store.set_setting("lease_seconds", int(lease))
-            store.set_setting("round", round_cfg | {"method": method})
+            save_round_config(store, replace(round_cfg, method=method))
             done("Settings saved.")
 
 

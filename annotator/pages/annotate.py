@@ -1,24 +1,31 @@
 """Annotate: check the labels of the classes a lead chose, one image at a time or 16 at once.
 
-Single mode keys: ``j`` correct, ``k`` wrong, ``u`` unsure, ``z`` undo my last verdict, then (optional)
-``1``-``9`` give the true class of the image just marked wrong. Grid mode: 16 images of one class,
-all "correct" until clicked; ``g`` saves the page.
+Single mode keys: ``j`` correct, ``k`` wrong, ``u`` unsure, ``z`` undo, then (optional) ``1``-``9`` give
+the true class of the image just marked wrong. Grid mode: 16 images of one class, all "correct" until
+clicked; ``g`` saves the page.
 
-Buttons only queue an action (``ann_actions``, via their callback); the page body applies the queue
-first, with no Streamlit call in between, so each verdict is in SQLite before the next image is drawn,
-and a press aimed at an image already judged (keys faster than reruns) is dropped, never recorded twice.
-The buttons are rendered before the new image and before the counts, so whatever a user sees was
-drawn after the buttons were bound to the image on screen. The item after the current one stays leased in
-session state with its bytes already read, so the next image shows in the same rerun; a reload resumes my
-leases.
+Every press carries the id of the image it was made on and the page's state number (``_seq``), which
+is also part of every button's key. Buttons only queue an action (``ann_actions``, via their callback);
+the page body applies the queue first and drops (and says so) a press drawn before the last change.
+The store keeps at most one live verdict per image and refuses a second one, and the images on screen
+are re-derived from the store on every rerun (an image stays only while my lease on it is live, and a
+saved verdict ends that lease), so a press that arrives after its image was judged (keys faster than
+reruns, a rerun cut short, a second tab of the same user, an expired lease) is refused or dropped with
+a message, never recorded twice.
+
+Undo (``z``) voids my most recent verdict of this login session; a saved grid page is undone as a
+whole, and undo reaches back at most ``UNDO_DEPTH`` steps. The item after the current one stays leased
+in session state with its bytes already read, so the next image shows in the same rerun; a reload
+resumes my leases.
 """
-from pathlib import Path
+import secrets
 
 import streamlit as st
 
+from annotator.display import read_for_display
 from annotator.pages.common import context, md, threshold
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
-from annotator.store import LeaseLost, Store, StoreError, UnknownClass
+from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
 
 PREFETCH = 2  # items held in session state: the current one and the next
 GRID = 16
@@ -28,100 +35,123 @@ REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a rand
 
 # -- actions (applied at the top of the rerun) ------------------------------------------
 def _queue(*action) -> None:
-    """Button callback: queue the action (several may queue up if keys come faster than reruns)."""
+    """Button callback: queue ``(kind, seq, *args)`` (several may queue up if keys come faster than reruns)."""
     st.session_state.setdefault("ann_actions", []).append(action)
+
+
+def _seq() -> int:
+    """The page's state number: every applied action increments it, and every button's key and arguments
+    carry the number it was drawn with. A press drawn before the last change (a second key press, or a
+    trigger Streamlit replays after an interrupted rerun) is therefore recognisably stale and dropped."""
+    return st.session_state.setdefault("ann_seq", 0)
 
 
 def _flash(kind: str, text: str) -> None:
     st.session_state["ann_flash"] = (kind, text)
 
 
-def _verdict(store: Store, name: str, verdict: str, target: int) -> None:
+def _verdict(store: Store, user: dict, verdict: str, target: int) -> None:
     items = st.session_state.get("ann_items") or []
-    if not items or items[0].image_id != target:  # a stale second press: the image was already judged
+    if not items or items[0].image_id != target:
+        _flash("warning", f"Dropped a **{verdict}** key press for image #{target}: it is no longer on screen.")
         return
     item = items[0]
+    st.session_state["ann_items"] = items[1:]  # whatever happens below, this image leaves the screen
     try:
-        vid = store.record_verdict(item.image_id, name, verdict, reason=item.reason, model_version=item.model_version)
-    except LeaseLost as e:
-        vid = None
-        _flash("warning", f"Skipped: {md(e)} (the lease had expired).")
-    st.session_state["ann_items"] = items[1:]
-    if vid is not None:
-        _flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
-        st.session_state["ann_last_wrong"] = (
-            {"verdict_id": vid, "image_id": item.image_id, "label": item.label, "path": item.path,
-             "suggested": item.suggested_label, "corrected": None} if verdict == "wrong" else None)
+        vid = store.record_verdict(item.image_id, user["name"], verdict, reason=item.reason,
+                                   model_version=item.model_version, session_id=user.get("session_id"))
+    except (AlreadyJudged, LeaseLost) as e:
+        _flash("warning", f"Not saved: {md(e)}. Here is the next image.")
+        return
+    _flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
+    st.session_state["ann_last_wrong"] = (
+        {"verdict_id": vid, "image_id": item.image_id, "label": item.label, "path": item.path,
+         "suggested": item.suggested_label, "corrected": None} if verdict == "wrong" else None)
 
 
-def _relabel(store: Store, name: str, verdict_id: int, label: str) -> None:
+def _relabel(store: Store, user: dict, verdict_id: int, label: str) -> None:
     last = st.session_state.get("ann_last_wrong")
     if not last or last["verdict_id"] != verdict_id:
         return
-    new_id = store.relabel_verdict(verdict_id, name, label)
+    new_id = store.relabel_verdict(verdict_id, user["name"], label)
     st.session_state["ann_last_wrong"] = dict(last, verdict_id=new_id, corrected=label)
     _flash("success", f"True class of the last image set to **{md(label)}**.")
 
 
-def _undo(store: Store, name: str) -> None:
-    voided = store.undo_last(name)
-    if voided is None:
-        _flash("info", "Nothing to undo.")
+def _undo(store: Store, user: dict) -> None:
+    name = user["name"]
+    voided = store.undo_last(name, session_id=user.get("session_id"))
+    if not voided:
+        _flash("info", f"Nothing to undo: undo reaches your last {UNDO_DEPTH} steps of this session.")
         return
-    row = store.get_verdict(voided)
+    rows = [store.get_verdict(v) for v in voided]
     last = st.session_state.get("ann_last_wrong")
-    if last and last["verdict_id"] == voided:
+    if last and last["verdict_id"] in voided:
         st.session_state["ann_last_wrong"] = None
-    _flash("info", f"Undone: your **{row['verdict']}** verdict. The image is back in front of you.")
+    what = f"your **{rows[0]['verdict']}** verdict" if len(rows) == 1 else f"your last page ({len(rows)} verdicts)"
+    _flash("info", f"Undone: {what}. The image{'s are' if len(rows) > 1 else ' is'} back in front of you.")
+    ids = store.acquire_leases(name, [r["image_id"] for r in rows], store.get_setting("lease_seconds"),
+                               reasons={r["image_id"]: r["reason"] for r in rows})
     if st.session_state.get("ann_grid_mode"):
-        return  # the grid picks the image up again from my leases
+        st.session_state["ann_grid"] = None  # the grid picks the images up again from my leases
+        return
     model = store.current_model()
     version = model["version"] if model else None
-    if store.acquire_leases(name, [row["image_id"]], store.get_setting("lease_seconds")):
-        r = store.queue_rows([row["image_id"]], version)[row["image_id"]]
-        item = QueueItem(r["image_id"], r["path"], r["label"], r["score"], r["suggested_label"],
-                         r["suggested_score"], row["reason"], version)
-        items = [i for i in st.session_state.get("ann_items") or [] if i.image_id != item.image_id]
-        st.session_state["ann_items"] = [item] + items
+    found = store.queue_rows(ids, version)
+    back = [QueueItem(i, found[i]["path"], found[i]["label"], found[i]["score"], found[i]["suggested_label"],
+                      found[i]["suggested_score"], next(r["reason"] for r in rows if r["image_id"] == i), version)
+            for i in ids if i in found]
+    st.session_state["ann_items"] = back + [i for i in st.session_state.get("ann_items") or [] if i.image_id not in ids]
 
 
-def _grid_submit(store: Store, name: str, target: tuple[int, ...]) -> None:
+def _grid_submit(store: Store, user: dict, target: tuple[int, ...]) -> None:
     grid = st.session_state.get("ann_grid")
     if not grid or tuple(i.image_id for i in grid["items"]) != target:
+        _flash("warning", "Dropped a save for a grid page that is no longer on screen.")
         return
+    st.session_state["ann_grid"] = None
+    batch = f"grid-{secrets.token_hex(8)}"  # one undo step for the whole page
     saved = lost = 0
     for item in grid["items"]:
         verdict = "wrong" if item.image_id in grid["wrong"] else "correct"
         try:
-            store.record_verdict(item.image_id, name, verdict, reason=item.reason, model_version=item.model_version)
+            store.record_verdict(item.image_id, user["name"], verdict, reason=item.reason,
+                                 model_version=item.model_version, session_id=user.get("session_id"), batch=batch)
             saved += 1
-        except LeaseLost:
+        except (AlreadyJudged, LeaseLost):
             lost += 1
-    st.session_state["ann_grid"] = None
-    _flash("success", f"Saved {saved} verdicts ({len(grid['wrong'])} wrong)."
-           + (f" {lost} skipped: their lease had expired and someone else took them." if lost else ""))
+    _flash("success", f"Saved {saved} verdicts ({len(grid['wrong'])} marked wrong)."
+           + (f" {lost} not saved: someone (or another tab of yours) judged or took them meanwhile." if lost else ""))
 
 
-def apply_actions(store: Store, name: str) -> None:
+def apply_actions(store: Store, user: dict) -> None:
     """Apply the queued actions in order (no Streamlit rendering call inside, so a new key press cannot
-    interrupt it halfway). An action aimed at an image that is no longer the current one is dropped."""
+    interrupt it halfway). An action drawn before the last applied one (``_seq``) is dropped and said so."""
     actions = st.session_state.get("ann_actions") or []
     while actions:
-        kind, *args = actions.pop(0)
+        kind, seq, *args = actions.pop(0)
+        if seq != _seq():
+            what = f"a **{args[0]}** key press for image #{args[1]}" if kind == "verdict" else f"a stale {kind} press"
+            _flash("warning", f"Dropped {what}: it was made on a screen that has changed since.")
+            continue
+        st.session_state["ann_seq"] = seq + 1
         if kind == "verdict":
-            _verdict(store, name, *args)
+            _verdict(store, user, *args)
         elif kind == "undo":
-            _undo(store, name)
+            _undo(store, user)
         elif kind == "relabel":
-            _relabel(store, name, *args)
+            _relabel(store, user, *args)
         elif kind == "grid":
-            _grid_submit(store, name, *args)
+            _grid_submit(store, user, *args)
 
 
 # -- queue and prefetch -----------------------------------------------------------------
 def fill(store: Store, name: str) -> list[QueueItem]:
-    """Top the session's items up to ``PREFETCH`` (my own leases come back first, renewed)."""
-    items = list(st.session_state.get("ann_items") or [])
+    """Keep the session's items that are still leased to me (a saved verdict, mine from any tab, ends
+    the lease), then top them up to ``PREFETCH`` (my own leases come back first, renewed)."""
+    mine = set(store.leased_to(name))
+    items = [i for i in st.session_state.get("ann_items") or [] if i.image_id in mine]
+    st.session_state["ann_items"] = items
     if len(items) < PREFETCH:
         have = {i.image_id for i in items}
         items += [i for i in next_items(store, name, n=PREFETCH) if i.image_id not in have][:PREFETCH - len(items)]
@@ -129,25 +159,24 @@ def fill(store: Store, name: str) -> list[QueueItem]:
     cache = st.session_state.setdefault("ann_bytes", {})
     for key in [k for k in cache if k not in {i.image_id for i in items}]:
         del cache[key]
-    for item in items:  # the next image's bytes are read now, before it is shown
+    for item in items:  # the next image's bytes are read (and checked) now, before it is shown
         if item.image_id not in cache:
-            try:
-                cache[item.image_id] = Path(item.path).read_bytes()
-            except OSError:
-                cache[item.image_id] = None
+            cache[item.image_id] = read_for_display(item.path)
     return items
 
 
 def _switch_mode() -> None:
+    st.session_state["ann_seq"] = _seq() + 1  # presses drawn in the other mode are stale
     st.session_state["ann_items"] = []  # leases stay mine; the other mode resumes them
     st.session_state["ann_grid"] = None
     st.session_state["ann_last_wrong"] = None
 
 
-def _flip(image_id: int) -> None:
+def _flip(seq: int, image_id: int) -> None:
     grid = st.session_state.get("ann_grid")
-    if grid:
+    if grid and seq == _seq():
         grid["wrong"] ^= {image_id}
+        st.session_state["ann_seq"] = seq + 1
 
 
 # -- panels -----------------------------------------------------------------------------
@@ -165,9 +194,10 @@ def progress_panel(store: Store, name: str) -> int:
     return left
 
 
-def show_image(data: bytes | None, path: str, width: int | str) -> None:
-    if data is None:
-        st.warning(f"Image file missing or unreadable: `{md(path)}`. Mark it unsure to move on.")
+def show_image(data: bytes | str, path: str, width: int | str) -> None:
+    """The image, or (``data`` is a reason from ``read_for_display``) the warning that replaces it."""
+    if isinstance(data, str):
+        st.warning(f"Image file missing or unreadable ({md(data)}): {md(path)}. Mark it unsure to move on.")
     else:
         st.image(data, width=width)
 
@@ -182,19 +212,19 @@ def single_mode(store: Store, name: str) -> None:
                        "by someone else. Thank you!")
         undo_button(disabled=False)
         return
-    item = items[0]
+    item, seq = items[0], _seq()
     model = store.current_model()
     delta = threshold(store, model)
     left, right = st.columns([3, 2], gap="large")
     with right:  # buttons first: they are registered for this image before anything new shows
         about = st.container()
         with st.container(horizontal=True):
-            st.button("Correct", key="ann_correct", shortcut="j", type="primary", icon=":material/check:",
-                      on_click=_queue, args=("verdict", "correct", item.image_id))
-            st.button("Wrong", key="ann_wrong", shortcut="k", icon=":material/close:",
-                      on_click=_queue, args=("verdict", "wrong", item.image_id))
-            st.button("Unsure", key="ann_unsure", shortcut="u", icon=":material/help:",
-                      on_click=_queue, args=("verdict", "unsure", item.image_id))
+            st.button("Correct", key=f"ann_correct_{seq}", shortcut="j", type="primary", icon=":material/check:",
+                      on_click=_queue, args=("verdict", seq, "correct", item.image_id))
+            st.button("Wrong", key=f"ann_wrong_{seq}", shortcut="k", icon=":material/close:",
+                      on_click=_queue, args=("verdict", seq, "wrong", item.image_id))
+            st.button("Unsure", key=f"ann_unsure_{seq}", shortcut="u", icon=":material/help:",
+                      on_click=_queue, args=("verdict", seq, "unsure", item.image_id))
             undo_button()
         relabel_panel(store)
     with about:
@@ -217,8 +247,9 @@ def single_mode(store: Store, name: str) -> None:
 
 
 def undo_button(disabled: bool = False) -> None:
-    st.button("Undo last", key="ann_undo", shortcut="z", icon=":material/undo:", disabled=disabled,
-              on_click=_queue, args=("undo",))
+    seq = _seq()
+    st.button("Undo last", key=f"ann_undo_{seq}", shortcut="z", icon=":material/undo:", disabled=disabled,
+              on_click=_queue, args=("undo", seq))
 
 
 def relabel_panel(store: Store) -> None:
@@ -237,13 +268,13 @@ def relabel_panel(store: Store) -> None:
             names.insert(0, last["suggested"])
         cols = st.columns(3)
         for n, label in enumerate(names[:9], start=1):
-            cols[(n - 1) % 3].button(md(label), key=f"ann_true_{n}", shortcut=str(n), width="stretch",
-                                     on_click=_queue, args=("relabel", last["verdict_id"], label))
+            cols[(n - 1) % 3].button(md(label), key=f"ann_true_{n}_{_seq()}", shortcut=str(n), width="stretch",
+                                     on_click=_queue, args=("relabel", _seq(), last["verdict_id"], label))
         if len(names) > 9:
             other = st.selectbox("Other class", names[9:], index=None, key="ann_true_other",
                                  placeholder="Choose a class")
-            st.button("Set class", key="ann_true_set", disabled=other is None,
-                      on_click=_queue, args=("relabel", last["verdict_id"], other))
+            st.button("Set class", key=f"ann_true_set_{_seq()}", disabled=other is None,
+                      on_click=_queue, args=("relabel", _seq(), last["verdict_id"], other))
 
 
 def grid_mode(store: Store, name: str) -> None:
@@ -267,24 +298,19 @@ def grid_mode(store: Store, name: str) -> None:
         return
     st.caption(f"Every image is **{md(cls)}** and counts as correct unless you click it to mark it wrong; "
                f"**g** saves the page. {len(grid['wrong'])} of {len(items)} marked wrong.")
-    cache = {}
     for row_start in range(0, len(items), 4):
         cols = st.columns(4)
         for col, item in zip(cols, items[row_start:row_start + 4]):
             with col:
-                try:
-                    cache[item.image_id] = Path(item.path).read_bytes()
-                except OSError:
-                    cache[item.image_id] = None
-                show_image(cache[item.image_id], item.path, "stretch")
+                show_image(read_for_display(item.path), item.path, "stretch")
                 wrong = item.image_id in grid["wrong"]
-                st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{item.image_id}",
+                st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{_seq()}_{item.image_id}",
                           type="primary" if wrong else "secondary", width="stretch",
                           icon=":material/close:" if wrong else ":material/check:",
-                          on_click=_flip, args=(item.image_id,))
+                          on_click=_flip, args=(_seq(), item.image_id))
     a, b = st.columns(2)
-    a.button("Save this page", key="ann_grid_submit", shortcut="g", type="primary", icon=":material/done_all:",
-             on_click=_queue, args=("grid", tuple(i.image_id for i in items)))
+    a.button("Save this page", key=f"ann_grid_submit_{_seq()}", shortcut="g", type="primary",
+             icon=":material/done_all:", on_click=_queue, args=("grid", _seq(), tuple(i.image_id for i in items)))
     with b:
         undo_button()
 
@@ -293,7 +319,7 @@ def page() -> None:
     store, user = context()
     name = user["name"]
     try:
-        apply_actions(store, name)
+        apply_actions(store, user)
     except StoreError as e:
         st.session_state["ann_actions"] = []
         _flash("error", md(e))

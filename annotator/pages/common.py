@@ -1,23 +1,15 @@
-"""What the app's pages share: the rerun's Store and user, signed session tokens, error boundaries, escaping.
+"""What the app's pages share: the rerun's Store and user, error boundaries, escaping.
 
 ``app.py`` opens one ``Store`` per rerun and hands it (with the signed-in user) to the page through
 ``bind``; pages call ``context()``. No SQL here either: every query is a ``Store`` method.
 
-Session tokens keep a user signed in across browser reloads. A token is
-``base64url(json [name, expiry]) "." base64url(HMAC-SHA256)``, kept in the URL query parameter
-``session``; the HMAC key is a random secret stored once in the DB setting ``session_secret`` and the
-MAC also covers the user's password hash, so a token dies when it expires (``TOKEN_TTL_S``), when the
-password changes, or (checked on every rerun) when the user is deactivated. Logout removes it from the URL.
+Login sessions live in the store (``annotator.auth``); the URL query parameter ``session`` carries the
+token so a reload stays signed in.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import io
-import json
 import logging
-import secrets
 import sqlite3
 import string
 import time
@@ -35,11 +27,10 @@ from annotator.store import Store, StoreError
 
 log = logging.getLogger("annotator.app")
 
-SESSION_PARAM = "session"  # URL query parameter holding the signed session token
-TOKEN_TTL_S = 12 * 3600  # a token (and so a signed-in browser tab) lasts one working day
+SESSION_PARAM = "session"  # URL query parameter holding the session token
 _MD_SPECIAL = set(string.punctuation)
 
-# pipeline.METHODS with their labels, kept here so pages need not import torch (a test checks they agree)
+# round_config.METHODS with their labels for the admin page (a test checks they agree)
 METHOD_TEXT = {"transfer": "transfer (default: out-of-fold probe, calibrated on the verdicts)",
                "paper": "paper (CleanNet relevance, Lee et al. 2018)"}
 
@@ -58,7 +49,8 @@ def md(text: object) -> str:
 
 # -- the rerun's context ----------------------------------------------------------------
 def bind(store: Store, user: dict) -> None:
-    """Called by app.py each rerun: the page's Store (closed when the rerun ends) and signed-in user."""
+    """Called by app.py each rerun: the page's Store (closed when the rerun ends) and signed-in user
+    (a users row plus ``session_id``, the login session)."""
     st.session_state["_store"] = store
     st.session_state["user"] = user
 
@@ -90,46 +82,6 @@ def errors_as_messages(where: str = "This page"):
         ref = uuid.uuid4().hex[:8]
         log.exception("%s failed [ref %s]", where, ref)
         st.error(f"Something went wrong (reference {ref}). The details are in the server log.")
-
-
-# -- session tokens ---------------------------------------------------------------------
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(store: Store, payload: str, password_hash: str) -> str:
-    key = store.setting_or_init("session_secret", secrets.token_hex(32))
-    return _b64(hmac.new(bytes.fromhex(key), f"{payload}|{password_hash}".encode(), hashlib.sha256).digest())
-
-
-def make_token(store: Store, name: str, *, ttl: float = TOKEN_TTL_S, now: float | None = None) -> str:
-    """A signed session token for user ``name`` (see the module docstring)."""
-    user = store.get_user(name)
-    if user is None:
-        raise StoreError(f"unknown user {name!r}")
-    payload = _b64(json.dumps([name, int((now or time.time()) + ttl)]).encode())
-    return f"{payload}.{_mac(store, payload, user['password_hash'])}"
-
-
-def user_from_token(store: Store, token: str | None, *, now: float | None = None) -> dict | None:
-    """The active user a valid, unexpired token names (without the password hash), else None."""
-    if not token or token.count(".") != 1:
-        return None
-    payload, mac = token.split(".")
-    try:
-        name, expires = json.loads(_unb64(payload))
-    except (ValueError, TypeError):
-        return None
-    if not isinstance(name, str) or not isinstance(expires, int) or expires < (now or time.time()):
-        return None
-    user = store.get_user(name)
-    if not user or not user["active"] or not hmac.compare_digest(mac, _mac(store, payload, user["password_hash"])):
-        return None
-    return {k: v for k, v in user.items() if k != "password_hash"}
 
 
 # -- small pure helpers -----------------------------------------------------------------
@@ -177,23 +129,24 @@ class _Head(io.StringIO):
         return n
 
 
-def export_preview(store: Store, *, threshold: float | None, only_kept: bool, rows: int = 100) -> pd.DataFrame:
+def export_preview(store: Store, *, threshold: float | None, only_kept: bool, rows: int = 100,
+                   fmt: str = "full") -> pd.DataFrame:
     """The first ``rows`` rows of the export, read by stopping ``export_csv`` early (no full export)."""
     sink = _Head(rows + 1)
     try:
-        export_csv(store, sink, threshold=threshold, only_kept=only_kept, page=max(rows, 100))
+        export_csv(store, sink, threshold=threshold, only_kept=only_kept, fmt=fmt, page=max(rows, 100))
     except _Enough:
         pass
     return pd.read_csv(io.StringIO(sink.getvalue()), dtype=str, keep_default_na=False)
 
 
-def export_bytes(db_path: str, threshold: float | None, only_kept: bool) -> bytes:
+def export_bytes(db_path: str, threshold: float | None, only_kept: bool, fmt: str = "full") -> bytes:
     """The whole export as bytes, for ``st.download_button(data=callable)``: runs on its own thread with its
     own Store; ``export_csv`` writes a temp file under the state dir, which is read and removed."""
     store = Store(db_path)
     try:
         out = Path(store.path).resolve().parent / "exports" / f"export-{uuid.uuid4().hex[:12]}.csv"
-        n = export_csv(store, out, threshold=threshold, only_kept=only_kept)
+        n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt)
         try:
             data = out.read_bytes()
         finally:

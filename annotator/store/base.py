@@ -6,7 +6,8 @@ its connection between threads, e.g. through ``st.cache_resource``)::
     store = Store()                      # default_db_path(), migrates on open
     store.ensure_classes(["cat", "dog"])
 
-The database runs in WAL mode with a 30 s busy timeout, so the app's sessions and the
+The database file (and its WAL/SHM) is created 0600 in a 0700 folder: it holds password hashes
+and session hashes. The database runs in WAL mode with a 30 s busy timeout, so the app's sessions and the
 worker can write concurrently. Every write goes through ``StoreBase._tx()``: ``BEGIN
 IMMEDIATE`` takes the write lock up front, so a read-then-write (leases!) is atomic and
 never fails with "database is locked" halfway; nested calls become ``db.atomic()``
@@ -16,6 +17,7 @@ transaction (autocommit); long reads page by id so no snapshot stays open.
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +48,10 @@ class UnknownUser(StoreError):
     """A user name that is not in ``users``."""
 
 
+class AlreadyJudged(StoreError):
+    """The image already has a live verdict (at most one per image; change it by undo or a lead's override)."""
+
+
 VERDICTS = ("correct", "wrong", "unsure")
 REASONS = ("uncertain", "audit", "grid", "manual")
 ROLES = ("annotator", "lead")
@@ -55,8 +61,11 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "lease_seconds": 600,  # how long a served image stays reserved for its annotator
     "retrain_every": 50,  # live verdicts since the current model that trigger a retrain
     "delta_override": None,  # lead's threshold on the score; None = the model's delta
+    "round": {},  # annotator.round_config.RoundConfig fields that differ from its defaults
 }
-WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at")
+UNDO_DEPTH = 10  # undo reaches back at most this many steps (a verdict or a grid page) of the current session
+WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at",
+                 "phase_index", "phase_count", "overall", "round_started_at", "eta_at")
 SCORE_COLUMNS = ("image_id", "label_id", "score", "uncertainty", "suggested_label_id", "suggested_score")
 
 
@@ -66,10 +75,25 @@ class AddResult(NamedTuple):
     duplicates: int  # new rows stored with status 'duplicate'
 
 
+def user_data_dir() -> Path:
+    """This tool's per-user data folder, by the platform's convention (as Label Studio, pip and Jupyter do):
+    ``$XDG_DATA_HOME/annotator`` (``~/.local/share/annotator`` when unset or relative, XDG Base Directory
+    spec) on Linux and other Unix, ``~/Library/Application Support/annotator`` on macOS,
+    ``%LOCALAPPDATA%\\annotator`` on Windows. Never inside the clone: a project's data is not source."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "annotator"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "annotator"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share") / "annotator"
+
+
 def default_db_path() -> Path:
-    """``$ANNOTATOR_DB`` if set, else ``<repo>/data/state/annotator.db``."""
+    """``$ANNOTATOR_DB`` if set, else ``user_data_dir() / "annotator.db"``. The runtime state (feature
+    cache, backbones, checkpoints) lives next to the database."""
     env = os.environ.get("ANNOTATOR_DB")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "state" / "annotator.db"
+    return Path(env) if env else user_data_dir() / "annotator.db"
 
 
 def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
@@ -83,12 +107,36 @@ def _ids_json(ids: Iterable[int]) -> str:
     return json.dumps([int(i) for i in ids])
 
 
+def private_files() -> None:
+    """Make every file and folder this process creates from now on private to its user (umask 077):
+    features, checkpoints and exports as much as the database. The CLI, worker and app call it first."""
+    os.umask(0o077)
+
+
+def _private_state(path: Path) -> None:
+    """Create the database's folder 0700 (the default state folder is tightened even if it exists) and
+    the database file 0600 before SQLite opens it; its WAL and SHM files inherit that mode."""
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+    elif folder.resolve() == default_db_path().resolve().parent and folder.stat().st_uid == os.getuid():
+        folder.chmod(0o700)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p.exists() and p.stat().st_uid == os.getuid():
+            p.chmod(0o600)
+
+
 class StoreBase:
     """Connection and transactions; the area mixins (catalog, verdicts, ...) add the queries."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_state(self.path)
         self.db = Database(self.path, execute_plugins=False)
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.enable_wal()

@@ -1,5 +1,6 @@
 """Store queries for models and scores, worker status, retrain requests and settings."""
 
+import copy
 import json
 import time
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ class ModelsMixin(StoreBase):
     def get_setting(self, key: str) -> Any:
         """Stored value (JSON-decoded), else the code default from ``SETTING_DEFAULTS``, else None."""
         row = self._one("SELECT value FROM settings WHERE key = ?", [key])
-        return json.loads(row["value"]) if row else SETTING_DEFAULTS.get(key)
+        return json.loads(row["value"]) if row else copy.deepcopy(SETTING_DEFAULTS.get(key))
 
     def set_setting(self, key: str, value: Any) -> None:
         """Store ``value`` as JSON."""
@@ -24,17 +25,9 @@ class ModelsMixin(StoreBase):
             self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                             "value = excluded.value", [key, json.dumps(value)])
 
-    def setting_or_init(self, key: str, value: Any) -> Any:
-        """The stored value of ``key``; when none is stored yet, ``value`` is stored first. Atomic, so
-        concurrent callers all get the one value that won (e.g. the app's session-signing secret)."""
-        with self._tx():
-            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
-                            [key, json.dumps(value)])
-            return json.loads(self._scalar("SELECT value FROM settings WHERE key = ?", [key]))
-
     def settings(self) -> dict[str, Any]:
         """Defaults overlaid with stored values."""
-        return {**SETTING_DEFAULTS, **{r["key"]: json.loads(r["value"]) for r in self.db.query(
+        return {**copy.deepcopy(SETTING_DEFAULTS), **{r["key"]: json.loads(r["value"]) for r in self.db.query(
             "SELECT key, value FROM settings")}}
 
     # -- worker status ------------------------------------------------------------------

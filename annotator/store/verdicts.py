@@ -1,26 +1,51 @@
-"""Store queries for verdicts (append-only), leases and users."""
+"""Store queries for verdicts (append-only) and leases."""
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from ..schema import LIVE
-from .base import (REASONS, ROLES, VERDICTS, LeaseLost, StoreBase, StoreError, UnknownImage, UnknownUser, _choice,
-                   _ids_json)
+from .base import (REASONS, UNDO_DEPTH, VERDICTS, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownImage,
+                   _choice, _ids_json)
 
 
 class VerdictsMixin(StoreBase):
-    """Verdicts and undo, per-image leases, user accounts."""
+    """Verdicts, undo and overrides; per-image leases."""
 
     # -- verdicts (append-only) ---------------------------------------------------------
+    def _live_on(self, image_id: int) -> dict | None:
+        return self._one(f"SELECT * FROM verdicts v WHERE v.image_id = ? AND {LIVE}", [image_id])
+
+    def _insert_verdict(self, values: dict) -> int:
+        cols = ", ".join(values)
+        try:
+            cur = self.db.execute(f"INSERT INTO verdicts ({cols}) VALUES ({', '.join('?' * len(values))})",
+                                  list(values.values()))
+        except sqlite3.IntegrityError as e:  # the schema's trigger: a live verdict appeared (another writer)
+            if "live verdict" in str(e):
+                raise AlreadyJudged(f"image {values['image_id']} already has a live verdict") from e
+            raise
+        return cur.lastrowid
+
+    def _void(self, row: dict, by: str, now: float) -> None:
+        """Append the undo row voiding verdict ``row`` (a copy of it with ``voids`` set, by ``by``)."""
+        self._insert_verdict({k: row[k] for k in ("image_id", "verdict", "corrected_label_id", "reason",
+                                                  "model_version", "session_id", "batch")}
+                             | {"annotator": by, "voids": row["id"], "created_at": now})
+
     def record_verdict(self, image_id: int, annotator: str, verdict: str, *, reason: str,
-                       corrected_label: str | None = None, model_version: int | None = None) -> int:
+                       corrected_label: str | None = None, model_version: int | None = None,
+                       session_id: int | None = None, batch: str | None = None) -> int:
         """Append a verdict and release ``annotator``'s lease on the image; returns the verdict id.
 
-        ``corrected_label`` (a class name) is only allowed with verdict 'wrong'. Raises
-        ``ValueError`` (bad verdict/reason), ``UnknownClass``, ``UnknownImage``, or
-        ``LeaseLost`` when another annotator holds a live lease on the image.
+        At most one live verdict per image: an image that already has one is refused with
+        ``AlreadyJudged`` (change a verdict by undo, then a new verdict, or by a lead's
+        ``override_verdict``). The check and the insert share one write transaction, and a schema
+        trigger enforces the same rule for any other writer. ``corrected_label`` (a class name) is only
+        allowed with verdict 'wrong'. ``session_id`` (login session) and ``batch`` (a grid page) scope
+        undo. Raises ``ValueError`` (bad verdict/reason), ``UnknownClass``, ``UnknownImage``,
+        ``AlreadyJudged``, or ``LeaseLost`` when another annotator holds a live lease on the image.
         """
         _choice(verdict, VERDICTS, "verdict")
         _choice(reason, REASONS, "reason")
@@ -31,33 +56,75 @@ class VerdictsMixin(StoreBase):
             corrected = self.class_id(corrected_label) if corrected_label is not None else None
             if self._scalar("SELECT 1 FROM images WHERE id = ?", [image_id]) is None:
                 raise UnknownImage(f"unknown image id {image_id}")
+            live = self._live_on(image_id)
+            if live is not None:
+                who = "you" if live["annotator"] == annotator else repr(live["annotator"])
+                raise AlreadyJudged(f"image {image_id} already has a verdict ({live['verdict']}, by {who})")
             holder = self.held_by(image_id, now=now)
             if holder is not None and holder != annotator:
                 raise LeaseLost(f"image {image_id} is leased to {holder!r}")
-            cur = self.db.execute(
-                "INSERT INTO verdicts (image_id, annotator, verdict, corrected_label_id, reason, model_version,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [image_id, annotator, verdict, corrected, reason, model_version, now])
+            vid = self._insert_verdict({"image_id": image_id, "annotator": annotator, "verdict": verdict,
+                                        "corrected_label_id": corrected, "reason": reason,
+                                        "model_version": model_version, "session_id": session_id, "batch": batch,
+                                        "created_at": now})
             self.db.execute("DELETE FROM leases WHERE image_id = ? AND annotator = ?", [image_id, annotator])
-        return cur.lastrowid
+        return vid
 
-    def undo_last(self, annotator: str) -> int | None:
-        """Void ``annotator``'s most recent live verdict with a new undo row; returns the voided id or None."""
+    def override_verdict(self, image_id: int, lead: str, verdict: str, *, corrected_label: str | None = None,
+                         session_id: int | None = None) -> int:
+        """A lead replaces an image's verdict: in one transaction the live verdict (if any) is voided by an
+        undo row in ``lead``'s name and the new one (reason 'manual') appended. Returns the new id.
+
+        Raises ``StoreError`` unless ``lead`` is an active lead, ``UnknownImage``, ``UnknownClass``.
+        """
+        _choice(verdict, VERDICTS, "verdict")
+        if corrected_label is not None and verdict != "wrong":
+            raise ValueError("corrected_label is only allowed with verdict 'wrong'")
+        now = time.time()
         with self._tx():
-            last = self._one(f"SELECT * FROM verdicts v WHERE v.annotator = ? AND {LIVE} ORDER BY v.id DESC LIMIT 1",
-                             [annotator])
-            if last is None:
-                return None
-            self.db.execute(
-                "INSERT INTO verdicts (image_id, annotator, verdict, corrected_label_id, reason, model_version,"
-                " voids, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [last["image_id"], annotator, last["verdict"], last["corrected_label_id"], last["reason"],
-                 last["model_version"], last["id"], time.time()])
-        return last["id"]
+            if self._scalar("SELECT 1 FROM users WHERE name = ? AND role = 'lead' AND active = 1", [lead]) is None:
+                raise StoreError(f"only an active lead can override a verdict ({lead!r} is not one)")
+            corrected = self.class_id(corrected_label) if corrected_label is not None else None
+            if self._scalar("SELECT 1 FROM images WHERE id = ?", [image_id]) is None:
+                raise UnknownImage(f"unknown image id {image_id}")
+            live = self._live_on(image_id)
+            if live is not None:
+                self._void(live, lead, now)
+            vid = self._insert_verdict({"image_id": image_id, "annotator": lead, "verdict": verdict,
+                                        "corrected_label_id": corrected, "reason": "manual",
+                                        "session_id": session_id, "created_at": now})
+            self.db.execute("DELETE FROM leases WHERE image_id = ?", [image_id])
+        return vid
+
+    def undo_last(self, annotator: str, *, session_id: int | None = None, depth: int = UNDO_DEPTH) -> list[int]:
+        """Void ``annotator``'s most recent undoable step; returns the voided verdict ids ([] if none).
+
+        A step is one verdict, or every verdict of one batch (a grid page is undone as a whole). With
+        ``session_id`` only that login session's verdicts count (undo never reaches into an earlier
+        session), and only the last ``depth`` steps of the scope can be undone, so repeated undo stops there.
+        """
+        scope, params = "v.annotator = ? AND v.voids IS NULL", [annotator]
+        if session_id is not None:
+            scope, params = scope + " AND v.session_id = ?", params + [session_id]
+        with self._tx():
+            steps = [r["step"] for r in self.db.query(
+                f"SELECT COALESCE(v.batch, CAST(v.id AS TEXT)) AS step FROM verdicts v WHERE {scope}"
+                " GROUP BY step ORDER BY MAX(v.id) DESC LIMIT ?", params + [depth])]
+            rows = self._all(
+                f"SELECT * FROM verdicts v WHERE {scope} AND {LIVE} AND COALESCE(v.batch, CAST(v.id AS TEXT))"
+                " IN (SELECT value FROM json_each(?)) ORDER BY v.id DESC", params + [json.dumps(steps)])
+            if not rows:
+                return []
+            step = rows[0]["batch"] or str(rows[0]["id"])
+            rows = [r for r in rows if (r["batch"] or str(r["id"])) == step]
+            now = time.time()
+            for r in rows:
+                self._void(r, annotator, now)
+        return [r["id"] for r in rows]
 
     def live_verdicts(self) -> list[dict]:
         """Live verdicts by id: id, image_id, verdict, corrected_label_id, reason, annotator, created_at,
-        model_version, label_id (the image's current noisy label). An image may have several."""
+        model_version, label_id (the image's current noisy label). At most one per image."""
         return self._all(
             "SELECT v.id, v.image_id, v.verdict, v.corrected_label_id, v.reason, v.annotator, v.created_at,"
             f" v.model_version, i.label_id FROM verdicts v JOIN images i ON i.id = v.image_id WHERE {LIVE}"
@@ -78,11 +145,17 @@ class VerdictsMixin(StoreBase):
 
     def annotator_stats(self, since: float) -> list[dict]:
         """Per annotator, verdicts created at or after ``since``: n (live), correct, wrong, unsure,
-        undone, first_at, last_at. Busiest first."""
+        undone, first_at, last_at. Busiest first.
+
+        ``undone`` counts undos only. A relabel (``relabel_verdict``) also voids a verdict, but its undo row is
+        followed, in the same transaction, by the verdict's copy (same image, annotator and ``created_at``)
+        at the next id: such voided verdicts are neither undone nor counted in ``n`` (the copy is)."""
         return self._all(
             "SELECT v.annotator, SUM(u.id IS NULL) AS n, SUM(u.id IS NULL AND v.verdict = 'correct') AS correct,"
             " SUM(u.id IS NULL AND v.verdict = 'wrong') AS wrong, SUM(u.id IS NULL AND v.verdict = 'unsure')"
-            " AS unsure, SUM(u.id IS NOT NULL) AS undone, MIN(v.created_at) AS first_at,"
+            " AS unsure, SUM(u.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM verdicts c WHERE c.id = u.id + 1"
+            " AND c.voids IS NULL AND c.image_id = v.image_id AND c.annotator = v.annotator"
+            " AND c.created_at = v.created_at)) AS undone, MIN(v.created_at) AS first_at,"
             " MAX(v.created_at) AS last_at FROM verdicts v LEFT JOIN verdicts u ON u.voids = v.id"
             " WHERE v.voids IS NULL AND v.created_at >= ? GROUP BY v.annotator ORDER BY n DESC, v.annotator",
             [since])
@@ -105,14 +178,12 @@ class VerdictsMixin(StoreBase):
                           f" AND {LIVE}", [verdict_id, annotator])
             if v is None:
                 raise StoreError(f"verdict {verdict_id} is not a live 'wrong' verdict of {annotator!r}")
-            cols = "image_id, annotator, verdict, corrected_label_id, reason, model_version, voids, created_at"
-            self.db.execute(f"INSERT INTO verdicts ({cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            [v["image_id"], annotator, "wrong", v["corrected_label_id"], v["reason"],
-                             v["model_version"], verdict_id, time.time()])
-            cur = self.db.execute(f"INSERT INTO verdicts ({cols}) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-                                  [v["image_id"], annotator, "wrong", corrected, v["reason"], v["model_version"],
-                                   v["created_at"]])
-        return cur.lastrowid
+            now = time.time()
+            self._void(v, annotator, now)
+            # the copy stays in the original's undo step (batch, else the original's id)
+            return self._insert_verdict({k: v[k] for k in ("image_id", "annotator", "verdict", "reason",
+                                                           "model_version", "session_id", "created_at")}
+                                        | {"corrected_label_id": corrected, "batch": v["batch"] or str(v["id"])})
 
     def audit_counts(self) -> dict[str, dict[str, int]]:
         """Live 'audit' verdicts per class of the image's noisy label: ``{name: {"correct", "wrong", "unsure"}}``,
@@ -181,35 +252,3 @@ class VerdictsMixin(StoreBase):
         now = time.time() if now is None else now
         return [r["image_id"] for r in self.db.query(
             "SELECT image_id FROM leases WHERE annotator = ? AND expires_at > ? ORDER BY image_id", [annotator, now])]
-
-    # -- users --------------------------------------------------------------------------
-    def add_user(self, name: str, role: str, password_hash: str) -> None:
-        """Create a user; raises ``StoreError`` if the name exists, ``ValueError`` for a bad role."""
-        _choice(role, ROLES, "role")
-        try:
-            with self._tx():
-                self.db.execute("INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                                [name, role, password_hash, time.time()])
-        except sqlite3.IntegrityError as e:
-            raise StoreError(f"user {name!r} already exists") from e
-
-    def get_user(self, name: str) -> dict | None:
-        """The user row (password_hash included), or None."""
-        return self._one("SELECT * FROM users WHERE name = ?", [name])
-
-    def list_users(self) -> list[dict]:
-        """All users by name, without password hashes."""
-        return self._all("SELECT name, role, created_at, active FROM users ORDER BY name")
-
-    def _update_user(self, name: str, column: str, value: Any) -> None:
-        with self._tx():
-            if self.db.execute(f"UPDATE users SET {column} = ? WHERE name = ?", [value, name]).rowcount == 0:
-                raise UnknownUser(f"unknown user {name!r}")
-
-    def set_user_active(self, name: str, active: bool = True) -> None:
-        """Enable or disable a login; raises ``UnknownUser``."""
-        self._update_user(name, "active", int(active))
-
-    def set_password_hash(self, name: str, password_hash: str) -> None:
-        """Replace a user's password hash; raises ``UnknownUser``."""
-        self._update_user(name, "password_hash", password_hash)
