@@ -25,7 +25,7 @@ from annotator import pipeline
 from annotator.demo import DEMO, prepare_demo
 from annotator.queue import next_items
 from annotator.store import Store
-from annotator.worker import round_config
+from annotator.round_config import load_round_config
 from cleannet_core.metrics import auroc
 
 from .report import write_json
@@ -68,7 +68,7 @@ def session(seed: int, state: Path, n_verdicts: int, clean: dict[str, str], warm
     prepare_demo(store)
     t1 = time.perf_counter()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    pipeline.run_round(store, round_config(store))
+    pipeline.run_round(store, load_round_config(store))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     t2 = time.perf_counter()
     first = judge(store, clean) | {"ingest_s": round(t1 - t0, 1), "round_s": round(t2 - t1, 1),
@@ -85,7 +85,7 @@ def session(seed: int, state: Path, n_verdicts: int, clean: dict[str, str], warm
                              corrected_label=None if truth == it.label else truth, model_version=it.model_version)
         answered += 1
     t3 = time.perf_counter()
-    pipeline.run_round(store, round_config(store))
+    pipeline.run_round(store, load_round_config(store))
     retrain = judge(store, clean) | {"round_s": round(time.perf_counter() - t3, 1)}
     store.close()
     return {"seed": seed, "first_model": first, "retrain": retrain}
