@@ -145,10 +145,12 @@ def test_extract_says_which_backbone_and_never_swaps_it_silently(env, tmp_path):
     run, db, root = env
     run("ingest", "--folder", str(root))
     save_round_config(Store(db), RoundConfig(arch="resnet18", backbone_epochs=1, num_ref=4))
-    out = run("extract").output  # no ResNet ImageNet weights offline: the first extract trains, and says so
-    assert "[backbone] training the resnet18 backbone on 60 images (1 epochs)" in out
-    assert "[backbone] backbone epoch 1/1: train accuracy" in out
-    assert "[features] using the project's backbone (trained on the noisy labels" in run("train").output
+    out = run("extract").output  # no ImageNet weights offline: the first extract trains, and says so
+    assert "ImageNet weights for resnet18 are not available offline" in out
+    assert "training the resnet18 backbone on 60 images (1 epochs)" in out  # the backbone bar's text
+    assert "backbone epoch 1/1: train accuracy" in out
+    assert "backbone: trained on the noisy labels (no ImageNet weights available offline); features at 32 px" in out
+    assert "using the project's backbone (trained on the noisy labels" in run("train").output
     first = Store(db).latest_artifact("backbone")
     weights = tmp_path / "r18.pth"
     torch.manual_seed(0)
