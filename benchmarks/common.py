@@ -149,14 +149,18 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="the cifar10n folder (labels.csv, train/)")
     p.add_argument("--budget", type=float, default=0.02, help="fraction of ALL images that get a verdict")
     p.add_argument("--n", type=int, default=10_000, help="images used")
-    p.add_argument("--backbone", default="pretrained", help="features: " + " | ".join(BACKBONES))
-    p.add_argument("--image-size", type=int, default=128, help="input size of the Lite0 backbone")
-    p.add_argument("--epochs", type=int, default=10, help="backbone epochs (noisy, finetuned)")
+    p.add_argument("--epochs", type=int, default=10, help="backbone epochs")
     p.add_argument("--rounds", type=int, default=3, help="uncertainty-queue rounds")
     p.add_argument("--num-ref", type=int, default=32, help="K reference vectors per class")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path, default=CACHE, help="backbone and feature cache folder")
     p.add_argument("--json", type=Path, help="write the results here")
+
+
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """--backbone and --image-size: which features every method of the benchmark gets (backbone_features)."""
+    p.add_argument("--backbone", default="pretrained", help="features: " + " | ".join(BACKBONES))
+    p.add_argument("--image-size", type=int, default=128, help="input size of the Lite0 backbone")
 
 
 def add_run_args(p: argparse.ArgumentParser, *, labels: str) -> None:

@@ -35,7 +35,7 @@ from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.train import TrainConfig
 from cleannet_core.transfer import CLEANNET_SIGNALS, DEFAULT_SIGNALS, DELTA, signal_matrix
 
-from .common import add_data_args, backbone_features, load_cifar10n
+from .common import add_backbone_args, add_data_args, backbone_features, load_cifar10n
 from .methods import Runner, cleanlab_flags, fit_and_score, knn_agreement, transfer_signals, transfer_verdicts
 from .report import config_of, write_json
 
@@ -47,6 +47,7 @@ METHODS = ("default", "transfer", "transfer_cleannet", "transfer_fallback", "sel
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
+    add_backbone_args(p)
     p.add_argument("--labels", default="worse", help="aggre | worse | random1 | random2 | random3")
     p.add_argument("--verified-classes", default="0,1,2,3,4", help="comma-separated class ids with verdicts")
     p.add_argument("--seed", type=int, default=0, help="verdict draws, probe folds, CleanNet init")
