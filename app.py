@@ -1,8 +1,8 @@
 """Streamlit entry point: a router. Login gate, role-based navigation, logout; the pages live in annotator/pages/.
 
-    ANNOTATOR_DB=data/state/annotator.db streamlit run app.py      # or `make run` for the bundled demo
+    ANNOTATOR_DB=~/birds/annotator.db streamlit run app.py      # or `annotator serve` (app + worker)
 
-- The database is ``$ANNOTATOR_DB`` (else data/state/annotator.db). One ``Store`` is opened per rerun
+- The database is ``$ANNOTATOR_DB`` (else ``store.default_db_path()``). One ``Store`` is opened per rerun
   and closed when the rerun ends; pages get it through ``common.context()``.
 - First start creates the lead ``admin`` (password ``$ANNOTATOR_ADMIN_PASSWORD``, else generated and
   printed once to the terminal). Anonymous visitors see only the login form.

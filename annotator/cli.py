@@ -1,8 +1,10 @@
 """Command line: a thin shell over the Python API (store, ingest, pipeline, worker, export, auth).
 
-    python -m annotator --help
-Every command opens the database given by --db (or $ANNOTATOR_DB, else data/state/annotator.db), calls
-the same function the app and worker call, and turns library errors into a one-line message and exit 1.
+    annotator --help                 # installed by `pip install -e .`; `python -m annotator` works too
+Every command opens the database given by --db (or $ANNOTATOR_DB, else the per-user data folder, see
+``store.user_data_dir``), calls the same function the app and worker call, and turns library errors into a
+one-line message and exit 1. Heavy modules (torch, the pipeline, streamlit) are imported inside the commands
+that use them, so `status`, `users`, `classes` and `export` start fast (benchmarks/cli_startup.py).
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import click
 
-from . import auth, export as export_mod, ingest as ingest_mod, pipeline
+from . import auth
+from .progress import TqdmReport, describe_status, project_status
+from .round_config import BadRoundConfig, RoundConfig, load_round_config
 from .store import Store, StoreError, default_db_path, private_files
 
 
@@ -25,26 +29,25 @@ def _open(ctx: click.Context) -> Store:
         raise click.ClickException(f"cannot open database {ctx.obj['db']}: {e}") from e
 
 
-def _round_config(store: Store, **overrides) -> pipeline.RoundConfig:
-    """RoundConfig from the stored `round` setting plus CLI overrides that were given."""
-    base = dict(store.get_setting("round") or {})
-    base.update({k: v for k, v in overrides.items() if v is not None})
+def _round_config(store: Store, **overrides) -> RoundConfig:
+    """The stored round settings plus the CLI flags that were given (see round_config.load_round_config)."""
     try:
-        return pipeline.RoundConfig(**base)
-    except (TypeError, ValueError) as e:
+        return load_round_config(store, **overrides)
+    except BadRoundConfig as e:
         raise click.ClickException(f"bad round setting: {e}") from e
 
 
 @click.group()
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="SQLite file (default: $ANNOTATOR_DB or data/state/annotator.db)")
+              help="SQLite file; its folder holds the runtime state (default: $ANNOTATOR_DB, else "
+                   "annotator.db in the per-user data folder, e.g. ~/.local/share/annotator)")
 @click.option("-v", "--verbose", is_flag=True, help="log progress details")
 @click.pass_context
 def cli(ctx: click.Context, db: Path | None, verbose: bool) -> None:
     """Clean wrong labels with CleanNet and a live annotation loop."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
     private_files()  # state, features, checkpoints and exports: readable by this user only
-    ctx.obj = {"db": db or default_db_path()}
+    ctx.obj = {"db": db or default_db_path(), "db_given": db is not None}
 
 
 @cli.command()
@@ -52,7 +55,7 @@ def cli(ctx: click.Context, db: Path | None, verbose: bool) -> None:
 def init(ctx: click.Context) -> None:
     """Create the database and the lead 'admin'.
 
-    Example: python -m annotator init
+    Example: annotator init
     """
     store = _open(ctx)
     try:
@@ -73,10 +76,11 @@ def init(ctx: click.Context) -> None:
 def ingest(ctx, folder, csv_path, root, classes) -> None:
     """Add images from a class-folder tree or a CSV; bad files are counted and reported.
 
-    Example: python -m annotator ingest --csv labels.csv --root images/
+    Example: annotator ingest --csv labels.csv --root images/
     """
     if bool(folder) == bool(csv_path):
         raise click.UsageError("give exactly one of --folder DIR or --csv FILE --root DIR")
+    from . import ingest as ingest_mod
     allowed = [c.strip() for c in classes.split(",")] if classes else None
     store = _open(ctx)
     try:
@@ -101,7 +105,7 @@ def ingest(ctx, folder, csv_path, root, classes) -> None:
 def classes(ctx, verify, unverify, as_json) -> None:
     """List classes, or choose which ones annotators verify.
 
-    Example: python -m annotator classes --verify cat --verify dog
+    Example: annotator classes --verify cat --verify dog
     """
     store = _open(ctx)
     try:
@@ -120,21 +124,42 @@ def classes(ctx, verify, unverify, as_json) -> None:
 
 
 @cli.command()
-@click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth)")
+@click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth) for a new backbone")
+@click.option("--new-backbone", is_flag=True,
+              help="build a new backbone (from --weights, else the round setting) even if the project has one")
 @click.pass_context
-def extract(ctx, weights) -> None:
+def extract(ctx, weights, new_backbone) -> None:
     """Compute (or fetch from the cache) the backbone features of every image.
 
-    Example: python -m annotator extract --weights resnet50.pth
+    The project's backbone is kept once it exists: the current model's scores depend on its features. The
+    first extract builds one from ImageNet weights (--weights, else the torch cache), else trains it on the
+    noisy labels (progress shown). --new-backbone replaces it; run `train` afterwards.
+
+    Example: annotator extract --weights resnet50.pth
     """
+    from . import artifacts, pipeline
     store = _open(ctx)
+    stored = artifacts.current_backbone(store)
+    if weights and stored and not new_backbone:
+        raise click.ClickException(f"this project already has a backbone ({stored.source}); its features are "
+                                   f"kept. To build a new one from {weights}, add --new-backbone and then run "
+                                   "`train` (the current model's scores belong to the old features).")
     cfg = _round_config(store, weights_path=weights)
     data = pipeline.load_data(store)
-    model, info = pipeline.ensure_backbone(store, data, cfg, lambda *a: None)
-    feats, readable = pipeline.features(store, data, model, info, cfg)
+    if len(data.ids) == 0:
+        raise click.ClickException("no images: ingest some first")
+    bars = TqdmReport()
+    try:
+        model, info = pipeline.ensure_backbone(store, data, cfg, bars, new=new_backbone)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
+    click.echo(f"backbone: {info.source}; features at {info.image_size} px")
+    feats, readable = pipeline.features(store, data, model, info, cfg, progress=True)
     n_bad = int((~readable).sum())
     bad = f"; {n_bad} images could not be read (listed on the Admin page)" if n_bad else ""
-    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info['source']}){bad}")
+    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info.source}){bad}")
 
 
 @cli.command()
@@ -146,14 +171,18 @@ def extract(ctx, weights) -> None:
 def train(ctx, full, steps, method) -> None:
     """Run one round now: features, references, the scoring model, scores; the new model becomes current.
 
-    Example: python -m annotator train --method paper --steps 4000
+    Example: annotator train --method paper --steps 4000
     """
+    from . import pipeline
     store = _open(ctx)
+    bars = TqdmReport()
     try:
         version = pipeline.run_round(store, _round_config(store, steps=steps, method=method), full=full,
-                                     report=lambda phase, p, msg: msg and click.echo(f"[{phase}] {msg}"))
+                                     report=bars)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
     click.echo(f"model version {version} is current")
 
 
@@ -176,13 +205,13 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     holds the weights and the class names (load it with cleannet_core.classifier.load_backbone). Per-epoch
     checkpoints in <state folder>/classifiers/resume let a rerun with the same inputs pick up where it stopped.
 
-    Example: python -m annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
+    Example: annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
     """
     from cleannet_core.alternate import AlternateConfig, train_alternating
-    from cleannet_core.classifier import save_backbone
     from cleannet_core.features import load_imagenet_weights
     from cleannet_core.train import TrainConfig
 
+    from . import artifacts, pipeline
     store = _open(ctx)
     cfg = _round_config(store, steps=steps, backbone_epochs=epochs)
     data = pipeline.load_data(store)
@@ -191,7 +220,7 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     if len(data.class_ids) < 2:
         raise click.ClickException("need at least two classes to train a classifier")
     split = pipeline.verdict_split(store, data)
-    n_verdicts = len(split["train"]) + len(split["val"])
+    n_verdicts, max_verdict = split.n, store.max_verdict_id()
     if n_verdicts == 0:
         click.echo("warning: no live verdicts; CleanNet trains without supervision", err=True)
     size = pipeline.pick_image_size(store, cfg)
@@ -202,27 +231,28 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     click.echo(message)
     acfg = AlternateConfig(
         rounds=rounds, weights=mode, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
-        classifier=cfg.classifier_config(size, len(data.ids), num_workers=workers),
+        classifier=pipeline.classifier_config(cfg, image_size=size, n_images=len(data.ids), num_workers=workers),
         cleannet=TrainConfig.shortened(cfg.steps),
-        cache_dir=pipeline.state_dir(store) / "features",
-        checkpoint_dir=pipeline.state_dir(store) / "classifiers" / "resume")  # an interrupted run resumes
+        cache_dir=artifacts.features_dir(store),
+        checkpoint_dir=artifacts.classifiers_dir(store) / "resume")  # an interrupted run resumes
     try:
-        res = train_alternating(data.paths, data.labels, len(data.class_ids), verified_idx=split["train"],
-                                verified_ok=split["train_ok"], val_idx=split["val"], val_ok=split["val_ok"],
+        res = train_alternating(data.paths, data.labels, len(data.class_ids), verified_idx=split.train,
+                                verified_ok=split.train_correct, val_idx=split.val, val_ok=split.val_correct,
                                 config=acfg, init_state=init_state, progress=True,
                                 report=lambda msg: click.echo(f"[train-classifier] {msg}"))
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = pipeline.state_dir(store) / "classifiers" / f"classifier-{mode}-{stamp}.pt"
-    meta = {"source": f"train-classifier: {cfg.method} score w_{mode}, {rounds} extra round(s)", "image_size": size,
-            "weights": mode, "method": cfg.method, "rounds": rounds, "epochs": cfg.backbone_epochs,
-            "cleannet_steps": cfg.steps,
-            "n_images": len(data.ids), "n_verdicts": int(n_verdicts), "class_ids": data.class_ids.tolist(),
+        out = artifacts.classifiers_dir(store) / f"classifier-{mode}-{stamp}.pt"
+    meta = {"image_size": size, "weights": mode, "method": cfg.method, "rounds": rounds,
+            "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps, "n_images": len(data.ids),
+            "n_verdicts": int(n_verdicts), "max_verdict_id": max_verdict, "class_ids": data.class_ids.tolist(),
             "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
     try:
-        save_backbone(res.model, out, class_names=data.class_names, meta=meta)
+        artifacts.save_classifier_artifact(store, res.model, out, class_names=data.class_names, provenance=meta,
+                                           source=f"train-classifier: {cfg.method} score w_{mode}, "
+                                                  f"{rounds} extra round(s)")
     except OSError as e:
         raise click.ClickException(f"cannot write {out}: {e}") from e
     last = res.rounds[-1]
@@ -236,13 +266,17 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
 def score(ctx) -> None:
     """Rescore every image with the current model (e.g. after ingesting more images).
 
-    Example: python -m annotator score
+    Example: annotator score
     """
+    from . import pipeline
     store = _open(ctx)
+    bars = TqdmReport()
     try:
-        version = pipeline.rescore(store, _round_config(store))
+        version = pipeline.rescore(store, _round_config(store), report=bars)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
     click.echo(f"model version {version} is current")
 
 
@@ -253,7 +287,7 @@ def score(ctx) -> None:
 def worker(ctx, once, poll) -> None:
     """Run the background worker (retrains as verdicts arrive).
 
-    Example: python -m annotator worker
+    Example: annotator worker
     """
     from .worker import run_worker
     logging.getLogger().setLevel(logging.INFO)
@@ -268,17 +302,20 @@ def worker(ctx, once, poll) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file, - = stdout")
 @click.option("--threshold", type=float, help="score threshold (default: the model's delta)")
 @click.option("--only-kept", is_flag=True, help="write only the rows to keep")
+@click.option("--format", "fmt", type=click.Choice(["full", "train"]), default="full", show_default=True,
+              help="full: every column (README); train: path,label,weight of the rows to keep, for a training script")
 @click.pass_context
-def export(ctx, out, threshold, only_kept) -> None:
-    """Export the cleaned dataset as CSV (verdicts, scores, weights, keep/drop).
+def export(ctx, out, threshold, only_kept, fmt) -> None:
+    """Export the cleaned dataset as CSV: final_label applies the human verdicts, then the score.
 
-    Example: python -m annotator export --out cleaned.csv --only-kept
+    Example: annotator export --out train.csv --format train
     """
+    from .export import export_csv
     store = _open(ctx)
     if str(out) == "-":
-        n = export_mod.export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept)
+        n = export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept, fmt=fmt)
     else:
-        n = export_mod.export_csv(store, out, threshold=threshold, only_kept=only_kept, progress=True)
+        n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=True)
     click.echo(f"{n} rows written", err=True)
 
 
@@ -295,7 +332,7 @@ def users() -> None:
 def users_add(ctx, name, role, password) -> None:
     """Add a user.
 
-    Example: python -m annotator users add alice --role annotator
+    Example: annotator users add alice --role annotator
     """
     store = _open(ctx)
     try:
@@ -320,7 +357,7 @@ def users_list(ctx) -> None:
 def users_password(ctx, name, password) -> None:
     """Set a user's password; every session of the user ends.
 
-    Example: python -m annotator users password alice
+    Example: annotator users password alice
     """
     store = _open(ctx)
     user = store.get_user(name)
@@ -339,7 +376,7 @@ def users_password(ctx, name, password) -> None:
 def users_signout(ctx, name) -> None:
     """End every open session of a user (sign out everywhere).
 
-    Example: python -m annotator users signout alice
+    Example: annotator users signout alice
     """
     store = _open(ctx)
     user = store.get_user(name)
@@ -354,23 +391,12 @@ def users_signout(ctx, name) -> None:
 def status(ctx, as_json) -> None:
     """Counts, current model and worker state.
 
-    Example: python -m annotator status --json
+    Example: annotator status --json
     """
     store = _open(ctx)
-    model = store.current_model()
-    w = store.worker_state()
-    out = {"images": store.images_count(), "verdicts": store.verdict_count(),
-           "classes_verified": sum(c["verify"] for c in store.classes()),
-           "model_version": model["version"] if model else None,
-           "delta": model["delta"] if model else None,
-           "worker": {"phase": w.get("phase"), "progress": w.get("progress"),
-                      "heartbeat_age_s": w.get("heartbeat_age_s"), "last_error": w.get("last_error")},
-           "ingest_errors": store.ingest_error_counts()}
-    if as_json:
-        click.echo(json.dumps(out))
-        return
-    for k, v in out.items():
-        click.echo(f"{k}: {v}")
+    out = project_status(store)
+    click.echo(json.dumps(out) if as_json else "\n".join(describe_status(out)))
+
 
 
 @cli.command()
@@ -379,11 +405,27 @@ def status(ctx, as_json) -> None:
 def demo(ctx, port) -> None:
     """Start the worker and the app on the bundled demo (what `make run` does).
 
-    Example: python -m annotator demo
+    The demo's database is <clone>/data/state/annotator.db unless --db is given ($ANNOTATOR_DB is ignored
+    here, so the demo never lands in your own project).
+
+    Example: annotator demo
     """
-    from .demo import run_demo
-    run_demo(ctx.obj["db"], port=port)
+    from .demo import DEMO_DB, run_demo
+    run_demo(ctx.obj["db"] if ctx.obj["db_given"] else DEMO_DB, port=port)
+
+
+@cli.command()
+@click.option("--port", type=int, default=8501, show_default=True)
+@click.pass_context
+def serve(ctx, port) -> None:
+    """Start the worker and the app on your database; Ctrl+C stops both.
+
+    Example: annotator --db ~/birds/annotator.db serve --port 8502
+    """
+    from .demo import serve as serve_app
+    _open(ctx).close()
+    serve_app(ctx.obj["db"], port=port)
 
 
 def main() -> None:
-    cli(prog_name="python -m annotator")
+    cli(prog_name="annotator")

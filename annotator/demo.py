@@ -1,4 +1,5 @@
-"""`make run`: the bundled demo project, the worker and the Streamlit app, started together."""
+"""`annotator serve`: the worker and the Streamlit app on one database, started and stopped together;
+`annotator demo` (`make run`) does the same on the bundled demo project, ingested on first start."""
 from __future__ import annotations
 
 import os
@@ -9,42 +10,48 @@ import time
 from pathlib import Path
 
 from . import auth
-from .ingest import ingest_csv
+from .round_config import RoundConfig, save_round_config
 from .store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
+# The demo is the one project that lives in the clone (gitignored): it is part of the tool, not user data.
+DEMO_DB = REPO / "data" / "state" / "annotator.db"
 VERIFY = ["airplane", "automobile", "bird", "cat", "deer"]
 # First model within ~3 minutes on a 2-core CPU: a short backbone run and fewer CleanNet steps.
-DEMO_ROUND = {"backbone_epochs": 3, "steps": 1000}
+DEMO_ROUND = RoundConfig(backbone_epochs=3, steps=1000)
 
 
-def prepare_demo(store: Store) -> str | None:
-    """Ingest the demo images once, choose the classes to verify; returns a new admin password, if any."""
-    password = auth.ensure_admin(store)
+def prepare_demo(store: Store) -> None:
+    """Ingest the demo images once and choose the classes to verify."""
     if store.images_count() == 0:
+        from .ingest import ingest_csv
         report = ingest_csv(store, DEMO / "labels.csv", DEMO)
         print(report.summary(), flush=True)
         store.set_verify(VERIFY, True)
-        if store.get_setting("round") is None:
-            store.set_setting("round", DEMO_ROUND)
-    return password
+        save_round_config(store, DEMO_ROUND)
 
 
 def run_demo(db: str | Path, *, port: int = 8501) -> None:
-    store = Store(db)
-    password = prepare_demo(store)
-    db = str(store.path)
-    store.close()
+    with Store(db) as store:
+        prepare_demo(store)
+    serve(db, port=port, note="The worker trains the first model now (about 3 minutes on a 2-core CPU).")
+
+
+def serve(db: str | Path, *, port: int = 8501, note: str = "") -> None:
+    """Run the worker and the app on ``db`` until Ctrl+C or SIGTERM, which stop both. The app runs from the
+    clone (its folder holds app.py and .streamlit/config.toml), wherever this is called from."""
+    with Store(db) as store:
+        password = auth.ensure_admin(store)
+        db = str(store.path.resolve())
     env = dict(os.environ, ANNOTATOR_DB=db)
     worker = subprocess.Popen([sys.executable, "-m", "annotator", "--db", db, "worker"], env=env, cwd=REPO)
     app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
                             "--server.port", str(port), "--server.headless", "true",
                             "--browser.gatherUsageStats", "false"], env=env, cwd=REPO)
-    print(f"\n  App:   http://localhost:{port}\n  Login: admin / "
+    print(f"\n  Database: {db}\n  App:      http://localhost:{port}\n  Login:    admin / "
           + (password if password else "(the password printed when this database was created, or "
-             "$ANNOTATOR_ADMIN_PASSWORD)") + "\n  The worker trains the first model now (about 3 minutes on "
-          "a 2-core CPU); press Ctrl+C to stop.\n", flush=True)
+             "$ANNOTATOR_ADMIN_PASSWORD)") + f"\n  {note + ' ' if note else ''}Press Ctrl+C to stop.\n", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so `finally` stops both children on SIGTERM too
     try:
         while worker.poll() is None and app.poll() is None:

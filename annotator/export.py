@@ -1,34 +1,38 @@
 """Streaming CSV export of every image with its verdict, score and training weight (no SQL here).
 
-One row per image (duplicates included), by image id, with the columns ``COLUMNS``:
+One row per image (duplicates included), by image id. Two formats (``FORMATS``):
 
-- ``verdict``, ``corrected_label``, ``annotator``, ``verified_at``: the image's latest live
-  verdict (empty if none); ``verified_at`` in ISO 8601 UTC (``2024-05-01T12:00:00Z``).
-- ``score``, ``suggested_label``, ``suggested_score``, ``model_version``: the current
-  model's score row (empty without a current model or without a score for the image).
-  Score: higher = label more likely correct; P(label correct) in [0, 1] for the default transfer
-  model, the CleanNet relevance in [-1, 1] for the paper model (``pipeline.METHODS``).
-- ``threshold``: the ``threshold`` argument, else the ``delta_override`` setting, else
-  the current model's ``delta``.
-- ``predicted_noisy`` = 1 if score < threshold else 0 (empty without a score).
-- ``keep`` and ``w_soft`` (the CleanNet sample weight to train with):
+- ``full`` (``COLUMNS``, documented one by one in ``COLUMN_DOCS``, which the README and the export page
+  show): the image's latest live verdict, the current model's score, and the decision. ``final_label``
+  is the one column to filter and train on: human verdicts always win over the score.
+- ``train`` (``TRAIN_COLUMNS``: path, label, weight): only the rows to keep, with ``final_label`` as
+  the label and ``w_soft`` as the weight; what a training script reads.
 
-  ===========================  ======================  =====================
-  latest live verdict          keep                    w_soft
-  ===========================  ======================  =====================
-  correct                      1                       1
-  wrong, no corrected label    0                       0
-  wrong + corrected label      1 (train with it)       1
-  unsure, or no verdict        score >= threshold      max(0, score)
-  ... and no score             1                       1
-  ===========================  ======================  =====================
+The decision (``decide``), where threshold = the ``threshold`` argument, else the ``delta_override``
+setting, else the current model's ``delta``:
 
-``only_kept=True`` writes only rows with keep 1. Floats carry 6 significant digits.
+  ===========================  ===================  ==============  ==========  ==============
+  latest live verdict          final_label          decided_by      keep        w_soft
+  ===========================  ===================  ==============  ==========  ==============
+  correct                      noisy label          verdict         1           1
+  wrong + corrected label      corrected label      verdict         1           1
+  wrong, no corrected label    (empty: drop)        verdict         0           0
+  unsure, or no verdict:
+  ... score >= threshold       noisy label          model           1           max(0, score)
+  ... score < threshold        (empty: drop)        model           0           max(0, score)
+  ... no score                 noisy label          none            1           1
+  ===========================  ===================  ==============  ==========  ==============
 
-CSV injection: text cells (path, labels, annotator) that begin with ``=``, ``+``, ``-``,
-``@``, a tab or a carriage return are prefixed with a single quote ``'``, so a
+``predicted_noisy`` is the model's view alone (score < threshold), verdicts not applied: a row an
+annotator marked correct can have ``predicted_noisy`` 1 and ``final_label`` set. ``only_kept=True``
+writes only rows with keep 1. Floats carry 6 significant digits.
+
+CSV injection: in the ``full`` format, text cells (path, labels, annotator) that begin with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return are prefixed with a single quote ``'``, so a
 spreadsheet shows them as text instead of running them. Numbers we compute are written
-as plain numbers (a score of -0.12 stays ``-0.12``).
+as plain numbers (a score of -0.12 stays ``-0.12``). The ``train`` format is for programs and
+writes paths and labels verbatim (an escaped label would be a different class); open the
+``full`` format in spreadsheets.
 
 Memory stays flat: rows stream from ``Store.export_rows`` (paged by id) into
 ``csv.writer``. A path target is written to a temporary file and renamed into place, so
@@ -36,13 +40,12 @@ a reader never sees half an export.
 
 Example::
 
-    n = export_csv(Store(), "data/state/export.csv", only_kept=True)
+    n = export_csv(Store(), "cleaned.csv", only_kept=True)
+    n = export_csv(Store(), "train.csv", fmt="train")
 """
 
 import csv
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,12 +53,35 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from cleannet_core.atomic import atomic_write
+
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("path", "noisy_label", "verdict", "corrected_label", "annotator", "verified_at", "score",
-           "predicted_noisy", "w_soft", "keep", "suggested_label", "suggested_score", "model_version")
+COLUMN_DOCS = {  # column of the full format -> what it holds (shown in the README and on the export page)
+    "path": "image file, absolute",
+    "noisy_label": "the label the image came with (the one being checked)",
+    "final_label": "the label to train with: human verdicts win (correct: the noisy label, wrong: the "
+                   "corrected label), else the model (noisy label if score >= threshold); empty = drop the image",
+    "decided_by": "who decided final_label: verdict, model, or none (no score yet: kept)",
+    "verdict": "latest live human verdict: correct, wrong, unsure, or empty",
+    "corrected_label": "true class given with a 'wrong' verdict, or empty",
+    "annotator": "who gave the verdict",
+    "verified_at": "when, ISO 8601 UTC",
+    "score": "current model's score, higher = label more likely correct (transfer: P(label correct) in [0, 1]; "
+             "paper: CleanNet relevance in [-1, 1]); empty without a score",
+    "threshold": "score threshold in force (argument, else the lead's override, else the model's delta)",
+    "predicted_noisy": "1 if score < threshold: the model's view alone, verdicts not applied",
+    "w_soft": "training weight: 1 for a kept verdict, 0 for a dropped one, else max(0, score)",
+    "keep": "1 if final_label is set, else 0",
+    "suggested_label": "the class the model would give instead, or empty",
+    "suggested_score": "score of suggested_label",
+    "model_version": "version of the model that scored the row",
+}
+COLUMNS = tuple(COLUMN_DOCS)
+TRAIN_COLUMNS = ("path", "label", "weight")  # the train format: final_label, w_soft; kept rows only
+FORMATS = {"full": COLUMNS, "train": TRAIN_COLUMNS}
 DANGEROUS = ("=", "+", "-", "@", "\t", "\r")  # first characters a spreadsheet may treat as a formula
 
 
@@ -74,8 +100,20 @@ def _iso(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _rows(store: Store, threshold: float | None, only_kept: bool, page: int) -> Iterable[tuple]:
-    """Output tuples in ``COLUMNS`` order."""
+def decide(label: str, verdict: str | None, corrected: str | None, score: float | None,
+           threshold: float | None) -> tuple[str | None, str, float]:
+    """-> (final_label or None to drop, decided_by, w_soft) of one image (the table in the module docstring)."""
+    if verdict == "correct":
+        return label, "verdict", 1.0
+    if verdict == "wrong":
+        return (corrected, "verdict", 1.0) if corrected is not None else (None, "verdict", 0.0)
+    if score is None or threshold is None:
+        return label, "none", 1.0
+    return (label if score >= threshold else None), "model", max(0.0, score)
+
+
+def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt: str) -> Iterable[tuple]:
+    """Output tuples in ``FORMATS[fmt]`` order."""
     model = store.current_model()
     version = model["version"] if model else None
     if threshold is None:
@@ -85,46 +123,37 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int) -> 
     names: dict[str | None, str] = {}  # class name -> escaped cell; few distinct names, escaped once
     for (_, path, label, verdict, corrected, annotator, at, score, suggested, suggested_score) in store.export_rows(
             version, page=page):
-        if verdict == "correct" or (verdict == "wrong" and corrected is not None):
-            keep, w_soft = 1, 1.0
-        elif verdict == "wrong":
-            keep, w_soft = 0, 0.0
-        elif score is None or threshold is None:
-            keep, w_soft = 1, 1.0
-        else:
-            keep, w_soft = int(score >= threshold), max(0.0, score)
-        if only_kept and not keep:
+        final, by, w_soft = decide(label, verdict, corrected, score, threshold)
+        if (only_kept or fmt == "train") and final is None:
             continue
-        for name in (label, corrected, suggested):
+        if fmt == "train":
+            yield path, final, _num(w_soft)
+            continue
+        for name in (label, corrected, suggested, final):
             if name not in names:
                 names[name] = escape_cell(name)
         noisy = "" if score is None or threshold is None else int(score < threshold)
-        yield (escape_cell(path), names[label], verdict or "", names[corrected], escape_cell(annotator), _iso(at),
-               _num(score), noisy, _num(w_soft), keep, names[suggested], _num(suggested_score),
+        yield (escape_cell(path), names[label], names[final], by, verdict or "", names[corrected],
+               escape_cell(annotator), _iso(at), _num(score), "" if threshold is None else _num(threshold), noisy,
+               _num(w_soft), int(final is not None), names[suggested], _num(suggested_score),
                version if score is not None else "")
 
 
 def export_csv(store: Store, out: str | Path | TextIO, *, threshold: float | None = None, only_kept: bool = False,
-               progress: bool = False, page: int = 5000) -> int:
+               fmt: str = "full", progress: bool = False, page: int = 5000) -> int:
     """Write the export to ``out`` (a path, or a text file opened with ``newline=''``); returns the rows
-    written (header excluded). ``page``: images per store query."""
+    written (header excluded). ``fmt``: 'full' or 'train' (``FORMATS``); ``page``: images per store query."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if isinstance(out, (str, Path)):
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                n = export_csv(store, f, threshold=threshold, only_kept=only_kept, progress=progress, page=page)
-            os.replace(tmp, out)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return n
+        with atomic_write(out, text=True, newline="", encoding="utf-8") as f:
+            return export_csv(store, f, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=progress,
+                              page=page)
     writer = csv.writer(out)
-    writer.writerow(COLUMNS)
+    writer.writerow(FORMATS[fmt])
     n = 0
     bar = tqdm(total=store.images_count() if progress else None, disable=not progress, unit="row", desc="export")
-    for row in _rows(store, threshold, only_kept, page):
+    for row in _rows(store, threshold, only_kept, page, fmt):
         writer.writerow(row)
         n += 1
         if progress and n % 10000 == 0:

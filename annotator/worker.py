@@ -1,12 +1,13 @@
 """The background worker: a separate long-running process that retrains CleanNet as verdicts arrive.
 
-    python -m annotator worker            # loop forever
-    python -m annotator worker --once     # one round if one is due, then exit
+    annotator worker            # loop forever
+    annotator worker --once     # one round if one is due, then exit
 
 Every `poll` seconds it checks whether a round is due: no model yet, a lead's request (retrain or full), or
 at least `retrain_every` (setting, default 50) live verdicts since the current model. A heartbeat thread
 writes `worker.heartbeat` every few seconds even while a round trains, so the UI can tell "busy" from "dead".
-Phase, progress and the last error are written to the store. An error is stored and shown; the worker keeps
+Phase (k of n), progress in the phase and in the round, the ETA (``annotator.progress``) and the last error
+are written to the store. An error is stored and shown; the worker keeps
 running. SIGKILL at any moment leaves the previous model current (see annotator.pipeline); SIGTERM (`kill`,
 `docker stop`) and Ctrl-C stop it cleanly: a round in progress is abandoned the same way, the worker is marked
 stopped and the process exits 0.
@@ -24,25 +25,24 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import RoundConfig, run_round
+from .pipeline import Report, run_round
+from .progress import RoundProgress, next_round
+from .round_config import load_round_config
 from .store import Store
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
+# Worker-row fields while no round runs: no progress to show (not "100 %").
+IDLE = {"phase": "idle", "progress": None, "overall": None, "phase_index": None, "phase_count": None,
+        "round_started_at": None, "eta_at": None}
 
 
 def due(store: Store) -> tuple[str | None, dict | None]:
-    """-> (kind, request): kind 'full' | 'retrain' when a round is due, else None."""
-    if store.images_count(status="ok") == 0:
+    """-> (kind, request): kind 'full' | 'retrain' when a round is due (``progress.next_round``), else None."""
+    if not next_round(store)["due"]:
         return None, None
     req = store.pending_request()
-    if req:
-        return req["kind"], req
-    current = store.current_model()
-    if current is None:
-        return "retrain", None
-    since = store.verdicts_since((current.get("metrics") or {}).get("max_verdict_id") or 0)
-    return ("retrain", None) if since >= int(store.get_setting("retrain_every")) else (None, None)
+    return (req["kind"], req) if req else ("retrain", None)
 
 
 def _alive(pid: int) -> bool:
@@ -74,20 +74,14 @@ class _Heartbeat(threading.Thread):
             store.close()
 
 
-def round_config(store: Store, overrides: dict | None = None) -> RoundConfig:
-    """RoundConfig from the `round` setting (re-read every round, so a lead's change applies to the next
-    round without a restart), then `overrides`."""
-    return RoundConfig(**{**(store.get_setting("round") or {}), **(overrides or {})})
-
-
 def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: float = 2.0, once: bool = False,
-               max_rounds: int | None = None) -> int:
+               max_rounds: int | None = None, on_report: Report | None = None) -> int:
     """Run rounds while they are due. Returns the number of rounds completed.
 
-    Test hook: with $ANNOTATOR_PAUSE_AT=PHASE the worker sleeps 60 s at its first progress report past the
-    start of PHASE (e.g. 'writing': scores written, version not yet current), so a test can SIGKILL it there.
+    overrides: RoundConfig fields applied over the stored round settings, which are re-read every round (a
+    lead's change applies to the next round without a restart). on_report: called with every progress
+    report after it is stored (tests use it to hold the worker inside a phase).
     """
-    pause_at = os.environ.get("ANNOTATOR_PAUSE_AT")
     if "OMP_NUM_THREADS" not in os.environ:  # leave a core to the app: oversubscribed torch threads crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     store = Store(db_path)
@@ -96,24 +90,27 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
             other["heartbeat_age_s"] or 1e9) < 5 * HEARTBEAT_S:
         store.close()
         raise RuntimeError(f"another worker (pid {other['pid']}) is running on this database")
-    store.worker_update(pid=os.getpid(), phase="idle", progress=0.0, message="worker started")
+    store.worker_update(pid=os.getpid(), message="worker started", **IDLE)
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     beat = _Heartbeat(Path(store.path))
     beat.start()
     last_report = [0.0]
+    tracker = RoundProgress()
 
     def report(phase: str, progress: float, message: str) -> None:
-        if phase == pause_at and progress > 0:
-            store.worker_update(phase=phase, progress=progress, message="paused by ANNOTATOR_PAUSE_AT")
-            time.sleep(60)
         now = time.time()
-        if now - last_report[0] >= 0.5 or phase in ("idle", "writing") or progress == 0.0:
+        where = tracker.update(phase, progress, now=now)  # every report, so overall progress never misses a phase
+        if phase == "idle":
+            store.worker_update(**({"message": message} if message else {}), **IDLE)
+        elif now - last_report[0] >= 0.5 or phase == "writing" or progress == 0.0:
             last_report[0] = now
-            fields = {"phase": phase, "progress": round(progress, 4)}
+            fields = {"phase": phase, "progress": round(progress, 4), **where}
             if message:
                 fields["message"] = message
             store.worker_update(**fields)
+        if on_report is not None:
+            on_report(phase, progress, message)
 
     rounds, failures = 0, 0
     try:
@@ -126,14 +123,18 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
                 continue
             if req:
                 store.mark_request(req["id"], started=True)
+            tracker = RoundProgress()
+            store.worker_update(phase="starting", progress=0.0, message=f"round starting ({kind})", overall=0.0,
+                                phase_index=None, phase_count=None, round_started_at=tracker.started_at, eta_at=None)
             try:
-                version = run_round(store, round_config(store, overrides), full=kind == "full", report=report)
+                cfg = load_round_config(store, **(overrides or {}))
+                version = run_round(store, cfg, full=kind == "full", report=report)
                 rounds, failures = rounds + 1, 0
                 log.info("round %d done: model version %d is current", rounds, version)
             except Exception as e:  # stored and shown; the worker keeps running  # noqa: BLE001
                 failures += 1
                 log.error("round failed: %s", traceback.format_exc())
-                store.worker_update(phase="error", last_error=f"{type(e).__name__}: {e}",
+                store.worker_update(**(IDLE | {"phase": "error"}), last_error=f"{type(e).__name__}: {e}",
                                     last_error_at=time.time(), message="round failed; will retry")
                 if not req:  # back off before retrying a verdict-triggered round
                     time.sleep(min(poll * 2 ** failures, 300))

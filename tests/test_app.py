@@ -1,4 +1,4 @@
-"""The Streamlit app under AppTest: login and role gating, each page's logic, escaping, error boundary, speed.
+"""The Streamlit app under AppTest: login and role gating, each page's logic, escaping, error boundary, scale.
 
 Each test gets a fresh SQLite file (``$ANNOTATOR_DB``) with 36 tiny generated images in three classes
 (one with a hostile name) ingested through ``annotator.ingest``, and a model version written through the
@@ -6,8 +6,11 @@ store (add_model + write_scores + make_current), so scores show without running 
 """
 import csv
 import io
+import json
 import random
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from annotator import auth
 from annotator.ingest import ingest_folder
 from annotator.pages import common
+from annotator.round_config import RoundConfig, load_round_config
 from annotator.store import Store
 
 APP = "../app.py"  # relative to this file (AppTest resolves it against the test's folder)
@@ -181,11 +185,14 @@ def test_single_mode_verdicts_undo_and_true_class(db):
     second = shown_image(at)
     assert second != first and metric(at, "My verdicts today") == "1"
     button(at, "ann_wrong").click().run()
-    # the true class of the image just marked wrong, by its number key button
-    buttons = [b for b in at.button if b.key and b.key.startswith("ann_true_")]
-    assert buttons and buttons[0].label in ("cat", "dog")
-    label = buttons[0].label
-    buttons[0].click().run()
+    # the true class of the image just marked wrong, by its number key button: each class keeps one key (the
+    # classes by name), the image's own label is shown disabled in its place
+    buttons = [b for b in at.button if b.key and re.fullmatch(r"ann_true_\d+", b.key)]
+    assert [(b.key.split("_")[2], b.label) for b in buttons] == [
+        (str(k), common.md(n)) for k, n in enumerate(sorted(CLASSES), start=1)]
+    assert [b.label for b in buttons if b.disabled] == [at.session_state["ann_last_wrong"]["label"]]
+    label = next(b.label for b in buttons if not b.disabled and b.label in ("cat", "dog"))
+    next(b for b in buttons if b.label == label).click().run()
     with Store() as store:
         wrong = [v for v in store.live_verdicts() if v["image_id"] == second]
         assert [(v["verdict"], v["corrected_label_id"]) for v in wrong] == [("wrong", store.class_id(label))]
@@ -199,6 +206,26 @@ def test_single_mode_verdicts_undo_and_true_class(db):
         undone = store.get_verdict(store.max_verdict_id())
         assert undone["voids"] is not None and store.get_verdict(undone["voids"])["verdict"] == "unsure"
         assert shown_image(at) == store.get_verdict(undone["voids"])["image_id"]
+
+
+def test_blind_setting_and_audit_items_hide_the_model(db):
+    with Store() as store:
+        store.set_setting("audit_share", 0.0)
+    at = app("ann")
+    assert "Model score" in [m.label for m in at.metric]
+    at.toggle(key="ann_blind").set_value(True).run()
+    assert "Model score" not in [m.label for m in at.metric] and "thinks" not in texts(at)
+    assert "the model's score and suggestion are hidden" in texts(at)
+    at.toggle(key="ann_blind").set_value(False).run()
+    assert "Model score" in [m.label for m in at.metric]
+    with Store() as store:  # audit items are blind whatever the setting
+        store.set_setting("audit_share", 1.0)
+        store.release_leases("ann")
+    at = app("ann")
+    assert "a random audit sample" in texts(at) and "Model score" not in [m.label for m in at.metric]
+    button(at, "ann_wrong").click().run()
+    true_class = [b for b in at.button if b.key and re.fullmatch(r"ann_true_\d+", b.key)]
+    assert len(true_class) == 3 and all(b.proto.type == "secondary" for b in true_class)  # no suggestion shown
 
 
 def test_true_class_beyond_nine_by_select_box(db):
@@ -285,10 +312,12 @@ def test_dashboard_rates_intervals_trend_worker(db):
         for k, i in enumerate(ids[:10]):
             store.record_verdict(i, "ann", "wrong" if k < 3 else "correct", reason="audit")
         add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
-                                  "backbone": "trained on the noisy labels", "audit": {"error": 0.2, "auroc": 0.9},
-                                  "method": "transfer"})
+                                  "backbone": "trained on the noisy labels", "method": "transfer",
+                                  "audit": {"error": 0.2, "auroc": 0.9, "n": 40}})
         store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
                             last_error_at=time.time())
+        store.add_artifact(kind="backbone", path="/x.pt", backbone_id="b1", source="trained",
+                           provenance={"arch": "resnet18", "image_size": 32, "num_classes": 3})
     at = app("admin", page="annotator/pages/dashboard.py")
     table = at.dataframe[0].value
     cat = table[table["class"] == "cat"].iloc[0]
@@ -300,8 +329,45 @@ def test_dashboard_rates_intervals_trend_worker(db):
     assert len(at.get("vega_lite_chart")) == 3  # noise per class, estimated trend, audit trend
     said = texts(at)
     assert "Phase=training" in said and "boom" in said and "trained on the noisy labels" in said
-    assert "scoring: transfer" in said
+    assert chart_specs(at)[2]["encoding"]["x"]["title"] == "version (n)"  # the audit trend names its sample size
+    assert "scoring: transfer" in said and "features at 32 px" in said  # the crop size is said
     assert at.dataframe[1].value["n"].tolist() == [10]
+
+
+def chart_specs(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+def test_dashboard_sample_sizes_axes_progress_and_undo_counts(db):
+    """Detection metrics from 13 verdicts are not drawn (the count is said), class audit dots need 10 verdicts,
+    the noise axis fits 15-25 % rates, a running round shows its progress bar, relabels are not undos."""
+    with Store() as store:
+        cat = [r["id"] for r in store.iter_images() if r["label"] == "cat"]
+        for k, i in enumerate(cat[:9]):  # 9 audit verdicts on cat: below the dot's minimum
+            store.record_verdict(i, "ann", "wrong" if k < 2 else "correct", reason="audit")
+        v = store.record_verdict(cat[9], "ann", "wrong", reason="uncertain")
+        for _ in range(12):
+            v = store.relabel_verdict(v, "ann", "dog")
+        store.record_verdict(cat[10], "ann", "correct", reason="uncertain")
+        store.undo_last("ann")
+        add_model(store, metrics={"estimated_noise_rate": 0.2, "per_class_noise_rate": {"cat": 0.15, "dog": 0.25},
+                                  "audit": {"error": 0.0, "auroc": 1.0, "n": 13}})
+        store.worker_update(phase="training", progress=0.5, overall=0.42, phase_index=4, phase_count=6,
+                            eta_at=time.time() + 90, message="step 100/200")
+    at = app("admin", page="annotator/pages/dashboard.py")
+    specs = chart_specs(at)
+    assert len(specs) == 2  # noise per class and the estimated trend; no detection chart from 13 verdicts
+    said = texts(at)
+    assert "needs 30 in its validation split" in said and "the most so far is 13" in said
+    noise = json.dumps(specs[0])
+    assert '"domain": [0, 0.30000000000000004]' in noise or '"domain": [0, 0.3]' in noise  # 25 % * 1.1 -> 30 %
+    assert '"mark": {"type": "point"' not in noise  # no audit dot from 9 verdicts
+    bar = at.get("progress")[0].proto
+    assert bar.value == 42 and bar.text.startswith(
+        common.md("training (phase 4 of 6): 50% of the phase, 42% of the round, about 1 min"))
+    assert "Phase=training (4 of 6)" in said
+    stats = at.dataframe[1].value
+    assert stats[["n", "wrong", "undone"]].values.tolist() == [[10, 3, 1]]
 
 
 def test_wilson_interval():
@@ -343,12 +409,24 @@ def test_admin_classes_users_requests_settings(db):
         assert store.pending_request()["kind"] == "retrain"
         s = store.settings()
         assert (s["delta_override"], s["audit_share"], s["retrain_every"]) == (0.25, 0.5, 7)
-        assert store.get_setting("round")["method"] == "paper"
+        assert load_round_config(store) == RoundConfig(method="paper")
+
+
+def test_admin_replaces_an_invalid_round_setting(db):
+    with Store() as store:
+        store.set_setting("round", {"num_ref": 0, "steps": 40})  # e.g. edited by hand in the database
+    at = app("admin", page="annotator/pages/admin.py")
+    assert "The stored round setting is invalid (num\\_ref must be an integer" in at.error[0].value
+    at.selectbox(key="adm_method").set_value("paper")
+    at.button(key="adm_settings_save").click().run()
+    assert not at.exception and not at.error
+    with Store() as store:
+        assert store.get_setting("round") == {"method": "paper"}
 
 
 def test_admin_method_choices_are_the_pipelines():
-    from annotator import pipeline
-    assert tuple(common.METHOD_TEXT) == pipeline.METHODS and pipeline.RoundConfig().method == pipeline.METHODS[0]
+    from annotator.round_config import METHODS, RoundConfig
+    assert tuple(common.METHOD_TEXT) == METHODS and RoundConfig().method == METHODS[0]
 
 
 def test_admin_reactivate_reset_full_round_and_suggested(db):
@@ -384,6 +462,31 @@ def test_every_page_renders_on_an_empty_database(tmp_path, monkeypatch):
     assert not at.exception and "No verdicts in this period" in texts(at)
 
 
+def test_export_page_documents_every_column_and_writes_the_train_format(db):
+    from annotator.export import COLUMN_DOCS
+    with Store() as store:
+        first = next(store.iter_images())
+        store.record_verdict(first["id"], "ann", "wrong", reason="audit", corrected_label="dog")
+    at = app("admin", page="annotator/pages/export.py")
+    docs = at.dataframe[1].value  # [0] is the preview
+    assert docs["column"].tolist() == list(COLUMN_DOCS) and docs["meaning"].tolist() == list(COLUMN_DOCS.values())
+    assert "final_label" in at.dataframe[0].value.columns
+    at.radio(key="exp_format").set_value("train").run()
+    preview = at.dataframe[0].value
+    assert preview.columns.tolist() == ["path", "label", "weight"] and preview["label"].iloc[0] == "dog"
+    with Store() as store:
+        rows = list(csv.DictReader(io.StringIO(common.export_bytes(str(store.path), None, False, "train").decode())))
+    assert len(rows) == len(preview) and rows[0] == {"path": first["path"], "label": "dog", "weight": "1"}
+
+
+def test_streamlit_config_is_a_product():
+    """No Deploy button or developer menu, no usage statistics, a theme (read by `annotator serve`/`demo`)."""
+    import tomllib
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["toolbarMode"] == "minimal" and config["browser"]["gatherUsageStats"] is False
+    assert config["theme"]["base"] == "light"
+
+
 def test_export_preview_filters_and_download(db):
     at = app("admin", page="annotator/pages/export.py")
     preview = at.dataframe[0].value
@@ -413,7 +516,7 @@ def test_errors_become_messages_not_tracebacks(db, monkeypatch):
     assert "Something went wrong (reference" in at.error[0].value and "secret" not in texts(at)
 
 
-# -- speed at 100k images ---------------------------------------------------------------
+# -- 100k images ----------------------------------------------------------------------
 @pytest.fixture
 def big_db(tmp_path, monkeypatch):
     """100k fake image rows (no files) in 100 classes, scored by a current model, 2k audit verdicts."""
@@ -438,14 +541,25 @@ def big_db(tmp_path, monkeypatch):
     return path
 
 
-def test_dashboard_renders_under_a_second_at_100k_images(big_db):
-    at = app("admin", page="annotator/pages/dashboard.py")  # warms imports and the per-version cache
-    t0 = time.perf_counter()
+def test_dashboard_at_100k_images_aggregates_in_sql_and_recomputes_only_after_new_verdicts(big_db, monkeypatch):
+    """The class table comes from per-class SQL aggregates (no walk over the images) and is cached per verdict
+    watermark: a rerun reuses it, a new verdict recomputes it. Its render time is in benchmarks/, not here."""
+    calls = {"audit_counts": 0, "iter_images": 0}
+    for name in calls:
+        def counted(self, *a, _name=name, _orig=getattr(Store, name), **k):
+            calls[_name] += 1
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(Store, name, counted)
+    at = app("admin", page="annotator/pages/dashboard.py")
+    table = at.dataframe[0].value
+    assert len(table) == 100 and table["images"].sum() == 100_000
+    assert table["audited"].sum() == 2000
+    assert (table["human"] / 100 * table["audited"]).sum() == pytest.approx(400)  # human: % wrong
+    assert calls == {"audit_counts": 1, "iter_images": 0}
     at.run()
-    assert time.perf_counter() - t0 < 1.0
-    assert len(at.dataframe[0].value) == 100
-    with Store() as store:  # a new verdict changes the watermark: the class table is recomputed (cold)
-        store.record_verdict(3, "ann", "correct", reason="audit")
-    t0 = time.perf_counter()
+    assert calls["audit_counts"] == 1 and not at.exception  # same version and watermark: cached
+    with Store() as store:
+        store.record_verdict(3, "ann", "wrong", reason="audit")
     at.run()
-    assert time.perf_counter() - t0 < 1.0 and not at.exception
+    assert calls["audit_counts"] == 2 and not at.exception
+    assert at.dataframe[0].value["audited"].sum() == 2001

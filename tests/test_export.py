@@ -4,10 +4,11 @@ import csv
 import io
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
-from annotator.export import COLUMNS, escape_cell, export_csv
+from annotator.export import COLUMNS, TRAIN_COLUMNS, escape_cell, export_csv
 from annotator.store import Store
 
 HOSTILE = ['=HYPERLINK("http://x")', "+1", "-2", "@x", "<script>"]
@@ -139,3 +140,44 @@ def test_streaming_pages_see_new_writes(store, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["export.csv"]  # written via a temp file + rename
     with open(out, newline="") as f:
         assert sum(1 for _ in csv.DictReader(f)) == 19_999
+
+
+def test_final_label_applies_human_verdicts_before_the_score(store, small):
+    """The final column: a verdict always wins over the score (an image marked correct that the model flags
+    is kept with its label), a corrected label replaces the noisy one, the model decides the rest."""
+    add_scores(store, small)
+    cols = ("final_label", "decided_by", "predicted_noisy", "keep", "w_soft", "threshold")
+    assert short(read(store, threshold=0.95), *cols) == [
+        ("/img/1.jpg", "cat", "verdict", "1", "1", "1", "0.95"),  # correct, yet below the threshold
+        ("/img/2.jpg", "", "verdict", "1", "0", "0", "0.95"),  # wrong, no corrected label: dropped
+        ("/img/3.jpg", "dog", "verdict", "1", "1", "1", "0.95"),  # wrong + corrected label
+        ("/img/4.jpg", "", "model", "1", "0", "0.05", "0.95"),  # unsure: the model decides
+        ("/img/5.jpg", "", "model", "1", "0", "0.123457", "0.95"),  # undone verdict: the model decides
+        ("/img/6.jpg", "", "model", "1", "0", "0", "0.95")]
+    assert [(r["final_label"], r["decided_by"]) for r in read(store)][3:] == [
+        ("", "model"), ("cat", "model"), ("", "model")]  # the model's delta 0.1
+    for row in read(store):
+        assert row["keep"] == ("1" if row["final_label"] else "0")
+
+
+def test_without_model_every_row_is_decided_by_verdict_or_none(store, small):
+    assert short(read(store), "final_label", "decided_by", "threshold") == [
+        ("/img/1.jpg", "cat", "verdict", ""), ("/img/2.jpg", "", "verdict", ""), ("/img/3.jpg", "dog", "verdict", ""),
+        ("/img/4.jpg", "cat", "none", ""), ("/img/5.jpg", "cat", "none", ""), ("/img/6.jpg", "dog", "none", "")]
+
+
+def test_train_format_is_path_final_label_weight_of_kept_rows(store, small):
+    add_scores(store, small)
+    store.add_images([{"path": "=cmd.jpg", "hash": "h", "label_id": small["+1"]}])  # no score: kept, weight 1
+    buf = io.StringIO(newline="")
+    assert export_csv(store, buf, fmt="train") == 4
+    assert buf.getvalue().splitlines() == [  # paths and labels verbatim: the format is for programs
+        "path,label,weight", "/img/1.jpg,cat,1", "/img/3.jpg,dog,1", "/img/5.jpg,cat,0.123457", "=cmd.jpg,+1,1"]
+    with pytest.raises(ValueError, match="full, train"):
+        export_csv(store, io.StringIO(), fmt="parquet")
+
+
+def test_every_column_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [c for c in (*COLUMNS, *TRAIN_COLUMNS) if f"`{c}`" not in readme]
+    assert not missing, f"README lacks {missing}"

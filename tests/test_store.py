@@ -1,8 +1,10 @@
 """annotator.store on real SQLite files: schema, append-only verdicts, leases, models, settings."""
 
 import sqlite3
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,7 @@ from annotator.store import (LeaseLost, SETTING_DEFAULTS, Store, StoreError, Unk
                              UnknownUser, default_db_path)
 
 TABLES = {"classes", "images", "verdicts", "leases", "models", "scores", "users", "worker", "requests",
-          "settings", "ingest_errors"}
+          "settings", "ingest_errors", "artifacts"}
 
 
 @pytest.fixture
@@ -72,11 +74,20 @@ def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path
     s = Store(db_path)
     assert s.schema_version == SCHEMA_VERSION and [c["name"] for c in s.classes()] == ["cat"]
     assert "reason" in s.db["leases"].columns_dict
+    assert {"phase_index", "phase_count", "overall", "round_started_at", "eta_at"} <= set(s.db["worker"].columns_dict)
 
 
 def test_default_db_path(monkeypatch, tmp_path):
     monkeypatch.delenv("ANNOTATOR_DB", raising=False)
-    assert default_db_path().parts[-3:] == ("data", "state", "annotator.db")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_db_path() == tmp_path / "xdg" / "annotator" / "annotator.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # the XDG spec says to ignore relative paths
+    assert default_db_path() == Path.home() / ".local" / "share" / "annotator" / "annotator.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_db_path() == Path.home() / ".local" / "share" / "annotator" / "annotator.db"
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in default_db_path().parents  # a project's data never lands in the clone
     monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "x.db"))
     assert default_db_path() == tmp_path / "x.db"
 
@@ -139,6 +150,21 @@ def test_verdicts_append_only_and_undo(store):
     stats = {s["annotator"]: s for s in store.annotator_stats(since=0)}
     assert (stats["ann"]["n"], stats["ann"]["correct"], stats["ann"]["undone"]) == (1, 1, 2)
     assert store.annotator_stats(since=time.time() + 60) == []
+
+
+def test_annotator_stats_count_undos_not_relabels(store):
+    """12 relabels (a corrected label given after 'wrong') are no undos; one real undo is one."""
+    ids = add(store, 14)
+    store.ensure_classes(["dog", "fox"])
+    for i in ids[:12]:
+        v = store.record_verdict(i, "ann", "wrong", reason="uncertain")
+        v = store.relabel_verdict(v, "ann", "dog")
+        store.relabel_verdict(v, "ann", "fox")  # changed mind: relabelled twice
+    store.record_verdict(ids[12], "ann", "correct", reason="audit")
+    store.record_verdict(ids[13], "ann", "correct", reason="audit")
+    store.undo_last("ann")
+    (stats,) = store.annotator_stats(since=0)
+    assert (stats["n"], stats["wrong"], stats["correct"], stats["undone"]) == (13, 12, 1, 1)
 
 
 def test_record_verdict_validation(store):
@@ -227,7 +253,7 @@ def test_models_and_scores(store):
 
 def test_settings_defaults(store):
     assert store.settings() == SETTING_DEFAULTS == {"audit_share": 0.2, "lease_seconds": 600,
-                                                    "retrain_every": 50, "delta_override": None}
+                                                    "retrain_every": 50, "delta_override": None, "round": {}}
     store.set_setting("delta_override", 0.15)
     store.set_setting("retrain_every", 10)
     assert store.get_setting("delta_override") == 0.15 and store.get_setting("retrain_every") == 10

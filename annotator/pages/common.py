@@ -30,7 +30,7 @@ log = logging.getLogger("annotator.app")
 SESSION_PARAM = "session"  # URL query parameter holding the session token
 _MD_SPECIAL = set(string.punctuation)
 
-# pipeline.METHODS with their labels, kept here so pages need not import torch (a test checks they agree)
+# round_config.METHODS with their labels for the admin page (a test checks they agree)
 METHOD_TEXT = {"transfer": "transfer (default: out-of-fold probe, calibrated on the verdicts)",
                "paper": "paper (CleanNet relevance, Lee et al. 2018)"}
 
@@ -129,23 +129,24 @@ class _Head(io.StringIO):
         return n
 
 
-def export_preview(store: Store, *, threshold: float | None, only_kept: bool, rows: int = 100) -> pd.DataFrame:
+def export_preview(store: Store, *, threshold: float | None, only_kept: bool, rows: int = 100,
+                   fmt: str = "full") -> pd.DataFrame:
     """The first ``rows`` rows of the export, read by stopping ``export_csv`` early (no full export)."""
     sink = _Head(rows + 1)
     try:
-        export_csv(store, sink, threshold=threshold, only_kept=only_kept, page=max(rows, 100))
+        export_csv(store, sink, threshold=threshold, only_kept=only_kept, fmt=fmt, page=max(rows, 100))
     except _Enough:
         pass
     return pd.read_csv(io.StringIO(sink.getvalue()), dtype=str, keep_default_na=False)
 
 
-def export_bytes(db_path: str, threshold: float | None, only_kept: bool) -> bytes:
+def export_bytes(db_path: str, threshold: float | None, only_kept: bool, fmt: str = "full") -> bytes:
     """The whole export as bytes, for ``st.download_button(data=callable)``: runs on its own thread with its
     own Store; ``export_csv`` writes a temp file under the state dir, which is read and removed."""
     store = Store(db_path)
     try:
         out = Path(store.path).resolve().parent / "exports" / f"export-{uuid.uuid4().hex[:12]}.csv"
-        n = export_csv(store, out, threshold=threshold, only_kept=only_kept)
+        n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt)
         try:
             data = out.read_bytes()
         finally:

@@ -3,7 +3,12 @@
 Everything is aggregated by store methods (SQL) or read from the model's stored metrics, never computed
 over all images here; the class table and the trends are cached per (database, model version, verdict
 watermark), so the page stays well under a second at 100k images.
+
+Charts state their sample sizes. A rate measured on few verdicts is noise: a class's audit rate is drawn
+only from ``MIN_CLASS_AUDITS`` audit verdicts on, and a model's detection error / AUROC only when its
+validation split held ``MIN_DETECTION_N`` audit verdicts (the tables and captions still give every count).
 """
+import math
 import time
 
 import altair as alt
@@ -11,9 +16,12 @@ import pandas as pd
 import streamlit as st
 
 from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role, wilson
+from annotator.progress import describe_next, describe_round, duration, worker_status
 from annotator.store import Store
 
 PERIODS = {"Today": 0, "Last 7 days": 6, "All time": None}
+MIN_CLASS_AUDITS = 10  # audit verdicts before a class's human noise rate is drawn (95 % interval < +-0.3)
+MIN_DETECTION_N = 30  # validation verdicts before a model's detection error / AUROC is drawn
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -49,30 +57,36 @@ def trend_tables(_store: Store, db: str, version: int | None, verify: tuple) -> 
         for name, rate in (metrics.get("per_class_noise_rate") or {}).items():
             if name in verify and rate is not None:
                 est.append({"version": v, "series": name, "rate": rate})
+        report = metrics.get("audit") or {}
+        n = report.get("n", metrics.get("n_val"))
         for key, label in (("error", "detection error"), ("auroc", "AUROC")):
-            value = (metrics.get("audit") or {}).get(key)
+            value = report.get(key)
             if value is not None and value == value:  # NaN when the audit set had one class only
-                audit.append({"version": v, "metric": label, "value": value})
+                audit.append({"version": v, "metric": label, "value": value, "n": n})
     return (pd.DataFrame(est, columns=["version", "series", "rate"]),
-            pd.DataFrame(audit, columns=["version", "metric", "value"]))
+            pd.DataFrame(audit, columns=["version", "metric", "value", "n"]))
 
 
 def worker_panel(store: Store) -> None:
-    w = store.worker_state()
+    w = worker_status(store)
     model = store.current_model()
     age = w["heartbeat_age_s"]
     st.subheader("Worker")
     a, b, c = st.columns(3)
-    a.metric("Phase", w["phase"] or "never started")
-    b.metric("Heartbeat", "never" if age is None else f"{age:.0f} s ago")
+    step = f" ({w['phase_index']} of {w['phase_count']})" if w["phase_index"] else ""
+    a.metric("Phase", (w["phase"] or "never started") + step)
+    b.metric("Heartbeat", "never" if age is None else f"{duration(age)} ago")
     c.metric("Current model", f"v{model['version']}" if model else "none yet")
-    if w["phase"] not in (None, "idle", "stopped", "error"):
-        st.progress(min(max(float(w["progress"] or 0.0), 0.0), 1.0), text=md(w["message"] or w["phase"]))
+    if w["overall"] is not None:  # a round is running: the bar is the whole round, the text says where
+        st.progress(min(max(float(w["overall"]), 0.0), 1.0), text=md(describe_round(w)))
+        if w["message"]:
+            st.caption(md(w["message"]))
     elif w["message"]:
         st.caption(md(w["message"]))
-    if age is None or age > 30 or w["phase"] == "stopped":
+    st.caption(f"Next round: {md(describe_next(w['next_round']))}")
+    if not w["running"]:
         st.warning("The worker is not running (no heartbeat in the last 30 s). Start it with "
-                   "`python -m annotator worker`; verdicts are kept meanwhile.")
+                   "`annotator worker` (or `annotator serve`); verdicts are kept meanwhile.")
     if w["last_error"]:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(w["last_error_at"])) if w["last_error_at"] else "?"
         st.error(f"Last error ({when}): {md(w['last_error'])}")
@@ -84,7 +98,11 @@ def worker_panel(store: Store) -> None:
         metrics = model.get("metrics") or {}
         backbone = metrics.get("backbone") or model.get("backbone")
         method = METHOD_TEXT.get(metrics.get("method", "paper"), metrics.get("method"))
-        st.caption(f"Backbone weights: {md(backbone or 'unknown')} · scoring: {md(method)} · "
+        arch = f" · {metrics['backbone_arch']} ({metrics.get('backbone_kind')})" if metrics.get("backbone_arch") else ""
+        size = metrics.get("image_size") or ((store.latest_artifact("backbone") or {}).get("provenance") or {}).get(
+            "image_size")
+        at = f" · features at {size} px" if size else ""
+        st.caption(f"Backbone weights: {md(backbone or 'unknown')}{md(arch)}{at} · scoring: {md(method)} · "
                    f"threshold δ = {model['delta']:.3f} · trained on {model.get('n_verdicts') or 0} verdicts")
 
 
@@ -93,14 +111,17 @@ def noise_panel(table: pd.DataFrame) -> None:
     if table.empty:
         st.info("No images yet.")
         return
-    st.caption("Bars: share of each class's images the current model flags as mislabeled. Dots with whiskers "
-               "(verified classes): share marked wrong in random audit verdicts, with its 95 % Wilson interval.")
+    human = table[table["audited"] >= MIN_CLASS_AUDITS].dropna(subset=["human"])
+    st.caption("Bars: share of each class's images the current model flags as mislabeled. Dots with whiskers: "
+               "share marked wrong in random audit verdicts, with its 95 % Wilson interval, for classes with at "
+               f"least {MIN_CLASS_AUDITS} audit verdicts ({len(human)} of {len(table)}; every count is in the "
+               "table below).")
     order = table.sort_values("estimated", ascending=False, na_position="last")["class"].tolist()
     base = alt.Chart(table).encode(y=alt.Y("class:N", sort=order, title=None))
     bars = base.mark_bar(opacity=0.6).encode(
-        x=alt.X("estimated:Q", title="noise rate", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+        x=alt.X("estimated:Q", title="noise rate", axis=alt.Axis(format="%"),
+                scale=alt.Scale(domain=[0, rate_axis_max(table, human)], nice=False)),
         tooltip=["class", "images", alt.Tooltip("estimated:Q", format=".1%")])
-    human = table.dropna(subset=["human"])
     layers = [bars]
     if not human.empty:
         hb = alt.Chart(human).encode(y=alt.Y("class:N", sort=order, title=None))
@@ -119,6 +140,13 @@ def noise_panel(table: pd.DataFrame) -> None:
         "audited": st.column_config.NumberColumn("audit verdicts")})
 
 
+def rate_axis_max(table: pd.DataFrame, human: pd.DataFrame) -> float:
+    """Right end of the noise-rate axis: the largest bar or whisker plus a margin, up to the next 5 %
+    (at least 5 %, at most 100 %), so 15-25 % bars fill the chart instead of its left quarter."""
+    top = max([0.0, *table["estimated"].dropna(), *human["high"].dropna()])
+    return min(1.0, max(0.05, math.ceil(top * 1.1 / 0.05 - 1e-9) * 0.05))
+
+
 def trend_panel(est: pd.DataFrame, audit: pd.DataFrame) -> None:
     st.subheader("Trend over model versions")
     if est.empty:
@@ -132,14 +160,20 @@ def trend_panel(est: pd.DataFrame, audit: pd.DataFrame) -> None:
             color=alt.Color("series:N", title=None),
             tooltip=["version", "series", alt.Tooltip("rate:Q", format=".1%")]), width="stretch")
     with b:
-        st.caption("Detection on audit verdicts")
-        if audit.empty:
-            st.info("No audit verdicts in a model's validation split yet.")
+        st.caption("Detection on audit verdicts (n = audit verdicts in the model's validation split)")
+        shown = audit[audit["n"].fillna(0) >= MIN_DETECTION_N]
+        if shown.empty:
+            most = int(audit["n"].fillna(0).max()) if len(audit) else 0
+            st.info(f"Not enough audit verdicts to measure detection: a model needs {MIN_DETECTION_N} in its "
+                    f"validation split (odd image ids), the most so far is {most}.")
         else:
-            st.altair_chart(alt.Chart(audit).mark_line(point=True).encode(
-                x=alt.X("version:O"), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])),
+            shown = shown.assign(model=[f"v{v} (n={int(n)})" for v, n in zip(shown["version"], shown["n"])])
+            st.altair_chart(alt.Chart(shown).mark_line(point=True).encode(
+                x=alt.X("model:O", sort=None, title="version (n)"), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])),
                 color=alt.Color("metric:N", title=None),
-                tooltip=["version", "metric", alt.Tooltip("value:Q", format=".3f")]), width="stretch")
+                tooltip=["version", "n", "metric", alt.Tooltip("value:Q", format=".3f")]), width="stretch")
+            if len(shown) < len(audit):
+                st.caption(f"Models with fewer than {MIN_DETECTION_N} validation verdicts are left out.")
 
 
 def throughput_panel(store: Store) -> None:

@@ -1,13 +1,17 @@
-"""Export (lead): preview and download the cleaned-dataset CSV (``annotator.export``) with its filters."""
+"""Export (lead): preview and download the cleaned-dataset CSV (``annotator.export``) with its filters, and
+what every column means (``export.COLUMN_DOCS``, the same text as the README)."""
 import functools
 from datetime import datetime
 
+import pandas as pd
 import streamlit as st
 
+from annotator.export import COLUMN_DOCS
 from annotator.pages.common import context, export_bytes, export_preview, require_role, threshold
 from annotator.store import Store
 
 PREVIEW_ROWS = 100
+FORMATS = {"full": "Every column", "train": "For training: path, label, weight (rows to keep)"}
 
 
 def filters(store: Store) -> tuple[float | None, bool]:
@@ -33,18 +37,25 @@ def page() -> None:
     require_role(user, "lead")
     st.title("Export")
     chosen, only_kept = filters(store)
+    fmt = st.radio("Format", list(FORMATS), format_func=FORMATS.get, key="exp_format", horizontal=True)
     st.download_button(
         "Download CSV", key="exp_download", type="primary", icon=":material/download:",
-        data=functools.partial(export_bytes, str(store.path), chosen, only_kept),
-        file_name=f"cleaned-{datetime.now():%Y%m%d-%H%M}.csv", mime="text/csv", on_click="ignore")
-    st.caption(f"{store.images_count()} images in the store; the file is generated when you click. "
-               "Columns: see `annotator/export.py` (`keep`, `w_soft` = training weight).")
+        data=functools.partial(export_bytes, str(store.path), chosen, only_kept, fmt),
+        file_name=f"{'train' if fmt == 'train' else 'cleaned'}-{datetime.now():%Y%m%d-%H%M}.csv", mime="text/csv",
+        on_click="ignore")
+    st.caption(f"{store.images_count()} images in the store; the file is generated when you click. Filter and "
+               "train on `final_label`: it applies the human verdicts first, then the score.")
     st.subheader(f"Preview (first {PREVIEW_ROWS} rows)")
-    preview = export_preview(store, threshold=chosen, only_kept=only_kept, rows=PREVIEW_ROWS)
+    preview = export_preview(store, threshold=chosen, only_kept=only_kept, rows=PREVIEW_ROWS, fmt=fmt)
     if preview.empty:
         st.info("No rows match these filters.")
     else:
         st.dataframe(preview, hide_index=True, width="stretch", key="exp_preview")
+    with st.expander("What each column means", expanded=False):
+        st.dataframe(pd.DataFrame({"column": list(COLUMN_DOCS), "meaning": list(COLUMN_DOCS.values())}),
+                     hide_index=True, width="stretch", key="exp_columns")
+        st.caption("The train format: `path`, `label` (= `final_label`), `weight` (= `w_soft`), only rows to keep, "
+                   "written verbatim for programs (the full format escapes cells a spreadsheet would run).")
 
 
 page()

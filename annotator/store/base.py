@@ -17,6 +17,7 @@ transaction (autocommit); long reads page by id so no snapshot stays open.
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,9 +61,11 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "lease_seconds": 600,  # how long a served image stays reserved for its annotator
     "retrain_every": 50,  # live verdicts since the current model that trigger a retrain
     "delta_override": None,  # lead's threshold on the score; None = the model's delta
+    "round": {},  # annotator.round_config.RoundConfig fields that differ from its defaults
 }
 UNDO_DEPTH = 10  # undo reaches back at most this many steps (a verdict or a grid page) of the current session
-WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at")
+WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at",
+                 "phase_index", "phase_count", "overall", "round_started_at", "eta_at")
 SCORE_COLUMNS = ("image_id", "label_id", "score", "uncertainty", "suggested_label_id", "suggested_score")
 
 
@@ -72,10 +75,25 @@ class AddResult(NamedTuple):
     duplicates: int  # new rows stored with status 'duplicate'
 
 
+def user_data_dir() -> Path:
+    """This tool's per-user data folder, by the platform's convention (as Label Studio, pip and Jupyter do):
+    ``$XDG_DATA_HOME/annotator`` (``~/.local/share/annotator`` when unset or relative, XDG Base Directory
+    spec) on Linux and other Unix, ``~/Library/Application Support/annotator`` on macOS,
+    ``%LOCALAPPDATA%\\annotator`` on Windows. Never inside the clone: a project's data is not source."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "annotator"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "annotator"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share") / "annotator"
+
+
 def default_db_path() -> Path:
-    """``$ANNOTATOR_DB`` if set, else ``<repo>/data/state/annotator.db``."""
+    """``$ANNOTATOR_DB`` if set, else ``user_data_dir() / "annotator.db"``. The runtime state (feature
+    cache, backbones, checkpoints) lives next to the database."""
     env = os.environ.get("ANNOTATOR_DB")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "state" / "annotator.db"
+    return Path(env) if env else user_data_dir() / "annotator.db"
 
 
 def _choice(value: str, valid: tuple[str, ...], what: str) -> str:

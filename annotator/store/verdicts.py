@@ -145,11 +145,17 @@ class VerdictsMixin(StoreBase):
 
     def annotator_stats(self, since: float) -> list[dict]:
         """Per annotator, verdicts created at or after ``since``: n (live), correct, wrong, unsure,
-        undone, first_at, last_at. Busiest first."""
+        undone, first_at, last_at. Busiest first.
+
+        ``undone`` counts undos only. A relabel (``relabel_verdict``) also voids a verdict, but its undo row is
+        followed, in the same transaction, by the verdict's copy (same image, annotator and ``created_at``)
+        at the next id: such voided verdicts are neither undone nor counted in ``n`` (the copy is)."""
         return self._all(
             "SELECT v.annotator, SUM(u.id IS NULL) AS n, SUM(u.id IS NULL AND v.verdict = 'correct') AS correct,"
             " SUM(u.id IS NULL AND v.verdict = 'wrong') AS wrong, SUM(u.id IS NULL AND v.verdict = 'unsure')"
-            " AS unsure, SUM(u.id IS NOT NULL) AS undone, MIN(v.created_at) AS first_at,"
+            " AS unsure, SUM(u.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM verdicts c WHERE c.id = u.id + 1"
+            " AND c.voids IS NULL AND c.image_id = v.image_id AND c.annotator = v.annotator"
+            " AND c.created_at = v.created_at)) AS undone, MIN(v.created_at) AS first_at,"
             " MAX(v.created_at) AS last_at FROM verdicts v LEFT JOIN verdicts u ON u.voids = v.id"
             " WHERE v.voids IS NULL AND v.created_at >= ? GROUP BY v.annotator ORDER BY n DESC, v.annotator",
             [since])
