@@ -39,6 +39,9 @@ def first_start(store: Store) -> None:
         password = auth.ensure_admin(store)
     except StoreError:  # another session created it a moment ago
         return
+    except ValueError as e:  # $ANNOTATOR_ADMIN_PASSWORD too short: no admin until it is fixed
+        log.error("not creating the lead 'admin': $ANNOTATOR_ADMIN_PASSWORD %s", e)
+        return
     if password is None:
         return
     if password == os.environ.get("ANNOTATOR_ADMIN_PASSWORD"):

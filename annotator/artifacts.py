@@ -32,9 +32,11 @@ class BackboneInfo:
     path: str          # the checkpoint file (cleannet_core.classifier.save_backbone format)
     id: str            # content id of its weights: keys the feature cache
     source: str        # where the weights came from, in words (shown on the dashboard)
-    arch: str          # resnet18 | resnet50
-    image_size: int    # crop size its features are extracted at
+    arch: str          # efficientnet_lite0 | resnet18 | resnet50
+    image_size: int    # input size its features are extracted at
     num_classes: int   # classes of its head (= the project's classes when it was built)
+    kind: str          # the round setting `backbone` it was built for: pretrained | finetuned | noisy (its
+                       # source says when no ImageNet weights were found and it was trained instead)
     dim: int | None = None  # size of its pooled features (None when not recorded: load the file to know)
 
     def asdict(self) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def classifiers_dir(store: Store) -> Path:
 
 
 def save_backbone_artifact(store: Store, model: Backbone, *, class_names: list[str], source: str,
-                           image_size: int, provenance: dict[str, Any]) -> BackboneInfo:
+                           image_size: int, kind: str, provenance: dict[str, Any]) -> BackboneInfo:
     """Write `model` atomically under backbones/, register it (it becomes the current backbone), return it.
 
     provenance: plain JSON values, e.g. {"weights": <ImageNet file or None>, "parent": <backbone id>,
@@ -64,10 +66,10 @@ def save_backbone_artifact(store: Store, model: Backbone, *, class_names: list[s
     path = state_dir(store) / "backbones" / f"backbone-{uuid.uuid4().hex[:8]}.pt"
     save_backbone(model, path, class_names=class_names, meta={"source": source, **provenance})
     info = BackboneInfo(path=str(path), id=backbone_id(model), source=source, arch=model.arch,
-                        image_size=image_size, num_classes=model.num_classes, dim=model.num_features)
+                        image_size=image_size, num_classes=model.num_classes, kind=kind, dim=model.num_features)
     store.add_artifact(kind="backbone", path=info.path, backbone_id=info.id, source=source,
                        provenance={"arch": info.arch, "image_size": image_size, "num_classes": info.num_classes,
-                                   "dim": info.dim, **provenance})
+                                   "kind": kind, "dim": info.dim, **provenance})
     return info
 
 
@@ -77,8 +79,9 @@ def current_backbone(store: Store) -> BackboneInfo | None:
     if row is None or not Path(row["path"]).is_file():
         return None
     p = row["provenance"]
+    kind = p.get("kind", "pretrained" if row["source"].startswith("ImageNet") else "noisy")  # older records
     return BackboneInfo(path=row["path"], id=row["backbone_id"], source=row["source"], arch=p["arch"],
-                        image_size=p["image_size"], num_classes=p["num_classes"], dim=p.get("dim"))
+                        image_size=p["image_size"], num_classes=p["num_classes"], kind=kind, dim=p.get("dim"))
 
 
 def load_backbone_artifact(info: BackboneInfo) -> Backbone:

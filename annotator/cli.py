@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from . import auth
-from .progress import TqdmReport, describe_next, describe_round, duration, worker_status
+from .progress import TqdmReport, describe_status, project_status
 from .round_config import DECODERS, BadRoundConfig, RoundConfig, load_round_config
 from .store import Store, StoreError, default_db_path, private_files
 
@@ -433,34 +433,9 @@ def status(ctx, as_json) -> None:
     Example: annotator status --json
     """
     store = _open(ctx)
-    model = store.current_model()
-    out = {"database": str(store.path), "images": store.images_count(), "verdicts": store.verdict_count(),
-           "classes_verified": sum(c["verify"] for c in store.classes()),
-           "model_version": model["version"] if model else None,
-           "delta": model["delta"] if model else None,
-           "worker": worker_status(store),
-           "ingest_errors": store.ingest_error_counts()}
-    if as_json:
-        click.echo(json.dumps(out))
-        return
-    w = out["worker"]
-    errors = ", ".join(f"{n} {reason}" for reason, n in out["ingest_errors"].items()) or "none"
-    current = "none yet" if model is None else f"v{model['version']}, threshold {model['delta']:.3f}"
-    click.echo(f"database: {out['database']}\n"
-               f"images: {out['images']} ({out['classes_verified']} classes verified); live verdicts: "
-               f"{out['verdicts']}; ingest errors: {errors}\n"
-               f"model: {current}")
-    if w["running"]:
-        click.echo(f"worker: running (pid {w['pid']}, heartbeat {duration(w['heartbeat_age_s'])} ago), {w['phase']}")
-    else:
-        click.echo(f"worker: not running (last state: {w['phase'] or 'never started'})")
-    if describe_round(w):
-        click.echo(f"  round: {describe_round(w)}")
-    if w["message"]:
-        click.echo(f"  message: {w['message']}")
-    click.echo(f"  next round: {describe_next(w['next_round'])}")
-    if w["last_error"]:
-        click.echo(f"  last error: {w['last_error']}")
+    out = project_status(store)
+    click.echo(json.dumps(out) if as_json else "\n".join(describe_status(out)))
+
 
 
 @cli.command()

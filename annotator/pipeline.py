@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from cleannet_core.alternate import round_weights, training_weights
-from cleannet_core.classifier import Backbone, ClassifierConfig, is_small, resolve_device, train_classifier
+from cleannet_core.classifier import (LITE_ARCHS, Backbone, ClassifierConfig, is_small, resolve_device,
+                                      train_classifier)
 from cleannet_core.features import extract_features, load_imagenet_weights
 from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
@@ -116,11 +117,15 @@ def load_data(store: Store) -> Data:
 
 
 def pick_image_size(store: Store, cfg: RoundConfig) -> int:
-    """cfg.image_size, else 32 when the median image side (first 500 images) is <= 64 px, else 224."""
+    """cfg.image_size, or by the median side of the first 500 images: small images (<= 64 px) go to Lite0
+    upscaled to 128 px (benchmarks/README.md, "Pretrained backbone": quality vs CPU time) and to a ResNet at
+    32 px; larger images 224 px."""
     if cfg.image_size:
         return cfg.image_size
     sizes = [min(r["width"], r["height"]) for r, _ in zip(store.iter_images(), range(500)) if r["width"]]
-    return 32 if sizes and float(np.median(sizes)) <= 64 else 224
+    if sizes and float(np.median(sizes)) <= 64:
+        return 128 if cfg.arch in LITE_ARCHS else 32
+    return 224
 
 
 def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report = _quiet, *,
@@ -128,12 +133,15 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
                     load: bool = True) -> tuple[Backbone | None, BackboneInfo]:
     """The backbone whose features feed the scoring model, and where its weights came from.
 
-    Precedence, said in a report every time (phase 'features'; 'backbone' only while one trains): the project's stored backbone (features and the current model
-    depend on it) when it has one head per class; else, or with `new`, ImageNet weights (cfg.weights_path,
-    which raises when it cannot be loaded, else the torch cache; never downloaded); else a backbone trained
-    on the noisy labels (the paper's features come from such a classifier anyway, spec §1).
-    `retrain_weights` (N,) retrains the stored backbone on the noisy labels with those per-sample weights
-    (full round, spec §6); the result is registered with the stored one as its parent.
+    Precedence, said in a report every time (phase 'features'; 'backbone' only while one trains): the
+    project's stored backbone (features and the current model depend on it) while it has one head per class
+    and matches the round's arch, kind (cfg.backbone) and input size; else, or with `new`, by cfg.backbone:
+    `pretrained` ImageNet weights as they are (cfg.weights_path, which raises when it cannot be loaded, else
+    the installed Lite0 package or the torch cache; never downloaded), `finetuned` those weights trained on the
+    noisy labels (the paper's recipe, spec §1), `noisy` a backbone trained from scratch on them. Without
+    ImageNet weights offline the first two train from scratch too, with a warning. `retrain_weights` (N,)
+    retrains the stored backbone on the noisy labels with those per-sample weights (full round, spec §6); the
+    result is registered with the stored one as its parent.
     load=False returns (None, info) when the stored backbone is reused: `features` loads it only if an image
     is not cached yet.
     """
@@ -143,24 +151,35 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
         report("features", 0.0, f"the stored backbone has {stored.num_classes} classes, the project "
                                 f"{len(data.class_ids)}: building a new one")
         stored = None
+    if stored and retrain_weights is None and (stored.arch, stored.kind, stored.image_size) != (
+            cfg.arch, cfg.backbone, size):
+        report("features", 0.0, f"the round asks for a {cfg.backbone} {cfg.arch} at {size} px, the stored "
+                                f"backbone is a {stored.kind} {stored.arch} at {stored.image_size} px: building "
+                                f"a new one")
+        new = True
     if stored and not new and retrain_weights is None:
         unused = f"; weights_path {cfg.weights_path} applies to a new backbone only" if cfg.weights_path else ""
         report("features", 0.0, f"using the project's backbone ({stored.source}){unused}")
         return (load_backbone_artifact(stored) if load or not stored.dim else None), stored
-    init_state, parent = None, None
+    init_state, parent, kind = None, None, cfg.backbone
     if retrain_weights is not None and stored:
-        init_state, parent = load_backbone_artifact(stored).state_dict(), stored.id
+        init_state, parent, kind = load_backbone_artifact(stored).state_dict(), stored.id, stored.kind
         source = "retrained on the noisy labels with w_soft weights"
+    elif cfg.backbone == "noisy":
+        source = "trained from scratch on the noisy labels"
     else:
         state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
         report("features", 0.0, message)
-        if state is not None:
+        if state is not None and cfg.backbone == "pretrained":
             model = Backbone(cfg.arch, len(data.class_ids), small_input=is_small(size))
             model.load_pretrained(state)
-            return model.eval(), _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size,
+            return model.eval(), _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size, kind,
                                                 weights=cfg.weights_path)
-        log.warning(message)
-        source = "trained on the noisy labels (no ImageNet weights available offline)"
+        if state is not None:
+            init_state, source = state, f"ImageNet, fine-tuned on the noisy labels ({message})"
+        else:
+            log.warning(message)
+            source = "trained on the noisy labels (no ImageNet weights available offline)"
     ccfg = classifier_config(cfg, image_size=size, n_images=len(data.ids))
     report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images ({ccfg.epochs} epochs)")
 
@@ -172,12 +191,13 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
                              config=ccfg, init_state=init_state, device=cfg.device, progress=False,
                              on_epoch=on_epoch)
     provenance = {"parent": parent, "max_verdict_id": store.max_verdict_id() if retrain_weights is not None else None}
-    return model, _save_backbone(store, model, data, source, size, **provenance)
+    return model, _save_backbone(store, model, data, source, size, kind, **provenance)
 
 
-def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size: int, **provenance) -> BackboneInfo:
+def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size: int, kind: str,
+                   **provenance) -> BackboneInfo:
     return save_backbone_artifact(store, model, class_names=data.class_names, source=source, image_size=size,
-                                  provenance={"n_images": len(data.ids)} | provenance)
+                                  kind=kind, provenance={"n_images": len(data.ids)} | provenance)
 
 
 def features(store: Store, data: Data, model: Backbone | None, info: BackboneInfo, cfg: RoundConfig, *,
@@ -373,6 +393,7 @@ def _metrics(inputs: RoundInputs, fit: Fit, *, backbone: BackboneInfo, max_verdi
                  for c, name in enumerate(data.class_names)}
     out = {"estimated_noise_rate": float(flagged.mean()), "per_class_noise_rate": per_class,
            "max_verdict_id": max_verdict, "best_step": fit.best_step, "backbone": backbone.source,
+           "backbone_arch": backbone.arch, "backbone_kind": backbone.kind, "image_size": backbone.image_size,
            "n_train": int(len(split.train)), "n_val": int(len(split.val))}
     if len(split.val):
         out["audit"] = detection_report(score[split.val], split.val_correct, fit.delta)

@@ -129,6 +129,51 @@ def describe_next(nxt: dict) -> str:
             f"({nxt['verdicts_since_model']} of {nxt['retrain_every']} since the current model)")
 
 
+def project_status(store: Store) -> dict:
+    """What `annotator status` reports: database, counts, current model, ``worker_status``, ingest errors."""
+    model = store.current_model()
+    return {"database": str(store.path), "images": store.images_count(), "verdicts": store.verdict_count(),
+            "classes_verified": sum(c["verify"] for c in store.classes()),
+            "model_version": model["version"] if model else None, "delta": model["delta"] if model else None,
+            "backbone": backbone_summary(model), "worker": worker_status(store),
+            "ingest_errors": store.ingest_error_counts()}
+
+
+def backbone_summary(model: dict | None) -> dict | None:
+    """Which backbone and input resolution the model's features came from (None without a model)."""
+    if not model:
+        return None
+    m = model.get("metrics") or {}
+    return {"arch": m.get("backbone_arch"), "kind": m.get("backbone_kind"), "image_size": m.get("image_size"),
+            "source": m.get("backbone") or model.get("backbone")}
+
+
+def _describe_backbone(b: dict | None) -> str:
+    if not b or not b.get("arch"):
+        return ""
+    return f" ({b['kind'] or 'unknown'} {b['arch']} features at {b['image_size']} px)"
+
+
+def describe_status(out: dict) -> list[str]:
+    """``project_status`` as lines a person reads."""
+    w = out["worker"]
+    errors = ", ".join(f"{n} {reason}" for reason, n in out["ingest_errors"].items()) or "none"
+    model = "none yet" if out["model_version"] is None else f"v{out['model_version']}, threshold {out['delta']:.3f}"
+    lines = [f"database: {out['database']}",
+             f"images: {out['images']} ({out['classes_verified']} classes verified); live verdicts: "
+             f"{out['verdicts']}; ingest errors: {errors}", f"model: {model}{_describe_backbone(out['backbone'])}",
+             f"worker: running (pid {w['pid']}, heartbeat {duration(w['heartbeat_age_s'])} ago), {w['phase']}"
+             if w["running"] else f"worker: not running (last state: {w['phase'] or 'never started'})"]
+    if describe_round(w):
+        lines.append(f"  round: {describe_round(w)}")
+    if w["message"]:
+        lines.append(f"  message: {w['message']}")
+    lines.append(f"  next round: {describe_next(w['next_round'])}")
+    if w["last_error"]:
+        lines.append(f"  last error: {w['last_error']}")
+    return lines
+
+
 class TqdmReport:
     """A ``pipeline.Report`` for the CLI: one tqdm bar per phase (percent of the phase), the phase's latest
     message as the bar's postfix. Call ``close()`` when the round ends."""

@@ -13,7 +13,8 @@ from typing import Any
 from .store import Store
 
 METHODS = ("transfer", "paper")    # the scoring methods annotator.pipeline fits
-ARCHS = ("resnet18", "resnet50")   # the backbones cleannet_core.classifier builds
+ARCHS = ("efficientnet_lite0", "resnet18", "resnet50")  # the backbones cleannet_core.classifier builds
+BACKBONES = ("pretrained", "finetuned", "noisy")        # where a new backbone's weights come from
 DECODERS = ("cpu", "gpu")          # cleannet_core.loading.DECODERS: where extraction decodes JPEGs
 SETTING = "round"                  # the settings key
 
@@ -25,8 +26,14 @@ class BadRoundConfig(ValueError):
 @dataclass(frozen=True)
 class RoundConfig:
     method: str = "transfer"           # transfer: calibrated class-agnostic signals | paper: CleanNet (Lee et al.)
-    arch: str = "resnet18"             # backbone: resnet18 | resnet50
-    image_size: int = 0                # crop size; 0 = 32 when images are small (<= 64 px), else 224
+    arch: str = "efficientnet_lite0"   # backbone: efficientnet_lite0 (ImageNet weights from the installed
+                                       # package) | resnet18 | resnet50 (ImageNet weights only from
+                                       # weights_path or the torch cache)
+    backbone: str = "pretrained"       # pretrained: frozen ImageNet features, nothing trained before the first
+                                       # model | finetuned: ImageNet weights trained on the noisy labels |
+                                       # noisy: trained from scratch on the noisy labels
+    image_size: int = 0                # input size; 0 = auto: small images (<= 64 px) 128 px on Lite0 and
+                                       # 32 px on a ResNet; larger images 224
     backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
     backbone_lr: float = 0.02          # its peak LR (0.1 diverged in the first epoch on a few thousand images)
     weights_path: str | None = None    # local ImageNet weights file for a new backbone (else the torch cache)
@@ -40,6 +47,7 @@ class RoundConfig:
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)
         _one_of("arch", self.arch, ARCHS)
+        _one_of("backbone", self.backbone, BACKBONES)
         _one_of("decode", self.decode, DECODERS)
         for name, low in (("image_size", 0), ("backbone_epochs", 1), ("steps", 1), ("num_ref", 1),
                           ("extract_procs", 1)):

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cleannet_core.classifier import ClassifierConfig, resolve_device
+from cleannet_core.classifier import resolve_device
 from cleannet_core.metrics import detection_report, flag_report
 from cleannet_core.references import KMeansConfig
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, MIN_EACH
 
-from .common import CACHE, load_cifar10n, noisy_backbone_features
+from .common import CACHE, add_backbone_args, backbone_features, load_cifar10n
 from .methods import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
 from .report import config_of, write_json
 
@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", type=Path)
+    add_backbone_args(p)
     return p.parse_args(argv)
 
 
@@ -62,8 +63,8 @@ def main(argv=None) -> dict:
     cleanlab_err: dict[str, float] = {}
     for labels in args.labels.split(","):
         ds = load_cifar10n(args.data, labels, args.n, args.data_seed)
-        feats = noisy_backbone_features(ds, ClassifierConfig(epochs=args.epochs, seed=args.data_seed), tag=labels,
-                                        device=str(device), cache=args.cache)
+        feats = backbone_features(ds, args.backbone, tag=labels, epochs=args.epochs, seed=args.data_seed,
+                                  image_size=args.image_size, device=str(device), cache=args.cache)
         ok = ds.noisy == ds.clean
         heldout = np.isin(ds.noisy, HELD)
         flags, conf = cleanlab_flags(feats, ds.noisy, args.data_seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cleannet_core.classifier import Backbone, ClassifierConfig, load_backbone, save_backbone, train_classifier
-from cleannet_core.features import backbone_id, extract_features
+from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,23 @@ def load_cifar10n(data: Path, labels: str, n: int | None, seed: int) -> Dataset:
 
 
 def noisy_backbone(ds: Dataset, config: ClassifierConfig, *, tag: str, device: str = "auto",
-                   cache: Path = CACHE) -> Backbone:
-    """A backbone trained on ds's noisy labels, cached under `cache` keyed by the images, labels and settings."""
+                   cache: Path = CACHE, init_state: dict | None = None) -> Backbone:
+    """A backbone trained on ds's noisy labels (from `init_state`, e.g. ImageNet weights, when given; say so in
+    `tag`), cached under `cache` keyed by the images, labels and settings."""
     key = hashlib.blake2b(json.dumps([tag, ds.index.tolist(), ds.noisy.tolist(), config.__dict__],
                                      sort_keys=True).encode(), digest_size=8).hexdigest()
     ckpt = Path(cache) / f"backbone-{tag}-{key}.pt"
     if ckpt.exists():
         log.info("backbone from cache %s", ckpt)
         return load_backbone(ckpt)[0]
-    model = train_classifier(ds.paths, ds.noisy, ds.num_classes, config=config, device=device)
+    model = train_classifier(ds.paths, ds.noisy, ds.num_classes, config=config, device=device, init_state=init_state)
     save_backbone(model, ckpt, class_names=ds.class_names, meta={"tag": tag, "config": config.__dict__})
     return model
 
 
 def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, device: str = "auto",
-                            timings: dict | None = None, cache: Path = CACHE) -> np.ndarray:
+                            timings: dict | None = None, cache: Path = CACHE,
+                            init_state: dict | None = None) -> np.ndarray:
     """Pool features (N, D) float32 of a backbone trained on the noisy labels themselves (spec §1, §6).
 
     The backbone checkpoint and the features are cached under `cache` (default benchmarks/.cache), so a
@@ -82,11 +84,60 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
     """
     timings = timings if timings is not None else {}
     t = time.perf_counter()
-    model = noisy_backbone(ds, config, tag=tag, device=device, cache=cache)
+    model = noisy_backbone(ds, config, tag=tag, device=device, cache=cache, init_state=init_state)
     timings["backbone_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     res = extract_features(model, ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
                            image_size=config.image_size, device=device)
+    timings["features_s"] = round(time.perf_counter() - t, 2)
+    if not res.ok.all():
+        raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
+    return res.features
+
+
+BACKBONES = ("pretrained", "noisy", "finetuned", "concat")
+
+
+def imagenet_state(arch: str = "efficientnet_lite0") -> dict:
+    state, message = load_imagenet_weights(arch)
+    if state is None:
+        raise SystemExit(message)
+    return state
+
+
+def backbone_features(ds: Dataset, kind: str, *, tag: str, epochs: int, seed: int, image_size: int = 128,
+                      arch: str = "resnet18", device: str = "auto", timings: dict | None = None,
+                      cache: Path = CACHE) -> np.ndarray:
+    """Features (N, D) of one of BACKBONES: `pretrained` frozen ImageNet Lite0 at image_size; `noisy` an `arch`
+    trained from scratch on the noisy labels at 32 px; `finetuned` Lite0 from ImageNet trained on the noisy labels
+    (SGD, LR 0.01) at image_size; `concat` pretrained and noisy side by side."""
+    if kind not in BACKBONES:
+        raise SystemExit(f"--backbone must be one of {BACKBONES}, got {kind!r}")
+    if kind == "pretrained":
+        return pretrained_features(ds, image_size=image_size, device=device, timings=timings, cache=cache)
+    if kind == "finetuned":
+        ccfg = ClassifierConfig(arch="efficientnet_lite0", epochs=epochs, image_size=image_size, lr=0.01, seed=seed)
+        return noisy_backbone_features(ds, ccfg, tag=f"{tag}-finetuned", device=device, timings=timings,
+                                       cache=cache, init_state=imagenet_state())
+    noisy = noisy_backbone_features(ds, ClassifierConfig(arch=arch, epochs=epochs, seed=seed), tag=tag,
+                                    device=device, timings=timings, cache=cache)
+    if kind == "noisy":
+        return noisy
+    return np.concatenate([pretrained_features(ds, image_size=image_size, device=device, cache=cache), noisy], 1)
+
+
+def pretrained_features(ds: Dataset, *, arch: str = "efficientnet_lite0", image_size: int = 128,
+                        device: str = "auto", batch_size: int = 64, timings: dict | None = None,
+                        cache: Path = CACHE) -> np.ndarray:
+    """Pool features (N, D) float32 of the frozen ImageNet backbone (weights found offline). They do not depend
+    on the labels: cached by image content under `cache`, so every label set, seed and size reuses them."""
+    timings = timings if timings is not None else {}
+    state = imagenet_state(arch)
+    model = Backbone(arch, 1000)
+    model.load_pretrained(state)
+    t = time.perf_counter()
+    res = extract_features(model.eval(), ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
+                           image_size=image_size, batch_size=batch_size, device=device)
     timings["features_s"] = round(time.perf_counter() - t, 2)
     if not res.ok.all():
         raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
@@ -104,6 +155,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path, default=CACHE, help="backbone and feature cache folder")
     p.add_argument("--json", type=Path, help="write the results here")
+
+
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """--backbone and --image-size: which features every method of the benchmark gets (backbone_features)."""
+    p.add_argument("--backbone", default="pretrained", help="features: " + " | ".join(BACKBONES))
+    p.add_argument("--image-size", type=int, default=128, help="input size of the Lite0 backbone")
 
 
 def add_run_args(p: argparse.ArgumentParser, *, labels: str) -> None:

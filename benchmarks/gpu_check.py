@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from benchmarks.report import write_json
-from cleannet_core.classifier import ARCHS, Backbone, resolve_device
+from cleannet_core.classifier import ALL_ARCHS, Backbone, resolve_device
 from cleannet_core.features import FeatureCache, fill_cache
 from cleannet_core.model import CleanNetConfig
 from cleannet_core.probe import ProbeConfig, fit_probe
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--small", action="store_true", help="tiny sizes for a CPU smoke run")
-    p.add_argument("--archs", default=None, help=f"backbones to time, of {tuple(ARCHS)} (default: all)")
+    p.add_argument("--archs", default=None, help=f"backbones to time, of {ALL_ARCHS} (default: all)")
     p.add_argument("--images", type=int, default=None, help="JPEG files per extraction run (default 32,000)")
     p.add_argument("--round-n", type=int, default=None, help="images in the round (default 1,000,000)")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader decode workers")
@@ -157,7 +157,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     small = args.small
-    archs = args.archs.split(",") if args.archs else (["resnet18"] if small else list(ARCHS))
+    archs = args.archs.split(",") if args.archs else (["resnet18"] if small else list(ALL_ARCHS))
     n_img = args.images or (32 if small else 32_000)
     side, size, batch = (48, 32, 16) if small else (256, 224, 256)
     skip = set(filter(None, args.skip.split(",")))

@@ -3,9 +3,10 @@
     python -m benchmarks.quality --data ../shared/data/cifar10n --labels worse \
         --verified-classes 0,1,2,3,4 --budget 0.02 --seed 0 --json out.json
 
-A backbone is trained on the noisy labels (no ImageNet weights offline; the paper's features come from such
-a classifier anyway), its pool features feed every method. `--budget` x N images get a simulated human
-verdict (answered from clean_label), drawn only from the verified classes the way the product draws them:
+`--backbone` picks the features every method gets: `pretrained` (default, the product's): the frozen ImageNet
+EfficientNet-Lite0 at --image-size px; `noisy`: a ResNet trained from scratch on the noisy labels; `finetuned`:
+Lite0 from ImageNet trained on the noisy labels; `concat`: pretrained and noisy side by side. `--budget` x N
+images get a simulated human verdict (answered from clean_label), drawn only from the verified classes the way the product draws them:
 a random audit slice (20 %, used to pick delta and the checkpoint) plus an uncertainty queue filled in rounds
 (random at cold start, then lowest |score - delta| of the current model). All methods are scored on the
 images whose noisy label is in a held-out (unverified) class. See benchmarks/README.md for recorded runs.
@@ -28,13 +29,13 @@ import time
 import numpy as np
 import torch
 
-from cleannet_core.classifier import ClassifierConfig, resolve_device
+from cleannet_core.classifier import resolve_device
 from cleannet_core.metrics import best_threshold, detection_report, flag_report
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.train import TrainConfig
 from cleannet_core.transfer import CLEANNET_SIGNALS, DEFAULT_SIGNALS, DELTA, signal_matrix
 
-from .common import add_data_args, load_cifar10n, noisy_backbone_features
+from .common import add_backbone_args, add_data_args, backbone_features, load_cifar10n
 from .methods import Runner, cleanlab_flags, fit_and_score, knn_agreement, transfer_signals, transfer_verdicts
 from .report import config_of, write_json
 
@@ -46,6 +47,7 @@ METHODS = ("default", "transfer", "transfer_cleannet", "transfer_fallback", "sel
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
+    add_backbone_args(p)
     p.add_argument("--labels", default="worse", help="aggre | worse | random1 | random2 | random3")
     p.add_argument("--verified-classes", default="0,1,2,3,4", help="comma-separated class ids with verdicts")
     p.add_argument("--seed", type=int, default=0, help="verdict draws, probe folds, CleanNet init")
@@ -72,9 +74,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--verified-classes must be ids in [0, {ds.num_classes})")
     if args.no_paper and args.method == "paper":
         raise SystemExit("--no-paper skips the rows --method paper reports")
-    ccfg = ClassifierConfig(arch=args.arch, epochs=args.epochs, seed=data_seed)
-    feats = noisy_backbone_features(ds, ccfg, tag=args.labels, device=str(device), timings=timings,
-                                    cache=args.cache)
+    feats = backbone_features(ds, args.backbone, tag=args.labels, epochs=args.epochs, seed=data_seed,
+                              image_size=args.image_size, arch=args.arch, device=str(device), timings=timings,
+                              cache=args.cache)
 
     t = time.perf_counter()
     refs, counts = build_references(feats, ds.noisy, ds.num_classes,

@@ -69,9 +69,11 @@ def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, se
     times["features_s"] = time.perf_counter() - t
     t = time.perf_counter()
     (path.parent / "backbone-synthetic.pt").write_bytes(b"")     # never loaded: every image is cached
+    cfg = RoundConfig()  # registered as the default round's backbone, so the round keeps it
     store.add_artifact(kind="backbone", path=str(path.parent / "backbone-synthetic.pt"), backbone_id=BACKBONE_ID,
                        source="synthetic features (benchmark)",
-                       provenance={"arch": "synthetic", "image_size": IMAGE_SIZE, "num_classes": classes, "dim": dim})
+                       provenance={"arch": cfg.arch, "kind": cfg.backbone, "image_size": IMAGE_SIZE,
+                                   "num_classes": classes, "dim": dim})
     version = store.add_model(delta=0.5, metrics={"synthetic": True})
     s = rng.random(n)
     store.write_scores(version, ((i + 1, cids[names[c]], float(v), abs(float(v) - 0.5))

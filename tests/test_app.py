@@ -82,10 +82,8 @@ def app(user: str | None = None, *, page: str | None = None) -> AppTest:
 
 
 def button(at, key: str):
-    """The button whose key is ``key`` plus the page's state number (annotate page: ``ann_correct_3``)."""
-    found = [b for b in at.button if b.key and re.fullmatch(rf"{key}_\d+", b.key)]
-    assert len(found) == 1, [b.key for b in at.button]
-    return found[0]
+    """The button with this key."""
+    return at.button(key=key)
 
 
 def texts(at) -> str:
@@ -187,11 +185,14 @@ def test_single_mode_verdicts_undo_and_true_class(db):
     second = shown_image(at)
     assert second != first and metric(at, "My verdicts today") == "1"
     button(at, "ann_wrong").click().run()
-    # the true class of the image just marked wrong, by its number key button
-    buttons = [b for b in at.button if b.key and b.key.startswith("ann_true_")]
-    assert buttons and buttons[0].label in ("cat", "dog")
-    label = buttons[0].label
-    buttons[0].click().run()
+    # the true class of the image just marked wrong, by its number key button: each class keeps one key (the
+    # classes by name), the image's own label is shown disabled in its place
+    buttons = [b for b in at.button if b.key and re.fullmatch(r"ann_true_\d+", b.key)]
+    assert [(b.key.split("_")[2], b.label) for b in buttons] == [
+        (str(k), common.md(n)) for k, n in enumerate(sorted(CLASSES), start=1)]
+    assert [b.label for b in buttons if b.disabled] == [at.session_state["ann_last_wrong"]["label"]]
+    label = next(b.label for b in buttons if not b.disabled and b.label in ("cat", "dog"))
+    next(b for b in buttons if b.label == label).click().run()
     with Store() as store:
         wrong = [v for v in store.live_verdicts() if v["image_id"] == second]
         assert [(v["verdict"], v["corrected_label_id"]) for v in wrong] == [("wrong", store.class_id(label))]
@@ -207,13 +208,33 @@ def test_single_mode_verdicts_undo_and_true_class(db):
         assert shown_image(at) == store.get_verdict(undone["voids"])["image_id"]
 
 
+def test_blind_setting_and_audit_items_hide_the_model(db):
+    with Store() as store:
+        store.set_setting("audit_share", 0.0)
+    at = app("ann")
+    assert "Model score" in [m.label for m in at.metric]
+    at.toggle(key="ann_blind").set_value(True).run()
+    assert "Model score" not in [m.label for m in at.metric] and "thinks" not in texts(at)
+    assert "the model's score and suggestion are hidden" in texts(at)
+    at.toggle(key="ann_blind").set_value(False).run()
+    assert "Model score" in [m.label for m in at.metric]
+    with Store() as store:  # audit items are blind whatever the setting
+        store.set_setting("audit_share", 1.0)
+        store.release_leases("ann")
+    at = app("ann")
+    assert "a random audit sample" in texts(at) and "Model score" not in [m.label for m in at.metric]
+    button(at, "ann_wrong").click().run()
+    true_class = [b for b in at.button if b.key and re.fullmatch(r"ann_true_\d+", b.key)]
+    assert len(true_class) == 3 and all(b.proto.type == "secondary" for b in true_class)  # no suggestion shown
+
+
 def test_true_class_beyond_nine_by_select_box(db):
     with Store() as store:
         store.ensure_classes([f"extra{k:02d}" for k in range(10)])
     at = app("ann")
     shown = shown_image(at)
     button(at, "ann_wrong").click().run()
-    assert len([b for b in at.button if b.key and re.fullmatch(r"ann_true_\d+_\d+", b.key)]) == 9
+    assert len([b for b in at.button if b.key and b.key.startswith("ann_true_") and b.key[-1].isdigit()]) == 9
     at.selectbox(key="ann_true_other").set_value("extra09").run()
     button(at, "ann_true_set").click().run()
     with Store() as store:
@@ -226,8 +247,7 @@ def test_stale_second_press_does_not_record_twice(db):
     at = app("ann")
     first = shown_image(at)
     # two presses queued before a rerun: the second is aimed at the image the first one judged
-    seq = at.session_state["ann_seq"]
-    at.session_state["ann_actions"] = [("verdict", seq, "correct", first), ("verdict", seq, "wrong", first)]
+    at.session_state["ann_actions"] = [("verdict", "correct", first), ("verdict", "wrong", first)]
     at.run()
     with Store() as store:
         assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
@@ -251,7 +271,7 @@ def test_grid_mode_flip_and_submit(db):
     assert len(flips) == 12 and all(b.label == "Correct" for b in flips)  # dog has 12 images
     target = int(flips[3].key.rsplit("_", 1)[1])
     flips[3].click().run()
-    assert next(b for b in at.button if b.key and re.fullmatch(rf"ann_flip_\d+_{target}", b.key)).label == "Wrong"
+    assert at.button(key=f"ann_flip_{target}").label == "Wrong"
     button(at, "ann_grid_submit").click().run()
     with Store() as store:
         live = store.live_verdicts()

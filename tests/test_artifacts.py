@@ -34,9 +34,10 @@ def test_backbone_and_scorer_are_registered_with_their_provenance(tmp_path):
     torch.manual_seed(0)
     model = Backbone("resnet18", 3, small_input=True).eval()
     info = artifacts.save_backbone_artifact(store, model, class_names=["a", "b", "c"], source="test weights",
-                                            image_size=32, provenance={"weights": None, "parent": None})
+                                            image_size=32, kind="noisy", provenance={"weights": None, "parent": None})
     assert info == artifacts.current_backbone(store)
-    assert (info.id, info.arch, info.num_classes, info.image_size) == (backbone_id(model), "resnet18", 3, 32)
+    assert (info.id, info.arch, info.num_classes, info.image_size, info.kind) == (backbone_id(model), "resnet18", 3,
+                                                                                  32, "noisy")
     assert info.path.startswith(str(tmp_path / "state" / "backbones"))
     loaded = artifacts.load_backbone_artifact(info)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
@@ -54,7 +55,7 @@ def test_backbone_and_scorer_are_registered_with_their_provenance(tmp_path):
         store.add_artifact(kind="weights", path="x", backbone_id="b", source="s", provenance={})
 
     newer = artifacts.save_backbone_artifact(store, model, class_names=["a", "b", "c"], source="again",
-                                             image_size=32, provenance={"parent": info.id})
+                                             image_size=32, kind="noisy", provenance={"parent": info.id})
     assert artifacts.current_backbone(store) == newer  # the latest registered one
     Path(newer.path).unlink()
     assert artifacts.current_backbone(store) is None  # its file is gone: no backbone, a new one gets built

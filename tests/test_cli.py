@@ -85,8 +85,13 @@ def test_train_score_extract_export(env, tmp_path):
     for i, image_id in enumerate(ids):
         store.record_verdict(image_id, "admin", "correct" if i % 2 else "wrong", reason="audit")
     assert "model version 1 is current" in run("train").output
-    assert "60 images, feature vectors of size 512" in run("extract").output  # cached backbone, cached features
-    assert "60 were cached, 0 extracted by 1 process(es)" in run("extract").output
+    # the default backbone: frozen ImageNet EfficientNet-Lite0, small images upscaled to 128 px
+    out = run("extract").output  # cached backbone, cached features: nothing trained, nothing extracted
+    assert "60 images, feature vectors of size 1280 (backbone: ImageNet" in out
+    assert "60 were cached, 0 extracted by 1 process(es)" in out
+    status = json.loads(run("status", "--json").output)
+    assert status["backbone"]["arch"] == "efficientnet_lite0" and status["backbone"]["kind"] == "pretrained"
+    assert status["backbone"]["image_size"] == 128 and "package" in status["backbone"]["source"]
     assert "model version 2 is current" in run("score").output
     assert store.current_model()["version"] == 2 and len(store.current_scores()) == 60
     assert store.current_model()["metrics"]["method"] == "transfer"  # the default
@@ -122,9 +127,10 @@ def test_an_image_broken_after_ingest_is_counted_and_the_round_still_scores_ever
     save_round_config(store, RoundConfig(backbone_epochs=1, steps=40, num_ref=4))
     (root / "green" / "7.png").write_bytes(b"truncated on the file server")
     out = run("extract").output
-    assert "60 images, feature vectors of size 512" in out and "0 were cached, 59 extracted" in out
+    assert "60 images, feature vectors of size 1280" in out and "0 were cached, 59 extracted" in out
     assert "1 images could not be read" in out
-    assert "59 were cached, 0 extracted" in run("extract").output and "1 images could not be read" in out
+    again = run("extract").output  # the unreadable file is tried again, and reported again
+    assert "59 were cached, 0 extracted" in again and "1 images could not be read" in again
     assert "model version 1 is current" in run("train").output
     assert len(store.current_scores()) == 60
     assert "model version 2 is current" in run("train", "--method", "paper", "--steps", "40").output
@@ -143,11 +149,13 @@ def test_score_without_model_is_a_clear_error(env):
 def test_extract_says_which_backbone_and_never_swaps_it_silently(env, tmp_path):
     run, db, root = env
     run("ingest", "--folder", str(root))
-    save_round_config(Store(db), RoundConfig(backbone_epochs=1, num_ref=4))
+    save_round_config(Store(db), RoundConfig(arch="resnet18", backbone_epochs=1, num_ref=4))
     out = run("extract").output  # no ImageNet weights offline: the first extract trains, and says so
-    assert "[backbone] training the resnet18 backbone on 60 images (1 epochs)" in out
-    assert "[backbone] backbone epoch 1/1: train accuracy" in out
-    assert "[features] using the project's backbone (trained on the noisy labels" in run("train").output
+    assert "ImageNet weights for resnet18 are not available offline" in out
+    assert "training the resnet18 backbone on 60 images (1 epochs)" in out  # the backbone bar's text
+    assert "backbone epoch 1/1: train accuracy" in out
+    assert "backbone: trained on the noisy labels (no ImageNet weights available offline); features at 32 px" in out
+    assert "using the project's backbone (trained on the noisy labels" in run("train").output
     first = Store(db).latest_artifact("backbone")
     weights = tmp_path / "r18.pth"
     torch.manual_seed(0)

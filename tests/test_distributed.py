@@ -31,7 +31,7 @@ def make_store(tmp: Path, weights: Path) -> Path:
     db = tmp / "state" / "annotator.db"
     with Store(db) as store:
         assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == N
-        store.set_setting("round", {"weights_path": str(weights), "image_size": 32})
+        store.set_setting("round", {"arch": "resnet18", "weights_path": str(weights), "image_size": 32})
     return db
 
 
@@ -98,7 +98,7 @@ def test_a_round_with_extract_procs_extracts_on_torchrun_ranks(tmp_path):
     db = make_store(tmp_path, tmp_path / "r18.pth")
     with Store(db) as store:
         store.set_verify([store.classes()[0]["name"]])
-        cfg = RoundConfig(weights_path=str(tmp_path / "r18.pth"), image_size=32, num_ref=4, device="cpu",
+        cfg = RoundConfig(arch="resnet18", weights_path=str(tmp_path / "r18.pth"), image_size=32, num_ref=4, device="cpu",
                                    extract_procs=2)
         assert pipeline.run_round(store, cfg) == 1 and len(store.current_scores()) == N
     hit, _, keys = cached(db)

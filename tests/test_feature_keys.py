@@ -34,7 +34,8 @@ def store(tmp_path):
     s = Store(tmp_path / "state" / "a.db")
     assert ingest_folder(s, tmp_path / "images", progress=False).added == 36
     s.set_verify(["a"])
-    s.set_setting("round", {"weights_path": str(tmp_path / "r18.pth"), "image_size": 16, "num_ref": 4})
+    s.set_setting("round", {"arch": "resnet18", "weights_path": str(tmp_path / "r18.pth"), "image_size": 16,
+                           "num_ref": 4})
     yield s
     s.close()
 

@@ -143,7 +143,8 @@ def test_extract_features_demo_images(model, tmp_path):
     np.testing.assert_array_equal(r2.features, r.features[:32])
 
 
-def test_gpu_jpeg_path_matches_the_pil_transform(tmp_path):
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_gpu_jpeg_path_matches_the_pil_transform(tmp_path, arch):
     """The decode_jpeg + tensor resize/crop/normalise path (run here on the CPU) gives the DataLoader's pixels up
     to resampling differences; a broken JPEG in the batch fails alone."""
     from cleannet_core.classifier import make_transform
@@ -158,9 +159,9 @@ def test_gpu_jpeg_path_matches_the_pil_transform(tmp_path):
         Image.fromarray(a).save(p, quality=95)
         blobs.append(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8))
         with Image.open(p) as im:
-            ref.append(make_transform(32, train=False)(im.convert("RGB")))
+            ref.append(make_transform(32, train=False, arch=arch)(im.convert("RGB")))
     blobs.insert(1, torch.frombuffer(bytearray(b"\xff\xd8\xff not really a jpeg"), dtype=torch.uint8))
-    out, errs = _gpu_pixels(blobs, 32, torch.device("cpu"))
+    out, errs = _gpu_pixels(blobs, 32, arch, torch.device("cpu"))
     assert errs[1].startswith("cannot decode image") and out[1] is None and errs[0] == errs[2] == errs[3] == ""
     for got, want in zip([out[0], out[2], out[3]], ref):
         assert got.shape == want.shape == (3, 32, 32)

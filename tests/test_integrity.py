@@ -169,8 +169,7 @@ from test_app import app, button, db, shown_image, texts  # noqa: E402,F401  (db
 def test_press_for_an_image_no_longer_on_screen_is_dropped_and_said(db):
     at = app("ann")
     first = shown_image(at)
-    seq = at.session_state["ann_seq"]
-    at.session_state["ann_actions"] = [("verdict", seq, "correct", first), ("verdict", seq, "wrong", first)]
+    at.session_state["ann_actions"] = [("verdict", "correct", first), ("verdict", "wrong", first)]
     at.run()
     with Store() as store:
         assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
@@ -184,7 +183,7 @@ def test_a_move_lost_after_the_commit_cannot_bind_the_next_press_to_the_judged_i
     stale = list(at.session_state["ann_items"])
     button(at, "ann_correct").click().run()
     at.session_state["ann_items"] = stale  # as if the rerun had stopped right after the commit
-    at.session_state["ann_actions"] = [("verdict", at.session_state["ann_seq"], "wrong", first)]
+    at.session_state["ann_actions"] = [("verdict", "wrong", first)]
     at.run()
     with Store() as store:
         assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]

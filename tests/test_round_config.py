@@ -9,12 +9,14 @@ from annotator.store import SETTING_DEFAULTS, Store
 
 def test_defaults_are_the_product_defaults():
     cfg = RoundConfig()
-    assert (cfg.method, cfg.arch, cfg.image_size, cfg.device) == ("transfer", "resnet18", 0, "auto")
+    assert (cfg.method, cfg.arch, cfg.backbone, cfg.image_size, cfg.device) == (
+        "transfer", "efficientnet_lite0", "pretrained", 0, "auto")
     assert cfg.changes() == {} and SETTING_DEFAULTS["round"] == {}
 
 
 @pytest.mark.parametrize("bad,match", [
     (dict(method="magic"), "method must be one of"), (dict(arch="vgg"), "arch must be one of"),
+    (dict(backbone="imagenet"), "backbone must be one of"),
     (dict(num_ref=0), "num_ref must be an integer >= 1"), (dict(steps=2.5), "steps must be an integer"),
     (dict(backbone_epochs=True), "backbone_epochs must be an integer"), (dict(image_size=-1), "image_size"),
     (dict(backbone_lr=0), "backbone_lr must be a number"), (dict(backbone_lr="fast"), "backbone_lr"),

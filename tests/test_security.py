@@ -311,3 +311,14 @@ def test_annotate_shows_the_designed_warning_for_a_changed_file(db, tmp_path):
     first = shown_image(at)
     button(at, "ann_unsure").click().run()
     assert shown_image(at) != first and "Image file missing or unreadable" in texts(at) and not at.error
+
+
+def test_short_admin_password_from_the_environment_is_refused_without_a_traceback(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "state" / "annotator.db"))
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "short")
+    with caplog.at_level(logging.ERROR, logger="annotator.app"):
+        at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and not at.error and login_form(at)
+    assert "not creating the lead 'admin'" in caplog.text
+    with Store() as store:
+        assert store.get_user("admin") is None

@@ -1,17 +1,23 @@
 """Annotate: check the labels of the classes a lead chose, one image at a time or 16 at once.
 
 Single mode keys: ``j`` correct, ``k`` wrong, ``u`` unsure, ``z`` undo, then (optional) ``1``-``9`` give
-the true class of the image just marked wrong. Grid mode: 16 images of one class, all "correct" until
-clicked; ``g`` saves the page.
+the true class of the image just marked wrong; each class keeps its number for the whole session (the
+classes by name), and the model's suggestion is highlighted in its place. Grid mode: 16 images of one
+class, all "correct" until clicked; ``g`` saves the page.
 
-Every press carries the id of the image it was made on and the page's state number (``_seq``), which
-is also part of every button's key. Buttons only queue an action (``ann_actions``, via their callback);
-the page body applies the queue first and drops (and says so) a press drawn before the last change.
-The store keeps at most one live verdict per image and refuses a second one, and the images on screen
-are re-derived from the store on every rerun (an image stays only while my lease on it is live, and a
-saved verdict ends that lease), so a press that arrives after its image was judged (keys faster than
-reruns, a rerun cut short, a second tab of the same user, an expired lease) is refused or dropped with
-a message, never recorded twice.
+The single-image screen fits the window without scrolling (1366x768 and up): the image scales to the
+window's height, the true-class keys sit under the verdict buttons beside it, the counters are in the
+sidebar. "Blind" hides the model's score and suggestion; audit items (random draws that measure the noise
+rate) are always shown blind, so the model cannot anchor the verdicts that judge it.
+
+Every press carries the id of the image it was made on. Buttons only queue an action (``ann_actions``,
+via their callback); the page body applies the queue first and drops (and says so) a press whose image
+is no longer the one on screen. The store keeps at most one live verdict per image and refuses a second
+one, and the images on screen are re-derived from the store on every rerun (an image stays only while my
+lease on it is live, and a saved verdict ends that lease), so a press that arrives after its image was
+judged (keys faster than reruns, a rerun cut short or abandoned by Streamlit while it waited for the
+database, a second tab of the same user, an expired lease) is refused or dropped with a message, never
+recorded twice.
 
 Undo (``z``) voids my most recent verdict of this login session; a saved grid page is undone as a
 whole, and undo reaches back at most ``UNDO_DEPTH`` steps. The item after the current one stays leased
@@ -28,6 +34,12 @@ from annotator.queue import QueueItem, grid_items, next_items, queue_status
 from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
 
 PREFETCH = 2  # items held in session state: the current one and the next
+# The image's height is what the page header, the title and the toggles leave of the window.
+STYLE = """<style>
+[data-testid="stMainBlockContainer"] {padding-top: 2.5rem;}
+.st-key-ann_image img {height: calc(100vh - 190px); max-width: 100%; width: auto !important;
+                       object-fit: contain; object-position: left top;}
+</style>"""
 GRID = 16
 REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a random audit sample",
                "grid": "grid mode", "manual": "manual"}
@@ -35,15 +47,8 @@ REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a rand
 
 # -- actions (applied at the top of the rerun) ------------------------------------------
 def _queue(*action) -> None:
-    """Button callback: queue ``(kind, seq, *args)`` (several may queue up if keys come faster than reruns)."""
+    """Button callback: queue the action (several may queue up if keys come faster than reruns)."""
     st.session_state.setdefault("ann_actions", []).append(action)
-
-
-def _seq() -> int:
-    """The page's state number: every applied action increments it, and every button's key and arguments
-    carry the number it was drawn with. A press drawn before the last change (a second key press, or a
-    trigger Streamlit replays after an interrupted rerun) is therefore recognisably stale and dropped."""
-    return st.session_state.setdefault("ann_seq", 0)
 
 
 def _flash(kind: str, text: str) -> None:
@@ -126,15 +131,10 @@ def _grid_submit(store: Store, user: dict, target: tuple[int, ...]) -> None:
 
 def apply_actions(store: Store, user: dict) -> None:
     """Apply the queued actions in order (no Streamlit rendering call inside, so a new key press cannot
-    interrupt it halfway). An action drawn before the last applied one (``_seq``) is dropped and said so."""
+    interrupt it halfway). An action aimed at an image that is no longer the current one is dropped."""
     actions = st.session_state.get("ann_actions") or []
     while actions:
-        kind, seq, *args = actions.pop(0)
-        if seq != _seq():
-            what = f"a **{args[0]}** key press for image #{args[1]}" if kind == "verdict" else f"a stale {kind} press"
-            _flash("warning", f"Dropped {what}: it was made on a screen that has changed since.")
-            continue
-        st.session_state["ann_seq"] = seq + 1
+        kind, *args = actions.pop(0)
         if kind == "verdict":
             _verdict(store, user, *args)
         elif kind == "undo":
@@ -166,17 +166,15 @@ def fill(store: Store, name: str) -> list[QueueItem]:
 
 
 def _switch_mode() -> None:
-    st.session_state["ann_seq"] = _seq() + 1  # presses drawn in the other mode are stale
     st.session_state["ann_items"] = []  # leases stay mine; the other mode resumes them
     st.session_state["ann_grid"] = None
     st.session_state["ann_last_wrong"] = None
 
 
-def _flip(seq: int, image_id: int) -> None:
+def _flip(image_id: int) -> None:
     grid = st.session_state.get("ann_grid")
-    if grid and seq == _seq():
+    if grid:
         grid["wrong"] ^= {image_id}
-        st.session_state["ann_seq"] = seq + 1
 
 
 # -- panels -----------------------------------------------------------------------------
@@ -212,69 +210,93 @@ def single_mode(store: Store, name: str) -> None:
                        "by someone else. Thank you!")
         undo_button(disabled=False)
         return
-    item, seq = items[0], _seq()
+    item = items[0]
     model = store.current_model()
     delta = threshold(store, model)
-    left, right = st.columns([3, 2], gap="large")
+    blind = bool(st.session_state.get("ann_blind")) or item.reason == "audit"
+    left, right = st.columns([1, 1], gap="medium")
     with right:  # buttons first: they are registered for this image before anything new shows
-        about = st.container()
-        with st.container(horizontal=True):
-            st.button("Correct", key=f"ann_correct_{seq}", shortcut="j", type="primary", icon=":material/check:",
-                      on_click=_queue, args=("verdict", seq, "correct", item.image_id))
-            st.button("Wrong", key=f"ann_wrong_{seq}", shortcut="k", icon=":material/close:",
-                      on_click=_queue, args=("verdict", seq, "wrong", item.image_id))
-            st.button("Unsure", key=f"ann_unsure_{seq}", shortcut="u", icon=":material/help:",
-                      on_click=_queue, args=("verdict", seq, "unsure", item.image_id))
+        about = st.container(key="ann_about")
+        with st.container(horizontal=True, gap="small"):
+            st.button("Correct", key="ann_correct", shortcut="j", type="primary", icon=":material/check:",
+                      on_click=_queue, args=("verdict", "correct", item.image_id))
+            st.button("Wrong", key="ann_wrong", shortcut="k", icon=":material/close:",
+                      on_click=_queue, args=("verdict", "wrong", item.image_id))
+            st.button("Unsure", key="ann_unsure", shortcut="u", icon=":material/help:",
+                      on_click=_queue, args=("verdict", "unsure", item.image_id))
             undo_button()
         relabel_panel(store)
     with about:
-        st.markdown(f"### Label: {md(item.label)}")
-        st.caption(f"Image #{item.image_id} · shown because: {REASON_TEXT.get(item.reason, item.reason)}")
-        if item.score is None:
+        name, score = st.columns([3, 2])  # side by side: the true-class keys below stay on screen
+        name.markdown(f"### Label: {md(item.label)}")
+        name.caption(f"Image #{item.image_id} · shown because: {REASON_TEXT.get(item.reason, item.reason)}")
+        if item.reason == "audit":
+            st.caption("The model's score and suggestion are hidden on audit items, so they cannot sway the "
+                       "verdicts that measure the noise rate.")
+        elif blind:
+            st.caption("Blind: the model's score and suggestion are hidden.")
+        elif item.score is None:
             st.caption("No model score yet (the first model is still training).")
         else:
-            st.metric("Model score", f"{item.score:+.3f}",
+            score.metric("Model score", f"{item.score:+.3f}",
                       help="Higher = label more likely correct: the probability that it is (default transfer "
                            "model) or the CleanNet relevance in [-1, 1] (paper model). Below the threshold "
                            f"({delta:+.3f}) the model thinks the label is wrong." if delta is not None else None)
             if delta is not None and item.score < delta:
                 suggestion = f" Suggested label: **{md(item.suggested_label)}**." if item.suggested_label else ""
-                st.warning(f"The model thinks this label is wrong.{suggestion}")
+                st.markdown(f":orange[The model thinks this label is wrong.]{suggestion}")
             elif delta is not None:
                 st.caption("The model thinks this label is right.")
-    with left:
-        show_image(st.session_state["ann_bytes"].get(item.image_id), item.path, 480)
+    with left, st.container(key="ann_image"):
+        show_image(st.session_state["ann_bytes"].get(item.image_id), item.path, "stretch")
 
 
 def undo_button(disabled: bool = False) -> None:
-    seq = _seq()
-    st.button("Undo last", key=f"ann_undo_{seq}", shortcut="z", icon=":material/undo:", disabled=disabled,
-              on_click=_queue, args=("undo", seq))
+    st.button("Undo last", key="ann_undo", shortcut="z", icon=":material/undo:", disabled=disabled,
+              on_click=_queue, args=("undo",))
+
+
+def class_keys(store: Store) -> dict[str, int]:
+    """Each class's number key for this session: the classes by name get 1, 2, ... when first seen and keep
+    them (a class added later gets the next number), so a key means one class all session."""
+    keys = st.session_state.setdefault("ann_class_keys", {})
+    for name in sorted(c["name"] for c in store.classes()):
+        keys.setdefault(name, len(keys) + 1)
+    return keys
 
 
 def relabel_panel(store: Store) -> None:
-    """After 'wrong': the true class of that image (optional), by number key or select box."""
+    """After 'wrong': the true class of that image (optional), by its fixed number key (1-9; the image's own
+    label is shown disabled in its place) or, past 9, the select box. The model's suggestion is highlighted,
+    except when blind or on an audit item."""
     last = st.session_state.get("ann_last_wrong")
     if not last:
         return
-    with st.container(border=True):
+    with st.container(border=True, key="ann_true_panel"):
         if last["corrected"]:
             st.caption(f"Last image marked wrong; true class: **{md(last['corrected'])}**.")
             return
-        st.caption(f"Last image ({md(last['label'])}) marked wrong. True class? (optional)")
-        names = [c["name"] for c in store.classes() if c["name"] != last["label"]]
-        if last["suggested"] in names:  # the model's suggestion gets key 1
-            names.remove(last["suggested"])
-            names.insert(0, last["suggested"])
-        cols = st.columns(3)
-        for n, label in enumerate(names[:9], start=1):
-            cols[(n - 1) % 3].button(md(label), key=f"ann_true_{n}_{_seq()}", shortcut=str(n), width="stretch",
-                                     on_click=_queue, args=("relabel", _seq(), last["verdict_id"], label))
-        if len(names) > 9:
-            other = st.selectbox("Other class", names[9:], index=None, key="ann_true_other",
-                                 placeholder="Choose a class")
-            st.button("Set class", key=f"ann_true_set_{_seq()}", disabled=other is None,
-                      on_click=_queue, args=("relabel", _seq(), last["verdict_id"], other))
+        audit = (store.get_verdict(last["verdict_id"]) or {}).get("reason") == "audit"
+        suggested = None if st.session_state.get("ann_blind") or audit else last["suggested"]
+        st.caption(f"Last image ({md(last['label'])}) marked wrong. True class? (optional)",
+                   help="Each class keeps its number key all session. The model's suggestion is highlighted "
+                        "(not when blind, nor on audit items).")
+        keys = class_keys(store)
+        by_key = {k: name for name, k in keys.items()}
+        for row in range(0, min(9, len(keys)), 3):
+            for col, k in zip(st.columns(3), range(row + 1, row + 4)):
+                if k in by_key:
+                    name = by_key[k]
+                    col.button(md(name), key=f"ann_true_{k}", shortcut=str(k), width="stretch",
+                               type="primary" if name == suggested else "secondary", disabled=name == last["label"],
+                               on_click=_queue, args=("relabel", last["verdict_id"], name))
+        rest = [name for name, k in sorted(keys.items(), key=lambda kv: kv[1]) if k > 9 and name != last["label"]]
+        if rest:
+            a, b = st.columns([3, 1], vertical_alignment="bottom")
+            other = a.selectbox("Other class", rest, index=rest.index(suggested) if suggested in rest else None,
+                                key="ann_true_other", placeholder="Other class", label_visibility="collapsed")
+            b.button("Set class", key="ann_true_set", disabled=other is None,
+                     on_click=_queue, args=("relabel", last["verdict_id"], other))
 
 
 def grid_mode(store: Store, name: str) -> None:
@@ -304,13 +326,13 @@ def grid_mode(store: Store, name: str) -> None:
             with col:
                 show_image(read_for_display(item.path), item.path, "stretch")
                 wrong = item.image_id in grid["wrong"]
-                st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{_seq()}_{item.image_id}",
+                st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{item.image_id}",
                           type="primary" if wrong else "secondary", width="stretch",
                           icon=":material/close:" if wrong else ":material/check:",
-                          on_click=_flip, args=(_seq(), item.image_id))
+                          on_click=_flip, args=(item.image_id,))
     a, b = st.columns(2)
-    a.button("Save this page", key=f"ann_grid_submit_{_seq()}", shortcut="g", type="primary",
-             icon=":material/done_all:", on_click=_queue, args=("grid", _seq(), tuple(i.image_id for i in items)))
+    a.button("Save this page", key="ann_grid_submit", shortcut="g", type="primary", icon=":material/done_all:",
+             on_click=_queue, args=("grid", tuple(i.image_id for i in items)))
     with b:
         undo_button()
 
@@ -323,12 +345,17 @@ def page() -> None:
     except StoreError as e:
         st.session_state["ann_actions"] = []
         _flash("error", md(e))
-    st.title("Annotate")
+    title, note = st.columns([1, 2], vertical_alignment="center")  # the last action's message beside the title,
+    title.title("Annotate")                                          # so it moves nothing below
     flash = st.session_state.pop("ann_flash", None)
     if flash:
-        getattr(st, flash[0])(flash[1])
-    st.toggle("Grid mode: 16 images of one class", key="ann_grid_mode", on_change=_switch_mode)
-    progress = st.container()
+        getattr(note, flash[0])(flash[1])
+    st.html(STYLE)
+    with st.container(horizontal=True):
+        st.toggle("Grid mode: 16 images of one class", key="ann_grid_mode", on_change=_switch_mode)
+        st.toggle("Blind", key="ann_blind", help="Hide the model's score and suggestion while you judge. Always "
+                  "on for audit items (random draws that measure the noise rate).")
+    progress = st.sidebar.container()  # the counters live in the sidebar: the image gets the height
     if st.session_state.get("ann_grid_mode"):
         grid_mode(store, name)
     else:
