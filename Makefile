@@ -1,12 +1,13 @@
-# Two entry points: `make run` (demo app + worker) and `make test` (every test, browser tests included).
-# Both create .venv and install on a fresh machine; nothing is installed by hand.
+# Entry points: `make run` (demo app + worker), `make test` (every test, browser tests included) and
+# `make test-fast` (the tests not marked slow or browser).
+# Each creates .venv and installs on a fresh machine; nothing is installed by hand.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install chromium bench clean
+.PHONY: run test test-fast install chromium bench clean
 
 # The project itself is installed editable: the `annotator` command (.venv/bin/annotator) runs this clone's
 # code from any folder. Its dependencies come from requirements*.txt first; setuptools (pulled in by torch)
@@ -26,6 +27,10 @@ chromium:
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# The tests not marked slow or browser (pytest.ini): under a minute, no chromium needed.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 run: $(STAMP)
 	$(VENV)/bin/annotator demo

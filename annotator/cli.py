@@ -18,6 +18,7 @@ import click
 
 from . import auth
 from .progress import TqdmReport, describe_status, project_status
+from .round_config import BadRoundConfig, RoundConfig, load_round_config
 from .store import Store, StoreError, default_db_path, private_files
 
 
@@ -28,14 +29,11 @@ def _open(ctx: click.Context) -> Store:
         raise click.ClickException(f"cannot open database {ctx.obj['db']}: {e}") from e
 
 
-def _round_config(store: Store, **overrides):
-    """pipeline.RoundConfig from the stored `round` setting plus CLI overrides that were given."""
-    from . import pipeline
-    base = dict(store.get_setting("round") or {})
-    base.update({k: v for k, v in overrides.items() if v is not None})
+def _round_config(store: Store, **overrides) -> RoundConfig:
+    """The stored round settings plus the CLI flags that were given (see round_config.load_round_config)."""
     try:
-        return pipeline.RoundConfig(**base)
-    except (TypeError, ValueError) as e:
+        return load_round_config(store, **overrides)
+    except BadRoundConfig as e:
         raise click.ClickException(f"bad round setting: {e}") from e
 
 
@@ -126,25 +124,42 @@ def classes(ctx, verify, unverify, as_json) -> None:
 
 
 @cli.command()
-@click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth)")
+@click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth) for a new backbone")
+@click.option("--new-backbone", is_flag=True,
+              help="build a new backbone (from --weights, else the round setting) even if the project has one")
 @click.pass_context
-def extract(ctx, weights) -> None:
+def extract(ctx, weights, new_backbone) -> None:
     """Compute (or fetch from the cache) the backbone features of every image.
+
+    The project's backbone is kept once it exists: the current model's scores depend on its features. The
+    first extract builds one from ImageNet weights (--weights, else the torch cache), else trains it on the
+    noisy labels (progress shown). --new-backbone replaces it; run `train` afterwards.
 
     Example: annotator extract --weights resnet50.pth
     """
-    from . import pipeline
+    from . import artifacts, pipeline
     store = _open(ctx)
+    stored = artifacts.current_backbone(store)
+    if weights and stored and not new_backbone:
+        raise click.ClickException(f"this project already has a backbone ({stored.source}); its features are "
+                                   f"kept. To build a new one from {weights}, add --new-backbone and then run "
+                                   "`train` (the current model's scores belong to the old features).")
     cfg = _round_config(store, weights_path=weights)
     data = pipeline.load_data(store)
+    if len(data.ids) == 0:
+        raise click.ClickException("no images: ingest some first")
     bars = TqdmReport()
-    model, info = pipeline.ensure_backbone(store, data, cfg, bars)
-    bars.close()
-    click.echo(f"features at {info['image_size']} px ({info['source']})")
+    try:
+        model, info = pipeline.ensure_backbone(store, data, cfg, bars, new=new_backbone)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
+    click.echo(f"backbone: {info.source}; features at {info.image_size} px")
     feats, readable = pipeline.features(store, data, model, info, cfg, progress=True)
     n_bad = int((~readable).sum())
     bad = f"; {n_bad} images could not be read (listed on the Admin page)" if n_bad else ""
-    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info['source']}){bad}")
+    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info.source}){bad}")
 
 
 @cli.command()
@@ -193,11 +208,10 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     Example: annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
     """
     from cleannet_core.alternate import AlternateConfig, train_alternating
-    from cleannet_core.classifier import save_backbone
     from cleannet_core.features import load_imagenet_weights
     from cleannet_core.train import TrainConfig
 
-    from . import pipeline
+    from . import artifacts, pipeline
     store = _open(ctx)
     cfg = _round_config(store, steps=steps, backbone_epochs=epochs)
     data = pipeline.load_data(store)
@@ -206,7 +220,7 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     if len(data.class_ids) < 2:
         raise click.ClickException("need at least two classes to train a classifier")
     split = pipeline.verdict_split(store, data)
-    n_verdicts = len(split["train"]) + len(split["val"])
+    n_verdicts, max_verdict = split.n, store.max_verdict_id()
     if n_verdicts == 0:
         click.echo("warning: no live verdicts; CleanNet trains without supervision", err=True)
     size = pipeline.pick_image_size(store, cfg)
@@ -217,27 +231,28 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     click.echo(message)
     acfg = AlternateConfig(
         rounds=rounds, weights=mode, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
-        classifier=cfg.classifier_config(size, len(data.ids), num_workers=workers),
+        classifier=pipeline.classifier_config(cfg, image_size=size, n_images=len(data.ids), num_workers=workers),
         cleannet=TrainConfig.shortened(cfg.steps),
-        cache_dir=pipeline.state_dir(store) / "features",
-        checkpoint_dir=pipeline.state_dir(store) / "classifiers" / "resume")  # an interrupted run resumes
+        cache_dir=artifacts.features_dir(store),
+        checkpoint_dir=artifacts.classifiers_dir(store) / "resume")  # an interrupted run resumes
     try:
-        res = train_alternating(data.paths, data.labels, len(data.class_ids), verified_idx=split["train"],
-                                verified_ok=split["train_ok"], val_idx=split["val"], val_ok=split["val_ok"],
+        res = train_alternating(data.paths, data.labels, len(data.class_ids), verified_idx=split.train,
+                                verified_ok=split.train_correct, val_idx=split.val, val_ok=split.val_correct,
                                 config=acfg, init_state=init_state, progress=True,
                                 report=lambda msg: click.echo(f"[train-classifier] {msg}"))
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = pipeline.state_dir(store) / "classifiers" / f"classifier-{mode}-{stamp}.pt"
-    meta = {"source": f"train-classifier: {cfg.method} score w_{mode}, {rounds} extra round(s)", "image_size": size,
-            "weights": mode, "method": cfg.method, "rounds": rounds, "epochs": cfg.backbone_epochs,
-            "cleannet_steps": cfg.steps,
-            "n_images": len(data.ids), "n_verdicts": int(n_verdicts), "class_ids": data.class_ids.tolist(),
+        out = artifacts.classifiers_dir(store) / f"classifier-{mode}-{stamp}.pt"
+    meta = {"image_size": size, "weights": mode, "method": cfg.method, "rounds": rounds,
+            "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps, "n_images": len(data.ids),
+            "n_verdicts": int(n_verdicts), "max_verdict_id": max_verdict, "class_ids": data.class_ids.tolist(),
             "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
     try:
-        save_backbone(res.model, out, class_names=data.class_names, meta=meta)
+        artifacts.save_classifier_artifact(store, res.model, out, class_names=data.class_names, provenance=meta,
+                                           source=f"train-classifier: {cfg.method} score w_{mode}, "
+                                                  f"{rounds} extra round(s)")
     except OSError as e:
         raise click.ClickException(f"cannot write {out}: {e}") from e
     last = res.rounds[-1]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import auth
+from .round_config import RoundConfig, save_round_config
 from .store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ DEMO = REPO / "data" / "demo"
 DEMO_DB = REPO / "data" / "state" / "annotator.db"
 VERIFY = ["airplane", "automobile", "bird", "cat", "deer"]
 # First model within ~3 minutes on a 2-core CPU: a short backbone run and fewer CleanNet steps.
-DEMO_ROUND = {"backbone_epochs": 3, "steps": 1000}
+DEMO_ROUND = RoundConfig(backbone_epochs=3, steps=1000)
 
 
 def prepare_demo(store: Store) -> None:
@@ -28,8 +29,7 @@ def prepare_demo(store: Store) -> None:
         report = ingest_csv(store, DEMO / "labels.csv", DEMO)
         print(report.summary(), flush=True)
         store.set_verify(VERIFY, True)
-        if store.get_setting("round") is None:
-            store.set_setting("round", DEMO_ROUND)
+        save_round_config(store, DEMO_ROUND)
 
 
 def run_demo(db: str | Path, *, port: int = 8501) -> None:

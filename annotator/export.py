@@ -46,14 +46,14 @@ Example::
 
 import csv
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
+
+from cleannet_core.atomic import atomic_write
 
 from .store import Store
 
@@ -146,18 +146,9 @@ def export_csv(store: Store, out: str | Path | TextIO, *, threshold: float | Non
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if isinstance(out, (str, Path)):
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                n = export_csv(store, f, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=progress,
-                               page=page)
-            os.replace(tmp, out)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return n
+        with atomic_write(out, text=True, newline="", encoding="utf-8") as f:
+            return export_csv(store, f, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=progress,
+                              page=page)
     writer = csv.writer(out)
     writer.writerow(FORMATS[fmt])
     n = 0

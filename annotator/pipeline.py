@@ -1,37 +1,36 @@
-"""One retraining round: images -> features -> references -> CleanNet -> scores -> new current model.
+"""One retraining round: images -> features -> references -> scoring model -> scores -> new current model.
 
 The worker runs `run_round` whenever enough verdicts arrived or a lead asked; the CLI runs its phases one by
-one (`extract`, `train`, `score`). Heavy lifting is in `cleannet_core`; SQL is in `annotator.store`.
+one (`extract`, `train`, `score`). Heavy lifting is in `cleannet_core`; SQL is in `annotator.store`; every
+model file is written and registered by `annotator.artifacts`; the settings are `round_config.RoundConfig`.
 
-Files live under the state folder (the database's folder): backbones/, features/ (content-keyed float16
-cache), models/ (CleanNet checkpoints, written to a temp file then renamed, before the database points at
-them). A model version becomes current in one transaction after all its scores are written, so a crash at
-any moment leaves the previous model current.
+A model version becomes current in one transaction after all its scores are written, so a crash at any
+moment leaves the previous model current.
 """
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
-from itertools import islice
 from dataclasses import dataclass
-from pathlib import Path
+from itertools import islice
 
 import numpy as np
 import torch
 
-from cleannet_core.alternate import METHODS, round_weights, training_weights
-from cleannet_core.classifier import (Backbone, ClassifierConfig, is_small, load_backbone, resolve_device,
-                                      save_backbone, train_classifier)
-from cleannet_core.features import backbone_id, extract_features, load_imagenet_weights
+from cleannet_core.alternate import round_weights, training_weights
+from cleannet_core.classifier import Backbone, ClassifierConfig, is_small, resolve_device, train_classifier
+from cleannet_core.features import extract_features, load_imagenet_weights
 from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
-from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.probe import Probe, ProbeConfig
+from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.score import Scores, score_images
 from cleannet_core.train import TrainConfig, train_cleannet
 from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, score_with_probe
 
+from .artifacts import (BackboneInfo, current_backbone, features_dir, load_backbone_artifact, load_scorer,
+                        save_backbone_artifact, save_scorer_artifact)
+from .round_config import RoundConfig
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -40,35 +39,60 @@ SCORE_CHUNK = 50_000  # score rows written between progress reports
 REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
 
 
-@dataclass
-class RoundConfig:
-    method: str = "transfer"           # transfer: calibrated class-agnostic signals (issue 6) | paper: CleanNet
-    arch: str = "resnet18"             # backbone: resnet18 | resnet50
-    image_size: int = 0                # crop size; 0 = 32 when images are small (<= 64 px), else 224
-    backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
-    backbone_lr: float = 0.02          # its peak LR (0.1 diverged in the first epoch on a few thousand images)
-    weights_path: str | None = None    # local ImageNet weights file (else the torch cache, else train)
-    steps: int = 4000                  # CleanNet steps per round (paper: 60k; LR drops at half)
-    num_ref: int = 32                  # K references per class
-    device: str = "auto"               # cuda when present
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-
-    def classifier_config(self, image_size: int, n_images: int, **kw) -> ClassifierConfig:
-        """The backbone/classifier training settings of this round for n_images images of image_size px."""
-        return ClassifierConfig(arch=self.arch, epochs=self.backbone_epochs, image_size=image_size,
-                                lr=self.backbone_lr, batch_size=min(128, max(8, n_images // 8)), **kw)
+def _quiet(phase: str, progress: float, message: str) -> None:
+    """The default Report: says nothing."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Data:
     ids: np.ndarray           # (N,) image ids, status ok
-    paths: list[str]
+    paths: list[str]          # (N,) image files
     labels: np.ndarray        # (N,) class index 0..C-1 (position in class_ids)
     class_ids: np.ndarray     # (C,) store class ids
-    class_names: list[str]
+    class_names: list[str]    # (C,)
+
+
+@dataclass(frozen=True)
+class VerdictSplit:
+    """The latest live correct/wrong verdict per image, as row indices into a round's Data."""
+    train: np.ndarray          # (T,) int64 rows the scoring model is fitted on
+    train_correct: np.ndarray  # (T,) bool, True = the annotator said the label is correct
+    val: np.ndarray            # (V,) int64 rows that validate it (audit draws on odd image ids)
+    val_correct: np.ndarray    # (V,) bool
+
+    @property
+    def n(self) -> int:
+        return len(self.train) + len(self.val)
+
+    def every(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, correct) of train and val together."""
+        return np.concatenate([self.train, self.val]), np.concatenate([self.train_correct, self.val_correct])
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """Everything a scoring method is fitted on."""
+    data: Data
+    feats: np.ndarray         # (N, D) float32 pooled backbone features (zero rows where not readable)
+    readable: np.ndarray      # (N,) bool, the image file could be read
+    refs: np.ndarray          # (C, K, D) float32 reference vectors per class (k-means centres)
+    has_refs: np.ndarray      # (C,) bool, the class had readable images to build references from
+    split: VerdictSplit
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted scoring method: every image's scores and what its checkpoint holds."""
+    scores: Scores            # score (N,), higher = label more likely correct; suggestions
+    delta: float              # threshold: score < delta flags the label as wrong
+    state: dict               # checkpoint payload (tensors and plain values)
+    best_step: int | None     # CleanNet's chosen step (method paper), else None
+
+
+def classifier_config(cfg: RoundConfig, *, image_size: int, n_images: int, **kw) -> ClassifierConfig:
+    """The backbone/classifier training settings of a round for n_images images of image_size px."""
+    return ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=image_size, lr=cfg.backbone_lr,
+                            batch_size=min(128, max(8, n_images // 8)), **kw)
 
 
 def load_data(store: Store) -> Data:
@@ -85,46 +109,51 @@ def load_data(store: Store) -> Data:
                 [c["name"] for c in classes])
 
 
-def state_dir(store: Store) -> Path:
-    return Path(store.path).resolve().parent
-
-
 def pick_image_size(store: Store, cfg: RoundConfig) -> int:
+    """cfg.image_size, else 32 when the median image side (first 500 images) is <= 64 px, else 224."""
     if cfg.image_size:
         return cfg.image_size
     sizes = [min(r["width"], r["height"]) for r, _ in zip(store.iter_images(), range(500)) if r["width"]]
     return 32 if sizes and float(np.median(sizes)) <= 64 else 224
 
 
-def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, *,
-                    retrain_weights: np.ndarray | None = None) -> tuple[Backbone, dict]:
-    """The backbone whose features feed CleanNet, and a description of where its weights came from.
+def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report = _quiet, *,
+                    new: bool = False, retrain_weights: np.ndarray | None = None) -> tuple[Backbone, BackboneInfo]:
+    """The backbone whose features feed the scoring model, and where its weights came from.
 
-    Order: the stored one; else ImageNet weights (local file or torch cache; never downloaded); else a
-    backbone trained on the noisy labels (the paper's features come from such a classifier anyway, §1).
-    `retrain_weights` (N,) retrains it on the noisy labels with those per-sample weights (full round, §6).
+    Precedence, said in a report every time (phase 'features'; 'backbone' only while one trains): the project's stored backbone (features and the current model
+    depend on it) when it has one head per class; else, or with `new`, ImageNet weights (cfg.weights_path,
+    which raises when it cannot be loaded, else the torch cache; never downloaded); else a backbone trained
+    on the noisy labels (the paper's features come from such a classifier anyway, spec §1).
+    `retrain_weights` (N,) retrains the stored backbone on the noisy labels with those per-sample weights
+    (full round, spec §6); the result is registered with the stored one as its parent.
     """
-    info = store.get_setting("backbone")
+    stored = current_backbone(store)
     size = pick_image_size(store, cfg)
-    if retrain_weights is None and info and Path(info["path"]).exists() and info.get("num_classes") == len(
-            data.class_ids):
-        model, _ = load_backbone(info["path"])
-        return model, info
-    init_state, source = None, None
-    if retrain_weights is not None and info and Path(info["path"]).exists():
-        init_state = load_backbone(info["path"])[0].state_dict()
-        source = "retrained on the noisy labels with CleanNet's w_soft weights"
+    if stored and stored.num_classes != len(data.class_ids):
+        report("features", 0.0, f"the stored backbone has {stored.num_classes} classes, the project "
+                                f"{len(data.class_ids)}: building a new one")
+        stored = None
+    if stored and not new and retrain_weights is None:
+        unused = f"; weights_path {cfg.weights_path} applies to a new backbone only" if cfg.weights_path else ""
+        report("features", 0.0, f"using the project's backbone ({stored.source}){unused}")
+        return load_backbone_artifact(stored), stored
+    init_state, parent = None, None
+    if retrain_weights is not None and stored:
+        init_state, parent = load_backbone_artifact(stored).state_dict(), stored.id
+        source = "retrained on the noisy labels with w_soft weights"
     else:
         state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
+        report("features", 0.0, message)
         if state is not None:
             model = Backbone(cfg.arch, len(data.class_ids), small_input=is_small(size))
             model.load_pretrained(state)
-            return _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size, cfg)
-        report("backbone", 0.0, message)
+            return model.eval(), _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size,
+                                                weights=cfg.weights_path)
         log.warning(message)
         source = "trained on the noisy labels (no ImageNet weights available offline)"
-    ccfg = cfg.classifier_config(size, len(data.ids))
-    report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images")
+    ccfg = classifier_config(cfg, image_size=size, n_images=len(data.ids))
+    report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images ({ccfg.epochs} epochs)")
 
     def on_epoch(epoch: int, _model: Backbone, stats: dict) -> None:
         report("backbone", epoch / ccfg.epochs,
@@ -133,34 +162,30 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report, 
     model = train_classifier(data.paths, data.labels, len(data.class_ids), sample_weights=retrain_weights,
                              config=ccfg, init_state=init_state, device=cfg.device, progress=False,
                              on_epoch=on_epoch)
-    return _save_backbone(store, model, data, source, size, cfg)
+    provenance = {"parent": parent, "max_verdict_id": store.max_verdict_id() if retrain_weights is not None else None}
+    return model, _save_backbone(store, model, data, source, size, **provenance)
 
 
-def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size: int,
-                   cfg: RoundConfig) -> tuple[Backbone, dict]:
-    path = state_dir(store) / "backbones" / f"backbone-{uuid.uuid4().hex[:8]}.pt"
-    save_backbone(model, path, class_names=data.class_names, meta={"source": source})
-    info = {"path": str(path), "source": source, "arch": cfg.arch, "image_size": size,
-            "num_classes": len(data.class_ids), "id": backbone_id(model)}
-    store.set_setting("backbone", info)
-    return model, info
+def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size: int, **provenance) -> BackboneInfo:
+    return save_backbone_artifact(store, model, class_names=data.class_names, source=source, image_size=size,
+                                  provenance={"n_images": len(data.ids)} | provenance)
 
 
-def features(store: Store, data: Data, model: Backbone, info: dict, cfg: RoundConfig, *,
+def features(store: Store, data: Data, model: Backbone, info: BackboneInfo, cfg: RoundConfig, *,
              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
-    images (zero rows) are reported and left out of the references and the probe's training. ``progress``:
+    images (zero rows) are reported and left out of the references and the probe's training. `progress`:
     tqdm bars (the CLI)."""
-    res = extract_features(model, data.paths, cache_dir=state_dir(store) / "features", backbone_id=info["id"],
-                           image_size=info["image_size"], device=cfg.device, progress=progress)
+    res = extract_features(model, data.paths, cache_dir=features_dir(store), backbone_id=info.id,
+                           image_size=info.image_size, device=cfg.device, progress=progress)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
     return res.features, res.ok
 
 
-def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Latest live correct/wrong verdict per image -> train and validation index arrays into data.
+def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> VerdictSplit:
+    """Latest live correct/wrong verdict per image -> train and validation rows of data.
 
     Audit verdicts (random draws) are unbiased: those on odd image ids validate (delta, checkpoint, the
     model's reported error); everything else trains. 'unsure' verdicts are left out, and so are images not
@@ -178,12 +203,11 @@ def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) 
         val = v["reason"] == "audit" and image_id % 2 == 1
         (va if val else tr).append(where[image_id])
         (va_ok if val else tr_ok).append(v["verdict"] == "correct")
-    return {"train": np.array(tr, np.int64), "train_ok": np.array(tr_ok, bool),
-            "val": np.array(va, np.int64), "val_ok": np.array(va_ok, bool)}
+    return VerdictSplit(train=np.array(tr, np.int64), train_correct=np.array(tr_ok, bool),
+                        val=np.array(va, np.int64), val_correct=np.array(va_ok, bool))
 
 
-def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = False,
-              report: Report = lambda *a: None) -> int:
+def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = False, report: Report = _quiet) -> int:
     """Retrain and rescore everything; returns the new current model version."""
     data = load_data(store)
     if len(data.ids) == 0:
@@ -194,25 +218,27 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     if full and current:
         report("backbone", 0.0, "full round: retraining the backbone with w_soft weights")
         weights = full_round_weights(store, data, current)
-    report("features", 0.0, "loading backbone")
-    model, info = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
-    report("features", 0.0, f"extracting features at {info['image_size']} px ({info['source']})")
-    feats, readable = features(store, data, model, info, cfg)
+    model, backbone = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
+    report("features", 0.0, f"extracting features at {backbone.image_size} px ({backbone.source})")
+    feats, readable = features(store, data, model, backbone, cfg)
     report("references", 0.0, "k-means reference sets")
     refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),
                                     config=KMeansConfig(k=cfg.num_ref), device=device)
-    split = verdict_split(store, data, readable)
     max_verdict = store.max_verdict_id()
-    fit = _fit_transfer if cfg.method == "transfer" else _fit_paper
-    sc, delta, saved, best_step = fit(feats, readable, data, refs, counts, split, cfg,
-                                      current if not full else None, device, report)
-    metrics = _metrics(sc.score, delta, data, split, best_step, info, max_verdict) | {"method": cfg.method}
-    ckpt = state_dir(store) / "models" / f"{cfg.method}-{uuid.uuid4().hex[:8]}.pt"
-    _atomic_save(saved | {"method": cfg.method, "delta": delta, "class_ids": data.class_ids.tolist(),
-                          "backbone": info, "refs": torch.from_numpy(refs)}, ckpt)
-    version = store.add_model(delta=delta, metrics=metrics, checkpoint=str(ckpt), backbone=info["source"],
-                              n_verdicts=int(len(split["train"]) + len(split["val"])))
-    publish_scores(store, version, data, sc, delta, report)
+    inputs = RoundInputs(data=data, feats=feats, readable=readable, refs=refs, has_refs=counts > 0,
+                         split=verdict_split(store, data, readable))
+    if cfg.method == "transfer":
+        fit = _fit_transfer(inputs, device=device, report=report)
+    else:
+        fit = _fit_paper(inputs, steps=cfg.steps, warm_start=None if full else current, device=device, report=report)
+    metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method}
+    ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
+                                                    "refs": torch.from_numpy(refs)},
+                                method=cfg.method, backbone=backbone,
+                                provenance={"max_verdict_id": max_verdict, "n_verdicts": inputs.split.n})
+    version = store.add_model(delta=fit.delta, metrics=metrics, checkpoint=str(ckpt), backbone=backbone.source,
+                              n_verdicts=inputs.split.n)
+    publish_scores(store, version, data, fit.scores, fit.delta, report)
     return version
 
 
@@ -220,59 +246,60 @@ def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
     """(N,) weights of the full round's backbone retraining, exactly as `train-classifier` weights (spec §6,
     cleannet_core.alternate): w_soft = max(0, score) of the current model, 1 / 0 for images with a live
     correct / wrong verdict, then divided by their mean."""
-    split = verdict_split(store, data)
-    w = round_weights(_current_scores(store, data), current["delta"], "soft",
-                      verified_idx=np.concatenate([split["train"], split["val"]]),
-                      verified_ok=np.concatenate([split["train_ok"], split["val_ok"]]))
+    rows, correct = verdict_split(store, data).every()
+    w = round_weights(_current_scores(store, data), current["delta"], "soft", verified_idx=rows, verified_ok=correct)
     return training_weights(w, "mean")
 
 
-def _fit_paper(feats, readable, data, refs, counts, split, cfg, current, device,
-               report) -> tuple[Scores, float, dict, int]:
-    """The paper's CleanNet on the verdicts (warm-started from the current model when it fits)."""
-    tcfg = TrainConfig.shortened(cfg.steps)
-    init = _load_model(current, feats.shape[1], refs.shape[1]) if current else None
-    report("training", 0.0, f"CleanNet on {len(split['train'])} + {len(split['val'])} verdicts")
+def _fit_paper(inputs: RoundInputs, *, steps: int, warm_start: dict | None, device: torch.device,
+               report: Report) -> Fit:
+    """The paper's CleanNet on the verdicts (warm-started from the `warm_start` model when it fits)."""
+    split, data = inputs.split, inputs.data
+    init = _load_cleannet(warm_start, inputs.feats.shape[1], inputs.refs.shape[1]) if warm_start else None
+    report("training", 0.0, f"CleanNet on {len(split.train)} + {len(split.val)} verdicts")
 
     def on_step(step: int, record: dict) -> None:
         if step % 100 == 0:
-            report("training", step / cfg.steps, f"step {step}/{cfg.steps}, loss {record['loss']:.3f}")
+            report("training", step / steps, f"step {step}/{steps}, loss {record['loss']:.3f}")
 
-    res = train_cleannet(feats, data.labels, refs, verified_idx=split["train"], verified_ok=split["train_ok"],
-                         val_idx=split["val"], val_ok=split["val_ok"], config=tcfg, init=init, device=device,
-                         callback=on_step, pool=readable)
+    res = train_cleannet(inputs.feats, data.labels, inputs.refs, verified_idx=split.train,
+                         verified_ok=split.train_correct, val_idx=split.val, val_ok=split.val_correct,
+                         config=TrainConfig.shortened(steps), init=init, device=device, callback=on_step,
+                         pool=inputs.readable)
     report("scoring", 0.0, f"scoring {len(data.ids)} images")
-    sc = score_images(res.model, feats, data.labels, refs, valid_classes=counts > 0)
-    return sc, res.delta, {"cleannet": res.model.checkpoint()}, res.best_step
+    sc = score_images(res.model, inputs.feats, data.labels, inputs.refs, valid_classes=inputs.has_refs)
+    return Fit(scores=sc, delta=res.delta, state={"cleannet": res.model.checkpoint()}, best_step=res.best_step)
 
 
-def _fit_transfer(feats, readable, data, refs, counts, split, cfg, current, device,
-                  report) -> tuple[Scores, float, dict, None]:
+def _fit_transfer(inputs: RoundInputs, *, device: torch.device, report: Report) -> Fit:
     """Out-of-fold probe (folds = image id % 5): log-odds + margin, calibrated on the training verdicts."""
-    message = (f"out-of-fold linear probe on {int(readable.sum())} images, "
-               f"calibrated on {len(split['train'])} verdicts")
+    split, data = inputs.split, inputs.data
+    message = (f"out-of-fold linear probe on {int(inputs.readable.sum())} images, "
+               f"calibrated on {len(split.train)} verdicts")
     report("training", 0.0, message)
-    fit = fit_transfer_scores(feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids), refs,
-                              split["train"], split["train_ok"], valid_classes=counts > 0, fit_rows=readable,
-                              device=device, progress=lambda p: report("training", 0.9 * p, message))
+    fit = fit_transfer_scores(inputs.feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids),
+                              inputs.refs, split.train, split.train_correct, valid_classes=inputs.has_refs,
+                              fit_rows=inputs.readable, device=device,
+                              progress=lambda p: report("training", 0.9 * p, message))
     if fit.score.calibrator is None:
         report("training", 0.9, "too few verdicts of each kind: flagging where the probe prefers another class")
-    return fit.scores, DELTA, {"probe": fit.probe.state(), "transfer": fit.score.state()}, None
+    return Fit(scores=fit.scores, delta=DELTA, state={"probe": fit.probe.state(), "transfer": fit.score.state()},
+               best_step=None)
 
 
-def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = lambda *a: None) -> int:
+def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = _quiet) -> int:
     """Score every image (new ones included) with the current model; published as a new version."""
     current = store.current_model()
     if current is None:
         raise ValueError("no model yet: run `train` first")
-    ckpt = torch.load(current["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = load_scorer(current["checkpoint"])
     data = load_data(store)
     if ckpt["class_ids"] != data.class_ids.tolist():
         raise ValueError("the classes changed since the current model: run `train` instead")
-    model, info = ensure_backbone(store, data, cfg, report)
-    if info["id"] != ckpt["backbone"]["id"]:
+    model, backbone = ensure_backbone(store, data, cfg, report)
+    if backbone.id != ckpt["backbone"]["id"]:
         raise ValueError("the backbone changed since the current model: run `train` instead")
-    feats, _ = features(store, data, model, info, cfg)
+    feats, _ = features(store, data, model, backbone, cfg)
     refs = ckpt["refs"].numpy()
     valid = np.abs(refs).sum(axis=(1, 2)) > 0
     if ckpt.get("method", "paper") == "paper":
@@ -287,7 +314,7 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     return version
 
 
-def publish_scores(store: Store, version: int, data: Data, sc, delta: float, report: Report) -> None:
+def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report) -> None:
     """Write the scores of `version`, make it current in one transaction, drop older versions' scores."""
     sugg = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
     # The queue scans the (label, uncertainty) index from the most uncertain end and skips reviewed images;
@@ -308,15 +335,17 @@ def publish_scores(store: Store, version: int, data: Data, sc, delta: float, rep
     report("idle", 1.0, f"model version {version} is current")
 
 
-def _metrics(score, delta, data, split, best_step, info, max_verdict) -> dict:
-    flagged = score < delta
+def _metrics(inputs: RoundInputs, fit: Fit, *, backbone: BackboneInfo, max_verdict: int) -> dict:
+    """The model's stored metrics: estimated noise rates (overall, per class), audit detection report."""
+    data, split, score = inputs.data, inputs.split, fit.scores.score
+    flagged = score < fit.delta
     per_class = {name: float(flagged[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}
     out = {"estimated_noise_rate": float(flagged.mean()), "per_class_noise_rate": per_class,
-           "max_verdict_id": max_verdict, "best_step": best_step, "backbone": info["source"],
-           "n_train": int(len(split["train"])), "n_val": int(len(split["val"]))}
-    if len(split["val"]):
-        out["audit"] = detection_report(score[split["val"]], split["val_ok"], delta)
+           "max_verdict_id": max_verdict, "best_step": fit.best_step, "backbone": backbone.source,
+           "n_train": int(len(split.train)), "n_val": int(len(split.val))}
+    if len(split.val):
+        out["audit"] = detection_report(score[split.val], split.val_correct, fit.delta)
     return out
 
 
@@ -325,10 +354,10 @@ def _current_scores(store: Store, data: Data) -> np.ndarray:
     return np.array([by_id.get(int(i), 1.0) for i in data.ids], dtype=np.float32)
 
 
-def _load_model(current: dict, dim: int, k: int) -> CleanNet | None:
+def _load_cleannet(current: dict, dim: int, k: int) -> CleanNet | None:
     """The current CleanNet as a warm start, when it fits the new features."""
     try:
-        ckpt = torch.load(current["checkpoint"], map_location="cpu", weights_only=False)
+        ckpt = load_scorer(current["checkpoint"])
     except (OSError, TypeError, RuntimeError) as e:
         log.warning("cannot warm-start from %s: %s", current.get("checkpoint"), e)
         return None
@@ -336,11 +365,4 @@ def _load_model(current: dict, dim: int, k: int) -> CleanNet | None:
         return None
     model = CleanNet.from_checkpoint(ckpt["cleannet"])
     return model if model.cfg.img_dim == dim and model.cfg.num_ref == k else None
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 

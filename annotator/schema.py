@@ -8,7 +8,9 @@ verdict's id. A *live verdict* is a row with ``voids IS NULL`` whose id no undo 
 references (see ``LIVE``).
 """
 
+import json
 import sys
+import time
 from collections.abc import Callable
 
 
@@ -77,7 +79,7 @@ CREATE INDEX leases_annotator ON leases(annotator);
 CREATE TABLE models (
     version INTEGER PRIMARY KEY,
     created_at REAL,
-    delta REAL,                             -- CleanNet decision threshold on the score
+    delta REAL,                             -- threshold on the score: below = flagged as a wrong label
     metrics TEXT,                           -- JSON
     checkpoint TEXT,
     backbone TEXT,
@@ -88,8 +90,9 @@ CREATE TABLE scores (
     model_version INT NOT NULL REFERENCES models(version),
     image_id INT NOT NULL REFERENCES images(id),
     label_id INT NOT NULL,
-    score REAL NOT NULL,                    -- relevance in [-1, 1], higher = label more likely correct
-    uncertainty REAL NOT NULL,              -- |score - delta|, lower = model less sure
+    score REAL NOT NULL,                    -- higher = label more likely correct: P in [0, 1] (transfer)
+                                            -- or CleanNet relevance in [-1, 1] (paper)
+    uncertainty REAL NOT NULL,              -- queue order, lower = served first (|score - delta|, +10 once reviewed)
     suggested_label_id INT,
     suggested_score REAL,
     PRIMARY KEY (model_version, image_id)
@@ -182,9 +185,33 @@ def _worker_round_progress(db: Database) -> None:
         db.execute(f"ALTER TABLE worker ADD COLUMN {column}")
 
 
+def _model_artifacts(db: Database) -> None:
+    """Every model file (backbones, scoring checkpoints, exported classifiers) is registered with its
+    provenance in ``artifacts``; the backbone recorded in ``settings['backbone']`` becomes the first row."""
+    db.executescript("""
+CREATE TABLE artifacts (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('backbone', 'scorer', 'classifier')),
+    path TEXT UNIQUE NOT NULL,              -- absolute; the file is complete before its row exists
+    backbone_id TEXT NOT NULL,              -- content id of the backbone weights (a scorer's: the one it scores)
+    source TEXT NOT NULL,                   -- where the weights came from, in words
+    provenance TEXT NOT NULL,               -- JSON: arch, image size, classes, weights file, verdicts, parent
+    created_at REAL NOT NULL
+);
+""")
+    row = db.execute("SELECT value FROM settings WHERE key = 'backbone'").fetchone()
+    if row:
+        info = json.loads(row[0])
+        provenance = {k: info.get(k) for k in ("arch", "image_size", "num_classes")}
+        db.execute("INSERT INTO artifacts (kind, path, backbone_id, source, provenance, created_at) "
+                   "VALUES ('backbone', ?, ?, ?, ?, ?)",
+                   [info["path"], info["id"], info["source"], json.dumps(provenance), time.time()])
+        db.execute("DELETE FROM settings WHERE key = 'backbone'")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
-                                                 _worker_round_progress]
+                                                 _worker_round_progress, _model_artifacts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import RoundConfig, run_round
+from .pipeline import Report, run_round
 from .progress import RoundProgress, next_round
+from .round_config import load_round_config
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -73,20 +74,14 @@ class _Heartbeat(threading.Thread):
             store.close()
 
 
-def round_config(store: Store, overrides: dict | None = None) -> RoundConfig:
-    """RoundConfig from the `round` setting (re-read every round, so a lead's change applies to the next
-    round without a restart), then `overrides`."""
-    return RoundConfig(**{**(store.get_setting("round") or {}), **(overrides or {})})
-
-
 def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: float = 2.0, once: bool = False,
-               max_rounds: int | None = None) -> int:
+               max_rounds: int | None = None, on_report: Report | None = None) -> int:
     """Run rounds while they are due. Returns the number of rounds completed.
 
-    Test hook: with $ANNOTATOR_PAUSE_AT=PHASE the worker sleeps 60 s at its first progress report past the
-    start of PHASE (e.g. 'writing': scores written, version not yet current), so a test can SIGKILL it there.
+    overrides: RoundConfig fields applied over the stored round settings, which are re-read every round (a
+    lead's change applies to the next round without a restart). on_report: called with every progress
+    report after it is stored (tests use it to hold the worker inside a phase).
     """
-    pause_at = os.environ.get("ANNOTATOR_PAUSE_AT")
     if "OMP_NUM_THREADS" not in os.environ:  # leave a core to the app: oversubscribed torch threads crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     store = Store(db_path)
@@ -106,9 +101,6 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
     def report(phase: str, progress: float, message: str) -> None:
         now = time.time()
         where = tracker.update(phase, progress, now=now)  # every report, so overall progress never misses a phase
-        if phase == pause_at and progress > 0:
-            store.worker_update(phase=phase, progress=progress, message="paused by ANNOTATOR_PAUSE_AT", **where)
-            time.sleep(60)
         if phase == "idle":
             store.worker_update(**({"message": message} if message else {}), **IDLE)
         elif now - last_report[0] >= 0.5 or phase == "writing" or progress == 0.0:
@@ -117,6 +109,8 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
             if message:
                 fields["message"] = message
             store.worker_update(**fields)
+        if on_report is not None:
+            on_report(phase, progress, message)
 
     rounds, failures = 0, 0
     try:
@@ -133,7 +127,8 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
             store.worker_update(phase="starting", progress=0.0, message=f"round starting ({kind})", overall=0.0,
                                 phase_index=None, phase_count=None, round_started_at=tracker.started_at, eta_at=None)
             try:
-                version = run_round(store, round_config(store, overrides), full=kind == "full", report=report)
+                cfg = load_round_config(store, **(overrides or {}))
+                version = run_round(store, cfg, full=kind == "full", report=report)
                 rounds, failures = rounds + 1, 0
                 log.info("round %d done: model version %d is current", rounds, version)
             except Exception as e:  # stored and shown; the worker keeps running  # noqa: BLE001

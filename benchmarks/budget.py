@@ -1,4 +1,4 @@
-"""How many verdicts, on how many classes, the default transfer score needs (issue 6, hypothesis 5).
+"""How many verdicts, on how many classes, the default transfer score needs.
 
     python -m benchmarks.budget --data ../shared/data/cifar10n --labels worse,random1,aggre \
         --budgets 0,0.002,0.005,0.01,0.02,0.05 --verified 1,2,5 --seeds 0,1,2 --json out.json
@@ -24,7 +24,7 @@ from cleannet_core.references import KMeansConfig
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, MIN_EACH
 
 from .common import CACHE, load_cifar10n, noisy_backbone_features
-from .quality import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
+from .methods import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
 from .report import config_of, write_json
 
 HELD = np.arange(5, 10)

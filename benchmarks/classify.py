@@ -8,12 +8,12 @@ Rows, every classifier trained from scratch with the same settings (arch, epochs
   cleannet_soft    noisy labels weighted by w_soft = max(0, s), alternating classifier/CleanNet (--rounds extra)
   cleannet_hard    the same with w_hard = 1[s >= delta]
   cleanlab_pruned  only the images cleanlab's find_label_issues keeps (out-of-fold logistic regression on the
-                   noisy classifier's features, benchmarks.quality.cleanlab_flags)
+                   noisy classifier's features, benchmarks.methods.cleanlab_flags)
   clean            the true labels (the ceiling)
 gain_recovered = (cleannet_soft - noisy) / (clean - noisy): the paper reports 47 % with 3.2 % of images verified.
 
 Verdicts: --budget x N images, answered from clean_label, drawn only from --verified-classes the way the product
-draws them (benchmarks.quality.Runner.product_verdicts: a random audit slice that validates, plus uncertainty-queue
+draws them (benchmarks.methods.Runner.product_verdicts: a random audit slice that validates, plus uncertainty-queue
 rounds). Size: --n / --epochs / --batch-size / --lr default to 50,000 images x 15 epochs, batch 128, LR 0.1 on CUDA
 and to 3,000 x 3, batch 32, LR 0.02 on a CPU (12 minutes cold with --steps 2000 --threads 1 --workers 1 on a
 2-core CPU shared with other jobs; --threads 1 was 5x faster there than torch's 2 threads); see
@@ -43,7 +43,7 @@ from cleannet_core.train import TrainConfig
 
 from .report import config_of, write_json
 from .common import CACHE, load_cifar10n
-from .quality import Runner, cleanlab_flags
+from .methods import Runner, cleanlab_flags
 
 ROWS = ("noisy", "cleannet_soft", "cleannet_hard", "cleanlab_pruned", "clean")
 EXTRA_ROWS = ("transfer_soft", "transfer_hard")  # weights from the product's default score; only with --rows
@@ -189,9 +189,7 @@ def main(argv=None) -> dict:
                                                                  ds.noisy[keep]))
     if "clean" in rows:
         acc["clean"] = test_acc("clean", fit("clean", ds.paths, ds.clean))
-    gain = None
-    if {"noisy", "cleannet_soft", "clean"} <= acc.keys() and acc["clean"] != acc["noisy"]:
-        gain = (acc["cleannet_soft"] - acc["noisy"]) / (acc["clean"] - acc["noisy"])
+    gain = gain_recovered(acc)
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     out = {
         "config": config_of(args)
@@ -208,6 +206,14 @@ def main(argv=None) -> dict:
     print(markdown_table(out))
     write_json(args.json, out)
     return out
+
+
+def gain_recovered(acc: dict[str, float]) -> float | None:
+    """Share of the noisy -> clean test-accuracy gap that the cleannet_soft row closes (1 = as good as the true
+    labels, 0 = no better than the noisy ones); None without those three rows or when clean == noisy."""
+    if not {"noisy", "cleannet_soft", "clean"} <= acc.keys() or acc["clean"] == acc["noisy"]:
+        return None
+    return (acc["cleannet_soft"] - acc["noisy"]) / (acc["clean"] - acc["noisy"])
 
 
 def _round_details(r, ok: np.ndarray, noisy: np.ndarray, verified: np.ndarray) -> dict:

@@ -1,4 +1,4 @@
-"""CSV export wall time on a synthetic store (issue target: 1M rows in < 10 s).
+"""CSV export wall time on a synthetic store (target: 1M rows in < 10 s).
 
 Uses the same synthetic store as ``benchmarks.queue_speed`` (``--db`` to build or reuse
 one). Times ``export_csv`` of every row to a file, then, as a baseline in the same run,

@@ -1,4 +1,4 @@
-"""Out-of-fold backbones (issue 6, hypothesis 4): does a network that never saw an image's label find it better?
+"""Out-of-fold backbones: does a network that never saw an image's label find it better?
 
     python -m benchmarks.oof --data ../shared/data/cifar10n --labels worse --folds 2 --seeds 0,1,2 --json out.json
 
@@ -30,7 +30,7 @@ from cleannet_core.metrics import detection_report, flag_report
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, probe_signals
 
 from .common import Dataset, add_run_args, load_cifar10n, noisy_backbone, noisy_backbone_features
-from .quality import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
+from .methods import cleanlab_flags, fit_and_score, seed_signals, transfer_verdicts
 from .report import config_of, mean_over_seeds, write_json
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Review-queue latency on a synthetic store (issue target: next item p95 < 50 ms at 1M images).
+"""Review-queue latency on a synthetic store (target: next item p95 < 50 ms at 1M images).
 
 Builds (or reuses, ``--db``) a store with ``--n`` images in 100 classes (10 verified, each
 class a contiguous id block as a folder ingest gives), a current model scoring every

@@ -1,16 +1,15 @@
-"""Which signals the transfer calibrator should use (issue 6, hypotheses 1-3): one row per signal set.
+"""Which signals the transfer calibrator should use: one row per signal set.
 
     python -m benchmarks.signals --data ../shared/data/cifar10n --labels aggre,random1,worse \
         --seeds 0,1,2 --json out.json
 
 Same cached features, probe, references and verdicts as `benchmarks.quality` (the default score's own queue
 draws `--budget` x N verdicts from classes 0-4); every signal set is calibrated on those same verdicts and
-judged on the images whose noisy label is in classes 5-9. Sets: the probe log-odds with the prototype margin
-(the default until session 3), the same standardised within each noisy class (`_z`, hypothesis 2), with the kNN
-label agreement or the probe margin added (hypothesis 3), the log-odds or the probe margin alone, the two
-together (DEFAULT_SIGNALS now), and `class_cv`: the set chosen per run
-by leave-one-verified-class-out log loss of the verdicts (hypothesis 1: model selection on verified classes
-held out as if unverified; it sees no verdict of classes 5-9).
+judged on the images whose noisy label is in classes 5-9. Sets: the probe log-odds with the prototype margin,
+the same standardised within each noisy class (`_z`), with the kNN label agreement or the probe margin added,
+the log-odds or the probe margin alone, the two together (DEFAULT_SIGNALS), and `class_cv`: the set chosen per
+run by leave-one-verified-class-out log loss of the verdicts (model selection on verified classes held out as
+if unverified; it sees no verdict of classes 5-9).
 """
 from __future__ import annotations
 
@@ -25,13 +24,13 @@ from cleannet_core.metrics import detection_report
 from cleannet_core.transfer import DEFAULT_SIGNALS, DELTA, standardise_within
 
 from .common import add_run_args, load_cifar10n, noisy_backbone_features
-from .quality import fit_and_score, knn_agreement, seed_signals, transfer_verdicts
+from .methods import fit_and_score, knn_agreement, seed_signals, transfer_verdicts
 from .report import config_of, mean_over_seeds, write_json
 
 log = logging.getLogger(__name__)
 VERIFIED = np.arange(0, 5)
 SETS: dict[str, tuple[str, ...]] = {
-    "logodds+proto_margin": ("probe_logodds", "proto_margin"),   # the default until session 3
+    "logodds+proto_margin": ("probe_logodds", "proto_margin"),
     "within_class_z": ("probe_logodds_z", "proto_margin_z"),
     "logodds+proto_margin+z": ("probe_logodds", "proto_margin", "probe_logodds_z", "proto_margin_z"),
     "logodds+proto_margin+knn": ("probe_logodds", "proto_margin", "knn"),

@@ -7,12 +7,12 @@
 `rounds` counts the extra alternations after the paper's single pass (rounds=0: C0 -> CleanNet -> C1, the
 pipeline of spec §6 steps 1-6; rounds=1, the default: one more feature/CleanNet/classifier pass, as the
 NoiseRank rerun did). The human verdicts stay the same in every round; only the features change.
-`method` picks the score: 'paper' (default, the spec's CleanNet relevance and its delta) or 'transfer' (the
-product's default score of cleannet_core.transfer, P(label correct) with delta 0.5; its calibrator is fitted on
-the training verdicts).
+`method` picks the score: 'transfer' (default, as in the product: cleannet_core.transfer's P(label correct)
+with delta 0.5, its calibrator fitted on the training verdicts) or 'paper' (the spec's CleanNet relevance and
+its delta).
 
-Weights (spec §6): 'soft' w = max(0, s), 'hard' w = 1[s >= delta], delta chosen by CleanNet on the
-validation verdicts. Images with a human verdict get 1 (correct) or 0 (wrong) instead (`use_verdicts`),
+Weights (spec §6): 'soft' w = max(0, s), 'hard' w = 1[s >= delta] (method paper: delta chosen by CleanNet on
+the validation verdicts). Images with a human verdict get 1 (correct) or 0 (wrong) instead (`use_verdicts`),
 unreadable images 0. The classifier loss per batch is (1/N) sum_i w'_i CE_i (classifier.weighted_cross_entropy)
 with w' = w / mean(w) over the training set when normalize='mean' (default: the same average loss scale, hence
 effective learning rate, as the unweighted baseline; in expectation this normalises by sum(w) instead of N)
@@ -38,14 +38,14 @@ from .transfer import DELTA, fit_transfer_scores
 
 log = logging.getLogger(__name__)
 WEIGHT_MODES = ("soft", "hard")
-METHODS = ("transfer", "paper")  # the product's default first (annotator.pipeline.RoundConfig)
+METHODS = ("transfer", "paper")  # the product's default first (as in annotator.round_config)
 NORMALIZE_MODES = ("mean", "batch")
 
 
 @dataclass
 class AlternateConfig:
     rounds: int = 1                  # extra alternations after the first weighted classifier (0 = single pass)
-    method: str = "paper"            # "paper": CleanNet relevance | "transfer": cleannet_core.transfer's score
+    method: str = "transfer"         # "transfer": cleannet_core.transfer's score | "paper": CleanNet relevance
     weights: str = "soft"            # "soft": max(0, s) | "hard": 1[s >= delta]
     normalize: str = "mean"          # "mean": w / mean(w) | "batch": raw w (see the module docstring)
     use_verdicts: bool = True        # verified images get weight 1 (correct) / 0 (wrong) instead of their score
@@ -75,9 +75,10 @@ class AlternateResult:
 
 
 def round_weights(score: np.ndarray, delta: float, mode: str, *, verified_idx: np.ndarray | None = None,
-                  verified_ok: np.ndarray | None = None, ok: np.ndarray | None = None) -> np.ndarray:
+                  verified_ok: np.ndarray | None = None, readable: np.ndarray | None = None) -> np.ndarray:
     """(N,) float32 weights from scores: w_soft = max(0, s) or w_hard = 1[s >= delta]; then verified images
-    (verified_idx (M,), verified_ok (M,) bool) get 1.0 / 0.0 and images with ok (N,) False get 0.0."""
+    (verified_idx (M,), verified_ok (M,) bool: the label is correct) get 1.0 / 0.0 and images not
+    `readable` (N,) bool get 0.0."""
     if mode == "soft":
         w = soft_weights(score)
     elif mode == "hard":
@@ -87,8 +88,8 @@ def round_weights(score: np.ndarray, delta: float, mode: str, *, verified_idx: n
     w = w.copy()
     if verified_idx is not None and len(verified_idx):
         w[np.asarray(verified_idx, np.int64)] = np.asarray(verified_ok, bool).astype(np.float32)
-    if ok is not None:
-        w[~np.asarray(ok, bool)] = 0.0
+    if readable is not None:
+        w[~np.asarray(readable, bool)] = 0.0
     return w
 
 
@@ -160,8 +161,8 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
         t = time.perf_counter()
         what = f"CleanNet ({cfg.cleannet.steps} steps" if cfg.method == "paper" else "the transfer score ("
         say(f"round {r}: features, references and {what}, {len(verified_idx)} + {len(val_idx)} verdicts)")
-        feats, ok = _features(model, paths, cfg, progress)
-        refs, counts = build_references(feats[ok], labels[ok], num_classes,
+        feats, readable = _features(model, paths, cfg, progress)
+        refs, counts = build_references(feats[readable], labels[readable], num_classes,
                                         config=KMeansConfig(k=cfg.num_ref, seed=cfg.cleannet.seed), device=dev)
         if cfg.method == "paper":
             res = train_cleannet(feats, labels, refs, verified_idx=verified_idx, verified_ok=verified_ok,
@@ -170,12 +171,12 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
             delta, val_acc, best_step = res.delta, res.val_accuracy, res.best_step
         else:
             sc = fit_transfer_scores(feats, labels, np.arange(len(labels)) % ProbeConfig.folds, num_classes, refs,
-                                     verified_idx, verified_ok, valid_classes=counts > 0, fit_rows=ok,
+                                     verified_idx, verified_ok, valid_classes=counts > 0, fit_rows=readable,
                                      probe_config=ProbeConfig(seed=cfg.cleannet.seed), device=dev).scores
             delta, best_step = DELTA, None
             val_acc = float(((sc.score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
         w = round_weights(sc.score, delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,
-                          verified_ok=verified_ok, ok=ok)
+                          verified_ok=verified_ok, readable=readable)
         results.append(RoundResult(round=r, score=sc.score, delta=delta, weights=w, val_accuracy=val_acc))
         history.append({"round": r, "phase": "cleannet", "seconds": round(time.perf_counter() - t, 2),
                         "delta": delta, "val_accuracy": val_acc, "best_step": best_step,
@@ -186,13 +187,13 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
 
 
 def _features(model: Backbone, paths: list[str], cfg: AlternateConfig, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) float32 pool features and (N,) ok of `model`, through the feature cache when one is configured."""
+    """(N, D) float32 pool features of `model` and (N,) bool readable, through the feature cache if configured."""
     c = cfg.classifier
     if cfg.cache_dir is not None:
         res = extract_features(model, paths, cache_dir=cfg.cache_dir, backbone_id=backbone_id(model),
                                image_size=c.image_size, num_workers=c.num_workers, device=cfg.device,
                                progress=progress)
         return res.features, res.ok
-    feats, _, ok = predict(model, paths, image_size=c.image_size, num_workers=c.num_workers, device=cfg.device)
-    return feats, ok
+    feats, _, readable = predict(model, paths, image_size=c.image_size, num_workers=c.num_workers, device=cfg.device)
+    return feats, readable
 

@@ -9,8 +9,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models import resnet18, resnet50
 from tqdm import tqdm
+
+from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,9 @@ def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classe
         stats = {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
         log.info("epoch %d/%d: loss %.4f, train acc %.4f, lr %.4g", epoch + 1, cfg.epochs, *stats.values())
         if checkpoint is not None:
-            _atomic_save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                          "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()}, checkpoint)
+            with atomic_write(checkpoint) as f:
+                torch.save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+                            "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()}, f)
         if on_epoch is not None:
             on_epoch(epoch + 1, model, stats)
     if bad:
@@ -305,23 +306,8 @@ def save_backbone(model: Backbone, path: str | Path, *, class_names: list[str], 
     ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "arch": model.arch,
             "num_classes": model.num_classes, "small_input": model.small_input, "class_names": list(class_names),
             "meta": dict(meta), "format": CHECKPOINT_FORMAT}
-    _atomic_save(ckpt, path)
-
-
-def _atomic_save(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(ckpt, f)
 
 
 def _fingerprint(paths: Sequence, labels: np.ndarray, weights: np.ndarray, num_classes: int,

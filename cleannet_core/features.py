@@ -19,6 +19,7 @@ import torch
 from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .classifier import ARCHS, Backbone, iter_inference
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ def backbone_id(model: Backbone) -> str:
 class FeatureCache:
     """Append-only float16 feature store under root/backbone_id/, keyed by content key.
 
-    Each add() writes shard-XXXXX.npy (n, D) float16 and shard-XXXXX.keys.npy (n,) unicode; both go to temp names
-    and are os.replace'd, the keys file last, so only complete shards are ever listed. Shards are memory-mapped;
+    Each add() writes shard-XXXXX.npy (n, D) float16 and shard-XXXXX.keys.npy (n,) unicode, each with
+    atomic.atomic_write and the keys file last, so only complete shards are ever listed. Shards are memory-mapped;
     the key index is one dict (~150 B per key) built once per instance, fine for millions of images.
     """
 
@@ -166,12 +167,8 @@ class FeatureCache:
         new_keys = np.array(list(new), dtype=str)
         new_feats = feats[list(new.values())].astype(np.float16)
         for name, arr in ((f"{stem}.npy", new_feats), (f"{stem}.keys.npy", new_keys)):  # keys file last
-            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
+            with atomic_write(self.dir / name) as f:
                 np.save(f, arr, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / name)
         self._append(new_keys.tolist(), np.load(self.dir / f"{stem}.npy", mmap_mode="r"))
         return len(new)
 

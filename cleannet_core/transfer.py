@@ -1,7 +1,7 @@
 """Transfer to classes nobody verified: class-agnostic signals + a calibrator fitted on the verified classes.
 
-The paper's CleanNet learns relevance from verdicts, but on our benchmark (issue 6, benchmarks/README.md)
-what it learns on the verified classes hardly carries over to the others. The signals below describe how an
+The paper's CleanNet learns relevance from verdicts, but what it learns on the verified classes hardly
+carries over to the others (benchmarks/README.md). The signals below describe how an
 image sits relative to its noisy class *without naming the class*, so a calibrator fitted on verdicts of some
 classes applies unchanged to every other class. Score direction everywhere: higher = label more likely correct.
 
@@ -14,13 +14,12 @@ classes applies unchanged to every other class. Score direction everywhere: high
     z_cleannet       cleannet standardised within the noisy class over all its images
 
 The product's default score ("transfer") is P(label correct) from a logistic calibrator over DEFAULT_SIGNALS
-fitted on the live verdicts, flagged below 0.5. DEFAULT_SIGNALS are the probe's log-odds and margin: on the
-full 50k CIFAR-10N `worse` labels the prototype margin's and the log-odds' thresholds carried class-specific
-offsets from the verified classes to the others (held-out error 0.173 with the prototype margin, 0.150
-without; cleanlab 0.165), while the probe margin's natural threshold (another class preferred) does not
-depend on the class (benchmarks/README.md, "Which signals"). With fewer than `min_each` verdicts of either
-kind it falls back to the verdict-free rule "the probe prefers another class": score (1 + probe_margin) / 2,
-also flagged below 0.5.
+fitted on the live verdicts, flagged below 0.5. DEFAULT_SIGNALS are the probe's log-odds and margin: a
+threshold on the prototype margin or the log-odds learnt on the verified classes carries class-specific
+offsets to the others, while the probe margin's natural threshold (another class preferred) does not depend
+on the class (benchmarks/README.md, "Which signals", measures the signal sets). With fewer than `min_each`
+verdicts of either kind it falls back to the verdict-free rule "the probe prefers another class": score
+(1 + probe_margin) / 2, also flagged below 0.5.
 """
 from __future__ import annotations
 

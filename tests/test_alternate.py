@@ -8,36 +8,18 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from annotator.cli import cli
 from annotator.ingest import ingest_folder
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 from cleannet_core.alternate import AlternateConfig, round_weights, train_alternating, training_weights
 from cleannet_core.classifier import (Backbone, ClassifierConfig, load_backbone, train_classifier,
                                       weighted_cross_entropy)
 from cleannet_core.score import hard_weights, soft_weights
+from cleannet_core.metrics import auroc
 from cleannet_core.train import TrainConfig
-
-COLORS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-
-
-def write_images(root: Path, labels: np.ndarray, seed: int = 0, *, folders: list[str] | None = None) -> list[Path]:
-    """One 32x32 PNG per label (0/1/2 = red/green/blue-ish + noise + a dark square); in root/<folders[i]>/ if given."""
-    rng = np.random.default_rng(seed)
-    cols = np.array(list(COLORS.values()), float)
-    paths = []
-    for i, y in enumerate(labels):
-        img = cols[y] + rng.normal(0, 30, (32, 32, 3))
-        r, c, s = *rng.integers(0, 20, 2), rng.integers(6, 12)
-        img[r:r + s, c:c + s] *= 0.4
-        d = root / folders[i] if folders else root
-        d.mkdir(parents=True, exist_ok=True)
-        p = d / f"img{i:04d}.png"
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(p)
-        paths.append(p)
-    return paths
-
+from helpers import COLORS, write_images
 
 def tiny_config(rounds: int, weights: str = "soft", **kw) -> AlternateConfig:
     return AlternateConfig(rounds=rounds, weights=weights, num_ref=4, device="cpu",
@@ -60,7 +42,7 @@ def test_verdicts_and_unreadable_images_override_the_score():
     s = np.array([0.9, 0.8, -0.2, 0.4, 0.6], np.float32)
     before = s.copy()
     w = round_weights(s, 0.5, "soft", verified_idx=np.array([1, 2]), verified_ok=np.array([False, True]),
-                      ok=np.array([True, True, True, True, False]))
+                      readable=np.array([True, True, True, True, False]))
     np.testing.assert_allclose(w, [0.9, 0.0, 1.0, 0.4, 0.0])
     w = round_weights(s, 0.5, "hard", verified_idx=np.array([3]), verified_ok=np.array([True]))
     np.testing.assert_array_equal(w, [1, 1, 0, 1, 1])
@@ -108,13 +90,14 @@ def noisy_colors(tmp_path_factory):
     return write_images(tmp_path_factory.mktemp("colors"), clean), clean, noisy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
     paths, clean, noisy = noisy_colors
     ok = noisy == clean
     v = np.random.default_rng(1).permutation(len(paths))[:30]
     messages = []
-    cfg = tiny_config(1, mode, checkpoint_dir=tmp_path / "ckpt")
+    cfg = tiny_config(1, mode, method="paper", checkpoint_dir=tmp_path / "ckpt")
     res = train_alternating(paths, noisy, 3, verified_idx=v[:20], verified_ok=ok[v[:20]], val_idx=v[20:],
                             val_ok=ok[v[20:]], config=cfg, progress=False, report=messages.append)
     assert isinstance(res.model, Backbone) and not res.model.training and res.model.num_classes == 3
@@ -126,6 +109,9 @@ def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
         np.testing.assert_array_equal(r.weights[v[:20]], ok[v[:20]].astype(np.float32))  # verdicts override
         if mode == "hard":
             assert set(np.unique(r.weights)) <= {0.0, 1.0}
+        rest = np.setdiff1d(np.arange(120), v[:20])  # w follows the round's score wherever no verdict overrides it
+        expected = np.maximum(r.score[rest], 0) if mode == "soft" else (r.score[rest] >= r.delta).astype(np.float32)
+        np.testing.assert_allclose(r.weights[rest], expected, rtol=1e-6)
     assert [(h["round"], h["phase"]) for h in res.history] == [
         (0, "classifier"), (1, "cleannet"), (1, "classifier"), (2, "cleannet"), (2, "classifier")]
     assert all(len(h["epochs"]) == 1 for h in res.history if h["phase"] == "classifier")
@@ -133,8 +119,10 @@ def test_alternating_end_to_end_on_cpu(noisy_colors, mode, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"classifier-round{r}.pt" for r in range(3)]
 
 
+@pytest.mark.slow
 def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
-    """method='transfer': P(label correct) in [0, 1] with delta 0.5; w_soft = P; verdicts override."""
+    """method='transfer': P(label correct) in [0, 1] with delta 0.5 that ranks the flipped labels of the
+    images without a verdict below the right ones; w_soft = P; verdicts override."""
     paths, clean, noisy = noisy_colors
     ok = noisy == clean
     v = np.random.default_rng(1).permutation(len(paths))[:30]
@@ -142,6 +130,8 @@ def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
                             val_ok=ok[v[20:]], config=tiny_config(0, method="transfer"), progress=False)
     (r,) = res.rounds
     assert r.delta == 0.5 and ((r.score >= 0) & (r.score <= 1)).all() and np.ptp(r.score) > 0
+    unseen = np.setdiff1d(np.arange(120), v)
+    assert auroc(r.score[unseen], ok[unseen]) > 0.9  # colours are easy: the flipped labels score lowest (1.0 seen)
     assert r.val_accuracy == ((r.score[v[20:]] >= 0.5) == ok[v[20:]]).mean()
     rest = np.setdiff1d(np.arange(120), v[:20])
     np.testing.assert_allclose(r.weights[rest], r.score[rest])                   # w_soft = max(0, P) = P
@@ -149,6 +139,7 @@ def test_alternating_with_the_transfer_score(noisy_colors, tmp_path):
     assert res.history[1]["best_step"] is None
 
 
+@pytest.mark.slow
 def test_init_model_skips_round_zero_and_finished_checkpoints_resume(noisy_colors, tmp_path):
     paths, clean, noisy = noisy_colors
     cfg = tiny_config(0)
@@ -169,6 +160,7 @@ def test_init_model_skips_round_zero_and_finished_checkpoints_resume(noisy_color
     assert res.rounds[0].val_accuracy is None and np.isfinite(res.rounds[0].score).all()
 
 
+@pytest.mark.slow
 def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     names = list(COLORS)
     labels = np.arange(45) % 3
@@ -177,7 +169,7 @@ def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     db = tmp_path / "state" / "a.db"
     store = Store(db)
     assert ingest_folder(store, tmp_path / "images", progress=False).added == 45
-    store.set_setting("round", {"num_ref": 4, "steps": 40, "backbone_epochs": 1, "device": "cpu"})
+    save_round_config(store, RoundConfig(num_ref=4, steps=40, backbone_epochs=1, device="cpu"))
     for k, row in enumerate(store.iter_images()):
         if k < 12:
             truth = names.index(Path(row["path"]).parent.name) == labels[int(Path(row["path"]).stem[3:])]

@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import budget, classify, cli_startup, gpu_check, oof, quality, signals, summarize
+from benchmarks import budget, classify, cli_startup, dashboard_speed, gpu_check, oof, quality, signals, summarize
 
 
+@pytest.mark.slow
 def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_path):
     out = tmp_path / "q.json"
     quality.main(["--data", str(cifar_dir), "--labels", "random1", "--verified-classes", "0,1,2,3,4",
@@ -34,9 +35,10 @@ def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_pa
     assert set(fast["heldout"]) == set(quality.METHODS) - paper and fast["cleannet_vs_cleanlab_error"] is None
     assert fast["heldout"]["transfer"] == res["heldout"]["transfer"]  # its verdicts are drawn before the paper's
     with pytest.raises(SystemExit, match="--no-paper"):
-        quality.main(["--data", str(cifar_dir), "--n", "300", "--no-paper", "--method", "paper"])
+        quality.main(["--data", str(cifar_dir), "--labels", "random1", "--n", "300", "--no-paper", "--method", "paper"])
 
 
+@pytest.mark.slow
 def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):
     out = tmp_path / "b.json"
     res = budget.main(["--data", str(cifar_dir), "--labels", "random1", "--budgets", "0,0.05", "--verified", "1,5",
@@ -49,6 +51,7 @@ def test_budget_benchmark_runs_and_writes_mean_and_runs(cifar_dir, tmp_path):
     assert len(set(fallback)) <= 2  # the verdict-free score depends on the seed only, not on the classes
 
 
+@pytest.mark.slow
 def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp_path):
     res = signals.main(["--data", str(cifar_dir), "--labels", "random1", "--seeds", "0,1", "--n", "300",
                         "--epochs", "1", "--budget", "0.1", "--num-ref", "4", "--cache", str(tmp_path / "cache"),
@@ -62,6 +65,7 @@ def test_signals_benchmark_runs_every_set_and_the_class_cv_choice(cifar_dir, tmp
     assert res["summary"]["random1"][signals.DEFAULT_SET]["seeds"] == 2
 
 
+@pytest.mark.slow
 def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_on_it(cifar_dir, tmp_path):
     from benchmarks.common import load_cifar10n
     from cleannet_core.classifier import ClassifierConfig
@@ -83,6 +87,7 @@ def test_oof_benchmark_predicts_each_image_with_the_backbone_that_did_not_train_
     assert not np.allclose(again[folds == 1], probs[folds == 1])
 
 
+@pytest.mark.slow
 def test_cli_startup_benchmark_times_every_quick_command_and_the_baselines(tmp_path):
     res = cli_startup.main(["--repeat", "1", "--json", str(tmp_path / "c.json")])
     assert set(res["seconds"]) == set(cli_startup.COMMANDS) | set(cli_startup.BASELINES)
@@ -90,20 +95,38 @@ def test_cli_startup_benchmark_times_every_quick_command_and_the_baselines(tmp_p
     assert json.loads((tmp_path / "c.json").read_text()) == res
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu(tmp_path):
     res = gpu_check.main(["--small", "--device", "cpu", "--json", str(tmp_path / "g.json")])
     assert res["device"] == "cpu" and res["results"]["rescore_img_s"] > 0
 
 
+def test_gain_recovered_on_hand_values():
+    assert classify.gain_recovered({"noisy": 0.60, "cleannet_soft": 0.66, "clean": 0.80}) == pytest.approx(0.3)
+    assert classify.gain_recovered({"noisy": 0.60, "cleannet_soft": 0.55, "clean": 0.80}) == pytest.approx(-0.25)
+    assert classify.gain_recovered({"noisy": 0.7, "cleannet_soft": 0.7, "clean": 0.7}) is None  # no gap to close
+    assert classify.gain_recovered({"noisy": 0.6, "clean": 0.8}) is None
+
+
+@pytest.mark.slow
 def test_classify_benchmark_runs_with_the_transfer_rows(cifar_dir, tmp_path):
     out = tmp_path / "c.json"
-    res = classify.main(["--data", str(cifar_dir), "--labels", "worse", "--n", "160", "--epochs", "1",
+    res = classify.main(["--data", str(cifar_dir), "--labels", "random1", "--n", "160", "--epochs", "1",
                          "--n-test", "100", "--steps", "20", "--threads", "1", "--workers", "0", "--json", str(out),
                          "--cache", str(tmp_path / "cache"),
                          "--rows", "noisy,cleannet_soft,transfer_soft,clean"])
     assert json.loads(out.read_text())["test_acc"] == res["test_acc"]
     acc = res["test_acc"]
     assert set(acc) == {"noisy", "cleannet_soft", "transfer_soft", "clean"} and all(0 <= a <= 1 for a in acc.values())
-    if acc["clean"] != acc["noisy"]:
-        gain = (acc["cleannet_soft"] - acc["noisy"]) / (acc["clean"] - acc["noisy"])
-        assert res["gain_recovered"] == pytest.approx(gain)
+    assert res["config"]["n_test"] == 100 and res["config"]["budget_images"] > 0
+    assert res["gain_recovered"] == classify.gain_recovered(acc)
+
+
+@pytest.mark.slow
+def test_dashboard_speed_renders_every_kind(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "bench-admin-pw")
+    monkeypatch.setenv("ANNOTATOR_DB", str(tmp_path / "unused.db"))  # restored after the benchmark sets it
+    res = dashboard_speed.main(["--n", "3000", "--verdicts", "50", "--repeats", "2",
+                                "--json", str(tmp_path / "d.json")])
+    assert {k: r["n"] for k, r in res["renders"].items()} == {"login": 2, "cold": 1, "warm": 2, "new_verdict": 2}
+    assert json.loads((tmp_path / "d.json").read_text())["n_images"] == 3000

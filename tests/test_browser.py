@@ -1,8 +1,9 @@
 """End to end in Debian Chromium (Playwright): the real worker and `streamlit run app.py` on 200 demo images.
 
-The lead logs in and creates an annotator; the annotator presses j/k/u for 10 verdicts, undoes one with
-z, cannot open the lead pages, reloads and keeps every verdict; the lead sees the dashboard chart and
-downloads the CSV. Screenshots of each page go to tests/artifacts/ (with the server and worker logs).
+The lead logs in and creates an annotator who can log in; an annotator presses j/k/u for 10 verdicts and
+undoes one with z, cannot open the lead pages, reloads and keeps every verdict, flips and submits a grid; the
+lead sees the dashboard chart and downloads the CSV. Each test signs in its own annotator, so any test runs
+alone or in any order. Screenshots of each page go to tests/artifacts/ (with the server and worker logs).
 Skipped when /usr/bin/chromium is missing (`make chromium` installs it).
 """
 import csv
@@ -11,17 +12,17 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from annotator import auth
 from annotator.ingest import ingest_csv
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
+from helpers import DEMO, REPO, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "demo"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,7 +31,8 @@ ADMIN_PW = "lead-pass-123"
 N_IMAGES = 200
 WAIT_MS = 30_000
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")]
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 expect.set_options(timeout=30_000)
@@ -66,7 +68,7 @@ def server(tmp_path_factory):
         report = ingest_csv(store, tmp / "labels.csv", DEMO, progress=False)
         assert report.added == N_IMAGES, report.summary()
         store.set_verify(["airplane", "automobile"])
-        store.set_setting("round", {"backbone_epochs": 1, "steps": 200})
+        save_round_config(store, RoundConfig(backbone_epochs=1, steps=200))
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD=ADMIN_PW, PYTHONUNBUFFERED="1")
     port = _free_port()
     logs = [open(ARTIFACTS / "worker.log", "w"), open(ARTIFACTS / "streamlit.log", "w")]
@@ -78,15 +80,14 @@ def server(tmp_path_factory):
              "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
              "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=logs[1], stderr=subprocess.STDOUT))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
+
+        def healthy() -> bool:
             try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
+                return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
             except OSError:
-                pass
-            assert time.time() < deadline and procs[1].poll() is None, "streamlit did not start"
-            time.sleep(0.3)
+                return False
+
+        wait_for(healthy, timeout=60, what="streamlit to start", proc=procs[1], every=0.3)
         yield url, db
     finally:
         for proc in reversed(procs):
@@ -103,10 +104,12 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def accounts():
-    """Passwords created during the module (the lead creates the annotator in the first test)."""
-    return {"admin": ADMIN_PW}
+@pytest.fixture
+def annotator(server, request) -> tuple[str, str]:
+    """(name, password) of an annotator created for this test alone, so each test runs by itself (`-k`)."""
+    name = request.node.name.removeprefix("test_")[:40]
+    with Store(server[1]) as store:
+        return name, auth.add_user(store, name, "annotator")
 
 
 def new_page(browser):
@@ -139,7 +142,7 @@ def live_of(db: Path, name: str) -> list[dict]:
         return [v for v in store.live_verdicts() if v["annotator"] == name]
 
 
-def test_lead_creates_an_annotator(server, browser, accounts):
+def test_lead_creates_an_annotator_who_can_log_in(server, browser):
     url, db = server
     page = new_page(browser)
     page.goto(url)
@@ -152,17 +155,22 @@ def test_lead_creates_an_annotator(server, browser, accounts):
     page.get_by_role("button", name="Add user").click()
     code = page.get_by_test_id("stCode")
     expect(code).to_be_visible()
-    accounts["alice"] = code.inner_text().strip()
+    password = code.inner_text().strip()
     shot(page, "admin")
+    page.context.close()
     with Store(db) as store:
         assert store.get_user("alice")["role"] == "annotator"
+    page = new_page(browser)
+    login(page, url, "alice", password)
+    expect(page.get_by_role("link", name="Admin")).to_have_count(0)
     page.context.close()
 
 
-def test_annotator_keys_count_and_undo(server, browser, accounts):
+def test_annotator_keys_count_and_undo(server, browser, annotator):
     url, db = server
+    name, password = annotator
     page = new_page(browser)
-    login(page, url, "alice", accounts["alice"])
+    login(page, url, name, password)
     expect(metric(page, "My verdicts today")).to_have_text("0")
     keys = ["j", "k", "u", "j", "k", "u", "j", "j", "k", "j"]
     for n, key in enumerate(keys, start=1):
@@ -173,7 +181,7 @@ def test_annotator_keys_count_and_undo(server, browser, accounts):
             shot(page, "annotate-wrong")
             page.keyboard.press("3")  # bird: each class keeps its key (by name); images here are airplane/automobile
             expect(page.get_by_text("true class:")).to_be_visible()
-    live = live_of(db, "alice")
+    live = live_of(db, annotator[0])
     assert [v["verdict"] for v in live] == ["correct", "wrong", "unsure", "correct", "wrong", "unsure", "correct",
                                             "correct", "wrong", "correct"]
     assert live[1]["corrected_label_id"] is not None and live[4]["corrected_label_id"] is None
@@ -182,17 +190,16 @@ def test_annotator_keys_count_and_undo(server, browser, accounts):
     expect(metric(page, "My verdicts today")).to_have_text("9")
     with Store(db) as store:
         undo = store.get_verdict(store.max_verdict_id())
-        assert undo["voids"] == last and undo["annotator"] == "alice"
-    assert len(live_of(db, "alice")) == 9
+        assert undo["voids"] == last and undo["annotator"] == name
+    assert len(live_of(db, annotator[0])) == 9
     shot(page, "annotate")
-    accounts["alice_url"] = page.url
     page.context.close()
 
 
-def test_annotator_cannot_open_lead_pages(server, browser, accounts):
+def test_annotator_cannot_open_lead_pages(server, browser, annotator):
     url, _ = server
     page = new_page(browser)
-    login(page, url, "alice", accounts["alice"])
+    login(page, url, *annotator)
     for title in ("Dashboard", "Admin", "Export"):
         expect(page.get_by_role("link", name=title)).to_have_count(0)
     token = page.url.split("session=", 1)[1]
@@ -205,11 +212,11 @@ def test_annotator_cannot_open_lead_pages(server, browser, accounts):
     page.context.close()
 
 
-def test_reload_keeps_every_verdict(server, browser, accounts):
+def test_reload_keeps_every_verdict(server, browser, annotator):
     url, db = server
     page = new_page(browser)
-    login(page, url, "alice", accounts["alice"])
-    before = len(live_of(db, "alice"))
+    login(page, url, *annotator)
+    before = len(live_of(db, annotator[0]))
     expect(metric(page, "My verdicts today")).to_have_text(str(before))
     for n in (1, 2):
         page.keyboard.press("j")
@@ -219,15 +226,15 @@ def test_reload_keeps_every_verdict(server, browser, accounts):
     expect(page.get_by_role("heading", name="Annotate")).to_be_visible()  # still signed in
     expect(metric(page, "My verdicts today")).to_have_text(str(before + 2))
     assert page.get_by_text("Image #").inner_text() == image  # the same image comes back
-    assert len(live_of(db, "alice")) == before + 2
+    assert len(live_of(db, annotator[0])) == before + 2
     page.context.close()
 
 
-def test_grid_mode_flip_and_submit_with_g(server, browser, accounts):
+def test_grid_mode_flip_and_submit_with_g(server, browser, annotator):
     url, db = server
     page = new_page(browser)
-    login(page, url, "alice", accounts["alice"])
-    before = len(live_of(db, "alice"))
+    login(page, url, *annotator)
+    before = len(live_of(db, annotator[0]))
     page.get_by_text("Grid mode: 16 images of one class").click()
     caption = page.get_by_text(re.compile(r"0 of \d+ marked wrong"))  # the whole grid has rendered
     expect(caption).to_be_visible()
@@ -240,18 +247,15 @@ def test_grid_mode_flip_and_submit_with_g(server, browser, accounts):
     shot(page, "annotate-grid")
     page.keyboard.press("g")
     expect(metric(page, "My verdicts today")).to_have_text(str(before + n))
-    grid = [v for v in live_of(db, "alice") if v["reason"] == "grid"]
+    grid = [v for v in live_of(db, annotator[0]) if v["reason"] == "grid"]
     assert len(grid) == n and [v["verdict"] for v in grid].count("wrong") == 1
     page.context.close()
 
 
 def test_lead_dashboard_and_csv_download(server, browser, tmp_path):
     url, db = server
-    deadline = time.time() + 150
     with Store(db) as store:  # the worker trains the first model (1 backbone epoch, 200 CleanNet steps)
-        while store.current_model() is None:
-            assert time.time() < deadline, f"no model yet; worker: {store.worker_state()}"
-            time.sleep(1)
+        wait_for(store.current_model, timeout=150, what="the first model", every=1)
         live = {v["image_id"]: v["verdict"] for v in store.live_verdicts()}
     page = new_page(browser)
     login(page, url, "admin", ADMIN_PW)

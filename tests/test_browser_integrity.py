@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "alice-password"
 N_IMAGES = 120
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")]
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 

@@ -5,10 +5,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
+from torchvision.models import resnet18
 
 from annotator.cli import cli
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -70,12 +73,13 @@ def test_init_ingest_classes_users_status(env, monkeypatch):
     assert status["ingest_errors"]
 
 
+@pytest.mark.slow
 def test_train_score_extract_export(env, tmp_path):
     run, db, root = env
     run("ingest", "--folder", str(root))
     run("classes", "--verify", "red")
     store = Store(db)
-    store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4})
+    save_round_config(store, RoundConfig(backbone_epochs=1, steps=40, num_ref=4))
     first = store.verify_classes()["red"]
     ids = [r["id"] for r in store.iter_images() if r["label_id"] == first][:6]
     for i, image_id in enumerate(ids):
@@ -98,7 +102,7 @@ def test_train_score_extract_export(env, tmp_path):
     store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4, "method": "nope"})
     res = run("train", ok=False)
     assert res.exit_code == 1 and "bad round setting: method must be one of" in res.output
-    store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4})
+    save_round_config(store, RoundConfig(backbone_epochs=1, steps=40, num_ref=4))
     out = tmp_path / "clean.csv"
     run("export", "--out", str(out))
     rows = list(csv.DictReader(open(out)))
@@ -108,12 +112,13 @@ def test_train_score_extract_export(env, tmp_path):
     assert len(list(csv.DictReader(io.StringIO(kept)))) == 57  # everything but the 3 verified-wrong rows
 
 
+@pytest.mark.slow
 def test_an_image_broken_after_ingest_is_counted_and_the_round_still_scores_everything(env):
     run, db, root = env
     run("ingest", "--folder", str(root))
     run("classes", "--verify", "red")
     store = Store(db)
-    store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4})
+    save_round_config(store, RoundConfig(backbone_epochs=1, steps=40, num_ref=4))
     (root / "green" / "7.png").write_bytes(b"truncated on the file server")
     assert "60 feature vectors of size 512" in run("extract").output
     assert "1 images could not be read" in run("extract").output
@@ -129,3 +134,31 @@ def test_score_without_model_is_a_clear_error(env):
     run("ingest", "--folder", str(root))
     res = run("score", ok=False)
     assert res.exit_code == 1 and "no model yet" in res.output
+
+
+@pytest.mark.slow
+def test_extract_says_which_backbone_and_never_swaps_it_silently(env, tmp_path):
+    run, db, root = env
+    run("ingest", "--folder", str(root))
+    save_round_config(Store(db), RoundConfig(backbone_epochs=1, num_ref=4))
+    out = run("extract").output  # no ImageNet weights offline: the first extract trains, and says so
+    assert "[backbone] training the resnet18 backbone on 60 images (1 epochs)" in out
+    assert "[backbone] backbone epoch 1/1: train accuracy" in out
+    assert "[features] using the project's backbone (trained on the noisy labels" in run("train").output
+    first = Store(db).latest_artifact("backbone")
+    weights = tmp_path / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(resnet18().state_dict(), weights)
+    res = run("extract", "--weights", str(weights), ok=False)
+    assert res.exit_code == 1 and "already has a backbone (trained on the noisy labels" in res.output
+    assert "--new-backbone" in res.output and Store(db).latest_artifact("backbone") == first
+    out = run("extract", "--weights", str(weights), "--new-backbone").output
+    new = Store(db).latest_artifact("backbone")
+    assert new["backbone_id"] != first["backbone_id"]
+    assert new["source"].startswith("ImageNet (ImageNet weights for resnet18 loaded")
+    assert new["provenance"]["weights"] == str(weights) and f"loaded from {weights}" in out
+    res = run("score", ok=False)  # the current model scored the old features
+    assert res.exit_code == 1 and "the backbone changed since the current model" in res.output
+    assert "model version 2 is current" in run("train").output
+    res = run("extract", "--weights", str(tmp_path / "missing.pth"), "--new-backbone", ok=False)
+    assert res.exit_code == 1 and "does not exist" in res.output

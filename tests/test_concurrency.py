@@ -11,20 +11,23 @@ references, the probe and score writing - a few seconds, repeated every 50 verdi
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torchvision.models import resnet18
 
 from annotator.ingest import ingest_folder
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
+from helpers import wait_for
+
+pytestmark = pytest.mark.slow  # real worker processes training on real images
 
 REPO = Path(__file__).resolve().parents[1]
 ANNOTATORS, VERDICTS = 8, 200
@@ -85,16 +88,6 @@ def make_images(root: Path) -> None:
             Image.fromarray(px).save(root / name / f"{i}.png")
 
 
-def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        assert proc.poll() is None, f"worker exited: {proc.stderr.read()}"
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_annotators_and_worker_share_one_file(tmp_path):
     make_images(tmp_path / "images")
     torch.manual_seed(0)
@@ -103,12 +96,13 @@ def test_annotators_and_worker_share_one_file(tmp_path):
     with Store(db) as store:
         assert ingest_folder(store, tmp_path / "images", progress=False).added == 4 * PER_CLASS + UNVERIFIED
         store.set_verify(VERIFIED)  # 1,800 candidates for 1,600 verdicts; 'e' is never served
-        store.set_setting("round", {"weights_path": str(tmp_path / "r18.pth"), "image_size": 16, "num_ref": 8})
+        save_round_config(store, RoundConfig(weights_path=str(tmp_path / "r18.pth"), image_size=16, num_ref=8))
         assert store.get_setting("retrain_every") == 50
     worker = spawn("-m", "annotator", "--db", db, "worker", "--poll", "0.2")
     store = Store(db)
     try:
-        wait_for(lambda: store.current_model() is not None, 300, "the first model", worker)
+        wait_for(lambda: store.current_model() is not None, timeout=300, what="the first model", proc=worker,
+                 every=0.1)
         v1 = store.current_model()["version"]
         annotators = [spawn("-c", ANNOTATE, db, f"ann{k}", VERDICTS, k, v1) for k in range(ANNOTATORS)]
         results = [json.loads(finish(p, timeout=600)) for p in annotators]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import planted_noise
+from helpers import planted_noise
 
 from cleannet_core.metrics import auroc, best_threshold, detection_report, per_class_report
 from cleannet_core.references import KMeansConfig, build_references, kmeans
@@ -121,7 +121,7 @@ def test_training_finds_planted_noise_beyond_its_verdicts(planted):
     """Verdicts on 300 images of classes 0-3 find the planted errors among the other images of those classes.
 
     (Transfer to classes without verdicts is measured by benchmarks/quality.py, not asserted here: on these
-    random prototypes the paper's model does not transfer, see issue 6.)"""
+    random prototypes the paper's model does not transfer.)"""
     feats, clean, noisy = planted
     refs, _ = build_references(feats, noisy, 8, config=KMeansConfig(k=4, attempts=1))
     ok = noisy == clean

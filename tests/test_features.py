@@ -1,35 +1,21 @@
 """Tests for cleannet_core.features: offline ImageNet weights, content keys, feature cache, extraction."""
 from __future__ import annotations
 
-import csv
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision.models import resnet18
 
-from conftest import CIFAR
+from helpers import DEMO, demo_rows, write_images
 
 from cleannet_core.classifier import Backbone, predict
 from cleannet_core.features import (FeatureCache, backbone_id, content_key, extract_features,
                                     load_imagenet_weights)
 
 KW = dict(image_size=32, batch_size=8, num_workers=0, device="cpu", progress=False)
-
-
-def write_images(root: Path, n: int, start: int = 0) -> list[Path]:
-    rng = np.random.default_rng(start)
-    root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(start, start + n):
-        p = root / f"im{i:03d}.png"
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
-        paths.append(p)
-    return paths
 
 
 @pytest.fixture
@@ -109,7 +95,7 @@ def test_feature_cache_roundtrip(tmp_path):
 
 
 def test_extract_features_cache_and_errors(model, tmp_path, caplog):
-    good = write_images(tmp_path / "img", 10)
+    good = write_images(tmp_path / "img", np.arange(10) % 3)
     dup = tmp_path / "img" / "copy.png"
     shutil.copy(good[0], dup)
     corrupt, empty, missing = tmp_path / "bad.jpg", tmp_path / "empty.jpg", tmp_path / "missing.jpg"
@@ -139,16 +125,14 @@ def test_extract_features_cache_and_errors(model, tmp_path, caplog):
     assert (r2.n_cached, r2.n_extracted, len(r2.errors)) == (11, 0, 3)
     np.testing.assert_array_equal(r2.features, r1.features)
 
-    new = write_images(tmp_path / "img", 1, start=50)
+    new = write_images(tmp_path / "img", [0], start=50)
     r3 = extract_features(model, [*paths, *new], cache_dir=cache_dir, backbone_id=bid, **KW)
     assert (r3.n_cached, r3.n_extracted) == (11, 1) and r3.ok[-1]
     assert (cache_dir / f"{bid}-32px").is_dir()
 
 
-@pytest.mark.skipif(not (CIFAR / "labels.csv").is_file(), reason="shared CIFAR-10N data not present")
-def test_extract_features_cifar(model, tmp_path):
-    with open(CIFAR / "labels.csv", newline="") as f:
-        paths = [CIFAR / r["path"] for _, r in zip(range(64), csv.DictReader(f))]
+def test_extract_features_demo_images(model, tmp_path):
+    paths = [DEMO / r["path"] for r in demo_rows(64)]
     r = extract_features(model, paths, cache_dir=tmp_path, backbone_id=backbone_id(model), **KW)
     assert r.ok.all() and r.errors == [] and r.features.shape == (64, 512) and r.n_extracted == 64
     assert (r.features >= 0).all() and r.features.std(0).max() > 0

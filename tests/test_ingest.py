@@ -1,4 +1,4 @@
-"""annotator.ingest on a bad-input corpus built here, a class-folder tree and (if present) CIFAR-10N."""
+"""annotator.ingest on a bad-input corpus built here, a class-folder tree and the demo's CIFAR-10N images."""
 
 import csv
 import io
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CIFAR
+from helpers import DEMO, NAMES, demo_rows
 
 from annotator.ingest import (CORRUPT, EMPTY, ESCAPES, MAX_PIXELS, MISSING, NOT_IMAGE, TOO_LARGE, UNKNOWN_CLASS,
                               UNREADABLE, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, decode, ingest_csv,
@@ -164,21 +164,18 @@ def test_folder_tree(store, tmp_path):
     assert with_allowed.counts == {UNKNOWN_CLASS: 3, ESCAPES: 1}  # the escape check comes first
 
 
-@pytest.mark.skipif(not (CIFAR / "labels.csv").exists(), reason="shared CIFAR-10N data not present")
-def test_cifar10n_sample(store, tmp_path):
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    with open(CIFAR / "labels.csv", newline="") as f:
-        rows = [r for _, r in zip(range(200), csv.DictReader(f))]
+def test_demo_cifar10n_sample(store, tmp_path):
+    rows = demo_rows(200)
     csv_path = tmp_path / "cifar.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "clean_label"])
-        w.writerows([r["path"], names[int(r["aggre_label"])], names[int(r["clean_label"])]] for r in rows)
-    report = ingest_csv(store, csv_path, CIFAR, progress=False)
+        w.writerows([r["path"], r["label"], r["clean_label"]] for r in rows)
+    report = ingest_csv(store, csv_path, DEMO, progress=False)
     assert report.errors == [] and report.added == 200
     assert store.images_count() == 200
     images = list(store.iter_images())
     assert {(r["width"], r["height"]) for r in images} == {(32, 32)}
-    assert images[0]["label"] == names[int(rows[0]["aggre_label"])]
-    assert images[0]["extra"] == {"clean_label": names[int(rows[0]["clean_label"])]}
-    assert {c["name"] for c in store.classes()} <= set(names)
+    assert [(Path(r["path"]).name, r["label"]) for r in images] == [(Path(r["path"]).name, r["label"]) for r in rows]
+    assert images[0]["extra"] == {"clean_label": rows[0]["clean_label"]}
+    assert {c["name"] for c in store.classes()} == set(NAMES)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchvision", "streamlit", "sklearn", "pandas", "numpy", "cleannet_core", "annotator.pipeline")
+HEAVY = ("torch", "torchvision", "streamlit", "sklearn", "pandas", "numpy", "annotator.pipeline")
 
 
 @pytest.fixture(scope="module")

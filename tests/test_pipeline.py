@@ -1,6 +1,5 @@
-"""Pipeline pieces that need no images: the full round's weights, the verdict split and the method setting."""
+"""Pipeline pieces that need no images: the full round's weights and the verdict split."""
 import numpy as np
-import pytest
 
 from annotator import pipeline
 from annotator.store import Store
@@ -26,12 +25,6 @@ def test_full_round_weights_are_train_classifiers_soft_weights(tmp_path):
     np.testing.assert_allclose(w[np.argsort(data.ids)], raw / raw.mean(), rtol=1e-6)
 
 
-def test_round_config_rejects_an_unknown_method():
-    assert pipeline.RoundConfig().method == "transfer"
-    with pytest.raises(ValueError, match="method must be one of"):
-        pipeline.RoundConfig(method="magic")
-
-
 def test_verdict_split_leaves_out_unreadable_images(tmp_path):
     """Audit verdicts on odd ids validate, the rest train, 'unsure' is dropped, and so is any verdict on an
     image without features (not readable); the verdict itself stays in the log."""
@@ -44,10 +37,12 @@ def test_verdict_split_leaves_out_unreadable_images(tmp_path):
     data = pipeline.load_data(store)
     row = {int(i): k for k, i in enumerate(data.ids)}
     split = pipeline.verdict_split(store, data)
-    assert sorted(data.ids[split["val"]].tolist()) == [1, 5] and sorted(data.ids[split["train"]].tolist()) == [2, 3]
+    assert sorted(data.ids[split.val].tolist()) == [1, 5] and sorted(data.ids[split.train].tolist()) == [2, 3]
     readable = np.ones(len(data.ids), bool)
     readable[[row[3], row[5]]] = False
     split = pipeline.verdict_split(store, data, readable)
-    assert data.ids[split["val"]].tolist() == [1] and split["val_ok"].tolist() == [False]
-    assert data.ids[split["train"]].tolist() == [2] and split["train_ok"].tolist() == [True]
+    assert data.ids[split.val].tolist() == [1] and split.val_correct.tolist() == [False]
+    assert data.ids[split.train].tolist() == [2] and split.train_correct.tolist() == [True]
+    rows, correct = split.every()
+    assert data.ids[rows].tolist() == [2, 1] and correct.tolist() == [True, False] and split.n == 2
     assert store.verdict_count() == 5

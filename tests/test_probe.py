@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import planted_noise
+from helpers import planted_noise
 
 from cleannet_core.metrics import auroc
 from cleannet_core.probe import Probe, ProbeConfig, fit_probe, self_confidence

@@ -6,17 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+import held_worker
 from annotator.ingest import ingest_csv
 from annotator.progress import PHASE_WEIGHTS, PHASES, RoundProgress, describe_next, duration, next_round
+from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "demo"
+from helpers import DEMO, REPO, wait_for
 
 
 def test_round_progress_overall_and_eta_exact():
@@ -67,8 +66,9 @@ def cli(db: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_worker_reports_phase_overall_eta_and_the_next_trigger(tmp_path):
-    """A real worker held inside the 'training' phase (ANNOTATOR_PAUSE_AT), then a finished round."""
+    """A real worker held inside the 'training' phase (tests/held_worker.py), then a finished round."""
     with open(DEMO / "labels.csv", newline="") as f:
         rows = list(csv.reader(f))[:121]
     with open(tmp_path / "labels.csv", "w", newline="") as f:
@@ -77,16 +77,13 @@ def test_worker_reports_phase_overall_eta_and_the_next_trigger(tmp_path):
     with Store(db) as store:
         assert ingest_csv(store, tmp_path / "labels.csv", DEMO, progress=False).added == 120
         store.set_verify(["airplane", "automobile"])
-        store.set_setting("round", {"backbone_epochs": 1, "steps": 50, "num_ref": 2})
-    proc = subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "worker", "--poll", "0.5"], cwd=REPO,
-                            env={**os.environ, "ANNOTATOR_PAUSE_AT": "training"}, stdout=subprocess.DEVNULL,
+        save_round_config(store, RoundConfig(backbone_epochs=1, steps=50, num_ref=2))
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "held_worker.py"), str(db), "training"], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         store = Store(db)
-        end = time.time() + 300
-        while store.worker_state()["message"] != "paused by ANNOTATOR_PAUSE_AT":
-            assert time.time() < end and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
-            time.sleep(0.2)
+        wait_for(lambda: store.worker_state()["message"] == held_worker.HELD, what="training hold", proc=proc)
         status = json.loads(cli(db, "status", "--json"))["worker"]
         assert status["running"] and status["pid"] == proc.pid and status["phase"] == "training"
         assert PHASES[-status["phase_count"]:][status["phase_index"] - 1] == "training"

@@ -13,7 +13,7 @@ from annotator.store import (LeaseLost, SETTING_DEFAULTS, Store, StoreError, Unk
                              UnknownUser, default_db_path)
 
 TABLES = {"classes", "images", "verdicts", "leases", "models", "scores", "users", "worker", "requests",
-          "settings", "ingest_errors"}
+          "settings", "ingest_errors", "artifacts"}
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_models_and_scores(store):
 
 def test_settings_defaults(store):
     assert store.settings() == SETTING_DEFAULTS == {"audit_share": 0.2, "lease_seconds": 600,
-                                                    "retrain_every": 50, "delta_override": None}
+                                                    "retrain_every": 50, "delta_override": None, "round": {}}
     store.set_setting("delta_override", 0.15)
     store.set_setting("retrain_every", 10)
     assert store.get_setting("delta_override") == 0.15 and store.get_setting("retrain_every") == 10

@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from conftest import planted_noise
+from helpers import planted_noise
 
 from cleannet_core.metrics import auroc
 from cleannet_core.model import CleanNet, CleanNetConfig

@@ -1,10 +1,13 @@
 """Admin (lead): classes to verify, users, retrain requests, settings, ingest errors."""
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
 from annotator import auth
 from annotator.pages.common import METHOD_TEXT, context, md, require_role
+from annotator.round_config import BadRoundConfig, RoundConfig, load_round_config, save_round_config
 from annotator.store import Store, StoreError
 
 SUGGEST = 5  # classes suggested for verification
@@ -150,10 +153,14 @@ def settings_panel(store: Store) -> None:
         every = st.number_input("Retrain every N verdicts", 1, 100000, int(s["retrain_every"]), key="adm_retrain_every")
         lease = st.number_input("Lease seconds (how long a served image stays reserved)", 30, 86400,
                                 int(s["lease_seconds"]), key="adm_lease")
-        round_cfg = dict(store.get_setting("round") or {})
+        try:
+            round_cfg = load_round_config(store)
+        except BadRoundConfig as e:
+            st.error(f"The stored round setting is invalid ({md(e)}); saving replaces it with the defaults.")
+            round_cfg = RoundConfig()
         methods = list(METHOD_TEXT)
         method = st.selectbox("Scoring method (from the next round)", methods, key="adm_method",
-                              index=methods.index(round_cfg.get("method", methods[0])),
+                              index=methods.index(round_cfg.method),
                               format_func=METHOD_TEXT.get,
                               help="transfer: out-of-fold probe log-odds + margin, calibrated on the verdicts; it "
                                    "carries over to classes nobody verified (benchmarks/README.md). paper: the "
@@ -163,7 +170,7 @@ def settings_panel(store: Store) -> None:
             store.set_setting("audit_share", float(share))
             store.set_setting("retrain_every", int(every))
             store.set_setting("lease_seconds", int(lease))
-            store.set_setting("round", round_cfg | {"method": method})
+            save_round_config(store, replace(round_cfg, method=method))
             done("Settings saved.")
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger("annotator.app")
 SESSION_PARAM = "session"  # URL query parameter holding the session token
 _MD_SPECIAL = set(string.punctuation)
 
-# pipeline.METHODS with their labels, kept here so pages need not import torch (a test checks they agree)
+# round_config.METHODS with their labels for the admin page (a test checks they agree)
 METHOD_TEXT = {"transfer": "transfer (default: out-of-fold probe, calibrated on the verdicts)",
                "paper": "paper (CleanNet relevance, Lee et al. 2018)"}
 

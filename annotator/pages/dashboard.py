@@ -98,7 +98,7 @@ def worker_panel(store: Store) -> None:
         metrics = model.get("metrics") or {}
         backbone = metrics.get("backbone") or model.get("backbone")
         method = METHOD_TEXT.get(metrics.get("method", "paper"), metrics.get("method"))
-        size = (store.get_setting("backbone") or {}).get("image_size")
+        size = ((store.latest_artifact("backbone") or {}).get("provenance") or {}).get("image_size")
         st.caption(f"Backbone weights: {md(backbone or 'unknown')}{f' · features at {size} px' if size else ''} · "
                    f"scoring: {md(method)} · "
                    f"threshold δ = {model['delta']:.3f} · trained on {model.get('n_verdicts') or 0} verdicts")

@@ -7,6 +7,7 @@
 - ``verdicts``: append-only verdicts, undo and overrides, leases;
 - ``accounts``: users, server-side login sessions, login attempts;
 - ``models``: model versions and scores, worker status, retrain requests, settings;
+- ``artifacts``: model files (backbones, scoring checkpoints, classifiers) and their provenance;
 - ``review``: candidate queries of the review queue;
 - ``exports``: paged rows for the CSV export.
 
@@ -14,11 +15,12 @@ No other module writes SQL. See ``base`` for the concurrency rules (one Store pe
 thread or process).
 """
 
-from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (were importable from annotator.store)
+from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (re-exported for callers of annotator.store)
+from .accounts import AccountsMixin, user_key
+from .artifacts import ARTIFACT_KINDS, ArtifactsMixin
 from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, UNDO_DEPTH, VERDICTS, WORKER_FIELDS,
                    AddResult, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser,
                    default_db_path, private_files, user_data_dir)
-from .accounts import AccountsMixin, user_key
 from .catalog import CatalogMixin
 from .exports import EXPORT_ROW, ExportMixin
 from .models import ModelsMixin
@@ -26,7 +28,8 @@ from .review import ReviewMixin
 from .verdicts import VerdictsMixin
 
 
-class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ReviewMixin, ExportMixin, StoreBase):
+class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMixin, ReviewMixin, ExportMixin,
+            StoreBase):
     """SQLite state of one project. One instance per thread/process."""
 
     def __enter__(self) -> "Store":
@@ -35,4 +38,5 @@ class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ReviewMixin
 
 __all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "AlreadyJudged", "UnknownUser",
            "AddResult", "default_db_path", "user_data_dir", "private_files", "user_key", "VERDICTS", "REASONS", "ROLES",
-           "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH", "SCORE_COLUMNS", "EXPORT_ROW"]
+           "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH", "SCORE_COLUMNS", "EXPORT_ROW",
+           "ARTIFACT_KINDS"]

@@ -61,6 +61,7 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "lease_seconds": 600,  # how long a served image stays reserved for its annotator
     "retrain_every": 50,  # live verdicts since the current model that trigger a retrain
     "delta_override": None,  # lead's threshold on the score; None = the model's delta
+    "round": {},  # annotator.round_config.RoundConfig fields that differ from its defaults
 }
 UNDO_DEPTH = 10  # undo reaches back at most this many steps (a verdict or a grid page) of the current session
 WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at",

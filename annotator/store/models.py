@@ -1,5 +1,6 @@
 """Store queries for models and scores, worker status, retrain requests and settings."""
 
+import copy
 import json
 import time
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ class ModelsMixin(StoreBase):
     def get_setting(self, key: str) -> Any:
         """Stored value (JSON-decoded), else the code default from ``SETTING_DEFAULTS``, else None."""
         row = self._one("SELECT value FROM settings WHERE key = ?", [key])
-        return json.loads(row["value"]) if row else SETTING_DEFAULTS.get(key)
+        return json.loads(row["value"]) if row else copy.deepcopy(SETTING_DEFAULTS.get(key))
 
     def set_setting(self, key: str, value: Any) -> None:
         """Store ``value`` as JSON."""
@@ -26,7 +27,7 @@ class ModelsMixin(StoreBase):
 
     def settings(self) -> dict[str, Any]:
         """Defaults overlaid with stored values."""
-        return {**SETTING_DEFAULTS, **{r["key"]: json.loads(r["value"]) for r in self.db.query(
+        return {**copy.deepcopy(SETTING_DEFAULTS), **{r["key"]: json.loads(r["value"]) for r in self.db.query(
             "SELECT key, value FROM settings")}}
 
     # -- worker status ------------------------------------------------------------------

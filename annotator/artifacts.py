@@ -1,0 +1,118 @@
+"""Every model file of a project: where it lives, how it is written, and its record in the store.
+
+Files live under the state folder (the database's folder):
+
+    backbones/backbone-<id>.pt      the image backbone whose pooled features every round scores
+    models/<method>-<id>.pt         one round's scoring model (probe + calibrator, or CleanNet) and references
+    classifiers/                    classifiers exported by `train-classifier` (and resume/ checkpoints)
+    features/                       the content-keyed feature cache (cleannet_core.features)
+
+Each file is written with `cleannet_core.atomic.atomic_write` and then registered in the store's
+``artifacts`` table with its provenance (which backbone, which weights, which verdicts), so the database
+never points at a half-written file and every score can be traced to the files that produced it.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cleannet_core.atomic import atomic_write
+from cleannet_core.classifier import Backbone, load_backbone, save_backbone
+from cleannet_core.features import backbone_id
+
+from .store import Store
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    path: str          # the checkpoint file (cleannet_core.classifier.save_backbone format)
+    id: str            # content id of its weights: keys the feature cache
+    source: str        # where the weights came from, in words (shown on the dashboard)
+    arch: str          # resnet18 | resnet50
+    image_size: int    # crop size its features are extracted at
+    num_classes: int   # classes of its head (= the project's classes when it was built)
+
+    def asdict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def state_dir(store: Store) -> Path:
+    """The folder that holds the database and every model file."""
+    return Path(store.path).resolve().parent
+
+
+def features_dir(store: Store) -> Path:
+    return state_dir(store) / "features"
+
+
+def classifiers_dir(store: Store) -> Path:
+    return state_dir(store) / "classifiers"
+
+
+def save_backbone_artifact(store: Store, model: Backbone, *, class_names: list[str], source: str,
+                           image_size: int, provenance: dict[str, Any]) -> BackboneInfo:
+    """Write `model` atomically under backbones/, register it (it becomes the current backbone), return it.
+
+    provenance: plain JSON values, e.g. {"weights": <ImageNet file or None>, "parent": <backbone id>,
+    "max_verdict_id": <last verdict its sample weights saw>}.
+    """
+    path = state_dir(store) / "backbones" / f"backbone-{uuid.uuid4().hex[:8]}.pt"
+    save_backbone(model, path, class_names=class_names, meta={"source": source, **provenance})
+    info = BackboneInfo(path=str(path), id=backbone_id(model), source=source, arch=model.arch,
+                        image_size=image_size, num_classes=model.num_classes)
+    store.add_artifact(kind="backbone", path=info.path, backbone_id=info.id, source=source,
+                       provenance={"arch": info.arch, "image_size": image_size, "num_classes": info.num_classes,
+                                   **provenance})
+    return info
+
+
+def current_backbone(store: Store) -> BackboneInfo | None:
+    """The most recently registered backbone whose file still exists, else None."""
+    row = store.latest_artifact("backbone")
+    if row is None or not Path(row["path"]).is_file():
+        return None
+    p = row["provenance"]
+    return BackboneInfo(path=row["path"], id=row["backbone_id"], source=row["source"], arch=p["arch"],
+                        image_size=p["image_size"], num_classes=p["num_classes"])
+
+
+def load_backbone_artifact(info: BackboneInfo) -> Backbone:
+    """The backbone of `info`, in eval mode on the CPU."""
+    return load_backbone(info.path)[0]
+
+
+def save_scorer_artifact(store: Store, payload: dict[str, Any], *, method: str, backbone: BackboneInfo,
+                         provenance: dict[str, Any]) -> Path:
+    """Write one round's scoring checkpoint atomically under models/ and register it; returns its path.
+
+    payload: tensors and plain values (`load_scorer` returns it with "method" and "backbone" added);
+    provenance: plain JSON values, e.g. {"max_verdict_id": ..., "n_verdicts": ...}.
+    """
+    path = state_dir(store) / "models" / f"{method}-{uuid.uuid4().hex[:8]}.pt"
+    with atomic_write(path) as f:
+        torch.save(payload | {"method": method, "backbone": backbone.asdict()}, f)
+    store.add_artifact(kind="scorer", path=str(path), backbone_id=backbone.id, source=method,
+                       provenance={"method": method, **provenance})
+    return path
+
+
+def save_classifier_artifact(store: Store, model: Backbone, path: str | Path, *, class_names: list[str],
+                             source: str, provenance: dict[str, Any]) -> Path:
+    """Write an exported classifier (`train-classifier`) atomically to `path` and register it.
+
+    provenance: plain JSON values (method, weights, rounds, epochs, verdicts, ...); also the checkpoint's meta.
+    """
+    path = Path(path).resolve()
+    save_backbone(model, path, class_names=class_names, meta={"source": source, **provenance})
+    store.add_artifact(kind="classifier", path=str(path), backbone_id=backbone_id(model), source=source,
+                       provenance=provenance)
+    return path
+
+
+def load_scorer(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by `save_scorer_artifact` (CPU tensors)."""
+    return torch.load(path, map_location="cpu", weights_only=False)

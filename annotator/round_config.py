@@ -1,0 +1,84 @@
+"""The settings of one retraining round: one typed, validated place, stored in the `round` setting.
+
+The worker, the CLI and the admin page all read them with `load_round_config` and write them with
+`save_round_config`; the stored value holds only the fields that differ from the defaults below, so a
+change of a default reaches every database that never set that field. No torch import here: the CLI and
+the pages read the settings without loading the model code.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .store import Store
+
+METHODS = ("transfer", "paper")    # the scoring methods annotator.pipeline fits
+ARCHS = ("resnet18", "resnet50")   # the backbones cleannet_core.classifier builds
+SETTING = "round"                  # the settings key
+
+
+class BadRoundConfig(ValueError):
+    """A round setting that is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    method: str = "transfer"           # transfer: calibrated class-agnostic signals | paper: CleanNet (Lee et al.)
+    arch: str = "resnet18"             # backbone: resnet18 | resnet50
+    image_size: int = 0                # crop size; 0 = 32 when images are small (<= 64 px), else 224
+    backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
+    backbone_lr: float = 0.02          # its peak LR (0.1 diverged in the first epoch on a few thousand images)
+    weights_path: str | None = None    # local ImageNet weights file for a new backbone (else the torch cache)
+    steps: int = 4000                  # CleanNet steps per round, method paper (paper: 60k; LR drops at half)
+    num_ref: int = 32                  # K references per class
+    device: str = "auto"               # auto = cuda when present, else cpu; or a torch device string
+
+    def __post_init__(self) -> None:
+        _one_of("method", self.method, METHODS)
+        _one_of("arch", self.arch, ARCHS)
+        for name, low in (("image_size", 0), ("backbone_epochs", 1), ("steps", 1), ("num_ref", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise BadRoundConfig(f"{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(self.backbone_lr, bool) or not isinstance(self.backbone_lr, (int, float)) or not (
+                0 < self.backbone_lr < 10):
+            raise BadRoundConfig(f"backbone_lr must be a number in (0, 10), got {self.backbone_lr!r}")
+        if self.weights_path is not None and not (isinstance(self.weights_path, str) and self.weights_path):
+            raise BadRoundConfig(f"weights_path must be a file path or None, got {self.weights_path!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise BadRoundConfig(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RoundConfig:
+        """The defaults updated by `values`; an unknown key raises BadRoundConfig naming the valid ones."""
+        if not isinstance(values, dict):
+            raise BadRoundConfig(f"the round setting must be an object of fields, got {type(values).__name__}")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BadRoundConfig(f"unknown round setting(s) {unknown}; valid: {[f.name for f in fields(cls)]}")
+        return cls(**values)
+
+    def changes(self) -> dict[str, Any]:
+        """The fields that differ from the defaults (what is stored)."""
+        default = asdict(RoundConfig())
+        return {k: v for k, v in asdict(self).items() if v != default[k]}
+
+
+def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise BadRoundConfig(f"{name} must be one of {valid}, got {value!r}")
+
+
+def load_round_config(store: Store, **overrides: Any) -> RoundConfig:
+    """The stored round settings, then `overrides` whose value is not None (CLI flags left out are None).
+
+    Re-read at every round, so a lead's change applies to the next round without restarting the worker.
+    """
+    cfg = RoundConfig.from_dict(store.get_setting(SETTING) or {})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, **given) if given else cfg
+
+
+def save_round_config(store: Store, cfg: RoundConfig) -> None:
+    """Store `cfg` (validated when it was built) as the fields that differ from the defaults."""
+    store.set_setting(SETTING, cfg.changes())
