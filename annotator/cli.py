@@ -138,8 +138,9 @@ def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every
     """Compute the backbone features of every image not in the feature cache yet.
 
     The project's backbone is kept once it exists: the current model's scores depend on its features. The
-    first extract builds one from ImageNet weights (--weights, else the torch cache), else trains it on the
-    noisy labels. --new-backbone replaces it; run `train` afterwards. Runs alone or as one rank of torchrun:
+    first extract builds one from ImageNet weights (--weights, else the installed Lite0 package or the torch
+    cache), else trains it on the noisy labels. --new-backbone replaces it; run `train` afterwards. Runs alone
+    or as one rank of torchrun:
     each rank extracts its share on its own GPU (or CPU) into the shared cache, and a rerun after a crash
     extracts only what is still missing (README, "Many GPUs, many machines").
 

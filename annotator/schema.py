@@ -19,7 +19,7 @@ def _sqlite_utils_database() -> type:
 
     sqlite-utils imports pandas and numpy, when installed, only to map their scalar types to column types
     for ``Table.insert``, which the store never calls (it writes SQL with Python values). Those imports
-    were most of every CLI command's start-up (0.5-1.4 s on 2 cores; benchmarks/cli_startup.py). While
+    would be most of every CLI command's start-up (0.5-1.4 s on 2 cores; benchmarks/cli_startup.py). While
     sqlite-utils loads, importing them raises ImportError, as when they are absent; afterwards they
     import normally.
     """

@@ -12,13 +12,13 @@ Rows, every classifier trained from scratch with the same settings (arch, epochs
   clean            the true labels (the ceiling)
 gain_recovered = (cleannet_soft - noisy) / (clean - noisy): the paper reports 47 % with 3.2 % of images verified.
 
-Verdicts: --budget x N images, answered from clean_label, drawn only from --verified-classes the way the product
-draws them (benchmarks.methods.Runner.product_verdicts: a random audit slice that validates, plus uncertainty-queue
-rounds). Size: --n / --epochs / --batch-size / --lr default to 50,000 images x 15 epochs, batch 128, LR 0.1 on CUDA
-and to 3,000 x 3, batch 32, LR 0.02 on a CPU (12 minutes cold with --steps 2000 --threads 1 --workers 1 on a
-2-core CPU shared with other jobs; --threads 1 was 5x faster there than torch's 2 threads); see
-benchmarks/README.md. Classifier checkpoints (per epoch) and features are cached under benchmarks/.cache, so an
-interrupted run resumes and a rerun with the same settings retrains nothing.
+Verdicts: --budget x N images, answered from clean_label, drawn only from --verified-classes by
+benchmarks.methods.Runner.product_verdicts (a random audit slice that validates, then CleanNet uncertainty-queue
+rounds), the same verdicts for every weighted row. Size: --n / --epochs / --batch-size / --lr default to
+50,000 images x 15 epochs, batch 128, LR 0.1 on CUDA and to 3,000 x 3, batch 32, LR 0.02 on a CPU (12 minutes
+cold with --steps 2000 --threads 1 --workers 1 on a 2-core CPU shared with other jobs; --threads 1 was 5x
+faster there than torch's 2 threads); see benchmarks/README.md. Classifier checkpoints (per epoch) and features
+are cached under benchmarks/.cache, so an interrupted run resumes and a rerun with the same settings retrains nothing.
 """
 from __future__ import annotations
 

@@ -80,7 +80,9 @@ class Runner:
 
     def product_verdicts(self, candidates: np.ndarray, budget: int, audit_share: float, rounds: int,
                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(queue verdicts, audit verdicts) as the product's queue would draw them from `candidates`."""
+        """(queue verdicts, audit verdicts) from `candidates`, imitating the product's queue for method paper: a
+        random audit slice (audit_share of the budget) first, then `rounds` rounds, the first random, each later
+        one the lowest |relevance - delta| under a CleanNet trained on the verdicts so far (a quarter of the steps)."""
         n_audit = int(round(audit_share * budget))
         audit = rng.choice(candidates, n_audit, replace=False)
         pool = np.setdiff1d(candidates, audit)

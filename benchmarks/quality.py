@@ -6,10 +6,12 @@
 `--backbone` picks the features every method gets: `pretrained` (default, the product's): the frozen ImageNet
 EfficientNet-Lite0 at --image-size px; `noisy`: a ResNet trained from scratch on the noisy labels; `finetuned`:
 Lite0 from ImageNet trained on the noisy labels; `concat`: pretrained and noisy side by side. `--budget` x N
-images get a simulated human verdict (answered from clean_label), drawn only from the verified classes the way the product draws them:
-a random audit slice (20 %, used to pick delta and the checkpoint) plus an uncertainty queue filled in rounds
-(random at cold start, then lowest |score - delta| of the current model). All methods are scored on the
-images whose noisy label is in a held-out (unverified) class. See benchmarks/README.md for recorded runs.
+images get a simulated human verdict (answered from clean_label), drawn only from the verified classes in
+--rounds rounds, each method with its own imitation of the product's queue: the transfer rows with
+methods.transfer_verdicts (a random first round, then lowest |p - 0.5| of the score fitted on every verdict
+so far; no audit slice, every verdict trains), the paper rows with Runner.product_verdicts (a random audit
+slice, --audit-share, that picks delta and the checkpoint, then lowest |relevance - delta|). All methods are
+scored on the images whose noisy label is in a held-out (unverified) class. See benchmarks/README.md for recorded runs.
 
 Methods. `--method` picks the product default, reported as `default` and used for the headline
 ratio: `transfer` (default) is a calibrator over two class-agnostic signals, the out-of-fold linear-probe
