@@ -192,12 +192,16 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
 
 
 def features(store: Store, data: Data, model: Backbone, info: BackboneInfo, cfg: RoundConfig, *,
-             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             progress: bool = False, report: Report = _quiet) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
     images (zero rows) are reported and left out of the references and the probe's training. `progress`:
-    tqdm bars (the CLI)."""
+    tqdm bars (the CLI); `report` gets phase 'features' after every batch the backbone runs."""
+
+    def on_batch(done: int, total: int) -> None:
+        report("features", done / max(total, 1), f"features of {done} of {total} new images ({info.image_size} px)")
+
     res = extract_features(model, data.paths, cache_dir=features_dir(store), backbone_id=info.id,
-                           image_size=info.image_size, device=cfg.device, progress=progress)
+                           image_size=info.image_size, device=cfg.device, progress=progress, on_batch=on_batch)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
@@ -240,7 +244,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
         weights = full_round_weights(store, data, current)
     model, backbone = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
     report("features", 0.0, f"extracting features at {backbone.image_size} px ({backbone.source})")
-    feats, readable = features(store, data, model, backbone, cfg)
+    feats, readable = features(store, data, model, backbone, cfg, report=report)
     report("references", 0.0, "k-means reference sets")
     refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),
                                     config=KMeansConfig(k=cfg.num_ref), device=device)

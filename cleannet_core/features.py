@@ -9,7 +9,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,11 +206,13 @@ def _hash_or_error(path: str) -> tuple[str, str]:
 
 def extract_features(model: Backbone, paths: Sequence[str | Path], *, cache_dir: str | Path, backbone_id: str,
                      image_size: int, batch_size: int = 256, num_workers: int = 2, device: str = "auto",
-                     progress: bool = True) -> FeatureResult:
+                     progress: bool = True, on_batch: Callable[[int, int], None] | None = None) -> FeatureResult:
     """Pool5 features (N, D) for `paths`, computing only images whose content is not cached yet.
 
     Cache namespace is cache_dir/<backbone_id>-<image_size>px (the crop size changes the features). Missing,
     empty or undecodable files are reported in `errors` with ok=False; they never abort the run.
+    on_batch(done, total): called after each extracted batch (images run through the backbone so far, and
+    how many need it), e.g. to report progress from a worker.
     """
     paths = [str(p) for p in paths]
     n = len(paths)
@@ -234,6 +236,7 @@ def extract_features(model: Backbone, paths: Sequence[str | Path], *, cache_dir:
     buf_feats: list[np.ndarray] = []
     n_extracted = 0
     bar = tqdm(total=len(first), desc="features", disable=not progress, leave=False)
+    done = 0
     batches = iter_inference(model, [paths[i] for i in first], image_size=image_size, batch_size=batch_size,
                              num_workers=num_workers, device=device) if first else ()
     for idx, f, _, err in batches:
@@ -252,6 +255,9 @@ def extract_features(model: Backbone, paths: Sequence[str | Path], *, cache_dir:
             cache.add(buf_keys, np.stack(buf_feats))
             buf_keys, buf_feats = [], []
         bar.update(len(idx))
+        done += len(idx)
+        if on_batch is not None:
+            on_batch(done, len(first))
     bar.close()
     if buf_keys:
         cache.add(buf_keys, np.stack(buf_feats))
