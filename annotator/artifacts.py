@@ -37,6 +37,7 @@ class BackboneInfo:
     num_classes: int   # classes of its head (= the project's classes when it was built)
     kind: str          # the round setting `backbone` it was built for: pretrained | finetuned | noisy (its
                        # source says when no ImageNet weights were found and it was trained instead)
+    dim: int | None = None  # size of its pooled features (None when not recorded: load the file to know)
 
     def asdict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,10 +66,10 @@ def save_backbone_artifact(store: Store, model: Backbone, *, class_names: list[s
     path = state_dir(store) / "backbones" / f"backbone-{uuid.uuid4().hex[:8]}.pt"
     save_backbone(model, path, class_names=class_names, meta={"source": source, **provenance})
     info = BackboneInfo(path=str(path), id=backbone_id(model), source=source, arch=model.arch,
-                        image_size=image_size, num_classes=model.num_classes, kind=kind)
+                        image_size=image_size, num_classes=model.num_classes, kind=kind, dim=model.num_features)
     store.add_artifact(kind="backbone", path=info.path, backbone_id=info.id, source=source,
                        provenance={"arch": info.arch, "image_size": image_size, "num_classes": info.num_classes,
-                                   "kind": kind, **provenance})
+                                   "kind": kind, "dim": info.dim, **provenance})
     return info
 
 
@@ -80,7 +81,7 @@ def current_backbone(store: Store) -> BackboneInfo | None:
     p = row["provenance"]
     kind = p.get("kind", "pretrained" if row["source"].startswith("ImageNet") else "noisy")  # older records
     return BackboneInfo(path=row["path"], id=row["backbone_id"], source=row["source"], arch=p["arch"],
-                        image_size=p["image_size"], num_classes=p["num_classes"], kind=kind)
+                        image_size=p["image_size"], num_classes=p["num_classes"], kind=kind, dim=p.get("dim"))
 
 
 def load_backbone_artifact(info: BackboneInfo) -> Backbone:

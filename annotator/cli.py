@@ -18,7 +18,7 @@ import click
 
 from . import auth
 from .progress import TqdmReport, describe_status, project_status
-from .round_config import BadRoundConfig, RoundConfig, load_round_config
+from .round_config import DECODERS, BadRoundConfig, RoundConfig, load_round_config
 from .store import Store, StoreError, default_db_path, private_files
 
 
@@ -127,39 +127,78 @@ def classes(ctx, verify, unverify, as_json) -> None:
 @click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth) for a new backbone")
 @click.option("--new-backbone", is_flag=True,
               help="build a new backbone (from --weights, else the round setting) even if the project has one")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader processes decoding images, per process")
+@click.option("--decode", type=click.Choice(DECODERS), help="where JPEGs are decoded (default: the round setting)")
+@click.option("--flush-every", type=click.IntRange(min=1), default=None,
+              help="images per cache shard: a killed run loses at most this many per process [default: 16384]")
 @click.pass_context
-def extract(ctx, weights, new_backbone) -> None:
-    """Compute (or fetch from the cache) the backbone features of every image.
+def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every) -> None:
+    """Compute the backbone features of every image not in the feature cache yet.
 
     The project's backbone is kept once it exists: the current model's scores depend on its features. The
     first extract builds one from ImageNet weights (--weights, else the torch cache), else trains it on the
-    noisy labels (progress shown). --new-backbone replaces it; run `train` afterwards.
+    noisy labels. --new-backbone replaces it; run `train` afterwards. Runs alone or as one rank of torchrun:
+    each rank extracts its share on its own GPU (or CPU) into the shared cache, and a rerun after a crash
+    extracts only what is still missing (README, "Many GPUs, many machines").
 
     Example: annotator extract --weights resnet50.pth
+    Example: torchrun --standalone --nproc-per-node=4 -m annotator extract
     """
-    from . import artifacts, pipeline
+    from tqdm import tqdm
+
+    from . import artifacts, distributed
     store = _open(ctx)
     stored = artifacts.current_backbone(store)
     if weights and stored and not new_backbone:
         raise click.ClickException(f"this project already has a backbone ({stored.source}); its features are "
                                    f"kept. To build a new one from {weights}, add --new-backbone and then run "
                                    "`train` (the current model's scores belong to the old features).")
-    cfg = _round_config(store, weights_path=weights)
-    data = pipeline.load_data(store)
-    if len(data.ids) == 0:
+    cfg = _round_config(store, weights_path=weights, decode=decode)
+    if store.images_count(status="ok") == 0:
         raise click.ClickException("no images: ingest some first")
-    bars = TqdmReport()
+    rank = distributed.world_from_env()[0]
+    bars = TqdmReport() if rank == 0 else (lambda *a: None)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or tqdm(total=total, desc="features", unit="img")
+        bar.update(done - bar.n)
+
     try:
-        model, info = pipeline.ensure_backbone(store, data, cfg, bars, new=new_backbone)
-    except (OSError, ValueError) as e:
+        t = distributed.extract(store, cfg, new_backbone=new_backbone, report=bars, batch_size=batch_size,
+                                num_workers=workers, flush_rows=flush_every, progress=progress)
+    except (OSError, ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     finally:
-        bars.close()
-    click.echo(f"backbone: {info.source}; features at {info.image_size} px")
-    feats, readable = pipeline.features(store, data, model, info, cfg, progress=True)
-    n_bad = int((~readable).sum())
-    bad = f"; {n_bad} images could not be read (listed on the Admin page)" if n_bad else ""
-    click.echo(f"{len(feats)} feature vectors of size {feats.shape[1]} (backbone: {info.source}){bad}")
+        for b in (bars, bar):
+            getattr(b, "close", lambda: None)()
+    if rank == 0:
+        bad = f"; {t.failed} images could not be read (listed on the Admin page)" if t.failed else ""
+        click.echo(f"{t.images} images, feature vectors of size {t.dim} (backbone: {t.backbone}): "
+                   f"{t.cached_before} were cached, {t.extracted} extracted by {t.world} process(es){bad}")
+
+
+@cli.command()
+@click.pass_context
+def rescan(ctx) -> None:
+    """Find image files changed since ingest (size or mtime differ, then the content hash) and record them.
+
+    Files whose size and mtime match are not read. Changed images get their new hash, so the next round
+    extracts their features; missing and broken files are counted and listed on the Admin page.
+
+    Example: annotator rescan
+    """
+    from .rescan import rescan as run_rescan
+
+    report = run_rescan(_open(ctx), progress=True)
+    click.echo(report.summary())
+    for path, reason in report.errors[:20]:
+        click.echo(f"  {reason}: {path}", err=True)
+    if len(report.errors) > 20:
+        click.echo(f"  ... and {len(report.errors) - 20} more (see the Admin page)", err=True)
 
 
 @cli.command()
@@ -383,6 +422,25 @@ def users_signout(ctx, name) -> None:
     if user is None:
         raise click.ClickException(f"unknown user {name!r}")
     click.echo(f"ended {store.end_sessions(user['name'])} session(s) of {user['name']!r}")
+
+
+@cli.command()
+@click.argument("image_id", type=int)
+@click.argument("verdict", type=click.Choice(["correct", "wrong", "unsure"]))
+@click.option("--lead", required=True, help="the lead who decides (an active lead account)")
+@click.option("--label", help="the true class (with verdict 'wrong')")
+@click.pass_context
+def override(ctx, image_id, verdict, lead, label) -> None:
+    """Replace an image's verdict as a lead: the old one is voided in the same transaction.
+
+    Example: annotator override 42 wrong --lead admin --label dog
+    """
+    store = _open(ctx)
+    try:
+        vid = store.override_verdict(image_id, lead, verdict, corrected_label=label)
+    except (StoreError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"image {image_id}: {verdict} by {lead} (verdict {vid})")
 
 
 @cli.command()

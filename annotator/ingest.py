@@ -175,6 +175,7 @@ class _Ingest:
 
     def _read(self, item: _Item) -> dict | str:
         try:
+            mtime = item.path.stat().st_mtime  # before the read: a write during it leaves a newer mtime for rescan
             data = item.path.read_bytes()
         except FileNotFoundError:
             return MISSING
@@ -185,7 +186,7 @@ class _Ingest:
         if isinstance(size, str):
             return size
         return {"path": str(item.path), "hash": hashlib.blake2b(data, digest_size=16).hexdigest(),
-                "width": size[0], "height": size[1], "bytes": len(data), "extra": item.extra}
+                "width": size[0], "height": size[1], "bytes": len(data), "mtime": mtime, "extra": item.extra}
 
     def flush(self) -> None:
         items, self.pending = self.pending, []

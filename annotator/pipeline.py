@@ -10,9 +10,13 @@ moment leaves the previous model current.
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +52,7 @@ def _quiet(phase: str, progress: float, message: str) -> None:
 class Data:
     ids: np.ndarray           # (N,) image ids, status ok
     paths: list[str]          # (N,) image files
+    keys: list[str]           # (N,) content hashes from ingest: the feature cache's keys
     labels: np.ndarray        # (N,) class index 0..C-1 (position in class_ids)
     class_ids: np.ndarray     # (C,) store class ids
     class_names: list[str]    # (C,)
@@ -74,7 +79,7 @@ class VerdictSplit:
 class RoundInputs:
     """Everything a scoring method is fitted on."""
     data: Data
-    feats: np.ndarray         # (N, D) float32 pooled backbone features (zero rows where not readable)
+    feats: np.ndarray         # (N, D) float16 pooled backbone features (zero rows where not readable)
     readable: np.ndarray      # (N,) bool, the image file could be read
     refs: np.ndarray          # (C, K, D) float32 reference vectors per class (k-means centres)
     has_refs: np.ndarray      # (C,) bool, the class had readable images to build references from
@@ -100,13 +105,14 @@ def load_data(store: Store) -> Data:
     classes = sorted(store.classes(), key=lambda c: c["id"])
     class_ids = np.array([c["id"] for c in classes], dtype=np.int64)
     pos = {cid: i for i, cid in enumerate(class_ids)}
-    ids, paths, labels = [], [], []
+    ids, paths, keys, labels = [], [], [], []
     for row in store.iter_images():
         if row["status"] == "ok":
             ids.append(row["id"])
             paths.append(row["path"])
+            keys.append(row["hash"])
             labels.append(pos[row["label_id"]])
-    return Data(np.array(ids, dtype=np.int64), paths, np.array(labels, dtype=np.int64), class_ids,
+    return Data(np.array(ids, dtype=np.int64), paths, keys, np.array(labels, dtype=np.int64), class_ids,
                 [c["name"] for c in classes])
 
 
@@ -123,7 +129,8 @@ def pick_image_size(store: Store, cfg: RoundConfig) -> int:
 
 
 def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report = _quiet, *,
-                    new: bool = False, retrain_weights: np.ndarray | None = None) -> tuple[Backbone, BackboneInfo]:
+                    new: bool = False, retrain_weights: np.ndarray | None = None,
+                    load: bool = True) -> tuple[Backbone | None, BackboneInfo]:
     """The backbone whose features feed the scoring model, and where its weights came from.
 
     Precedence, said in a report every time (phase 'features'; 'backbone' only while one trains): the
@@ -135,6 +142,8 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
     ImageNet weights offline the first two train from scratch too, with a warning. `retrain_weights` (N,)
     retrains the stored backbone on the noisy labels with those per-sample weights (full round, spec §6); the
     result is registered with the stored one as its parent.
+    load=False returns (None, info) when the stored backbone is reused: `features` loads it only if an image
+    is not cached yet.
     """
     stored = current_backbone(store)
     size = pick_image_size(store, cfg)
@@ -151,7 +160,7 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
     if stored and not new and retrain_weights is None:
         unused = f"; weights_path {cfg.weights_path} applies to a new backbone only" if cfg.weights_path else ""
         report("features", 0.0, f"using the project's backbone ({stored.source}){unused}")
-        return load_backbone_artifact(stored), stored
+        return (load_backbone_artifact(stored) if load or not stored.dim else None), stored
     init_state, parent, kind = None, None, cfg.backbone
     if retrain_weights is not None and stored:
         init_state, parent, kind = load_backbone_artifact(stored).state_dict(), stored.id, stored.kind
@@ -191,17 +200,35 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
                                   kind=kind, provenance={"n_images": len(data.ids)} | provenance)
 
 
-def features(store: Store, data: Data, model: Backbone, info: BackboneInfo, cfg: RoundConfig, *,
+def features(store: Store, data: Data, model: Backbone | None, info: BackboneInfo, cfg: RoundConfig, *,
              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) features of data.paths from the content-keyed cache and (N,) bool readable; the unreadable
-    images (zero rows) are reported and left out of the references and the probe's training. `progress`:
-    tqdm bars (the CLI)."""
-    res = extract_features(model, data.paths, cache_dir=features_dir(store), backbone_id=info.id,
-                           image_size=info.image_size, device=cfg.device, progress=progress)
+    """(N, D) float16 features of data from the cache keyed by the ingest hashes, and (N,) bool readable.
+
+    Cached images are not opened; the others are read, checked against their ingest hash and extracted (model
+    None: the stored backbone is loaded then). The unreadable images (zero rows) are reported and left out of
+    the references and the probe's training. float16 holds the cached values exactly at half the memory.
+    `progress`: tqdm bars (the CLI).
+    """
+    res = extract_features(model if model is not None else (lambda: load_backbone_artifact(info)), data.paths,
+                           keys=data.keys, dim=info.dim, cache_dir=features_dir(store), backbone_id=info.id,
+                           image_size=info.image_size, device=cfg.device, decode=cfg.decode, dtype=np.float16,
+                           progress=progress)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
     return res.features, res.ok
+
+
+def torchrun_extract(store: Store, procs: int) -> None:
+    """`torchrun --standalone --nproc-per-node=procs -m annotator --db <store> extract` in a child process: the
+    missing features land in the cache, where `features` finds them. Raises RuntimeError when it fails."""
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    cmd += ["--standalone", f"--nproc-per-node={procs}", "-m", "annotator", "--db", str(store.path), "extract"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"torchrun extraction failed (exit {res.returncode}): {res.stderr.strip()[-2000:]}")
+    log.info("torchrun extraction: %s", res.stdout.strip()[-500:])
 
 
 def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> VerdictSplit:
@@ -238,11 +265,14 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     if full and current:
         report("backbone", 0.0, "full round: retraining the backbone with w_soft weights")
         weights = full_round_weights(store, data, current)
-    model, backbone = ensure_backbone(store, data, cfg, report, retrain_weights=weights)
+    model, backbone = ensure_backbone(store, data, cfg, report, retrain_weights=weights, load=False)
     report("features", 0.0, f"extracting features at {backbone.image_size} px ({backbone.source})")
+    if cfg.extract_procs > 1:
+        torchrun_extract(store, cfg.extract_procs)
     feats, readable = features(store, data, model, backbone, cfg)
     report("references", 0.0, "k-means reference sets")
-    refs, counts = build_references(feats[readable], data.labels[readable], len(data.class_ids),
+    sub = slice(None) if readable.all() else readable  # a boolean index would copy all N rows
+    refs, counts = build_references(feats[sub], data.labels[sub], len(data.class_ids),
                                     config=KMeansConfig(k=cfg.num_ref), device=device)
     max_verdict = store.max_verdict_id()
     inputs = RoundInputs(data=data, feats=feats, readable=readable, refs=refs, has_refs=counts > 0,
@@ -316,7 +346,7 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     data = load_data(store)
     if ckpt["class_ids"] != data.class_ids.tolist():
         raise ValueError("the classes changed since the current model: run `train` instead")
-    model, backbone = ensure_backbone(store, data, cfg, report)
+    model, backbone = ensure_backbone(store, data, cfg, report, load=False)
     if backbone.id != ckpt["backbone"]["id"]:
         raise ValueError("the backbone changed since the current model: run `train` instead")
     feats, _ = features(store, data, model, backbone, cfg)

@@ -15,6 +15,7 @@ from .store import Store
 METHODS = ("transfer", "paper")    # the scoring methods annotator.pipeline fits
 ARCHS = ("efficientnet_lite0", "resnet18", "resnet50")  # the backbones cleannet_core.classifier builds
 BACKBONES = ("pretrained", "finetuned", "noisy")        # where a new backbone's weights come from
+DECODERS = ("cpu", "gpu")          # cleannet_core.loading.DECODERS: where extraction decodes JPEGs
 SETTING = "round"                  # the settings key
 
 
@@ -39,12 +40,17 @@ class RoundConfig:
     steps: int = 4000                  # CleanNet steps per round, method paper (paper: 60k; LR drops at half)
     num_ref: int = 32                  # K references per class
     device: str = "auto"               # auto = cuda when present, else cpu; or a torch device string
+    decode: str = "cpu"                # JPEG decoding for extraction: cpu (DataLoader workers) | gpu (decode_jpeg)
+    extract_procs: int = 1             # > 1: the round extracts missing features with torchrun on this many
+                                       # processes (one per GPU), see annotator.distributed
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)
         _one_of("arch", self.arch, ARCHS)
         _one_of("backbone", self.backbone, BACKBONES)
-        for name, low in (("image_size", 0), ("backbone_epochs", 1), ("steps", 1), ("num_ref", 1)):
+        _one_of("decode", self.decode, DECODERS)
+        for name, low in (("image_size", 0), ("backbone_epochs", 1), ("steps", 1), ("num_ref", 1),
+                          ("extract_procs", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise BadRoundConfig(f"{name} must be an integer >= {low}, got {value!r}")

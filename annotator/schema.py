@@ -209,9 +209,15 @@ CREATE TABLE artifacts (
         db.execute("DELETE FROM settings WHERE key = 'backbone'")
 
 
+def _images_mtime(db: Database) -> None:
+    """Images remember their file's mtime (with ``bytes``, the size) when they were hashed, so ``rescan`` can
+    tell a file that may have changed from one that has not without reading it."""
+    db.execute("ALTER TABLE images ADD COLUMN mtime REAL")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
-                                                 _worker_round_progress, _model_artifacts]
+                                                 _worker_round_progress, _model_artifacts, _images_mtime]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

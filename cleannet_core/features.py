@@ -1,7 +1,9 @@
 """Images -> pool5 feature vectors (CleanNet's input, ../shared/cleannet-spec.md §1), with an on-disk cache.
 
 Features are cached per backbone (arch + weight hash) and keyed by the image's content hash, so renamed or moved
-files hit the cache and a retrained backbone never reuses stale vectors.
+files hit the cache and a retrained backbone never reuses stale vectors. Given the hashes (the app stores them at
+ingest), a cached image is never opened. Several processes may fill one cache folder at once (`fill_cache` with
+shard=(rank, world), as torchrun ranks do); the loading itself is in cleannet_core.loading.
 """
 from __future__ import annotations
 
@@ -9,25 +11,28 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from tqdm import tqdm
 
 from .atomic import atomic_write
-from .classifier import ALL_ARCHS, Backbone, iter_inference
+from .classifier import ALL_ARCHS, Backbone
 from .efficientnet import LITE_MEAN, LITE_STD, PADDING, packaged_weights_file
+from .loading import iter_features, read_error
 
 log = logging.getLogger(__name__)
 
 IMAGENET_WEIGHTS = {"resnet50": ResNet50_Weights.IMAGENET1K_V2, "resnet18": ResNet18_Weights.IMAGENET1K_V1}
 SHARD_ROWS = 16384  # extract_features writes a shard at least this often (a crash loses at most this much work)
-_SHARD_RE = re.compile(r"shard-(\d{5,})\.keys\.npy")
+_SHARD_RE = re.compile(r"shard-(?:[0-9a-f]{8}-)?\d{5,}\.keys\.npy")
 
 
 def _check_state(state: object, arch: str, src: Path) -> dict[str, torch.Tensor]:
@@ -103,14 +108,18 @@ def backbone_id(model: Backbone) -> str:
 class FeatureCache:
     """Append-only float16 feature store under root/backbone_id/, keyed by content key.
 
-    Each add() writes shard-XXXXX.npy (n, D) float16 and shard-XXXXX.keys.npy (n,) unicode, each with
-    atomic.atomic_write and the keys file last, so only complete shards are ever listed. Shards are memory-mapped;
-    the key index is one dict (~150 B per key) built once per instance, fine for millions of images.
+    Each add() writes shard-<writer>-XXXXX.npy (n, D) float16 and shard-<writer>-XXXXX.keys.npy (n,) unicode, each
+    with atomic.atomic_write and the keys file last, so only complete shards are ever listed. <writer> is random
+    per instance, so several processes (torchrun ranks, machines sharing the folder) add to one cache without
+    coordinating. Shards are memory-mapped; the key index is one dict (~150 B per key) built once per instance,
+    fine for millions of images.
     """
 
     def __init__(self, root: str | Path, backbone_id: str, dim: int):
         self.dir = Path(root) / backbone_id
         self.dim = dim
+        self._writer = uuid.uuid4().hex[:8]
+        self._written = 0                         # shards this instance wrote
         self._index: dict[str, int] | None = None  # key -> global row
         self._shards: list[np.ndarray] = []       # mmap'd (n_s, D) float16
         self._offsets = [0]                       # global row of each shard's first row, plus the total
@@ -146,18 +155,31 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._load())
 
-    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """-> hit (N,) bool, feats (N, D) float32 (zero rows where missing)."""
+    def contains(self, keys: Sequence[str]) -> np.ndarray:
+        """(N,) bool: which keys are cached."""
         index = self._load()
-        rows = np.array([index.get(k, -1) for k in keys], dtype=np.int64)
+        return np.fromiter((k in index for k in keys), dtype=bool, count=len(keys))
+
+    def lookup(self, keys: Sequence[str], *, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> hit (N,) bool, feats (N, D) (zero rows where missing). `out` (N, D), any float dtype, is filled in
+        place instead of allocating a float32 array (float16 halves the memory of a million-image round)."""
+        index = self._load()
+        rows = np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         hit = rows >= 0
-        out = np.zeros((len(keys), self.dim), np.float32)
+        if out is None:
+            out = np.zeros((len(keys), self.dim), np.float32)
+        elif out.shape != (len(keys), self.dim):
+            raise ValueError(f"out must have shape ({len(keys)}, {self.dim}), got {out.shape}")
+        else:
+            out[~hit] = 0
         shard = np.searchsorted(self._offsets, rows, side="right") - 1
         for s in np.unique(shard[hit]):
             sel = np.flatnonzero(hit & (shard == s))
             local = rows[sel] - self._offsets[s]
             order = np.argsort(local)  # sorted reads from the memory map
-            out[sel[order]] = self._shards[s][local[order]]
+            for start in range(0, len(sel), 65_536):  # bounded temporaries
+                part = order[start:start + 65_536]
+                out[sel[part]] = self._shards[s][local[part]]
         return hit, out
 
     def add(self, keys: Sequence[str], feats: np.ndarray) -> int:
@@ -172,8 +194,8 @@ class FeatureCache:
         if not new:
             return 0
         self.dir.mkdir(parents=True, exist_ok=True)
-        nums = [int(m.group(1)) for p in self.dir.iterdir() if (m := _SHARD_RE.fullmatch(p.name))]
-        stem = f"shard-{max(nums, default=-1) + 1:05d}"
+        stem = f"shard-{self._writer}-{self._written:05d}"
+        self._written += 1
         new_keys = np.array(list(new), dtype=str)
         new_feats = feats[list(new.values())].astype(np.float16)
         for name, arr in ((f"{stem}.npy", new_feats), (f"{stem}.keys.npy", new_keys)):  # keys file last
@@ -185,7 +207,7 @@ class FeatureCache:
 
 @dataclass
 class FeatureResult:
-    features: np.ndarray  # (N, D) float32, zero rows where not ok (values are float16-rounded, as cached)
+    features: np.ndarray  # (N, D) float32 (or the dtype asked for), zero rows where not ok; float16-rounded values
     ok: np.ndarray        # (N,) bool
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) for every not-ok image
     n_cached: int = 0     # images served from the cache
@@ -198,69 +220,126 @@ def _hash_or_error(path: str) -> tuple[str, str]:
         if os.path.getsize(path) == 0:
             return "", "empty file (0 bytes)"
         return content_key(path), ""
-    except FileNotFoundError:
-        return "", "file not found"
     except OSError as e:
-        return "", f"{type(e).__name__}: {e}"
+        return "", read_error(e)
 
 
-def extract_features(model: Backbone, paths: Sequence[str | Path], *, cache_dir: str | Path, backbone_id: str,
-                     image_size: int, batch_size: int = 256, num_workers: int = 2, device: str = "auto",
-                     progress: bool = True) -> FeatureResult:
+def fill_cache(model: Backbone | Callable[[], Backbone], paths: Sequence[str | Path], keys: Sequence[str], *,
+               cache: FeatureCache, image_size: int, shard: tuple[int, int] = (0, 1), batch_size: int = 256,
+               num_workers: int = 2, device: str = "auto", decode: str = "cpu", bf16: bool | None = None,
+               flush_rows: int = SHARD_ROWS, progress: Callable[[int, int], None] | None = None,
+               on_features: Callable[[list[int], np.ndarray, list[str]], None] | None = None) -> tuple[int, dict[int, str]]:
+    """Compute the features of the images whose key is not cached yet, and add them to `cache`.
+
+    `model` may be a zero-argument callable, called only when something is missing. Duplicate keys are computed
+    once. shard=(rank, world): only the missing keys at positions rank, rank + world, ... of their sorted list
+    (each torchrun rank takes its own; a rerun after a crash re-shards what is still missing). Rows are written
+    every `flush_rows` images, so a killed process loses at most that much work. progress(done, total) is called
+    per batch; on_features(positions, (b, D) float32, errors) hands over every batch (positions into paths).
+    Returns (images computed, {position: reason} for the ones that could not be read).
+    """
+    rank, world = shard
+    hit = cache.contains(keys)
+    first: dict[str, int] = {}
+    for i in np.flatnonzero(~hit):
+        first.setdefault(keys[i], int(i))
+    todo = [first[k] for k in sorted(first)][rank::world]
+    if not todo:
+        return 0, {}
+    if not isinstance(model, nn.Module):
+        model = model()
+    errors: dict[int, str] = {}
+    buf_keys: list[str] = []
+    buf_feats: list[np.ndarray] = []
+    done = n_new = 0
+    batches = iter_features(model, [str(paths[i]) for i in todo], [keys[i] for i in todo], image_size=image_size,
+                       batch_size=batch_size, num_workers=num_workers, device=device, decode=decode, bf16=bf16)
+    for idx, f, errs in batches:
+        f = f.astype(np.float16).astype(np.float32)  # identical values whether freshly computed or cached
+        pos = [todo[j] for j in idx]
+        for p, fj, e in zip(pos, f, errs):
+            if e:
+                errors[p] = e
+            else:
+                buf_keys.append(keys[p])
+                buf_feats.append(fj)
+        if on_features is not None:
+            on_features(pos, f, errs)
+        if len(buf_keys) >= flush_rows:
+            n_new += cache.add(buf_keys, np.stack(buf_feats))
+            buf_keys, buf_feats = [], []
+        done += len(idx)
+        if progress is not None:
+            progress(done, len(todo))
+    if buf_keys:
+        n_new += cache.add(buf_keys, np.stack(buf_feats))
+    return done - len(errors), errors
+
+
+def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[str | Path], *, cache_dir: str | Path,
+                     backbone_id: str, image_size: int, keys: Sequence[str] | None = None, dim: int | None = None,
+                     batch_size: int = 256, num_workers: int = 2, device: str = "auto", decode: str = "cpu",
+                     dtype: type = np.float32, progress: bool = True) -> FeatureResult:
     """Pool5 features (N, D) for `paths`, computing only images whose content is not cached yet.
 
-    Cache namespace is cache_dir/<backbone_id>-<image_size>px (the crop size changes the features). Missing,
-    empty or undecodable files are reported in `errors` with ok=False; they never abort the run.
+    keys (N,): the images' content keys (blake2b-128 of the bytes, as `annotator` stores them at ingest). Given
+    keys, cached images are never opened; without them every file is read and hashed first. `model` may be a
+    zero-argument callable (then `dim` is required), loaded only if some image is not cached. Cache namespace is
+    cache_dir/<backbone_id>-<image_size>px (the crop size changes the features). Missing, empty, changed or
+    undecodable files are reported in `errors` with ok=False; they never abort the run.
     """
     paths = [str(p) for p in paths]
     n = len(paths)
-    with ThreadPoolExecutor(max_workers=8) as pool:  # file reads dominate on real disks; hashlib drops the GIL
-        hashed = list(tqdm(pool.map(_hash_or_error, paths, chunksize=256), total=n, desc="hashing",
-                           disable=not progress, leave=False))
-    keys = [k for k, _ in hashed]
-    reasons = [r for _, r in hashed]
-    cache = FeatureCache(cache_dir, f"{backbone_id}-{image_size}px", model.num_features)
+    if keys is None:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # file reads dominate on real disks; hashlib drops the GIL
+            hashed = list(tqdm(pool.map(_hash_or_error, paths, chunksize=256), total=n, desc="hashing",
+                               disable=not progress, leave=False))
+        keys = [k for k, _ in hashed]
+        reasons = [r for _, r in hashed]
+    else:
+        if len(keys) != n:
+            raise ValueError(f"{len(keys)} keys for {n} paths")
+        keys, reasons = list(keys), [""] * n
+    if dim is None:
+        if not isinstance(model, nn.Module):
+            raise ValueError("dim is required when model is a loader")
+        dim = model.num_features
+    cache = FeatureCache(cache_dir, f"{backbone_id}-{image_size}px", dim)
     readable = np.array([not r for r in reasons], bool)
-    feats = np.zeros((n, model.num_features), np.float32)
-    hit = np.zeros(n, bool)
-    if readable.any():
-        hit[readable], feats[readable] = cache.lookup([keys[i] for i in np.flatnonzero(readable)])
+    feats = np.zeros((n, dim), dtype)
+    if readable.all():
+        hit, _ = cache.lookup(keys, out=feats)
+    else:
+        hit = np.zeros(n, bool)
+        sub = np.flatnonzero(readable)
+        hit[sub], feats[sub] = cache.lookup([keys[i] for i in sub])
 
-    todo: dict[str, list[int]] = {}  # content key -> positions needing it (duplicates computed once)
+    by_key: dict[str, list[int]] = {}  # content key -> positions needing it
     for i in np.flatnonzero(readable & ~hit):
-        todo.setdefault(keys[i], []).append(i)
-    first = [pos[0] for pos in todo.values()]
-    buf_keys: list[str] = []
-    buf_feats: list[np.ndarray] = []
+        by_key.setdefault(keys[i], []).append(int(i))
     n_extracted = 0
-    bar = tqdm(total=len(first), desc="features", disable=not progress, leave=False)
-    batches = iter_inference(model, [paths[i] for i in first], image_size=image_size, batch_size=batch_size,
-                             num_workers=num_workers, device=device) if first else ()
-    for idx, f, _, err in batches:
-        f = f.astype(np.float16).astype(np.float32)  # identical values whether freshly computed or cached
-        for j, fj, e in zip(idx, f, err):
-            pos = todo[keys[first[j]]]
-            if e:
-                for i in pos:
-                    reasons[i] = f"cannot decode image: {e}"
-                continue
-            feats[pos] = fj
-            n_extracted += len(pos)
-            buf_keys.append(keys[pos[0]])
-            buf_feats.append(fj)
-        if len(buf_keys) >= SHARD_ROWS:
-            cache.add(buf_keys, np.stack(buf_feats))
-            buf_keys, buf_feats = [], []
-        bar.update(len(idx))
-    bar.close()
-    if buf_keys:
-        cache.add(buf_keys, np.stack(buf_feats))
+    if by_key:
+        miss = [pos[0] for pos in by_key.values()]
+        bar = tqdm(total=len(miss), desc="features", disable=not progress, leave=False)
+
+        def take(positions: list[int], f: np.ndarray, errs: list[str]) -> None:
+            nonlocal n_extracted
+            for p, fj, e in zip(positions, f, errs):
+                for i in by_key[keys[p]]:
+                    feats[i], reasons[i] = fj, e
+                n_extracted += 0 if e else len(by_key[keys[p]])
+
+        fill_cache(model, [paths[i] for i in miss], [keys[i] for i in miss], cache=cache,
+                             image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device,
+                             decode=decode, progress=lambda done, _: bar.update(done - bar.n),
+                             on_features=lambda pos, f, e: take([miss[j] for j in pos], f, e))
+        bar.close()
 
     ok = np.array([not r for r in reasons], bool)
     errors = [(paths[i], reasons[i]) for i in np.flatnonzero(~ok)]
     if errors:
         log.warning("%d of %d images could not be read, e.g. %s (%s)", len(errors), n, *errors[0])
-    feats[~ok] = 0.0
+        feats[~ok] = 0
     n_cached = int(hit.sum())
     log.info("features: %d cached, %d extracted, %d failed (cache %s)", n_cached, n_extracted, len(errors), cache.dir)
     return FeatureResult(features=feats, ok=ok, errors=errors, n_cached=n_cached, n_extracted=n_extracted)

@@ -46,7 +46,7 @@ def score_images(model: CleanNet, features: np.ndarray, labels: np.ndarray, refs
     suggested_score = np.full(n, np.nan, dtype=np.float32)
     for start in range(0, n, batch_size):
         sl = slice(start, min(start + batch_size, n))
-        q = model.query_embeddings(torch.as_tensor(features[sl], device=device))  # (b, 128)
+        q = model.query_embeddings(torch.as_tensor(features[sl], device=device).float())  # (b, 128)
         sims = q @ phi_s.T                                                        # (b, C)
         y = torch.as_tensor(labels[sl], device=device)
         rows = torch.arange(y.numel(), device=device)

@@ -290,7 +290,8 @@ def fit_transfer_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndar
     progress: called with the probe's fraction done (the step that takes the time).
     """
     rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
-    probe = fit_probe(features[rows], labels[rows], folds[rows], num_classes, probe_config, device=device,
+    sub = slice(None) if rows.all() else rows  # a boolean index would copy all N rows
+    probe = fit_probe(features[sub], labels[sub], folds[sub], num_classes, probe_config, device=device,
                       progress=progress)
     v = np.asarray(verified_idx, np.int64)
     x = signal_matrix(DEFAULT_SIGNALS, labels[v], probs=probe.predict(features[v], folds[v]), features=features[v],

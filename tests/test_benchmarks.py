@@ -97,8 +97,16 @@ def test_cli_startup_benchmark_times_every_quick_command_and_the_baselines(tmp_p
 
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu(tmp_path):
-    res = gpu_check.main(["--small", "--device", "cpu", "--json", str(tmp_path / "g.json")])
-    assert res["device"] == "cpu" and res["results"]["rescore_img_s"] > 0
+    """Extraction from generated JPEG files, the default round on generated cached features, the kernels."""
+    res = gpu_check.main(["--small", "--device", "cpu", "--workers", "1", "--json", str(tmp_path / "g.json")])
+    assert json.loads((tmp_path / "g.json").read_text()) == res
+    assert res["device"] == "cpu" and res["kernels"]["rescore_img_s"] > 0
+    assert list(res["extraction"]) == ["resnet18/cpu-decode/fp32"]
+    run = res["extraction"]["resnet18/cpu-decode/fp32"]
+    assert (run["images"], run["errors"]) == (32, 0) and run["img_s"] > 0
+    rnd = res["round"]
+    assert rnd["n_images"] == 400 and rnd["version"] == 2 and rnd["peak_rss_gb"] > 0
+    assert list(rnd["phase_s"]) == ["load", "features", "references", "training", "writing", "idle"]
 
 
 def test_gain_recovered_on_hand_values():

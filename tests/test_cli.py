@@ -86,7 +86,9 @@ def test_train_score_extract_export(env, tmp_path):
         store.record_verdict(image_id, "admin", "correct" if i % 2 else "wrong", reason="audit")
     assert "model version 1 is current" in run("train").output
     # the default backbone: frozen ImageNet EfficientNet-Lite0, small images upscaled to 128 px
-    assert "feature vectors of size 1280 (backbone: ImageNet" in run("extract").output  # cached, nothing trained
+    out = run("extract").output  # cached backbone, cached features: nothing trained, nothing extracted
+    assert "60 images, feature vectors of size 1280 (backbone: ImageNet" in out
+    assert "60 were cached, 0 extracted by 1 process(es)" in out
     status = json.loads(run("status", "--json").output)
     assert status["backbone"]["arch"] == "efficientnet_lite0" and status["backbone"]["kind"] == "pretrained"
     assert status["backbone"]["image_size"] == 128 and "package" in status["backbone"]["source"]
@@ -124,8 +126,11 @@ def test_an_image_broken_after_ingest_is_counted_and_the_round_still_scores_ever
     store = Store(db)
     save_round_config(store, RoundConfig(backbone_epochs=1, steps=40, num_ref=4))
     (root / "green" / "7.png").write_bytes(b"truncated on the file server")
-    assert "60 feature vectors of size 1280" in run("extract").output
-    assert "1 images could not be read" in run("extract").output
+    out = run("extract").output
+    assert "60 images, feature vectors of size 1280" in out and "0 were cached, 59 extracted" in out
+    assert "1 images could not be read" in out
+    again = run("extract").output  # the unreadable file is tried again, and reported again
+    assert "59 were cached, 0 extracted" in again and "1 images could not be read" in again
     assert "model version 1 is current" in run("train").output
     assert len(store.current_scores()) == 60
     assert "model version 2 is current" in run("train", "--method", "paper", "--steps", "40").output

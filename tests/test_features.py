@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -84,7 +85,8 @@ def test_feature_cache_roundtrip(tmp_path):
         np.testing.assert_array_equal(out[[0, 2, 3]], feats[[4, 0, 2]].astype(np.float16).astype(np.float32))
         assert not out[1].any() and len(c) == 5
     names = sorted(p.name for p in (tmp_path / "bb").iterdir())
-    assert names == ["shard-00000.keys.npy", "shard-00000.npy", "shard-00001.keys.npy", "shard-00001.npy"]
+    assert [re.sub("-[0-9a-f]{8}-", "-W-", n) for n in names] == [
+        "shard-W-00000.keys.npy", "shard-W-00000.npy", "shard-W-00001.keys.npy", "shard-W-00001.npy"]
     # a crash between the two writes leaves a features file without keys: invisible, and overwritten later
     np.save(tmp_path / "bb" / "shard-00002.npy", np.zeros((1, 8), np.float16))
     fresh = FeatureCache(tmp_path, "bb", 8)
@@ -139,3 +141,28 @@ def test_extract_features_demo_images(model, tmp_path):
     r2 = extract_features(model, paths[:32], cache_dir=tmp_path, backbone_id=backbone_id(model), **KW)
     assert r2.n_cached == 32 and r2.n_extracted == 0
     np.testing.assert_array_equal(r2.features, r.features[:32])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_gpu_jpeg_path_matches_the_pil_transform(tmp_path, arch):
+    """The decode_jpeg + tensor resize/crop/normalise path (run here on the CPU) gives the DataLoader's pixels up
+    to resampling differences; a broken JPEG in the batch fails alone."""
+    from cleannet_core.classifier import make_transform
+    from PIL import Image
+
+    from cleannet_core.loading import _gpu_pixels
+    rng = np.random.default_rng(0)
+    blobs, ref = [], []
+    for i in range(3):
+        a = np.kron(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))  # smooth
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(a).save(p, quality=95)
+        blobs.append(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8))
+        with Image.open(p) as im:
+            ref.append(make_transform(32, train=False, arch=arch)(im.convert("RGB")))
+    blobs.insert(1, torch.frombuffer(bytearray(b"\xff\xd8\xff not really a jpeg"), dtype=torch.uint8))
+    out, errs = _gpu_pixels(blobs, 32, arch, torch.device("cpu"))
+    assert errs[1].startswith("cannot decode image") and out[1] is None and errs[0] == errs[2] == errs[3] == ""
+    for got, want in zip([out[0], out[2], out[3]], ref):
+        assert got.shape == want.shape == (3, 32, 32)
+        assert (got - want).abs().mean() < 0.05

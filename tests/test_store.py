@@ -69,12 +69,14 @@ def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path
     MIGRATIONS[0](db)  # a database written by the v1 code
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO classes (name) VALUES ('cat')")
+    db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/a.jpg', 'h', 1)")
     db.conn.commit()
     db.close()
     s = Store(db_path)
     assert s.schema_version == SCHEMA_VERSION and [c["name"] for c in s.classes()] == ["cat"]
     assert "reason" in s.db["leases"].columns_dict
     assert {"phase_index", "phase_count", "overall", "round_started_at", "eta_at"} <= set(s.db["worker"].columns_dict)
+    assert [(r["path"], r["mtime"]) for r in s.iter_images()] == [("/a.jpg", None)]  # rescan rehashes it
 
 
 def test_default_db_path(monkeypatch, tmp_path):
@@ -248,7 +250,9 @@ def test_models_and_scores(store):
     with pytest.raises(StoreError):
         store.make_current(7)
     assert store.current_model()["version"] == v2
-    assert store.delete_scores(v1) == 3
+    store.write_scores(v2, [(ids[0], 1, 0.1, 0.1)])
+    assert store.delete_scores(v1, batch=2) == 3  # two transactions; v2's score stays
+    assert store._all("SELECT model_version, image_id FROM scores") == [{"model_version": v2, "image_id": ids[0]}]
 
 
 def test_settings_defaults(store):

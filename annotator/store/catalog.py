@@ -51,7 +51,7 @@ class CatalogMixin(StoreBase):
 
     # -- images -------------------------------------------------------------------------
     def add_images(self, rows: Iterable[dict], *, batch: int = 2000) -> AddResult:
-        """Insert image rows (path, hash, label_id, width, height, bytes, extra), ``batch`` per transaction.
+        """Insert image rows (path, hash, label_id, width, height, bytes, mtime, extra), ``batch`` per transaction.
 
         Idempotent by ``path``: an existing path is skipped. A row whose hash matches an
         existing 'ok' image is stored with status 'duplicate' and ``duplicate_of`` set.
@@ -68,10 +68,11 @@ class CatalogMixin(StoreBase):
                     extra = r.get("extra")
                     try:
                         cur = self.db.execute(
-                            "INSERT INTO images (path, hash, label_id, width, height, bytes, status, duplicate_of,"
-                            " extra, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO NOTHING",
+                            "INSERT INTO images (path, hash, label_id, width, height, bytes, mtime, status,"
+                            " duplicate_of, extra, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                            " ON CONFLICT(path) DO NOTHING",
                             [str(r["path"]), r["hash"], r["label_id"], r.get("width"), r.get("height"),
-                             r.get("bytes"), "ok" if original is None else "duplicate", original,
+                             r.get("bytes"), r.get("mtime"), "ok" if original is None else "duplicate", original,
                              json.dumps(extra) if isinstance(extra, dict) else extra, now],
                         )
                     except sqlite3.IntegrityError as e:
@@ -82,6 +83,39 @@ class CatalogMixin(StoreBase):
                         added += 1
                         duplicates += original is not None
         return AddResult(added, skipped, duplicates)
+
+    def update_image_files(self, rows: Iterable[dict]) -> int:
+        """Record files read again (rescan): each row {id, hash, bytes, mtime, width, height}. Returns how many
+        images got a new hash.
+
+        New content re-derives the duplicate links: the image becomes a duplicate of the first other 'ok' image
+        with that hash, or 'ok'; images that were duplicates of its old content now follow the first of them,
+        which becomes 'ok'.
+        """
+        changed = 0
+        with self._tx():
+            for r in rows:
+                old = self._one("SELECT hash FROM images WHERE id = ?", [r["id"]])
+                if old is None:
+                    raise UnknownImage(f"unknown image id {r['id']}")
+                if old["hash"] == r["hash"]:
+                    self.db.execute("UPDATE images SET bytes = ?, mtime = ? WHERE id = ?",
+                                    [r["bytes"], r["mtime"], r["id"]])
+                    continue
+                changed += 1
+                original = self._scalar("SELECT id FROM images WHERE hash = ? AND status = 'ok' AND id != ? "
+                                        "ORDER BY id LIMIT 1", [r["hash"], r["id"]])
+                self.db.execute(
+                    "UPDATE images SET hash = ?, bytes = ?, mtime = ?, width = ?, height = ?, status = ?, "
+                    "duplicate_of = ? WHERE id = ?",
+                    [r["hash"], r["bytes"], r["mtime"], r.get("width"), r.get("height"),
+                     "ok" if original is None else "duplicate", original, r["id"]])
+                heir = self._scalar("SELECT id FROM images WHERE duplicate_of = ? ORDER BY id LIMIT 1", [r["id"]])
+                if heir is not None:
+                    self.db.execute("UPDATE images SET duplicate_of = ? WHERE duplicate_of = ? AND id != ?",
+                                    [heir, r["id"], heir])
+                    self.db.execute("UPDATE images SET status = 'ok', duplicate_of = NULL WHERE id = ?", [heir])
+        return changed
 
     def existing_paths(self, paths: Iterable[str]) -> set[str]:
         """The subset of ``paths`` already stored (paths as stored: absolute, resolved)."""

@@ -115,10 +115,18 @@ class ModelsMixin(StoreBase):
             self._model_exists(version)
             self.db.execute("UPDATE models SET is_current = (version = ?)", [version])
 
-    def delete_scores(self, version: int) -> int:
-        """Drop the scores of an old model version; returns rows deleted."""
-        with self._tx():
-            return self.db.execute("DELETE FROM scores WHERE model_version = ?", [version]).rowcount
+    def delete_scores(self, version: int, *, batch: int = 5000) -> int:
+        """Drop the scores of an old model version, ``batch`` rows per transaction (a million rows in one
+        transaction would hold the write lock, and so every annotator's next item, for seconds); returns rows
+        deleted."""
+        n = 0
+        while True:
+            with self._tx():
+                k = self.db.execute("DELETE FROM scores WHERE rowid IN (SELECT rowid FROM scores "
+                                    "WHERE model_version = ? LIMIT ?)", [version, batch]).rowcount
+            n += k
+            if k < batch:
+                return n
 
     def _model_row(self, row: dict) -> dict:
         row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None

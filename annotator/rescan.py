@@ -1,0 +1,115 @@
+"""Find image files that changed since they were hashed, and record their new content.
+
+    python -m annotator rescan
+
+A round trusts the content hash stored at ingest: it serves cached features by that hash and opens no file
+whose features are cached. A file replaced or edited in place afterwards is caught in two ways: extraction
+checks the bytes it reads against the stored hash (and reports "changed since ingest"), and `rescan` compares
+every file's size and mtime with the recorded ones, rehashing (and decoding) only those that differ, or that
+have no recorded mtime yet. New content gets its new hash, so the next round extracts its features; its
+verdicts stay (they judged the old content, which the report counts so a lead can look).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .ingest import EMPTY, MAX_PIXELS, MISSING, UNREADABLE, _pixel_limit, decode
+from .store import Store
+
+log = logging.getLogger(__name__)
+BATCH = 2000  # rows per store transaction
+
+
+@dataclass
+class RescanReport:
+    images: int = 0                # images looked at
+    unchanged: int = 0             # size and mtime as recorded: not read
+    rehashed: int = 0              # read again (size or mtime differed, or no mtime was recorded)
+    changed: int = 0               # of those, new content: new hash recorded
+    changed_with_verdicts: int = 0  # changed images that carry live verdicts (made on the old content)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): missing, unreadable, broken
+    counts: Counter = field(default_factory=Counter)             # reason -> number
+
+    def summary(self) -> str:
+        parts = [f"{self.images} images", f"{self.unchanged} unchanged (not read)", f"{self.rehashed} rehashed",
+                 f"{self.changed} changed", f"{len(self.errors)} errors"]
+        detail = ", ".join(f"{reason}: {n}" for reason, n in self.counts.most_common())
+        tail = (f"; {self.changed_with_verdicts} changed images have verdicts made on their old content"
+                if self.changed_with_verdicts else "")
+        return "; ".join(parts) + (f" ({detail})" if detail else "") + tail
+
+
+def _reread(row: dict, max_pixels: int) -> dict | str:
+    """-> {id, hash, bytes, mtime, width, height} of the file now, or an error reason."""
+    path = Path(row["path"])
+    try:
+        mtime = path.stat().st_mtime
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return MISSING
+    except OSError as e:
+        log.debug("cannot read %s: %r", path, e)
+        return UNREADABLE
+    size = decode(data, max_pixels) if data else EMPTY
+    out = {"id": row["id"], "hash": hashlib.blake2b(data, digest_size=16).hexdigest(), "bytes": len(data),
+           "mtime": mtime, "width": None, "height": None}
+    if isinstance(size, str):
+        return out | {"error": size}
+    return out | {"width": size[0], "height": size[1]}
+
+
+def rescan(store: Store, *, max_pixels: int = MAX_PIXELS, progress: bool = False) -> RescanReport:
+    """Compare every image file with its recorded size and mtime; rehash those that differ; record changes.
+
+    A changed file that no longer decodes still gets its new hash (so it is not served old features) and is
+    reported; a missing or unreadable file is reported and left as it is. Errors go to the store's ingest
+    error log (source 'rescan').
+    """
+    report = RescanReport()
+    live = {v["image_id"] for v in store.live_verdicts()}
+    pending: list[dict] = []
+    new_ids: list[int] = []
+
+    def flush() -> None:
+        report.changed += store.update_image_files(pending)
+        pending.clear()
+
+    bar = tqdm(total=store.images_count(), disable=not progress, unit="img", desc="rescan")
+    with _pixel_limit(max_pixels):
+        for row in store.iter_images():
+            report.images += 1
+            bar.update()
+            try:
+                st = os.stat(row["path"])
+                same = row["mtime"] is not None and st.st_size == row["bytes"] and st.st_mtime == row["mtime"]
+            except OSError:
+                same = False
+            if same:
+                report.unchanged += 1
+                continue
+            new = _reread(row, max_pixels)
+            if isinstance(new, str):
+                report.errors.append((row["path"], new))
+                continue
+            report.rehashed += 1
+            if "error" in new:
+                report.errors.append((row["path"], new.pop("error")))
+            if new["hash"] != row["hash"]:
+                new_ids.append(row["id"])
+            pending.append(new)
+            if len(pending) >= BATCH:
+                flush()
+    flush()
+    bar.close()
+    report.changed_with_verdicts = len(live.intersection(new_ids))
+    report.counts.update(reason for _, reason in report.errors)
+    store.add_ingest_errors({"source": "rescan", "path": p, "reason": r} for p, r in report.errors)
+    log.info("rescan: %s", report.summary())
+    return report

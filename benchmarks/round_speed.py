@@ -1,0 +1,193 @@
+"""The default round at scale: time per phase, peak memory, and the review queue's latency while it publishes.
+
+Builds (or reuses, ``--db``) a store with ``--n`` images in ``--classes`` classes (every 10th verified), a
+current model scoring every image, ``--verdicts`` verdicts, and the images' features generated straight into
+the content-keyed cache (``--dim``-d float16, class prototypes plus noise, 10 % of labels flipped); no image
+file exists, so the round proves it reads none. Then runs ``pipeline.run_round`` (the worker's default round)
+in a child process, records when each phase starts and the child's peak RSS, and meanwhile times
+``next_items`` + a verdict on its own connection, as an annotator would, apart for the publishing phase.
+
+    python -m benchmarks.round_speed --n 100000 --json benchmarks/results/round-speed-n100000.json
+    nice -n 10 python -m benchmarks.round_speed --n 1000000 --json benchmarks/results/round-speed-n1000000.json
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import platform
+import random
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from annotator import pipeline
+from annotator.round_config import RoundConfig
+from annotator.queue import next_items
+from annotator.store import Store
+from benchmarks.report import write_json
+from cleannet_core.features import FeatureCache
+
+log = logging.getLogger(__name__)
+BACKBONE_ID, IMAGE_SIZE = "synthetic", 224
+PHASES = ("load", "features", "references", "training", "writing", "idle")
+
+
+def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, seed: int = 0) -> dict:
+    """Fill `path` (a new file) as the module docstring says; returns build times in seconds."""
+    store = Store(path)
+    if store.images_count() == n:
+        store.close()
+        return {}
+    log.info("building %s: %d images, %d classes, %d-d features", path, n, classes, dim)
+    if store.images_count():
+        raise SystemExit(f"{path} holds {store.images_count()} images, not {n}: pass another --db")
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    names = [f"class{c:04d}" for c in range(classes)]
+    cids = store.ensure_classes(names)
+    store.set_verify(names[::10])
+    clean = np.sort(rng.integers(0, classes, n))                 # a contiguous id block per class
+    noisy = np.where(rng.random(n) < 0.1, rng.integers(0, classes, n), clean)
+    keys = [f"{i:032x}" for i in range(n)]
+    store.add_images(({"path": f"/nowhere/{names[c]}/{i:07d}.jpg", "hash": keys[i], "label_id": cids[names[c]],
+                       "width": 256, "height": 256} for i, c in enumerate(noisy.tolist())), batch=50_000)
+    times = {"images_s": time.perf_counter() - t0}
+    t = time.perf_counter()
+    cache = FeatureCache(path.parent / "features", f"{BACKBONE_ID}-{IMAGE_SIZE}px", dim)
+    protos = rng.gamma(1.0, 1.0, (classes, dim)).astype(np.float32)
+    for start in range(0, n, 65_536):                            # features keyed by the ingest hashes
+        sl = slice(start, min(start + 65_536, n))
+        x = protos[clean[sl]] + rng.normal(0, 1.0, (sl.stop - sl.start, dim)).astype(np.float32)
+        cache.add(keys[sl], np.maximum(x, 0))
+    times["features_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    (path.parent / "backbone-synthetic.pt").write_bytes(b"")     # never loaded: every image is cached
+    cfg = RoundConfig()  # registered as the default round's backbone, so the round keeps it
+    store.add_artifact(kind="backbone", path=str(path.parent / "backbone-synthetic.pt"), backbone_id=BACKBONE_ID,
+                       source="synthetic features (benchmark)",
+                       provenance={"arch": cfg.arch, "kind": cfg.backbone, "image_size": IMAGE_SIZE,
+                                   "num_classes": classes, "dim": dim})
+    version = store.add_model(delta=0.5, metrics={"synthetic": True})
+    s = rng.random(n)
+    store.write_scores(version, ((i + 1, cids[names[c]], float(v), abs(float(v) - 0.5))
+                                 for i, (c, v) in enumerate(zip(noisy.tolist(), s.tolist()))), batch=50_000)
+    store.make_current(version)
+    verify = np.flatnonzero(np.isin(noisy, np.arange(0, classes, 10)))
+    for k, i in enumerate(rng.choice(verify, min(verdicts, len(verify)), replace=False).tolist()):
+        store.record_verdict(i + 1, f"ann{k % 5}", "correct" if noisy[i] == clean[i] else "wrong",
+                             reason="audit" if k % 4 == 0 else "uncertain", model_version=version)
+    times["scores_verdicts_s"] = time.perf_counter() - t
+    store.close()
+    return {k: round(v, 1) for k, v in times.items()}
+
+
+def _round(db: str, device: str, out: mp.Queue) -> None:
+    """Child process: one default round; sends phase start times, total and peak RSS. Threads as the worker
+    sets them (all cores but one, left to the app)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    store = Store(db)
+    starts = {"load": time.perf_counter()}
+    cpu = {"load": time.process_time()}  # CPU seconds of all threads: what the phase costs on a busy machine
+
+    def report(phase: str, progress: float, message: str) -> None:
+        if phase not in starts:
+            starts[phase], cpu[phase] = time.perf_counter(), time.process_time()
+            store.worker_update(phase=phase, progress=progress, message=message)
+            print(f"{time.strftime('%H:%M:%S')} {phase}: {message}", flush=True)
+
+    version = pipeline.run_round(store, RoundConfig(device=device), report=report)
+    end, cpu_end = time.perf_counter(), time.process_time()
+    store.worker_update(phase="done")
+    store.close()
+    order = [p for p in PHASES if p in starts]
+    phase_s = {p: (starts[order[k + 1]] if k + 1 < len(order) else end) - starts[p] for k, p in enumerate(order)}
+    phase_cpu_s = {p: (cpu[order[k + 1]] if k + 1 < len(order) else cpu_end) - cpu[p] for k, p in enumerate(order)}
+    out.put({"version": version, "round_s": end - starts["load"], "round_cpu_s": cpu_end - cpu["load"],
+             "phase_s": phase_s, "phase_cpu_s": phase_cpu_s, "threads": torch.get_num_threads(),
+             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+
+
+def stats_ms(samples: list[float]) -> dict:
+    ms = sorted(s * 1000 for s in samples)
+    if not ms:
+        return {"n": 0}
+    return {"n": len(ms), "p50": statistics.median(ms), "p95": ms[min(len(ms) - 1, int(0.95 * len(ms)))],
+            "max": ms[-1]}
+
+
+def _annotate_once(store: Store, rng: random.Random) -> float:
+    t = time.perf_counter()
+    items = next_items(store, "bench", n=1, rng=rng)
+    dt = time.perf_counter() - t
+    if items:
+        store.record_verdict(items[0].image_id, "bench", "correct", reason=items[0].reason,
+                             model_version=items[0].model_version)
+    return dt
+
+
+def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", seed: int = 0) -> dict:
+    """The round in a child process; next-item latency here, before it (idle) and during each phase."""
+    store = Store(db)
+    store.worker_update(phase="idle")
+    rng = random.Random(seed)
+    idle = [_annotate_once(store, rng) for _ in range(idle_calls)]
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    child = mp.get_context("spawn").Process(target=_round, args=(str(db), device, q))
+    child.start()
+    during: dict[str, list[float]] = {}
+    while child.is_alive() and q.empty():
+        phase = store.worker_state()["phase"]
+        if phase in ("writing", "training", "references"):
+            during.setdefault(phase, []).append(_annotate_once(store, rng))
+            # writing is short: sample it densely; elsewhere a few annotators' pace, not a CPU hog of our own
+            time.sleep(0.02 if phase == "writing" else 0.5)
+        else:
+            time.sleep(0.05)
+    res = q.get(timeout=60)
+    child.join()
+    store.close()
+    return res | {"queue_ms": {"idle": stats_ms(idle)} | {f"during_{k}": stats_ms(v) for k, v in during.items()}}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100_000, help="images")
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--dim", type=int, default=1280, help="feature size (EfficientNet-Lite0: 1280)")
+    ap.add_argument("--verdicts", type=int, default=2000)
+    ap.add_argument("--db", type=Path, help="store file to build or reuse (default: a temp dir, deleted)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or Path(tmp) / "state" / "bench.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        build = build_store(db, args.n, args.classes, args.dim, verdicts=args.verdicts)
+        res = run(db)
+    machine = f"{platform.processor() or platform.machine()}, {mp.cpu_count()} cores"
+    out = {"n_images": args.n, "classes": args.classes, "dim": args.dim, "verdicts": args.verdicts,
+           "machine": machine, "build_s": build} | res
+    print(f"\nround at {args.n:,} images, {args.classes} classes, {args.dim}-d features ({machine})\n")
+    print("| phase | wall s | CPU s |\n|---|---|---|")
+    for p, s in res["phase_s"].items():
+        print(f"| {p} | {s:.1f} | {res['phase_cpu_s'][p]:.1f} |")
+    print(f"| **round** | **{res['round_s']:.1f}** | {res['round_cpu_s']:.1f} |\n\n"
+          f"peak RSS {res['peak_rss_gb']:.2f} GB\n")
+    print("| next item + verdict | n | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|")
+    for k, s in res["queue_ms"].items():
+        if s["n"]:
+            print(f"| {k} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | {s['max']:.1f} |")
+    write_json(args.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
