@@ -254,7 +254,7 @@ def test_grid_mode_flip_and_submit_with_g(server, browser, annotator):
 
 def test_lead_dashboard_and_csv_download(server, browser, tmp_path):
     url, db = server
-    with Store(db) as store:  # the worker trains the first model (1 backbone epoch, 200 CleanNet steps)
+    with Store(db) as store:  # the worker computes the first model (frozen Lite0 features of 200 images, a probe)
         wait_for(store.current_model, timeout=150, what="the first model", every=1)
         live = {v["image_id"]: v["verdict"] for v in store.live_verdicts()}
     page = new_page(browser)

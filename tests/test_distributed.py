@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torchvision.models import resnet18
 
@@ -16,6 +17,8 @@ from annotator.artifacts import current_backbone
 from annotator.ingest import ingest_csv
 from annotator.store import Store
 from cleannet_core.features import FeatureCache
+
+pytestmark = pytest.mark.slow  # torchrun processes extracting features
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 N = 240  # demo images used: enough for several cache shards per rank
