@@ -79,7 +79,7 @@ def current_backbone(store: Store) -> BackboneInfo | None:
     if row is None or not Path(row["path"]).is_file():
         return None
     p = row["provenance"]
-    kind = p.get("kind", "pretrained" if row["source"].startswith("ImageNet") else "noisy")  # older records
+    kind = p.get("kind", "pretrained" if row["source"].startswith("ImageNet") else "noisy")  # a record without a kind
     return BackboneInfo(path=row["path"], id=row["backbone_id"], source=row["source"], arch=p["arch"],
                         image_size=p["image_size"], num_classes=p["num_classes"], kind=kind, dim=p.get("dim"))
 
