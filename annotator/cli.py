@@ -426,6 +426,25 @@ def users_signout(ctx, name) -> None:
 
 
 @cli.command()
+@click.argument("image_id", type=int)
+@click.argument("verdict", type=click.Choice(["correct", "wrong", "unsure"]))
+@click.option("--lead", required=True, help="the lead who decides (an active lead account)")
+@click.option("--label", help="the true class (with verdict 'wrong')")
+@click.pass_context
+def override(ctx, image_id, verdict, lead, label) -> None:
+    """Replace an image's verdict as a lead: the old one is voided in the same transaction.
+
+    Example: annotator override 42 wrong --lead admin --label dog
+    """
+    store = _open(ctx)
+    try:
+        vid = store.override_verdict(image_id, lead, verdict, corrected_label=label)
+    except (StoreError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"image {image_id}: {verdict} by {lead} (verdict {vid})")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx, as_json) -> None:

@@ -18,7 +18,8 @@ DEMO = REPO / "data" / "demo"
 # The demo is the one project that lives in the clone (gitignored): it is part of the tool, not user data.
 DEMO_DB = REPO / "data" / "state" / "annotator.db"
 VERIFY = ["airplane", "automobile", "bird", "cat", "deer"]
-# First model within ~3 minutes on a 2-core CPU: a short backbone run and fewer CleanNet steps.
+# The first model needs no training (frozen ImageNet features); a short backbone run and fewer CleanNet steps
+# when a lead switches the demo to `backbone: finetuned` / `noisy` or `method: paper`.
 DEMO_ROUND = RoundConfig(backbone_epochs=3, steps=1000)
 
 
@@ -35,7 +36,8 @@ def prepare_demo(store: Store) -> None:
 def run_demo(db: str | Path, *, port: int = 8501) -> None:
     with Store(db) as store:
         prepare_demo(store)
-    serve(db, port=port, note="The worker trains the first model now (about 3 minutes on a 2-core CPU).")
+    serve(db, port=port, note="The worker computes the first model now (ImageNet features of the 3,000 images, "
+                              "then a linear probe).")
 
 
 def serve(db: str | Path, *, port: int = 8501, note: str = "") -> None:

@@ -204,18 +204,22 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
 
 
 def features(store: Store, data: Data, model: Backbone | None, info: BackboneInfo, cfg: RoundConfig, *,
-             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             progress: bool = False, report: Report = _quiet) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) float16 features of data from the cache keyed by the ingest hashes, and (N,) bool readable.
 
     Cached images are not opened; the others are read, checked against their ingest hash and extracted (model
     None: the stored backbone is loaded then). The unreadable images (zero rows) are reported and left out of
     the references and the probe's training. float16 holds the cached values exactly at half the memory.
-    `progress`: tqdm bars (the CLI).
+    `progress`: tqdm bars (the CLI); `report` gets phase 'features' after every batch the backbone runs.
     """
+
+    def on_batch(done: int, total: int) -> None:
+        report("features", done / max(total, 1), f"features of {done} of {total} new images ({info.image_size} px)")
+
     res = extract_features(model if model is not None else (lambda: load_backbone_artifact(info)), data.paths,
                            keys=data.keys, dim=info.dim, cache_dir=features_dir(store), backbone_id=info.id,
                            image_size=info.image_size, device=cfg.device, decode=cfg.decode, dtype=np.float16,
-                           progress=progress)
+                           progress=progress, on_batch=on_batch)
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
@@ -272,7 +276,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     report("features", 0.0, f"extracting features at {backbone.image_size} px ({backbone.source})")
     if cfg.extract_procs > 1:
         torchrun_extract(store, cfg.extract_procs)
-    feats, readable = features(store, data, model, backbone, cfg)
+    feats, readable = features(store, data, model, backbone, cfg, report=report)
     report("references", 0.0, "k-means reference sets")
     sub = slice(None) if readable.all() else readable  # a boolean index would copy all N rows
     refs, counts = build_references(feats[sub], data.labels[sub], len(data.class_ids),

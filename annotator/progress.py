@@ -175,11 +175,12 @@ def describe_status(out: dict) -> list[str]:
 
 
 class TqdmReport:
-    """A ``pipeline.Report`` for the CLI: one tqdm bar per phase (percent of the phase), the phase's latest
-    message as the bar's postfix. Call ``close()`` when the round ends."""
+    """A ``pipeline.Report`` for the CLI: one tqdm bar per phase (percent of the phase), and each new message
+    as a line ``[phase] message`` above the bars (a log of the round). Call ``close()`` when the round ends."""
 
     def __init__(self) -> None:
         self.phase: str | None = None
+        self.message: str | None = None
         self.bar: tqdm | None = None
 
     def __call__(self, phase: str, progress: float, message: str) -> None:
@@ -188,14 +189,12 @@ class TqdmReport:
             self.phase = phase
             if phase in PHASES:
                 self.bar = tqdm(total=100, desc=phase, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
-                                "{elapsed}<{remaining} {postfix}")
-        if self.bar is None:
-            if message:
-                tqdm.write(f"[{phase}] {message}")
-            return
-        self.bar.update(max(0, int(round(100 * min(progress, 1.0))) - self.bar.n))
-        if message:
-            self.bar.set_postfix_str(message, refresh=True)
+                                "{elapsed}<{remaining}")
+        if message and message != self.message:
+            self.message = message
+            tqdm.write(f"[{phase}] {message}")
+        if self.bar is not None:
+            self.bar.update(max(0, int(round(100 * min(progress, 1.0))) - self.bar.n))
 
     def close(self) -> None:
         if self.bar is not None:

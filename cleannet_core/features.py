@@ -279,8 +279,11 @@ def fill_cache(model: Backbone | Callable[[], Backbone], paths: Sequence[str | P
 def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[str | Path], *, cache_dir: str | Path,
                      backbone_id: str, image_size: int, keys: Sequence[str] | None = None, dim: int | None = None,
                      batch_size: int = 256, num_workers: int = 2, device: str = "auto", decode: str = "cpu",
-                     dtype: type = np.float32, progress: bool = True) -> FeatureResult:
+                     dtype: type = np.float32, progress: bool = True,
+                     on_batch: Callable[[int, int], None] | None = None) -> FeatureResult:
     """Pool5 features (N, D) for `paths`, computing only images whose content is not cached yet.
+    on_batch(done, total): called after each extracted batch (images run through the backbone so far, and how
+    many need it), e.g. for a worker's progress report.
 
     keys (N,): the images' content keys (blake2b-128 of the bytes, as `annotator` stores them at ingest). Given
     keys, cached images are never opened; without them every file is read and hashed first. `model` may be a
@@ -329,9 +332,14 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
                     feats[i], reasons[i] = fj, e
                 n_extracted += 0 if e else len(by_key[keys[p]])
 
+        def step(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+            if on_batch is not None:
+                on_batch(done, total)
+
         fill_cache(model, [paths[i] for i in miss], [keys[i] for i in miss], cache=cache,
                              image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device,
-                             decode=decode, progress=lambda done, _: bar.update(done - bar.n),
+                             decode=decode, progress=step,
                              on_features=lambda pos, f, e: take([miss[j] for j in pos], f, e))
         bar.close()
 

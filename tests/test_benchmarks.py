@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import budget, classify, cli_startup, dashboard_speed, gpu_check, oof, quality, signals, summarize
+from benchmarks import (budget, classify, cli_startup, dashboard_speed, gpu_check, lite_settings, oof, quality, signals,
+                        summarize)
+from cleannet_core import efficientnet
 
 
 @pytest.mark.slow
@@ -138,3 +140,15 @@ def test_dashboard_speed_renders_every_kind(tmp_path, monkeypatch):
                                 "--json", str(tmp_path / "d.json")])
     assert {k: r["n"] for k, r in res["renders"].items()} == {"login": 2, "cold": 1, "warm": 2, "new_verdict": 2}
     assert json.loads((tmp_path / "d.json").read_text())["n_images"] == 3000
+
+
+def test_lite_settings_measures_each_padding_and_scaling(cifar_dir, tmp_path):
+    out = tmp_path / "s.json"
+    res = lite_settings.main(["--data", str(cifar_dir), "--n", "150", "--labels", "random1", "--workers", "0",
+                              "--settings", "tf_same:lite:32,symmetric:imagenet:32", "--json", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert [(r["padding"], r["scaling"], r["image_size"]) for r in res["rows"]] == [("tf_same", "lite", 32),
+                                                                                    ("symmetric", "imagenet", 32)]
+    a, b = (r["auroc_heldout"]["random1"] for r in res["rows"])
+    assert 0 <= a <= 1 and 0 <= b <= 1 and a != b  # the variants give different features
+    assert efficientnet.LITE_MEAN == (127 / 255,) * 3  # the scaling is restored after the run

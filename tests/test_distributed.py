@@ -18,6 +18,8 @@ from annotator.ingest import ingest_csv
 from annotator.store import Store
 from cleannet_core.features import FeatureCache
 
+pytestmark = pytest.mark.slow  # torchrun processes extracting features
+
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 N = 240  # demo images used: enough for several cache shards per rank
 

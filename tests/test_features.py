@@ -135,8 +135,11 @@ def test_extract_features_cache_and_errors(model, tmp_path, caplog):
 
 def test_extract_features_demo_images(model, tmp_path):
     paths = [DEMO / r["path"] for r in demo_rows(64)]
-    r = extract_features(model, paths, cache_dir=tmp_path, backbone_id=backbone_id(model), **KW)
+    calls = []
+    r = extract_features(model, paths, cache_dir=tmp_path, backbone_id=backbone_id(model),
+                         on_batch=lambda done, total: calls.append((done, total)), **KW)
     assert r.ok.all() and r.errors == [] and r.features.shape == (64, 512) and r.n_extracted == 64
+    assert calls == [(8 * (i + 1), 64) for i in range(8)]  # batch_size 8: progress after every batch
     assert (r.features >= 0).all() and r.features.std(0).max() > 0
     r2 = extract_features(model, paths[:32], cache_dir=tmp_path, backbone_id=backbone_id(model), **KW)
     assert r2.n_cached == 32 and r2.n_extracted == 0

@@ -146,6 +146,7 @@ def _hammer(path: str, worker: int, image_ids: list[int], seed: int) -> Counter:
     return outcome
 
 
+@pytest.mark.slow
 def test_concurrent_processes_never_leave_two_live_verdicts(db_path):
     with Store(db_path) as store:
         ids = add(store, 60)
@@ -254,3 +255,23 @@ def test_grid_undo_is_the_page(db):
     with Store() as store:
         assert store.verdict_count() == 0
     assert len([b for b in at.button if b.key and b.key.startswith("ann_flip_")]) == 12  # the page is back
+
+
+def test_cli_override_needs_a_lead(tmp_path):
+    from click.testing import CliRunner
+
+    from annotator.cli import cli
+    db = tmp_path / "state" / "annotator.db"
+    with Store(db) as store:
+        auth.add_user(store, "lead", "lead", "lead-password")
+        (img,) = add(store, 1)
+        store.ensure_classes(["dog"])
+        store.record_verdict(img, "ann", "correct", reason="audit")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "ann"])
+    assert res.exit_code == 1 and "only an active lead" in res.output
+    res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "lead", "--label", "dog"])
+    assert res.exit_code == 0, res.output
+    with Store(db) as store:
+        [v] = store.live_verdicts()
+        assert (v["annotator"], v["verdict"], v["corrected_label_id"]) == ("lead", "wrong", store.class_id("dog"))
