@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from annotator import auth
+
 from helpers import demo_as_cifar10n
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -19,3 +21,15 @@ torch.set_num_threads(1)
 def cifar_dir(tmp_path_factory) -> Path:
     """The repo's 3,000 demo images in the CIFAR-10N folder layout (label set `random1` only)."""
     return demo_as_cifar10n(tmp_path_factory.mktemp("cifar10n"))
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request, monkeypatch):
+    """scrypt at n=2^12 instead of the product's 2^17 (1/32 of the work per hash) in every test not marked
+    real_scrypt: hashing passwords was most of the fast set's time. A stored hash carries its own cost, so
+    hashes made here verify in the CLI and app processes the tests start, which use the real cost."""
+    if not request.node.get_closest_marker("real_scrypt"):
+        monkeypatch.setattr(auth, "_N", 2 ** 12)
+    auth._dummy_hash.cache_clear()  # the unknown-user hash is made at the cost in force
+    yield
+    auth._dummy_hash.cache_clear()

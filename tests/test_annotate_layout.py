@@ -29,7 +29,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"
 PW = {"admin": "lead-pass-123", "ann": "annotator-pass-1"}
 SIZES = [(1366, 768), (1920, 1080)]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")]
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 

@@ -468,8 +468,8 @@ def test_export_page_documents_every_column_and_writes_the_train_format(db):
         first = next(store.iter_images())
         store.record_verdict(first["id"], "ann", "wrong", reason="audit", corrected_label="dog")
     at = app("admin", page="annotator/pages/export.py")
-    docs = at.dataframe[1].value  # [0] is the preview
-    assert docs["column"].tolist() == list(COLUMN_DOCS) and docs["meaning"].tolist() == list(COLUMN_DOCS.values())
+    docs = at.table[0].value
+    assert docs.index.tolist() == list(COLUMN_DOCS) and docs["meaning"].tolist() == list(COLUMN_DOCS.values())
     assert "final_label" in at.dataframe[0].value.columns
     at.radio(key="exp_format").set_value("train").run()
     preview = at.dataframe[0].value

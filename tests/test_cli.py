@@ -154,7 +154,7 @@ def test_extract_says_which_backbone_and_never_swaps_it_silently(env, tmp_path):
     assert "ImageNet weights for resnet18 are not available offline" in out
     assert "training the resnet18 backbone on 60 images (1 epochs)" in out  # the backbone bar's text
     assert "backbone epoch 1/1: train accuracy" in out
-    assert "backbone: trained on the noisy labels (no ImageNet weights available offline); features at 32 px" in out
+    assert "(backbone: trained on the noisy labels (no ImageNet weights available offline))" in out
     assert "using the project's backbone (trained on the noisy labels" in run("train").output
     first = Store(db).latest_artifact("backbone")
     weights = tmp_path / "r18.pth"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torchvision.models import resnet18
 
@@ -16,6 +17,8 @@ from annotator.artifacts import current_backbone
 from annotator.ingest import ingest_csv
 from annotator.store import Store
 from cleannet_core.features import FeatureCache
+
+pytestmark = pytest.mark.slow  # torchrun processes extracting features
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 N = 240  # demo images used: enough for several cache shards per rank
@@ -54,6 +57,7 @@ def cached(db: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return hit, feats, keys
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
     torch.manual_seed(0)
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
@@ -91,6 +95,7 @@ def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
     assert res.returncode == 0 and f"{N} were cached, 0 extracted" in res.stdout
 
 
+@pytest.mark.slow
 def test_a_round_with_extract_procs_extracts_on_torchrun_ranks(tmp_path):
     """The round setting extract_procs = 2: the worker's round runs the extraction on two ranks."""
     torch.manual_seed(0)

@@ -32,6 +32,7 @@ def installed(tmp_path_factory) -> Path:
     return venv / "bin" / "annotator"
 
 
+@pytest.mark.slow
 def test_installed_command_works_from_another_folder(installed, tmp_path):
     """From a project folder outside the clone: no --db puts the database in the per-user data folder
     ($XDG_DATA_HOME/annotator), never in the clone; relative paths are the user's; --db and $ANNOTATOR_DB win."""

@@ -146,6 +146,7 @@ def _hammer(path: str, worker: int, image_ids: list[int], seed: int) -> Counter:
     return outcome
 
 
+@pytest.mark.slow
 def test_concurrent_processes_never_leave_two_live_verdicts(db_path):
     with Store(db_path) as store:
         ids = add(store, 60)

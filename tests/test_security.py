@@ -163,6 +163,7 @@ def test_login_form_says_when_throttled(db):
     assert "Too many failed logins" in at.error[0].value and login_form(at)
 
 
+@pytest.mark.real_scrypt
 def test_unknown_user_costs_the_same_scrypt_work(store, monkeypatch):
     calls = []
     real = hashlib.scrypt
@@ -178,6 +179,7 @@ def test_unknown_user_costs_the_same_scrypt_work(store, monkeypatch):
     assert calls == [2 ** 17, 2 ** 17]
 
 
+@pytest.mark.real_scrypt
 def test_old_scrypt_cost_is_rehashed_at_login(store):
     salt = os.urandom(16)
     old = hashlib.scrypt(b"old-cost-password", salt=salt, n=2 ** 14, r=8, p=1, dklen=32).hex()

@@ -52,8 +52,7 @@ def page() -> None:
     else:
         st.dataframe(preview, hide_index=True, width="stretch", key="exp_preview")
     with st.expander("What each column means", expanded=False):
-        st.dataframe(pd.DataFrame({"column": list(COLUMN_DOCS), "meaning": list(COLUMN_DOCS.values())}),
-                     hide_index=True, width="stretch", key="exp_columns")
+        st.table(pd.DataFrame({"column": list(COLUMN_DOCS), "meaning": list(COLUMN_DOCS.values())}).set_index("column"))
         st.caption("The train format: `path`, `label` (= `final_label`), `weight` (= `w_soft`), only rows to keep, "
                    "written verbatim for programs (the full format escapes cells a spreadsheet would run).")
 
