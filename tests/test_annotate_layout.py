@@ -7,38 +7,20 @@ through the store on 60 demo images. Screenshots go to tests/artifacts/.
 import csv
 import os
 import random
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from annotator import auth
 from annotator.ingest import ingest_csv
 from annotator.store import Store
+from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from helpers import DEMO
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "demo"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PW = {"admin": "lead-pass-123", "ann": "annotator-pass-1"}
 SIZES = [(1366, 768), (1920, 1080)]
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")]
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = BROWSER_MARKS
 expect = sync_api.expect
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,39 +49,8 @@ def server(tmp_path_factory):
         store.make_current(version)
         auth.add_user(store, "ann", "annotator", PW["ann"])
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD=PW["admin"], PYTHONUNBUFFERED="1")
-    port = _free_port()
-    log = open(ARTIFACTS / "layout-streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.address", "127.0.0.1", "--server.port", str(port),
-                             "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and proc.poll() is None, "streamlit did not start"
-            time.sleep(0.3)
+    with streamlit_app(env, log_name="layout-streamlit.log") as url:
         yield url, db
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def open_annotate(browser, url: str, size: tuple[int, int]):

@@ -9,10 +9,8 @@ Skipped when /usr/bin/chromium is missing (`make chromium` installs it).
 import csv
 import os
 import re
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,37 +19,16 @@ from annotator import auth
 from annotator.ingest import ingest_csv
 from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
+from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, stop, streamlit_app, sync_api  # noqa: F401
 from helpers import DEMO, REPO, wait_for
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ADMIN_PW = "lead-pass-123"
 N_IMAGES = 200
 WAIT_MS = 30_000
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")]
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = BROWSER_MARKS
 expect = sync_api.expect
 expect.set_options(timeout=30_000)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="module")
@@ -70,38 +47,14 @@ def server(tmp_path_factory):
         store.set_verify(["airplane", "automobile"])
         save_round_config(store, RoundConfig(backbone_epochs=1, steps=200))
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD=ADMIN_PW, PYTHONUNBUFFERED="1")
-    port = _free_port()
-    logs = [open(ARTIFACTS / "worker.log", "w"), open(ARTIFACTS / "streamlit.log", "w")]
-    procs = [subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "-v", "worker", "--poll", "1"],
-                              cwd=REPO, env=env, stdout=logs[0], stderr=subprocess.STDOUT)]
-    try:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=logs[1], stderr=subprocess.STDOUT))
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=60, what="streamlit to start", proc=procs[1], every=0.3)
-        yield url, db
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        for log in logs:
-            log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
+    with open(ARTIFACTS / "worker.log", "w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "-v", "worker", "--poll", "1"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with streamlit_app(env, log_name="streamlit.log") as url:
+                yield url, db
+        finally:
+            stop(worker)
 
 
 @pytest.fixture

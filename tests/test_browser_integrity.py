@@ -4,28 +4,25 @@ Skipped when /usr/bin/chromium is missing."""
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_browser import ARGS, ARTIFACTS, CHROMIUM, DEMO, _free_port, _stop, metric, new_page
+
+from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from helpers import DEMO
+from test_browser import metric, new_page
 
 from annotator import auth
 from annotator.ingest import ingest_csv
 from annotator.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "alice-password"
 N_IMAGES = 120
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")]
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = BROWSER_MARKS
 expect = sync_api.expect
 
 
@@ -42,35 +39,8 @@ def server(tmp_path_factory):
         store.set_verify([c["name"] for c in store.classes()])
         auth.add_user(store, "alice", "annotator", PASSWORD)
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD="admin-password-1", PYTHONUNBUFFERED="1")
-    port = _free_port()
-    log = open(ARTIFACTS / "streamlit-integrity.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline and proc.poll() is None, "streamlit did not start"
-            time.sleep(0.3)
+    with streamlit_app(env, log_name="streamlit-integrity.log") as url:
         yield url, db
-    finally:
-        _stop(proc)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def login(page, url: str) -> None:
