@@ -90,8 +90,8 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
     res = extract_features(model, ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
                            image_size=config.image_size, device=device)
     timings["features_s"] = round(time.perf_counter() - t, 2)
-    if not res.ok.all():
-        raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
+    if not res.readable.all():
+        raise SystemExit(f"{(~res.readable).sum()} images could not be read, e.g. {res.errors[:3]}")
     return res.features
 
 
@@ -139,8 +139,8 @@ def pretrained_features(ds: Dataset, *, arch: str = "efficientnet_lite0", image_
     res = extract_features(model.eval(), ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
                            image_size=image_size, batch_size=batch_size, device=device)
     timings["features_s"] = round(time.perf_counter() - t, 2)
-    if not res.ok.all():
-        raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
+    if not res.readable.all():
+        raise SystemExit(f"{(~res.readable).sum()} images could not be read, e.g. {res.errors[:3]}")
     return res.features
 
 
