@@ -67,6 +67,7 @@ def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every
         for b in (bars, bar):
             getattr(b, "close", lambda: None)()
     if rank == 0:
+        click.echo(f"backbone: {t.backbone}; features at {t.image_size} px")
         bad = f"; {t.failed} images could not be read (listed on the Admin page)" if t.failed else ""
         click.echo(f"{t.images} images, feature vectors of size {t.dim} (backbone: {t.backbone}): "
                    f"{t.cached_before} were cached, {t.extracted} extracted by {t.world} process(es){bad}")

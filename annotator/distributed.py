@@ -41,6 +41,7 @@ class ExtractTotals:
     world: int         # processes that took part
     dim: int           # feature size
     backbone: str      # where the backbone came from
+    image_size: int    # input size the features are extracted at
 
 
 def world_from_env() -> tuple[int, int, int]:
@@ -111,7 +112,8 @@ def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, repor
         if rank == 0 and bad:
             store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in bad)
         extracted, failed = (int(c) for c in counts.cpu())
-        return ExtractTotals(len(data.ids), cached_before, extracted, failed, world, dim, info.source)
+        return ExtractTotals(len(data.ids), cached_before, extracted, failed, world, dim, info.source,
+                             info.image_size)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()

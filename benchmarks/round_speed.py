@@ -33,14 +33,17 @@ from annotator.queue import next_items
 from annotator.store import Store
 from benchmarks.report import write_json
 from cleannet_core.features import FeatureCache
+from cleannet_core.score import Scores
 
 log = logging.getLogger(__name__)
 BACKBONE_ID, IMAGE_SIZE = "synthetic", 224
 PHASES = ("load", "features", "references", "training", "writing", "idle")
 
 
-def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, seed: int = 0) -> dict:
-    """Fill `path` (a new file) as the module docstring says; returns build times in seconds."""
+def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, features: bool = True,
+                seed: int = 0) -> dict:
+    """Fill `path` (a new file) as the module docstring says (`features` False: no feature cache, for timing
+    the publishing alone); returns build times in seconds."""
     store = Store(path)
     if store.images_count() == n:
         store.close()
@@ -62,7 +65,7 @@ def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, se
     t = time.perf_counter()
     cache = FeatureCache(path.parent / "features", f"{BACKBONE_ID}-{IMAGE_SIZE}px", dim)
     protos = rng.gamma(1.0, 1.0, (classes, dim)).astype(np.float32)
-    for start in range(0, n, 65_536):                            # features keyed by the ingest hashes
+    for start in range(0, n if features else 0, 65_536):         # features keyed by the ingest hashes
         sl = slice(start, min(start + 65_536, n))
         x = protos[clean[sl]] + rng.normal(0, 1.0, (sl.stop - sl.start, dim)).astype(np.float32)
         cache.add(keys[sl], np.maximum(x, 0))
@@ -88,7 +91,7 @@ def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, se
     return {k: round(v, 1) for k, v in times.items()}
 
 
-def _round(db: str, device: str, out: mp.Queue) -> None:
+def _round(db: str, device: str, publish_only: bool, out: mp.Queue) -> None:
     """Child process: one default round; sends phase start times, total and peak RSS. Threads as the worker
     sets them (all cores but one, left to the app)."""
     if "OMP_NUM_THREADS" not in os.environ:
@@ -103,7 +106,15 @@ def _round(db: str, device: str, out: mp.Queue) -> None:
             store.worker_update(phase=phase, progress=progress, message=message)
             print(f"{time.strftime('%H:%M:%S')} {phase}: {message}", flush=True)
 
-    version = pipeline.run_round(store, RoundConfig(device=device), report=report)
+    if publish_only:  # only the last phase: a new version's scores written, made current, the old ones dropped
+        data = pipeline.load_data(store)
+        rng = np.random.default_rng(1)
+        score = rng.uniform(-1, 1, len(data.ids)).astype(np.float32)
+        sc = Scores(score, rng.integers(0, len(data.class_ids), len(score)), rng.random(len(score), np.float32))
+        version = store.add_model(delta=0.5, metrics={"synthetic": True})
+        pipeline.publish_scores(store, version, data, sc, 0.5, report)
+    else:
+        version = pipeline.run_round(store, RoundConfig(device=device), report=report)
     end, cpu_end = time.perf_counter(), time.process_time()
     store.worker_update(phase="done")
     store.close()
@@ -133,14 +144,14 @@ def _annotate_once(store: Store, rng: random.Random) -> float:
     return dt
 
 
-def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", seed: int = 0) -> dict:
+def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", publish_only: bool = False, seed: int = 0) -> dict:
     """The round in a child process; next-item latency here, before it (idle) and during each phase."""
     store = Store(db)
     store.worker_update(phase="idle")
     rng = random.Random(seed)
     idle = [_annotate_once(store, rng) for _ in range(idle_calls)]
     q: mp.Queue = mp.get_context("spawn").Queue()
-    child = mp.get_context("spawn").Process(target=_round, args=(str(db), device, q))
+    child = mp.get_context("spawn").Process(target=_round, args=(str(db), device, publish_only, q))
     child.start()
     during: dict[str, list[float]] = {}
     while child.is_alive() and q.empty():
@@ -164,16 +175,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--dim", type=int, default=1280, help="feature size (EfficientNet-Lite0: 1280)")
     ap.add_argument("--verdicts", type=int, default=2000)
     ap.add_argument("--db", type=Path, help="store file to build or reuse (default: a temp dir, deleted)")
+    ap.add_argument("--publish-only", action="store_true", help="time only the publishing of a new version")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "state" / "bench.db"
         db.parent.mkdir(parents=True, exist_ok=True)
-        build = build_store(db, args.n, args.classes, args.dim, verdicts=args.verdicts)
-        res = run(db)
+        build = build_store(db, args.n, args.classes, args.dim, verdicts=args.verdicts,
+                            features=not args.publish_only)
+        res = run(db, publish_only=args.publish_only)
     machine = f"{platform.processor() or platform.machine()}, {mp.cpu_count()} cores"
     out = {"n_images": args.n, "classes": args.classes, "dim": args.dim, "verdicts": args.verdicts,
+           "publish_only": args.publish_only,
            "machine": machine, "build_s": build} | res
     print(f"\nround at {args.n:,} images, {args.classes} classes, {args.dim}-d features ({machine})\n")
     print("| phase | wall s | CPU s |\n|---|---|---|")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from functools import partial
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -62,8 +63,15 @@ class _Images(Dataset):
             return i, None, None, f"cannot decode image: {type(e).__name__}: {e}"
 
 
-def _collate(items: list[tuple]) -> tuple[list, ...]:
-    return tuple(map(list, zip(*items)))
+def _collate(items: list[tuple], *, image_size: int) -> tuple:
+    """Batch in the DataLoader worker: -> indices (b,), pixels (b, 3, S, S) (zero where not decoded here),
+    JPEG bytes for the GPU or None (b,), errors (b,). One stacked tensor is one host-to-device copy."""
+    idx, pixels, jpegs, errs = map(list, zip(*items))
+    x = torch.zeros(len(idx), 3, image_size, image_size)
+    for k, p in enumerate(pixels):
+        if p is not None:
+            x[k] = p
+    return idx, x, jpegs, errs
 
 
 def _gpu_pixels(jpegs: list[torch.Tensor], image_size: int, arch: str, dev: torch.device) -> tuple[list, list[str]]:
@@ -106,23 +114,27 @@ def iter_features(model: Backbone, paths: Sequence[str], keys: Sequence[str], *,
     gpu_jpeg = decode == "gpu" and dev.type == "cuda"
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     loader = DataLoader(_Images(paths, keys, image_size, model.arch, gpu_jpeg), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+                        num_workers=num_workers, collate_fn=partial(_collate, image_size=image_size),
+                        pin_memory=dev.type == "cuda")
     was_training = model.training
     model.to(dev, memory_format=fmt).eval()
     use_bf16 = dev.type == "cuda" if bf16 is None else bf16
     try:
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            for idx, pixels, jpegs, errs in loader:
+            for idx, x, jpegs, errs in loader:
+                x = x.to(dev, non_blocking=True)
                 if gpu_jpeg and any(j is not None for j in jpegs):
                     at = [k for k, j in enumerate(jpegs) if j is not None]
                     decoded, derrs = _gpu_pixels([jpegs[k] for k in at], image_size, model.arch, dev)
                     for k, im, e in zip(at, decoded, derrs):
-                        pixels[k], errs[k] = im, e
+                        errs[k] = e
+                        if im is not None:
+                            x[k] = im
                 feats = torch.zeros(len(idx), model.num_features)
                 ok = [k for k, e in enumerate(errs) if not e]
                 if ok:
-                    x = torch.stack([pixels[k].to(dev, non_blocking=True) for k in ok])
-                    feats[ok] = model.forward_features(x.contiguous(memory_format=fmt)).float().cpu()
+                    rows = x if len(ok) == len(idx) else x[torch.tensor(ok, device=dev)]
+                    feats[ok] = model.forward_features(rows.contiguous(memory_format=fmt)).float().cpu()
                 yield idx, feats.numpy(), errs
     finally:
         model.train(was_training)

@@ -133,10 +133,10 @@ def true_class_buttons(page) -> tuple[dict[int, str], list[str], str | None]:
     """({key: class name} of the true-class panel's number buttons, [names on disabled buttons], the name on
     the highlighted button or None). A button shows its class and its key as a shortcut hint."""
     panel = page.locator(".st-key-ann_true_panel")
-    expect(panel.locator("[class*=\"st-key-ann_true_1_\"]")).to_be_visible()
+    expect(panel.locator(".st-key-ann_true_1")).to_be_visible()
     keys, disabled, highlighted = {}, [], None
     for k in range(1, 10):
-        button = panel.locator(f"[class*=\"st-key-ann_true_{k}_\"] button")
+        button = panel.locator(f".st-key-ann_true_{k} button")
         if button.count() == 0:
             continue
         name = button.inner_text().strip().removesuffix(str(k)).strip()

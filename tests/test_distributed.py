@@ -57,6 +57,7 @@ def cached(db: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return hit, feats, keys
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
     torch.manual_seed(0)
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
@@ -94,6 +95,7 @@ def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
     assert res.returncode == 0 and f"{N} were cached, 0 extracted" in res.stdout
 
 
+@pytest.mark.slow
 def test_a_round_with_extract_procs_extracts_on_torchrun_ranks(tmp_path):
     """The round setting extract_procs = 2: the worker's round runs the extraction on two ranks."""
     torch.manual_seed(0)

@@ -44,6 +44,7 @@ def config(s: Store) -> RoundConfig:
     return RoundConfig(**s.get_setting("round"), device="cpu")
 
 
+@pytest.mark.slow
 def test_a_cached_round_opens_no_image_file(store, tmp_path, monkeypatch):
     v1 = pipeline.run_round(store, config(store))
     first = store.current_scores()
@@ -79,6 +80,7 @@ def test_a_file_changed_since_ingest_is_reported_not_served(store, tmp_path):
     assert not ok2[5] and np.array_equal(feats2, feats)
 
 
+@pytest.mark.slow
 def test_rescan_finds_changed_files_by_size_and_mtime_and_the_next_round_extracts_them(store, tmp_path):
     pipeline.run_round(store, config(store))
     data = pipeline.load_data(store)

@@ -91,8 +91,10 @@ class ModelsMixin(StoreBase):
         if self._scalar("SELECT 1 FROM models WHERE version = ?", [version]) is None:
             raise StoreError(f"unknown model version {version}")
 
-    def write_scores(self, version: int, rows: Iterable[tuple], *, batch: int = 5000) -> int:
-        """Insert/replace score rows, ``batch`` per transaction; returns the row count.
+    def write_scores(self, version: int, rows: Iterable[tuple], *, batch: int = 5000, pause: float = 0.0) -> int:
+        """Insert/replace score rows, ``batch`` per transaction; returns the row count. ``pause`` seconds
+        between transactions let other writers (annotators' leases and verdicts) take the lock: SQLite's busy
+        wait polls, so a writer that commits and begins again at once would keep them waiting.
 
         Each row: (image_id, label_id, score, uncertainty[, suggested_label_id, suggested_score]),
         score = the model's score (higher = label more likely correct), uncertainty = |score - delta|.
@@ -107,6 +109,7 @@ class ModelsMixin(StoreBase):
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(version, *r, *(None,) * (len(SCORE_COLUMNS) - len(r))) for r in chunk])
             n += len(chunk)
+            time.sleep(pause)
         return n
 
     def make_current(self, version: int) -> None:
@@ -115,10 +118,10 @@ class ModelsMixin(StoreBase):
             self._model_exists(version)
             self.db.execute("UPDATE models SET is_current = (version = ?)", [version])
 
-    def delete_scores(self, version: int, *, batch: int = 5000) -> int:
+    def delete_scores(self, version: int, *, batch: int = 5000, pause: float = 0.0) -> int:
         """Drop the scores of an old model version, ``batch`` rows per transaction (a million rows in one
-        transaction would hold the write lock, and so every annotator's next item, for seconds); returns rows
-        deleted."""
+        transaction would hold the write lock, and so every annotator's next item, for seconds), ``pause``
+        seconds between them (see ``write_scores``); returns rows deleted."""
         n = 0
         while True:
             with self._tx():
@@ -127,6 +130,7 @@ class ModelsMixin(StoreBase):
             n += k
             if k < batch:
                 return n
+            time.sleep(pause)
 
     def _model_row(self, row: dict) -> dict:
         row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None
