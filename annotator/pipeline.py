@@ -223,7 +223,7 @@ def features(store: Store, data: Data, model: Backbone | None, info: BackboneInf
     if res.errors:
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
-    return res.features, res.ok
+    return res.features, res.readable
 
 
 def torchrun_extract(store: Store, procs: int) -> None:

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.train import TrainConfig
 
 from .report import config_of, write_json
-from .common import CACHE, load_cifar10n
+from .common import CACHE, Dataset, load_cifar10n, timing, verified_classes
 from .methods import Runner, cleanlab_flags
 
 ROWS = ("noisy", "cleannet_soft", "cleannet_hard", "cleanlab_pruned", "clean")
@@ -86,10 +87,71 @@ def load_test(data: Path, n: int | None, seed: int) -> tuple[list[str], np.ndarr
     return [str((Path(data) / r["path"]).resolve()) for r in rows], np.array([int(r["label"]) for r in rows])
 
 
+@dataclass
+class Bench:
+    """One run's settings (CPU/CUDA defaults filled in), images, test set and cache folders."""
+    args: argparse.Namespace
+    device: torch.device
+    rows: list[str]
+    ds: Dataset
+    test_paths: list[str]
+    test_labels: np.ndarray
+    verified: np.ndarray       # class ids with verdicts
+    ccfg: ClassifierConfig     # every classifier row trains with these settings
+    run_dir: Path              # per-epoch classifier checkpoints of this data and config
+    feature_cache: Path
+    timings: dict[str, float]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """(N,) bool: the noisy label is the clean one."""
+        return self.ds.noisy == self.ds.clean
+
+    def fit(self, name: str, paths: list[str], labels: np.ndarray) -> torch.nn.Module:
+        """A classifier trained (or resumed from run_dir) on (paths, labels)."""
+        with timing(self.timings, f"{name}_train_s"):
+            return train_classifier(paths, labels, self.ds.num_classes, config=self.ccfg, device=str(self.device),
+                                    checkpoint=self.run_dir / f"{name}.pt")
+
+    def test_acc(self, name: str, model: torch.nn.Module) -> float:
+        """Top-1 accuracy of `model` on the clean test images."""
+        with timing(self.timings, f"{name}_test_s"):
+            acc = evaluate(model, self.test_paths, self.test_labels, image_size=self.ccfg.image_size,
+                           num_workers=self.ccfg.num_workers, device=str(self.device))
+        log.info("%s: test accuracy %.4f", name, acc)
+        return acc
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
+    b = setup(args, timings={})
+    acc: dict[str, float] = {}
+    details: dict[str, dict] = {}
+    noisy_model = b.fit("noisy", b.ds.paths, b.ds.noisy)
+    if "noisy" in b.rows:
+        acc["noisy"] = b.test_acc("noisy", noisy_model)
+    with timing(b.timings, "features_s"):
+        feats = extract_features(noisy_model, b.ds.paths, cache_dir=b.feature_cache,
+                                 backbone_id=backbone_id(noisy_model), image_size=b.ccfg.image_size,
+                                 num_workers=b.ccfg.num_workers, device=str(b.device)).features
+    tcfg = TrainConfig.shortened(args.steps, seed=args.seed)
+    verdicts = draw_verdicts(b, feats, tcfg)
+    weighted_rows(b, verdicts, tcfg, noisy_model, acc, details)
+    if "cleanlab_pruned" in b.rows:
+        cleanlab_row(b, feats, acc, details)
+    if "clean" in b.rows:
+        acc["clean"] = b.test_acc("clean", b.fit("clean", b.ds.paths, b.ds.clean))
+    b.timings["total_s"] = round(time.perf_counter() - t0, 2)
+    out = summary(b, acc, details, verdicts)
+    print(markdown_table(out))
+    write_json(args.json, out)
+    return out
+
+
+def setup(args: argparse.Namespace, *, timings: dict[str, float]) -> Bench:
+    """Check the flags, fill in the CPU/CUDA defaults, load the training and test images."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -102,110 +164,92 @@ def main(argv=None) -> dict:
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if set(rows) - set(ROWS + EXTRA_ROWS):
         raise SystemExit(f"--rows must be a subset of {','.join(ROWS + EXTRA_ROWS)}")
-    timings: dict[str, float] = {}
     ds = load_cifar10n(args.data, args.labels, n, args.seed)
     test_paths, test_labels = load_test(args.data, args.n_test, args.seed)
-    verified = np.array(sorted({int(c) for c in args.verified_classes.split(",")}))
-    if verified.size == 0 or verified.min() < 0 or verified.max() >= ds.num_classes:
-        raise SystemExit(f"--verified-classes must be ids in [0, {ds.num_classes})")
+    verified = verified_classes(args.verified_classes, ds.num_classes)
     ccfg = ClassifierConfig(arch=args.arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=args.seed,
                             num_workers=workers)
     key = hashlib.blake2b(json.dumps([args.labels, ds.index.tolist(), {k: v for k, v in ccfg.__dict__.items()
                                                                         if k != "num_workers"}]).encode(),
                           digest_size=6).hexdigest()
-    run_dir = args.cache / "classify" / f"{args.labels}-n{len(ds.paths)}-s{args.seed}-{key}"
-    feature_cache = args.cache / "features"
+    return Bench(args=args, device=device, rows=rows, ds=ds, test_paths=test_paths, test_labels=test_labels,
+                 verified=verified, ccfg=ccfg, feature_cache=args.cache / "features", timings=timings,
+                 run_dir=args.cache / "classify" / f"{args.labels}-n{len(ds.paths)}-s{args.seed}-{key}")
 
-    def fit(name: str, paths, labels) -> torch.nn.Module:
-        t = time.perf_counter()
-        m = train_classifier(paths, labels, ds.num_classes, config=ccfg, device=str(device),
-                             checkpoint=run_dir / f"{name}.pt")
-        timings[f"{name}_train_s"] = round(time.perf_counter() - t, 2)
-        return m
 
-    def test_acc(name: str, model) -> float:
-        t = time.perf_counter()
-        acc = evaluate(model, test_paths, test_labels, image_size=ccfg.image_size, num_workers=workers,
-                       device=str(device))
-        timings[f"{name}_test_s"] = round(time.perf_counter() - t, 2)
-        log.info("%s: test accuracy %.4f", name, acc)
-        return acc
+def draw_verdicts(b: Bench, feats: np.ndarray, tcfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) verdict indices drawn by the product's queue from the verified classes, the same for
+    every weighted row; empty when no weighted row runs."""
+    if not {"cleannet_soft", "cleannet_hard", *EXTRA_ROWS} & set(b.rows):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    args, ds = b.args, b.ds
+    with timing(b.timings, "verdicts_s"):
+        refs, _ = build_references(feats, ds.noisy, ds.num_classes,
+                                   config=KMeansConfig(k=args.num_ref, seed=args.seed), device=b.device)
+        runner = Runner(ds, feats, refs, b.ok, tcfg, b.device)
+        candidates = np.flatnonzero(np.isin(ds.noisy, b.verified))
+        return runner.product_verdicts(candidates, budget_images(args, ds), args.audit_share, args.queue_rounds,
+                                       np.random.default_rng(args.seed))
 
-    acc: dict[str, float] = {}
-    details: dict[str, dict] = {}
-    ok = ds.noisy == ds.clean
-    noisy_model = fit("noisy", ds.paths, ds.noisy)
-    if "noisy" in rows:
-        acc["noisy"] = test_acc("noisy", noisy_model)
-    t = time.perf_counter()
-    feats = extract_features(noisy_model, ds.paths, cache_dir=feature_cache, backbone_id=backbone_id(noisy_model),
-                             image_size=ccfg.image_size, num_workers=workers, device=str(device)).features
-    timings["features_s"] = round(time.perf_counter() - t, 2)
 
-    tcfg = TrainConfig.shortened(args.steps, seed=args.seed)
-    budget = int(round(args.budget * len(ds.noisy)))
-    verdicts = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if {"cleannet_soft", "cleannet_hard", *EXTRA_ROWS} & set(rows):  # the same verdicts for every weighted row
-        t = time.perf_counter()
-        refs, _ = build_references(feats, ds.noisy, ds.num_classes, config=KMeansConfig(k=args.num_ref,
-                                                                                          seed=args.seed),
-                                   device=device)
-        runner = Runner(ds, feats, refs, ok, tcfg, device)
-        candidates = np.flatnonzero(np.isin(ds.noisy, verified))
-        verdicts = runner.product_verdicts(candidates, budget, args.audit_share, args.queue_rounds,
-                                           np.random.default_rng(args.seed))
-        timings["verdicts_s"] = round(time.perf_counter() - t, 2)
+def weighted_rows(b: Bench, verdicts: tuple[np.ndarray, np.ndarray], tcfg: TrainConfig, noisy_model: torch.nn.Module,
+                  acc: dict[str, float], details: dict[str, dict]) -> None:
+    """The cleannet_* and transfer_* rows asked for: classifier/score alternation from the noisy model."""
+    args, ds, ok = b.args, b.ds, b.ok
     train_idx, val_idx = verdicts
     # weighted rows resume from checkpoints only when everything that sets their weights is the same
-    weights_key = hashlib.blake2b(json.dumps([args.budget, sorted(verified.tolist()), args.steps, args.rounds,
+    weights_key = hashlib.blake2b(json.dumps([args.budget, sorted(b.verified.tolist()), args.steps, args.rounds,
                                               args.normalize, args.queue_rounds, args.audit_share,
                                               args.num_ref]).encode(), digest_size=6).hexdigest()
     for name in ("cleannet_soft", "cleannet_hard", *EXTRA_ROWS):
-        if name not in rows:
+        if name not in b.rows:
             continue
         method, mode = ("paper" if name.startswith("cleannet") else "transfer"), name.split("_")[1]
-        t = time.perf_counter()
         acfg = AlternateConfig(rounds=args.rounds, weights=mode, method=method, normalize=args.normalize,
-                               num_ref=args.num_ref,
-                               classifier=ccfg, cleannet=tcfg, device=str(device),
-                               checkpoint_dir=run_dir / f"{name}-{weights_key}",
-                               cache_dir=feature_cache)
-        res = train_alternating(ds.paths, ds.noisy, ds.num_classes, verified_idx=train_idx, verified_ok=ok[train_idx],
-                                val_idx=val_idx, val_ok=ok[val_idx], config=acfg, init_model=noisy_model,
-                                report=log.info)
-        timings[f"{name}_train_s"] = round(time.perf_counter() - t, 2)
-        acc[name] = test_acc(name, res.model)
-        details[name] = {"rounds": [_round_details(r, ok, ds.noisy, verified) for r in res.rounds],
+                               num_ref=args.num_ref, classifier=b.ccfg, cleannet=tcfg, device=str(b.device),
+                               checkpoint_dir=b.run_dir / f"{name}-{weights_key}", cache_dir=b.feature_cache)
+        with timing(b.timings, f"{name}_train_s"):
+            res = train_alternating(ds.paths, ds.noisy, ds.num_classes, verified_idx=train_idx,
+                                    verified_ok=ok[train_idx], val_idx=val_idx, val_ok=ok[val_idx], config=acfg,
+                                    init_model=noisy_model, report=log.info)
+        acc[name] = b.test_acc(name, res.model)
+        details[name] = {"rounds": [_round_details(r, ok, ds.noisy, b.verified) for r in res.rounds],
                          "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
-    if "cleanlab_pruned" in rows:
-        t = time.perf_counter()
-        flags, conf = cleanlab_flags(feats, ds.noisy, args.seed)
-        timings["cleanlab_s"] = round(time.perf_counter() - t, 2)
-        keep = np.flatnonzero(~flags)
-        details["cleanlab_pruned"] = {"kept": float(len(keep) / len(flags)),
-                                      "kept_noise_rate": float(1 - ok[keep].mean()),
-                                      "detection": flag_report(flags, conf, ok)}
-        acc["cleanlab_pruned"] = test_acc("cleanlab_pruned", fit("cleanlab_pruned", [ds.paths[i] for i in keep],
-                                                                 ds.noisy[keep]))
-    if "clean" in rows:
-        acc["clean"] = test_acc("clean", fit("clean", ds.paths, ds.clean))
-    gain = gain_recovered(acc)
-    timings["total_s"] = round(time.perf_counter() - t0, 2)
-    out = {
-        "config": config_of(args)
-        | {"n": len(ds.paths), "epochs": epochs, "batch_size": batch_size, "lr": lr, "workers": workers,
-           "n_test": len(test_paths), "device": str(device),
-           "gpu": torch.cuda.get_device_name(device) if cuda else None, "cpu_cores": os.cpu_count(),
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "budget_images": budget,
-           "verified_images": int(len(train_idx) + len(val_idx)), "train_noise_rate": float(1 - ok.mean())},
+
+
+def cleanlab_row(b: Bench, feats: np.ndarray, acc: dict[str, float], details: dict[str, dict]) -> None:
+    """A classifier trained only on the images cleanlab keeps, and how well cleanlab found the wrong labels."""
+    ok = b.ok
+    with timing(b.timings, "cleanlab_s"):
+        flags, conf = cleanlab_flags(feats, b.ds.noisy, b.args.seed)
+    keep = np.flatnonzero(~flags)
+    details["cleanlab_pruned"] = {"kept": float(len(keep) / len(flags)), "kept_noise_rate": float(1 - ok[keep].mean()),
+                                  "detection": flag_report(flags, conf, ok)}
+    model = b.fit("cleanlab_pruned", [b.ds.paths[i] for i in keep], b.ds.noisy[keep])
+    acc["cleanlab_pruned"] = b.test_acc("cleanlab_pruned", model)
+
+
+def budget_images(args: argparse.Namespace, ds: Dataset) -> int:
+    """--budget as a number of images."""
+    return int(round(args.budget * len(ds.noisy)))
+
+
+def summary(b: Bench, acc: dict[str, float], details: dict[str, dict],
+            verdicts: tuple[np.ndarray, np.ndarray]) -> dict:
+    """The JSON result: config (with the filled-in defaults), test accuracies, gain_recovered, details, timings."""
+    c, cuda = b.ccfg, b.device.type == "cuda"
+    return {
+        "config": config_of(b.args)
+        | {"n": len(b.ds.paths), "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "workers": c.num_workers,
+           "n_test": len(b.test_paths), "device": str(b.device),
+           "gpu": torch.cuda.get_device_name(b.device) if cuda else None, "cpu_cores": os.cpu_count(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "budget_images": budget_images(b.args, b.ds),
+           "verified_images": int(len(verdicts[0]) + len(verdicts[1])), "train_noise_rate": float(1 - b.ok.mean())},
         "test_acc": acc,
-        "gain_recovered": gain,
+        "gain_recovered": gain_recovered(acc),
         "details": details,
-        "timings_s": timings,
+        "timings_s": b.timings,
     }
-    print(markdown_table(out))
-    write_json(args.json, out)
-    return out
 
 
 def gain_recovered(acc: dict[str, float]) -> float | None:

@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,22 @@ class Dataset:
         idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
         return Dataset([self.paths[i] for i in idx], self.clean[idx], self.noisy[idx], self.class_names,
                        self.index[idx])
+
+
+def verified_classes(spec: str, num_classes: int) -> np.ndarray:
+    """--verified-classes "0,1,2" -> sorted unique class ids; SystemExit when empty or out of [0, num_classes)."""
+    verified = np.array(sorted({int(c) for c in spec.split(",")}))
+    if verified.size == 0 or verified.min() < 0 or verified.max() >= num_classes:
+        raise SystemExit(f"--verified-classes must be ids in [0, {num_classes})")
+    return verified
+
+
+@contextmanager
+def timing(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the seconds the `with` block took in timings[key], rounded to 0.01 s."""
+    t = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - t, 2)
 
 
 def load_cifar10n(data: Path, labels: str, n: int | None, seed: int) -> Dataset:
@@ -90,8 +108,8 @@ def noisy_backbone_features(ds: Dataset, config: ClassifierConfig, *, tag: str, 
     res = extract_features(model, ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
                            image_size=config.image_size, device=device)
     timings["features_s"] = round(time.perf_counter() - t, 2)
-    if not res.ok.all():
-        raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
+    if not res.readable.all():
+        raise SystemExit(f"{(~res.readable).sum()} images could not be read, e.g. {res.errors[:3]}")
     return res.features
 
 
@@ -139,8 +157,8 @@ def pretrained_features(ds: Dataset, *, arch: str = "efficientnet_lite0", image_
     res = extract_features(model.eval(), ds.paths, cache_dir=Path(cache) / "features", backbone_id=backbone_id(model),
                            image_size=image_size, batch_size=batch_size, device=device)
     timings["features_s"] = round(time.perf_counter() - t, 2)
-    if not res.ok.all():
-        raise SystemExit(f"{(~res.ok).sum()} images could not be read, e.g. {res.errors[:3]}")
+    if not res.readable.all():
+        raise SystemExit(f"{(~res.readable).sum()} images could not be read, e.g. {res.errors[:3]}")
     return res.features
 
 

@@ -3,7 +3,7 @@
     python -m benchmarks.lite_settings --data ../shared/data/cifar10n --n 2000 --json out.json
 
 For each setting: extract frozen ImageNet features of --n CIFAR-10N images, fit cleanlab's out-of-fold probe
-(benchmarks.quality.cleanlab_flags: 5-fold logistic regression on standardised log features) on each label set,
+(benchmarks.methods.cleanlab_flags: 5-fold logistic regression on standardised log features) on each label set,
 and report the self-confidence AUROC on the held-out classes 5-9 (as quality.py judges) and the extraction
 speed in images/s. Features are not cached here, so the speed is real.
 """
@@ -22,7 +22,7 @@ from cleannet_core.classifier import IMAGENET_MEAN, IMAGENET_STD, Backbone, pred
 from cleannet_core.metrics import auroc
 
 from .common import imagenet_state, load_cifar10n
-from .quality import cleanlab_flags
+from .methods import cleanlab_flags
 from .report import config_of, write_json
 
 SCALINGS = {"lite": (efficientnet.LITE_MEAN, efficientnet.LITE_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}

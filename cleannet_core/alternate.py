@@ -193,7 +193,7 @@ def _features(model: Backbone, paths: list[str], cfg: AlternateConfig, progress:
         res = extract_features(model, paths, cache_dir=cfg.cache_dir, backbone_id=backbone_id(model),
                                image_size=c.image_size, num_workers=c.num_workers, device=cfg.device,
                                progress=progress)
-        return res.features, res.ok
+        return res.features, res.readable
     feats, _, readable = predict(model, paths, image_size=c.image_size, num_workers=c.num_workers, device=cfg.device)
     return feats, readable
 

@@ -192,6 +192,66 @@ def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classe
     on_epoch(epoch, model, stats): called after each epoch (1-based; stats: loss, train_acc, lr), e.g. to
     evaluate on a test set; the model is in train mode and must be left so.
     """
+    labels, weights = _check_training_inputs(paths, labels, num_classes, sample_weights)
+    cfg = config
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    ds = ImageDataset(paths, labels, make_transform(cfg.image_size, train=True, arch=cfg.arch), cfg.image_size)
+    run, loader = _setup(ds, num_classes, cfg=cfg, init_state=init_state, device=dev, memory_format=fmt)
+    model = run.model
+
+    fingerprint = _fingerprint(paths, labels, weights, num_classes, cfg, init_state is not None)
+    start = 0 if checkpoint is None else _resume(checkpoint, fingerprint=fingerprint, run=run, epochs=cfg.epochs)
+    w, bad = torch.from_numpy(weights), set[int]()
+    model.train()
+    for epoch in range(start, cfg.epochs):
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        stats = _train_epoch(run, bar, weights=w, device=dev, memory_format=fmt,
+                             label_smoothing=cfg.label_smoothing, bad=bad)
+        log.info("epoch %d/%d: loss %.4f, train acc %.4f, lr %.4g", epoch + 1, cfg.epochs, *stats.values())
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, fingerprint=fingerprint, epoch=epoch + 1, run=run)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, stats)
+    if bad:
+        log.warning("%d of %d images could not be read and were left out of training", len(bad), len(ds))
+    return model.eval()
+
+
+@dataclass
+class _Run:
+    """A training run's state: what a checkpoint saves besides its fingerprint and epoch."""
+    model: Backbone
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator  # drives the shuffle and the worker seeds
+
+
+def _setup(ds: ImageDataset, num_classes: int, *, cfg: ClassifierConfig, init_state: dict | None,
+           device: torch.device, memory_format: torch.memory_format) -> tuple[_Run, DataLoader]:
+    """Seeded model (optionally from init_state), shuffling loader, SGD with a per-step cosine LR to 0."""
+    torch.manual_seed(cfg.seed)
+    model = Backbone(cfg.arch, num_classes, small_input=is_small(cfg.image_size))
+    if init_state is not None:
+        model.load_pretrained(init_state)
+    model.to(device, memory_format=memory_format)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    drop_last = len(ds) > cfg.batch_size  # a ragged last batch gives noisy BN statistics
+    cuda = device.type == "cuda"
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
+                        num_workers=cfg.num_workers, pin_memory=cuda, persistent_workers=cfg.num_workers > 0)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    total_steps = max(cfg.epochs * len(loader), 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    return _Run(model=model, opt=opt, sched=sched, gen=gen), loader
+
+
+def _check_training_inputs(paths: Sequence, labels: np.ndarray, num_classes: int,
+                           sample_weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """-> labels (N,) int64 and weights (N,) float32 (all ones without sample_weights); ValueError when they do
+    not fit the paths or the classes, or a weight is negative or not finite."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(paths) or len(paths) == 0:
         raise ValueError(f"need as many labels as paths (> 0), got {len(labels)} labels for {len(paths)} paths")
@@ -200,76 +260,59 @@ def train_classifier(paths: Sequence[str | Path], labels: np.ndarray, num_classe
     weights = np.ones(len(paths), np.float32) if sample_weights is None else np.asarray(sample_weights, np.float32)
     if weights.shape != labels.shape or not np.isfinite(weights).all() or (weights < 0).any():
         raise ValueError(f"sample_weights must be finite, >= 0 and of shape {labels.shape}")
-    cfg = config
-    dev = resolve_device(device)
-    cuda = dev.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    torch.manual_seed(cfg.seed)
-    model = Backbone(cfg.arch, num_classes, small_input=is_small(cfg.image_size))
-    if init_state is not None:
-        model.load_pretrained(init_state)
-    model.to(dev, memory_format=fmt)
+    return labels, weights
 
-    ds = ImageDataset(paths, labels, make_transform(cfg.image_size, train=True, arch=cfg.arch), cfg.image_size)
-    gen = torch.Generator().manual_seed(cfg.seed)  # drives the shuffle and the worker seeds
-    drop_last = len(ds) > cfg.batch_size  # a ragged last batch gives noisy BN statistics
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
-                        num_workers=cfg.num_workers, pin_memory=cuda, persistent_workers=cfg.num_workers > 0)
-    w_all = torch.from_numpy(weights)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    total_steps = max(cfg.epochs * len(loader), 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
 
-    start = 0
-    fingerprint = _fingerprint(paths, labels, weights, num_classes, cfg, init_state is not None)
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            gen.set_state(state["gen"])
-            start = int(state["epoch"])
-            log.info("resuming %s after epoch %d/%d", checkpoint, start, cfg.epochs)
-        else:
-            log.info("ignoring checkpoint %s: it was written for other inputs", checkpoint)
+def _train_epoch(run: _Run, bar: tqdm, *, weights: torch.Tensor, device: torch.device,
+                 memory_format: torch.memory_format, label_smoothing: float, bad: set[int]) -> dict:
+    """One pass of weighted SGD over the loader in `bar` (x, y, idx, errors); adds unreadable indices to `bad`.
+    weights (N,) float32 by dataset index. Returns {loss, train_acc, lr} of the epoch."""
+    model, opt, sched, cuda = run.model, run.opt, run.sched, device.type == "cuda"
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y, idx, err in bar:
+        ok = torch.tensor([not e for e in err])
+        if not ok.all():
+            bad.update(idx[~ok].tolist())
+            x, y, idx = x[ok], y[ok], idx[ok]
+        if len(y) > 0:
+            x = x.to(device, non_blocking=True, memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = model(x)
+            loss = weighted_cross_entropy(logits, y, weights[idx].to(device), label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        sched.step()  # stepped even for an all-bad batch so the schedule keeps its length
+    return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
 
-    bad: set[int] = set()
-    model.train()
-    for epoch in range(start, cfg.epochs):
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for x, y, idx, err in bar:
-            ok = torch.tensor([not e for e in err])
-            if not ok.all():
-                bad.update(idx[~ok].tolist())
-                x, y, idx = x[ok], y[ok], idx[ok]
-            if len(y) > 0:
-                x = x.to(dev, non_blocking=True, memory_format=fmt)
-                y = y.to(dev, non_blocking=True)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                    logits = model(x)
-                loss = weighted_cross_entropy(logits, y, w_all[idx].to(dev), cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-            sched.step()  # stepped even for an all-bad batch so the schedule keeps its length
-        stats = {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0]}
-        log.info("epoch %d/%d: loss %.4f, train acc %.4f, lr %.4g", epoch + 1, cfg.epochs, *stats.values())
-        if checkpoint is not None:
-            with atomic_write(checkpoint) as f:
-                torch.save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                            "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()}, f)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, model, stats)
-    if bad:
-        log.warning("%d of %d images could not be read and were left out of training", len(bad), len(ds))
-    return model.eval()
+
+def _resume(checkpoint: str | Path, *, fingerprint: str, run: _Run, epochs: int) -> int:
+    """Load `checkpoint` into the run's model, opt, sched and gen when it was written for the same inputs
+    (fingerprint); -> the number of finished epochs (0 when absent or from other inputs)."""
+    if not Path(checkpoint).is_file():
+        return 0
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if saved.get("fingerprint") != fingerprint:
+        log.info("ignoring checkpoint %s: it was written for other inputs", checkpoint)
+        return 0
+    run.model.load_state_dict(saved["model"])
+    run.opt.load_state_dict(saved["opt"])
+    run.sched.load_state_dict(saved["sched"])
+    run.gen.set_state(saved["gen"])
+    log.info("resuming %s after epoch %d/%d", checkpoint, int(saved["epoch"]), epochs)
+    return int(saved["epoch"])
+
+
+def _save_checkpoint(checkpoint: str | Path, *, fingerprint: str, epoch: int, run: _Run) -> None:
+    """Atomically write model, optimiser, schedule and shuffle-generator state after `epoch` (1-based)."""
+    with atomic_write(checkpoint) as f:
+        torch.save({"fingerprint": fingerprint, "epoch": epoch, "model": run.model.state_dict(),
+                    "opt": run.opt.state_dict(), "sched": run.sched.state_dict(), "gen": run.gen.get_state()}, f)
 
 
 def iter_inference(model: Backbone, paths: Sequence[str | Path], *, image_size: int, batch_size: int = 256,

@@ -207,9 +207,9 @@ class FeatureCache:
 
 @dataclass
 class FeatureResult:
-    features: np.ndarray  # (N, D) float32 (or the dtype asked for), zero rows where not ok; float16-rounded values
-    ok: np.ndarray        # (N,) bool
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) for every not-ok image
+    features: np.ndarray  # (N, D) float32 (or the dtype asked for), zero rows where not readable; float16-rounded values
+    readable: np.ndarray  # (N,) bool: the image could be read and decoded
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) for every unreadable image
     n_cached: int = 0     # images served from the cache
     n_extracted: int = 0  # images run through the backbone in this call
 
@@ -289,7 +289,7 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
     keys, cached images are never opened; without them every file is read and hashed first. `model` may be a
     zero-argument callable (then `dim` is required), loaded only if some image is not cached. Cache namespace is
     cache_dir/<backbone_id>-<image_size>px (the crop size changes the features). Missing, empty, changed or
-    undecodable files are reported in `errors` with ok=False; they never abort the run.
+    undecodable files are reported in `errors` with readable=False; they never abort the run.
     """
     paths = [str(p) for p in paths]
     n = len(paths)
@@ -343,11 +343,11 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
                              on_features=lambda pos, f, e: take([miss[j] for j in pos], f, e))
         bar.close()
 
-    ok = np.array([not r for r in reasons], bool)
-    errors = [(paths[i], reasons[i]) for i in np.flatnonzero(~ok)]
+    readable = np.array([not r for r in reasons], bool)
+    errors = [(paths[i], reasons[i]) for i in np.flatnonzero(~readable)]
     if errors:
         log.warning("%d of %d images could not be read, e.g. %s (%s)", len(errors), n, *errors[0])
-        feats[~ok] = 0
+        feats[~readable] = 0
     n_cached = int(hit.sum())
     log.info("features: %d cached, %d extracted, %d failed (cache %s)", n_cached, n_extracted, len(errors), cache.dir)
-    return FeatureResult(features=feats, ok=ok, errors=errors, n_cached=n_cached, n_extracted=n_extracted)
+    return FeatureResult(features=feats, readable=readable, errors=errors, n_cached=n_cached, n_extracted=n_extracted)

@@ -112,16 +112,16 @@ def test_extract_features_cache_and_errors(model, tmp_path, caplog):
     assert model.training  # mode restored
     bad = {str(corrupt), str(empty), str(missing)}
     assert r1.features.shape == (14, 512) and r1.features.dtype == np.float32
-    assert r1.ok.tolist() == [str(p) not in bad for p in paths]
+    assert r1.readable.tolist() == [str(p) not in bad for p in paths]
     reasons = dict(r1.errors)
     assert reasons.keys() == bad and "not found" in reasons[str(missing)] and "empty" in reasons[str(empty)]
     assert "cannot decode" in reasons[str(corrupt)]
     assert any("3 of 14 images" in r.getMessage() for r in caplog.records)
     assert (r1.n_cached, r1.n_extracted) == (0, 11)
-    assert (r1.features >= 0).all() and not r1.features[~r1.ok].any()
+    assert (r1.features >= 0).all() and not r1.features[~r1.readable].any()
     np.testing.assert_array_equal(r1.features[6], r1.features[0])  # duplicate content, same vector
     ref, _, _ = predict(model, good, image_size=32, num_workers=0, device="cpu")
-    np.testing.assert_allclose(r1.features[r1.ok][[0, 1, 2, 3, 4, 6, 7, 8, 9, 10]], ref, rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(r1.features[r1.readable][[0, 1, 2, 3, 4, 6, 7, 8, 9, 10]], ref, rtol=1e-2, atol=1e-3)
 
     r2 = extract_features(model, paths, cache_dir=cache_dir, backbone_id=bid, **KW)
     assert (r2.n_cached, r2.n_extracted, len(r2.errors)) == (11, 0, 3)
@@ -129,7 +129,7 @@ def test_extract_features_cache_and_errors(model, tmp_path, caplog):
 
     new = write_images(tmp_path / "img", [0], start=50)
     r3 = extract_features(model, [*paths, *new], cache_dir=cache_dir, backbone_id=bid, **KW)
-    assert (r3.n_cached, r3.n_extracted) == (11, 1) and r3.ok[-1]
+    assert (r3.n_cached, r3.n_extracted) == (11, 1) and r3.readable[-1]
     assert (cache_dir / f"{bid}-32px").is_dir()
 
 
@@ -138,7 +138,7 @@ def test_extract_features_demo_images(model, tmp_path):
     calls = []
     r = extract_features(model, paths, cache_dir=tmp_path, backbone_id=backbone_id(model),
                          on_batch=lambda done, total: calls.append((done, total)), **KW)
-    assert r.ok.all() and r.errors == [] and r.features.shape == (64, 512) and r.n_extracted == 64
+    assert r.readable.all() and r.errors == [] and r.features.shape == (64, 512) and r.n_extracted == 64
     assert calls == [(8 * (i + 1), 64) for i in range(8)]  # batch_size 8: progress after every batch
     assert (r.features >= 0).all() and r.features.std(0).max() > 0
     r2 = extract_features(model, paths[:32], cache_dir=tmp_path, backbone_id=backbone_id(model), **KW)

@@ -1,0 +1,190 @@
+"""The model commands: extract the backbone features, run a round, train a classifier, rescore.
+
+Registered on the root group by annotator.cli. torch and the pipeline are imported inside the commands.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .cli_common import open_store, round_config
+from .progress import TqdmReport
+from .round_config import DECODERS
+
+
+@click.command()
+@click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth) for a new backbone")
+@click.option("--new-backbone", is_flag=True,
+              help="build a new backbone (from --weights, else the round setting) even if the project has one")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="DataLoader processes decoding images, per process")
+@click.option("--decode", type=click.Choice(DECODERS), help="where JPEGs are decoded (default: the round setting)")
+@click.option("--flush-every", type=click.IntRange(min=1), default=None,
+              help="images per cache shard: a killed run loses at most this many per process [default: 16384]")
+@click.pass_context
+def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every) -> None:
+    """Compute the backbone features of every image not in the feature cache yet.
+
+    The project's backbone is kept once it exists: the current model's scores depend on its features. The
+    first extract builds one from ImageNet weights (--weights, else the installed Lite0 package or the torch
+    cache), else trains it on the noisy labels. --new-backbone replaces it; run `train` afterwards. Runs alone
+    or as one rank of torchrun: each rank extracts its share on its own GPU (or CPU) into the shared cache, and a rerun after a crash
+    extracts only what is still missing (README, "Many GPUs, many machines").
+
+    Example: annotator extract --weights resnet50.pth
+    Example: torchrun --standalone --nproc-per-node=4 -m annotator extract
+    """
+    from tqdm import tqdm
+
+    from . import artifacts, distributed
+    store = open_store(ctx)
+    stored = artifacts.current_backbone(store)
+    if weights and stored and not new_backbone:
+        raise click.ClickException(f"this project already has a backbone ({stored.source}); its features are "
+                                   f"kept. To build a new one from {weights}, add --new-backbone and then run "
+                                   "`train` (the current model's scores belong to the old features).")
+    cfg = round_config(store, weights_path=weights, decode=decode)
+    if store.images_count(status="ok") == 0:
+        raise click.ClickException("no images: ingest some first")
+    rank = distributed.world_from_env()[0]
+    bars = TqdmReport() if rank == 0 else (lambda *a: None)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or tqdm(total=total, desc="features", unit="img")
+        bar.update(done - bar.n)
+
+    try:
+        t = distributed.extract(store, cfg, new_backbone=new_backbone, report=bars, batch_size=batch_size,
+                                num_workers=workers, flush_rows=flush_every, progress=progress)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        for b in (bars, bar):
+            getattr(b, "close", lambda: None)()
+    if rank == 0:
+        click.echo(f"backbone: {t.backbone}; features at {t.image_size} px")
+        bad = f"; {t.failed} images could not be read (listed on the Admin page)" if t.failed else ""
+        click.echo(f"{t.images} images, feature vectors of size {t.dim} (backbone: {t.backbone}): "
+                   f"{t.cached_before} were cached, {t.extracted} extracted by {t.world} process(es){bad}")
+
+@click.command()
+@click.option("--full", is_flag=True, help="also retrain the backbone with w_soft weights first")
+@click.option("--steps", type=int, help="CleanNet training steps (method paper)")
+@click.option("--method", type=click.Choice(["transfer", "paper"]),
+              help="scoring method for this round (default: the stored round setting, else transfer)")
+@click.pass_context
+def train(ctx, full, steps, method) -> None:
+    """Run one round now: features, references, the scoring model, scores; the new model becomes current.
+
+    Example: annotator train --method paper --steps 4000
+    """
+    from . import pipeline
+    store = open_store(ctx)
+    bars = TqdmReport()
+    try:
+        version = pipeline.run_round(store, round_config(store, steps=steps, method=method), full=full,
+                                     report=bars)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
+    click.echo(f"model version {version} is current")
+
+
+@click.command("train-classifier")
+@click.option("--rounds", type=click.IntRange(min=0), default=1, show_default=True,
+              help="extra classifier/CleanNet alternations after the first weighted classifier")
+@click.option("--weights", "mode", type=click.Choice(["soft", "hard"]), default="soft", show_default=True,
+              help="soft: max(0, score); hard: 1[score >= delta]")
+@click.option("--epochs", type=click.IntRange(min=1), help="classifier epochs (default: the round's backbone_epochs)")
+@click.option("--steps", type=click.IntRange(min=1), help="CleanNet steps per round (default: the round setting)")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="image loader processes")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="checkpoint file (default: <state folder>/classifiers/classifier-<weights>-<time>.pt)")
+@click.pass_context
+def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
+    """Train an image classifier on the noisy labels weighted by the model's scores, and export it.
+
+    Alternates classifier -> features -> score (the round setting's method, default transfer; paper =
+    CleanNet; live verdicts) -> weights -> classifier; the checkpoint
+    holds the weights and the class names (load it with cleannet_core.classifier.load_backbone). Per-epoch
+    checkpoints in <state folder>/classifiers/resume let a rerun with the same inputs pick up where it stopped.
+
+    Example: annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
+    """
+    from cleannet_core.alternate import AlternateConfig, train_alternating
+    from cleannet_core.features import load_imagenet_weights
+    from cleannet_core.train import TrainConfig
+
+    from . import artifacts, pipeline
+    store = open_store(ctx)
+    cfg = round_config(store, steps=steps, backbone_epochs=epochs)
+    data = pipeline.load_data(store)
+    if len(data.ids) == 0:
+        raise click.ClickException("no images: ingest some first")
+    if len(data.class_ids) < 2:
+        raise click.ClickException("need at least two classes to train a classifier")
+    split = pipeline.verdict_split(store, data)
+    n_verdicts, max_verdict = split.n, store.max_verdict_id()
+    if n_verdicts == 0:
+        click.echo("warning: no live verdicts; CleanNet trains without supervision", err=True)
+    size = pipeline.pick_image_size(store, cfg)
+    try:
+        init_state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(message)
+    acfg = AlternateConfig(
+        rounds=rounds, weights=mode, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
+        classifier=pipeline.classifier_config(cfg, image_size=size, n_images=len(data.ids), num_workers=workers),
+        cleannet=TrainConfig.shortened(cfg.steps),
+        cache_dir=artifacts.features_dir(store),
+        checkpoint_dir=artifacts.classifiers_dir(store) / "resume")  # an interrupted run resumes
+    try:
+        res = train_alternating(data.paths, data.labels, len(data.class_ids), verified_idx=split.train,
+                                verified_ok=split.train_correct, val_idx=split.val, val_ok=split.val_correct,
+                                config=acfg, init_state=init_state, progress=True,
+                                report=lambda msg: click.echo(f"[train-classifier] {msg}"))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = artifacts.classifiers_dir(store) / f"classifier-{mode}-{stamp}.pt"
+    meta = {"image_size": size, "weights": mode, "method": cfg.method, "rounds": rounds,
+            "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps, "n_images": len(data.ids),
+            "n_verdicts": int(n_verdicts), "max_verdict_id": max_verdict, "class_ids": data.class_ids.tolist(),
+            "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
+    try:
+        artifacts.save_classifier_artifact(store, res.model, out, class_names=data.class_names, provenance=meta,
+                                           source=f"train-classifier: {cfg.method} score w_{mode}, "
+                                                  f"{rounds} extra round(s)")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out}: {e}") from e
+    last = res.rounds[-1]
+    click.echo(f"round {last.round}: delta {last.delta:.4f}, mean weight {last.weights.mean():.3f}, "
+               f"{(last.score < last.delta).mean():.1%} flagged")
+    click.echo(f"classifier ({len(data.class_names)} classes, {size}px) written to {out}")
+
+
+@click.command()
+@click.pass_context
+def score(ctx) -> None:
+    """Rescore every image with the current model (e.g. after ingesting more images).
+
+    Example: annotator score
+    """
+    from . import pipeline
+    store = open_store(ctx)
+    bars = TqdmReport()
+    try:
+        version = pipeline.rescore(store, round_config(store), report=bars)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bars.close()
+    click.echo(f"model version {version} is current")
