@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from annotator import auth
+from annotator.store import Store
 
 from helpers import demo_as_cifar10n
 
@@ -21,6 +22,19 @@ torch.set_num_threads(1)
 def cifar_dir(tmp_path_factory) -> Path:
     """The repo's 3,000 demo images in the CIFAR-10N folder layout (label set `random1` only)."""
     return demo_as_cifar10n(tmp_path_factory.mktemp("cifar10n"))
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    """Where a test's database goes (the state folder is created by the store)."""
+    return tmp_path / "state" / "annotator.db"
+
+
+@pytest.fixture
+def store(db_path):
+    """An open store on `db_path`; modules with their own `store` fixture override it."""
+    with Store(db_path) as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)

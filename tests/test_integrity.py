@@ -11,17 +11,6 @@ from annotator import auth
 from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError
 
 
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "state" / "annotator.db"
-
-
-@pytest.fixture
-def store(db_path):
-    with Store(db_path) as s:
-        yield s
-
-
 def add(store, n: int, label: str = "cat") -> list[int]:
     cid = store.ensure_classes([label])[label]
     first = store.images_count()
@@ -165,16 +154,6 @@ def test_concurrent_processes_never_leave_two_live_verdicts(db_path):
 
 # -- the annotate page (AppTest): each press carries its image id ------------------------
 from test_app import app, button, db, shown_image, texts  # noqa: E402,F401  (db is a fixture)
-
-
-def test_press_for_an_image_no_longer_on_screen_is_dropped_and_said(db):
-    at = app("ann")
-    first = shown_image(at)
-    at.session_state["ann_actions"] = [("verdict", "correct", first), ("verdict", "wrong", first)]
-    at.run()
-    with Store() as store:
-        assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
-    assert f"Dropped a **wrong** key press for image #{first}" in texts(at) and shown_image(at) != first
 
 
 def test_a_move_lost_after_the_commit_cannot_bind_the_next_press_to_the_judged_image(db):

@@ -16,17 +16,6 @@ TABLES = {"classes", "images", "verdicts", "leases", "models", "scores", "users"
           "settings", "ingest_errors", "artifacts"}
 
 
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "state" / "annotator.db"
-
-
-@pytest.fixture
-def store(db_path):
-    with Store(db_path) as s:
-        yield s
-
-
 def add(store, n, label="cat", start=0):
     """Add n fake images (distinct hashes) labelled ``label``; returns their ids."""
     cid = store.ensure_classes([label])[label]
