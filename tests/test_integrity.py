@@ -85,7 +85,7 @@ def test_undo_stays_in_the_current_session(store):
     store.record_verdict(ids[1], "ann", "wrong", reason="audit", session_id=1)
     v3 = store.record_verdict(ids[2], "ann", "correct", reason="audit", session_id=2)
     assert store.undo_last("ann", session_id=2) == [v3]
-    assert store.undo_last("ann", session_id=2) == []  # session 1's verdicts are out of reach
+    assert store.undo_last("ann", session_id=2) == []  # verdicts made under login session id 1 are out of reach
     assert len(store.live_verdicts()) == 2
 
 
