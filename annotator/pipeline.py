@@ -331,7 +331,8 @@ def _fit_paper(inputs: RoundInputs, *, steps: int, warm_start: dict | None, devi
 def _fit_transfer(inputs: RoundInputs, *, device: torch.device, report: Report) -> Fit:
     """Out-of-fold probe (folds = image id % 5): log-odds + margin, calibrated on the training verdicts."""
     split, data = inputs.split, inputs.data
-    message = (f"out-of-fold linear probe on {int(inputs.readable.sum())} images, "
+    n = int(inputs.readable.sum())
+    message = (f"out-of-fold linear probe fitted on {min(n, ProbeConfig.max_rows)} of {n} images, "
                f"calibrated on {len(split.train)} verdicts")
     report("training", 0.0, message)
     fit = fit_transfer_scores(inputs.feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids),

@@ -27,7 +27,8 @@ class ProbeConfig:
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-3  # on the weights, not the biases
-    max_steps: int = 20_000     # per fold; caps the cost at millions of images
+    max_rows: int = 100_000     # the fit sees at most this many images (a seeded sample); more cost only scoring
+    max_steps: int = 2_500      # per fold; with max_rows, bounds the fit's cost whatever the number of images
     seed: int = 0
 
 
@@ -41,18 +42,23 @@ class Probe:
     history: list[float] = field(default_factory=list)  # last epoch's mean training loss, per fold
 
     @torch.inference_mode()
-    def predict(self, features: np.ndarray, folds: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
-        """(N, C) float32 probabilities; row i comes from model folds[i] % k."""
+    def predict(self, features: np.ndarray, folds: np.ndarray, *, batch_size: int = 16_384) -> np.ndarray:
+        """(N, C) float32 probabilities; row i comes from model folds[i] % k.
+
+        The standardisation is folded into each model's weights (log1p(x) @ (w / std) + b - (mean / std) @ w),
+        so each row costs one log1p and one matrix product."""
         k = self.w.shape[0]
         folds = np.asarray(folds, np.int64) % k
         out = np.empty((len(features), self.w.shape[2]), dtype=np.float32)
         dev = self.w.device
+        w = self.w / self.std[:, :, None]
+        b = self.b - torch.einsum("kd,kdc->kc", self.mean, w)
         for f in range(k):
             idx = np.flatnonzero(folds == f)
             for start in range(0, len(idx), batch_size):
                 part = idx[start:start + batch_size]
-                x = _prep(torch.as_tensor(features[part], device=dev).float(), self.mean[f], self.std[f])
-                out[part] = torch.softmax(x @ self.w[f] + self.b[f], dim=1).cpu().numpy()
+                x = torch.log1p(torch.as_tensor(features[part], device=dev).float().clamp_min_(0))
+                out[part] = torch.softmax(x @ w[f] + b[f], dim=1).cpu().numpy()
         return out
 
     def state(self) -> dict:
@@ -63,19 +69,20 @@ class Probe:
         return cls(*(torch.as_tensor(s[key]).to(device) for key in ("mean", "std", "w", "b")))
 
 
-def _prep(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (torch.log1p(x.clamp_min(0)) - mean) / std
+def fit_rows(n: int, config: ProbeConfig) -> np.ndarray:
+    """(M,) sorted indices of the images the probe fits on: all n, or a seeded sample of config.max_rows."""
+    if n <= config.max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(config.seed).choice(n, config.max_rows, replace=False))
 
 
-def _log_features(features: np.ndarray, dev: torch.device, chunk: int = 65_536,
-                  max_fp32_bytes: int = 4 << 30) -> torch.Tensor:
-    """(N, d) log1p(relu(features)) on dev, computed once: float32 up to 4 GiB, else float16 (halves memory)."""
-    n, d = features.shape
-    dtype = torch.float32 if n * d * 4 <= max_fp32_bytes else torch.float16
-    out = torch.empty((n, d), dtype=dtype, device=dev)
-    for start in range(0, n, chunk):
-        x = torch.as_tensor(features[start:start + chunk]).to(dev).float()
-        out[start:start + chunk] = torch.log1p(x.clamp_min(0)).to(dtype)
+def _log_features(features: np.ndarray, rows: np.ndarray, dev: torch.device, chunk: int = 65_536) -> torch.Tensor:
+    """(M, d) float32 log1p(relu(features[rows])) on dev."""
+    out = torch.empty((len(rows), features.shape[1]), dtype=torch.float32, device=dev)
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        x = features[part] if len(rows) < len(features) else features[part[0]:part[-1] + 1]
+        out[start:start + len(part)] = torch.log1p(torch.as_tensor(x).to(dev).float().clamp_min_(0))
     return out
 
 
@@ -98,6 +105,8 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_c
               progress: Callable[[float], None] | None = None) -> Probe:
     """Fit one probe per fold f on the images with folds % k != f. features (N, d), labels/folds (N,) int.
 
+    Past config.max_rows images the folds are fitted on a seeded sample (`fit_rows`) and at most
+    config.max_steps steps each, so the fit costs the same at 100k or 10M images; predict scores all of them.
     progress, when given, is called with the fraction done in (0, 1] every 100 steps and after each fold."""
     labels = np.asarray(labels, np.int64)
     folds = np.asarray(folds, np.int64) % config.folds
@@ -107,13 +116,16 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_c
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(config.seed)
     means, stds, ws, bs, hist = [], [], [], [], []
-    base = _log_features(features, dev)
+    rows = fit_rows(len(labels), config)
+    base = _log_features(features, rows, dev)
+    labels, folds = labels[rows], folds[rows]
     y_all = torch.as_tensor(labels, device=dev)
     for f in range(k):
         train = torch.as_tensor(np.flatnonzero(folds != f) if k > 1 else np.arange(len(labels)), device=dev)
         mean, std = _moments(base, train)
+        x, y = (base[train] - mean) / std, y_all[train]  # (M_f, d) standardised once per fold
         w = torch.zeros(d, num_classes, device=dev, requires_grad=True)
-        prior = torch.bincount(y_all[train], minlength=num_classes).float() + 1.0
+        prior = torch.bincount(y, minlength=num_classes).float() + 1.0
         b = torch.log(prior / prior.sum()).requires_grad_(True)  # start at the class prior
         opt = torch.optim.AdamW([{"params": [w], "weight_decay": config.weight_decay},
                                  {"params": [b], "weight_decay": 0.0}], lr=config.lr)
@@ -122,10 +134,10 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_c
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
         for step in range(steps):
             if step % per_epoch == 0:
-                order = train[torch.randperm(len(train), generator=gen).to(dev)]
+                order = torch.randperm(len(train), generator=gen).to(dev)
                 total, count = torch.zeros((), device=dev), 0  # last epoch's loss, summed without a sync
             i = order[(step % per_epoch) * config.batch_size:(step % per_epoch + 1) * config.batch_size]
-            loss = F.cross_entropy((base[i].float() - mean) / std @ w + b, y_all[i])
+            loss = F.cross_entropy(x[i] @ w + b, y[i])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -135,6 +147,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_c
                 progress((f + (step + 1) / steps) / k)
         if progress:
             progress((f + 1) / k)
+        del x
         means.append(mean), stds.append(std), ws.append(w.detach()), bs.append(b.detach())
         hist.append(float(total) / max(count, 1))
     return Probe(torch.stack(means), torch.stack(stds), torch.stack(ws), torch.stack(bs), hist)

@@ -1,11 +1,12 @@
 """Out-of-fold probe: a fold's model never sees that fold's labels; it finds planted noise; state round-trips."""
 import numpy as np
 import pytest
+import torch
 
 from helpers import planted_noise
 
 from cleannet_core.metrics import auroc
-from cleannet_core.probe import Probe, ProbeConfig, fit_probe, self_confidence
+from cleannet_core.probe import Probe, ProbeConfig, fit_probe, fit_rows, self_confidence
 
 
 def test_a_folds_predictions_do_not_depend_on_its_own_labels():
@@ -48,3 +49,35 @@ def test_progress_rises_to_one_over_the_folds():
     assert seen == sorted(seen) and seen[-1] == 1.0 and all(0 < p <= 1 for p in seen)
     assert [p for p in seen if p in (0.2, 0.4, 0.6, 0.8, 1.0)] == [0.2, 0.4, 0.6, 0.8, 1.0]  # each fold's end
     assert len(seen) == 10 and seen[0] == pytest.approx(100 / 120 / 5)
+
+
+def test_past_max_rows_the_fit_sees_only_a_seeded_sample_and_scores_every_image():
+    feats, _, noisy = planted_noise(c=4, per=100)               # 400 images
+    folds = np.arange(len(noisy)) % 5
+    capped = ProbeConfig(epochs=4, max_rows=150)
+    rows = fit_rows(len(noisy), capped)
+    assert len(rows) == 150 and (np.diff(rows) > 0).all()
+    np.testing.assert_array_equal(rows, fit_rows(len(noisy), capped))          # seeded
+    np.testing.assert_array_equal(fit_rows(150, capped), np.arange(150))       # at the cap: every image
+    probe = fit_probe(feats, noisy, folds, 4, capped)
+    alone = fit_probe(feats[rows], noisy[rows], folds[rows], 4, ProbeConfig(epochs=4))
+    for key in ("mean", "std", "w", "b"):                                       # exactly the sample's fit
+        np.testing.assert_array_equal(probe.state()[key].numpy(), alone.state()[key].numpy(), err_msg=key)
+    assert probe.predict(feats, folds).shape == (400, 4)
+
+
+def test_max_steps_bounds_each_folds_steps():
+    feats, _, noisy = planted_noise(c=4, per=300)                # 960 rows per fold: 2 steps per epoch
+    seen: list[float] = []
+    fit_probe(feats, noisy, np.arange(len(noisy)), 4, ProbeConfig(epochs=60, max_steps=100), progress=seen.append)
+    assert len(seen) == 5                                        # 100 steps per fold: no mid-fold call
+
+
+def test_predict_equals_the_standardised_formula():
+    feats, _, noisy = planted_noise(c=3, per=50)
+    folds = np.arange(len(noisy)) % 5
+    probe = fit_probe(feats, noisy, folds, 3, ProbeConfig(epochs=3))
+    x = torch.log1p(torch.as_tensor(feats).clamp_min(0))
+    f = torch.as_tensor(folds)
+    logits = torch.einsum("nd,ndc->nc", (x - probe.mean[f]) / probe.std[f], probe.w[f]) + probe.b[f]
+    np.testing.assert_allclose(probe.predict(feats, folds), torch.softmax(logits, 1).numpy(), atol=1e-6)
