@@ -272,8 +272,10 @@ def test_cli_override_needs_a_lead(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "ann"])
     assert res.exit_code == 1 and "only an active lead" in res.output
-    res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "lead", "--label", "dog"])
+    res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "LEAD", "--label", "dog",
+                              "--note", "a dog"])  # user names compare case-insensitively
     assert res.exit_code == 0, res.output
     with Store(db) as store:
         [v] = store.live_verdicts()
         assert (v["annotator"], v["verdict"], v["corrected_label_id"]) == ("lead", "wrong", store.class_id("dog"))
+        assert store.live_verdict(img)["note"] == "a dog"
