@@ -180,15 +180,18 @@ class VerdictsMixin(StoreBase):
         """Per annotator, verdicts created at or after ``since``: n (live), correct, wrong, unsure,
         undone, first_at, last_at. Busiest first.
 
-        ``undone`` counts undos only. A relabel (``relabel_verdict``) also voids a verdict, but its undo row is
-        followed, in the same transaction, by the verdict's copy (same image, annotator and ``created_at``)
-        at the next id: such voided verdicts are neither undone nor counted in ``n`` (the copy is)."""
+        ``undone`` counts the annotator's own undos only. A relabel (``relabel_verdict``) and an override
+        (``override_verdict``) also void a verdict, but in the same transaction the undo row is followed at
+        the next id by the replacement on the same image: a relabel's copy keeps the voided verdict's
+        ``created_at``, an override's verdict shares the undo row's. Such voids are no undos; an override
+        of someone else's verdict is the lead's undo row, not the annotator's. The voided verdict is not
+        counted in ``n`` either (its replacement is, for whoever gave it)."""
         return self._all(
             "SELECT v.annotator, SUM(u.id IS NULL) AS n, SUM(u.id IS NULL AND v.verdict = 'correct') AS correct,"
             " SUM(u.id IS NULL AND v.verdict = 'wrong') AS wrong, SUM(u.id IS NULL AND v.verdict = 'unsure')"
-            " AS unsure, SUM(u.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM verdicts c WHERE c.id = u.id + 1"
-            " AND c.voids IS NULL AND c.image_id = v.image_id AND c.annotator = v.annotator"
-            " AND c.created_at = v.created_at)) AS undone, MIN(v.created_at) AS first_at,"
+            " AS unsure, SUM(u.id IS NOT NULL AND u.annotator = v.annotator AND NOT EXISTS (SELECT 1 FROM"
+            " verdicts c WHERE c.id = u.id + 1 AND c.voids IS NULL AND c.image_id = v.image_id"
+            " AND c.created_at IN (v.created_at, u.created_at))) AS undone, MIN(v.created_at) AS first_at,"
             " MAX(v.created_at) AS last_at FROM verdicts v LEFT JOIN verdicts u ON u.voids = v.id"
             " WHERE v.voids IS NULL AND v.created_at >= ? GROUP BY v.annotator ORDER BY n DESC, v.annotator",
             [since])
