@@ -161,8 +161,8 @@ def authenticate(store: Store, name: str, password: str, *, client: str = "", no
     if not ok:
         log.warning("failed login for %r from %s", name, client or "?")
         return None
-    if needs_rehash(user["password_hash"]):
-        store.set_password_hash(user["name"], hash_password(password), end_sessions=False)
+    if needs_rehash(user["password_hash"]) and store.rehash_password(user["name"], user["password_hash"],
+                                                                       hash_password(password)):
         log.info("rehashed the password of %s with the current scrypt cost", user["name"])
     return {k: v for k, v in user.items() if k != "password_hash"}
 

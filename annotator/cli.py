@@ -110,6 +110,7 @@ def classes(ctx, verify, unverify, as_json) -> None:
     for c in rows:
         click.echo(f"{'*' if c['verify'] else ' '} {c['name']}\t{c['n_images']}")
 
+
 @cli.command()
 @click.pass_context
 def rescan(ctx) -> None:
@@ -128,6 +129,7 @@ def rescan(ctx) -> None:
         click.echo(f"  {reason}: {path}", err=True)
     if len(report.errors) > 20:
         click.echo(f"  ... and {len(report.errors) - 20} more (see the Admin page)", err=True)
+
 
 @cli.command()
 @click.option("--once", is_flag=True, help="run one round if one is due, then exit")
@@ -167,23 +169,27 @@ def export(ctx, out, threshold, only_kept, fmt) -> None:
         n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=True)
     click.echo(f"{n} rows written", err=True)
 
+
 @cli.command()
 @click.argument("image_id", type=int)
 @click.argument("verdict", type=click.Choice(["correct", "wrong", "unsure"]))
 @click.option("--lead", required=True, help="the lead who decides (an active lead account)")
 @click.option("--label", help="the true class (with verdict 'wrong')")
+@click.option("--note", help="why, kept with the new verdict")
 @click.pass_context
-def override(ctx, image_id, verdict, lead, label) -> None:
+def override(ctx, image_id, verdict, lead, label, note) -> None:
     """Replace an image's verdict as a lead: the old one is voided in the same transaction.
 
-    Example: annotator override 42 wrong --lead admin --label dog
+    Example: annotator override 42 wrong --lead admin --label dog --note "a dog, clearly"
     """
     store = open_store(ctx)
+    user = store.get_user(lead)  # names compare case-insensitively: --lead Admin is admin
     try:
-        vid = store.override_verdict(image_id, lead, verdict, corrected_label=label)
+        vid = store.override_verdict(image_id, user["name"] if user else lead, verdict, corrected_label=label,
+                                     note=note)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"image {image_id}: {verdict} by {lead} (verdict {vid})")
+    click.echo(f"image {image_id}: {verdict} by {user['name']} (verdict {vid})")
 
 
 @cli.command()
@@ -197,7 +203,6 @@ def status(ctx, as_json) -> None:
     store = open_store(ctx)
     out = project_status(store)
     click.echo(json.dumps(out) if as_json else "\n".join(describe_status(out)))
-
 
 
 @cli.command()

@@ -31,8 +31,8 @@ def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every
     The project's backbone is kept once it exists: the current model's scores depend on its features. The
     first extract builds one from ImageNet weights (--weights, else the installed Lite0 package or the torch
     cache), else trains it on the noisy labels. --new-backbone replaces it; run `train` afterwards. Runs alone
-    or as one rank of torchrun: each rank extracts its share on its own GPU (or CPU) into the shared cache, and a rerun after a crash
-    extracts only what is still missing (README, "Many GPUs, many machines").
+    or as one rank of torchrun: each rank extracts its share on its own GPU (or CPU) into the shared cache,
+    and a rerun after a crash extracts only what is still missing (README, "Many GPUs, many machines").
 
     Example: annotator extract --weights resnet50.pth
     Example: torchrun --standalone --nproc-per-node=4 -m annotator extract
@@ -71,6 +71,7 @@ def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every
         bad = f"; {t.failed} images could not be read (listed on the Admin page)" if t.failed else ""
         click.echo(f"{t.images} images, feature vectors of size {t.dim} (backbone: {t.backbone}): "
                    f"{t.cached_before} were cached, {t.extracted} extracted by {t.world} process(es){bad}")
+
 
 @click.command()
 @click.option("--full", is_flag=True, help="also retrain the backbone with w_soft weights first")

@@ -215,9 +215,15 @@ def _images_mtime(db: Database) -> None:
     db.execute("ALTER TABLE images ADD COLUMN mtime REAL")
 
 
+def _verdict_note(db: Database) -> None:
+    """A verdict can carry a note: the reason a lead gave for an override (``Store.override_verdict``)."""
+    db.execute("ALTER TABLE verdicts ADD COLUMN note TEXT")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
-                                                 _worker_round_progress, _model_artifacts, _images_mtime]
+                                                 _worker_round_progress, _model_artifacts, _images_mtime,
+                                                 _verdict_note]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

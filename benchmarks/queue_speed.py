@@ -26,46 +26,37 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import write_json
 from annotator.queue import grid_items, next_items, queue_status
 from annotator.store import Store
+from benchmarks import synthetic
+from benchmarks.report import write_json
 
 log = logging.getLogger(__name__)
 
-N_CLASSES, N_VERIFY, DELTA = 100, 10, 0.1
+N_CLASSES, DELTA = 100, 0.1
 
 
 def build_store(path: Path, n: int, *, verdicts: int = 5000, seed: int = 0) -> tuple[Store, dict]:
     """Open ``path``; if it does not hold ``n`` images yet, fill it as described in the module docstring.
     Returns the store and the build phase times in seconds (empty when reused)."""
-    store = Store(path)
-    if store.images_count() == n:
-        log.info("reusing %s (%d images)", path, n)
+    store, reused = synthetic.reuse_or_refuse(path, n)
+    if reused:
         return store, {}
-    if store.images_count():
-        raise SystemExit(f"{path} holds {store.images_count()} images, not {n}: pass another --db")
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    names = [f"class{c:03d}" for c in range(N_CLASSES)]
-    cids = store.ensure_classes(names)
-    store.set_verify(names[:: N_CLASSES // N_VERIFY])  # every 10th class: verify blocks spread over the ids
+    names, cids = synthetic.add_classes(store, N_CLASSES)
     labels = np.sort(rng.integers(0, N_CLASSES, n))  # contiguous block per class
-    store.add_images(({"path": f"/data/{names[c]}/{i:07d}.jpg", "hash": f"{i:032x}", "label_id": cids[names[c]]}
-                      for i, c in enumerate(labels.tolist())), batch=50_000)
+    synthetic.add_images(store, labels, names, cids, root="/data")
     t_images = time.perf_counter() - t0
-    version = store.add_model(delta=DELTA, metrics={"synthetic": True})
     scores = np.clip(rng.normal(0.45, 0.35, n), -1, 1)  # image ids are 1..n in insertion order
     suggested = rng.integers(0, N_CLASSES, n)
     sugg_scores = rng.uniform(-1, 1, n)
-    store.write_scores(version, ((i + 1, cids[names[c]], s, abs(s - DELTA), cids[names[g]], ss) for i, (c, s, g, ss)
-                                 in enumerate(zip(labels.tolist(), scores.tolist(), suggested.tolist(),
-                                                  sugg_scores.tolist()))), batch=50_000)
-    store.make_current(version)
+    version = synthetic.publish_scores(store, ((i + 1, cids[c], s, abs(s - DELTA), cids[g], ss) for i, (c, s, g, ss)
+                                               in enumerate(zip(labels.tolist(), scores.tolist(), suggested.tolist(),
+                                                                sugg_scores.tolist()))), delta=DELTA)
     t_scores = time.perf_counter() - t0 - t_images
     # verdicts where the queue puts them: mostly the most uncertain images of the verify classes
-    verify_ids = set(store.verify_classes().values())
-    in_verify = np.array([cids[names[c]] in verify_ids for c in range(N_CLASSES)])[labels]
-    candidates = np.flatnonzero(in_verify)
+    candidates = np.flatnonzero(labels % synthetic.VERIFY_EVERY == 0)
     order = candidates[np.argsort(np.abs(scores[candidates] - DELTA))]
     verdicts = min(verdicts, len(candidates) // 2)
     n_head = int(verdicts * 0.8)

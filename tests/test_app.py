@@ -475,7 +475,9 @@ def test_export_page_documents_every_column_and_writes_the_train_format(db):
     preview = at.dataframe[0].value
     assert preview.columns.tolist() == ["path", "label", "weight"] and preview["label"].iloc[0] == "dog"
     with Store() as store:
-        rows = list(csv.DictReader(io.StringIO(common.export_bytes(str(store.path), None, False, "train").decode())))
+        data = common.export_bytes(str(store.path), at.session_state["token"], threshold=None, only_kept=False,
+                                   fmt="train")
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
     assert len(rows) == len(preview) and rows[0] == {"path": first["path"], "label": "dog", "weight": "1"}
 
 
@@ -487,12 +489,17 @@ def test_streamlit_config_is_a_product():
     assert config["theme"]["base"] == "light"
 
 
-def test_export_preview_filters_and_download(db):
+def test_export_preview_filters_and_download(db, monkeypatch):
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    downloads = []  # what the Download button runs at the click (Streamlit's deferred download)
+    add_deferred = MediaFileManager.add_deferred
+    monkeypatch.setattr(MediaFileManager, "add_deferred",
+                        lambda self, data, *a, **k: downloads.append(data) or add_deferred(self, data, *a, **k))
     at = app("admin", page="annotator/pages/export.py")
     preview = at.dataframe[0].value
     assert len(preview) == 36 and preview.columns[0] == "path"
+    data = downloads[-1]()
     with Store() as store:
-        data = common.export_bytes(str(store.path), None, False)
         assert not list((store.path.parent / "exports").iterdir())  # the temp file is gone
     rows = list(csv.DictReader(io.StringIO(data.decode())))
     assert len(rows) == 36 and rows[0].keys() == set(preview.columns)
@@ -502,6 +509,16 @@ def test_export_preview_filters_and_download(db):
     at.toggle(key="exp_custom").set_value(True).run()
     at.number_input(key="exp_threshold").set_value(-1.0).run()
     assert len(at.dataframe[0].value) == 36  # nothing scores below -1
+    # the click runs no rerun of the page, so the download checks the login session itself
+    with Store() as store:
+        store.end_sessions("admin")  # a lead's "sign out everywhere" while the page is open
+    with pytest.raises(common.SignedOut):
+        downloads[-1]()
+    app("admin", page="annotator/pages/export.py")
+    with Store() as store:
+        store.set_user_active("admin", False)
+    with pytest.raises(common.SignedOut):
+        downloads[-1]()
 
 
 def test_errors_become_messages_not_tracebacks(db, monkeypatch):

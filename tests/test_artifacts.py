@@ -61,6 +61,19 @@ def test_backbone_and_scorer_are_registered_with_their_provenance(tmp_path):
     assert artifacts.current_backbone(store) is None  # its file is gone: no backbone, a new one gets built
 
 
+def test_a_classifier_written_again_to_the_same_path_replaces_its_record(tmp_path):
+    """`train-classifier --out clf.pt` run twice: the second file replaces the first, and so does its record."""
+    store = Store(tmp_path / "state" / "a.db")
+    model = Backbone("resnet18", 2, small_input=True).eval()
+    out = tmp_path / "clf.pt"
+    for run in (1, 2):
+        artifacts.save_classifier_artifact(store, model, out, class_names=["a", "b"], source=f"run {run}",
+                                           provenance={"run": run})
+    assert [(a["path"], a["source"], a["provenance"]) for a in store.artifacts("classifier")] == [
+        (str(out), "run 2", {"run": 2})]
+    assert store.latest_artifact("classifier")["source"] == "run 2"
+
+
 def test_migration_moves_the_backbone_setting_into_artifacts(tmp_path):
     path = tmp_path / "old.db"
     db = Database(path)

@@ -152,3 +152,20 @@ def test_lite_settings_measures_each_padding_and_scaling(cifar_dir, tmp_path):
     a, b = (r["auroc_heldout"]["random1"] for r in res["rows"])
     assert 0 <= a <= 1 and 0 <= b <= 1 and a != b  # the variants give different features
     assert efficientnet.LITE_MEAN == (127 / 255,) * 3  # the scaling is restored after the run
+
+
+def test_queue_speed_store_is_built_reused_and_refused_for_another_size(tmp_path):
+    from benchmarks import queue_speed, synthetic
+    db = tmp_path / "bench.db"
+    store, build = queue_speed.build_store(db, 2000, verdicts=100)
+    classes = store.classes()
+    verdicts = store.verdict_count()
+    assert build and store.images_count() == 2000 and 0 < verdicts <= 100 - 5  # 5 undone
+    assert [c["name"] for c in classes if c["verify"]] == [f"class{c:03d}" for c in range(0, 100, 10)]
+    assert store.get_image(1)["hash"] == synthetic.image_key(0) and store.current_model()["delta"] == queue_speed.DELTA
+    store.close()
+    store, build = queue_speed.build_store(db, 2000)
+    assert build == {} and store.verdict_count() == verdicts
+    store.close()
+    with pytest.raises(SystemExit, match="holds 2000 images, not 3000"):
+        queue_speed.build_store(db, 3000)

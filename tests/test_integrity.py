@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from annotator import auth
-from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError
+from annotator.store import NOTE_MAX, UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, VerdictChanged
 
 
 def add(store, n: int, label: str = "cat") -> list[int]:
@@ -77,6 +77,29 @@ def test_lead_override_voids_the_old_verdict_in_the_same_transaction(store):
     with pytest.raises(StoreError, match="only an active lead"):
         store.override_verdict(a, "ann", "correct")
     assert live_per_image(store) == {a: 1, b: 1}
+
+
+def test_override_of_the_verdict_a_lead_saw_refuses_stale_and_unchanged_ones(store):
+    auth.add_user(store, "lead", "lead", "lead-password")
+    a, b = add(store, 2)
+    seen = store.record_verdict(a, "ann", "wrong", reason="audit")
+    store.undo_last("ann")
+    again = store.record_verdict(a, "ann", "correct", reason="audit")
+    with pytest.raises(VerdictChanged, match=r"changed since it was shown \(now: correct, by 'ann'\)"):
+        store.override_verdict(a, "lead", "wrong", replaces=seen)  # the lead's screen showed the undone one
+    with pytest.raises(AlreadyJudged, match="already has this verdict"):
+        store.override_verdict(a, "lead", "correct", replaces=again)
+    with pytest.raises(VerdictChanged, match="it has none now"):
+        store.override_verdict(b, "lead", "wrong", replaces=again)
+    with pytest.raises(ValueError, match=f"at most {NOTE_MAX}"):
+        store.override_verdict(a, "lead", "unsure", replaces=again, note="x" * (NOTE_MAX + 1))
+    assert [v["id"] for v in store.live_verdicts()] == [again]  # nothing refused left a row
+    new = store.override_verdict(a, "lead", "unsure", replaces=again, note="  two people disagree  ")
+    assert store.live_verdict(a) | {"created_at": 0} == store.get_verdict(new) | {
+        "corrected_label": None, "created_at": 0}
+    assert (store.live_verdict(a)["note"], store.live_verdict(b)) == ("two people disagree", None)
+    assert [(v["image_id"], v["verdict"], v["annotator"], v["note"]) for v in store.recent_verdicts(5)] == [
+        (a, "unsure", "lead", "two people disagree")]
 
 
 def test_undo_stays_in_the_current_session(store):
@@ -249,8 +272,10 @@ def test_cli_override_needs_a_lead(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "ann"])
     assert res.exit_code == 1 and "only an active lead" in res.output
-    res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "lead", "--label", "dog"])
+    res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "LEAD", "--label", "dog",
+                              "--note", "a dog"])  # user names compare case-insensitively
     assert res.exit_code == 0, res.output
     with Store(db) as store:
         [v] = store.live_verdicts()
         assert (v["annotator"], v["verdict"], v["corrected_label_id"]) == ("lead", "wrong", store.class_id("dog"))
+        assert store.live_verdict(img)["note"] == "a dog"

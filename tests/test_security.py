@@ -191,6 +191,25 @@ def test_old_scrypt_cost_is_rehashed_at_login(store):
     assert auth.authenticate(store, "ann", "old-cost-password") and auth.resume_session(store, s.token)
 
 
+def test_a_password_reset_during_a_login_rehash_is_not_undone(store, monkeypatch):
+    """A login that verified an old-cost hash rehashes it, but never over a password set meanwhile."""
+    salt = os.urandom(16)
+    old = hashlib.scrypt(b"old-cost-password", salt=salt, n=2 ** 11, r=8, p=1, dklen=32).hex()
+    store.set_password_hash("ann", f"scrypt${2 ** 11}$8$1${salt.hex()}${old}")
+    verify = auth.verify_password
+
+    def reset_meanwhile(password: str, stored: str) -> bool:  # a lead's reset lands while the login verifies
+        ok = verify(password, stored)
+        auth.set_password(store, "ann", "reset-by-the-lead")
+        return ok
+
+    monkeypatch.setattr(auth, "verify_password", reset_meanwhile)
+    assert auth.authenticate(store, "ann", "old-cost-password")  # it was the password when it was checked
+    monkeypatch.setattr(auth, "verify_password", verify)
+    assert auth.authenticate(store, "ann", "reset-by-the-lead")
+    assert auth.authenticate(store, "ann", "old-cost-password") is None
+
+
 def test_user_names_are_normalised_and_compared_case_insensitively(store):
     for clash in ("Admin", "ADMIN", "\uff21dmin", " admin "):  # the last but one is a full-width A
         with pytest.raises(StoreError, match="already exists"):

@@ -158,6 +158,20 @@ def test_annotator_stats_count_undos_not_relabels(store):
     assert (stats["n"], stats["wrong"], stats["correct"], stats["undone"]) == (13, 12, 1, 1)
 
 
+def test_annotator_stats_count_no_override_as_an_undo(store):
+    """A lead's override voids the annotator's verdict (or the lead's own) without anybody undoing it."""
+    store.add_user("lead", "lead", "unused-hash")
+    a, b, c = add(store, 3)
+    store.record_verdict(a, "ann", "correct", reason="audit")
+    store.record_verdict(b, "ann", "correct", reason="audit")
+    store.undo_last("ann")  # b: the one real undo
+    store.override_verdict(a, "lead", "wrong")
+    store.record_verdict(c, "lead", "correct", reason="audit")
+    store.override_verdict(c, "lead", "unsure")  # the lead overrides their own verdict
+    stats = {s["annotator"]: (s["n"], s["undone"]) for s in store.annotator_stats(since=0)}
+    assert stats == {"ann": (0, 1), "lead": (2, 0)}
+
+
 def test_record_verdict_validation(store):
     (img,) = add(store, 1)
     with pytest.raises(ValueError, match="valid: correct, wrong, unsure"):

@@ -1,6 +1,7 @@
-"""Admin (lead): classes to verify, users, retrain requests, settings, ingest errors."""
+"""Admin (lead): classes to verify, users, verdict overrides, retrain requests, settings, ingest errors."""
 
 from dataclasses import replace
+from datetime import datetime
 
 import pandas as pd
 import streamlit as st
@@ -8,9 +9,10 @@ import streamlit as st
 from annotator import auth
 from annotator.pages.common import METHOD_TEXT, context, md, require_role
 from annotator.round_config import BadRoundConfig, RoundConfig, load_round_config, save_round_config
-from annotator.store import Store, StoreError
+from annotator.store import NOTE_MAX, VERDICTS, Store, StoreError, UnknownImage
 
 SUGGEST = 5  # classes suggested for verification
+RECENT = 20  # recent verdicts listed by the override panel
 
 
 def done(message: str, secret: str | None = None) -> None:
@@ -117,6 +119,77 @@ def users_panel(store: Store, me: str) -> None:
         done(f"Signed {md(pick)} out of {n} session(s).")
 
 
+def when(ts: float) -> str:
+    """A Unix time as local date and minute."""
+    return f"{datetime.fromtimestamp(ts):%Y-%m-%d %H:%M}"
+
+
+def describe_verdict(v: dict) -> str:
+    """One verdict as Markdown: what (with the true class), who, when, and the lead's note if any."""
+    what = f"**{v['verdict']}**" + (f" (true class {md(v['corrected_label'])})" if v["corrected_label"] else "")
+    note = f" · note: {md(v['note'])}" if v["note"] else ""
+    return f"{what} by {md(v['annotator'])}, {when(v['created_at'])}{note}"
+
+
+def override_panel(store: Store, me: str) -> None:
+    """Replace an image's live verdict with the lead's own (``Store.override_verdict``): find the image,
+    see its verdict, choose the new one, confirm. The confirmation names exactly what will be applied;
+    changing any input afterwards asks again."""
+    st.subheader("Override a verdict")
+    with st.expander(f"The {RECENT} most recent verdicts"):
+        recent = pd.DataFrame(store.recent_verdicts(RECENT), columns=[
+            "image_id", "label", "verdict", "corrected_label", "annotator", "created_at", "note"])
+        st.dataframe(recent.assign(created_at=recent["created_at"].map(when)), hide_index=True, width="stretch",
+                     key="adm_ovr_recent")
+    image_id = st.number_input("Image id", min_value=1, value=None, step=1, key="adm_ovr_image",
+                               placeholder="the number after # on the Annotate page, or from the list above")
+    if image_id is None:
+        return
+    try:
+        image = store.get_image(int(image_id))
+    except UnknownImage:
+        st.error(f"There is no image #{image_id}.")
+        return
+    live = store.live_verdict(image["id"])
+    if live is None:
+        st.info(f"Image #{image['id']} ({md(image['label'])}) has no verdict yet: nothing to override.")
+        return
+    st.markdown(f"Image #{image['id']}, label **{md(image['label'])}**: {describe_verdict(live)}.")
+    a, b = st.columns(2)
+    verdict = a.selectbox("New verdict", VERDICTS, key="adm_ovr_verdict")
+    others = [c["name"] for c in store.classes() if c["name"] != image["label"]]
+    label = b.selectbox("True class (optional, with 'wrong')", others, index=None, key="adm_ovr_label",
+                        disabled=verdict != "wrong", placeholder="Choose a class")
+    note = st.text_input("Reason (optional, kept with the verdict)", max_chars=NOTE_MAX, key="adm_ovr_note")
+    change = {"image_id": image["id"], "replaces": live["id"], "verdict": verdict,
+              "corrected_label": label if verdict == "wrong" else None, "note": note.strip() or None}
+    if st.button("Override", key="adm_ovr_submit"):
+        if (verdict, change["corrected_label"]) == (live["verdict"], live["corrected_label"]):
+            st.error("That is the verdict the image already has: choose another one.")
+        else:
+            st.session_state["adm_ovr_pending"] = change
+    if st.session_state.get("adm_ovr_pending") != change:  # nothing asked yet, or an input changed since
+        st.session_state.pop("adm_ovr_pending", None)
+        return
+    new = f"**{verdict}**" + (f" (true class {md(label)})" if change["corrected_label"] else "")
+    st.warning(f"Replace {md(live['annotator'])}'s **{live['verdict']}** on image #{image['id']} with your {new}? "
+               "The old verdict is voided, not deleted.")
+    a, b = st.columns(2)
+    if a.button("Confirm override", key="adm_ovr_confirm", type="primary"):
+        del st.session_state["adm_ovr_pending"]
+        try:  # no session_id: the Annotate page's undo (of this login session's verdicts) cannot void it
+            vid = store.override_verdict(image["id"], me, verdict, corrected_label=change["corrected_label"],
+                                         replaces=live["id"], note=change["note"])
+        except (StoreError, ValueError) as e:
+            st.error(md(e))
+            return
+        done(f"Image #{image['id']} is now {new} by {md(me)} (verdict {vid}); {md(live['annotator'])}'s "
+             f"**{live['verdict']}** is voided.")
+    if b.button("Cancel", key="adm_ovr_cancel"):
+        del st.session_state["adm_ovr_pending"]
+        st.rerun()
+
+
 def worker_panel(store: Store, me: str) -> None:
     st.subheader("Retraining")
     st.caption("A retrain refits the scoring model on all verdicts; a full round also retrains the backbone "
@@ -194,6 +267,7 @@ def page() -> None:
     flash_panel()
     classes_panel(store)
     users_panel(store, user["name"])
+    override_panel(store, user["name"])
     worker_panel(store, user["name"])
     settings_panel(store)
     ingest_panel(store)

@@ -40,7 +40,8 @@ def page() -> None:
     fmt = st.radio("Format", list(FORMATS), format_func=FORMATS.get, key="exp_format", horizontal=True)
     st.download_button(
         "Download CSV", key="exp_download", type="primary", icon=":material/download:",
-        data=functools.partial(export_bytes, str(store.path), chosen, only_kept, fmt),
+        data=functools.partial(export_bytes, str(store.path), st.session_state["token"], threshold=chosen,
+                               only_kept=only_kept, fmt=fmt),
         file_name=f"{'train' if fmt == 'train' else 'cleaned'}-{datetime.now():%Y%m%d-%H%M}.csv", mime="text/csv",
         on_click="ignore")
     st.caption(f"{store.images_count()} images in the store; the file is generated when you click. Filter and "

@@ -67,10 +67,17 @@ class AccountsMixin(StoreBase):
         """Enable or disable a login (disabling ends every session of the user); raises ``UnknownUser``."""
         self._update_user(name, "active", int(active), end_sessions=not active)
 
-    def set_password_hash(self, name: str, password_hash: str, *, end_sessions: bool = True) -> None:
-        """Replace a user's password hash and end their sessions (``end_sessions=False``: a rehash at
-        login, same password); raises ``UnknownUser``."""
-        self._update_user(name, "password_hash", password_hash, end_sessions=end_sessions)
+    def set_password_hash(self, name: str, password_hash: str) -> None:
+        """Replace a user's password hash and end their sessions; raises ``UnknownUser``."""
+        self._update_user(name, "password_hash", password_hash, end_sessions=True)
+
+    def rehash_password(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Store ``new_hash`` (the same password at today's cost, made at login) only while the stored hash is
+        still ``old_hash``, so a password changed or reset meanwhile is never undone; sessions stay. True
+        when replaced."""
+        with self._tx():
+            return self.db.execute("UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                                   [new_hash, name, old_hash]).rowcount > 0
 
     # -- sessions -----------------------------------------------------------------------
     def create_session(self, user: str, token_hash: str, *, lifetime: float, now: float | None = None) -> int:

@@ -14,9 +14,11 @@ class ArtifactsMixin(StoreBase):
 
     def add_artifact(self, *, kind: str, path: str, backbone_id: str, source: str,
                      provenance: dict[str, Any]) -> int:
-        """Register a complete file; returns its id. ``provenance``: plain JSON values."""
+        """Register a complete file; returns its id. ``provenance``: plain JSON values. A file written again at
+        a registered path (``train-classifier --out`` twice) replaces that path's record."""
         _choice(kind, ARTIFACT_KINDS, "artifact kind")
         with self._tx():
+            self.db.execute("DELETE FROM artifacts WHERE path = ?", [str(path)])
             return self.db.execute(
                 "INSERT INTO artifacts (kind, path, backbone_id, source, provenance, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

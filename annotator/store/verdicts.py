@@ -9,6 +9,12 @@ from ..schema import LIVE
 from .base import (REASONS, UNDO_DEPTH, VERDICTS, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownImage,
                    _choice, _ids_json)
 
+NOTE_MAX = 500  # characters of a lead's reason for an override
+
+
+class VerdictChanged(StoreError):
+    """The image's live verdict is no longer the one a lead chose to override (undone or replaced since)."""
+
 
 class VerdictsMixin(StoreBase):
     """Verdicts, undo and overrides; per-image leases."""
@@ -31,7 +37,7 @@ class VerdictsMixin(StoreBase):
     def _void(self, row: dict, by: str, now: float) -> None:
         """Append the undo row voiding verdict ``row`` (a copy of it with ``voids`` set, by ``by``)."""
         self._insert_verdict({k: row[k] for k in ("image_id", "verdict", "corrected_label_id", "reason",
-                                                  "model_version", "session_id", "batch")}
+                                                  "model_version", "session_id", "batch", "note")}
                              | {"annotator": by, "voids": row["id"], "created_at": now})
 
     def record_verdict(self, image_id: int, annotator: str, verdict: str, *, reason: str,
@@ -71,15 +77,23 @@ class VerdictsMixin(StoreBase):
         return vid
 
     def override_verdict(self, image_id: int, lead: str, verdict: str, *, corrected_label: str | None = None,
-                         session_id: int | None = None) -> int:
+                         replaces: int | None = None, note: str | None = None, session_id: int | None = None) -> int:
         """A lead replaces an image's verdict: in one transaction the live verdict (if any) is voided by an
-        undo row in ``lead``'s name and the new one (reason 'manual') appended. Returns the new id.
+        undo row in ``lead``'s name and the new one (reason 'manual', ``note`` = the lead's reason) appended.
+        Returns the new id.
 
-        Raises ``StoreError`` unless ``lead`` is an active lead, ``UnknownImage``, ``UnknownClass``.
+        ``replaces``: the id of the live verdict the lead saw; unless it is still the image's live verdict
+        (an undo or another override came first), the override is refused with ``VerdictChanged``. A new
+        verdict equal to the live one (verdict and corrected label) is refused with ``AlreadyJudged``.
+        Raises ``StoreError`` unless ``lead`` is an active lead, ``UnknownImage``, ``UnknownClass``,
+        ``ValueError`` (bad verdict, a corrected label without 'wrong', a note over ``NOTE_MAX`` characters).
         """
         _choice(verdict, VERDICTS, "verdict")
         if corrected_label is not None and verdict != "wrong":
             raise ValueError("corrected_label is only allowed with verdict 'wrong'")
+        note = (note or "").strip() or None
+        if note is not None and len(note) > NOTE_MAX:
+            raise ValueError(f"the note is {len(note)} characters; at most {NOTE_MAX}")
         now = time.time()
         with self._tx():
             if self._scalar("SELECT 1 FROM users WHERE name = ? AND role = 'lead' AND active = 1", [lead]) is None:
@@ -88,10 +102,15 @@ class VerdictsMixin(StoreBase):
             if self._scalar("SELECT 1 FROM images WHERE id = ?", [image_id]) is None:
                 raise UnknownImage(f"unknown image id {image_id}")
             live = self._live_on(image_id)
+            if replaces is not None and (live is None or live["id"] != replaces):
+                now_is = "it has none now" if live is None else f"now: {live['verdict']}, by {live['annotator']!r}"
+                raise VerdictChanged(f"the verdict on image {image_id} changed since it was shown ({now_is})")
+            if live is not None and (live["verdict"], live["corrected_label_id"]) == (verdict, corrected):
+                raise AlreadyJudged(f"image {image_id} already has this verdict ({verdict}, by {live['annotator']!r})")
             if live is not None:
                 self._void(live, lead, now)
             vid = self._insert_verdict({"image_id": image_id, "annotator": lead, "verdict": verdict,
-                                        "corrected_label_id": corrected, "reason": "manual",
+                                        "corrected_label_id": corrected, "reason": "manual", "note": note,
                                         "session_id": session_id, "created_at": now})
             self.db.execute("DELETE FROM leases WHERE image_id = ?", [image_id])
         return vid
@@ -122,6 +141,20 @@ class VerdictsMixin(StoreBase):
                 self._void(r, annotator, now)
         return [r["id"] for r in rows]
 
+    def live_verdict(self, image_id: int) -> dict | None:
+        """The image's live verdict (a verdicts row plus ``corrected_label``, the class name), or None."""
+        return self._one("SELECT v.*, c.name AS corrected_label FROM verdicts v LEFT JOIN classes c"
+                         f" ON c.id = v.corrected_label_id WHERE v.image_id = ? AND {LIVE}", [image_id])
+
+    def recent_verdicts(self, limit: int = 20) -> list[dict]:
+        """The ``limit`` most recent live verdicts, newest first: id, image_id, label (the image's noisy
+        label), verdict, corrected_label, annotator, created_at, note."""
+        return self._all(
+            "SELECT v.id, v.image_id, ic.name AS label, v.verdict, c.name AS corrected_label, v.annotator,"
+            " v.created_at, v.note FROM verdicts v JOIN images i ON i.id = v.image_id"
+            " JOIN classes ic ON ic.id = i.label_id LEFT JOIN classes c ON c.id = v.corrected_label_id"
+            f" WHERE {LIVE} ORDER BY v.id DESC LIMIT ?", [limit])
+
     def live_verdicts(self) -> list[dict]:
         """Live verdicts by id: id, image_id, verdict, corrected_label_id, reason, annotator, created_at,
         model_version, label_id (the image's current noisy label). At most one per image."""
@@ -147,15 +180,18 @@ class VerdictsMixin(StoreBase):
         """Per annotator, verdicts created at or after ``since``: n (live), correct, wrong, unsure,
         undone, first_at, last_at. Busiest first.
 
-        ``undone`` counts undos only. A relabel (``relabel_verdict``) also voids a verdict, but its undo row is
-        followed, in the same transaction, by the verdict's copy (same image, annotator and ``created_at``)
-        at the next id: such voided verdicts are neither undone nor counted in ``n`` (the copy is)."""
+        ``undone`` counts the annotator's own undos only. A relabel (``relabel_verdict``) and an override
+        (``override_verdict``) also void a verdict, but in the same transaction the undo row is followed at
+        the next id by the replacement on the same image: a relabel's copy keeps the voided verdict's
+        ``created_at``, an override's verdict shares the undo row's. Such voids are no undos; an override
+        of someone else's verdict is the lead's undo row, not the annotator's. The voided verdict is not
+        counted in ``n`` either (its replacement is, for whoever gave it)."""
         return self._all(
             "SELECT v.annotator, SUM(u.id IS NULL) AS n, SUM(u.id IS NULL AND v.verdict = 'correct') AS correct,"
             " SUM(u.id IS NULL AND v.verdict = 'wrong') AS wrong, SUM(u.id IS NULL AND v.verdict = 'unsure')"
-            " AS unsure, SUM(u.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM verdicts c WHERE c.id = u.id + 1"
-            " AND c.voids IS NULL AND c.image_id = v.image_id AND c.annotator = v.annotator"
-            " AND c.created_at = v.created_at)) AS undone, MIN(v.created_at) AS first_at,"
+            " AS unsure, SUM(u.id IS NOT NULL AND u.annotator = v.annotator AND NOT EXISTS (SELECT 1 FROM"
+            " verdicts c WHERE c.id = u.id + 1 AND c.voids IS NULL AND c.image_id = v.image_id"
+            " AND c.created_at IN (v.created_at, u.created_at))) AS undone, MIN(v.created_at) AS first_at,"
             " MAX(v.created_at) AS last_at FROM verdicts v LEFT JOIN verdicts u ON u.voids = v.id"
             " WHERE v.voids IS NULL AND v.created_at >= ? GROUP BY v.annotator ORDER BY n DESC, v.annotator",
             [since])
@@ -182,7 +218,7 @@ class VerdictsMixin(StoreBase):
             self._void(v, annotator, now)
             # the copy stays in the original's undo step (batch, else the original's id)
             return self._insert_verdict({k: v[k] for k in ("image_id", "annotator", "verdict", "reason",
-                                                           "model_version", "session_id", "created_at")}
+                                                           "model_version", "session_id", "note", "created_at")}
                                         | {"corrected_label_id": corrected, "batch": v["batch"] or str(v["id"])})
 
     def audit_counts(self) -> dict[str, dict[str, int]]:
