@@ -322,7 +322,7 @@ def iter_inference(model: Backbone, paths: Sequence[str | Path], *, image_size: 
     errors: b strings, '' = ok). Unreadable images get zero features/probs. Restores the train/eval mode."""
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    fmt = torch.channels_last  # faster on CUDA, and on CPU for Lite0's depthwise convolutions
     ds = ImageDataset(paths, None, make_transform(image_size, train=False, arch=model.arch), image_size)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda)
     was_training = model.training
