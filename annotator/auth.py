@@ -26,7 +26,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
-from .store import Store, user_key
+from .store import SESSION_IDLE_S, SESSION_MAX_S, Store, user_key  # noqa: F401  (the store applies the session rule)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ WINDOW_S = 3600  # failures older than this are forgotten
 LOCK_BASE_S = 30  # first lockout; doubles with every further failure
 LOCK_MAX_S = 900
 
-SESSION_IDLE_S = 30 * 60  # a session unused this long ends
-SESSION_MAX_S = 12 * 3600  # and every session ends this long after login, however it is used
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 
@@ -128,7 +126,7 @@ def add_user(store: Store, name: str, role: str, password: str | None = None) ->
 
 def set_password(store: Store, name: str, password: str | None = None) -> str:
     """Change (or, without ``password``, reset to a generated one) a user's password; every session of the
-    user ends. Returns the password."""
+    user ends and their leases are released. Returns the password."""
     password = check_password(password) if password is not None else secrets.token_urlsafe(12)
     store.set_password_hash(name, hash_password(password))
     return password
@@ -192,7 +190,7 @@ def _token_hash(token: str) -> str:
 def start_session(store: Store, user: dict, *, now: float | None = None) -> Session:
     """A new session for ``user`` (a row from ``authenticate``)."""
     token = secrets.token_urlsafe(32)
-    sid = store.create_session(user["name"], _token_hash(token), lifetime=SESSION_MAX_S, now=now)
+    sid = store.create_session(user["name"], _token_hash(token), now=now)
     return Session(token, sid, user)
 
 
@@ -200,5 +198,5 @@ def resume_session(store: Store, token: object, *, now: float | None = None) -> 
     """The live session a token belongs to, else None (also for anything that is not a token string)."""
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         return None
-    found = store.session_by_hash(_token_hash(token), idle=SESSION_IDLE_S, cap=SESSION_MAX_S, now=now)
+    found = store.session_by_hash(_token_hash(token), now=now)
     return Session(token, found["session_id"], found["user"]) if found else None

@@ -183,13 +183,11 @@ def override(ctx, image_id, verdict, lead, label, note) -> None:
     Example: annotator override 42 wrong --lead admin --label dog --note "a dog, clearly"
     """
     store = open_store(ctx)
-    user = store.get_user(lead)  # names compare case-insensitively: --lead Admin is admin
-    try:
-        vid = store.override_verdict(image_id, user["name"] if user else lead, verdict, corrected_label=label,
-                                     note=note)
+    try:  # names compare case-insensitively: --lead Admin is admin
+        vid = store.override_verdict(image_id, lead, verdict, corrected_label=label, note=note)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"image {image_id}: {verdict} by {user['name']} (verdict {vid})")
+    click.echo(f"image {image_id}: {verdict} by {store.get_verdict(vid)['annotator']} (verdict {vid})")
 
 
 @cli.command()

@@ -104,18 +104,16 @@ def users_panel(store: Store, me: str) -> None:
     a, b, c = st.columns(3)
     if target["active"]:
         if a.button("Deactivate", key="adm_user_deactivate"):
-            store.set_user_active(pick, False)
-            store.release_leases(pick)
+            store.set_user_active(pick, False)  # ends their sessions and hands their images back to the queue
             done(f"Deactivated {md(pick)}; every session of theirs has ended.")
     elif a.button("Reactivate", key="adm_user_activate"):
         store.set_user_active(pick, True)
         done(f"Reactivated {md(pick)}.")
     if b.button("Reset password", key="adm_user_reset"):
-        password = auth.set_password(store, pick)
+        password = auth.set_password(store, pick)  # ends their sessions and releases their leases
         done(f"New password for {md(pick)} (shown only now); every session of theirs has ended:", password)
     if c.button("Sign out everywhere", key="adm_user_signout", help="End every open session of this user now"):
-        n = store.end_sessions(pick)
-        store.release_leases(pick)
+        n = store.end_sessions(pick)  # their leases end with them
         done(f"Signed {md(pick)} out of {n} session(s).")
 
 

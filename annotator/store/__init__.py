@@ -16,7 +16,7 @@ thread or process).
 """
 
 from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (re-exported for callers of annotator.store)
-from .accounts import AccountsMixin, user_key
+from .accounts import SESSION_IDLE_S, SESSION_MAX_S, AccountsMixin, user_key
 from .artifacts import ARTIFACT_KINDS, ArtifactsMixin
 from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, UNDO_DEPTH, VERDICTS, WORKER_FIELDS,
                    AddResult, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser,
@@ -39,4 +39,5 @@ class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMi
 __all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "AlreadyJudged", "UnknownUser",
            "VerdictChanged", "AddResult", "default_db_path", "user_data_dir", "private_files", "user_key", "VERDICTS",
            "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH", "NOTE_MAX",
-           "SCORE_COLUMNS", "EXPORT_ROW", "ARTIFACT_KINDS"]
+           "SCORE_COLUMNS", "EXPORT_ROW", "ARTIFACT_KINDS", "SESSION_IDLE_S",
+           "SESSION_MAX_S"]

@@ -2,7 +2,11 @@
 
 User names compare by ``user_key`` (NFKC, then case-folded), so ``Admin`` and ``admin`` are one
 account. A session row holds only the SHA-256 of its random token (``annotator.auth`` makes tokens);
-changing a password or deactivating a user ends all of that user's sessions in the same transaction.
+changing a password or deactivating a user ends all of that user's sessions, and releases their leases, in the
+same transaction. Every method that takes a user name finds the user as ``get_user`` does.
+
+A session is live while it is younger than ``SESSION_MAX_S``, used within the last ``SESSION_IDLE_S`` and before
+its ``expires_at`` (``_LIVE_SESSION``, the one rule for checking, counting and pruning sessions).
 """
 
 import sqlite3
@@ -14,6 +18,12 @@ from .base import ROLES, StoreBase, StoreError, UnknownUser, _choice
 
 TOUCH_EVERY_S = 60  # a session's last_used is written at most this often (no write on every rerun)
 ATTEMPTS_KEPT_S = 24 * 3600  # login attempts older than this are deleted
+SESSION_IDLE_S = 30 * 60  # a session unused this long ends
+SESSION_MAX_S = 12 * 3600  # and every session ends this long after login, however it is used
+PRUNE_SESSIONS = 100  # dead sessions deleted at most per login (each login adds one row)
+# sessions s still accepted at :now (a dead one is refused, and deleted when seen)
+_LIVE_SESSION = (f":now < s.expires_at AND :now < s.last_used + {SESSION_IDLE_S}"
+                 f" AND :now < s.created_at + {SESSION_MAX_S}")
 
 
 def user_key(name: str) -> str:
@@ -39,6 +49,7 @@ class AccountsMixin(StoreBase):
             raise StoreError(f"user {name!r} already exists") from e
 
     def _user_row(self, name: str) -> dict | None:
+        """The user whose name matches ``name`` by ``user_key``: every lookup by name goes through here."""
         row = self._one("SELECT * FROM users WHERE name = ?", [name])
         if row is None:  # the table is small: compare the keys in Python (SQLite folds ASCII only)
             key = user_key(name)
@@ -51,24 +62,33 @@ class AccountsMixin(StoreBase):
         return self._user_row(name)
 
     def list_users(self) -> list[dict]:
-        """All users by name, without password hashes; ``sessions`` = their open login sessions."""
+        """All users by name, without password hashes; ``sessions`` = their live login sessions."""
         return self._all("SELECT name, role, created_at, active, (SELECT COUNT(*) FROM sessions s"
-                         " WHERE s.user = users.name AND s.expires_at > ?) AS sessions FROM users ORDER BY name",
-                         [time.time()])
+                         f" WHERE s.user = users.name AND {_LIVE_SESSION}) AS sessions FROM users ORDER BY name",
+                         {"now": time.time()})
 
     def _update_user(self, name: str, column: str, value: Any, *, end_sessions: bool) -> None:
         with self._tx():
-            if self.db.execute(f"UPDATE users SET {column} = ? WHERE name = ?", [value, name]).rowcount == 0:
+            row = self._user_row(name)
+            if row is None:
                 raise UnknownUser(f"unknown user {name!r}")
+            self.db.execute(f"UPDATE users SET {column} = ? WHERE name = ?", [value, row["name"]])
             if end_sessions:
-                self.db.execute("DELETE FROM sessions WHERE user = ?", [name])
+                self._end_all(row["name"])
+
+    def _end_all(self, name: str) -> int:
+        """Delete every session of the user stored as ``name`` and release their leases (no session is left to
+        use them, as at logout); returns the sessions deleted."""
+        self.db.execute("DELETE FROM leases WHERE annotator = ?", [name])
+        return self.db.execute("DELETE FROM sessions WHERE user = ?", [name]).rowcount
 
     def set_user_active(self, name: str, active: bool = True) -> None:
-        """Enable or disable a login (disabling ends every session of the user); raises ``UnknownUser``."""
+        """Enable or disable a login (disabling ends every session of the user and releases their leases);
+        raises ``UnknownUser``."""
         self._update_user(name, "active", int(active), end_sessions=not active)
 
     def set_password_hash(self, name: str, password_hash: str) -> None:
-        """Replace a user's password hash and end their sessions; raises ``UnknownUser``."""
+        """Replace a user's password hash, end their sessions and release their leases; raises ``UnknownUser``."""
         self._update_user(name, "password_hash", password_hash, end_sessions=True)
 
     def rehash_password(self, name: str, old_hash: str, new_hash: str) -> bool:
@@ -76,32 +96,40 @@ class AccountsMixin(StoreBase):
         still ``old_hash``, so a password changed or reset meanwhile is never undone; sessions stay. True
         when replaced."""
         with self._tx():
-            return self.db.execute("UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
-                                   [new_hash, name, old_hash]).rowcount > 0
+            row = self._user_row(name)
+            return row is not None and self.db.execute(
+                "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                [new_hash, row["name"], old_hash]).rowcount > 0
 
     # -- sessions -----------------------------------------------------------------------
-    def create_session(self, user: str, token_hash: str, *, lifetime: float, now: float | None = None) -> int:
-        """Store a new session of ``user`` that ends ``lifetime`` seconds from now; returns its id."""
+    def create_session(self, user: str, token_hash: str, *, now: float | None = None) -> int:
+        """Store a new session of ``user`` (ending ``SESSION_MAX_S`` from now); returns its id. In the same
+        transaction up to ``PRUNE_SESSIONS`` dead sessions (of anyone) are deleted, so the table does not grow
+        by a row per login. Raises ``UnknownUser`` unless ``user`` is an active user."""
         now = time.time() if now is None else now
         with self._tx():
-            if self._scalar("SELECT 1 FROM users WHERE name = ? AND active = 1", [user]) is None:
+            row = self._user_row(user)
+            if row is None or not row["active"]:
                 raise UnknownUser(f"no active user {user!r}")
+            self.db.execute(f"DELETE FROM sessions WHERE id IN (SELECT id FROM sessions s WHERE NOT ({_LIVE_SESSION})"
+                            " LIMIT :limit)", {"now": now, "limit": PRUNE_SESSIONS})
             cur = self.db.execute("INSERT INTO sessions (token_hash, user, created_at, last_used, expires_at)"
-                                  " VALUES (?, ?, ?, ?, ?)", [token_hash, user, now, now, now + lifetime])
+                                  " VALUES (?, ?, ?, ?, ?)", [token_hash, row["name"], now, now, now + SESSION_MAX_S])
         return cur.lastrowid
 
-    def session_by_hash(self, token_hash: str, *, idle: float, cap: float, now: float | None = None) -> dict | None:
+    def session_by_hash(self, token_hash: str, *, now: float | None = None) -> dict | None:
         """The live session with this token hash: ``{"session_id", "user": user row without hash}``, or None.
 
-        A session is live while now < expires_at, now < last_used + ``idle``, now < created_at + ``cap``
-        and its user is active; a dead one is deleted. last_used moves at most every ``TOUCH_EVERY_S``.
+        A session is live by ``_LIVE_SESSION`` while its user is active; a dead one is deleted. last_used
+        moves at most every ``TOUCH_EVERY_S``.
         """
         now = time.time() if now is None else now
-        row = self._one("SELECT s.id, s.user, s.created_at, s.last_used, s.expires_at, u.active FROM sessions s"
-                        " JOIN users u ON u.name = s.user WHERE s.token_hash = ?", [token_hash])
+        row = self._one(f"SELECT s.id, s.last_used, u.active AND {_LIVE_SESSION} AS live, u.name AS user"
+                        " FROM sessions s JOIN users u ON u.name = s.user WHERE s.token_hash = :hash",
+                        {"now": now, "hash": token_hash})
         if row is None:
             return None
-        if not row["active"] or now >= min(row["expires_at"], row["last_used"] + idle, row["created_at"] + cap):
+        if not row["live"]:
             self.end_session(row["id"])
             return None
         if now - row["last_used"] >= TOUCH_EVERY_S:
@@ -116,9 +144,11 @@ class AccountsMixin(StoreBase):
             return self.db.execute("DELETE FROM sessions WHERE id = ?", [session_id]).rowcount > 0
 
     def end_sessions(self, user: str) -> int:
-        """Sign ``user`` out everywhere: delete all their sessions; returns how many."""
+        """Sign ``user`` out everywhere: delete all their sessions and release their leases; returns how many
+        sessions ended (0 for an unknown user)."""
         with self._tx():
-            return self.db.execute("DELETE FROM sessions WHERE user = ?", [user]).rowcount
+            row = self._user_row(user)
+            return 0 if row is None else self._end_all(row["name"])
 
     # -- login attempts -----------------------------------------------------------------
     def record_login(self, key: str, client: str, ok: bool, *, now: float | None = None) -> None:

@@ -85,6 +85,7 @@ class VerdictsMixin(StoreBase):
         ``replaces``: the id of the live verdict the lead saw; unless it is still the image's live verdict
         (an undo or another override came first), the override is refused with ``VerdictChanged``. A new
         verdict equal to the live one (verdict and corrected label) is refused with ``AlreadyJudged``.
+        ``lead`` is matched as ``get_user`` matches names; the verdicts carry the stored name.
         Raises ``StoreError`` unless ``lead`` is an active lead, ``UnknownImage``, ``UnknownClass``,
         ``ValueError`` (bad verdict, a corrected label without 'wrong', a note over ``NOTE_MAX`` characters).
         """
@@ -96,8 +97,10 @@ class VerdictsMixin(StoreBase):
             raise ValueError(f"the note is {len(note)} characters; at most {NOTE_MAX}")
         now = time.time()
         with self._tx():
-            if self._scalar("SELECT 1 FROM users WHERE name = ? AND role = 'lead' AND active = 1", [lead]) is None:
+            user = self.get_user(lead)
+            if user is None or user["role"] != "lead" or not user["active"]:
                 raise StoreError(f"only an active lead can override a verdict ({lead!r} is not one)")
+            lead = user["name"]
             corrected = self.class_id(corrected_label) if corrected_label is not None else None
             if self._scalar("SELECT 1 FROM images WHERE id = ?", [image_id]) is None:
                 raise UnknownImage(f"unknown image id {image_id}")
