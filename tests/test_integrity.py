@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from annotator import auth
-from annotator.store import NOTE_MAX, UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, VerdictChanged
+from annotator.store import (NOTE_MAX, UNDO_DEPTH, AlreadyJudged, LeaseLost, SameLabel, Store, StoreError,
+                             VerdictChanged)
 
 
 def add(store, n: int, label: str = "cat") -> list[int]:
@@ -100,6 +101,21 @@ def test_override_of_the_verdict_a_lead_saw_refuses_stale_and_unchanged_ones(sto
     assert (store.live_verdict(a)["note"], store.live_verdict(b)) == ("two people disagree", None)
     assert [(v["image_id"], v["verdict"], v["annotator"], v["note"]) for v in store.recent_verdicts(5)] == [
         (a, "unsure", "lead", "two people disagree")]
+
+
+def test_the_images_own_label_is_refused_as_its_true_class(store):
+    (img,) = add(store, 1)  # labelled cat
+    store.ensure_classes(["dog"])
+    auth.add_user(store, "lead", "lead", "lead-password")
+    with pytest.raises(SameLabel, match="cannot be its own label"):
+        store.record_verdict(img, "ann", "wrong", reason="audit", corrected_label="cat")
+    vid = store.record_verdict(img, "ann", "wrong", reason="audit")
+    with pytest.raises(SameLabel):
+        store.relabel_verdict(vid, "ann", "cat")
+    with pytest.raises(SameLabel):
+        store.override_verdict(img, "lead", "wrong", corrected_label="cat", replaces=vid)
+    assert [(v["id"], v["corrected_label_id"]) for v in store.live_verdicts()] == [(vid, None)]
+    assert store.verdict_count(live_only=False) == 1
 
 
 def test_undo_stays_in_the_current_session(store):
@@ -272,6 +288,8 @@ def test_cli_override_needs_a_lead(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "ann"])
     assert res.exit_code == 1 and "only an active lead" in res.output
+    res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "lead", "--label", "cat"])
+    assert res.exit_code == 1 and "cannot be its own label" in res.output  # the image is labelled cat
     res = runner.invoke(cli, ["--db", str(db), "override", str(img), "wrong", "--lead", "LEAD", "--label", "dog",
                               "--note", "a dog"])  # user names compare case-insensitively
     assert res.exit_code == 0, res.output

@@ -25,7 +25,7 @@ from .catalog import CatalogMixin
 from .exports import EXPORT_ROW, ExportMixin
 from .models import ModelsMixin
 from .review import ReviewMixin
-from .verdicts import NOTE_MAX, VerdictChanged, VerdictsMixin
+from .verdicts import NOTE_MAX, SameLabel, VerdictChanged, VerdictsMixin
 
 
 class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMixin, ReviewMixin, ExportMixin,
@@ -37,7 +37,6 @@ class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMi
 
 
 __all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "AlreadyJudged", "UnknownUser",
-           "VerdictChanged", "AddResult", "default_db_path", "user_data_dir", "private_files", "user_key", "VERDICTS",
-           "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH", "NOTE_MAX",
-           "SCORE_COLUMNS", "EXPORT_ROW", "ARTIFACT_KINDS", "SESSION_IDLE_S",
-           "SESSION_MAX_S"]
+           "VerdictChanged", "SameLabel", "AddResult", "default_db_path", "user_data_dir", "private_files", "user_key",
+           "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH",
+           "NOTE_MAX", "SCORE_COLUMNS", "EXPORT_ROW", "ARTIFACT_KINDS", "SESSION_IDLE_S", "SESSION_MAX_S"]

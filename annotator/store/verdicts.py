@@ -16,6 +16,10 @@ class VerdictChanged(StoreError):
     """The image's live verdict is no longer the one a lead chose to override (undone or replaced since)."""
 
 
+class SameLabel(StoreError):
+    """A 'wrong' verdict whose true class is the image's own label: that says the label is right."""
+
+
 class VerdictsMixin(StoreBase):
     """Verdicts, undo and overrides; per-image leases."""
 
@@ -34,6 +38,15 @@ class VerdictsMixin(StoreBase):
             raise
         return cur.lastrowid
 
+    def _label_of(self, image_id: int, corrected: int | None) -> int:
+        """The image's label id; raises ``UnknownImage``, or ``SameLabel`` when ``corrected`` is that label."""
+        label = self._scalar("SELECT label_id FROM images WHERE id = ?", [image_id])
+        if label is None:
+            raise UnknownImage(f"unknown image id {image_id}")
+        if corrected == label:
+            raise SameLabel(f"the true class of image {image_id} cannot be its own label: mark it correct instead")
+        return label
+
     def _void(self, row: dict, by: str, now: float) -> None:
         """Append the undo row voiding verdict ``row`` (a copy of it with ``voids`` set, by ``by``)."""
         self._insert_verdict({k: row[k] for k in ("image_id", "verdict", "corrected_label_id", "reason",
@@ -48,10 +61,11 @@ class VerdictsMixin(StoreBase):
         At most one live verdict per image: an image that already has one is refused with
         ``AlreadyJudged`` (change a verdict by undo, then a new verdict, or by a lead's
         ``override_verdict``). The check and the insert share one write transaction, and a schema
-        trigger enforces the same rule for any other writer. ``corrected_label`` (a class name) is only
-        allowed with verdict 'wrong'. ``session_id`` (login session) and ``batch`` (a grid page) scope
-        undo. Raises ``ValueError`` (bad verdict/reason), ``UnknownClass``, ``UnknownImage``,
-        ``AlreadyJudged``, or ``LeaseLost`` when another annotator holds a live lease on the image.
+        trigger enforces the same rule for any other writer. ``corrected_label`` (a class name other than
+        the image's label) is only allowed with verdict 'wrong'. ``session_id`` (login session) and ``batch``
+        (a grid page) scope undo. Raises ``ValueError`` (bad verdict/reason), ``UnknownClass``,
+        ``UnknownImage``, ``SameLabel``, ``AlreadyJudged``, or ``LeaseLost`` when another annotator holds a
+        live lease on the image.
         """
         _choice(verdict, VERDICTS, "verdict")
         _choice(reason, REASONS, "reason")
@@ -60,8 +74,7 @@ class VerdictsMixin(StoreBase):
         now = time.time()
         with self._tx():
             corrected = self.class_id(corrected_label) if corrected_label is not None else None
-            if self._scalar("SELECT 1 FROM images WHERE id = ?", [image_id]) is None:
-                raise UnknownImage(f"unknown image id {image_id}")
+            self._label_of(image_id, corrected)
             live = self._live_on(image_id)
             if live is not None:
                 who = "you" if live["annotator"] == annotator else repr(live["annotator"])
@@ -87,7 +100,8 @@ class VerdictsMixin(StoreBase):
         verdict equal to the live one (verdict and corrected label) is refused with ``AlreadyJudged``.
         ``lead`` is matched as ``get_user`` matches names; the verdicts carry the stored name.
         Raises ``StoreError`` unless ``lead`` is an active lead, ``UnknownImage``, ``UnknownClass``,
-        ``ValueError`` (bad verdict, a corrected label without 'wrong', a note over ``NOTE_MAX`` characters).
+        ``SameLabel``, ``ValueError`` (bad verdict, a corrected label without 'wrong', a note over
+        ``NOTE_MAX`` characters).
         """
         _choice(verdict, VERDICTS, "verdict")
         if corrected_label is not None and verdict != "wrong":
@@ -102,8 +116,7 @@ class VerdictsMixin(StoreBase):
                 raise StoreError(f"only an active lead can override a verdict ({lead!r} is not one)")
             lead = user["name"]
             corrected = self.class_id(corrected_label) if corrected_label is not None else None
-            if self._scalar("SELECT 1 FROM images WHERE id = ?", [image_id]) is None:
-                raise UnknownImage(f"unknown image id {image_id}")
+            self._label_of(image_id, corrected)
             live = self._live_on(image_id)
             if replaces is not None and (live is None or live["id"] != replaces):
                 now_is = "it has none now" if live is None else f"now: {live['verdict']}, by {live['annotator']!r}"
@@ -209,7 +222,7 @@ class VerdictsMixin(StoreBase):
         Append-only like undo: in one transaction an undo row voids the verdict and a copy with
         ``corrected_label`` (and the original ``created_at``) is appended, so a later ``undo_last``
         removes the whole verdict. Raises ``StoreError`` unless ``verdict_id`` is a live 'wrong'
-        verdict of ``annotator``, ``UnknownClass`` for a bad class name.
+        verdict of ``annotator``, ``UnknownClass`` for a bad class name, ``SameLabel`` for the image's own label.
         """
         with self._tx():
             corrected = self.class_id(corrected_label)
@@ -217,6 +230,7 @@ class VerdictsMixin(StoreBase):
                           f" AND {LIVE}", [verdict_id, annotator])
             if v is None:
                 raise StoreError(f"verdict {verdict_id} is not a live 'wrong' verdict of {annotator!r}")
+            self._label_of(v["image_id"], corrected)
             now = time.time()
             self._void(v, annotator, now)
             # the copy stays in the original's undo step (batch, else the original's id)
