@@ -25,6 +25,17 @@ from .progress import describe_status, project_status
 from .store import StoreError, default_db_path, private_files
 
 
+SHOWN_ERRORS = 20  # bad files listed by ingest and rescan; the Admin page lists them all
+
+
+def echo_errors(errors: list[tuple[str, str]]) -> None:
+    """Print the first ``SHOWN_ERRORS`` (path, reason) pairs to stderr, then how many more there are."""
+    for path, reason in errors[:SHOWN_ERRORS]:
+        click.echo(f"  {reason}: {path}", err=True)
+    if len(errors) > SHOWN_ERRORS:
+        click.echo(f"  ... and {len(errors) - SHOWN_ERRORS} more (see the Admin page)", err=True)
+
+
 @click.group()
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite file; its folder holds the runtime state (default: $ANNOTATOR_DB, else "
@@ -79,10 +90,7 @@ def ingest(ctx, folder, csv_path, root, classes) -> None:
     except (ingest_mod.BadSource, OSError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(report.summary())
-    for path, reason in report.errors[:20]:
-        click.echo(f"  {reason}: {path}", err=True)
-    if len(report.errors) > 20:
-        click.echo(f"  ... and {len(report.errors) - 20} more (see the Admin page)", err=True)
+    echo_errors(report.errors)
 
 
 @cli.command()
@@ -125,10 +133,7 @@ def rescan(ctx) -> None:
 
     report = run_rescan(open_store(ctx), progress=True)
     click.echo(report.summary())
-    for path, reason in report.errors[:20]:
-        click.echo(f"  {reason}: {path}", err=True)
-    if len(report.errors) > 20:
-        click.echo(f"  ... and {len(report.errors) - 20} more (see the Admin page)", err=True)
+    echo_errors(report.errors)
 
 
 @cli.command()

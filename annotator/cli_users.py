@@ -31,7 +31,7 @@ def users_add(ctx, name, role, password) -> None:
         pw = auth.add_user(store, name, role, password)
     except (StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"added {role} {name!r}" + ("" if password else f" with password: {pw}"))
+    click.echo(f"added {role} {auth.normalise_name(name)!r}" + ("" if password else f" with password: {pw}"))
 
 
 @users.command("list")

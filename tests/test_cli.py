@@ -73,6 +73,25 @@ def test_init_ingest_classes_users_status(env, monkeypatch):
     assert status["ingest_errors"]
 
 
+def test_users_add_says_the_name_as_stored(env):
+    run, db, root = env
+    out = run("users", "add", " \uff22ob ", "--role", "annotator").output  # a full-width B, spaces around
+    assert out.startswith("added annotator 'Bob' with password: ") and Store(db).get_user("bob")["name"] == "Bob"
+
+
+def test_ingest_and_rescan_list_the_first_errors_and_count_the_rest(env):
+    run, db, root = env
+    for i in range(24):
+        (root / "red" / f"bad{i:02d}.png").write_bytes(b"not a png")
+    res = run("ingest", "--folder", str(root))
+    listed = [line for line in res.stderr.splitlines() if line.startswith("  not an image: ")]
+    assert len(listed) == 20 and "  ... and 5 more (see the Admin page)" in res.stderr  # 24 + broken.jpg
+    for path in [root / "green" / f"{i}.png" for i in range(20)] + [root / "blue" / "0.png", root / "blue" / "1.png"]:
+        path.unlink()
+    res = run("rescan")
+    assert res.stderr.count("  missing: ") == 20 and "  ... and 2 more (see the Admin page)" in res.stderr
+
+
 @pytest.mark.slow
 def test_train_score_extract_export(env, tmp_path):
     run, db, root = env
