@@ -64,7 +64,7 @@ def context() -> tuple[Store, dict]:
 def require_role(user: dict, role: str) -> None:
     """Stop the page unless ``user`` has ``role`` (navigation already hides it; this is the second lock)."""
     if user.get("role") != role:
-        st.error("This page is for leads only.")
+        st.error(f"This page is for {role}s only.")
         st.stop()
 
 
