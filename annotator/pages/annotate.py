@@ -22,9 +22,12 @@ recorded twice.
 Undo (``z``) voids my most recent verdict of this login session; a saved grid page is undone as a
 whole, and undo reaches back at most ``UNDO_DEPTH`` steps. The item after the current one stays leased
 in session state with its bytes already read, so the next image shows in the same rerun; a reload
-resumes my leases.
+resumes my leases; grid mode keeps its page's images too. A file that cannot be shown is named by image
+id and file name: only leads see its path on the server.
 """
+import os
 import secrets
+from pathlib import Path
 
 import streamlit as st
 
@@ -192,16 +195,21 @@ def progress_panel(store: Store, name: str) -> int:
     return left
 
 
-def show_image(data: bytes | str, path: str, width: int | str) -> None:
-    """The image, or (``data`` is a reason from ``read_for_display``) the warning that replaces it."""
+def where(item: QueueItem, user: dict) -> str:
+    """The image's file as ``user`` may see it: the server path for a lead, else image id and file name."""
+    return item.path if user.get("role") == "lead" else f"image #{item.image_id}, file {Path(item.path).name}"
+
+
+def show_image(data: bytes | str, shown: str, width: int | str) -> None:
+    """The image, or (``data`` is a reason from ``read_for_display``) the warning naming the file as ``shown``."""
     if isinstance(data, str):
-        st.warning(f"Image file missing or unreadable ({md(data)}): {md(path)}. Mark it unsure to move on.")
+        st.warning(f"Image file missing or unreadable ({md(data)}): {md(shown)}. Mark it unsure to move on.")
     else:
         st.image(data, width=width)
 
 
-def single_mode(store: Store, name: str) -> None:
-    items = fill(store, name)
+def single_mode(store: Store, user: dict) -> None:
+    items = fill(store, user["name"])
     if not items:
         if not store.verify_classes():
             st.info("No classes are chosen for verification yet. A lead picks them on the Admin page.")
@@ -248,7 +256,7 @@ def single_mode(store: Store, name: str) -> None:
             elif delta is not None:
                 st.caption("The model thinks this label is right.")
     with left, st.container(key="ann_image"):
-        show_image(st.session_state["ann_bytes"].get(item.image_id), item.path, "stretch")
+        show_image(st.session_state["ann_bytes"].get(item.image_id), where(item, user), "stretch")
 
 
 def undo_button(disabled: bool = False) -> None:
@@ -299,7 +307,25 @@ def relabel_panel(store: Store) -> None:
                      on_click=_queue, args=("relabel", last["verdict_id"], other))
 
 
-def grid_mode(store: Store, name: str) -> None:
+def grid_images(items: list[QueueItem]) -> dict[int, bytes | str]:
+    """``read_for_display`` of each grid item, kept in session state between reruns and read again only when the
+    file's (inode, size, mtime) changed; that stamp is taken before the read, so a write during it shows next time."""
+    old, cache = st.session_state.get("ann_grid_bytes") or {}, {}
+    for item in items:
+        try:
+            info = os.lstat(item.path)
+            stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
+        except OSError:  # gone: read_for_display says so
+            stamp = None
+        hit = old.get(item.image_id)
+        cache[item.image_id] = hit if stamp is not None and hit and hit[0] == stamp else (
+            stamp, read_for_display(item.path))
+    st.session_state["ann_grid_bytes"] = cache  # only this page's images stay
+    return {image_id: data for image_id, (_, data) in cache.items()}
+
+
+def grid_mode(store: Store, user: dict) -> None:
+    name = user["name"]
     classes = list(store.verify_classes())
     if not classes:
         st.info("No classes are chosen for verification yet. A lead picks them on the Admin page.")
@@ -320,11 +346,12 @@ def grid_mode(store: Store, name: str) -> None:
         return
     st.caption(f"Every image is **{md(cls)}** and counts as correct unless you click it to mark it wrong; "
                f"**g** saves the page. {len(grid['wrong'])} of {len(items)} marked wrong.")
+    images = grid_images(items)
     for row_start in range(0, len(items), 4):
         cols = st.columns(4)
         for col, item in zip(cols, items[row_start:row_start + 4]):
             with col:
-                show_image(read_for_display(item.path), item.path, "stretch")
+                show_image(images[item.image_id], where(item, user), "stretch")
                 wrong = item.image_id in grid["wrong"]
                 st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{item.image_id}",
                           type="primary" if wrong else "secondary", width="stretch",
@@ -357,9 +384,9 @@ def page() -> None:
                   "on for audit items (random draws that measure the noise rate).")
     progress = st.sidebar.container()  # the counters live in the sidebar: the image gets the height
     if st.session_state.get("ann_grid_mode"):
-        grid_mode(store, name)
+        grid_mode(store, user)
     else:
-        single_mode(store, name)
+        single_mode(store, user)
     with progress:  # filled last, so an updated count means this rerun's buttons are in place
         progress_panel(store, name)
 
