@@ -96,6 +96,12 @@ class _Item:
     extra: dict | None = None
 
 
+def content_hash(data: bytes) -> str:
+    """The content key of a file's bytes (blake2b-128 hex), stored at ingest and rescan; the feature cache is
+    keyed by it, so it must equal ``cleannet_core.features.content_key`` of the file (tests/test_ingest.py)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | str:
     """Fully decode image bytes; returns (width, height) or an error reason.
 
@@ -185,7 +191,7 @@ class _Ingest:
         size = decode(data, self.max_pixels)
         if isinstance(size, str):
             return size
-        return {"path": str(item.path), "hash": hashlib.blake2b(data, digest_size=16).hexdigest(),
+        return {"path": str(item.path), "hash": content_hash(data),
                 "width": size[0], "height": size[1], "bytes": len(data), "mtime": mtime, "extra": item.extra}
 
     def flush(self) -> None:

@@ -11,7 +11,6 @@ verdicts stay (they judged the old content, which the report counts so a lead ca
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .ingest import EMPTY, MAX_PIXELS, MISSING, UNREADABLE, _pixel_limit, decode
+from .ingest import EMPTY, MAX_PIXELS, MISSING, UNREADABLE, _pixel_limit, content_hash, decode
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def _reread(row: dict, max_pixels: int) -> dict | str:
         log.debug("cannot read %s: %r", path, e)
         return UNREADABLE
     size = decode(data, max_pixels) if data else EMPTY
-    out = {"id": row["id"], "hash": hashlib.blake2b(data, digest_size=16).hexdigest(), "bytes": len(data),
+    out = {"id": row["id"], "hash": content_hash(data), "bytes": len(data),
            "mtime": mtime, "width": None, "height": None}
     if isinstance(size, str):
         return out | {"error": size}

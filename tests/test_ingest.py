@@ -12,9 +12,11 @@ from PIL import Image
 from helpers import DEMO, NAMES, demo_rows
 
 from annotator.ingest import (CORRUPT, EMPTY, ESCAPES, MAX_PIXELS, MISSING, NOT_IMAGE, TOO_LARGE, UNKNOWN_CLASS,
-                              UNREADABLE, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, decode, ingest_csv,
-                              ingest_folder)
+                              UNREADABLE, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, content_hash, decode,
+                              ingest_csv, ingest_folder)
+from annotator.rescan import rescan
 from annotator.store import Store
+from cleannet_core.features import content_key
 
 HYPERLINK = '=HYPERLINK("http://x")'
 SCRIPT = "<script>alert(1)</script>"
@@ -179,3 +181,17 @@ def test_demo_cifar10n_sample(store, tmp_path):
     assert [(Path(r["path"]).name, r["label"]) for r in images] == [(Path(r["path"]).name, r["label"]) for r in rows]
     assert images[0]["extra"] == {"clean_label": rows[0]["clean_label"]}
     assert {c["name"] for c in store.classes()} == set(NAMES)
+
+
+def test_ingest_and_rescan_store_the_feature_caches_content_key(store, tmp_path):
+    """The feature cache is keyed by cleannet_core's content_key: the hash ingest and rescan store must equal it."""
+    for k in range(3):
+        (tmp_path / "tree" / "cat").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "tree" / "cat" / f"{k}.png").write_bytes(image_bytes(k))
+    ingest_folder(store, tmp_path / "tree", progress=False)
+    changed = tmp_path / "tree" / "cat" / "1.png"
+    changed.write_bytes(image_bytes(7, size=9))
+    assert rescan(store).changed == 1
+    rows = list(store.iter_images())
+    assert [r["hash"] for r in rows] == [content_key(r["path"]) for r in rows]
+    assert content_hash(changed.read_bytes()) == content_key(changed)
