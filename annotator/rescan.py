@@ -7,19 +7,23 @@ whose features are cached. A file replaced or edited in place afterwards is caug
 checks the bytes it reads against the stored hash (and reports "changed since ingest"), and `rescan` compares
 every file's size and mtime with the recorded ones, rehashing (and decoding) only those that differ, or that
 have no recorded mtime yet. New content gets its new hash, so the next round extracts its features; its
-verdicts stay (they judged the old content, which the report counts so a lead can look).
+verdicts stay (they judged the old content, which the report counts so a lead can look). Files are read with
+the checks of ingest and display (``display.read_stored``): a path that became a symbolic link, or leads
+through one, is refused as "path escapes root" and reported like a missing file. Each folder is resolved once,
+so a folder replaced by a link is found even where its files' size and mtime are unchanged.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tqdm import tqdm
 
-from .ingest import EMPTY, MAX_PIXELS, MISSING, UNREADABLE, _pixel_limit, content_hash, decode
+from .display import read_stored
+from .ingest import ESCAPES, MAX_PIXELS, _pixel_limit, content_hash, decode
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -33,7 +37,7 @@ class RescanReport:
     rehashed: int = 0              # read again (size or mtime differed, or no mtime was recorded)
     changed: int = 0               # of those, new content: new hash recorded
     changed_with_verdicts: int = 0  # changed images that carry live verdicts (made on the old content)
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): missing, unreadable, broken
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): missing, escapes, broken...
     counts: Counter = field(default_factory=Counter)             # reason -> number
 
     def summary(self) -> str:
@@ -46,19 +50,15 @@ class RescanReport:
 
 
 def _reread(row: dict, max_pixels: int) -> dict | str:
-    """-> {id, hash, bytes, mtime, width, height} of the file now, or an error reason."""
-    path = Path(row["path"])
-    try:
-        mtime = path.stat().st_mtime
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return MISSING
-    except OSError as e:
-        log.debug("cannot read %s: %r", path, e)
-        return UNREADABLE
-    size = decode(data, max_pixels) if data else EMPTY
-    out = {"id": row["id"], "hash": content_hash(data), "bytes": len(data),
-           "mtime": mtime, "width": None, "height": None}
+    """-> {id, hash, bytes, mtime, width, height} of the file now (plus "error" when it does not decode), or the
+    reason it cannot be read (``display.read_stored``)."""
+    read = read_stored(row["path"])
+    if isinstance(read, str):
+        return read
+    data, info = read
+    size = decode(data, max_pixels)
+    out = {"id": row["id"], "hash": content_hash(data), "bytes": len(data), "mtime": info.st_mtime,
+           "width": None, "height": None}
     if isinstance(size, str):
         return out | {"error": size}
     return out | {"width": size[0], "height": size[1]}
@@ -68,7 +68,7 @@ def rescan(store: Store, *, max_pixels: int = MAX_PIXELS, progress: bool = False
     """Compare every image file with its recorded size and mtime; rehash those that differ; record changes.
 
     A changed file that no longer decodes still gets its new hash (so it is not served old features) and is
-    reported; a missing or unreadable file is reported and left as it is. Errors go to the store's ingest
+    reported; a missing, unreadable or escaping file is reported and left as it is. Errors go to the store's ingest
     error log (source 'rescan').
     """
     report = RescanReport()
@@ -80,13 +80,17 @@ def rescan(store: Store, *, max_pixels: int = MAX_PIXELS, progress: bool = False
         report.changed += store.update_image_files(pending)
         pending.clear()
 
+    linkless = functools.cache(lambda folder: os.path.realpath(folder) == folder)  # stored folders are resolved
     bar = tqdm(total=store.images_count(), disable=not progress, unit="img", desc="rescan")
     with _pixel_limit(max_pixels):
         for row in store.iter_images():
             report.images += 1
             bar.update()
-            try:
-                st = os.stat(row["path"])
+            if not linkless(os.path.dirname(row["path"])):
+                report.errors.append((row["path"], ESCAPES))
+                continue
+            try:  # the entry itself: a file replaced by a link is read (and refused) below
+                st = os.lstat(row["path"])
                 same = row["mtime"] is not None and st.st_size == row["bytes"] and st.st_mtime == row["mtime"]
             except OSError:
                 same = False

@@ -14,7 +14,7 @@ from torchvision.models import resnet18
 from annotator import pipeline
 from annotator.round_config import RoundConfig
 from annotator.artifacts import current_backbone
-from annotator.ingest import MISSING, NOT_IMAGE, ingest_folder
+from annotator.ingest import ESCAPES, MISSING, NOT_IMAGE, ingest_folder
 from annotator.rescan import rescan
 from annotator.store import Store
 from cleannet_core.loading import CHANGED
@@ -117,6 +117,23 @@ def test_rescan_finds_changed_files_by_size_and_mtime_and_the_next_round_extract
     assert not ok[row[broken]]
     for kept in (touched, gone):  # same content; the missing file's features are cached (rescan reports it)
         assert ok[row[kept]] and np.array_equal(new[row[kept]], old[data.paths.index(kept)])
+
+
+def test_rescan_refuses_links_as_ingest_does_and_counts_them(store, tmp_path):
+    before = {r["path"]: r["hash"] for r in store.iter_images()}
+    root = (tmp_path / "images").resolve()
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.full((24, 24, 3), 9, np.uint8)).save(outside)
+    linked = root / "a" / "2.png"
+    linked.unlink()
+    linked.symlink_to(outside)  # the file became a link leading out
+    shutil.move(root / "b", tmp_path / "elsewhere")
+    (root / "b").symlink_to(tmp_path / "elsewhere")  # a folder became a link: its files' size and mtime are the same
+    report = rescan(store)
+    through_b = [p for p in before if Path(p).parent == root / "b"]
+    assert sorted(report.errors) == sorted([(str(linked), ESCAPES)] + [(p, ESCAPES) for p in through_b])
+    assert report.counts == {ESCAPES: 13} and "(path escapes root: 13)" in report.summary()
+    assert {r["path"]: r["hash"] for r in store.iter_images()} == before  # nothing read through a link
 
 
 def test_rescan_command(store, tmp_path):
