@@ -93,7 +93,7 @@ def save_scorer_artifact(store: Store, payload: dict[str, Any], *, method: str, 
                          provenance: dict[str, Any]) -> Path:
     """Write one round's scoring checkpoint atomically under models/ and register it; returns its path.
 
-    payload: tensors and plain values (`load_scorer` returns it with "method" and "backbone" added);
+    payload: tensors and plain values, no numpy (`load_scorer` returns it with "method" and "backbone" added);
     provenance: plain JSON values, e.g. {"max_verdict_id": ..., "n_verdicts": ...}.
     """
     path = state_dir(store) / "models" / f"{method}-{uuid.uuid4().hex[:8]}.pt"
@@ -118,5 +118,7 @@ def save_classifier_artifact(store: Store, model: Backbone, path: str | Path, *,
 
 
 def load_scorer(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by `save_scorer_artifact` (CPU tensors)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint written by `save_scorer_artifact` (CPU tensors). Loaded with ``weights_only=True``: the file
+    is never unpickled beyond tensors, dicts, lists, tuples, numbers and strings (anything else raises
+    ``pickle.UnpicklingError``), which is all a round writes (probe and calibrator states, CleanNet checkpoints)."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,7 +1,9 @@
 """annotator.artifacts and cleannet_core.atomic: model files written atomically and registered with provenance."""
 import json
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from sqlite_utils import Database
@@ -12,6 +14,9 @@ from annotator.store import SCHEMA_VERSION, Store
 from cleannet_core.atomic import atomic_write
 from cleannet_core.classifier import Backbone
 from cleannet_core.features import backbone_id
+from cleannet_core.model import CleanNet, CleanNetConfig
+from cleannet_core.probe import Probe
+from cleannet_core.transfer import Calibrator, TransferScore
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_nothing_on_error(tmp_path):
@@ -59,6 +64,35 @@ def test_backbone_and_scorer_are_registered_with_their_provenance(tmp_path):
     assert artifacts.current_backbone(store) == newer  # the latest registered one
     Path(newer.path).unlink()
     assert artifacts.current_backbone(store) is None  # its file is gone: no backbone, a new one gets built
+
+
+def test_scorers_load_as_weights_only_and_nothing_else_is_unpickled(tmp_path):
+    """What a round saves (pipeline._fit_transfer / _fit_paper) loads with weights_only; any other object is
+    refused, not unpickled."""
+    store = Store(tmp_path / "state" / "a.db")
+    info = artifacts.BackboneInfo(path="b.pt", id="resnet18-0", source="test", arch="resnet18", image_size=32,
+                                  num_classes=2, kind="noisy", dim=8)
+    probe = Probe(torch.zeros(5, 8), torch.ones(5, 8), torch.zeros(5, 8, 2), torch.zeros(5, 2))
+    calibrator = Calibrator(np.zeros(2), np.ones(2), np.array([0.5, 0.25]), 0.125)
+    cleannet = CleanNet(CleanNetConfig(img_dim=8, num_ref=2))
+    payloads = {"transfer": {"probe": probe.state(), "transfer": TransferScore(("a", "b"), calibrator).state(),
+                             "delta": 0.5, "class_ids": [1, 2], "refs": torch.ones(2, 2, 8)},
+                "paper": {"cleannet": cleannet.checkpoint(), "delta": 0.1, "class_ids": [1, 2],
+                          "refs": torch.ones(2, 2, 8)}}
+    loaded = {method: artifacts.load_scorer(artifacts.save_scorer_artifact(store, payload, method=method,
+                                                                           backbone=info, provenance={}))
+              for method, payload in payloads.items()}
+    transfer, paper = loaded["transfer"], loaded["paper"]
+    assert (transfer["delta"], transfer["class_ids"], paper["delta"]) == (0.5, [1, 2], 0.1)
+    assert torch.equal(transfer["refs"], torch.ones(2, 2, 8)) and transfer["backbone"] == info.asdict()
+    assert Probe.from_state(transfer["probe"]).w.shape == (5, 8, 2)
+    score = TransferScore.from_state(transfer["transfer"])
+    assert score.signals == ("a", "b") and score.calibrator.b == 0.125 and score.calibrator.w.tolist() == [0.5, 0.25]
+    assert CleanNet.from_checkpoint(paper["cleannet"]).cfg == CleanNetConfig(img_dim=8, num_ref=2)
+    hostile = tmp_path / "state" / "models" / "hostile.pt"
+    torch.save({"delta": 0.5, "payload": Path("/etc/passwd")}, hostile)  # a pickled object, not a tensor
+    with pytest.raises(pickle.UnpicklingError):
+        artifacts.load_scorer(hostile)
 
 
 def test_a_classifier_written_again_to_the_same_path_replaces_its_record(tmp_path):
