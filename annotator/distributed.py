@@ -15,7 +15,6 @@ reports progress and totals; the other ranks only read the database.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from .artifacts import features_dir, load_backbone_artifact
 from .round_config import RoundConfig
 from .store import Store
 
-Progress = Callable[[int, int], None]  # (images done by rank 0, rank 0's share)
+Progress = Callable[[int, int], None]  # (images done by a rank, its share)
 
 
 @dataclass
@@ -49,32 +48,31 @@ def world_from_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _kill_hook(rank: int) -> Callable[[int], None]:
-    """Test hook: with $ANNOTATOR_KILL_RANK=R and $ANNOTATOR_KILL_AFTER=N, rank R SIGKILLs itself once it has
-    done N images (a crash at a known point, for the resume test)."""
-    after = int(os.environ.get("ANNOTATOR_KILL_AFTER", 0))
-    if not after or int(os.environ.get("ANNOTATOR_KILL_RANK", -1)) != rank:
-        return lambda done: None
-
-    def hook(done: int) -> None:
-        if done >= after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return hook
+def pick_device(setting: str, local_rank: int, *, cuda: bool) -> tuple[str, str]:
+    """(device, process-group backend) of a rank: the round setting `setting` ('auto' and 'cuda' mean
+    cuda:`local_rank` when `cuda` is available; 'auto' is the CPU otherwise; any other torch device string is
+    used as given), with nccl for any CUDA device and gloo for the CPU."""
+    if cuda and setting in ("auto", "cuda"):
+        device = f"cuda:{local_rank}"
+    else:
+        device = "cpu" if setting == "auto" else setting
+    return device, "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
 def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, report: pipeline.Report | None = None,
             batch_size: int = 256, num_workers: int = 2, flush_rows: int | None = None,
-            progress: Progress | None = None) -> ExtractTotals:
+            progress: Progress | None = None, on_rank_progress: Progress | None = None) -> ExtractTotals:
     """Fill the feature cache for every image of `store`, as this process's share of a torchrun job (or all
     of it when run alone). Rank 0 prepares the backbone (`new_backbone`: a new one, see
-    pipeline.ensure_backbone; `report` gets its progress). Returns the job's totals (the same on every rank)."""
+    pipeline.ensure_backbone; `report` gets its progress). `progress` follows rank 0's share; `on_rank_progress`
+    is called on every rank after each batch. Returns the job's totals (the same on every rank)."""
     rank, world, local_rank = world_from_env()
-    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
-    device = f"cuda:{local_rank}" if cuda else ("cpu" if cfg.device == "auto" else cfg.device)
+    device, backend = pick_device(cfg.device, local_rank, cuda=torch.cuda.is_available())
     if world > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=torch.device(device) if cuda else None)
+        on_cuda = backend == "nccl"
+        if on_cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, device_id=torch.device(device) if on_cuda else None)
     try:
         data = pipeline.load_data(store)
         if rank == 0:  # may train or save a backbone: once, before anyone looks for it
@@ -89,10 +87,10 @@ def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, repor
         cache = FeatureCache(features_dir(store), f"{info.id}-{info.image_size}px", dim)
         cached_before = int(cache.contains(data.keys).sum())  # every rank reads the index before anyone writes
         _barrier(world)
-        kill = _kill_hook(rank)
 
         def on_progress(done: int, total: int) -> None:
-            kill(done)
+            if on_rank_progress is not None:
+                on_rank_progress(done, total)
             if progress is not None and rank == 0:
                 progress(done, total)
 

@@ -1,5 +1,6 @@
 """`annotator extract` under torchrun with two CPU processes (gloo) on real images (data/demo): the features equal
-a single-process run, nothing is extracted twice, and a run killed halfway resumes where it stopped."""
+a single-process run, nothing is extracted twice, and a run killed halfway (tests/killed_extract.py) resumes where
+it stopped; which device and process-group backend each rank gets."""
 import csv
 import os
 import subprocess
@@ -12,15 +13,15 @@ import torch
 from torchvision.models import resnet18
 
 from annotator import pipeline
+from annotator.distributed import pick_device
 from annotator.round_config import RoundConfig
 from annotator.artifacts import current_backbone
 from annotator.ingest import ingest_csv
 from annotator.store import Store
 from cleannet_core.features import FeatureCache
 
-pytestmark = pytest.mark.slow  # torchrun processes extracting features
-
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
 N = 240  # demo images used: enough for several cache shards per rank
 
 
@@ -38,12 +39,17 @@ def make_store(tmp: Path, weights: Path) -> Path:
     return db
 
 
-def extract(db: Path, procs: int, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def extract(db: Path, procs: int, *, kill: tuple[int, int] | None = None) -> subprocess.CompletedProcess:
+    """`annotator extract` on `procs` torchrun ranks; with `kill` = (rank, n), tests/killed_extract.py instead,
+    whose rank SIGKILLs itself after n images."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
-    cmd = [*launcher, "-m", "annotator", "--db", str(db), "extract", "--workers", "1", "--batch-size", "16",
-           "--flush-every", "16", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={
-        **os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if kill:
+        cmd = [*launcher, str(REPO / "tests" / "killed_extract.py"), str(db), *map(str, kill)]
+    else:
+        cmd = [*launcher, "-m", "annotator", "--db", str(db), "extract", "--workers", "1", "--batch-size", "16",
+               "--flush-every", "16"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env={
+        **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
 
 
 def cached(db: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -57,7 +63,15 @@ def cached(db: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return hit, feats, keys
 
 
-@pytest.mark.slow
+def test_each_rank_gets_its_device_and_nccl_for_any_cuda_device():
+    assert pick_device("auto", 3, cuda=True) == ("cuda:3", "nccl")
+    assert pick_device("cuda", 1, cuda=True) == ("cuda:1", "nccl")
+    assert pick_device("cuda:2", 0, cuda=True) == ("cuda:2", "nccl")  # as given, and nccl, not gloo
+    assert pick_device("auto", 1, cuda=False) == ("cpu", "gloo")
+    assert pick_device("cpu", 1, cuda=True) == ("cpu", "gloo")
+
+
+@pytest.mark.slow  # torchrun processes extracting features
 def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
     torch.manual_seed(0)
     torch.save(resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
@@ -76,8 +90,8 @@ def test_two_ranks_equal_one_and_a_killed_run_resumes(tmp_path):
                        provenance=row["provenance"])
 
     # rank 1 is SIGKILLed after 48 of its ~120 images: its first 3 shards (16 each) are on disk
-    res = extract(two, 2, env={"ANNOTATOR_KILL_RANK": "1", "ANNOTATOR_KILL_AFTER": "48"})
-    assert res.returncode != 0
+    res = extract(two, 2, kill=(1, 48))
+    assert res.returncode != 0 and "SIGKILL" in res.stderr, res.stderr  # killed by the hook, no other failure
     hit_a, _, keys_a = cached(two)
     assert 48 <= hit_a.sum() < N and len(keys_a) == hit_a.sum()
 
