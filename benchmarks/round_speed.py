@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from annotator import pipeline
+from annotator.publish import publish_scores
 from annotator.round_config import RoundConfig
 from annotator.queue import next_items
 from annotator.store import Store
@@ -112,7 +113,7 @@ def _round(db: str, device: str, publish_only: bool, out: mp.Queue) -> None:
         score = rng.uniform(-1, 1, len(data.ids)).astype(np.float32)
         sc = Scores(score, rng.integers(0, len(data.class_ids), len(score)), rng.random(len(score), np.float32))
         version = store.add_model(delta=0.5, metrics={"synthetic": True})
-        pipeline.publish_scores(store, version, data, sc, 0.5, report)
+        publish_scores(store, version, data, sc, 0.5, report)
     else:
         version = pipeline.run_round(store, RoundConfig(device=device), report=report)
     end, cpu_end = time.perf_counter(), time.process_time()
