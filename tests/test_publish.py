@@ -51,7 +51,8 @@ def version_rows(store: Store, version: int) -> tuple[list[tuple], list[tuple]]:
                 "SELECT image_id, label_id, score, uncertainty, suggested_label_id, suggested_score FROM scores"
                 " WHERE model_version = ? ORDER BY image_id", [version])],
             [tuple(r) for r in store.db.execute(
-                "SELECT label_id, uncertainty, image_id FROM scores_queue WHERE model_version = ?", [version])])
+                "SELECT label_id, uncertainty, image_id FROM scores_queue WHERE model_version = ?"
+                " ORDER BY label_id, uncertainty, image_id", [version])])
 
 
 def test_publish_writes_every_row_and_drops_the_old_version(store, data):

@@ -8,8 +8,8 @@ import pytest
 
 from annotator.store import Store
 
-# Another process writing like the publisher: short transactions, each holding the write lock 20 ms, with a
-# 5 ms gap after each (annotator.publish.PUBLISH_PAUSE). argv: database, transactions, seconds each holds.
+# Another process writing like the publisher: short transactions, each holding the write lock for a while, with a
+# 5 ms gap after each. argv: database, transactions, seconds each holds the lock.
 HOLDER = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
