@@ -2,10 +2,8 @@
 
 The worker runs `run_round` whenever enough verdicts arrived or a lead asked; the CLI runs its phases one by
 one (`extract`, `train`, `score`). Heavy lifting is in `cleannet_core`; SQL is in `annotator.store`; every
-model file is written and registered by `annotator.artifacts`; the settings are `round_config.RoundConfig`.
-
-A model version becomes current in one transaction after all its scores are written, so a crash at any
-moment leaves the previous model current.
+model file is written and registered by `annotator.artifacts`; the settings are `round_config.RoundConfig`; a
+new version's scores are published by `annotator.publish`.
 """
 from __future__ import annotations
 
@@ -15,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +32,12 @@ from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, sc
 
 from .artifacts import (BackboneInfo, current_backbone, features_dir, load_backbone_artifact, load_scorer,
                         save_backbone_artifact, save_scorer_artifact)
+from .publish import publish_scores
 from .round_config import RoundConfig
 from .store import Store
 
 log = logging.getLogger(__name__)
 Report = Callable[[str, float, str], None]  # (phase, progress in [0, 1], message)
-SCORE_CHUNK = 50_000  # score rows written between progress reports
-# Publishing writes (and deletes) scores in short transactions with a pause after each, so the annotators'
-# next item waits for at most one of them (benchmarks/README.md, "A round at 1M images").
-PUBLISH_BATCH, PUBLISH_PAUSE = 1000, 0.005
-REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
 
 
 def _quiet(phase: str, progress: float, message: str) -> None:
@@ -370,27 +363,6 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
     publish_scores(store, version, data, sc, current["delta"], report)
     return version
-
-
-def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report) -> None:
-    """Write the scores of `version`, make it current in one transaction, drop older versions' scores."""
-    sugg = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
-    # The queue scans the (label, uncertainty) index from the most uncertain end and skips reviewed images;
-    # pushing images that already have a live verdict behind everything else keeps that scan short.
-    reviewed = {v["image_id"] for v in store.live_verdicts()}
-    rows = ((int(i), int(data.class_ids[y]), float(s), abs(float(s) - delta) + (REVIEWED if i in reviewed else 0),
-             int(g) if g >= 0 else None, float(gs) if g >= 0 else None)
-            for i, y, s, g, gs in zip(data.ids, data.labels, sc.score, sugg, sc.suggested_score))
-    report("writing", 0.0, f"writing scores of version {version}")
-    done = 0
-    while chunk := list(islice(rows, SCORE_CHUNK)):
-        done += store.write_scores(version, chunk, batch=PUBLISH_BATCH, pause=PUBLISH_PAUSE)
-        report("writing", done / len(data.ids), f"{done} of {len(data.ids)} scores written")
-    store.make_current(version)
-    for old in store.models():
-        if old["version"] != version:
-            store.delete_scores(old["version"], batch=PUBLISH_BATCH, pause=PUBLISH_PAUSE)
-    report("idle", 1.0, f"model version {version} is current")
 
 
 def _metrics(inputs: RoundInputs, fit: Fit, *, backbone: BackboneInfo, max_verdict: int) -> dict:

@@ -220,10 +220,29 @@ def _verdict_note(db: Database) -> None:
     db.execute("ALTER TABLE verdicts ADD COLUMN note TEXT")
 
 
+def _scores_queue_table(db: Database) -> None:
+    """The queue order of each version's scores moves from an index on ``scores`` to its own table,
+    ``scores_queue``, keyed (model_version, label_id, uncertainty, image_id). Publishing then writes ``scores``
+    in image id order and ``scores_queue`` in queue order, each appending to its b-trees; with both orders on
+    one table, one of them took a million inserts at random places (benchmarks/README.md, "Speed: a
+    round at 100k and 1M images"). The queue's query reads the image ids straight from the key."""
+    db.executescript("""
+DROP INDEX scores_queue;
+CREATE TABLE scores_queue (                 -- one row per scores row, written and deleted with it
+    model_version INT NOT NULL,
+    label_id INT NOT NULL,
+    uncertainty REAL NOT NULL,              -- as in scores: lower = served first
+    image_id INT NOT NULL,
+    PRIMARY KEY (model_version, label_id, uncertainty, image_id)
+) WITHOUT ROWID;
+INSERT INTO scores_queue SELECT model_version, label_id, uncertainty, image_id FROM scores ORDER BY 1, 2, 3, 4;
+""")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
                                                  _worker_round_progress, _model_artifacts, _images_mtime,
-                                                 _verdict_note]
+                                                 _verdict_note, _scores_queue_table]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

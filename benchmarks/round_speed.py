@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from annotator import pipeline
+from annotator.publish import publish_scores
 from annotator.round_config import RoundConfig
 from annotator.queue import next_items
 from annotator.store import Store
@@ -112,7 +113,7 @@ def _round(db: str, device: str, publish_only: bool, out: mp.Queue) -> None:
         score = rng.uniform(-1, 1, len(data.ids)).astype(np.float32)
         sc = Scores(score, rng.integers(0, len(data.class_ids), len(score)), rng.random(len(score), np.float32))
         version = store.add_model(delta=0.5, metrics={"synthetic": True})
-        pipeline.publish_scores(store, version, data, sc, 0.5, report)
+        publish_scores(store, version, data, sc, 0.5, report)
     else:
         version = pipeline.run_round(store, RoundConfig(device=device), report=report)
     end, cpu_end = time.perf_counter(), time.process_time()
@@ -135,17 +136,18 @@ def stats_ms(samples: list[float]) -> dict:
 
 
 def _annotate_once(store: Store, rng: random.Random) -> float:
+    """Seconds for one next item plus its verdict: both are write transactions, as for an annotator."""
     t = time.perf_counter()
     items = next_items(store, "bench", n=1, rng=rng)
-    dt = time.perf_counter() - t
     if items:
         store.record_verdict(items[0].image_id, "bench", "correct", reason=items[0].reason,
                              model_version=items[0].model_version)
-    return dt
+    return time.perf_counter() - t
 
 
 def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", publish_only: bool = False, seed: int = 0) -> dict:
     """The round in a child process; next-item latency here, before it (idle) and during each phase."""
+    load_start = os.getloadavg()[0]  # the machine's load: wall times and latencies depend on it
     store = Store(db)
     store.worker_update(phase="idle")
     rng = random.Random(seed)
@@ -165,7 +167,8 @@ def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", publish_only: b
     res = q.get(timeout=60)
     child.join()
     store.close()
-    return res | {"queue_ms": {"idle": stats_ms(idle)} | {f"during_{k}": stats_ms(v) for k, v in during.items()}}
+    return res | {"load_avg_1m": {"start": load_start, "end": os.getloadavg()[0]},
+                  "queue_ms": {"idle": stats_ms(idle)} | {f"during_{k}": stats_ms(v) for k, v in during.items()}}
 
 
 def main(argv=None) -> dict:
@@ -194,7 +197,8 @@ def main(argv=None) -> dict:
     for p, s in res["phase_s"].items():
         print(f"| {p} | {s:.1f} | {res['phase_cpu_s'][p]:.1f} |")
     print(f"| **round** | **{res['round_s']:.1f}** | {res['round_cpu_s']:.1f} |\n\n"
-          f"peak RSS {res['peak_rss_gb']:.2f} GB\n")
+          f"peak RSS {res['peak_rss_gb']:.2f} GB; load average (1 min) {res['load_avg_1m']['start']:.1f} at the "
+          f"start, {res['load_avg_1m']['end']:.1f} at the end\n")
     print("| next item + verdict | n | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|")
     for k, s in res["queue_ms"].items():
         if s["n"]:

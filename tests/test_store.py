@@ -13,7 +13,7 @@ from annotator.store import (LeaseLost, SETTING_DEFAULTS, Store, StoreError, Unk
                              UnknownUser, default_db_path)
 
 TABLES = {"classes", "images", "verdicts", "leases", "models", "scores", "users", "worker", "requests",
-          "settings", "ingest_errors", "artifacts"}
+          "settings", "ingest_errors", "artifacts", "scores_queue"}
 
 
 def add(store, n, label="cat", start=0):
@@ -59,6 +59,8 @@ def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO classes (name) VALUES ('cat')")
     db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/a.jpg', 'h', 1)")
+    db.execute("INSERT INTO models (version, delta, is_current) VALUES (1, 0.1, 1)")
+    db.execute("INSERT INTO scores (model_version, image_id, label_id, score, uncertainty) VALUES (1, 1, 1, 0.3, 0.2)")
     db.conn.commit()
     db.close()
     s = Store(db_path)
@@ -66,6 +68,10 @@ def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path
     assert "reason" in s.db["leases"].columns_dict
     assert {"phase_index", "phase_count", "overall", "round_started_at", "eta_at"} <= set(s.db["worker"].columns_dict)
     assert [(r["path"], r["mtime"]) for r in s.iter_images()] == [("/a.jpg", None)]  # rescan rehashes it
+    # the queue order moved from an index on scores to its own table
+    assert s._all("SELECT * FROM scores_queue") == [{"model_version": 1, "label_id": 1, "uncertainty": 0.2, "image_id": 1}]
+    assert [i.name for i in s.db["scores"].indexes] == ["sqlite_autoindex_scores_1"]  # its primary key
+    assert s.uncertain_candidates(1, [1], 5) == [1]
 
 
 def test_default_db_path(monkeypatch, tmp_path):

@@ -11,13 +11,16 @@ and session hashes. The database runs in WAL mode with a 30 s busy timeout, so t
 worker can write concurrently. Every write goes through ``StoreBase._tx()``: ``BEGIN
 IMMEDIATE`` takes the write lock up front, so a read-then-write (leases!) is atomic and
 never fails with "database is locked" halfway; nested calls become ``db.atomic()``
-savepoints. Timestamps are ``time.time()`` floats (Unix seconds). Reads run outside any
+savepoints. A writer waiting for the lock tries again every millisecond (``_begin``), so it gets in
+between a publisher's short transactions. Timestamps are ``time.time()`` floats (Unix seconds). Reads run outside any
 transaction (autocommit); long reads page by id so no snapshot stays open.
 """
 
 import json
 import os
+import sqlite3
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +70,8 @@ UNDO_DEPTH = 10  # undo reaches back at most this many steps (a verdict or a gri
 WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at",
                  "phase_index", "phase_count", "overall", "round_started_at", "eta_at")
 SCORE_COLUMNS = ("image_id", "label_id", "score", "uncertainty", "suggested_label_id", "suggested_score")
+BUSY_TIMEOUT = 30.0  # seconds a statement or a write transaction waits for another writer before "database is locked"
+LOCK_POLL = 0.001  # seconds between a waiting writer's tries for the write lock
 
 
 class AddResult(NamedTuple):
@@ -134,11 +139,12 @@ def _private_state(path: Path) -> None:
 class StoreBase:
     """Connection and transactions; the area mixins (catalog, verdicts, ...) add the queries."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path) if path is not None else default_db_path()
+        self.busy_timeout = busy_timeout
         _private_state(self.path)
         self.db = Database(self.path, execute_plugins=False)
-        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
@@ -162,13 +168,35 @@ class StoreBase:
             with self.db.atomic():
                 yield
             return
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield
             conn.execute("COMMIT")
         except BaseException:
             self.db.rollback()
             raise
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, tried every ``LOCK_POLL`` seconds while another connection holds the write lock.
+
+        SQLite's own busy handler sleeps longer and longer between tries (1, 2, 5, 10, ... 100 ms), so a
+        waiter would mostly miss the few milliseconds a publisher leaves between its transactions. Raises
+        ``sqlite3.OperationalError`` ("database is locked") after ``busy_timeout`` seconds, as SQLite does.
+        """
+        conn = self.db.conn
+        deadline = time.monotonic() + self.busy_timeout
+        conn.execute("PRAGMA busy_timeout = 0")  # a busy BEGIN fails at once; we sleep between tries
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as e:
+                    if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                        raise
+                time.sleep(LOCK_POLL)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")
 
     def _all(self, sql: str, params: list | tuple = ()) -> list[dict]:
         return list(self.db.query(sql, params))

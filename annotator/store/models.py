@@ -3,11 +3,22 @@
 import copy
 import json
 import time
-from collections.abc import Iterable
+from array import array
+from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any
 
-from .base import REQUEST_KINDS, SCORE_COLUMNS, SETTING_DEFAULTS, WORKER_FIELDS, StoreBase, StoreError, _choice
+from .base import (REQUEST_KINDS, SCORE_COLUMNS, SETTING_DEFAULTS, WORKER_FIELDS, StoreBase, StoreError, _choice,
+                   _ids_json)
+
+_QUEUE_KEY = "model_version, label_id, uncertainty, image_id"  # the primary key of scores_queue
+
+
+def _after_batch(written: int, progress: Callable[[int], None] | None, pause: float) -> None:
+    """Between two of a bulk write's transactions: report, then leave the lock to other writers."""
+    if progress is not None:
+        progress(written)
+    time.sleep(pause)
 
 
 class ModelsMixin(StoreBase):
@@ -91,25 +102,51 @@ class ModelsMixin(StoreBase):
         if self._scalar("SELECT 1 FROM models WHERE version = ?", [version]) is None:
             raise StoreError(f"unknown model version {version}")
 
-    def write_scores(self, version: int, rows: Iterable[tuple], *, batch: int = 5000, pause: float = 0.0) -> int:
-        """Insert/replace score rows, ``batch`` per transaction; returns the row count. ``pause`` seconds
-        between transactions let other writers (annotators' leases and verdicts) take the lock: SQLite's busy
-        wait polls, so a writer that commits and begins again at once would keep them waiting.
+    def write_scores(self, version: int, rows: Iterable[tuple], *, batch: int = 5000, pause: float = 0.0,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Insert/replace score rows, ``batch`` per transaction; returns the row count.
 
         Each row: (image_id, label_id, score, uncertainty[, suggested_label_id, suggested_score]),
         score = the model's score (higher = label more likely correct), uncertainty = |score - delta|.
+        Rows go into ``scores`` in the order given (by image id, its key, each transaction appends), then
+        their queue entries into ``scores_queue`` sorted by its key (appends too, as the version's key range
+        is new): write a new version's rows in one call. ``pause`` seconds after each transaction let other
+        writers (annotators' leases and verdicts) take the lock. ``progress(k)`` after each transaction: k =
+        rows written to either table so far (twice the row count at the end when no image is given twice).
         """
+        import numpy as np  # here, not at the top: the CLI's start-up imports the store without numpy
+
         self._model_exists(version)
+        replacing = self._scalar("SELECT 1 FROM scores WHERE model_version = ? LIMIT 1", [version]) is not None
+        ids, labels, uncertainty = array("q"), array("q"), array("d")  # the rows' queue keys, in row order
         n = 0
         it = iter(rows)
         while chunk := list(islice(it, batch)):
+            columns = list(zip(*chunk))
             with self._tx():
+                if replacing:  # a replaced row's queue entry goes with it
+                    self.db.execute(f"DELETE FROM scores_queue WHERE ({_QUEUE_KEY}) IN (SELECT {_QUEUE_KEY} FROM "
+                                    "scores WHERE model_version = ? AND image_id IN (SELECT value FROM json_each(?)))",
+                                    [version, _ids_json(columns[0])])
                 self.db.conn.executemany(
                     f"INSERT OR REPLACE INTO scores (model_version, {', '.join(SCORE_COLUMNS)})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(version, *r, *(None,) * (len(SCORE_COLUMNS) - len(r))) for r in chunk])
+                    f" VALUES ({int(version)}, ?, ?, ?, ?, ?, ?)",
+                    [r if len(r) == len(SCORE_COLUMNS) else (*r, *(None,) * (len(SCORE_COLUMNS) - len(r)))
+                     for r in chunk])
+            ids.extend(columns[0])
+            labels.extend(columns[1])
+            uncertainty.extend(columns[3])
             n += len(chunk)
-            time.sleep(pause)
+            _after_batch(n, progress, pause)
+        i, c, u = np.frombuffer(ids, np.int64), np.frombuffer(labels, np.int64), np.frombuffer(uncertainty, np.float64)
+        last = len(i) - 1 - np.unique(i[::-1], return_index=True)[1]  # an image given twice: its last row counts
+        order = last[np.lexsort((i[last], u[last], c[last]))]  # scores_queue's key order
+        entries = list(zip(c[order].tolist(), u[order].tolist(), i[order].tolist()))
+        for start in range(0, len(entries), batch):
+            with self._tx():
+                self.db.conn.executemany("INSERT OR REPLACE INTO scores_queue (model_version, label_id, uncertainty,"
+                                         f" image_id) VALUES ({int(version)}, ?, ?, ?)", entries[start:start + batch])
+            _after_batch(n + min(start + batch, len(entries)), progress, pause)
         return n
 
     def make_current(self, version: int) -> None:
@@ -119,18 +156,20 @@ class ModelsMixin(StoreBase):
             self.db.execute("UPDATE models SET is_current = (version = ?)", [version])
 
     def delete_scores(self, version: int, *, batch: int = 5000, pause: float = 0.0) -> int:
-        """Drop the scores of an old model version, ``batch`` rows per transaction (a million rows in one
-        transaction would hold the write lock, and so every annotator's next item, for seconds), ``pause``
-        seconds between them (see ``write_scores``); returns rows deleted."""
-        n = 0
-        while True:
-            with self._tx():
-                k = self.db.execute("DELETE FROM scores WHERE rowid IN (SELECT rowid FROM scores "
-                                    "WHERE model_version = ? LIMIT ?)", [version, batch]).rowcount
-            n += k
-            if k < batch:
-                return n
-            time.sleep(pause)
+        """Drop the scores of an old model version and their queue entries, ``batch`` rows per transaction (a
+        million rows in one transaction would hold the write lock, and so every annotator's next item, for
+        seconds), each in its table's key order; ``pause`` as in ``write_scores``. Returns the score rows deleted."""
+        for table, key in (("scores_queue", _QUEUE_KEY), ("scores", "rowid")):
+            n = 0
+            while True:
+                with self._tx():
+                    k = self.db.execute(f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} "
+                                        "WHERE model_version = ? LIMIT ?)", [version, batch]).rowcount
+                n += k
+                if k < batch:
+                    break
+                time.sleep(pause)
+        return n
 
     def _model_row(self, row: dict) -> dict:
         row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else None

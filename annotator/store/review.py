@@ -5,7 +5,8 @@ lease by anyone (the queue resumes the caller's own leases separately, so they a
 served twice). Every query here is driven by an index and bounded by a LIMIT, so its cost
 grows with the number of rows skipped, not with the number of images:
 
-- by uncertainty: ``scores_queue (model_version, label_id, uncertainty)``, one query per class;
+- by uncertainty: the ``scores_queue`` table's key (model_version, label_id, uncertainty, image_id), one
+  query per class;
 - random draws and grids: ``images_label (label_id, id)`` from a random id onwards;
 - the exclusion checks: ``verdicts_image``, ``verdicts_voids`` and the leases primary key.
 
@@ -27,9 +28,9 @@ FREE = (f"i.status = 'ok' AND NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.image
         " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id AND l.expires_at > :now)")
 NOT_EXCLUDED = "i.id NOT IN (SELECT value FROM json_each(:exclude))"
 # The two hot queries: one class's candidates by uncertainty, and by id from a start id.
-UNCERTAIN_SQL = ("SELECT s.uncertainty, s.image_id FROM scores s JOIN images i ON i.id = s.image_id"
-                 f" WHERE s.model_version = :mv AND s.label_id = :c AND {FREE} AND {NOT_EXCLUDED}"
-                 " ORDER BY s.uncertainty LIMIT :k")
+UNCERTAIN_SQL = ("SELECT q.uncertainty, q.image_id FROM scores_queue q JOIN images i ON i.id = q.image_id"
+                 f" WHERE q.model_version = :mv AND q.label_id = :c AND {FREE} AND {NOT_EXCLUDED}"
+                 " ORDER BY q.uncertainty LIMIT :k")
 SCAN_SQL = (f"SELECT i.id FROM images i WHERE i.label_id = :c AND i.id >= :start AND {FREE} AND {NOT_EXCLUDED}"
             " ORDER BY i.id LIMIT :k")
 

@@ -1,0 +1,66 @@
+"""Publishing a model version: its scores written, the version made current, older versions' scores dropped.
+
+A version becomes current in one transaction after all its scores are written, so the queue only ever
+sees a complete version, and a crash at any moment leaves the previous one current.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .store import Store
+
+if TYPE_CHECKING:
+    from cleannet_core.score import Scores
+
+    from .pipeline import Data, Report
+
+SCORE_CHUNK = 50_000  # rows written between progress reports
+# Publishing writes (and deletes) rows in short transactions with a pause after each; a waiting annotator's
+# next item or verdict polls for the write lock every millisecond and gets in at the next pause. 2,500 rows
+# and 2 ms were the fastest of the settings measured at 1M images with the lowest latency for the annotator
+# (benchmarks/README.md, "Speed: a round at 100k and 1M images").
+PUBLISH_BATCH, PUBLISH_PAUSE = 2500, 0.002
+REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
+
+
+def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report) -> None:
+    """Write the scores of `version`, make it current in one transaction, drop older versions' scores.
+
+    Rows go to the store in data's order, by image id (`load_data`), which is what `Store.write_scores` writes
+    fastest; it writes their queue order itself.
+    """
+    n = len(data.ids)
+    # The queue scans each class from the most uncertain end and skips reviewed images; pushing images that
+    # already have a live verdict behind everything else keeps that scan short.
+    reviewed = np.isin(data.ids, [v["image_id"] for v in store.live_verdicts()])
+    score = sc.score.astype(np.float64)
+    uncertainty = np.abs(score - delta) + REVIEWED * reviewed
+    suggested = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
+    columns = (data.ids, data.class_ids[data.labels], score, uncertainty, suggested,
+               sc.suggested_score.astype(np.float64))
+    report("writing", 0.0, f"writing scores of version {version}")
+    next_report = [SCORE_CHUNK]
+
+    def progress(written: int) -> None:
+        if written >= next_report[0] or written == 2 * n:
+            next_report[0] = written + SCORE_CHUNK
+            queued = f", {written - n} of {n} in queue order" if written > n else ""
+            report("writing", written / (2 * n), f"{min(written, n)} of {n} scores written{queued}")
+
+    store.write_scores(version, _rows(columns), batch=PUBLISH_BATCH, pause=PUBLISH_PAUSE, progress=progress)
+    store.make_current(version)
+    for old in store.models():
+        if old["version"] != version:
+            store.delete_scores(old["version"], batch=PUBLISH_BATCH, pause=PUBLISH_PAUSE)
+    report("idle", 1.0, f"model version {version} is current")
+
+
+def _rows(columns: tuple[np.ndarray, ...]) -> Iterator[tuple]:
+    """Score rows (image_id, label_id, score, uncertainty, suggested_label_id, suggested_score) from (N,) arrays
+    in that order (suggested_label_id -1: none), converted a chunk at a time."""
+    for start in range(0, len(columns[0]), SCORE_CHUNK):
+        i, y, s, u, g, gs = (c[start:start + SCORE_CHUNK].tolist() for c in columns)
+        yield from ((*row[:4], None, None) if row[4] < 0 else row for row in zip(i, y, s, u, g, gs))
