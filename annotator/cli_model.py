@@ -18,7 +18,8 @@ from .round_config import DECODERS
 @click.option("--weights", type=click.Path(dir_okay=False), help="local ImageNet weights (.pth) for a new backbone")
 @click.option("--new-backbone", is_flag=True,
               help="build a new backbone (from --weights, else the round setting) even if the project has one")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="images per forward pass [default: 256 on a GPU, 32 on a CPU]")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader processes decoding images, per process")
 @click.option("--decode", type=click.Choice(DECODERS), help="where JPEGs are decoded (default: the round setting)")

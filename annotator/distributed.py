@@ -60,7 +60,7 @@ def pick_device(setting: str, local_rank: int, *, cuda: bool) -> tuple[str, str]
 
 
 def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, report: pipeline.Report | None = None,
-            batch_size: int = 256, num_workers: int = 2, flush_rows: int | None = None,
+            batch_size: int | None = None, num_workers: int = 2, flush_rows: int | None = None,
             progress: Progress | None = None, on_rank_progress: Progress | None = None) -> ExtractTotals:
     """Fill the feature cache for every image of `store`, as this process's share of a torchrun job (or all
     of it when run alone). Rank 0 prepares the backbone (`new_backbone`: a new one, see

@@ -145,7 +145,7 @@ def backbone_features(ds: Dataset, kind: str, *, tag: str, epochs: int, seed: in
 
 
 def pretrained_features(ds: Dataset, *, arch: str = "efficientnet_lite0", image_size: int = 128,
-                        device: str = "auto", batch_size: int = 64, timings: dict | None = None,
+                        device: str = "auto", batch_size: int | None = None, timings: dict | None = None,
                         cache: Path = CACHE) -> np.ndarray:
     """Pool features (N, D) float32 of the frozen ImageNet backbone (weights found offline). They do not depend
     on the labels: cached by image content under `cache`, so every label set, seed and size reuses them."""

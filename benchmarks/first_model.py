@@ -2,10 +2,10 @@
 
     python -m benchmarks.first_model --json benchmarks/results/first-model.json
 
-Starts `python -m annotator --db STATE/annotator.db demo` (what `make run` starts) (a fresh state folder, so no cached feature, no model) and
-polls that database every 0.2 s until a current model exists; records the wall time of each worker phase as
-the worker reports it, the total, and the load average before and after (a busy machine says so). Then stops
-the app and the worker. The install itself is not timed: `make run` skips it once done.
+Starts `python -m annotator --db STATE/annotator.db demo` (what `make run` starts) in a fresh state folder, so
+with no cached feature and no model, and polls that database every 0.2 s until a current model exists;
+records when each worker phase started, the total, and the load average before and after (a busy machine
+says so). Then stops the app and the worker. The install itself is not timed: `make run` skips it once done.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def first_model(state: Path, *, port: int, timeout: float) -> dict:
     db = state / "annotator.db"
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "demo", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "demo", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     phases: dict[str, float] = {}
     try:
         while time.perf_counter() - t0 < timeout:

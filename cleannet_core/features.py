@@ -225,7 +225,8 @@ def _hash_or_error(path: str) -> tuple[str, str]:
 
 
 def fill_cache(model: Backbone | Callable[[], Backbone], paths: Sequence[str | Path], keys: Sequence[str], *,
-               cache: FeatureCache, image_size: int, shard: tuple[int, int] = (0, 1), batch_size: int = 256,
+               cache: FeatureCache, image_size: int, shard: tuple[int, int] = (0, 1),
+               batch_size: int | None = None,
                num_workers: int = 2, device: str = "auto", decode: str = "cpu", bf16: bool | None = None,
                flush_rows: int = SHARD_ROWS, progress: Callable[[int, int], None] | None = None,
                on_features: Callable[[list[int], np.ndarray, list[str]], None] | None = None) -> tuple[int, dict[int, str]]:
@@ -278,7 +279,7 @@ def fill_cache(model: Backbone | Callable[[], Backbone], paths: Sequence[str | P
 
 def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[str | Path], *, cache_dir: str | Path,
                      backbone_id: str, image_size: int, keys: Sequence[str] | None = None, dim: int | None = None,
-                     batch_size: int = 256, num_workers: int = 2, device: str = "auto", decode: str = "cpu",
+                     batch_size: int | None = None, num_workers: int = 2, device: str = "auto", decode: str = "cpu",
                      dtype: type = np.float32, progress: bool = True,
                      on_batch: Callable[[int, int], None] | None = None) -> FeatureResult:
     """Pool5 features (N, D) for `paths`, computing only images whose content is not cached yet.

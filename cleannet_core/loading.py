@@ -102,13 +102,22 @@ def _gpu_pixels(jpegs: list[torch.Tensor], image_size: int, arch: str, dev: torc
     return out, errs
 
 
-def iter_features(model: Backbone, paths: Sequence[str], keys: Sequence[str], *, image_size: int, batch_size: int,
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward pass: 256 on a GPU; 32 on a CPU, where larger batches spill the caches (Lite0, 128 px,
+    one thread of this 2-core CPU: 11.7 ms per image at 32, 18.8 at 64, 23.3 at 128, benchmarks/README.md)."""
+    return 256 if device.type == "cuda" else 32
+
+
+def iter_features(model: Backbone, paths: Sequence[str], keys: Sequence[str], *, image_size: int,
+                  batch_size: int | None,
              num_workers: int, device: str, decode: str, bf16: bool | None
              ) -> Iterator[tuple[list[int], np.ndarray, list[str]]]:
     """Eval-mode pooled features of paths whose bytes must hash to keys (blake2b-128), in order, in batches:
     yields (indices (b,), features (b, D) float32, errors (b,): '' = ok, else the reason and a zero row).
-    bf16 None = autocast to bfloat16 on CUDA only. Restores the model's train/eval mode."""
+    batch_size None = default_batch_size(device); bf16 None = autocast to bfloat16 on CUDA only. Restores the
+    model's train/eval mode."""
     dev = resolve_device(device)
+    batch_size = batch_size or default_batch_size(dev)
     if decode not in DECODERS:
         raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
     gpu_jpeg = decode == "gpu" and dev.type == "cuda"
