@@ -32,6 +32,7 @@ from annotator.publish import publish_scores
 from annotator.round_config import RoundConfig
 from annotator.queue import next_items
 from annotator.store import Store
+from benchmarks import synthetic
 from benchmarks.report import write_json
 from cleannet_core.features import FeatureCache
 from cleannet_core.score import Scores
@@ -45,23 +46,18 @@ def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, fe
                 seed: int = 0) -> dict:
     """Fill `path` (a new file) as the module docstring says (`features` False: no feature cache, for timing
     the publishing alone); returns build times in seconds."""
-    store = Store(path)
-    if store.images_count() == n:
+    store, reused = synthetic.reuse_or_refuse(path, n)
+    if reused:
         store.close()
         return {}
     log.info("building %s: %d images, %d classes, %d-d features", path, n, classes, dim)
-    if store.images_count():
-        raise SystemExit(f"{path} holds {store.images_count()} images, not {n}: pass another --db")
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    names = [f"class{c:04d}" for c in range(classes)]
-    cids = store.ensure_classes(names)
-    store.set_verify(names[::10])
+    names, cids = synthetic.add_classes(store, classes, digits=4)
     clean = np.sort(rng.integers(0, classes, n))                 # a contiguous id block per class
     noisy = np.where(rng.random(n) < 0.1, rng.integers(0, classes, n), clean)
-    keys = [f"{i:032x}" for i in range(n)]
-    store.add_images(({"path": f"/nowhere/{names[c]}/{i:07d}.jpg", "hash": keys[i], "label_id": cids[names[c]],
-                       "width": 256, "height": 256} for i, c in enumerate(noisy.tolist())), batch=50_000)
+    keys = [synthetic.image_key(i) for i in range(n)]
+    synthetic.add_images(store, noisy, names, cids, root="/nowhere", width=256, height=256)
     times = {"images_s": time.perf_counter() - t0}
     t = time.perf_counter()
     cache = FeatureCache(path.parent / "features", f"{BACKBONE_ID}-{IMAGE_SIZE}px", dim)
@@ -78,12 +74,10 @@ def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, fe
                        source="synthetic features (benchmark)",
                        provenance={"arch": cfg.arch, "kind": cfg.backbone, "image_size": IMAGE_SIZE,
                                    "num_classes": classes, "dim": dim})
-    version = store.add_model(delta=0.5, metrics={"synthetic": True})
     s = rng.random(n)
-    store.write_scores(version, ((i + 1, cids[names[c]], float(v), abs(float(v) - 0.5))
-                                 for i, (c, v) in enumerate(zip(noisy.tolist(), s.tolist()))), batch=50_000)
-    store.make_current(version)
-    verify = np.flatnonzero(np.isin(noisy, np.arange(0, classes, 10)))
+    version = synthetic.publish_scores(store, ((i + 1, cids[c], float(v), abs(float(v) - 0.5))
+                                               for i, (c, v) in enumerate(zip(noisy.tolist(), s.tolist()))), delta=0.5)
+    verify = np.flatnonzero(noisy % synthetic.VERIFY_EVERY == 0)
     for k, i in enumerate(rng.choice(verify, min(verdicts, len(verify)), replace=False).tolist()):
         store.record_verdict(i + 1, f"ann{k % 5}", "correct" if noisy[i] == clean[i] else "wrong",
                              reason="audit" if k % 4 == 0 else "uncertain", model_version=version)
