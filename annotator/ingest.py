@@ -16,7 +16,6 @@ duration and restore it, so run one ingest at a time per process.
 """
 
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -30,6 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
+
+from cleannet_core.keys import content_hash
 
 from .store import Store
 
@@ -94,12 +95,6 @@ class _Item:
     path: Path  # absolute, resolved
     label: str
     extra: dict | None = None
-
-
-def content_hash(data: bytes) -> str:
-    """The content key of a file's bytes (blake2b-128 hex), stored at ingest and rescan; the feature cache is
-    keyed by it, so it must equal ``cleannet_core.features.content_key`` of the file (tests/test_ingest.py)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | str:

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from .display import read_stored
-from .ingest import ESCAPES, MAX_PIXELS, _pixel_limit, content_hash, decode
+from cleannet_core.keys import content_hash
+
+from .ingest import ESCAPES, MAX_PIXELS, _pixel_limit, decode
 from .store import Store
 
 log = logging.getLogger(__name__)

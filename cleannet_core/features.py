@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .atomic import atomic_write
 from .classifier import ALL_ARCHS, Backbone
 from .efficientnet import LITE_MEAN, LITE_STD, PADDING, packaged_weights_file
+from .keys import content_key
 from .loading import iter_features, read_error
 
 log = logging.getLogger(__name__)
@@ -82,15 +83,6 @@ def load_imagenet_weights(arch: str, *, weights_path: str | Path | None = None) 
     return None, (f"ImageNet weights for {arch} are not available offline (no local file, not in the {where}"
                   f"{f' at {cached}' if cached else ': not installed'}); the backbone will be trained on the "
                   f"noisy labels themselves")
-
-
-def content_key(path: str | Path) -> str:
-    """blake2b-128 hex digest of the file's bytes."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def backbone_id(model: Backbone) -> str:

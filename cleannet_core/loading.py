@@ -3,7 +3,6 @@ DataLoader workers or (JPEG) on the GPU with torchvision.io.decode_jpeg, resized
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from functools import partial
@@ -18,6 +17,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from . import efficientnet
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, LITE_ARCHS, Backbone, is_small, make_transform, resolve_device
+from .keys import content_hash
 
 DECODERS = ("cpu", "gpu")  # where JPEGs are decoded: DataLoader workers, or decode_jpeg on the CUDA device
 
@@ -52,7 +52,7 @@ class _Images(Dataset):
             return i, None, None, read_error(e)
         if not data:
             return i, None, None, "empty file (0 bytes)"
-        if hashlib.blake2b(data, digest_size=16).hexdigest() != self.keys[i]:
+        if content_hash(data) != self.keys[i]:
             return i, None, None, CHANGED
         if self.gpu_jpeg and data[:3] == b"\xff\xd8\xff":
             return i, None, torch.frombuffer(bytearray(data), dtype=torch.uint8), ""

@@ -12,11 +12,11 @@ from PIL import Image
 from helpers import DEMO, NAMES, demo_rows
 
 from annotator.ingest import (CORRUPT, EMPTY, ESCAPES, MAX_PIXELS, MISSING, NOT_IMAGE, TOO_LARGE, UNKNOWN_CLASS,
-                              UNREADABLE, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, content_hash, decode,
+                              UNREADABLE, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, decode,
                               ingest_csv, ingest_folder)
 from annotator.rescan import rescan
 from annotator.store import Store
-from cleannet_core.features import content_key
+from cleannet_core.keys import content_hash, content_key
 
 HYPERLINK = '=HYPERLINK("http://x")'
 SCRIPT = "<script>alert(1)</script>"
