@@ -86,15 +86,15 @@ def _log_features(features: np.ndarray, rows: np.ndarray, dev: torch.device, chu
     return out
 
 
-def _moments(base: torch.Tensor, rows: torch.Tensor, chunk: int = 65_536) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (floor 1e-3) per dimension of base[rows], summed in float64 chunks. (d,), (d,)"""
-    s1 = torch.zeros(base.shape[1], dtype=torch.float64, device=base.device)
+def _moments(x: torch.Tensor, chunk: int = 65_536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (floor 1e-3) per dimension of x (M, d), summed in float64 chunks. (d,), (d,)"""
+    s1 = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     s2 = torch.zeros_like(s1)
-    for start in range(0, len(rows), chunk):
-        x = base[rows[start:start + chunk]].double()
-        s1 += x.sum(0)
-        s2 += (x * x).sum(0)
-    n = max(len(rows), 1)
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].double()
+        s1 += part.sum(0)
+        s2 += (part * part).sum(0)
+    n = max(len(x), 1)
     mean = s1 / n
     var = (s2 / n - mean * mean).clamp_min(0) * n / max(n - 1, 1)
     return mean.float(), var.sqrt().float().clamp_min(1e-3)
@@ -122,8 +122,9 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_c
     y_all = torch.as_tensor(labels, device=dev)
     for f in range(k):
         train = torch.as_tensor(np.flatnonzero(folds != f) if k > 1 else np.arange(len(labels)), device=dev)
-        mean, std = _moments(base, train)
-        x, y = (base[train] - mean) / std, y_all[train]  # (M_f, d) standardised once per fold
+        x, y = base[train], y_all[train]
+        mean, std = _moments(x)
+        x.sub_(mean).div_(std)  # (M_f, d) standardised once per fold, in place
         w = torch.zeros(d, num_classes, device=dev, requires_grad=True)
         prior = torch.bincount(y, minlength=num_classes).float() + 1.0
         b = torch.log(prior / prior.sum()).requires_grad_(True)  # start at the class prior
