@@ -135,7 +135,7 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
     n_verdicts, max_verdict = split.n, store.max_verdict_id()
     if n_verdicts == 0:
         click.echo("warning: no live verdicts; CleanNet trains without supervision", err=True)
-    size = pipeline.pick_image_size(store, cfg)
+    size = pipeline.pick_image_size(store, cfg, n_images=len(data.ids))
     try:
         init_state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
     except (OSError, ValueError) as e:

@@ -112,15 +112,21 @@ def load_data(store: Store) -> Data:
                 [c["name"] for c in classes])
 
 
-def pick_image_size(store: Store, cfg: RoundConfig) -> int:
-    """cfg.image_size, or by the median side of the first 500 images: small images (<= 64 px) go to Lite0
-    upscaled to 128 px (benchmarks/README.md, "Pretrained backbone": quality vs CPU time) and to a ResNet at
-    32 px; larger images 224 px."""
+UPSCALE_224_FROM = 20_000  # images: from here small images go to Lite0 at 224 px rather than 128
+
+
+def pick_image_size(store: Store, cfg: RoundConfig, *, n_images: int) -> int:
+    """cfg.image_size, or by the median side of the first 500 images: small images (<= 64 px) go to a ResNet at
+    32 px and to Lite0 upscaled, to 128 px below UPSCALE_224_FROM images (the first model within a minute on a
+    CPU) and to 224 px from there (ranks better, at 3 x the extraction time; benchmarks/README.md, "Pretrained
+    backbone"); larger images 224 px."""
     if cfg.image_size:
         return cfg.image_size
     sizes = [min(r["width"], r["height"]) for r, _ in zip(store.iter_images(), range(500)) if r["width"]]
     if sizes and float(np.median(sizes)) <= 64:
-        return 128 if cfg.arch in LITE_ARCHS else 32
+        if cfg.arch not in LITE_ARCHS:
+            return 32
+        return 224 if n_images >= UPSCALE_224_FROM else 128
     return 224
 
 
@@ -142,7 +148,7 @@ def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report =
     is not cached yet.
     """
     stored = current_backbone(store)
-    size = pick_image_size(store, cfg)
+    size = pick_image_size(store, cfg, n_images=len(data.ids))
     if stored and stored.num_classes != len(data.class_ids):
         report("features", 0.0, f"the stored backbone has {stored.num_classes} classes, the project "
                                 f"{len(data.class_ids)}: building a new one")

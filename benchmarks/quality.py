@@ -66,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--audit-share", type=float, default=0.2, help="share of verdicts drawn at random")
     p.add_argument("--no-paper", action="store_true",
                    help="skip the paper CleanNet rows (most of the time at 50k images on a CPU)")
+    p.add_argument("--no-knn", action="store_true", help="skip the kNN row (a third of the rest at 50k)")
     return p.parse_args(argv)
 
 
@@ -184,8 +185,9 @@ def baseline_rows(b: Bench, results: dict, sigs: dict, audit: np.ndarray) -> Non
     results["reference_margin"] = b.held(margin, best_threshold(margin[audit], ok[audit])[0])
     flags, conf = b.timed("cleanlab", lambda: cleanlab_flags(feats, noisy, b.args.seed))
     results["cleanlab"] = flag_report(flags[held], conf[held], ok[held])
-    agree = b.timed("knn", lambda: knn_agreement(feats, noisy))
-    results["knn"] = b.held(agree, best_threshold(agree[audit], ok[audit])[0])
+    if not b.args.no_knn:
+        agree = b.timed("knn", lambda: knn_agreement(feats, noisy))
+        results["knn"] = b.held(agree, best_threshold(agree[audit], ok[audit])[0])
     results["all_clean"] = flag_report(np.zeros(held.sum(), bool), np.zeros(held.sum()), ok[held])
 
 

@@ -31,10 +31,10 @@ def test_quality_benchmark_runs_and_writes_the_documented_json(cifar_dir, tmp_pa
         summarize.summarize([res, bigger])
     fast = quality.main(["--data", str(cifar_dir), "--labels", "random1", "--budget", "0.05", "--n", "300",
                          "--epochs", "1", "--rounds", "2", "--num-ref", "4", "--cache", str(tmp_path / "cache"),
-                         "--no-paper"])  # same cache: no backbone training
+                         "--no-paper", "--no-knn"])  # same cache: no backbone training
     paper = {"cleannet", "transfer_cleannet", "cleannet_random_verdicts", "cleannet_no_verdicts",
              "cleannet_all_classes"}
-    assert set(fast["heldout"]) == set(quality.METHODS) - paper and fast["cleannet_vs_cleanlab_error"] is None
+    assert set(fast["heldout"]) == set(quality.METHODS) - paper - {"knn"} and fast["cleannet_vs_cleanlab_error"] is None
     assert fast["heldout"]["transfer"] == res["heldout"]["transfer"]  # its verdicts are drawn before the paper's
     with pytest.raises(SystemExit, match="--no-paper"):
         quality.main(["--data", str(cifar_dir), "--labels", "random1", "--n", "300", "--no-paper", "--method", "paper"])
@@ -169,3 +169,16 @@ def test_queue_speed_store_is_built_reused_and_refused_for_another_size(tmp_path
     store.close()
     with pytest.raises(SystemExit, match="holds 2000 images, not 3000"):
         queue_speed.build_store(db, 3000)
+
+
+def test_probe_epochs_benchmark_scores_each_setting_and_writes_the_table(cifar_dir, tmp_path):
+    from benchmarks import probe_epochs
+    out = tmp_path / "pe.json"
+    res = probe_epochs.main(["--data", str(cifar_dir), "--sizes", "200", "--image-sizes", "64", "--epochs", "1,3",
+                             "--labels", "random1", "--cache", str(tmp_path / "cache"), "--json", str(out)])
+    assert [(r["n"], r["labels"], r["image_size"], r["epochs"]) for r in res["runs"]] == [
+        (200, "random1", 64, 1), (200, "random1", 64, 3)]
+    assert all(0.0 <= r["auroc"] <= 1.0 for r in res["runs"]) and res["default_epochs"] == 3
+    assert json.loads(out.read_text()) == res
+    table = probe_epochs.markdown_table(res["runs"])
+    assert table.splitlines()[2].startswith("| 200 | random1 | 64 | ") and table.count("\n") == 2

@@ -46,3 +46,20 @@ def test_verdict_split_leaves_out_unreadable_images(tmp_path):
     rows, correct = split.every()
     assert data.ids[rows].tolist() == [2, 1] and correct.tolist() == [True, False] and split.n == 2
     assert store.verdict_count() == 5
+
+
+def test_image_size_is_chosen_by_image_side_and_store_size(tmp_path):
+    """Automatic size: small images (median side <= 64 px) go to Lite0 at 128 px below UPSCALE_224_FROM images
+    and at 224 px from there, to a ResNet at 32 px; larger images to 224 px; a set image_size always wins."""
+    from annotator.round_config import RoundConfig
+    small, large = Store(tmp_path / "small.db"), Store(tmp_path / "large.db")
+    for store, side in ((small, 32), (large, 300)):
+        cat = store.ensure_classes(["cat"])["cat"]
+        store.add_images({"path": f"/img/{k}.png", "hash": str(k), "label_id": cat, "width": side,
+                          "height": side + 10} for k in range(5))
+    edge = pipeline.UPSCALE_224_FROM
+    lite, resnet = RoundConfig(), RoundConfig(arch="resnet18")
+    assert [pipeline.pick_image_size(small, lite, n_images=n) for n in (5, edge - 1, edge)] == [128, 128, 224]
+    assert pipeline.pick_image_size(small, resnet, n_images=edge) == 32
+    assert [pipeline.pick_image_size(large, c, n_images=5) for c in (lite, resnet)] == [224, 224]
+    assert pipeline.pick_image_size(small, RoundConfig(image_size=96), n_images=edge) == 96
