@@ -32,7 +32,7 @@ from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, sc
 
 from .artifacts import (BackboneInfo, current_backbone, features_dir, load_backbone_artifact, load_scorer,
                         save_backbone_artifact, save_scorer_artifact)
-from .publish import publish_scores
+from .publish import is_calibrated, publish_scores
 from .round_config import RoundConfig
 from .store import Store
 
@@ -294,7 +294,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
                                 provenance={"max_verdict_id": max_verdict, "n_verdicts": inputs.split.n})
     version = store.add_model(delta=fit.delta, metrics=metrics, checkpoint=str(ckpt), backbone=backbone.source,
                               n_verdicts=inputs.split.n)
-    publish_scores(store, version, data, fit.scores, fit.delta, report)
+    publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state))
     return version
 
 
@@ -367,7 +367,7 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
-    publish_scores(store, version, data, sc, current["delta"], report)
+    publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt))
     return version
 
 

@@ -23,21 +23,48 @@ SCORE_CHUNK = 50_000  # rows written between progress reports
 # and 2 ms were the fastest of the settings measured at 1M images with the lowest latency for the annotator
 # (benchmarks/README.md, "Speed: a round at 100k and 1M images").
 PUBLISH_BATCH, PUBLISH_PAUSE = 2500, 0.002
-REVIEWED = 10.0  # added to the queue uncertainty of images with a live verdict (|score - delta| <= 2)
+REVIEWED = 10.0  # added to the queue key of images with a live verdict (queue_order is <= 2)
 
 
-def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report) -> None:
+def queue_order(score: np.ndarray, delta: float, *, calibrated: bool) -> np.ndarray:
+    """(N,) float64 queue key of each image, lower = served first, from score (N,) (higher = label more likely
+    correct) flagged below delta.
+
+    calibrated: |score - delta|, the model's least sure images first. The verdict-free rule (no calibrator yet,
+    calibrated=False) is not a probability: the images nearest its boundary are mostly right, so verdicts drawn
+    there alone hardly show the calibrator how the signals relate to wrong labels, and its first fit can flag
+    nothing. Its key takes the images nearest the boundary and the lowest-scored ones (most likely wrong) in
+    turn, the k-th of each list before the (k+1)-th of either, so the first verdicts span the whole range.
+    Values in [0, 1)."""
+    dist = np.abs(score - delta)
+    if calibrated:
+        return dist
+    n = len(score)
+    low, near = np.empty(n), np.empty(n)
+    low[np.argsort(score, kind="stable")] = np.arange(n)
+    near[np.argsort(dist, kind="stable")] = np.arange(n)
+    return np.minimum(2 * low, 2 * near + 1) / (2 * max(n, 1))
+
+
+def is_calibrated(state: dict) -> bool:
+    """False for a scorer state (a round's checkpoint payload) of the transfer method that scores by the
+    verdict-free rule (no calibrator yet), else True."""
+    return "transfer" not in state or state["transfer"]["calibrator"] is not None
+
+
+def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report, *,
+                   calibrated: bool = True) -> None:
     """Write the scores of `version`, make it current in one transaction, drop older versions' scores.
 
     Rows go to the store in data's order, by image id (`load_data`), which is what `Store.write_scores` writes
-    fastest; it writes their queue order itself.
+    fastest; it writes their queue order (`queue_order`; calibrated=False for the verdict-free rule) itself.
     """
     n = len(data.ids)
     # The queue scans each class from the most uncertain end and skips reviewed images; pushing images that
     # already have a live verdict behind everything else keeps that scan short.
     reviewed = np.isin(data.ids, [v["image_id"] for v in store.live_verdicts()])
     score = sc.score.astype(np.float64)
-    uncertainty = np.abs(score - delta) + REVIEWED * reviewed
+    uncertainty = queue_order(score, delta, calibrated=calibrated) + REVIEWED * reviewed
     suggested = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
     columns = (data.ids, data.class_ids[data.labels], score, uncertainty, suggested,
                sc.suggested_score.astype(np.float64))

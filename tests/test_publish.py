@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from annotator.pipeline import Data, load_data
-from annotator.publish import PUBLISH_BATCH, REVIEWED, publish_scores
+from annotator.publish import PUBLISH_BATCH, REVIEWED, is_calibrated, publish_scores, queue_order
 from annotator.store import Store
 from cleannet_core.score import Scores
 
@@ -125,3 +125,27 @@ def test_write_scores_replaces_rows_and_their_queue_entries(store, data):
     assert queue == [(1, 0.2, ids[3]), (1, 0.5, ids[1]), (1, 0.5, ids[2]), (1, 0.5, ids[4]), (2, 0.9, ids[0])]
     assert store.delete_scores(v, batch=2) == 5
     assert version_rows(store, v) == ([], [])
+
+
+def test_queue_order_takes_the_verdict_free_rules_nearest_and_lowest_in_turn():
+    """Calibrated: |score - delta|. Verdict-free: the k-th nearest the boundary and the k-th lowest score
+    before any (k+1)-th, the lowest first: served order 0 (lowest), 3 (nearest), 4, 1, 2."""
+    score = np.array([0.1, 0.45, 0.95, 0.52, 0.3])
+    np.testing.assert_allclose(queue_order(score, 0.5, calibrated=True), np.abs(score - 0.5))
+    key = queue_order(score, 0.5, calibrated=False)
+    np.testing.assert_allclose(key, [0.0, 0.3, 0.8, 0.1, 0.2])
+    assert np.argsort(key).tolist() == [0, 3, 4, 1, 2]
+    assert is_calibrated({"cleannet": {}}) and is_calibrated({"transfer": {"calibrator": {"w": [1.0]}}})
+    assert not is_calibrated({"transfer": {"signals": ["probe_margin"], "calibrator": None}})
+
+
+def test_publish_writes_the_verdict_free_queue_order(store, data):
+    """A verdict-free model's queue rows carry queue_order(calibrated=False), +REVIEWED once reviewed."""
+    store.record_verdict(int(data.ids[5]), "ann", "correct", reason="uncertain")
+    v = store.add_model(delta=0.0)
+    sc = scores(4)
+    publish_scores(store, v, data, sc, 0.0, _quiet, calibrated=False)
+    key = queue_order(sc.score.astype(np.float64), 0.0, calibrated=False)
+    key[5] += REVIEWED
+    stored = {image_id: u for _, u, image_id in version_rows(store, v)[1]}
+    np.testing.assert_allclose([stored[i] for i in data.ids.tolist()], key)
