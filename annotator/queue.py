@@ -143,7 +143,8 @@ def next_items(store: Store, annotator: str, *, n: int = 1, class_name: str | No
 def grid_items(store: Store, annotator: str, class_name: str, n: int = 16, *, rng: random.Random | None = None,
                now: float | None = None) -> list[QueueItem]:
     """Up to ``n`` leased items of one verify class for a grid, reason 'grid': the annotator's own leases
-    in that class first, then the most uncertain candidates (no model: consecutive ones from a random id)."""
+    in that class first, then the candidates first in the queue order (rule 3; no model: consecutive ones from a
+    random id)."""
     now = time.time() if now is None else now
     class_ids = _class_ids(store, class_name)
     model = store.current_model()
