@@ -17,12 +17,15 @@ setting, else the current model's ``delta``:
   correct                      noisy label          verdict         1           1
   wrong + corrected label      corrected label      verdict         1           1
   wrong, no corrected label    (empty: drop)        verdict         0           0
+  wrong + the noisy label      (empty: drop)        verdict         0           0
   unsure, or no verdict:
   ... score >= threshold       noisy label          model           1           max(0, score)
   ... score < threshold        (empty: drop)        model           0           max(0, score)
   ... no score                 noisy label          none            1           1
   ===========================  ===================  ==============  ==========  ==============
 
+The last case contradicts itself (the store refuses such verdicts with ``SameLabel``; a database can hold
+older ones): the "wrong" is taken, since keeping a label its annotator called wrong is the costlier mistake.
 ``predicted_noisy`` is the model's view alone (score < threshold), verdicts not applied: a row an
 annotator marked correct can have ``predicted_noisy`` 1 and ``final_label`` set. ``only_kept=True``
 writes only rows with keep 1. Floats carry 6 significant digits.
@@ -106,7 +109,7 @@ def decide(label: str, verdict: str | None, corrected: str | None, score: float 
     if verdict == "correct":
         return label, "verdict", 1.0
     if verdict == "wrong":
-        return (corrected, "verdict", 1.0) if corrected is not None else (None, "verdict", 0.0)
+        return (corrected, "verdict", 1.0) if corrected not in (None, label) else (None, "verdict", 0.0)
     if score is None or threshold is None:
         return label, "none", 1.0
     return (label if score >= threshold else None), "model", max(0.0, score)

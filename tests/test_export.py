@@ -181,3 +181,16 @@ def test_every_column_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [c for c in (*COLUMNS, *TRAIN_COLUMNS) if f"`{c}`" not in readme]
     assert not missing, f"README lacks {missing}"
+
+
+def test_a_stored_wrong_verdict_naming_the_images_own_label_is_dropped(store, small, tmp_path):
+    """A 'wrong' verdict whose corrected label is the noisy label itself contradicts itself (the store refuses
+    new ones with SameLabel; older files can hold them): the export drops the image instead of keeping the
+    label the annotator called wrong."""
+    store.db.execute("INSERT INTO verdicts (image_id, annotator, verdict, corrected_label_id, reason, created_at)"
+                     " VALUES (6, 'old', 'wrong', ?, 'audit', 1.0)", [small["dog"]])
+    add_scores(store, small)
+    row = read(store, threshold=0.95)[5]
+    assert (row["verdict"], row["corrected_label"], row["final_label"], row["decided_by"], row["keep"],
+            row["w_soft"]) == ("wrong", "dog", "", "verdict", "0", "0")
+    assert "/img/6.jpg" not in [r["path"] for r in read(store, only_kept=True)]
