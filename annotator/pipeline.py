@@ -118,8 +118,8 @@ UPSCALE_224_FROM = 20_000  # images: from here small images go to Lite0 at 224 p
 def pick_image_size(store: Store, cfg: RoundConfig, *, n_images: int) -> int:
     """cfg.image_size, or by the median side of the first 500 images: small images (<= 64 px) go to a ResNet at
     32 px and to Lite0 upscaled, to 128 px below UPSCALE_224_FROM images (the first model within a minute on a
-    CPU) and to 224 px from there (ranks better, at 3 x the extraction time; benchmarks/README.md, "Pretrained
-    backbone"); larger images 224 px."""
+    CPU) and to 224 px from there (ranks better, at about 5 x the extraction time on a CPU; benchmarks/README.md,
+    "Probe epochs and input size"); larger images 224 px."""
     if cfg.image_size:
         return cfg.image_size
     sizes = [min(r["width"], r["height"]) for r, _ in zip(store.iter_images(), range(500)) if r["width"]]

@@ -8,8 +8,9 @@ Rules, in order:
    default 0.2), a uniform random draw marked ``audit``; otherwise the candidate with the
    lowest ``uncertainty = |score - delta|`` (the model's least sure image) marked
    ``uncertain``; for a model that scores by the verdict-free rule, the images nearest its
-   boundary and its lowest-scored ones in turn (``annotator.publish.queue_order``). Audit verdicts are an unbiased sample: delta, detection error and
-   human-measured noise rates are computed from them only.
+   boundary and its lowest-scored ones in turn (``annotator.publish.queue_order``). Audit
+   verdicts are an unbiased sample: delta, detection error and human-measured noise rates are
+   computed from them only.
 4. Cold start (no current model): every item is a random draw, marked ``audit``.
 5. Never an image with a live verdict or someone else's live lease. Every served item is
    leased with ``Store.acquire_leases`` (``lease_seconds`` setting, default 600 s); an item

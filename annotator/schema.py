@@ -92,7 +92,8 @@ CREATE TABLE scores (
     label_id INT NOT NULL,
     score REAL NOT NULL,                    -- higher = label more likely correct: P in [0, 1] (transfer)
                                             -- or CleanNet relevance in [-1, 1] (paper)
-    uncertainty REAL NOT NULL,              -- queue order, lower = served first (publish.queue_order, +10 once reviewed)
+    uncertainty REAL NOT NULL,              -- queue order, lower = served first
+                                            -- (publish.queue_order, +10 once reviewed)
     suggested_label_id INT,
     suggested_score REAL,
     PRIMARY KEY (model_version, image_id)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from cleannet_core.metrics import auroc
 from cleannet_core.probe import ProbeConfig, fit_probe
 
 from .common import CACHE, load_cifar10n, pretrained_features
@@ -44,14 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def probe_auroc(feats: np.ndarray, noisy: np.ndarray, clean: np.ndarray, *, config: ProbeConfig,
-                device: str) -> float:
+def probe_auroc(feats: np.ndarray, noisy: np.ndarray, clean: np.ndarray, num_classes: int, *,
+                config: ProbeConfig, device: str) -> float:
     """Held-out AUROC of the out-of-fold p(noisy label) (higher = label more likely right) on classes 5-9."""
     folds = np.random.default_rng(config.seed).integers(0, config.folds, len(noisy))
-    probs = fit_probe(feats, noisy, folds, int(noisy.max()) + 1, config, device=device).predict(feats, folds)
+    probs = fit_probe(feats, noisy, folds, num_classes, config, device=device).predict(feats, folds)
     held = noisy >= HELD_OUT_FROM
     own = probs[np.arange(len(noisy)), noisy]
-    return float(roc_auc_score((noisy == clean)[held], own[held]))
+    return auroc(own[held], (noisy == clean)[held])
 
 
 def main(argv=None) -> dict:
@@ -66,11 +65,11 @@ def main(argv=None) -> dict:
                 feats = pretrained_features(ds, image_size=px, device=args.device, cache=args.cache)
                 for epochs in ints(args.epochs):
                     t = time.perf_counter()
-                    auroc = probe_auroc(feats, ds.noisy, ds.clean, device=args.device,
-                                        config=replace(ProbeConfig(seed=args.seed), epochs=epochs))
-                    runs.append({"n": n, "labels": label_set, "image_size": px, "epochs": epochs, "auroc": auroc,
+                    value = probe_auroc(feats, ds.noisy, ds.clean, ds.num_classes, device=args.device,
+                                        config=ProbeConfig(seed=args.seed, epochs=epochs))
+                    runs.append({"n": n, "labels": label_set, "image_size": px, "epochs": epochs, "auroc": value,
                                  "seconds": round(time.perf_counter() - t, 1)})
-                    log.info("n=%d %s %d px, %d epochs: AUROC %.4f", n, label_set, px, epochs, auroc)
+                    log.info("n=%d %s %d px, %d epochs: AUROC %.4f", n, label_set, px, epochs, value)
     out = {"config": config_of(args), "default_epochs": ProbeConfig.epochs, "runs": runs}
     write_json(args.json, out)
     print(markdown_table(runs))
