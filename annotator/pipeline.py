@@ -26,6 +26,8 @@ from cleannet_core.metrics import detection_report
 from cleannet_core.model import CleanNet
 from cleannet_core.probe import Probe, ProbeConfig
 from cleannet_core.references import KMeansConfig, build_references
+from cleannet_core.robust import RobustScore, fit_robust_scores
+from cleannet_core.robust import score_with_probe as robust_scores
 from cleannet_core.score import Scores, score_images
 from cleannet_core.train import TrainConfig, train_cleannet
 from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, score_with_probe
@@ -283,7 +285,9 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     max_verdict = store.max_verdict_id()
     inputs = RoundInputs(data=data, feats=feats, readable=readable, refs=refs, has_refs=counts > 0,
                          split=verdict_split(store, data, readable))
-    if cfg.method == "transfer":
+    if cfg.method == "robust":
+        fit = _fit_robust(inputs, device=device, report=report)
+    elif cfg.method == "transfer":
         fit = _fit_transfer(inputs, device=device, report=report)
     else:
         fit = _fit_paper(inputs, steps=cfg.steps, warm_start=None if full else current, device=device, report=report)
@@ -344,6 +348,20 @@ def _fit_transfer(inputs: RoundInputs, *, device: torch.device, report: Report) 
                best_step=None)
 
 
+def _fit_robust(inputs: RoundInputs, *, device: torch.device, report: Report) -> Fit:
+    """Out-of-fold probe (folds = image id % 5) -> noise model -> weights fitted on the training verdicts."""
+    split, data = inputs.split, inputs.data
+    n = int(inputs.readable.sum())
+    message = (f"out-of-fold linear probe fitted on {min(n, ProbeConfig.max_rows)} of {n} images, noise model, "
+               f"calibrated on {len(split.train)} verdicts")
+    report("training", 0.0, message)
+    fit = fit_robust_scores(inputs.feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids),
+                            split.train, split.train_correct, valid_classes=inputs.has_refs, fit_rows=inputs.readable,
+                            device=device, progress=lambda p: report("training", 0.9 * p, message))
+    return Fit(scores=fit.scores, delta=DELTA, state={"probe": fit.probe.state(), "robust": fit.score.state()},
+               best_step=None)
+
+
 def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = _quiet) -> int:
     """Score every image (new ones included) with the current model; published as a new version."""
     current = store.current_model()
@@ -361,6 +379,9 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     valid = np.abs(refs).sum(axis=(1, 2)) > 0
     if ckpt.get("method", "paper") == "paper":
         sc = score_images(CleanNet.from_checkpoint(ckpt["cleannet"]), feats, data.labels, refs, valid_classes=valid)
+    elif "robust" in ckpt:
+        sc = robust_scores(RobustScore.from_state(ckpt["robust"]), Probe.from_state(ckpt["probe"]), feats,
+                           data.labels, data.ids % ProbeConfig.folds, valid_classes=valid)
     else:  # a new image's fold model never saw it; an old image's is the one that scored it before
         sc = score_with_probe(TransferScore.from_state(ckpt["transfer"]), Probe.from_state(ckpt["probe"]), feats,
                               data.labels, data.ids % ProbeConfig.folds, refs, valid_classes=valid)
@@ -374,10 +395,11 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
 def _metrics(inputs: RoundInputs, fit: Fit, *, backbone: BackboneInfo, max_verdict: int) -> dict:
     """The model's stored metrics: estimated noise rates (overall, per class), audit detection report."""
     data, split, score = inputs.data, inputs.split, fit.scores.score
-    flagged = score < fit.delta
-    per_class = {name: float(flagged[data.labels == c].mean()) if (data.labels == c).any() else None
+    # the expected share of wrong labels where the score is a probability, else the share flagged
+    wrong = 1.0 - score.astype(np.float64) if "robust" in fit.state else (score < fit.delta).astype(np.float64)
+    per_class = {name: float(wrong[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}
-    out = {"estimated_noise_rate": float(flagged.mean()), "per_class_noise_rate": per_class,
+    out = {"estimated_noise_rate": float(wrong.mean()), "per_class_noise_rate": per_class,
            "max_verdict_id": max_verdict, "best_step": fit.best_step, "backbone": backbone.source,
            "backbone_arch": backbone.arch, "backbone_kind": backbone.kind, "image_size": backbone.image_size,
            "n_train": int(len(split.train)), "n_val": int(len(split.val))}

@@ -12,7 +12,7 @@ from typing import Any
 
 from .store import Store
 
-METHODS = ("transfer", "paper")    # the scoring methods annotator.pipeline fits
+METHODS = ("robust", "transfer", "paper")  # the scoring methods annotator.pipeline fits
 ARCHS = ("efficientnet_lite0", "resnet18", "resnet50")  # the backbones cleannet_core.classifier builds
 BACKBONES = ("pretrained", "finetuned", "noisy")        # where a new backbone's weights come from
 DECODERS = ("cpu", "gpu")          # cleannet_core.loading.DECODERS: where extraction decodes JPEGs
@@ -25,7 +25,8 @@ class BadRoundConfig(ValueError):
 
 @dataclass(frozen=True)
 class RoundConfig:
-    method: str = "transfer"           # transfer: calibrated class-agnostic signals | paper: CleanNet (Lee et al.)
+    method: str = "robust"             # robust: noise model + verdict calibration | transfer: calibrated
+                                       # class-agnostic signals | paper: CleanNet (Lee et al.)
     arch: str = "efficientnet_lite0"   # backbone: efficientnet_lite0 (ImageNet weights from the installed
                                        # package) | resnet18 | resnet50 (ImageNet weights only from
                                        # weights_path or the torch cache)

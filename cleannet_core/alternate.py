@@ -172,7 +172,7 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
         else:
             sc = fit_transfer_scores(feats, labels, np.arange(len(labels)) % ProbeConfig.folds, num_classes, refs,
                                      verified_idx, verified_ok, valid_classes=counts > 0, fit_rows=readable,
-                                     probe_config=ProbeConfig(seed=cfg.cleannet.seed), device=dev).scores
+                                     probe_config=ProbeConfig.early_stopped(seed=cfg.cleannet.seed), device=dev).scores
             delta, best_step = DELTA, None
             val_acc = float(((sc.score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
         w = round_weights(sc.score, delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,

@@ -281,7 +281,7 @@ class TransferFit:
 def fit_transfer_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
                         refs: np.ndarray, verified_idx: np.ndarray, verified_ok: np.ndarray, *,
                         valid_classes: np.ndarray | None = None, fit_rows: np.ndarray | None = None,
-                        probe_config: ProbeConfig = ProbeConfig(), device="cpu",
+                        probe_config: ProbeConfig = ProbeConfig.early_stopped(), device="cpu",
                         progress: Callable[[float], None] | None = None) -> TransferFit:
     """The whole default score: out-of-fold probe -> signals of the verified images -> calibrator -> scores.
 

@@ -1,0 +1,180 @@
+"""The default score (`robust`): P(label correct) from a noise model, calibrated by the verdicts around a prior.
+
+    probe      out-of-fold L2-penalised linear probe: q(x) = P(noisy label | x)           (probe.py)
+    noise      the class-conditional noise model read on q: P_noise(correct), P(no class) (noise_model.py)
+    signals    noise_logit = logit P_noise(correct); in_domain = log(1 - P(no class));
+               label_logit = logit q_label(x) (temperature-scaled)
+    score      P(correct) = sigmoid(w . signals + b), w >= 0
+
+The weights start at PRIOR, chosen on the robustness suite's dev cases (benchmarks/robust_prior.py: the weights
+whose first model is not worse than flagging nothing on any dev case, then the lowest mean error), so the first
+model flags from the noise model alone, before any verdict; label_logit starts at 0 and only verdicts give it
+weight. Verdicts move them by maximum a posteriori
+logistic regression: log-loss summed over the verdicts + STRENGTH / 2 |(w, b) - PRIOR|^2, so a few verdicts adjust
+it a little and many adjust it a lot, and it never collapses to "flag nothing" or "flag everything" because the
+verdicts happen to be one-sided. Both signals describe an image relative to its noisy class without naming the
+class, so what verdicts on the verified classes teach applies to every class. Higher score = label more likely
+correct; flagged below DELTA.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .noise_model import NoiseModel, fit_noise_model
+from .probe import Probe, ProbeConfig, fit_probe, self_confidence
+from .score import Scores
+
+SIGNALS = ("noise_logit", "in_domain", "label_logit")
+PRIOR_W = (0.8, 30.0, 0.0)  # the verdict-free weights chosen on the dev cases (benchmarks/robust_prior.py)
+PRIOR_B = 1.5
+STRENGTH = 3.0              # prior precision on weight x signal spread: the prior counts like a few verdicts
+DELTA = 0.5
+CLIP = 1e-6
+
+
+@dataclass
+class RobustScore:
+    """The calibrated map from signals to P(label correct); n_verdicts = how many verdicts moved it off the prior."""
+    noise: NoiseModel
+    w: np.ndarray          # (3,) >= 0, on the raw signals
+    b: float
+    n_verdicts: int = 0
+
+    def signals(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(N, 3) float64 SIGNALS of images with probe probabilities probs (N, C) and noisy labels (N,)."""
+        labels = np.asarray(labels, np.int64)
+        p_ok, p_open = self.noise.posterior(probs, labels)
+        q = self.noise.calibrate(probs)[np.arange(len(labels)), labels]
+        return np.stack([_logit(p_ok), np.log(np.clip(1 - p_open, CLIP, 1)), _logit(q)], axis=1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(N,) P(label correct) from signals x (N, 3)."""
+        return 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) @ self.w + self.b)))
+
+    def state(self) -> dict:
+        return {"noise": self.noise.state(), "w": self.w.tolist(), "b": self.b, "n_verdicts": self.n_verdicts}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "RobustScore":
+        return cls(NoiseModel.from_state(s["noise"]), np.array(s["w"], np.float64), float(s["b"]),
+                   int(s["n_verdicts"]))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), CLIP, 1 - CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_weights(x: np.ndarray, is_correct: np.ndarray, *, scale: np.ndarray, prior_w=PRIOR_W,
+                prior_b: float = PRIOR_B, strength: float = STRENGTH) -> tuple[np.ndarray, float]:
+    """MAP logistic regression of verdicts (M,) on signals x (M, F) around the prior, every weight >= 0.
+
+    scale (F,): each signal's spread over the whole data set; the prior is on the weights times it, so a signal's
+    weight moves as easily whatever its units. The constrained optimum is the best of the fits over subsets of
+    weights held at 0 whose free weights all come out >= 0 (the loss is convex; F is small). No verdicts: the prior.
+    """
+    x, y = np.asarray(x, np.float64).reshape(-1, len(prior_w)), np.asarray(is_correct, np.float64)
+    scale = np.maximum(np.asarray(scale, np.float64), 1e-6)
+    w0, b0 = np.asarray(prior_w, np.float64) * scale, float(prior_b)
+    if len(y) == 0:
+        return w0 / scale, b0
+    x = x / scale
+    best = None
+    for free in itertools.product((True, False), repeat=len(w0)):
+        cols = np.flatnonzero(free)
+        w, b, loss = _map_logistic(x[:, cols], y, w0[cols], b0, strength, fixed=np.delete(w0, cols))
+        if (w >= 0).all() and (best is None or loss < best[3] - 1e-12):
+            best = (cols, w, b, loss)
+        if best is not None and len(cols) == len(w0):
+            break  # the unconstrained optimum is feasible
+    cols, w, b, _ = best
+    out = np.zeros(len(w0))
+    out[cols] = w
+    return out / scale, b
+
+
+def _map_logistic(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: float, strength: float, *,
+                  fixed: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """-> (w, b, loss): summed log-loss + strength / 2 (|w - w0|^2 + (b - b0)^2 + |fixed|^2), the weights
+    not in x held at 0 (their distance from the prior counts in the loss)."""
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
+    wt0 = torch.as_tensor(w0)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        nll = F.binary_cross_entropy_with_logits(xt @ w + b, yt, reduction="sum")
+        return nll + strength / 2 * (((w - wt0) ** 2).sum() + (b - b0) ** 2 + float((fixed ** 2).sum()))
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return w.detach().numpy().copy(), float(b.detach()), float(loss_fn())
+
+
+def score_robust(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, *,
+                 valid_classes: np.ndarray | None = None) -> tuple[Scores, np.ndarray]:
+    """(Scores, signals (N, 3)): P(label correct) of every image; the suggestion is the probe's best other class."""
+    labels = np.asarray(labels, np.int64)
+    x = rs.signals(probs, labels)
+    _, best, best_p = self_confidence(probs, labels, valid=valid_classes)
+    has = np.isfinite(best_p)
+    return Scores(score=rs(x).astype(np.float32), suggested=np.where(has, best, -1).astype(np.int64),
+                  suggested_score=np.where(has, best_p, np.nan).astype(np.float32)), x
+
+
+def score_with_probe(rs: RobustScore, probe: Probe, features: np.ndarray, labels: np.ndarray, folds: np.ndarray, *,
+                     valid_classes: np.ndarray | None = None, chunk: int = 131_072) -> Scores:
+    """score_robust on the probe's out-of-fold probabilities, `chunk` rows at a time (the (N, C) probabilities
+    never exist at once)."""
+    labels, folds = np.asarray(labels, np.int64), np.asarray(folds, np.int64)
+    parts = [score_robust(rs, probe.predict(features[s], folds[s]), labels[s], valid_classes=valid_classes)[0]
+             for s in (slice(i, i + chunk) for i in range(0, len(labels), chunk))]
+    if not parts:
+        return Scores(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return Scores(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("score", "suggested", "suggested_score")))
+
+
+@dataclass
+class RobustFit:
+    probe: Probe
+    score: RobustScore
+    scores: Scores
+
+
+def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
+                      verified_idx: np.ndarray, verified_ok: np.ndarray, *, valid_classes: np.ndarray | None = None,
+                      fit_rows: np.ndarray | None = None, probe_config: ProbeConfig = ProbeConfig(), device="cpu",
+                      progress: Callable[[float], None] | None = None) -> RobustFit:
+    """Probe -> noise model -> weights fitted on the verdicts -> every image's score.
+
+    features (N, d), labels and folds (N,) ints; verified_idx (M,) rows with verdicts verified_ok (M,) bool (True =
+    label correct); fit_rows (N,) bool: the images the probe and the noise model learn from (default all)."""
+    rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
+    sub = slice(None) if rows.all() else rows
+    probe = fit_probe(features[sub], labels[sub], folds[sub], num_classes, probe_config, device=device,
+                      progress=progress)
+    fit_idx = np.flatnonzero(rows)
+    sample = fit_idx if len(fit_idx) <= 50_000 else np.sort(np.random.default_rng(0).choice(fit_idx, 50_000, False))
+    probs = probe.predict(features[sample], folds[sample])
+    noise = fit_noise_model(probs, labels[sample])
+    rs = RobustScore(noise, np.asarray(PRIOR_W, np.float64), PRIOR_B)
+    v = np.asarray(verified_idx, np.int64)
+    if len(v):
+        x = rs.signals(probe.predict(features[v], folds[v]), labels[v])
+        rs.w, rs.b = fit_weights(x, verified_ok, scale=rs.signals(probs, labels[sample]).std(axis=0))
+        rs.n_verdicts = len(v)
+    return RobustFit(probe, rs, score_with_probe(rs, probe, features, labels, folds, valid_classes=valid_classes))
