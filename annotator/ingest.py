@@ -2,8 +2,9 @@
 
 Bad inputs are counted and reported, never fatal: each gets one stable reason string
 (``REASONS``), is listed in the ``IngestReport`` and recorded with
-``Store.add_ingest_errors``. Every file is read once; its bytes give both the content hash
-(blake2b-128) and a full Pillow decode. Re-ingesting a source adds no rows: stored paths
+``Store.add_ingest_errors``. Every file is read once, by ``cleannet_core.safe_open.read_image`` (no
+symbolic link along the path, a regular file with one link, bounded in size and time); its bytes give both
+the content hash (blake2b-128) and a full Pillow decode. Re-ingesting a source adds no rows: stored paths
 are skipped before their files are read. Paths are stored absolute and resolved, and
 must stay inside the root (``..``, absolute paths and symlinks leading out are refused).
 A file or folder name that is not valid UTF-8 is recorded as ``name not UTF-8`` (shown with
@@ -31,24 +32,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from cleannet_core.keys import content_hash
+from cleannet_core.safe_open import (ESCAPES, HARD_LINKED, MISSING, NOT_REGULAR, TIMED_OUT, TOO_LARGE, UNREADABLE,
+                                     FileRefused, read_image)
 
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-MISSING = "missing"
+# the file reasons of safe_open (MISSING, ESCAPES, NOT_REGULAR, HARD_LINKED, TOO_LARGE, UNREADABLE, TIMED_OUT), and:
 EMPTY = "empty file"
 NOT_IMAGE = "not an image"
 CORRUPT = "corrupt or truncated"
-TOO_LARGE = "too large"
-ESCAPES = "path escapes root"
-UNREADABLE = "unreadable"
 BAD_ROW = "bad csv row"
 UNKNOWN_CLASS = "unknown class"
 DUPLICATE_ROW = "duplicate row"
 BAD_NAME = "name not UTF-8"
-REASONS = (MISSING, EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, ESCAPES, UNREADABLE, BAD_ROW, UNKNOWN_CLASS,
-           DUPLICATE_ROW, BAD_NAME)
+REASONS = (MISSING, EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, ESCAPES, UNREADABLE, NOT_REGULAR, HARD_LINKED, TIMED_OUT,
+           BAD_ROW, UNKNOWN_CLASS, DUPLICATE_ROW, BAD_NAME)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # folder ingest only
 MAX_PIXELS = 50_000_000  # default decompression-bomb limit (width * height)
@@ -176,13 +176,11 @@ class _Ingest:
 
     def _read(self, item: _Item) -> dict | str:
         try:
-            mtime = item.path.stat().st_mtime  # before the read: a write during it leaves a newer mtime for rescan
-            data = item.path.read_bytes()
-        except FileNotFoundError:
-            return MISSING
-        except OSError as e:  # permission denied, a directory, I/O error
-            log.debug("cannot read %s: %r", item.path, e)
-            return UNREADABLE
+            read = read_image(item.path)
+        except FileRefused as e:  # missing, a link swapped in, a FIFO or device, hard-linked, too large, ...
+            log.debug("%s", e)
+            return e.reason
+        data, mtime = read.data, read.stat.st_mtime  # fstat before the read: a write during it leaves a newer mtime
         size = decode(data, self.max_pixels)
         if isinstance(size, str):
             return size

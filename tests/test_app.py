@@ -169,6 +169,11 @@ def test_deactivated_user_is_signed_out_at_the_next_rerun(db):
 
 
 # -- annotate ---------------------------------------------------------------------------
+def inline_images(at) -> list[str]:
+    """The src of every <img> the page embeds with st.html (the annotate page's images)."""
+    return re.findall(r'<img src="([^"]*)"', "".join(h.proto.body for h in at.get("html")))
+
+
 def shown_image(at) -> int:
     caption = next(c.value for c in at.caption if c.value.startswith("Image #"))
     return int(caption.split("#")[1].split(" ")[0])

@@ -15,7 +15,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_app import ADMIN_PW, APP, app, button, db, shown_image, texts  # noqa: F401  (db is a fixture)
+from test_app import ADMIN_PW, APP, app, button, db, inline_images, shown_image, texts  # noqa: F401  (db is a fixture)
+
+from cleannet_core.keys import content_hash
 
 from annotator import auth, display, ingest
 from annotator.cli import cli
@@ -294,21 +296,24 @@ def test_display_checks_file_type_place_and_size(tmp_path):
     good = tmp_path / "root" / "cat" / "ok.png"
     good.parent.mkdir(parents=True)
     Image.new("RGB", (8, 8), (1, 2, 3)).save(good)
-    assert display.read_for_display(str(good)) == good.read_bytes()
+    recorded = content_hash(good.read_bytes())
+    assert display.read_for_display(str(good), expected_hash=recorded) == good.read_bytes()
     outside = tmp_path / "secret.png"
     Image.new("RGB", (8, 8), (4, 5, 6)).save(outside)
     cases = {"link.png": ingest.ESCAPES, "empty.png": ingest.EMPTY, "text.png": ingest.NOT_IMAGE,
-             "huge.png": ingest.TOO_LARGE, "gone.png": ingest.MISSING, "dir.png": display.NOT_REGULAR}
+             "huge.png": ingest.TOO_LARGE, "gone.png": ingest.MISSING, "dir.png": ingest.NOT_REGULAR}
     (good.parent / "link.png").symlink_to(outside)
     (good.parent / "empty.png").write_bytes(b"")
     (good.parent / "text.png").write_text("just text\n")
     (good.parent / "huge.png").write_bytes(_png_header(20_000, 20_000))  # 400 megapixels
     (good.parent / "dir.png").mkdir()
     for name, reason in cases.items():
-        assert display.read_for_display(str(good.parent / name)) == reason, name
+        path = good.parent / name
+        expected = content_hash(path.read_bytes()) if path.is_file() and not path.is_symlink() else recorded
+        assert display.read_for_display(str(path), expected_hash=expected) == reason, name
     linked_dir = tmp_path / "root" / "dog"
     linked_dir.symlink_to(good.parent)  # a folder along the path became a link
-    assert display.read_for_display(str(linked_dir / "ok.png")) == ingest.ESCAPES
+    assert display.read_for_display(str(linked_dir / "ok.png"), expected_hash=recorded) == ingest.ESCAPES
 
 
 def test_annotate_shows_the_designed_warning_for_a_changed_file(db, tmp_path):
@@ -328,10 +333,28 @@ def test_annotate_shows_the_designed_warning_for_a_changed_file(db, tmp_path):
     assert not at.exception and not at.error
     warning = at.warning[0].value
     assert "Image file missing or unreadable" in warning and "Mark it unsure to move on" in warning
-    assert not at.get("imgs")
+    assert not inline_images(at)
     first = shown_image(at)
     button(at, "ann_unsure").click().run()
     assert shown_image(at) != first and "Image file missing or unreadable" in texts(at) and not at.error
+
+
+def test_annotate_embeds_its_images_and_publishes_no_media_url(db):
+    """st.image would put the bytes under /media/..., which Streamlit serves without asking who is signed in."""
+    at = app("ann")
+    assert not at.get("imgs") and [u[:22] for u in inline_images(at)] == ["data:image/png;base64,"]
+    at.toggle(key="ann_grid_mode").set_value(True).run()
+    assert not at.get("imgs") and len(inline_images(at)) == 12
+    assert all(u.startswith("data:image/png;base64,") for u in inline_images(at))
+
+
+def test_an_image_replaced_in_place_after_ingest_is_not_shown(db):
+    with Store() as store:
+        paths = [r["path"] for r in store.iter_images()]
+    for k, p in enumerate(paths):  # same name, another valid image
+        Image.new("RGB", (8, 8), (k, 0, 255)).save(p)
+    at = app("ann")
+    assert not inline_images(at) and "(changed since ingest" in at.warning[0].value
 
 
 def test_short_admin_password_from_the_environment_is_refused_without_a_traceback(tmp_path, monkeypatch, caplog):
