@@ -9,9 +9,10 @@ The app's login and the CLI's ``users`` commands both come here; SQL stays in ``
 - Login throttling: after ``FREE_TRIES_USER`` failures for one user name (since its last success) or
   ``FREE_TRIES_CLIENT`` from one client address within ``WINDOW_S``, each further try must wait
   ``LOCK_BASE_S``, doubling per failure up to ``LOCK_MAX_S``. Unknown names cost the same scrypt work.
-- Sessions: a random 256-bit token; the store keeps only its SHA-256. A session ends on logout,
-  password change or reset, deactivation, a lead's "sign out everywhere", after ``SESSION_IDLE_S``
-  without use, and at the latest ``SESSION_MAX_S`` after login.
+- Sessions: a random 256-bit token; the store keeps only its SHA-256, and the SHA-256 of the id of the
+  browser it was started in (``started_in``). A session ends on logout, password change or reset,
+  deactivation, a lead's "sign out everywhere", after ``SESSION_IDLE_S`` without use, and at the latest
+  ``SESSION_MAX_S`` after login. Session ids are never reused.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ WINDOW_S = 3600  # failures older than this are forgotten
 LOCK_BASE_S = 30  # first lockout; doubles with every further failure
 LOCK_MAX_S = 900
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32): session tokens and browser ids
+BROWSER_COOKIE = "annotator_browser"  # the cookie holding a browser's id (new_browser_id)
 
 
 class BadName(ValueError):
@@ -181,17 +183,29 @@ class Session:
     token: str  # goes to the browser (URL); the store keeps only its SHA-256
     session_id: int
     user: dict  # user row without the password hash
+    browser_hash: str | None = None  # SHA-256 of the browser id (cookie) the session was started in
 
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def start_session(store: Store, user: dict, *, now: float | None = None) -> Session:
-    """A new session for ``user`` (a row from ``authenticate``)."""
+def new_browser_id() -> str:
+    """A random id for a browser that has none yet (the app keeps it in the ``BROWSER_COOKIE`` cookie)."""
+    return secrets.token_urlsafe(32)
+
+
+def is_browser_id(value: object) -> bool:
+    """True for a value ``new_browser_id`` could have made (anything else in the cookie is ignored)."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+
+
+def start_session(store: Store, user: dict, *, browser: str | None = None, now: float | None = None) -> Session:
+    """A new session for ``user`` (a row from ``authenticate``), started in the browser with id ``browser``."""
     token = secrets.token_urlsafe(32)
-    sid = store.create_session(user["name"], _token_hash(token), now=now)
-    return Session(token, sid, user)
+    browser_hash = _token_hash(browser) if is_browser_id(browser) else None
+    sid = store.create_session(user["name"], _token_hash(token), browser_hash=browser_hash, now=now)
+    return Session(token, sid, user, browser_hash)
 
 
 def resume_session(store: Store, token: object, *, now: float | None = None) -> Session | None:
@@ -199,4 +213,13 @@ def resume_session(store: Store, token: object, *, now: float | None = None) -> 
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         return None
     found = store.session_by_hash(_token_hash(token), now=now)
-    return Session(token, found["session_id"], found["user"]) if found else None
+    return Session(token, found["session_id"], found["user"], found["browser_hash"]) if found else None
+
+
+def started_in(session: Session, browser: object) -> bool:
+    """True when ``browser`` (the id cookie a request came with) is the browser ``session`` was started in.
+
+    A token from a link is honoured only then: a link carrying someone's session (sent to a victim, or copied
+    out of an address bar) does not sign in another browser."""
+    return (session.browser_hash is not None and is_browser_id(browser)
+            and hmac.compare_digest(session.browser_hash, _token_hash(browser)))

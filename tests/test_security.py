@@ -62,6 +62,43 @@ def test_session_expiry_is_idle_and_capped(store):
     assert auth.resume_session(store, s.token, now=t0 + auth.SESSION_MAX_S + 1) is None  # the cap holds
 
 
+def test_a_session_id_is_never_reused_so_undo_never_reaches_an_earlier_login(store):
+    cid = store.ensure_classes(["cat"])["cat"]
+    store.add_images([{"path": f"/cat/{k}.jpg", "hash": f"h{k}", "label_id": cid} for k in range(2)])
+    first = auth.start_session(store, store.get_user("ann"))
+    store.record_verdict(1, "ann", "correct", reason="audit", session_id=first.session_id)
+    store.end_session(first.session_id)  # logout: the newest session row is gone
+    store.record_login("x", "", False)  # other rows come and go meanwhile
+    later = auth.start_session(store, store.get_user("ann"))
+    assert later.session_id > first.session_id
+    assert store.undo_last("ann", session_id=later.session_id) == [] and store.verdict_count() == 1
+
+
+def test_session_ids_continue_above_every_id_a_verdict_carries_after_the_upgrade(db_path):
+    """A database from before: its newest sessions were deleted, but verdicts still carry their ids."""
+    from sqlite_utils import Database
+
+    from annotator.schema import MIGRATIONS
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db = Database(db_path)
+    for migrate in MIGRATIONS[:-1]:
+        migrate(db)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    db.execute("INSERT INTO users (name, role, password_hash) VALUES ('ann', 'annotator', 'x')")
+    db.execute("INSERT INTO classes (name) VALUES ('cat')")
+    db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/a.jpg', 'h', 1)")
+    db.execute("INSERT INTO sessions (id, token_hash, user, created_at, last_used, expires_at)"
+               " VALUES (3, 'h3', 'ann', 0, 0, 0)")
+    db.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at, session_id)"
+               " VALUES (1, 'ann', 'correct', 'audit', 0, 7)")  # session 7 logged out long ago
+    db.conn.commit()
+    db.close()
+    with Store(db_path) as s:
+        assert [r["id"] for r in s._all("SELECT id FROM sessions")] == [3]
+        new = auth.start_session(s, s.get_user("ann"))
+        assert new.session_id == 8 and s.undo_last("ann", session_id=new.session_id) == []
+
+
 def test_logout_password_change_deactivation_and_signout_end_sessions(store):
     ann = store.get_user("ann")
 

@@ -102,8 +102,10 @@ class AccountsMixin(StoreBase):
                 [new_hash, row["name"], old_hash]).rowcount > 0
 
     # -- sessions -----------------------------------------------------------------------
-    def create_session(self, user: str, token_hash: str, *, now: float | None = None) -> int:
-        """Store a new session of ``user`` (ending ``SESSION_MAX_S`` from now); returns its id. In the same
+    def create_session(self, user: str, token_hash: str, *, browser_hash: str | None = None,
+                       now: float | None = None) -> int:
+        """Store a new session of ``user`` (ending ``SESSION_MAX_S`` from now), started in the browser whose
+        cookie hashes to ``browser_hash``; returns its id, never one an earlier session had. In the same
         transaction up to ``PRUNE_SESSIONS`` dead sessions (of anyone) are deleted, so the table does not grow
         by a row per login. Raises ``UnknownUser`` unless ``user`` is an active user."""
         now = time.time() if now is None else now
@@ -113,19 +115,21 @@ class AccountsMixin(StoreBase):
                 raise UnknownUser(f"no active user {user!r}")
             self.db.execute(f"DELETE FROM sessions WHERE id IN (SELECT id FROM sessions s WHERE NOT ({_LIVE_SESSION})"
                             " LIMIT :limit)", {"now": now, "limit": PRUNE_SESSIONS})
-            cur = self.db.execute("INSERT INTO sessions (token_hash, user, created_at, last_used, expires_at)"
-                                  " VALUES (?, ?, ?, ?, ?)", [token_hash, row["name"], now, now, now + SESSION_MAX_S])
+            cur = self.db.execute("INSERT INTO sessions (token_hash, user, created_at, last_used, expires_at,"
+                                  " browser_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                                  [token_hash, row["name"], now, now, now + SESSION_MAX_S, browser_hash])
         return cur.lastrowid
 
     def session_by_hash(self, token_hash: str, *, now: float | None = None) -> dict | None:
-        """The live session with this token hash: ``{"session_id", "user": user row without hash}``, or None.
+        """The live session with this token hash: ``{"session_id", "browser_hash", "user": user row without
+        password hash}``, or None.
 
         A session is live by ``_LIVE_SESSION`` while its user is active; a dead one is deleted. last_used
         moves at most every ``TOUCH_EVERY_S``.
         """
         now = time.time() if now is None else now
-        row = self._one(f"SELECT s.id, s.last_used, u.active AND {_LIVE_SESSION} AS live, u.name AS user"
-                        " FROM sessions s JOIN users u ON u.name = s.user WHERE s.token_hash = :hash",
+        row = self._one(f"SELECT s.id, s.last_used, s.browser_hash, u.active AND {_LIVE_SESSION} AS live,"
+                        " u.name AS user FROM sessions s JOIN users u ON u.name = s.user WHERE s.token_hash = :hash",
                         {"now": now, "hash": token_hash})
         if row is None:
             return None
@@ -136,7 +140,7 @@ class AccountsMixin(StoreBase):
             with self._tx():
                 self.db.execute("UPDATE sessions SET last_used = ? WHERE id = ?", [now, row["id"]])
         user = self._one("SELECT name, role, created_at, active FROM users WHERE name = ?", [row["user"]])
-        return {"session_id": row["id"], "user": user}
+        return {"session_id": row["id"], "browser_hash": row["browser_hash"], "user": user}
 
     def end_session(self, session_id: int) -> bool:
         """Delete one session (logout); True if it existed."""

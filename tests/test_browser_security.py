@@ -1,0 +1,103 @@
+"""Security behaviour that lives in the page, in Debian Chromium (Playwright) against `streamlit run app.py`:
+a link carrying a login session does not sign in another browser, and no image the page shows has a URL
+that answers without the session. Skipped when /usr/bin/chromium is missing."""
+import os
+import urllib.error
+import urllib.request
+from urllib.parse import urlparse
+
+import pytest
+
+from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from helpers import DEMO
+from test_browser import metric, new_page
+
+from annotator import auth
+from annotator.ingest import ingest_csv
+from annotator.pages.common import SESSION_PARAM
+from annotator.store import Store
+
+PASSWORD = "alice-password"
+N_IMAGES = 40
+
+pytestmark = BROWSER_MARKS
+expect = sync_api.expect
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Yields (url, db path) of `streamlit run app.py` on 40 demo images; alice and bob are annotators."""
+    tmp = tmp_path_factory.mktemp("browser-security")
+    db = tmp / "state" / "annotator.db"
+    lines = (DEMO / "labels.csv").read_text().splitlines()[:N_IMAGES + 1]
+    (tmp / "labels.csv").write_text("\n".join(lines) + "\n")
+    with Store(db) as store:
+        assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == N_IMAGES
+        store.set_verify([c["name"] for c in store.classes()])
+        auth.add_user(store, "alice", "annotator", PASSWORD)
+        auth.add_user(store, "bob", "annotator", "bob-password")
+    env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD="admin-password-1", PYTHONUNBUFFERED="1")
+    with streamlit_app(env, log_name="streamlit-security.log") as url:
+        yield url, db
+
+
+def login(page, url: str, name: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
+    expect(page.get_by_text("Image #")).to_be_visible()
+
+
+def status_of(url: str) -> tuple[int, bytes]:
+    """(HTTP status, body) of a GET with no cookie and no session, as anyone who has the URL would get."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_a_link_with_a_login_session_does_not_sign_in_another_browser(server, browser):
+    url, db = server
+    alice = new_page(browser)
+    login(alice, url, "alice", PASSWORD)
+    link = alice.url
+    assert f"{SESSION_PARAM}=" in link
+    visitor = new_page(browser)  # another browser: its own cookies
+    visitor.goto(link)
+    expect(visitor.get_by_text("carries a login of another browser")).to_be_visible()
+    expect(visitor.get_by_label("User name")).to_be_visible()
+    expect(visitor.get_by_role("heading", name="Annotate")).to_have_count(0)
+    assert f"{SESSION_PARAM}=" not in visitor.url  # the foreign token is dropped from the visitor's URL
+    visitor.screenshot(path=str(ARTIFACTS / "foreign-session-link.png"))
+    login(visitor, url, "bob", "bob-password")  # the visitor signs in as themselves
+    expect(visitor.get_by_text("Signed in as bob")).to_be_visible()
+    alice.reload()  # the browser that logged in stays signed in across a reload
+    expect(alice.get_by_role("heading", name="Annotate")).to_be_visible()
+    expect(alice.get_by_text("Signed in as alice")).to_be_visible()
+    expect(metric(alice, "My verdicts today")).to_have_text("0")
+    alice.context.close()
+    visitor.context.close()
+
+
+def test_images_are_inline_and_no_media_url_answers_without_the_session(server, browser):
+    url, _ = server
+    page = new_page(browser)
+    media: list[str] = []
+    page.on("request", lambda r: media.append(r.url) if urlparse(r.url).path.startswith("/media/") else None)
+    login(page, url, "alice", PASSWORD)
+    image = page.locator(".st-key-ann_image img")
+    expect(image).to_be_visible()
+    page.get_by_text("Grid mode: 16 images of one class").click()
+    expect(page.locator("[class*='st-key-ann_flip_'] button").first).to_be_visible()
+    sources = [i.get_attribute("src") for i in page.locator("[data-testid='stMain'] img").all()]
+    assert sources and all(s.startswith("data:image/") for s in sources)
+    page.wait_for_timeout(500)
+    for target in media:  # while she is signed in, fetched by someone without her session
+        assert status_of(target)[0] == 404, target
+    assert media == []
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_label("User name")).to_be_visible()
+    page.context.close()
