@@ -18,7 +18,6 @@
 - No traceback ever reaches the browser: errors become ``st.error`` sentences, details go to the log.
 """
 import logging
-import os
 
 import streamlit as st
 
@@ -38,20 +37,32 @@ PAGES = [  # (file, title, icon, url path, roles allowed)
 
 
 def first_start(store: Store) -> None:
-    """Create the lead 'admin' if missing; a generated password is printed once, to the terminal only."""
+    """Create the lead 'admin' while the database has no lead; a generated password is printed once, to the
+    terminal only (one from $ANNOTATOR_ADMIN_PASSWORD never)."""
     try:
-        password = auth.ensure_admin(store)
+        created = auth.ensure_admin(store)
     except StoreError:  # another session created it a moment ago
         return
     except ValueError as e:  # $ANNOTATOR_ADMIN_PASSWORD too short: no admin until it is fixed
         log.error("not creating the lead 'admin': $ANNOTATOR_ADMIN_PASSWORD %s", e)
         return
-    if password is None:
+    if created is None:
         return
-    if password == os.environ.get("ANNOTATOR_ADMIN_PASSWORD"):
+    if created.from_environment:
         print("Created the lead 'admin' with the password from $ANNOTATOR_ADMIN_PASSWORD.", flush=True)
     else:
-        print(f"Created the lead 'admin'. Password (shown once): {password}", flush=True)
+        print(f"Created the lead 'admin'. Password (shown once): {created.password}", flush=True)
+
+
+def client_address() -> str:
+    """The address a request came from, as the server's ASGI layer (uvicorn) reports it: the TCP peer, or, from
+    the proxy that ``annotator serve --trusted-proxy`` names (uvicorn's ``FORWARDED_ALLOW_IPS``), the address
+    that proxy put in X-Forwarded-For. 'local' for the loopback interface (Streamlit reports no address)."""
+    ip = st.context.ip_address
+    if ip is None and st.context.headers.get("X-Forwarded-For"):
+        log.warning("a login came through a proxy that is not trusted (X-Forwarded-For ignored): every client behind"
+                    " it shares one address for login throttling; name it with `annotator serve --trusted-proxy`")
+    return ip if isinstance(ip, str) else "local"
 
 
 def browser_cookie() -> str | None:
@@ -85,9 +96,9 @@ def login_page() -> None:
         password = st.text_input("Password", type="password", key="login_password", max_chars=auth.MAX_PASSWORD)
         submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
     if submitted:
-        ip = st.context.ip_address  # None for localhost
         try:
-            user = auth.authenticate(store, name or "", password or "", client=ip if isinstance(ip, str) else "local")
+            user = auth.authenticate(store, name or "", password or "", client=client_address(),
+                                     browser=browser_cookie())
         except auth.LoginThrottled as e:
             middle.error(f"{e} (too many failed logins for this user name or from this address)")
             return

@@ -1,7 +1,6 @@
 """Security behaviour that lives in the page, in Debian Chromium (Playwright) against `streamlit run app.py`:
 a link carrying a login session does not sign in another browser, and no image the page shows has a URL
 that answers without the session. Skipped when /usr/bin/chromium is missing."""
-import os
 import urllib.error
 import urllib.request
 from urllib.parse import urlparse
@@ -13,6 +12,7 @@ from helpers import DEMO
 from test_browser import metric, new_page
 
 from annotator import auth
+from annotator.demo import app_env
 from annotator.ingest import ingest_csv
 from annotator.pages.common import SESSION_PARAM
 from annotator.store import Store
@@ -36,9 +36,14 @@ def server(tmp_path_factory):
         store.set_verify([c["name"] for c in store.classes()])
         auth.add_user(store, "alice", "annotator", PASSWORD)
         auth.add_user(store, "bob", "annotator", "bob-password")
-    env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD="admin-password-1", PYTHONUNBUFFERED="1")
-    with streamlit_app(env, log_name="streamlit-security.log") as url:
+    with streamlit_app(served_env(db), log_name="streamlit-security.log") as url:
         yield url, db
+
+
+def served_env(db, trusted_proxies: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment `annotator serve` gives the app (demo.app_env)."""
+    return app_env(str(db), trusted_proxies=trusted_proxies) | {"ANNOTATOR_ADMIN_PASSWORD": "admin-password-1",
+                                                                "PYTHONUNBUFFERED": "1"}
 
 
 def login(page, url: str, name: str, password: str) -> None:
@@ -101,3 +106,25 @@ def test_images_are_inline_and_no_media_url_answers_without_the_session(server, 
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("User name")).to_be_visible()
     page.context.close()
+
+
+def recorded_client(browser, url: str, db, forwarded_for: str) -> str:
+    """The client address the app records for a failed login from a browser sending X-Forwarded-For."""
+    context = browser.new_context(extra_http_headers={"X-Forwarded-For": forwarded_for})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_label("User name").fill("bob")
+    page.get_by_label("Password", exact=True).fill("not-bobs-password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_text("Unknown user name or wrong password.")).to_be_visible()
+    context.close()
+    with Store(db) as store:
+        return store._all("SELECT client FROM login_attempts ORDER BY id DESC LIMIT 1")[0]["client"]
+
+
+def test_x_forwarded_for_counts_only_from_the_proxy_the_operator_names(server, browser):
+    """Without --trusted-proxy anyone could claim any address (and so dodge or frame the per-client throttle)."""
+    url, db = server
+    assert recorded_client(browser, url, db, "203.0.113.9") == "local"  # the TCP peer: loopback
+    with streamlit_app(served_env(db, ("127.0.0.1",)), log_name="streamlit-security-proxy.log") as proxied:
+        assert recorded_client(browser, proxied, db, "198.51.100.7, 203.0.113.9") == "203.0.113.9"
