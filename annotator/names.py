@@ -4,7 +4,8 @@
   format characters (bidi overrides such as U+202E, zero-width spaces and joiners), unassigned and private-use
   code points, line and paragraph separators, and Unicode's other default-ignorable code points (combining
   grapheme joiner U+034F, variation selectors U+FE00-FE0F, Hangul fillers U+3164 / U+115F / U+1160 / U+FFA0,
-  Mongolian free variation selectors, ...). Neither user names nor class names may contain them.
+  Mongolian free variation selectors, ...). Neither user names nor class names may contain them; ``visible``
+  writes them out where older data still holds some.
 - ``user_name_problem``: user names are letters (with combining marks after them) and digits, with single
   spaces and ``.`` ``_`` ``-`` ``@`` between them, and their letters come from one script (Latin, Cyrillic,
   Greek, ...; Japanese may mix Han, Hiragana, Katakana and Latin, Korean Han, Hangul and Latin, Chinese Han,
@@ -32,6 +33,13 @@ def invisible(text: str) -> list[str]:
     """The characters of ``text`` that render as nothing or change the rendering around them (in order)."""
     return [c for c in text if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
             or any(lo <= ord(c) <= hi for lo, hi in _IGNORABLE)]
+
+
+def visible(text: str) -> str:
+    """``text`` with each invisible character written out as ``[U+XXXX]`` (for names stored before they were
+    refused: a bidi override must not reverse the text shown after it)."""
+    bad = set(invisible(text))
+    return "".join(f"[U+{ord(c):04X}]" if c in bad else c for c in text) if bad else text
 
 
 def _script(c: str) -> str:

@@ -389,6 +389,23 @@ def test_non_utf8_names_are_recorded_and_the_rest_ingested(store, tmp_path):
     assert {e["reason"] for e in store.ingest_errors()} == {ingest.BAD_NAME}
 
 
+def test_class_names_with_bidi_or_zero_width_characters_are_refused_and_counted(store, tmp_path):
+    root = tmp_path / "images"
+    for folder in ("cat", "dog\u202egnp.exe", "cat\u200b"):  # a bidi override; a zero-width look-alike of cat
+        (root / folder).mkdir(parents=True)
+        for k in range(2):
+            Image.new("RGB", (8, 8), (k, len(folder), 3)).save(root / folder / f"{k}.png")
+    report = ingest.ingest_folder(store, root, progress=False)
+    assert report.added == 2 and report.counts == {ingest.BAD_CLASS: 2}
+    assert [c["name"] for c in store.classes()] == ["cat"]
+    assert sorted(p for p, _ in report.errors) == [str(root / "cat[U+200B]"), str(root / "dog[U+202E]gnp.exe")]
+    (tmp_path / "labels.csv").write_text("path,label\ncat/0.png,bird\u2066\ncat/1.png,\ufeffbird\n"
+                                         "cat/1.png,bird\n")
+    report = ingest.ingest_csv(store, tmp_path / "labels.csv", root, progress=False)
+    assert report.counts == {ingest.BAD_CLASS: 2} and "class name has invisible characters: 2" in report.summary()
+    assert common.md("dog\u202egnp.exe") == "dog\\[U\\+202E\\]gnp\\.exe"  # older data shows the override
+
+
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (no real pixel data)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
