@@ -159,7 +159,8 @@ def worker(ctx, once, poll) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file, - = stdout")
-@click.option("--threshold", type=float, help="score threshold (default: the model's delta)")
+@click.option("--threshold", type=float,
+              help="score threshold in [-1, 1] (default: the lead's override, else the model's delta)")
 @click.option("--only-kept", is_flag=True, help="write only the rows to keep")
 @click.option("--format", "fmt", type=click.Choice(["full", "train"]), default="full", show_default=True,
               help="full: every column (README); train: path,label,weight of the rows to keep, for a training script")
@@ -169,12 +170,15 @@ def export(ctx, out, threshold, only_kept, fmt) -> None:
 
     Example: annotator export --out train.csv --format train
     """
-    from .export import export_csv
+    from .export import ExportRefused, export_csv
     store = open_store(ctx)
-    if str(out) == "-":
-        n = export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept, fmt=fmt)
-    else:
-        n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=True)
+    try:
+        if str(out) == "-":
+            n = export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept, fmt=fmt)
+        else:
+            n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=True)
+    except ExportRefused as e:
+        raise click.ClickException(str(e)) from e
     click.echo(f"{n} rows written", err=True)
 
 
