@@ -27,8 +27,9 @@ EMPTY = "empty file (0 bytes)"
 class _Images(Dataset):
     """Item i -> (i, pixels (3, S, S) float or None, JPEG bytes (n,) uint8 or None, error '' or reason).
 
-    Reads each file once (``safe_open.read_image``: no link along the path, a regular file, bounded), checks its bytes against the expected content key (a file edited since it was keyed
-    is reported, never cached under the old key), then decodes in the DataLoader worker, or, with gpu_jpeg,
+    Reads each file once (``safe_open.read_image``: no link along the path, a regular file, bounded), checks its
+    bytes against the expected content key (a file edited since it was keyed is reported, never cached under the
+    old key), then decodes in the DataLoader worker, or, with gpu_jpeg,
     passes JPEG bytes through for torchvision.io.decode_jpeg on the GPU (other formats still decode here).
     """
 

@@ -169,8 +169,8 @@ class AccountsMixin(StoreBase):
         are pruned."""
         now = time.time() if now is None else now
         with self._tx():
-            self.db.execute("INSERT INTO login_attempts (user_key, client, ok, at, browser_hash) VALUES (?, ?, ?, ?, ?)",
-                            [key, client, int(ok), now, browser_hash])
+            self.db.execute("INSERT INTO login_attempts (user_key, client, ok, at, browser_hash)"
+                            " VALUES (?, ?, ?, ?, ?)", [key, client, int(ok), now, browser_hash])
             self.db.execute("DELETE FROM login_attempts WHERE at < ? AND (ok = 0 OR at < ?)",
                             [now - ATTEMPTS_KEPT_S, now - LOGINS_KEPT_S])
 
@@ -179,8 +179,8 @@ class AccountsMixin(StoreBase):
         """(failed attempts, time of the last one) at or after ``since`` that match every field given."""
         fields = {"user_key": user_key, "client": client, "browser_hash": browser_hash}
         where = "".join(f" AND {column} = :{column}" for column, value in fields.items() if value is not None)
-        row = self._one(f"SELECT COUNT(*) AS n, MAX(at) AS last FROM login_attempts WHERE ok = 0 AND at >= :since{where}",
-                        {"since": since, **fields})
+        row = self._one("SELECT COUNT(*) AS n, MAX(at) AS last FROM login_attempts"
+                        f" WHERE ok = 0 AND at >= :since{where}", {"since": since, **fields})
         return row["n"], row["last"]
 
     def last_login(self, key: str) -> float | None:
