@@ -97,12 +97,12 @@ def test_images_are_inline_and_no_media_url_answers_without_the_session(server, 
     expect(image).to_be_visible()
     page.get_by_text("Grid mode: 16 images of one class").click()
     expect(page.locator("[class*='st-key-ann_flip_'] button").first).to_be_visible()
-    sources = [i.get_attribute("src") for i in page.locator("[data-testid='stMain'] img").all()]
-    assert sources and all(s.startswith("data:image/") for s in sources)
     page.wait_for_timeout(500)
     for target in media:  # while she is signed in, fetched by someone without her session
         assert status_of(target)[0] == 404, target
     assert media == []
+    sources = [i.get_attribute("src") for i in page.locator("[data-testid='stMain'] img").all()]
+    assert sources and all(s.startswith("data:image/") for s in sources)
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("User name")).to_be_visible()
     page.context.close()
