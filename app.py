@@ -96,19 +96,19 @@ def login_page() -> None:
         password = st.text_input("Password", type="password", key="login_password", max_chars=auth.MAX_PASSWORD)
         submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
     if submitted:
+        # this browser's id, made now if it has none: the login that succeeds is recorded with it, so from then on
+        # failures elsewhere never throttle this browser for this name (auth.throttle_wait)
+        browser = st.session_state.setdefault("browser", browser_cookie() or auth.new_browser_id())
         try:
-            user = auth.authenticate(store, name or "", password or "", client=client_address(),
-                                     browser=browser_cookie())
+            user = auth.authenticate(store, name or "", password or "", client=client_address(), browser=browser)
         except auth.LoginThrottled as e:
             middle.error(f"{e} (too many failed logins for this user name or from this address)")
             return
         if user is None:
             middle.error("Unknown user name or wrong password.")
             return
-        browser = browser_cookie() or auth.new_browser_id()
         session = auth.start_session(store, user, browser=browser)
         st.session_state["token"] = session.token
-        st.session_state["browser"] = browser
         st.query_params[common.SESSION_PARAM] = session.token
         log.info("login: %s (%s)", user["name"], user["role"])
         st.rerun()
@@ -143,8 +143,9 @@ def signed_in(store: Store) -> auth.Session | None:
 
 
 def _clear_state() -> None:
+    """Forget the login (and every page's state) of this browser session; the browser keeps its id."""
     for key in list(st.session_state):
-        if key != "_store":
+        if key not in ("_store", "browser"):
             del st.session_state[key]
     if common.SESSION_PARAM in st.query_params:
         del st.query_params[common.SESSION_PARAM]

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import pytest
 
 from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
-from helpers import DEMO
+from helpers import DEMO, wait_for
 from test_browser import metric, new_page
 
 from annotator import auth
@@ -108,6 +108,11 @@ def test_images_are_inline_and_no_media_url_answers_without_the_session(server, 
     page.context.close()
 
 
+def failures(db, key: str) -> int:
+    with Store(db) as store:
+        return store.login_failures(since=0, user_key=key)[0]
+
+
 def recorded_client(browser, url: str, db, forwarded_for: str) -> str:
     """The client address the app records for a failed login from a browser sending X-Forwarded-For."""
     context = browser.new_context(extra_http_headers={"X-Forwarded-For": forwarded_for})
@@ -128,3 +133,29 @@ def test_x_forwarded_for_counts_only_from_the_proxy_the_operator_names(server, b
     assert recorded_client(browser, url, db, "203.0.113.9") == "local"  # the TCP peer: loopback
     with streamlit_app(served_env(db, ("127.0.0.1",)), log_name="streamlit-security-proxy.log") as proxied:
         assert recorded_client(browser, proxied, db, "198.51.100.7, 203.0.113.9") == "203.0.113.9"
+
+
+def test_a_strangers_failures_do_not_keep_the_right_password_out(server, browser):
+    """Both browsers come from one address (as behind a proxy nobody named): the stranger's failed logins on
+    carol's name lock the stranger out, not carol in the browser she logged in from before."""
+    url, db = server
+    with Store(db) as store:
+        auth.add_user(store, "carol", "annotator", "carol-password")
+    carol = new_page(browser)
+    login(carol, url, "carol", "carol-password")
+    carol.get_by_role("button", name="Log out").click()
+    expect(carol.get_by_label("User name")).to_be_visible()
+    stranger = new_page(browser)
+    stranger.goto(url)
+    for k in range(auth.FREE_TRIES_USER):
+        stranger.get_by_label("User name").fill("carol")
+        stranger.get_by_label("Password", exact=True).fill(f"guess-{k:06d}")
+        stranger.get_by_role("button", name="Log in").click()
+        wait_for(lambda: failures(db, "carol") == k + 1, timeout=30, what=f"failed login {k + 1}")
+    stranger.get_by_label("Password", exact=True).fill("carol-password")  # even the right one waits now
+    stranger.get_by_role("button", name="Log in").click()
+    expect(stranger.get_by_text("Too many failed logins")).to_be_visible()
+    login(carol, url, "carol", "carol-password")  # the right password, from her browser
+    expect(carol.get_by_text("Signed in as carol")).to_be_visible()
+    carol.context.close()
+    stranger.context.close()
