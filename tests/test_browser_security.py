@@ -8,12 +8,12 @@ from urllib.parse import urlparse
 import pytest
 
 from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
-from helpers import DEMO, wait_for
+from helpers import demo_db, wait_for
+from test_browser import login as login_as
 from test_browser import metric, new_page
 
 from annotator import auth
 from annotator.demo import app_env
-from annotator.ingest import ingest_csv
 from annotator.pages.common import SESSION_PARAM
 from annotator.store import Store
 
@@ -27,13 +27,8 @@ expect = sync_api.expect
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Yields (url, db path) of `streamlit run app.py` on 40 demo images; alice and bob are annotators."""
-    tmp = tmp_path_factory.mktemp("browser-security")
-    db = tmp / "state" / "annotator.db"
-    lines = (DEMO / "labels.csv").read_text().splitlines()[:N_IMAGES + 1]
-    (tmp / "labels.csv").write_text("\n".join(lines) + "\n")
+    db = demo_db(tmp_path_factory.mktemp("browser-security"), N_IMAGES)
     with Store(db) as store:
-        assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == N_IMAGES
-        store.set_verify([c["name"] for c in store.classes()])
         auth.add_user(store, "alice", "annotator", PASSWORD)
         auth.add_user(store, "bob", "annotator", "bob-password")
     with streamlit_app(served_env(db), log_name="streamlit-security.log") as url:
@@ -47,11 +42,8 @@ def served_env(db, trusted_proxies: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def login(page, url: str, name: str, password: str) -> None:
-    page.goto(url)
-    page.get_by_label("User name").fill(name)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
+    """test_browser.login, then the first image is on screen."""
+    login_as(page, url, name, password)
     expect(page.get_by_text("Image #")).to_be_visible()
 
 

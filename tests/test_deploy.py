@@ -5,14 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
-from browser_kit import free_port, stop
-from helpers import REPO, wait_for
+from browser_kit import free_port, stop, wait_healthy
+from helpers import REPO
 from test_app import APP
 
 from annotator import auth
@@ -45,13 +44,7 @@ def test_serve_listens_on_loopback_only_and_never_prints_the_environment_passwor
         proc = subprocess.Popen([sys.executable, "-m", "annotator", "--db", str(db), "serve", "--port", str(port)],
                                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        def healthy() -> bool:
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok"
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=60, what="the app to start", proc=proc, every=0.3)
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
         assert listening(port) == {"0100007F"}  # 127.0.0.1, nothing on 0.0.0.0 or ::
     finally:
         if proc.poll() is None:

@@ -6,18 +6,9 @@ import time
 
 import pytest
 
+from test_security import ADMIN_PW, store  # noqa: F401  (store: admin and ann on a real file)
+
 from annotator import auth
-from annotator.store import Store
-
-ADMIN_PW = "admin-secret-pw"
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "state" / "annotator.db") as s:
-        auth.add_user(s, "admin", "lead", ADMIN_PW)
-        auth.add_user(s, "ann", "annotator", "ann-password")
-        yield s
 
 
 def test_throttling_per_user_name(store, caplog):
