@@ -90,7 +90,7 @@ def test_session_ids_continue_above_every_id_a_verdict_carries_after_the_upgrade
     db.execute("INSERT INTO sessions (id, token_hash, user, created_at, last_used, expires_at)"
                " VALUES (3, 'h3', 'ann', 0, 0, 0)")
     db.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at, session_id)"
-               " VALUES (1, 'ann', 'correct', 'audit', 0, 7)")  # session 7 logged out long ago
+               " VALUES (1, 'ann', 'correct', 'audit', 0, 7)")  # the session with id 7 is gone
     db.conn.commit()
     db.close()
     with Store(db_path) as s:
