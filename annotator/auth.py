@@ -2,16 +2,24 @@
 
 The app's login and the CLI's ``users`` commands both come here; SQL stays in ``annotator.store``.
 
-- User names are NFKC-normalised, 1-64 characters, without control or invisible (format) characters,
-  and compare case-insensitively (``store.user_key``): ``Admin`` is ``admin``.
+- User names are NFKC-normalised, 1-64 characters, compare case-insensitively (``store.user_key``:
+  ``Admin`` is ``admin``) and follow ``names.user_name_problem``: letters of one script and digits, no
+  invisible or look-alike characters; a name that looks like an existing one is refused by the store.
 - Passwords: at least ``MIN_PASSWORD`` characters; stored as scrypt hashes (cost below). A hash made
   with a lower cost is replaced at the user's next successful login.
-- Login throttling: after ``FREE_TRIES_USER`` failures for one user name (since its last success) or
-  ``FREE_TRIES_CLIENT`` from one client address within ``WINDOW_S``, each further try must wait
-  ``LOCK_BASE_S``, doubling per failure up to ``LOCK_MAX_S``. Unknown names cost the same scrypt work.
-- Sessions: a random 256-bit token; the store keeps only its SHA-256. A session ends on logout,
-  password change or reset, deactivation, a lead's "sign out everywhere", after ``SESSION_IDLE_S``
-  without use, and at the latest ``SESSION_MAX_S`` after login.
+- Login throttling (``throttle_wait``): failures count within ``WINDOW_S``, for a name only since its last
+  successful login or password change. A client (its address) may fail ``FREE_TRIES_USER`` times on one
+  name; past that, or once the name has ``FREE_TRIES_NAME`` failures from all clients, or the client
+  ``FREE_TRIES_CLIENT`` on all names, each further try must wait ``LOCK_BASE_S``, doubling per failure up
+  to ``LOCK_MAX_S``. A lock holds back only a client that has itself failed on that name, and never a
+  browser that logged in as that name since its password was set and has not failed since: failures by
+  someone else (another address, or a stranger behind the same proxy) never keep the right password out.
+  Unknown names cost the same scrypt work, and are recorded only as a 16-bit hash (``unknown_key``): a
+  password typed into the name field is never stored or logged.
+- Sessions: a random 256-bit token; the store keeps only its SHA-256, and the SHA-256 of the id of the
+  browser it was started in (``started_in``). A session ends on logout, password change or reset,
+  deactivation, a lead's "sign out everywhere", after ``SESSION_IDLE_S`` without use, and at the latest
+  ``SESSION_MAX_S`` after login. Session ids are never reused.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
+from .names import user_name_problem
 from .store import SESSION_IDLE_S, SESSION_MAX_S, Store, user_key  # noqa: F401  (the store applies the session rule)
 
 log = logging.getLogger(__name__)
@@ -37,17 +46,19 @@ MIN_PASSWORD = 10  # characters; generated passwords have 16
 MAX_PASSWORD = 1024
 ADMIN = "admin"
 
-FREE_TRIES_USER = 5  # failed logins per user name before the lockout starts
+FREE_TRIES_USER = 5  # failed logins of one client on one user name before the lockout starts
+FREE_TRIES_NAME = 10  # failed logins on one user name from all clients before the lockout starts
 FREE_TRIES_CLIENT = 20  # failed logins per client address (any names) before the lockout starts
 WINDOW_S = 3600  # failures older than this are forgotten
 LOCK_BASE_S = 30  # first lockout; doubles with every further failure
 LOCK_MAX_S = 900
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32): session tokens and browser ids
+BROWSER_COOKIE = "annotator_browser"  # the cookie holding a browser's id (new_browser_id)
 
 
 class BadName(ValueError):
-    """A user name that is empty, too long, or has control or invisible characters."""
+    """A user name that is empty, too long, or has characters ``names.user_name_problem`` refuses."""
 
 
 class WeakPassword(ValueError):
@@ -68,8 +79,9 @@ def normalise_name(name: str) -> str:
     name = unicodedata.normalize("NFKC", name or "").strip()
     if not 1 <= len(name) <= 64:
         raise BadName("user names are 1-64 characters")
-    if any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") for c in name):
-        raise BadName("user names must not contain control or invisible characters")
+    problem = user_name_problem(name)
+    if problem:
+        raise BadName(problem)
     return name
 
 
@@ -132,32 +144,61 @@ def set_password(store: Store, name: str, password: str | None = None) -> str:
     return password
 
 
-def _wait(store: Store, column: str, value: str, free: int, now: float) -> float:
-    failures, last = store.login_failures(column, value, now - WINDOW_S)
-    if failures < free:
+def unknown_key(key: str) -> str:
+    """How a login attempt under a name that is no user is recorded: a 16-bit hash of its key, enough to
+    throttle repeated tries of one name, too little to recover a password typed into the name field."""
+    return "?" + hashlib.sha256(key.encode()).hexdigest()[:4]
+
+
+def _lock(failures: int, last: float | None, free: int, now: float) -> float:
+    """Seconds to wait after ``failures`` (the last at ``last``) where ``free`` are allowed."""
+    if failures < free or last is None:
         return 0.0
     return max(0.0, last + min(LOCK_BASE_S * 2 ** (failures - free), LOCK_MAX_S) - now)
 
 
-def authenticate(store: Store, name: str, password: str, *, client: str = "", now: float | None = None) -> dict | None:
+def throttle_wait(store: Store, key: str, client: str, browser_hash: str | None, *, password_set_at: float,
+                  now: float) -> float:
+    """Seconds the login attempt on the recorded name ``key`` from ``client`` (and the browser ``browser_hash``)
+    must wait; 0 = check it now. The rules are in the module docstring."""
+    window = now - WINDOW_S
+    since = max(window, store.last_login(key) or 0.0, password_set_at)  # a name's failures restart here
+    if browser_hash and store.browser_logged_in(key, browser_hash, password_set_at):
+        failures, last = store.login_failures(since=since, user_key=key, browser_hash=browser_hash)
+        return _lock(failures, last, FREE_TRIES_USER, now)  # a known browser: only its own failures count
+    mine, last_mine = store.login_failures(since=since, user_key=key, client=client)
+    if mine == 0:
+        return 0.0  # this client has not failed on this name: nobody else's failures keep it out
+    name, last_name = store.login_failures(since=since, user_key=key)
+    everywhere, last_everywhere = store.login_failures(since=window, client=client)
+    return max(_lock(mine, last_mine, FREE_TRIES_USER, now), _lock(name, last_name, FREE_TRIES_NAME, now),
+               _lock(everywhere, last_everywhere, FREE_TRIES_CLIENT, now))
+
+
+def authenticate(store: Store, name: str, password: str, *, client: str = "", browser: str | None = None,
+                 now: float | None = None) -> dict | None:
     """The user row (without its hash) when name/password match an active user, else None.
 
-    Raises ``LoginThrottled`` (nothing checked) while the name or the client is locked out. Every attempt
-    is recorded; a correct password stored with an older scrypt cost is rehashed.
+    ``client`` is the address the attempt came from, ``browser`` the browser's id (``new_browser_id``) if it
+    has one. Raises ``LoginThrottled`` (nothing checked) while ``throttle_wait`` says so. Every attempt is
+    recorded (a name that is no user only as ``unknown_key``); a correct password stored with an older
+    scrypt cost is rehashed.
     """
     now = time.time() if now is None else now
-    key = user_key(name or "")
-    wait = max(_wait(store, "user_key", key, FREE_TRIES_USER, now),
-               _wait(store, "client", client, FREE_TRIES_CLIENT, now) if client else 0.0)
-    if wait > 0:
-        log.warning("login throttled for %r from %s (%.0f s left)", name, client or "?", wait)
-        raise LoginThrottled(wait)
     user = store.get_user(name) if name else None
+    key = user_key(user["name"]) if user else unknown_key(user_key(name or ""))
+    shown = repr(user["name"]) if user else "an unknown user name"  # never log what was typed for a non-user
+    browser_hash = _token_hash(browser) if is_browser_id(browser) else None
+    wait = throttle_wait(store, key, client, browser_hash, password_set_at=(user or {}).get("password_set_at") or 0.0,
+                         now=now)
+    if wait > 0:
+        log.warning("login throttled for %s from %s (%.0f s left)", shown, client or "?", wait)
+        raise LoginThrottled(wait)
     ok = verify_password(password or "", user["password_hash"] if user else _dummy_hash())
     ok = ok and user is not None and bool(user["active"])
-    store.record_login(key, client, ok, now=now)
+    store.record_login(key, client, ok, browser_hash=browser_hash, now=now)
     if not ok:
-        log.warning("failed login for %r from %s", name, client or "?")
+        log.warning("failed login for %s from %s", shown, client or "?")
         return None
     if needs_rehash(user["password_hash"]) and store.rehash_password(user["name"], user["password_hash"],
                                                                        hash_password(password)):
@@ -165,14 +206,22 @@ def authenticate(store: Store, name: str, password: str, *, client: str = "", no
     return {k: v for k, v in user.items() if k != "password_hash"}
 
 
-def ensure_admin(store: Store) -> str | None:
-    """Create the lead 'admin' on first start. Password: $ANNOTATOR_ADMIN_PASSWORD, else generated.
+@dataclass(frozen=True)
+class NewAdmin:
+    password: str
+    from_environment: bool  # the password is $ANNOTATOR_ADMIN_PASSWORD: never print it
 
-    Returns the password when the user was created (print it once), None when it already existed.
+
+def ensure_admin(store: Store) -> NewAdmin | None:
+    """Create the lead 'admin' on first start, while the database has no lead at all (so a page load never adds a
+    second lead beside the ones a project has). Password: $ANNOTATOR_ADMIN_PASSWORD, else generated.
+
+    Returns the new account (print a generated password once; never the environment's), None when a lead exists.
     """
-    if store.get_user(ADMIN):
+    if any(u["role"] == "lead" for u in store.list_users()):
         return None
-    return add_user(store, ADMIN, "lead", os.environ.get("ANNOTATOR_ADMIN_PASSWORD"))
+    from_environment = os.environ.get("ANNOTATOR_ADMIN_PASSWORD")
+    return NewAdmin(add_user(store, ADMIN, "lead", from_environment), from_environment is not None)
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -181,17 +230,29 @@ class Session:
     token: str  # goes to the browser (URL); the store keeps only its SHA-256
     session_id: int
     user: dict  # user row without the password hash
+    browser_hash: str | None = None  # SHA-256 of the browser id (cookie) the session was started in
 
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def start_session(store: Store, user: dict, *, now: float | None = None) -> Session:
-    """A new session for ``user`` (a row from ``authenticate``)."""
+def new_browser_id() -> str:
+    """A random id for a browser that has none yet (the app keeps it in the ``BROWSER_COOKIE`` cookie)."""
+    return secrets.token_urlsafe(32)
+
+
+def is_browser_id(value: object) -> bool:
+    """True for a value ``new_browser_id`` could have made (anything else in the cookie is ignored)."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+
+
+def start_session(store: Store, user: dict, *, browser: str | None = None, now: float | None = None) -> Session:
+    """A new session for ``user`` (a row from ``authenticate``), started in the browser with id ``browser``."""
     token = secrets.token_urlsafe(32)
-    sid = store.create_session(user["name"], _token_hash(token), now=now)
-    return Session(token, sid, user)
+    browser_hash = _token_hash(browser) if is_browser_id(browser) else None
+    sid = store.create_session(user["name"], _token_hash(token), browser_hash=browser_hash, now=now)
+    return Session(token, sid, user, browser_hash)
 
 
 def resume_session(store: Store, token: object, *, now: float | None = None) -> Session | None:
@@ -199,4 +260,13 @@ def resume_session(store: Store, token: object, *, now: float | None = None) -> 
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         return None
     found = store.session_by_hash(_token_hash(token), now=now)
-    return Session(token, found["session_id"], found["user"]) if found else None
+    return Session(token, found["session_id"], found["user"], found["browser_hash"]) if found else None
+
+
+def started_in(session: Session, browser: object) -> bool:
+    """True when ``browser`` (the id cookie a request came with) is the browser ``session`` was started in.
+
+    A token from a link is honoured only then: a link carrying someone's session (sent to a victim, or copied
+    out of an address bar) does not sign in another browser."""
+    return (session.browser_hash is not None and is_browser_id(browser)
+            and hmac.compare_digest(session.browser_hash, _token_hash(browser)))

@@ -10,6 +10,7 @@ The model commands (extract, train, train-classifier, score) live in `cli_model`
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import sys
@@ -52,18 +53,20 @@ def cli(ctx: click.Context, db: Path | None, verbose: bool) -> None:
 @cli.command()
 @click.pass_context
 def init(ctx: click.Context) -> None:
-    """Create the database and the lead 'admin'.
+    """Create the database and the lead 'admin' (unless it has a lead already).
 
     Example: annotator init
     """
     store = open_store(ctx)
     try:
-        password = auth.ensure_admin(store)
+        created = auth.ensure_admin(store)
     except ValueError as e:  # $ANNOTATOR_ADMIN_PASSWORD too short
         raise click.ClickException(f"$ANNOTATOR_ADMIN_PASSWORD: {e}") from e
     click.echo(f"database: {store.path}")
-    if password:
-        click.echo(f"created lead 'admin' with password: {password}")
+    if created and created.from_environment:
+        click.echo("created lead 'admin' with the password in $ANNOTATOR_ADMIN_PASSWORD")
+    elif created:
+        click.echo(f"created lead 'admin' with password: {created.password}")
 
 
 @cli.command()
@@ -156,7 +159,8 @@ def worker(ctx, once, poll) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV file, - = stdout")
-@click.option("--threshold", type=float, help="score threshold (default: the model's delta)")
+@click.option("--threshold", type=float,
+              help="score threshold in [-1, 1] (default: the lead's override, else the model's delta)")
 @click.option("--only-kept", is_flag=True, help="write only the rows to keep")
 @click.option("--format", "fmt", type=click.Choice(["full", "train"]), default="full", show_default=True,
               help="full: every column (README); train: path,label,weight of the rows to keep, for a training script")
@@ -166,12 +170,15 @@ def export(ctx, out, threshold, only_kept, fmt) -> None:
 
     Example: annotator export --out train.csv --format train
     """
-    from .export import export_csv
+    from .export import ExportRefused, export_csv
     store = open_store(ctx)
-    if str(out) == "-":
-        n = export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept, fmt=fmt)
-    else:
-        n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=True)
+    try:
+        if str(out) == "-":
+            n = export_csv(store, sys.stdout, threshold=threshold, only_kept=only_kept, fmt=fmt)
+        else:
+            n = export_csv(store, out, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=True)
+    except ExportRefused as e:
+        raise click.ClickException(str(e)) from e
     click.echo(f"{n} rows written", err=True)
 
 
@@ -223,17 +230,32 @@ def demo(ctx, port) -> None:
     run_demo(ctx.obj["db"] if ctx.obj["db_given"] else DEMO_DB, port=port)
 
 
+def _addresses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Each value an IP address or network (10.0.0.0/8), else a usage error."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as e:
+            raise click.BadParameter(f"{value!r} is not an IP address or network") from e
+    return values
+
+
 @cli.command()
 @click.option("--port", type=int, default=8501, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address the app listens on; to serve other machines, put a TLS reverse proxy in front (README)")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, callback=_addresses,
+              help="address (or network) of your reverse proxy: the client address for login throttling is then "
+                   "taken from the X-Forwarded-For it sends (repeatable; default: no proxy is believed)")
 @click.pass_context
-def serve(ctx, port) -> None:
+def serve(ctx, port, host, trusted_proxies) -> None:
     """Start the worker and the app on your database; Ctrl+C stops both.
 
-    Example: annotator --db ~/birds/annotator.db serve --port 8502
+    Example: annotator --db ~/birds/annotator.db serve --port 8502 --trusted-proxy 127.0.0.1
     """
     from .demo import serve as serve_app
     open_store(ctx).close()
-    serve_app(ctx.obj["db"], port=port)
+    serve_app(ctx.obj["db"], port=port, host=host, trusted_proxies=trusted_proxies)
 
 
 for command in (extract, train, train_classifier, score, users):

@@ -1,58 +1,71 @@
-"""Reading a stored image file again (for display, and by rescan), with the same checks as at ingest.
+"""Reading a stored image file again for display, with the checks of ingest, and handing it to the page inline.
 
-A stored path was absolute and resolved (inside its ingest root) when it was ingested; the file may
-have changed since. ``read_stored`` reads it only while it is still a regular file at exactly that path
-(no symbolic link anywhere along it, so it cannot lead outside the root); ``read_for_display`` also
-wants at most ``MAX_BYTES``, fully decodable within ``ingest.MAX_PIXELS``. Otherwise they return the reason.
+A stored path was absolute and resolved (inside its ingest root) when it was ingested; the file may have
+changed since. ``read_for_display`` reads it with ``cleannet_core.safe_open.read_image`` (no symbolic link
+anywhere along the path, a regular file with a single link, at most ``MAX_BYTES``, within ``TIMEOUT_S``),
+checks its bytes against the content hash recorded at ingest (a file replaced or edited in place since is
+"changed since ingest", and its new content is not shown) and decodes it fully within ``ingest.MAX_PIXELS``.
+Otherwise it returns the reason.
+
+``inline`` turns the checked bytes into a ``data:`` URI that the page embeds in its HTML. Streamlit's
+``st.image`` would publish them under ``/media/...``, a URL its server answers without asking who is signed
+in; an inline image exists only in the signed-in page itself.
 """
+import base64
+import io
 import logging
-import os
-import stat
-from pathlib import Path
+from dataclasses import dataclass
 
-from .ingest import ESCAPES, MAX_PIXELS, MISSING, TOO_LARGE, UNREADABLE, decode
+from PIL import Image
+
+from cleannet_core.keys import CHANGED, content_hash
+from cleannet_core.safe_open import FileRefused, read_image
+
+from .ingest import MAX_PIXELS, decode
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 64 * 2 ** 20  # larger files are not read for display
-NOT_REGULAR = "not a regular file"
+TIMEOUT_S = 5.0  # a file not read within this is not shown (the page waits for it)
+MAX_SIDE = 1600  # pixels: larger images are shown scaled down (a grid tile or the single view never needs more)
+WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
 
 
-def read_stored(path: str, *, max_bytes: int | None = None) -> tuple[bytes, os.stat_result] | str:
-    """(the bytes, the ``fstat`` taken before reading them) of the regular file at exactly ``path``, or a reason:
-    ``ESCAPES`` (a link along the path), ``MISSING``, ``UNREADABLE``, ``NOT_REGULAR``, ``TOO_LARGE`` (over
-    ``max_bytes``; None = no limit)."""
+def read_for_display(path: str, *, expected_hash: str, max_pixels: int = MAX_PIXELS,
+                     max_bytes: int = MAX_BYTES) -> bytes | str:
+    """The bytes of the image at ``path`` when it passes the checks above, else a short reason (``safe_open``
+    and ``ingest`` reason strings, or ``keys.CHANGED`` when its bytes no longer hash to ``expected_hash``)."""
     try:
-        if Path(path).resolve(strict=True) != Path(path):  # a link somewhere along the path
-            return ESCAPES
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))  # no FIFO hang
-    except FileNotFoundError:
-        return MISSING
-    except (OSError, RuntimeError, ValueError) as e:  # permission, link swapped in since the check, loop
-        log.info("cannot open %s: %r", path, e)
-        return UNREADABLE
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        return NOT_REGULAR
-    with os.fdopen(fd, "rb") as f:
-        if max_bytes is not None and info.st_size > max_bytes:
-            return TOO_LARGE
-        try:
-            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
-        except OSError as e:
-            log.info("cannot read %s: %r", path, e)
-            return UNREADABLE
-    if max_bytes is not None and len(data) > max_bytes:
-        return TOO_LARGE
-    return data, info
+        data = read_image(path, max_bytes=max_bytes, timeout_s=TIMEOUT_S).data
+    except FileRefused as e:
+        log.info("not shown: %s", e)
+        return e.reason
+    if content_hash(data) != expected_hash:
+        return CHANGED
+    size = decode(data, max_pixels)  # checks the size before decoding; Pillow's process-wide limit stays as it is
+    return size if isinstance(size, str) else data
 
 
-def read_for_display(path: str, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> bytes | str:
-    """The bytes of the image at ``path`` when it passes the checks above, else a short reason
-    (``ingest`` reason strings, plus ``NOT_REGULAR``)."""
-    read = read_stored(path, max_bytes=max_bytes)
-    if isinstance(read, str):
-        return read
-    size = decode(read[0], max_pixels)
-    return size if isinstance(size, str) else read[0]
+def inline(data: bytes, *, max_side: int = MAX_SIDE) -> str:
+    """A ``data:`` URI of checked image bytes: as they are when a browser shows their format and they fit in
+    ``max_side``, else scaled down (aspect kept) and re-encoded as PNG."""
+    with Image.open(io.BytesIO(data)) as im:  # decoded once already, within MAX_PIXELS
+        mime = WEB_FORMATS.get(im.format or "")
+        if mime is None or max(im.size) > max_side:
+            im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            im.thumbnail((max_side, max_side))
+            out = io.BytesIO()
+            im.save(out, format="PNG")
+            data, mime = out.getvalue(), "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+@dataclass(frozen=True)
+class Inline:
+    uri: str  # data: URI of an image that passed read_for_display's checks
+
+
+def for_page(path: str, *, expected_hash: str, max_side: int = MAX_SIDE) -> Inline | str:
+    """``read_for_display``, made ready for the page: the image inline, or the reason it is not shown."""
+    data = read_for_display(path, expected_hash=expected_hash)
+    return data if isinstance(data, str) else Inline(inline(data, max_side=max_side))

@@ -30,12 +30,16 @@ older ones): the "wrong" is taken, since keeping a label its annotator called wr
 annotator marked correct can have ``predicted_noisy`` 1 and ``final_label`` set. ``only_kept=True``
 writes only rows with keep 1. Floats carry 6 significant digits.
 
-CSV injection: in the ``full`` format, text cells (path, labels, annotator) that begin with
+CSV injection: in both formats, text cells (path, labels, annotator) that begin with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return are prefixed with a single quote ``'``, so a
-spreadsheet shows them as text instead of running them. Numbers we compute are written
-as plain numbers (a score of -0.12 stays ``-0.12``). The ``train`` format is for programs and
-writes paths and labels verbatim (an escaped label would be a different class); open the
-``full`` format in spreadsheets.
+spreadsheet shows them as text instead of running them (a ``train`` file gets opened in spreadsheets
+too; a training script sees such a label with its quote). Numbers we compute are written as plain
+numbers (a score of -0.12 stays ``-0.12``).
+
+Refused with ``ExportRefused`` (nothing written): a target path that is the database itself or one of
+the files SQLite keeps beside it (``-wal``, ``-shm``, ``-journal``), by name, through a symbolic link or
+as a hard link (writing there would replace the database), and a threshold that is not a number in
+[-1, 1] (NaN or infinity would silently keep or drop every row).
 
 Memory stays flat: rows stream from ``Store.export_rows`` (paged by id) into
 ``csv.writer``. A path target is written to a temporary file and renamed into place, so
@@ -49,6 +53,8 @@ Example::
 
 import csv
 import logging
+import math
+import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,6 +92,11 @@ COLUMNS = tuple(COLUMN_DOCS)
 TRAIN_COLUMNS = ("path", "label", "weight")  # the train format: final_label, w_soft; kept rows only
 FORMATS = {"full": COLUMNS, "train": TRAIN_COLUMNS}
 DANGEROUS = ("=", "+", "-", "@", "\t", "\r")  # first characters a spreadsheet may treat as a formula
+SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # the database file and those SQLite keeps beside it
+
+
+class ExportRefused(ValueError):
+    """An export that would overwrite the database, or whose threshold is not a number in [-1, 1]."""
 
 
 def escape_cell(text: str | None) -> str:
@@ -130,7 +141,7 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt
         if (only_kept or fmt == "train") and final is None:
             continue
         if fmt == "train":
-            yield path, final, _num(w_soft)
+            yield escape_cell(path), escape_cell(final), _num(w_soft)
             continue
         for name in (label, corrected, suggested, final):
             if name not in names:
@@ -142,13 +153,30 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt
                version if score is not None else "")
 
 
+def _refuse_store_files(store: Store, out: Path) -> None:
+    """Raise ``ExportRefused`` when ``out`` is the database or a file SQLite keeps beside it: the same path once
+    links are resolved, or the same file (a hard link)."""
+    for suffix in SQLITE_SUFFIXES:
+        own = Path(f"{store.path}{suffix}")
+        same = out.resolve() == own.resolve()
+        if not same and out.exists() and own.exists():
+            same = os.path.samefile(out, own)
+        if same:
+            raise ExportRefused(f"{out} is the database's own file {own.name}: exporting there would destroy it; "
+                                "choose another --out")
+
+
 def export_csv(store: Store, out: str | Path | TextIO, *, threshold: float | None = None, only_kept: bool = False,
                fmt: str = "full", progress: bool = False, page: int = 5000) -> int:
     """Write the export to ``out`` (a path, or a text file opened with ``newline=''``); returns the rows
-    written (header excluded). ``fmt``: 'full' or 'train' (``FORMATS``); ``page``: images per store query."""
+    written (header excluded). ``fmt``: 'full' or 'train' (``FORMATS``); ``page``: images per store query.
+    Raises ``ExportRefused`` (see the module docstring)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise ExportRefused(f"the threshold must be a number in [-1, 1] (scores are), got {threshold}")
     if isinstance(out, (str, Path)):
+        _refuse_store_files(store, Path(out))
         with atomic_write(out, text=True, newline="", encoding="utf-8") as f:
             return export_csv(store, f, threshold=threshold, only_kept=only_kept, fmt=fmt, progress=progress,
                               page=page)

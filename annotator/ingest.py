@@ -2,12 +2,15 @@
 
 Bad inputs are counted and reported, never fatal: each gets one stable reason string
 (``REASONS``), is listed in the ``IngestReport`` and recorded with
-``Store.add_ingest_errors``. Every file is read once; its bytes give both the content hash
-(blake2b-128) and a full Pillow decode. Re-ingesting a source adds no rows: stored paths
+``Store.add_ingest_errors``. Every file is read once, by ``cleannet_core.safe_open.read_image`` (no
+symbolic link along the path, a regular file with one link, bounded in size and time); its bytes give both
+the content hash (blake2b-128) and a full Pillow decode. Re-ingesting a source adds no rows: stored paths
 are skipped before their files are read. Paths are stored absolute and resolved, and
 must stay inside the root (``..``, absolute paths and symlinks leading out are refused).
 A file or folder name that is not valid UTF-8 is recorded as ``name not UTF-8`` (shown with
-``\\xNN`` escapes) and the rest is ingested. Labels are stored verbatim after stripping surrounding
+``\\xNN`` escapes) and the rest is ingested. A label with invisible characters (a bidi override such as
+U+202E, a zero-width space: ``names.invisible``) is refused as ``class name has invisible characters``,
+so two classes never look alike. Labels are otherwise stored verbatim after stripping surrounding
 whitespace: they may hold hostile text (``=HYPERLINK(...)``, ``<script>``), which exporters and the UI
 must escape.
 
@@ -31,24 +34,25 @@ from PIL import Image
 from tqdm import tqdm
 
 from cleannet_core.keys import content_hash
+from cleannet_core.safe_open import (ESCAPES, HARD_LINKED, MISSING, NOT_REGULAR, TIMED_OUT, TOO_LARGE, UNREADABLE,
+                                     FileRefused, read_image)
 
+from .names import invisible, visible
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-MISSING = "missing"
+# the file reasons of safe_open (MISSING, ESCAPES, NOT_REGULAR, HARD_LINKED, TOO_LARGE, UNREADABLE, TIMED_OUT), and:
 EMPTY = "empty file"
 NOT_IMAGE = "not an image"
 CORRUPT = "corrupt or truncated"
-TOO_LARGE = "too large"
-ESCAPES = "path escapes root"
-UNREADABLE = "unreadable"
 BAD_ROW = "bad csv row"
 UNKNOWN_CLASS = "unknown class"
 DUPLICATE_ROW = "duplicate row"
 BAD_NAME = "name not UTF-8"
-REASONS = (MISSING, EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, ESCAPES, UNREADABLE, BAD_ROW, UNKNOWN_CLASS,
-           DUPLICATE_ROW, BAD_NAME)
+BAD_CLASS = "class name has invisible characters"  # bidi overrides, zero-width spaces, ... (names.invisible)
+REASONS = (MISSING, EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, ESCAPES, UNREADABLE, NOT_REGULAR, HARD_LINKED, TIMED_OUT,
+           BAD_ROW, UNKNOWN_CLASS, DUPLICATE_ROW, BAD_NAME, BAD_CLASS)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # folder ingest only
 MAX_PIXELS = 50_000_000  # default decompression-bomb limit (width * height)
@@ -149,7 +153,7 @@ class _Ingest:
         self.bar = tqdm(total=total, disable=not progress, unit="img", desc="ingest")
 
     def error(self, shown: str, reason: str) -> None:
-        shown = printable(shown)
+        shown = visible(printable(shown))  # reports and the Admin page show every character
         log.debug("ingest %s: %s (%s)", self.report.source, shown, reason)
         self.report.errors.append((shown, reason))
         self.report.counts[reason] += 1
@@ -165,6 +169,8 @@ class _Ingest:
             return self.error(shown, ESCAPES)
         if not _is_utf8(str(path)) or not _is_utf8(label):  # SQLite stores text as UTF-8 only
             return self.error(shown, BAD_NAME)
+        if invisible(label):  # two classes that look the same, or text that reverses what is shown after it
+            return self.error(shown, BAD_CLASS)
         if self.allowed is not None and label not in self.allowed:
             return self.error(shown, UNKNOWN_CLASS)
         if str(path) in self.seen:
@@ -176,13 +182,11 @@ class _Ingest:
 
     def _read(self, item: _Item) -> dict | str:
         try:
-            mtime = item.path.stat().st_mtime  # before the read: a write during it leaves a newer mtime for rescan
-            data = item.path.read_bytes()
-        except FileNotFoundError:
-            return MISSING
-        except OSError as e:  # permission denied, a directory, I/O error
-            log.debug("cannot read %s: %r", item.path, e)
-            return UNREADABLE
+            read = read_image(item.path)
+        except FileRefused as e:  # missing, a link swapped in, a FIFO or device, hard-linked, too large, ...
+            log.debug("%s", e)
+            return e.reason
+        data, mtime = read.data, read.stat.st_mtime  # fstat before the read: a write during it leaves a newer mtime
         size = decode(data, self.max_pixels)
         if isinstance(size, str):
             return size
@@ -248,8 +252,8 @@ def ingest_folder(store: Store, root: str | Path, *, allowed_classes: Iterable[s
     with _pixel_limit(max_pixels):
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             label = class_dir.name.strip()
-            if not _is_utf8(label):  # the class name itself is unusable: one error for the folder
-                run.error(str(class_dir), BAD_NAME)
+            if not _is_utf8(label) or invisible(label):  # the class name itself is unusable: one error for the folder
+                run.error(str(class_dir), BAD_NAME if not _is_utf8(label) else BAD_CLASS)
                 continue
             for dirpath, dirnames, filenames in os.walk(class_dir):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

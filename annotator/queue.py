@@ -46,6 +46,13 @@ class QueueItem:
     suggested_score: float | None
     reason: str                    # 'uncertain' | 'audit' | 'grid': pass to record_verdict(reason=...)
     model_version: int | None = None  # the model that chose the item; pass to record_verdict(model_version=...)
+    content_hash: str = ""         # recorded at ingest: the display shows the file only while its bytes match
+
+    @classmethod
+    def of(cls, row: dict, reason: str, version: int | None) -> "QueueItem":
+        """The item of a ``Store.queue_rows`` row, served for ``reason`` by model ``version``."""
+        return cls(row["image_id"], row["path"], row["label"], row["score"], row["suggested_label"],
+                   row["suggested_score"], reason, version, row["hash"])
 
 
 def _class_ids(store: Store, class_name: str | None) -> list[int]:
@@ -60,8 +67,7 @@ def _class_ids(store: Store, class_name: str | None) -> list[int]:
 
 def _items(store: Store, ids: list[int], reasons: dict[int, str], version: int | None) -> list[QueueItem]:
     rows = store.queue_rows(ids, version)
-    return [QueueItem(i, rows[i]["path"], rows[i]["label"], rows[i]["score"], rows[i]["suggested_label"],
-                      rows[i]["suggested_score"], reasons[i], version) for i in ids if i in rows]
+    return [QueueItem.of(rows[i], reasons[i], version) for i in ids if i in rows]
 
 
 def _serve(store: Store, annotator: str, class_ids: list[int], n: int, resume_reason: str, draw,

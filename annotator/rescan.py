@@ -8,8 +8,9 @@ checks the bytes it reads against the stored hash (and reports "changed since in
 every file's size and mtime with the recorded ones, rehashing (and decoding) only those that differ, or that
 have no recorded mtime yet. New content gets its new hash, so the next round extracts its features; its
 verdicts stay (they judged the old content, which the report counts so a lead can look). Files are read with
-the checks of ingest and display (``display.read_stored``): a path that became a symbolic link, or leads
-through one, is refused as "path escapes root" and reported like a missing file. Each folder is resolved once,
+the checks of ingest and display (``cleannet_core.safe_open.read_image``): a path that became a symbolic link,
+or leads through one, is refused as "path escapes root", a FIFO or device as "not a regular file", a file
+with a second hard link as "hard-linked file", and each is reported like a missing file. Each folder is resolved once,
 so a folder replaced by a link is found even where its files' size and mtime are unchanged.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from .display import read_stored
 from cleannet_core.keys import content_hash
+from cleannet_core.safe_open import FileRefused, read_image
 
 from .ingest import ESCAPES, MAX_PIXELS, _pixel_limit, decode
 from .store import Store
@@ -53,11 +54,12 @@ class RescanReport:
 
 def _reread(row: dict, max_pixels: int) -> dict | str:
     """-> {id, hash, bytes, mtime, width, height} of the file now (plus "error" when it does not decode), or the
-    reason it cannot be read (``display.read_stored``)."""
-    read = read_stored(row["path"])
-    if isinstance(read, str):
-        return read
-    data, info = read
+    reason it cannot be read (``safe_open.read_image``)."""
+    try:
+        read = read_image(row["path"])
+    except FileRefused as e:
+        return e.reason
+    data, info = read.data, read.stat
     size = decode(data, max_pixels)
     out = {"id": row["id"], "hash": content_hash(data), "bytes": len(data), "mtime": info.st_mtime,
            "width": None, "height": None}

@@ -240,10 +240,45 @@ INSERT INTO scores_queue SELECT model_version, label_id, uncertainty, image_id F
 """)
 
 
+def _accounts_v2(db: Database) -> None:
+    """Accounts, second version.
+
+    - Session ids are never reused (``AUTOINCREMENT``): a verdict's ``session_id`` scopes undo to the login it
+      was given in, and a plain rowid would hand a logged-out session's id to the next login, whose undo would
+      reach the old session's verdicts. The counter starts above every id a session or a verdict has used.
+    - A session remembers the browser it was started in (``browser_hash``), so a link carrying its token does
+      not sign in another browser; a login attempt remembers the browser it came from, so a browser that logged
+      in before is not held back by failures from elsewhere.
+    - A user remembers when the password was last set: failed logins before it no longer throttle the name.
+    """
+    db.executescript("""
+ALTER TABLE users ADD COLUMN password_set_at REAL;
+ALTER TABLE login_attempts ADD COLUMN browser_hash TEXT;   -- SHA-256 of the browser id cookie (NULL: none)
+CREATE INDEX login_attempts_browser ON login_attempts(browser_hash, user_key) WHERE browser_hash IS NOT NULL;
+CREATE TABLE sessions_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused (verdicts.session_id refers to it)
+    token_hash TEXT UNIQUE NOT NULL,        -- SHA-256 hex of the random token; the token itself is never stored
+    user TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL NOT NULL,
+    expires_at REAL NOT NULL,               -- absolute end (capped when checked too)
+    browser_hash TEXT                       -- SHA-256 hex of the browser cookie of the login (NULL: none)
+);
+INSERT INTO sessions_v2 (id, token_hash, user, created_at, last_used, expires_at)
+    SELECT id, token_hash, user, created_at, last_used, expires_at FROM sessions;
+DROP TABLE sessions;
+ALTER TABLE sessions_v2 RENAME TO sessions;
+CREATE INDEX sessions_user ON sessions(user);
+DELETE FROM sqlite_sequence WHERE name IN ('sessions', 'sessions_v2');
+INSERT INTO sqlite_sequence (name, seq) SELECT 'sessions', MAX(COALESCE((SELECT MAX(id) FROM sessions), 0),
+                                                               COALESCE((SELECT MAX(session_id) FROM verdicts), 0));
+""")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
                                                  _worker_round_progress, _model_artifacts, _images_mtime,
-                                                 _verdict_note, _scores_queue_table]
+                                                 _verdict_note, _scores_queue_table, _accounts_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

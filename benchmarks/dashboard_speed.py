@@ -25,7 +25,6 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from annotator import auth
-from annotator.pages import common
 from annotator.store import Store
 from benchmarks.queue_speed import build_store
 from benchmarks.report import write_json
@@ -52,7 +51,7 @@ def run(db: Path, repeats: int) -> dict[str, list[float]]:
         auth.ensure_admin(store)
         token = auth.start_session(store, store.get_user(auth.ADMIN)).token
     at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params[common.SESSION_PARAM] = token
+    at.session_state["token"] = token  # signed in as after the login form (a URL token needs the browser's cookie)
     at.run()
     at.switch_page(PAGE)
     times["cold"].append(timed_run(at))

@@ -6,6 +6,7 @@ vectors are CleanNet's input features (§1), and the classifier retrained with C
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from . import efficientnet
 from .atomic import atomic_write
+from .safe_open import FileRefused, read_image
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,8 @@ def make_transform(image_size: int, train: bool, *, arch: str = "resnet18") -> T
 
 
 class ImageDataset(Dataset):
-    """Yields (image (3,S,S), label, index, error). Unreadable files give a zero image and a non-empty error."""
+    """Yields (image (3,S,S), label, index, error). Files are read with ``safe_open.read_image``; unreadable
+    files give a zero image and a non-empty error."""
 
     def __init__(self, paths: Sequence[str | Path], labels: np.ndarray | None, transform: T.Compose, image_size: int):
         self.paths = [str(p) for p in paths]
@@ -159,10 +162,12 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, str]:
         label = int(self.labels[i]) if self.labels is not None else -1
         try:
-            with Image.open(self.paths[i]) as im:
+            with Image.open(io.BytesIO(read_image(self.paths[i]).data)) as im:
                 img = im.convert("RGB")
             return self.transform(img), label, i, ""
-        except Exception as e:  # any decode failure (missing, truncated, not an image, ...) must not kill the loader
+        except FileRefused as e:  # a link along the path, not a regular file, too large, ... (safe_open)
+            return torch.zeros(3, self.image_size, self.image_size), label, i, str(e)
+        except Exception as e:  # any decode failure (truncated, not an image, ...) must not kill the loader
             return torch.zeros(3, self.image_size, self.image_size), label, i, f"{type(e).__name__}: {e}"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,8 +25,9 @@ from tqdm import tqdm
 from .atomic import atomic_write
 from .classifier import ALL_ARCHS, Backbone
 from .efficientnet import LITE_MEAN, LITE_STD, PADDING, packaged_weights_file
-from .keys import content_key
-from .loading import iter_features, read_error
+from .keys import content_hash, content_key  # noqa: F401  (content_key: the public name of the key)
+from .loading import EMPTY, iter_features
+from .safe_open import FileRefused, read_image
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +209,10 @@ class FeatureResult:
 def _hash_or_error(path: str) -> tuple[str, str]:
     """-> (content key, '') or ('', reason)."""
     try:
-        if os.path.getsize(path) == 0:
-            return "", "empty file (0 bytes)"
-        return content_key(path), ""
-    except OSError as e:
-        return "", read_error(e)
+        data = read_image(path).data
+    except FileRefused as e:
+        return "", str(e)
+    return (content_hash(data), "") if data else ("", EMPTY)
 
 
 def fill_cache(model: Backbone | Callable[[], Backbone], paths: Sequence[str | Path], keys: Sequence[str], *,

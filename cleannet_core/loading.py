@@ -17,23 +17,19 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from . import efficientnet
 from .classifier import IMAGENET_MEAN, IMAGENET_STD, LITE_ARCHS, Backbone, is_small, make_transform, resolve_device
-from .keys import content_hash
+from .keys import CHANGED, content_hash
+from .safe_open import FileRefused, read_image
 
 DECODERS = ("cpu", "gpu")  # where JPEGs are decoded: DataLoader workers, or decode_jpeg on the CUDA device
-
-
-CHANGED = "changed since ingest (its content hash differs; run `annotator rescan`)"
-
-
-def read_error(e: OSError) -> str:
-    return "file not found" if isinstance(e, FileNotFoundError) else f"{type(e).__name__}: {e}"
+EMPTY = "empty file (0 bytes)"
 
 
 class _Images(Dataset):
     """Item i -> (i, pixels (3, S, S) float or None, JPEG bytes (n,) uint8 or None, error '' or reason).
 
-    Reads each file once, checks its bytes against the expected content key (a file edited since it was keyed
-    is reported, never cached under the old key), then decodes in the DataLoader worker, or, with gpu_jpeg,
+    Reads each file once (``safe_open.read_image``: no link along the path, a regular file, bounded), checks its
+    bytes against the expected content key (a file edited since it was keyed is reported, never cached under the
+    old key), then decodes in the DataLoader worker, or, with gpu_jpeg,
     passes JPEG bytes through for torchvision.io.decode_jpeg on the GPU (other formats still decode here).
     """
 
@@ -46,12 +42,11 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None, str]:
         try:
-            with open(self.paths[i], "rb") as f:
-                data = f.read()
-        except OSError as e:
-            return i, None, None, read_error(e)
+            data = read_image(self.paths[i]).data
+        except FileRefused as e:
+            return i, None, None, str(e)
         if not data:
-            return i, None, None, "empty file (0 bytes)"
+            return i, None, None, EMPTY
         if content_hash(data) != self.keys[i]:
             return i, None, None, CHANGED
         if self.gpu_jpeg and data[:3] == b"\xff\xd8\xff":

@@ -40,6 +40,17 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+def wait_healthy(url: str, proc: subprocess.Popen) -> None:
+    """Wait until the Streamlit server at ``url`` answers /_stcore/health with ok (fails if ``proc`` exits)."""
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout=60, what="streamlit to start", proc=proc, every=0.3)
+
+
 @contextmanager
 def streamlit_app(env: dict, *, log_name: str) -> Iterator[str]:
     """Run `streamlit run app.py` with `env` until the block ends; yields its URL once /_stcore/health is ok.
@@ -53,13 +64,7 @@ def streamlit_app(env: dict, *, log_name: str) -> Iterator[str]:
              "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
              "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            def healthy() -> bool:
-                try:
-                    return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
-                except OSError:
-                    return False
-
-            wait_for(healthy, timeout=60, what="streamlit to start", proc=proc, every=0.3)
+            wait_healthy(url, proc)
             yield url
         finally:
             stop(proc)

@@ -76,6 +76,20 @@ def demo_rows(n: int | None = None) -> list[dict]:
     return rows[:n] if n is not None else rows
 
 
+def demo_db(tmp: Path, n: int) -> Path:
+    """A database in ``tmp/state`` holding the first ``n`` demo images (ingested from a CSV of their rows), every
+    class chosen for verification; returns its path."""
+    from annotator.ingest import ingest_csv
+    from annotator.store import Store
+    lines = (DEMO / "labels.csv").read_text().splitlines()[:n + 1]
+    (tmp / "labels.csv").write_text("\n".join(lines) + "\n")
+    db = tmp / "state" / "annotator.db"
+    with Store(db) as store:
+        assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == n
+        store.set_verify([c["name"] for c in store.classes()])
+    return db
+
+
 def demo_as_cifar10n(dst: Path) -> Path:
     """data/demo written in the CIFAR-10N folder layout the benchmarks read (labels.csv, test_labels.csv,
     stats.json).

@@ -69,11 +69,12 @@ def add_model(store, *, metrics=None):
 
 
 def app(user: str | None = None, *, page: str | None = None) -> AppTest:
-    """AppTest of app.py, run once; signed in as ``user`` (by a session token, like a reloaded tab)."""
+    """AppTest of app.py, run once; signed in as ``user`` (a session this browser session started, as after the
+    login form: AppTest sends no cookies, so a token in the URL alone would not sign it in)."""
     at = AppTest.from_file(APP, default_timeout=60)
     if user:
         with Store() as store:
-            at.query_params[common.SESSION_PARAM] = auth.start_session(store, store.get_user(user)).token
+            at.session_state["token"] = auth.start_session(store, store.get_user(user)).token
     at.run()
     if page:
         at.switch_page(page).run()
@@ -119,11 +120,14 @@ def test_login_logout_and_session_token(db):
     at.button(key="login_submit").click().run()
     assert not at.exception and at.title[0].value == "Annotate"
     token = at.query_params[common.SESSION_PARAM]
-    # a reload (new session, same URL) stays signed in
+    # the same URL in another browser session without this browser's cookie (AppTest sends none) does not sign
+    # in (a reload in the same browser does: tests/test_browser.py)
     again = AppTest.from_file(APP, default_timeout=60)
     again.query_params[common.SESSION_PARAM] = token
     again.run()
-    assert again.title[0].value == "Annotate"
+    assert [t.key for t in again.text_input] == ["login_name", "login_password"]
+    assert "carries a login of another browser" in again.info[0].value
+    assert common.SESSION_PARAM not in again.query_params
     # log out: back to the form, token gone from the URL
     at.button(key="logout").click().run()
     assert [t.key for t in at.text_input] == ["login_name", "login_password"]
@@ -169,6 +173,11 @@ def test_deactivated_user_is_signed_out_at_the_next_rerun(db):
 
 
 # -- annotate ---------------------------------------------------------------------------
+def inline_images(at) -> list[str]:
+    """The src of every <img> the page embeds with st.html (the annotate page's images)."""
+    return re.findall(r'<img src="([^"]*)"', "".join(h.proto.body for h in at.get("html")))
+
+
 def shown_image(at) -> int:
     caption = next(c.value for c in at.caption if c.value.startswith("Image #"))
     return int(caption.split("#")[1].split(" ")[0])

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
-from helpers import DEMO
+from helpers import demo_db
 from test_browser import metric, new_page
 
 from annotator import auth
-from annotator.ingest import ingest_csv
 from annotator.store import Store
 
 PASSWORD = "alice-password"
@@ -30,13 +29,8 @@ expect = sync_api.expect
 def server(tmp_path_factory):
     """Yields (url, db path) of `streamlit run app.py` on 120 demo images, alice an annotator."""
     ARTIFACTS.mkdir(exist_ok=True)
-    tmp = tmp_path_factory.mktemp("integrity")
-    db = tmp / "state" / "annotator.db"
-    lines = (DEMO / "labels.csv").read_text().splitlines()[:N_IMAGES + 1]
-    (tmp / "labels.csv").write_text("\n".join(lines) + "\n")
+    db = demo_db(tmp_path_factory.mktemp("integrity"), N_IMAGES)
     with Store(db) as store:
-        assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == N_IMAGES
-        store.set_verify([c["name"] for c in store.classes()])
         auth.add_user(store, "alice", "annotator", PASSWORD)
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD="admin-password-1", PYTHONUNBUFFERED="1")
     with streamlit_app(env, log_name="streamlit-integrity.log") as url:

@@ -171,8 +171,8 @@ def test_train_format_is_path_final_label_weight_of_kept_rows(store, small):
     store.add_images([{"path": "=cmd.jpg", "hash": "h", "label_id": small["+1"]}])  # no score: kept, weight 1
     buf = io.StringIO(newline="")
     assert export_csv(store, buf, fmt="train") == 4
-    assert buf.getvalue().splitlines() == [  # paths and labels verbatim: the format is for programs
-        "path,label,weight", "/img/1.jpg,cat,1", "/img/3.jpg,dog,1", "/img/5.jpg,cat,0.123457", "=cmd.jpg,+1,1"]
+    assert buf.getvalue().splitlines() == [  # formula-like cells escaped: train files get opened in spreadsheets too
+        "path,label,weight", "/img/1.jpg,cat,1", "/img/3.jpg,dog,1", "/img/5.jpg,cat,0.123457", "'=cmd.jpg,'+1,1"]
     with pytest.raises(ValueError, match="full, train"):
         export_csv(store, io.StringIO(), fmt="parquet")
 
@@ -194,3 +194,30 @@ def test_a_stored_wrong_verdict_naming_the_images_own_label_is_dropped(store, sm
     assert (row["verdict"], row["corrected_label"], row["final_label"], row["decided_by"], row["keep"],
             row["w_soft"]) == ("wrong", "dog", "", "verdict", "0", "0")
     assert "/img/6.jpg" not in [r["path"] for r in read(store, only_kept=True)]
+
+
+def test_the_cli_refuses_to_export_over_the_database_or_with_a_threshold_that_is_no_number(tmp_path):
+    from click.testing import CliRunner
+
+    from annotator.cli import cli
+    db = tmp_path / "state" / "annotator.db"
+    with Store(db) as store:
+        cid = store.ensure_classes(["cat"])["cat"]
+        store.add_images([{"path": f"/img/{k}.jpg", "hash": str(k), "label_id": cid} for k in range(3)])
+        (tmp_path / "link.csv").symlink_to(db)
+        (tmp_path / "hard.csv").hardlink_to(db)
+        runner = CliRunner()
+        targets = [db, f"{db}-wal", f"{db}-shm", tmp_path / "state" / ".." / "state" / "annotator.db",
+                   tmp_path / "link.csv", tmp_path / "hard.csv"]
+        for target in targets:  # the WAL and SHM exist while this store is open
+            res = runner.invoke(cli, ["--db", str(db), "export", "--out", str(target)])
+            assert res.exit_code == 1 and "the database's own file" in res.output, (target, res.output)
+        for bad in ("nan", "inf", "-inf", "1.5", "-2"):
+            for fmt in ("full", "train"):
+                res = runner.invoke(cli, ["--db", str(db), "export", "--out", str(tmp_path / "x.csv"),
+                                          "--threshold", bad, "--format", fmt])
+                assert res.exit_code == 1 and "a number in [-1, 1]" in res.output, (bad, res.output)
+        assert not (tmp_path / "x.csv").exists()
+        assert store.images_count() == 3 and (tmp_path / "link.csv").is_symlink()
+        res = runner.invoke(cli, ["--db", str(db), "export", "--out", str(tmp_path / "ok.csv"), "--threshold", "-1"])
+        assert res.exit_code == 0 and len((tmp_path / "ok.csv").read_text().splitlines()) == 4

@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import DEMO, NAMES, demo_rows
 
 from annotator.ingest import (CORRUPT, EMPTY, ESCAPES, MAX_PIXELS, MISSING, NOT_IMAGE, TOO_LARGE, UNKNOWN_CLASS,
-                              UNREADABLE, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, decode,
+                              NOT_REGULAR, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, decode,
                               ingest_csv, ingest_folder)
 from annotator.rescan import rescan
 from annotator.store import Store
@@ -78,7 +78,7 @@ def corpus(tmp_path):
         w.writerows(rows)
     expected = {
         "corrupt.jpg": CORRUPT, "truncated.jpg": CORRUPT, "empty.jpg": EMPTY, "text.jpg": NOT_IMAGE,
-        "big.png": TOO_LARGE, "huge.png": TOO_LARGE, "dir.jpg": UNREADABLE, "nothere.jpg": MISSING,
+        "big.png": TOO_LARGE, "huge.png": TOO_LARGE, "dir.jpg": NOT_REGULAR, "nothere.jpg": MISSING,
         "good1.png": DUPLICATE_ROW, "../outside.jpg": ESCAPES, str(outside): ESCAPES, "link.jpg": ESCAPES,
         "bird.png": UNKNOWN_CLASS, "short.png": BAD_ROW, "nolabel.png": BAD_ROW,
     }
@@ -93,7 +93,7 @@ def test_csv_bad_inputs_each_get_their_reason(store, corpus):
     report = ingest_csv(store, csv_path, root, allowed_classes=ALLOWED, max_pixels=1500, progress=False)
     assert dict(report.errors) == expected and len(report.errors) == len(expected)
     assert report.counts == {CORRUPT: 2, TOO_LARGE: 2, ESCAPES: 3, BAD_ROW: 2, EMPTY: 1, NOT_IMAGE: 1,
-                             UNREADABLE: 1, MISSING: 1, DUPLICATE_ROW: 1, UNKNOWN_CLASS: 1}
+                             NOT_REGULAR: 1, MISSING: 1, DUPLICATE_ROW: 1, UNKNOWN_CLASS: 1}
     assert (report.added, report.duplicates, report.skipped_existing) == (5, 1, 0)
     assert store.ingest_error_counts() == dict(report.counts)
     images = {Path(r["path"]).name: r for r in store.iter_images()}

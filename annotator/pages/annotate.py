@@ -21,17 +21,20 @@ recorded twice.
 
 Undo (``z``) voids my most recent verdict of this login session; a saved grid page is undone as a
 whole, and undo reaches back at most ``UNDO_DEPTH`` steps. The item after the current one stays leased
-in session state with its bytes already read, so the next image shows in the same rerun; a reload
-resumes my leases; grid mode keeps its page's images too. A file that cannot be shown is named by image
-id and file name: only leads see its path on the server.
+in session state with its image already read, so the next image shows in the same rerun; a reload
+resumes my leases; grid mode keeps its page's images too. Images are embedded in the page as ``data:`` URIs
+(``annotator.display``): Streamlit's /media URLs answer anyone who has the link, signed in or not. A file
+that cannot be shown (missing, changed since ingest, a link, ...) is named by image id and file name: only
+leads see its path on the server.
 """
+import html
 import os
 import secrets
 from pathlib import Path
 
 import streamlit as st
 
-from annotator.display import read_for_display
+from annotator import display
 from annotator.pages.common import context, md, threshold
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
 from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
@@ -44,6 +47,7 @@ STYLE = """<style>
                        object-fit: contain; object-position: left top;}
 </style>"""
 GRID = 16
+GRID_SIDE = 512  # pixels: grid tiles are shown at most this large
 REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a random audit sample",
                "grid": "grid mode", "manual": "manual"}
 
@@ -106,8 +110,7 @@ def _undo(store: Store, user: dict) -> None:
     model = store.current_model()
     version = model["version"] if model else None
     found = store.queue_rows(ids, version)
-    back = [QueueItem(i, found[i]["path"], found[i]["label"], found[i]["score"], found[i]["suggested_label"],
-                      found[i]["suggested_score"], next(r["reason"] for r in rows if r["image_id"] == i), version)
+    back = [QueueItem.of(found[i], next(r["reason"] for r in rows if r["image_id"] == i), version)
             for i in ids if i in found]
     st.session_state["ann_items"] = back + [i for i in st.session_state.get("ann_items") or [] if i.image_id not in ids]
 
@@ -159,12 +162,12 @@ def fill(store: Store, name: str) -> list[QueueItem]:
         have = {i.image_id for i in items}
         items += [i for i in next_items(store, name, n=PREFETCH) if i.image_id not in have][:PREFETCH - len(items)]
         st.session_state["ann_items"] = items
-    cache = st.session_state.setdefault("ann_bytes", {})
+    cache = st.session_state.setdefault("ann_pictures", {})
     for key in [k for k in cache if k not in {i.image_id for i in items}]:
         del cache[key]
-    for item in items:  # the next image's bytes are read (and checked) now, before it is shown
+    for item in items:  # the next image is read (and checked) now, before it is shown
         if item.image_id not in cache:
-            cache[item.image_id] = read_for_display(item.path)
+            cache[item.image_id] = display.for_page(item.path, expected_hash=item.content_hash)
     return items
 
 
@@ -200,12 +203,13 @@ def where(item: QueueItem, user: dict) -> str:
     return item.path if user.get("role") == "lead" else f"image #{item.image_id}, file {Path(item.path).name}"
 
 
-def show_image(data: bytes | str, shown: str, width: int | str) -> None:
-    """The image, or (``data`` is a reason from ``read_for_display``) the warning naming the file as ``shown``."""
-    if isinstance(data, str):
-        st.warning(f"Image file missing or unreadable ({md(data)}): {md(shown)}. Mark it unsure to move on.")
+def show_image(picture: display.Inline | str, shown: str) -> None:
+    """The image, embedded in the page (never a /media URL, which Streamlit serves to anyone), or (``picture``
+    is a reason from ``display.for_page``) the warning naming the file as ``shown``."""
+    if isinstance(picture, str):
+        st.warning(f"Image file missing or unreadable ({md(picture)}): {md(shown)}. Mark it unsure to move on.")
     else:
-        st.image(data, width=width)
+        st.html(f'<img src="{picture.uri}" alt="{html.escape(shown)}" style="width: 100%">')
 
 
 def single_mode(store: Store, user: dict) -> None:
@@ -256,7 +260,7 @@ def single_mode(store: Store, user: dict) -> None:
             elif delta is not None:
                 st.caption("The model thinks this label is right.")
     with left, st.container(key="ann_image"):
-        show_image(st.session_state["ann_bytes"].get(item.image_id), where(item, user), "stretch")
+        show_image(st.session_state["ann_pictures"].get(item.image_id), where(item, user))
 
 
 def undo_button(disabled: bool = False) -> None:
@@ -307,20 +311,21 @@ def relabel_panel(store: Store) -> None:
                      on_click=_queue, args=("relabel", last["verdict_id"], other))
 
 
-def grid_images(items: list[QueueItem]) -> dict[int, bytes | str]:
-    """``read_for_display`` of each grid item, kept in session state between reruns and read again only when the
-    file's (inode, size, mtime) changed; that stamp is taken before the read, so a write during it shows next time."""
-    old, cache = st.session_state.get("ann_grid_bytes") or {}, {}
+def grid_images(items: list[QueueItem]) -> dict[int, display.Inline | str]:
+    """``display.for_page`` of each grid item (scaled to ``GRID_SIDE``), kept in session state between reruns and
+    read again only when the file's (inode, size, mtime) changed; that stamp is taken before the read, so a write
+    during it shows next time."""
+    old, cache = st.session_state.get("ann_grid_pictures") or {}, {}
     for item in items:
         try:
             info = os.lstat(item.path)
             stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
-        except OSError:  # gone: read_for_display says so
+        except OSError:  # gone: for_page says so
             stamp = None
         hit = old.get(item.image_id)
         cache[item.image_id] = hit if stamp is not None and hit and hit[0] == stamp else (
-            stamp, read_for_display(item.path))
-    st.session_state["ann_grid_bytes"] = cache  # only this page's images stay
+            stamp, display.for_page(item.path, expected_hash=item.content_hash, max_side=GRID_SIDE))
+    st.session_state["ann_grid_pictures"] = cache  # only this page's images stay
     return {image_id: data for image_id, (_, data) in cache.items()}
 
 
@@ -351,7 +356,7 @@ def grid_mode(store: Store, user: dict) -> None:
         cols = st.columns(4)
         for col, item in zip(cols, items[row_start:row_start + 4]):
             with col:
-                show_image(images[item.image_id], where(item, user), "stretch")
+                show_image(images[item.image_id], where(item, user))
                 wrong = item.image_id in grid["wrong"]
                 st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{item.image_id}",
                           type="primary" if wrong else "secondary", width="stretch",

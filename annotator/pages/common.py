@@ -24,6 +24,7 @@ import streamlit as st
 
 from annotator import auth
 from annotator.export import export_csv
+from annotator.names import visible
 from annotator.store import Store, StoreError
 
 log = logging.getLogger("annotator.app")
@@ -42,9 +43,10 @@ def md(text: object) -> str:
 
     Class, label and user names are verbatim user input (``<script>``, ``**x**``, ``:red[x]``,
     ``[a](javascript:...)``); Streamlit never renders raw HTML without ``unsafe_allow_html``, and this
-    also stops Markdown, colour directives, emoji shortcodes and LaTeX from being interpreted.
+    also stops Markdown, colour directives, emoji shortcodes and LaTeX from being interpreted. Invisible
+    characters (a bidi override, a zero-width space) are written out as ``[U+XXXX]``.
     """
-    s = " ".join(str(text).split())
+    s = " ".join(visible(str(text)).split())
     return "".join("\\" + c if c in _MD_SPECIAL else c for c in s)
 
 

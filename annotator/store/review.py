@@ -147,10 +147,10 @@ class ReviewMixin(StoreBase):
             {"a": annotator, "now": time.time() if now is None else now, "classes": _ids_json(class_ids)})]
 
     def queue_rows(self, image_ids: Iterable[int], model_version: int | None) -> dict[int, dict]:
-        """``{image_id: row}`` with image_id, path, label, score, uncertainty, suggested_label,
+        """``{image_id: row}`` with image_id, path, hash, label, score, uncertainty, suggested_label,
         suggested_score (score columns None without a score row of ``model_version``)."""
         return {r["image_id"]: r for r in self.db.query(
-            "SELECT i.id AS image_id, i.path, c.name AS label, s.score, s.uncertainty,"
+            "SELECT i.id AS image_id, i.path, i.hash, c.name AS label, s.score, s.uncertainty,"
             " sc.name AS suggested_label, s.suggested_score FROM images i JOIN classes c ON c.id = i.label_id"
             " LEFT JOIN scores s ON s.model_version = ? AND s.image_id = i.id"
             " LEFT JOIN classes sc ON sc.id = s.suggested_label_id"

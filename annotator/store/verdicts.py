@@ -76,12 +76,12 @@ class VerdictsMixin(StoreBase):
             corrected = self.class_id(corrected_label) if corrected_label is not None else None
             self._label_of(image_id, corrected)
             live = self._live_on(image_id)
-            if live is not None:
-                who = "you" if live["annotator"] == annotator else repr(live["annotator"])
+            if live is not None:  # the message goes to the annotator's screen: it names nobody else
+                who = "you" if live["annotator"] == annotator else "another annotator"
                 raise AlreadyJudged(f"image {image_id} already has a verdict ({live['verdict']}, by {who})")
             holder = self.held_by(image_id, now=now)
             if holder is not None and holder != annotator:
-                raise LeaseLost(f"image {image_id} is leased to {holder!r}")
+                raise LeaseLost(f"image {image_id} is being reviewed by another annotator")
             vid = self._insert_verdict({"image_id": image_id, "annotator": annotator, "verdict": verdict,
                                         "corrected_label_id": corrected, "reason": reason,
                                         "model_version": model_version, "session_id": session_id, "batch": batch,
