@@ -11,7 +11,7 @@ import click
 
 from .cli_common import open_store, round_config
 from .progress import TqdmReport
-from .round_config import DECODERS
+from .round_config import DECODERS, METHODS
 
 
 @click.command()
@@ -77,8 +77,8 @@ def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every
 @click.command()
 @click.option("--full", is_flag=True, help="also retrain the backbone with w_soft weights first")
 @click.option("--steps", type=int, help="CleanNet training steps (method paper)")
-@click.option("--method", type=click.Choice(["transfer", "paper"]),
-              help="scoring method for this round (default: the stored round setting, else transfer)")
+@click.option("--method", type=click.Choice(list(METHODS)),
+              help="scoring method for this round (default: the stored round setting, else robust)")
 @click.pass_context
 def train(ctx, full, steps, method) -> None:
     """Run one round now: features, references, the scoring model, scores; the new model becomes current.

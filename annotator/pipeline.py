@@ -22,15 +22,11 @@ from cleannet_core.alternate import round_weights, training_weights
 from cleannet_core.classifier import (LITE_ARCHS, Backbone, ClassifierConfig, is_small, resolve_device,
                                       train_classifier)
 from cleannet_core.features import extract_features, load_imagenet_weights
+from cleannet_core import scoring
 from cleannet_core.metrics import detection_report
-from cleannet_core.model import CleanNet
-from cleannet_core.probe import Probe, ProbeConfig
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.robust import RobustScore, fit_robust_scores
-from cleannet_core.robust import score_with_probe as robust_scores
-from cleannet_core.score import Scores, score_images
-from cleannet_core.train import TrainConfig, train_cleannet
-from cleannet_core.transfer import DELTA, TransferScore, fit_transfer_scores, score_with_probe
+from cleannet_core.registry import spec
+from cleannet_core.train import TrainConfig
 
 from .artifacts import (BackboneInfo, current_backbone, features_dir, load_backbone_artifact, load_scorer,
                         save_backbone_artifact, save_scorer_artifact)
@@ -82,15 +78,6 @@ class RoundInputs:
     refs: np.ndarray          # (C, K, D) float32 reference vectors per class (k-means centres)
     has_refs: np.ndarray      # (C,) bool, the class had readable images to build references from
     split: VerdictSplit
-
-
-@dataclass(frozen=True)
-class Fit:
-    """A fitted scoring method: every image's scores and what its checkpoint holds."""
-    scores: Scores            # score (N,), higher = label more likely correct; suggestions
-    delta: float              # threshold: score < delta flags the label as wrong
-    state: dict               # checkpoint payload (tensors and plain values)
-    best_step: int | None     # CleanNet's chosen step (method paper), else None
 
 
 def classifier_config(cfg: RoundConfig, *, image_size: int, n_images: int, **kw) -> ClassifierConfig:
@@ -285,12 +272,13 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     max_verdict = store.max_verdict_id()
     inputs = RoundInputs(data=data, feats=feats, readable=readable, refs=refs, has_refs=counts > 0,
                          split=verdict_split(store, data, readable))
-    if cfg.method == "robust":
-        fit = _fit_robust(inputs, device=device, report=report)
-    elif cfg.method == "transfer":
-        fit = _fit_transfer(inputs, device=device, report=report)
-    else:
-        fit = _fit_paper(inputs, steps=cfg.steps, warm_start=None if full else current, device=device, report=report)
+    method = scoring.method(cfg.method)
+    split = inputs.split
+    report("training", 0.0, f"{cfg.method}: fitting on {int(readable.sum())} images and {split.n} verdicts")
+    fit = method.fit(round_data(inputs), device=device, cleannet=TrainConfig.shortened(cfg.steps),
+                     warm_start=None if full or cfg.method != "paper" else _warm_state(current),
+                     progress=lambda frac, message: report("training", frac, message))
+    report("training", 1.0, fit.note)
     metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method}
     ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
                                                     "refs": torch.from_numpy(refs)},
@@ -302,6 +290,15 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     return version
 
 
+def round_data(inputs: RoundInputs) -> scoring.RoundData:
+    """The arrays a scoring method is fitted on (folds by image id, so they never change for an image)."""
+    split = inputs.split
+    return scoring.RoundData(feats=inputs.feats, labels=inputs.data.labels, folds=scoring.folds_of(inputs.data.ids),
+                             num_classes=len(inputs.data.class_ids), refs=inputs.refs, valid=inputs.has_refs,
+                             readable=inputs.readable, train_idx=split.train, train_ok=split.train_correct,
+                             val_idx=split.val, val_ok=split.val_correct)
+
+
 def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
     """(N,) weights of the full round's backbone retraining, exactly as `train-classifier` weights (spec §6,
     cleannet_core.alternate): w_soft = max(0, score) of the current model, 1 / 0 for images with a live
@@ -309,57 +306,6 @@ def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
     rows, correct = verdict_split(store, data).every()
     w = round_weights(_current_scores(store, data), current["delta"], "soft", verified_idx=rows, verified_ok=correct)
     return training_weights(w, "mean")
-
-
-def _fit_paper(inputs: RoundInputs, *, steps: int, warm_start: dict | None, device: torch.device,
-               report: Report) -> Fit:
-    """The paper's CleanNet on the verdicts (warm-started from the `warm_start` model when it fits)."""
-    split, data = inputs.split, inputs.data
-    init = _load_cleannet(warm_start, inputs.feats.shape[1], inputs.refs.shape[1]) if warm_start else None
-    report("training", 0.0, f"CleanNet on {len(split.train)} + {len(split.val)} verdicts")
-
-    def on_step(step: int, record: dict) -> None:
-        if step % 100 == 0:
-            report("training", step / steps, f"step {step}/{steps}, loss {record['loss']:.3f}")
-
-    res = train_cleannet(inputs.feats, data.labels, inputs.refs, verified_idx=split.train,
-                         verified_ok=split.train_correct, val_idx=split.val, val_ok=split.val_correct,
-                         config=TrainConfig.shortened(steps), init=init, device=device, callback=on_step,
-                         pool=inputs.readable)
-    report("scoring", 0.0, f"scoring {len(data.ids)} images")
-    sc = score_images(res.model, inputs.feats, data.labels, inputs.refs, valid_classes=inputs.has_refs)
-    return Fit(scores=sc, delta=res.delta, state={"cleannet": res.model.checkpoint()}, best_step=res.best_step)
-
-
-def _fit_transfer(inputs: RoundInputs, *, device: torch.device, report: Report) -> Fit:
-    """Out-of-fold probe (folds = image id % 5): log-odds + margin, calibrated on the training verdicts."""
-    split, data = inputs.split, inputs.data
-    n = int(inputs.readable.sum())
-    message = (f"out-of-fold linear probe fitted on {min(n, ProbeConfig.max_rows)} of {n} images, "
-               f"calibrated on {len(split.train)} verdicts")
-    report("training", 0.0, message)
-    fit = fit_transfer_scores(inputs.feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids),
-                              inputs.refs, split.train, split.train_correct, valid_classes=inputs.has_refs,
-                              fit_rows=inputs.readable, device=device,
-                              progress=lambda p: report("training", 0.9 * p, message))
-    if fit.score.calibrator is None:
-        report("training", 0.9, "too few verdicts of each kind: flagging where the probe prefers another class")
-    return Fit(scores=fit.scores, delta=DELTA, state={"probe": fit.probe.state(), "transfer": fit.score.state()},
-               best_step=None)
-
-
-def _fit_robust(inputs: RoundInputs, *, device: torch.device, report: Report) -> Fit:
-    """Out-of-fold probe (folds = image id % 5) -> noise model -> weights fitted on the training verdicts."""
-    split, data = inputs.split, inputs.data
-    n = int(inputs.readable.sum())
-    message = (f"out-of-fold linear probe fitted on {min(n, ProbeConfig.max_rows)} of {n} images, noise model, "
-               f"calibrated on {len(split.train)} verdicts")
-    report("training", 0.0, message)
-    fit = fit_robust_scores(inputs.feats, data.labels, data.ids % ProbeConfig.folds, len(data.class_ids),
-                            split.train, split.train_correct, valid_classes=inputs.has_refs, fit_rows=inputs.readable,
-                            device=device, progress=lambda p: report("training", 0.9 * p, message))
-    return Fit(scores=fit.scores, delta=DELTA, state={"probe": fit.probe.state(), "robust": fit.score.state()},
-               best_step=None)
 
 
 def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = _quiet) -> int:
@@ -376,15 +322,11 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
         raise ValueError("the backbone changed since the current model: run `train` instead")
     feats, _ = features(store, data, model, backbone, cfg)
     refs = ckpt["refs"].numpy()
-    valid = np.abs(refs).sum(axis=(1, 2)) > 0
-    if ckpt.get("method", "paper") == "paper":
-        sc = score_images(CleanNet.from_checkpoint(ckpt["cleannet"]), feats, data.labels, refs, valid_classes=valid)
-    elif "robust" in ckpt:
-        sc = robust_scores(RobustScore.from_state(ckpt["robust"]), Probe.from_state(ckpt["probe"]), feats,
-                           data.labels, data.ids % ProbeConfig.folds, valid_classes=valid)
-    else:  # a new image's fold model never saw it; an old image's is the one that scored it before
-        sc = score_with_probe(TransferScore.from_state(ckpt["transfer"]), Probe.from_state(ckpt["probe"]), feats,
-                              data.labels, data.ids % ProbeConfig.folds, refs, valid_classes=valid)
+    empty = np.zeros(0, np.int64)
+    sc = scoring.rescore(ckpt, scoring.RoundData(
+        feats=feats, labels=data.labels, folds=scoring.folds_of(data.ids), num_classes=len(data.class_ids),
+        refs=refs, valid=np.abs(refs).sum(axis=(1, 2)) > 0, readable=np.ones(len(data.ids), bool),
+        train_idx=empty, train_ok=empty.astype(bool), val_idx=empty, val_ok=empty.astype(bool)))
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
@@ -392,20 +334,34 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     return version
 
 
-def _metrics(inputs: RoundInputs, fit: Fit, *, backbone: BackboneInfo, max_verdict: int) -> dict:
-    """The model's stored metrics: estimated noise rates (overall, per class), audit detection report."""
+def _metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int) -> dict:
+    """The model's stored metrics: estimated noise rates (overall, per class), what the fit did with the verdicts,
+    and its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`)."""
     data, split, score = inputs.data, inputs.split, fit.scores.score
     # the expected share of wrong labels where the score is a probability, else the share flagged
-    wrong = 1.0 - score.astype(np.float64) if "robust" in fit.state else (score < fit.delta).astype(np.float64)
+    expected = spec(fit.state["method"]).probability
+    wrong = 1.0 - score.astype(np.float64) if expected else (score < fit.delta).astype(np.float64)
     per_class = {name: float(wrong[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}
     out = {"estimated_noise_rate": float(wrong.mean()), "per_class_noise_rate": per_class,
            "max_verdict_id": max_verdict, "best_step": fit.best_step, "backbone": backbone.source,
            "backbone_arch": backbone.arch, "backbone_kind": backbone.kind, "image_size": backbone.image_size,
-           "n_train": int(len(split.train)), "n_val": int(len(split.val))}
+           "n_train": int(len(split.train)), "n_val": int(len(split.val)), "note": fit.note,
+           "noise_rate_kind": "expected" if expected else "flagged", "audit_check": audit_check(score[split.val],
+                                                                                             split.val_correct,
+                                                                                             fit.delta)}
     if len(split.val):
         out["audit"] = detection_report(score[split.val], split.val_correct, fit.delta)
     return out
+
+
+def audit_check(score: np.ndarray, correct: np.ndarray, delta: float) -> dict:
+    """The flags on held-out audit verdicts (random draws no model trained on) against flagging nothing: n, both
+    error counts, and `loses` (the flags made more errors). score (V,), correct (V,) bool."""
+    flag = np.asarray(score) < delta
+    wrong = ~np.asarray(correct, bool)
+    errors, nothing = int((flag != wrong).sum()), int(wrong.sum())
+    return {"n": int(len(wrong)), "errors": errors, "flag_nothing_errors": nothing, "loses": errors > nothing}
 
 
 def _current_scores(store: Store, data: Data) -> np.ndarray:
@@ -413,15 +369,12 @@ def _current_scores(store: Store, data: Data) -> np.ndarray:
     return np.array([by_id.get(int(i), 1.0) for i in data.ids], dtype=np.float32)
 
 
-def _load_cleannet(current: dict, dim: int, k: int) -> CleanNet | None:
-    """The current CleanNet as a warm start, when it fits the new features."""
+def _warm_state(current: dict | None) -> dict | None:
+    """The current model's checkpoint as a warm start for a new CleanNet (None when it cannot be read)."""
+    if not current:
+        return None
     try:
-        ckpt = load_scorer(current["checkpoint"])
+        return load_scorer(current["checkpoint"])
     except (OSError, TypeError, RuntimeError) as e:
         log.warning("cannot warm-start from %s: %s", current.get("checkpoint"), e)
         return None
-    if "cleannet" not in ckpt:  # the current model is a transfer model
-        return None
-    model = CleanNet.from_checkpoint(ckpt["cleannet"])
-    return model if model.cfg.img_dim == dim and model.cfg.num_ref == k else None
-

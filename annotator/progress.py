@@ -135,8 +135,25 @@ def project_status(store: Store) -> dict:
     return {"database": str(store.path), "images": store.images_count(), "verdicts": store.verdict_count(),
             "classes_verified": sum(c["verify"] for c in store.classes()),
             "model_version": model["version"] if model else None, "delta": model["delta"] if model else None,
-            "backbone": backbone_summary(model), "worker": worker_status(store),
+            "backbone": backbone_summary(model), "trust": model_trust(model), "worker": worker_status(store),
             "ingest_errors": store.ingest_error_counts()}
+
+
+def model_trust(model: dict | None) -> dict | None:
+    """What the current model did with the verdicts and how its flags fared on the held-out audit verdicts (random
+    draws it never trained on) against flagging nothing: {note, n, errors, flag_nothing_errors, loses, text}."""
+    if not model:
+        return None
+    m = model.get("metrics") or {}
+    check = m.get("audit_check") or {"n": 0, "errors": 0, "flag_nothing_errors": 0, "loses": False}
+    if check["n"] == 0:
+        text = "flags not measured yet: no held-out audit verdicts (half of the random audit draws are held out)"
+    else:
+        verdict = "LOSE to" if check["loses"] else ("tie with" if check["errors"] == check["flag_nothing_errors"]
+                                                     else "beat")
+        text = (f"flags {verdict} flagging nothing on {check['n']} held-out audit verdicts: {check['errors']} "
+                f"errors against {check['flag_nothing_errors']}")
+    return {"note": m.get("note"), **check, "text": text}
 
 
 def backbone_summary(model: dict | None) -> dict | None:
@@ -162,6 +179,7 @@ def describe_status(out: dict) -> list[str]:
     lines = [f"database: {out['database']}",
              f"images: {out['images']} ({out['classes_verified']} classes verified); live verdicts: "
              f"{out['verdicts']}; ingest errors: {errors}", f"model: {model}{_describe_backbone(out['backbone'])}",
+             *_describe_trust(out.get("trust")),
              f"worker: running (pid {w['pid']}, heartbeat {duration(w['heartbeat_age_s'])} ago), {w['phase']}"
              if w["running"] else f"worker: not running (last state: {w['phase'] or 'never started'})"]
     if describe_round(w):
@@ -172,6 +190,13 @@ def describe_status(out: dict) -> list[str]:
     if w["last_error"]:
         lines.append(f"  last error: {w['last_error']}")
     return lines
+
+
+def _describe_trust(t: dict | None) -> list[str]:
+    if not t:
+        return []
+    lines = [f"  fit: {t['note']}"] if t["note"] else []
+    return lines + [f"  {'WARNING: ' if t['loses'] else ''}{t['text']}"]
 
 
 class TqdmReport:

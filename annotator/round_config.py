@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from cleannet_core.registry import DEFAULT
+from cleannet_core.registry import METHODS as REGISTERED
+
 from .store import Store
 
-METHODS = ("robust", "transfer", "paper")  # the scoring methods annotator.pipeline fits
+METHODS = tuple(REGISTERED)        # the scoring methods (cleannet_core.registry: one place names them)
 ARCHS = ("efficientnet_lite0", "resnet18", "resnet50")  # the backbones cleannet_core.classifier builds
 BACKBONES = ("pretrained", "finetuned", "noisy")        # where a new backbone's weights come from
 DECODERS = ("cpu", "gpu")          # cleannet_core.loading.DECODERS: where extraction decodes JPEGs
@@ -25,8 +28,8 @@ class BadRoundConfig(ValueError):
 
 @dataclass(frozen=True)
 class RoundConfig:
-    method: str = "robust"             # robust: noise model + verdict calibration | transfer: calibrated
-                                       # class-agnostic signals | paper: CleanNet (Lee et al.)
+    method: str = DEFAULT              # robust: probe + noise model, calibrated on the verdicts | transfer:
+                                       # probe signals, calibrated | paper: CleanNet (Lee et al.)
     arch: str = "efficientnet_lite0"   # backbone: efficientnet_lite0 (ImageNet weights from the installed
                                        # package) | resnet18 | resnet50 (ImageNet weights only from
                                        # weights_path or the torch cache)

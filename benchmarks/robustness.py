@@ -13,7 +13,7 @@ the same features, the same out-of-fold probabilities (the round's own probe) an
     selfconf_vt      self-confidence p(noisy label) below a threshold chosen on the round's training verdicts
                      (0 verdicts: flag where the probe prefers another class)
     first_model      the same session's verdict-free first model
-    paper            the paper's CleanNet on the same features and verdicts (--paper; first split only)
+    paper            the paper's CleanNet on the same features and verdicts (--paper; first split, 100 verdicts)
     cleanlab_logreg  cleanlab on a separate 5-fold scikit-learn logistic regression (--logreg; once per case)
 
 Every case is either `dev` (chose the settings) or `test` (reported); the JSON records which, and the settings in
@@ -220,7 +220,7 @@ def session(case: Case, db: Path, split: list[int], seed: int, args, truths: dic
             if first is None:
                 by_id = store.current_scores()
                 first = (np.array([by_id[int(i)] for i in data.ids]), store.current_model()["delta"])
-            if paper and level:
+            if paper and level == LEVELS[-1]:
                 res["paper"] = paper_run(store, state / "paper", args.paper_steps, data, truths, set(split))
             out.append({"case": case.name, "role": case.role, "kind": case.kind, "split": split, "seed": seed,
                         "verdicts": given, "round_s": round(round_s, 2)} | res)

@@ -7,9 +7,9 @@
 `rounds` counts the extra alternations after the paper's single pass (rounds=0: C0 -> CleanNet -> C1, the
 pipeline of spec §6 steps 1-6; rounds=1, the default: one more feature/CleanNet/classifier pass, as the
 NoiseRank rerun did). The human verdicts stay the same in every round; only the features change.
-`method` picks the score: 'transfer' (default, as in the product: cleannet_core.transfer's P(label correct)
-with delta 0.5, its calibrator fitted on the training verdicts) or 'paper' (the spec's CleanNet relevance and
-its delta).
+`method` picks the score, any method of cleannet_core.registry fitted through cleannet_core.scoring: 'robust'
+(default, as in the product: P(label correct) with delta 0.5), 'transfer', or 'paper' (the spec's CleanNet
+relevance and its delta, trained with `cleannet`).
 
 Weights (spec §6): 'soft' w = max(0, s), 'hard' w = 1[s >= delta] (method paper: delta chosen by CleanNet on
 the validation verdicts). Images with a human verdict get 1 (correct) or 0 (wrong) instead (`use_verdicts`),
@@ -32,20 +32,20 @@ from .classifier import Backbone, ClassifierConfig, predict, resolve_device, tra
 from .features import backbone_id, extract_features
 from .probe import ProbeConfig
 from .references import KMeansConfig, build_references
-from .score import hard_weights, score_images, soft_weights
-from .train import TrainConfig, train_cleannet
-from .transfer import DELTA, fit_transfer_scores
+from .score import hard_weights, soft_weights
+from .registry import DEFAULT, spec
+from .scoring import RoundData, method
+from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 WEIGHT_MODES = ("soft", "hard")
-METHODS = ("transfer", "paper")  # the product's default first (as in annotator.round_config)
 NORMALIZE_MODES = ("mean", "batch")
 
 
 @dataclass
 class AlternateConfig:
     rounds: int = 1                  # extra alternations after the first weighted classifier (0 = single pass)
-    method: str = "transfer"         # "transfer": cleannet_core.transfer's score | "paper": CleanNet relevance
+    method: str = DEFAULT            # a cleannet_core.registry method: robust | transfer | paper
     weights: str = "soft"            # "soft": max(0, s) | "hard": 1[s >= delta]
     normalize: str = "mean"          # "mean": w / mean(w) | "batch": raw w (see the module docstring)
     use_verdicts: bool = True        # verified images get weight 1 (correct) / 0 (wrong) instead of their score
@@ -122,8 +122,7 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
     cfg = config
     if cfg.weights not in WEIGHT_MODES:
         raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {cfg.weights!r}")
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    spec(cfg.method)  # UnknownMethod before any training
     if cfg.normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {cfg.normalize!r}")
     if cfg.rounds < 0:
@@ -159,22 +158,17 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
     results: list[RoundResult] = []
     for r in range(1, cfg.rounds + 2):
         t = time.perf_counter()
-        what = f"CleanNet ({cfg.cleannet.steps} steps" if cfg.method == "paper" else "the transfer score ("
+        what = f"CleanNet ({cfg.cleannet.steps} steps" if cfg.method == "paper" else f"the {cfg.method} score ("
         say(f"round {r}: features, references and {what}, {len(verified_idx)} + {len(val_idx)} verdicts)")
         feats, readable = _features(model, paths, cfg, progress)
         refs, counts = build_references(feats[readable], labels[readable], num_classes,
                                         config=KMeansConfig(k=cfg.num_ref, seed=cfg.cleannet.seed), device=dev)
-        if cfg.method == "paper":
-            res = train_cleannet(feats, labels, refs, verified_idx=verified_idx, verified_ok=verified_ok,
-                                 val_idx=val_idx, val_ok=val_ok, config=cfg.cleannet, device=dev, progress=progress)
-            sc = score_images(res.model, feats, labels, refs, valid_classes=counts > 0)
-            delta, val_acc, best_step = res.delta, res.val_accuracy, res.best_step
-        else:
-            sc = fit_transfer_scores(feats, labels, np.arange(len(labels)) % ProbeConfig.folds, num_classes, refs,
-                                     verified_idx, verified_ok, valid_classes=counts > 0, fit_rows=readable,
-                                     probe_config=ProbeConfig.early_stopped(seed=cfg.cleannet.seed), device=dev).scores
-            delta, best_step = DELTA, None
-            val_acc = float(((sc.score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
+        data = RoundData(feats=feats, labels=labels, folds=np.arange(len(labels)) % ProbeConfig.folds,
+                         num_classes=num_classes, refs=refs, valid=counts > 0, readable=readable,
+                         train_idx=verified_idx, train_ok=verified_ok, val_idx=val_idx, val_ok=val_ok)
+        fitted = method(cfg.method).fit(data, device=dev, cleannet=cfg.cleannet)
+        sc, delta, best_step = fitted.scores, fitted.delta, fitted.best_step
+        val_acc = float(((sc.score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
         w = round_weights(sc.score, delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,
                           verified_ok=verified_ok, readable=readable)
         results.append(RoundResult(round=r, score=sc.score, delta=delta, weights=w, val_accuracy=val_acc))

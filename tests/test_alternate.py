@@ -192,7 +192,7 @@ def test_cli_train_classifier_writes_a_loadable_checkpoint(tmp_path):
     model, info = load_backbone(out)
     assert info["class_names"] == sorted(names) and model.num_classes == 3 and model.small_input
     assert info["meta"]["weights"] == "hard" and info["meta"]["n_verdicts"] == 12 and info["meta"]["image_size"] == 32
-    assert info["meta"]["method"] == "transfer"  # the product default
+    assert info["meta"]["method"] == "robust"  # the product default
 
     # default --out under the state folder; the finished per-epoch checkpoints of the first run are reused
     result = CliRunner().invoke(cli, ["--db", str(db), "train-classifier", "--rounds", "0", "--weights", "hard",

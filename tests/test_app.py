@@ -341,6 +341,21 @@ def test_dashboard_rates_intervals_trend_worker(db):
     assert chart_specs(at)[2]["encoding"]["x"]["title"] == "version (n)"  # the audit trend names its sample size
     assert "scoring: transfer" in said and "features at 32 px" in said  # the crop size is said
     assert at.dataframe[1].value["n"].tolist() == [10]
+    assert "share of each class's images the current model flags" in said and not at.warning
+
+
+def test_dashboard_warns_when_the_flags_lose_on_held_out_audits_and_reads_expected_rates(db):
+    with Store() as store:
+        add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
+                                  "method": "robust", "noise_rate_kind": "expected", "note": "calibrated on 40 "
+                                  "verdicts (9 wrong) around the verdict-free weights",
+                                  "audit_check": {"n": 14, "errors": 6, "flag_nothing_errors": 4, "loses": True}})
+    at = app("admin", page="annotator/pages/dashboard.py")
+    said = texts(at)
+    assert "the expected share of wrong labels in each class" in said
+    assert "Fit: calibrated on 40 verdicts" in said
+    said = common.md("Flags LOSE to flagging nothing on 14 held-out audit verdicts: 6 errors against 4")
+    assert any(w.value.startswith(said) for w in at.warning)
 
 
 def chart_specs(at) -> list[dict]:
@@ -409,7 +424,7 @@ def test_admin_classes_users_requests_settings(db):
     at.number_input(key="adm_delta").set_value(0.25)
     at.slider(key="adm_audit_share").set_value(0.5)
     at.number_input(key="adm_retrain_every").set_value(7)
-    assert at.selectbox(key="adm_method").value == "transfer"  # the default when no round setting says otherwise
+    assert at.selectbox(key="adm_method").value == "robust"  # the default when no round setting says otherwise
     at.selectbox(key="adm_method").set_value("paper")
     at.button(key="adm_settings_save").click().run()
     assert not at.exception

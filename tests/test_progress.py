@@ -12,7 +12,8 @@ import pytest
 
 import held_worker
 from annotator.ingest import ingest_csv
-from annotator.progress import PHASE_WEIGHTS, PHASES, RoundProgress, describe_next, duration, next_round
+from annotator.progress import (PHASE_WEIGHTS, PHASES, RoundProgress, describe_next, describe_status, duration,
+                                next_round, project_status)
 from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 from helpers import DEMO, REPO, wait_for
@@ -107,3 +108,23 @@ def test_worker_reports_phase_overall_eta_and_the_next_trigger(tmp_path):
         "waiting_for": 37}
     assert "next round: waiting for 37 more verdicts (13 of 50 since the current model)" in cli(db, "status")
     store.close()
+
+
+def test_status_says_what_the_fit_did_and_warns_when_the_flags_lose(tmp_path):
+    store = Store(tmp_path / "a.db")
+    cid = store.ensure_classes(["cat"])["cat"]
+    store.add_images({"path": f"/i/{k}.jpg", "hash": str(k), "label_id": cid} for k in range(1, 4))
+    store.make_current(store.add_model(delta=0.5, metrics={"max_verdict_id": 0, "note": "no verdicts yet: x",
+                                                           "audit_check": {"n": 0, "errors": 0,
+                                                                           "flag_nothing_errors": 0,
+                                                                           "loses": False}}))
+    lines = describe_status(project_status(store))
+    assert "  fit: no verdicts yet: x" in lines
+    assert any("flags not measured yet: no held-out audit verdicts" in line for line in lines)
+    store.make_current(store.add_model(delta=0.5, metrics={"audit_check": {"n": 12, "errors": 5,
+                                                                           "flag_nothing_errors": 3,
+                                                                           "loses": True}}))
+    status = project_status(store)
+    assert status["trust"]["loses"] and status["trust"]["n"] == 12
+    assert ("  WARNING: flags LOSE to flagging nothing on 12 held-out audit verdicts: 5 errors against 3"
+            in describe_status(status))

@@ -10,7 +10,7 @@ from annotator.store import SETTING_DEFAULTS, Store
 def test_defaults_are_the_product_defaults():
     cfg = RoundConfig()
     assert (cfg.method, cfg.arch, cfg.backbone, cfg.image_size, cfg.device) == (
-        "transfer", "efficientnet_lite0", "pretrained", 0, "auto")
+        "robust", "efficientnet_lite0", "pretrained", 0, "auto")
     assert cfg.changes() == {} and SETTING_DEFAULTS["round"] == {}
 
 

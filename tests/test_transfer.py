@@ -166,7 +166,7 @@ def test_calibrated_signals_transfer_to_classes_without_verdicts():
     rng = np.random.default_rng(0)
     refs, _ = build_references(feats, noisy, 8, config=KMeansConfig(k=4, attempts=1))
     folds = rng.integers(0, 5, len(noisy))
-    probs = fit_probe(feats, noisy, folds, 8, ProbeConfig(epochs=30)).predict(feats, folds)
+    probs = fit_probe(feats, noisy, folds, 8, ProbeConfig.early_stopped(epochs=30)).predict(feats, folds)
     sig = signal_matrix(DEFAULT_SIGNALS, noisy, probs=probs, features=feats, refs=refs)
     verified = rng.permutation(np.flatnonzero(noisy < 4))[:150]
     ts = fit_transfer(sig[verified], ok[verified])
@@ -187,7 +187,7 @@ def test_unreadable_rows_are_scored_but_not_trained_on():
     folds = np.arange(len(noisy)) % 5
     refs, _ = build_references(feats[readable], noisy[readable], 4, config=KMeansConfig(k=3, attempts=1))
     verified = np.flatnonzero(noisy[:240] < 2)
-    cfg = ProbeConfig(epochs=5)
+    cfg = ProbeConfig.early_stopped(epochs=5)
     fit = fit_transfer_scores(feats, noisy, folds, 4, refs, verified, (noisy == clean)[verified],
                               fit_rows=readable, probe_config=cfg)
     alone = fit_probe(feats[readable], noisy[readable], folds[readable], 4, cfg)
@@ -201,7 +201,7 @@ def test_scoring_in_row_chunks_equals_scoring_all_rows_at_once():
     feats, clean, noisy = planted_noise(c=5, per=40)
     folds = np.arange(len(noisy)) % 5
     refs, _ = build_references(feats, noisy, 5, config=KMeansConfig(k=3, attempts=1))
-    probe = fit_probe(feats, noisy, folds, 5, ProbeConfig(epochs=3))
+    probe = fit_probe(feats, noisy, folds, 5, ProbeConfig.early_stopped(epochs=3))
     probs = probe.predict(feats, folds)
     x = signal_matrix(DEFAULT_SIGNALS, noisy, probs=probs, features=feats, refs=refs)
     ts = fit_transfer(x, noisy == clean)

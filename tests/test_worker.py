@@ -110,7 +110,20 @@ def test_round_scores_every_image_including_unverified_classes(base):
     sigma = ((n_wrong + n_ok + 1) / (12 * n_wrong * n_ok)) ** 0.5  # AUROC's std under the null (no ties)
     print(f"AUROC on unverified classes: {auroc(s, ok):.3f} ({n_wrong} wrong labels among {len(held)})")
     assert n_wrong >= 20 and auroc(s, ok) > 0.5 + 2.33 * sigma
-    assert model["metrics"]["method"] == "transfer" and (s >= 0).all()  # P(label correct)
+    m = model["metrics"]
+    assert m["method"] == "robust" and (s >= 0).all()  # P(label correct)
+    # the chart's noise rate is the expected share of wrong labels: the mean of 1 - P(label correct) per class
+    assert m["noise_rate_kind"] == "expected"
+    for r_class in ("cat", "frog"):
+        ids = [r["id"] for r in images if r["label"] == r_class]
+        assert m["per_class_noise_rate"][r_class] == pytest.approx(np.mean([1 - scores[i] for i in ids]), abs=1e-6)
+    # the held-out audit verdicts (audit draws on odd image ids) measure the flags against flagging nothing
+    held_out = [v for v in store.live_verdicts() if v["reason"] == "audit" and v["image_id"] % 2 == 1]
+    errors = sum((scores[v["image_id"]] < model["delta"]) != (v["verdict"] == "wrong") for v in held_out)
+    nothing = sum(v["verdict"] == "wrong" for v in held_out)
+    assert m["audit_check"] == {"n": len(held_out), "errors": errors, "flag_nothing_errors": nothing,
+                                "loses": errors > nothing}
+    assert m["note"].startswith(f"calibrated on {m['n_train']} verdicts")
     status = json.loads(cli(db, "status", "--json").stdout)
     assert status["images"] == 600 and status["model_version"] == 1 and status["classes_verified"] == 5
     assert status["worker"]["phase"] == "stopped"
@@ -202,4 +215,4 @@ def test_full_round_retrains_the_backbone_with_soft_weights(base, tmp_path):
     assert model["version"] == 2 and "w_soft" in model["metrics"]["backbone"] and len(store.current_scores()) == 600
     scorer = store.artifact_at(model["checkpoint"])
     assert scorer["kind"] == "scorer" and scorer["backbone_id"] == after["backbone_id"]
-    assert scorer["provenance"] == {"method": "transfer", "max_verdict_id": store.max_verdict_id(), "n_verdicts": 80}
+    assert scorer["provenance"] == {"method": "robust", "max_verdict_id": store.max_verdict_id(), "n_verdicts": 80}

@@ -26,15 +26,14 @@ from annotator import auth
 from annotator.export import export_csv
 from annotator.names import visible
 from annotator.store import Store, StoreError
+from cleannet_core.registry import METHODS
 
 log = logging.getLogger("annotator.app")
 
 SESSION_PARAM = "session"  # URL query parameter holding the session token
 _MD_SPECIAL = set(string.punctuation)
 
-# round_config.METHODS with their labels for the admin page (a test checks they agree)
-METHOD_TEXT = {"transfer": "transfer (default: out-of-fold probe, calibrated on the verdicts)",
-               "paper": "paper (CleanNet relevance, Lee et al. 2018)"}
+METHOD_TEXT = {name: m.summary for name, m in METHODS.items()}  # the scoring methods' labels on the pages
 
 
 # -- rendering user text ----------------------------------------------------------------

@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role, wilson
-from annotator.progress import describe_next, describe_round, duration, worker_status
+from annotator.progress import describe_next, describe_round, duration, model_trust, worker_status
 from annotator.store import Store
 
 PERIODS = {"Today": 0, "Last 7 days": 6, "All time": None}
@@ -104,15 +104,27 @@ def worker_panel(store: Store) -> None:
         at = f" · features at {size} px" if size else ""
         st.caption(f"Backbone weights: {md(backbone or 'unknown')}{md(arch)}{at} · scoring: {md(method)} · "
                    f"threshold δ = {model['delta']:.3f} · trained on {model.get('n_verdicts') or 0} verdicts")
+        trust = model_trust(model)
+        if trust["note"]:
+            st.caption(f"Fit: {md(trust['note'])}")
+        (st.warning if trust["loses"] else st.caption)(
+            md(trust["text"][0].upper() + trust["text"][1:]) + (
+                ": on the data measured so far the flags are wrong more often than they are right; do not drop "
+                "labels by them yet (more verdicts recalibrate the next round)" if trust["loses"] else ""))
 
 
-def noise_panel(table: pd.DataFrame) -> None:
+BAR_TEXT = {"expected": "the expected share of wrong labels in each class (the mean of 1 - P(label correct) over "
+                        "its images)",
+            "flagged": "share of each class's images the current model flags as mislabeled"}
+
+
+def noise_panel(table: pd.DataFrame, kind: str = "flagged") -> None:
     st.subheader("Label noise per class")
     if table.empty:
         st.info("No images yet.")
         return
     human = table[table["audited"] >= MIN_CLASS_AUDITS].dropna(subset=["human"])
-    st.caption("Bars: share of each class's images the current model flags as mislabeled. Dots with whiskers: "
+    st.caption(f"Bars: {BAR_TEXT[kind]}. Dots with whiskers: "
                "share marked wrong in random audit verdicts, with its 95 % Wilson interval, for classes with at "
                f"least {MIN_CLASS_AUDITS} audit verdicts ({len(human)} of {len(table)}; every count is in the "
                "table below).")
@@ -202,7 +214,8 @@ def page() -> None:
     db = str(store.path)
     worker_panel(store)
     verify = tuple(store.verify_classes())
-    noise_panel(class_table(store, db, version, store.max_verdict_id(), verify))
+    noise_panel(class_table(store, db, version, store.max_verdict_id(), verify),
+                ((model or {}).get("metrics") or {}).get("noise_rate_kind", "flagged"))
     trend_panel(*trend_tables(store, db, version, verify))
     throughput_panel(store)
     if st.button("Refresh", key="dash_refresh", icon=":material/refresh:"):

@@ -1,0 +1,107 @@
+"""The default `robust` score and the scoring-method seam: prior, MAP calibration, checkpoints, planted noise."""
+import numpy as np
+import pytest
+
+from cleannet_core import registry, scoring
+from cleannet_core.references import KMeansConfig, build_references
+from cleannet_core.robust import PRIOR_B, PRIOR_W, STRENGTH, _map_logistic, fit_weights
+
+
+def structured(seed: int = 0, c: int = 6, per: int = 300, d: int = 32, rate: float = 0.35):
+    """Features around c prototypes; `rate` of classes 0, 2, 4 filed under 1, 3, 5 (confusable pairs)."""
+    rng = np.random.default_rng(seed)
+    protos = rng.random((c, d)) * 3
+    clean = np.repeat(np.arange(c), per)
+    feats = np.maximum(protos[clean] + rng.normal(0, 1.0, (c * per, d)), 0).astype(np.float32)
+    noisy = clean.copy()
+    for src, dst in ((0, 1), (2, 3), (4, 5)):
+        noisy[(clean == src) & (rng.random(len(clean)) < rate)] = dst
+    return feats, clean, noisy
+
+
+def round_data(feats, noisy, c, train_idx=(), train_ok=(), val_idx=(), val_ok=()) -> scoring.RoundData:
+    refs, counts = build_references(feats, noisy, c, config=KMeansConfig(k=4))
+    i = lambda v: np.asarray(v, np.int64)  # noqa: E731
+    b = lambda v: np.asarray(v, bool)  # noqa: E731
+    return scoring.RoundData(feats, noisy, np.arange(len(noisy)) % 5, c, refs, counts > 0, np.ones(len(noisy), bool),
+                             i(train_idx), b(train_ok), i(val_idx), b(val_ok))
+
+
+def test_no_verdicts_give_the_prior():
+    w, b = fit_weights(np.zeros((0, 3)), np.zeros(0, bool), scale=np.array([2.0, 0.1, 3.0]))
+    np.testing.assert_allclose(w, PRIOR_W)
+    assert b == PRIOR_B
+
+
+def test_weights_stay_non_negative_and_are_the_constrained_optimum():
+    """Verdicts that say the opposite of every signal: the fit holds the weights at 0 rather than reverse them,
+    and no feasible point on a grid has a lower loss."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (80, 3))
+    ok = x[:, 2] < 0                                         # label_logit says "correct" where it is wrong
+    scale = np.ones(3)
+    w, b = fit_weights(x, ok, scale=scale)
+    assert (w >= 0).all() and w[2] == 0
+    best = _map_logistic(x, ok.astype(float), w, b, STRENGTH, fixed=np.zeros(0))[2]
+    w0 = np.asarray(PRIOR_W)
+    for w2 in np.linspace(0, 1, 11):
+        for b2 in np.linspace(b - 1, b + 1, 11):
+            trial = np.array([w[0], w[1], w2])
+            z = x @ trial + b2
+            loss = np.logaddexp(0, -z)[ok].sum() + np.logaddexp(0, z)[~ok].sum() + STRENGTH / 2 * (
+                ((trial - w0) ** 2).sum() + (b2 - PRIOR_B) ** 2)
+            assert loss >= best - 1e-6
+
+
+def test_one_sided_verdicts_do_not_collapse_the_score():
+    """50 verdicts, all "correct": the noise model keeps its weight (the transfer calibrator fell back to a rule
+    that ignored them), and the bias moves towards "correct" only as far as the prior allows."""
+    x = np.random.default_rng(1).normal(0, 1, (50, 3))
+    w, b = fit_weights(x, np.ones(50, bool), scale=np.ones(3))
+    assert w[0] > 0.5 * PRIOR_W[0] and b > PRIOR_B
+
+
+def test_many_consistent_verdicts_outweigh_the_prior():
+    rng = np.random.default_rng(2)
+    # the signals' usual spreads: noise_logit a few units, in_domain = log(1 - P(no class)) a few hundredths
+    x = np.c_[rng.normal(0, 2, 400), -np.abs(rng.normal(0, 0.03, 400)), rng.normal(0, 2, 400)]
+    ok = x[:, 2] > 0.5                                       # only label_logit (prior weight 0) tells the truth
+    w, b = fit_weights(x, ok, scale=x.std(0))
+    assert w[2] > 2 and ((x @ w + b > 0) == ok).mean() > 0.95
+
+
+def test_verdict_free_default_does_not_flag_the_clean_images_noise_flows_out_of():
+    """Planted structured noise (35 % of classes 0, 2, 4 filed under 1, 3, 5), no verdicts: the default flags
+    almost none of the clean images of the source classes and beats flagging nothing. The earlier default
+    (`transfer`: flag where the probe prefers another class) flagged all of them."""
+    feats, clean, noisy = structured()
+    wrong = clean != noisy
+    fitted = scoring.method(registry.DEFAULT).fit(round_data(feats, noisy, 6))
+    flag = fitted.scores.score < fitted.delta
+    clean_src = np.isin(noisy, [0, 2, 4]) & ~wrong
+    assert flag[clean_src].mean() < 0.05
+    assert (flag != wrong).mean() < wrong.mean()
+    old = scoring.method("transfer").fit(round_data(feats, noisy, 6)).scores.score < 0.5
+    assert old[clean_src].mean() > 0.5 and (old != wrong).mean() > wrong.mean()
+
+
+@pytest.mark.parametrize("name", sorted(registry.METHODS))
+def test_every_method_rescores_from_its_checkpoint_exactly(name):
+    feats, clean, noisy = structured(c=4, per=60)
+    wrong = clean != noisy
+    idx = np.arange(0, len(noisy), 7)
+    data = round_data(feats, noisy, 4, idx[::2], ~wrong[idx[::2]], idx[1::2], ~wrong[idx[1::2]])
+    fitted = scoring.method(name).fit(data, cleannet=scoring.TrainConfig.shortened(40))
+    assert fitted.state["method"] == name and fitted.state["version"] == registry.METHODS[name].version
+    assert fitted.note
+    again = scoring.rescore(fitted.state, data)
+    np.testing.assert_array_equal(again.score, fitted.scores.score)
+    np.testing.assert_array_equal(again.suggested, fitted.scores.suggested)
+
+
+def test_a_checkpoint_of_another_version_or_method_is_refused():
+    with pytest.raises(registry.CheckpointMismatch, match="version 2"):
+        registry.check_checkpoint({"method": "robust", "version": 2})
+    with pytest.raises(registry.UnknownMethod, match="valid"):
+        scoring.method("nope")
+    assert registry.check_checkpoint({"cleannet": {}}).name == "paper"  # files written before versions: v1
