@@ -7,6 +7,7 @@ new version's scores are published by `annotator.publish`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from cleannet_core.classifier import (LITE_ARCHS, Backbone, ClassifierConfig, is
 from cleannet_core.features import extract_features, load_imagenet_weights
 from cleannet_core import scoring
 from cleannet_core.metrics import detection_report
+from cleannet_core.probe import ProbeConfig
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.registry import spec
 from cleannet_core.train import TrainConfig
@@ -275,8 +277,9 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     method = scoring.method(cfg.method)
     split = inputs.split
     report("training", 0.0, f"{cfg.method}: fitting on {int(readable.sum())} images and {split.n} verdicts")
-    fit = method.fit(round_data(inputs), device=device, cleannet=TrainConfig.shortened(cfg.steps),
-                     warm_start=None if full or cfg.method != "paper" else _warm_state(current),
+    data_in = round_data(inputs, probe_key=probe_key(data, readable, backbone))
+    fit = method.fit(data_in, device=device, cleannet=TrainConfig.shortened(cfg.steps),
+                     warm_start=None if full else _warm_state(current),
                      progress=lambda frac, message: report("training", frac, message))
     report("training", 1.0, fit.note)
     metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method}
@@ -290,13 +293,23 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     return version
 
 
-def round_data(inputs: RoundInputs) -> scoring.RoundData:
+def round_data(inputs: RoundInputs, *, probe_key: str = "") -> scoring.RoundData:
     """The arrays a scoring method is fitted on (folds by image id, so they never change for an image)."""
     split = inputs.split
     return scoring.RoundData(feats=inputs.feats, labels=inputs.data.labels, folds=scoring.folds_of(inputs.data.ids),
                              num_classes=len(inputs.data.class_ids), refs=inputs.refs, valid=inputs.has_refs,
                              readable=inputs.readable, train_idx=split.train, train_ok=split.train_correct,
-                             val_idx=split.val, val_ok=split.val_correct)
+                             val_idx=split.val, val_ok=split.val_correct, probe_key=probe_key)
+
+
+def probe_key(data: Data, readable: np.ndarray, backbone: BackboneInfo) -> str:
+    """What the probe depends on: the backbone (hence the features), the images, their labels and which could be
+    read, and the probe's settings. Rounds with the same key (only verdicts changed) reuse the probe."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (backbone.id, str(backbone.image_size), repr(ProbeConfig()), data.ids.tobytes(),
+                 data.labels.tobytes(), np.asarray(readable, bool).tobytes()):
+        h.update(part if isinstance(part, bytes) else part.encode())
+    return h.hexdigest()
 
 
 def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
@@ -370,7 +383,8 @@ def _current_scores(store: Store, data: Data) -> np.ndarray:
 
 
 def _warm_state(current: dict | None) -> dict | None:
-    """The current model's checkpoint as a warm start for a new CleanNet (None when it cannot be read)."""
+    """The current model's checkpoint, for the next fit to continue from (a CleanNet to warm-start, a probe to
+    reuse when nothing it depends on changed); None when it cannot be read."""
     if not current:
         return None
     try:

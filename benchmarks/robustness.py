@@ -13,8 +13,9 @@ the same features, the same out-of-fold probabilities (the round's own probe) an
     selfconf_vt      self-confidence p(noisy label) below a threshold chosen on the round's training verdicts
                      (0 verdicts: flag where the probe prefers another class)
     first_model      the same session's verdict-free first model
-    paper            the paper's CleanNet on the same features and verdicts (--paper; first split, 100 verdicts)
-    cleanlab_logreg  cleanlab on a separate 5-fold scikit-learn logistic regression (--logreg; once per case)
+    paper            the paper's CleanNet on the same features and verdicts (--paper; first split and seed, 100
+                     verdicts: 1,000 steps take minutes on a CPU)
+    cleanlab_logreg  cleanlab on a separate 5-fold scikit-learn logistic regression (--logreg; CIFAR-10N cases)
 
 Every case is either `dev` (chose the settings) or `test` (reported); the JSON records which, and the settings in
 force. The feature cache is shared by all cases (same frozen backbone; images keyed by content).
@@ -265,12 +266,12 @@ def main(argv=None) -> dict:
         truths = truth(built)
         db = template(case, built, args.cache)
         splits = case.splits(len(built.class_names))[: args.splits or None]
-        if args.logreg:
+        if args.logreg and case.kind == "cifar10n":
             extra[case.name] = {"cleanlab_logreg": logreg_baseline(db, truths, splits)}
         for k, split in enumerate(splits):
             for seed in seeds:
                 state = args.cache / "suite" / "state" / case.name / "run"
-                rows = session(case, db, split, seed, args, truths, state, args.paper and k == 0)
+                rows = session(case, db, split, seed, args, truths, state, args.paper and k == 0 and seed == seeds[0])
                 runs += rows
                 print(json.dumps({r["verdicts"]: (round(r["default"]["error"], 4), round(r["flag_nothing"]["error"], 4),
                                                   round(r["cleanlab"]["error"], 4)) for r in rows}),

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .optim import lbfgs
+
 EPS = 1e-12
 
 
@@ -89,15 +91,8 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     lp = torch.log(torch.as_tensor(probs, dtype=torch.float64).clamp_min(EPS))
     y = torch.as_tensor(np.asarray(labels, np.int64))
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(lp * log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    lbfgs([log_t], lambda: F.cross_entropy(lp * log_t.exp(), y), lr=0.5, max_iter=100, tolerance_grad=1e-7,
+          tolerance_change=1e-9)
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 

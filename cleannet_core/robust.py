@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .noise_model import NoiseModel, fit_noise_model
+from .optim import lbfgs
 from .probe import Probe, ProbeConfig, fit_probe, self_confidence
 from .score import Scores
 
@@ -107,22 +108,13 @@ def _map_logistic(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: float, stren
     w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
     b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
     wt0 = torch.as_tensor(w0)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
 
     def loss_fn() -> torch.Tensor:
         nll = F.binary_cross_entropy_with_logits(xt @ w + b, yt, reduction="sum")
         return nll + strength / 2 * (((w - wt0) ** 2).sum() + (b - b0) ** 2 + float((fixed ** 2).sum()))
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return w.detach().numpy().copy(), float(b.detach()), float(loss_fn())
+    loss = lbfgs([w, b], loss_fn, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12)
+    return w.detach().numpy().copy(), float(b.detach()), loss
 
 
 def score_robust(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, *,
@@ -158,15 +150,17 @@ class RobustFit:
 def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
                       verified_idx: np.ndarray, verified_ok: np.ndarray, *, valid_classes: np.ndarray | None = None,
                       fit_rows: np.ndarray | None = None, probe_config: ProbeConfig = ProbeConfig(), device="cpu",
-                      progress: Callable[[float], None] | None = None) -> RobustFit:
+                      probe: Probe | None = None, progress: Callable[[float], None] | None = None) -> RobustFit:
     """Probe -> noise model -> weights fitted on the verdicts -> every image's score.
 
     features (N, d), labels and folds (N,) ints; verified_idx (M,) rows with verdicts verified_ok (M,) bool (True =
-    label correct); fit_rows (N,) bool: the images the probe and the noise model learn from (default all)."""
+    label correct); fit_rows (N,) bool: the images the probe and the noise model learn from (default all); probe:
+    one fitted on these very features, labels and folds (it does not depend on the verdicts), else it is fitted."""
     rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
     sub = slice(None) if rows.all() else rows
-    probe = fit_probe(features[sub], labels[sub], folds[sub], num_classes, probe_config, device=device,
-                      progress=progress)
+    if probe is None:
+        probe = fit_probe(features[sub], labels[sub], folds[sub], num_classes, probe_config, device=device,
+                          progress=progress)
     fit_idx = np.flatnonzero(rows)
     sample = fit_idx if len(fit_idx) <= 50_000 else np.sort(np.random.default_rng(0).choice(fit_idx, 50_000, False))
     probs = probe.predict(features[sample], folds[sample])

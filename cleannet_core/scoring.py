@@ -46,6 +46,7 @@ class RoundData:
     train_ok: np.ndarray     # (T,) bool: True = the label was judged correct
     val_idx: np.ndarray      # (V,) int64 rows with a held-out audit verdict
     val_ok: np.ndarray       # (V,) bool
+    probe_key: str = ""      # identifies features, labels, folds and readable rows: equal keys, equal probes
 
 
 @dataclass
@@ -58,18 +59,23 @@ class Fitted:
 
 
 class Robust:
-    """Probe -> class-conditional noise model -> weights fitted on the verdicts around the dev-chosen prior."""
+    """Probe -> class-conditional noise model -> weights fitted on the verdicts around the dev-chosen prior.
+    warm_start: the previous round's state; its probe is reused when its probe_key equals the data's."""
     spec = METHODS["robust"]
 
     def fit(self, data: RoundData, *, device="cpu", warm_start: dict | None = None, cleannet: TrainConfig = PAPER,
             progress: Progress = _quiet) -> Fitted:
+        same = bool(data.probe_key) and warm_start is not None and warm_start.get("probe_key") == data.probe_key
         fit = fit_robust_scores(data.feats, data.labels, data.folds, data.num_classes, data.train_idx,
                                 data.train_ok, valid_classes=data.valid, fit_rows=data.readable, device=device,
+                                probe=Probe.from_state(warm_start["probe"]) if same else None,
                                 progress=lambda p: progress(0.9 * p, "out-of-fold probe"))
         n = len(data.train_idx)
         note = (f"calibrated on {n} verdicts ({int((~data.train_ok).sum())} wrong) around the verdict-free weights"
                 if n else "no verdicts yet: the noise model's verdict-free weights")
-        return Fitted(fit.scores, DELTA, _state(self.spec, probe=fit.probe.state(), robust=fit.score.state()), note)
+        note += "; probe of the previous round reused (same images, labels and features)" if same else ""
+        return Fitted(fit.scores, DELTA, _state(self.spec, probe=fit.probe.state(), robust=fit.score.state(),
+                                                probe_key=data.probe_key), note)
 
     def rescore(self, state: dict, data: RoundData) -> Scores:
         return robust_rescore(RobustScore.from_state(state["robust"]), Probe.from_state(state["probe"]), data.feats,

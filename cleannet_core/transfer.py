@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import CleanNet
+from .optim import lbfgs
 from .probe import Probe, ProbeConfig, fit_probe, self_confidence
 from .score import Scores
 
@@ -189,21 +190,12 @@ def _fit_logistic(xs: np.ndarray, y: np.ndarray, *, l2: float, b0: float) -> tup
     xt, yt = torch.as_tensor(xs), torch.as_tensor(y)
     w = torch.zeros(xs.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
 
     def loss_fn() -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 / (2 * len(y)) * (w * w).sum()
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return w.detach().numpy().copy(), float(b.detach()), float(loss_fn())
+    loss = lbfgs([w, b], loss_fn)
+    return w.detach().numpy().copy(), float(b.detach()), loss
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """The default `robust` score and the scoring-method seam: prior, MAP calibration, checkpoints, planted noise."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from cleannet_core import registry, scoring
 from cleannet_core.references import KMeansConfig, build_references
@@ -105,3 +108,16 @@ def test_a_checkpoint_of_another_version_or_method_is_refused():
     with pytest.raises(registry.UnknownMethod, match="valid"):
         scoring.method("nope")
     assert registry.check_checkpoint({"cleannet": {}}).name == "paper"  # files written before versions: v1
+
+
+def test_a_round_with_only_new_verdicts_reuses_the_probe_and_a_changed_one_refits():
+    feats, clean, noisy = structured(c=4, per=60)
+    first = scoring.method("robust").fit(replace(round_data(feats, noisy, 4), probe_key="k1"))
+    wrong = clean != noisy
+    again = replace(round_data(feats, noisy, 4, [0, 1, 2], ~wrong[:3]), probe_key="k1")
+    reused = scoring.method("robust").fit(again, warm_start=first.state)
+    assert "probe of the previous round reused" in reused.note
+    for k in ("w", "b", "mean", "std"):
+        assert torch.equal(reused.state["probe"][k], first.state["probe"][k])
+    changed = scoring.method("robust").fit(replace(again, probe_key="k2"), warm_start=first.state)
+    assert "reused" not in changed.note and changed.state["probe_key"] == "k2"
