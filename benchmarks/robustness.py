@@ -251,8 +251,14 @@ def logreg_baseline(db: Path, truths: dict, splits: list[list[int]]) -> dict:
 
 def settings() -> dict:
     """Every setting in force for the default round (the JSON records them)."""
+    from cleannet_core import robust
     return {"round": asdict(RoundConfig()), "probe": asdict(ProbeConfig()),
-            "queue": {"audit_share": 0.2, "retrain_every": 50}, "levels": list(LEVELS)}
+            "robust": {"signals": list(robust.SIGNALS), "prior_w": list(robust.PRIOR_W), "prior_b": robust.PRIOR_B,
+                       "strength": robust.STRENGTH, "delta": robust.DELTA,
+                       "noise_model": {"anchor_percentile": 97.0, "em_iterations": 100, "top_k": 16}},
+            "image_size": f"{pipeline.UPSCALE_224_FROM} images and more: 224 px, else 128 px (small images)",
+            "queue": {"audit_share": 0.2, "retrain_every": 50}, "levels": list(LEVELS),
+            "chosen_on": "dev cases only (benchmarks/robust_prior.py, the emulated sessions of the dev cases)"}
 
 
 def main(argv=None) -> dict:

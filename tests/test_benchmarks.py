@@ -182,3 +182,28 @@ def test_probe_epochs_benchmark_scores_each_setting_and_writes_the_table(cifar_d
     assert json.loads(out.read_text()) == res
     table = probe_epochs.markdown_table(res["runs"])
     assert table.splitlines()[2].startswith("| 200 | random1 | 64 | ") and table.count("\n") == 2
+
+
+@pytest.mark.slow
+def test_robustness_suite_runs_a_case_through_the_product_and_reports(cifar_dir, tmp_path):
+    """One split and seed of the small digits case (sklearn's digits, no CIFAR images): three rounds of the
+    product at 0, 50 and 100 verdicts drawn by its queue, each judged beside the baselines on the same
+    probabilities; the report's table and checks read the JSON."""
+    from benchmarks import robustness, robustness_report
+    out = tmp_path / "r.json"
+    res = robustness.main(["--data", str(cifar_dir), "--role", "dev", "--cases", "dev-digits-15", "--seeds", "0",
+                           "--splits", "1", "--cache", str(tmp_path / "cache"), "--json", str(out)])
+    runs = res["runs"]
+    assert [r["verdicts"] for r in runs] == [0, 50, 100] and {r["role"] for r in runs} == {"dev"}
+    assert [r["model"]["n_train"] + r["model"]["n_val"] for r in runs] == [0, 50, 100]
+    for r in runs:
+        assert {"default", "flag_nothing", "cleanlab", "selfconf_vt"} <= set(r)
+        assert 0 <= r["default"]["error"] <= 1 and r["flag_nothing"]["flagged"] == 0
+        assert r["flag_nothing"]["wrong_caught"] == 0 and 0.1 < r["flag_nothing"]["error"] < 0.2  # 15 % noise
+        assert set(r["noise_rate"]["true"]) == set(map(str, range(10)))
+    assert "first_model" in runs[1] and runs[1]["first_model"] == {**runs[0]["default"]}
+    assert json.loads(out.read_text())["settings"]["robust"]["prior_w"] == list(robustness.settings()["robust"][
+        "prior_w"])
+    checks = robustness_report.checks(runs)
+    assert checks["never_worse_than_flagging_nothing"]["runs"] == 3
+    assert robustness_report.table(runs)[2].startswith("| dev-digits-15 | 0 |")
