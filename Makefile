@@ -10,11 +10,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: run test test-fast install chromium bench clean
 
 # The project itself is installed editable: the `annotator` command (.venv/bin/annotator) runs this clone's
-# code from any folder. Its dependencies come from requirements*.txt first; setuptools (pulled in by torch)
-# builds it without a download.
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+# code from any folder. Its dependencies come from the requirements files first (runtime, benchmark and test
+# extras: `make test` runs toy benchmarks); setuptools (pulled in by torch) builds it without a download.
+REQUIREMENTS := requirements.txt requirements-bench.txt requirements-test.txt
+$(STAMP): $(REQUIREMENTS) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-test.txt
+	$(PY) -m pip install --disable-pip-version-check -q $(addprefix -r ,$(REQUIREMENTS))
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
