@@ -36,9 +36,11 @@ test-fast: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/annotator demo
 
+# The quality and budget benchmarks on CIFAR-10N (not in the repo): make bench CIFAR10N=DIR (labels.csv, train/).
 bench: $(STAMP)
-	$(PY) -m benchmarks.quality --data ../shared/data/cifar10n --labels aggre --json benchmarks/out/quality-aggre.json
-	$(PY) -m benchmarks.budget --data ../shared/data/cifar10n --labels aggre --json benchmarks/out/budget-aggre.json
+	@test -n "$(CIFAR10N)" || { echo "usage: make bench CIFAR10N=DIR (the CIFAR-10N folder: labels.csv, train/)"; exit 2; }
+	$(PY) -m benchmarks.quality --data $(CIFAR10N) --labels aggre --json benchmarks/out/quality-aggre.json
+	$(PY) -m benchmarks.budget --data $(CIFAR10N) --labels aggre --json benchmarks/out/budget-aggre.json
 
 clean:
 	rm -rf $(VENV) data/state benchmarks/.cache *.egg-info
