@@ -1,6 +1,6 @@
-"""The README against the code: the CLI reference table names every command, argument, option, choice and
-default the `annotator` command has (and nothing else); the repo paths it cites exist; nothing cites a file
-outside the repo.
+"""The docs against the code: the README's CLI reference table names every command, argument, option, choice
+and default the `annotator` command has (and nothing else); the repo paths the README cites exist; every
+"spec §N" cited is a section of docs/cleannet-spec.md; no code or doc cites a file outside the repo.
 
 The table's conventions, which these tests parse: the first cell is `command ARG ...` (an argument as its
 name in capitals, or its choices joined by `|`); the options cell lists each option as `--name [METAVAR]`,
@@ -10,6 +10,7 @@ option's default either as `default: X` (up to a `;`) or, when it starts with a 
 in the option's help as `[default: X]` or `(default: X)`; the README's must state the same numbers."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -209,3 +210,88 @@ def test_the_parser_reads_what_the_table_writes():
     assert default_problems("--batch-size", computed, "256") != []
     assert default_problems("--batch-size", computed, "256 on a GPU, 32 on a CPU") == []
     assert default_problems("--x", click.Option(["--x"]), "3") != []
+
+
+SOURCE_ROOTS = ("annotator/", "cleannet_core/", "benchmarks/", "docs/", "tests/", "data/demo/", ".streamlit/")
+PATH_LIKE = re.compile(r"[\w.*<>-]+(?:/[\w.*<>-]*)*")
+FILE_SUFFIX = re.compile(r"\.(py|md|toml|txt|sh|ini|json)$")
+
+
+def cited_paths(text: str) -> list[str]:
+    """Backticked tokens of text that name a file or folder: a path with a `/`, or a name with a file suffix."""
+    tokens = re.findall(r"`([^`\s]+)`", text)
+    return [t for t in tokens if PATH_LIKE.fullmatch(t) and ("/" in t or FILE_SUFFIX.search(t))]
+
+
+def exists(base: Path, path: str) -> bool:
+    """path (a glob pattern allowed, e.g. requirements*.txt) names something under base."""
+    return any(base.glob(path.rstrip("/"))) if "*" in path else (base / path).exists()
+
+
+def test_repo_paths_the_readme_cites_exist():
+    """Every backticked path under one of the repo's source folders (`cleannet_core/probe.py`,
+    `docs/cleannet-spec.md`) exists; runtime paths (`data/state/`, `~/.local/...`) are not checked."""
+    missing = [p for p in cited_paths(README) if p.startswith(SOURCE_ROOTS) and not exists(REPO, p)]
+    assert not missing, missing
+
+
+def test_the_layout_table_names_real_files():
+    """Each Layout row: its paths exist, and the files it names (`model.py`, `store/`) exist in its folder."""
+    missing = []
+    for path_cell, what in table(section("Layout"), "| path | what |"):
+        paths = cited_paths(path_cell)
+        missing += [p for p in paths if not exists(REPO, p)]
+        base = REPO / paths[0] if paths[0].endswith("/") else REPO
+        for name in cited_paths(what):
+            if not exists(REPO if name.startswith(SOURCE_ROOTS) else base, name):
+                missing.append(f"{paths[0]}: {name}")
+    assert not missing, missing
+
+
+def test_the_path_checks_can_fail(tmp_path):
+    """The two checks above on names that do not exist."""
+    assert cited_paths("see `docs/none.md`, `model.py` and `st.navigation` (`a b`)") == ["docs/none.md", "model.py"]
+    (tmp_path / "requirements.txt").write_text("")
+    assert exists(tmp_path, "requirements*.txt") and not exists(tmp_path, "requirements*.cfg")
+    assert not exists(tmp_path, "docs/none.md")
+
+
+TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".ini", ".cfg", ".sh", ".yml", ".yaml", ""}
+SKIPPED_NAMES = {".git", ".venv", "__pycache__", ".pytest_cache", "build", ".carry"}
+SKIPPED_FOLDERS = {"data/state", "benchmarks/out", "benchmarks/.cache", "tests/artifacts"}  # runtime output
+
+
+def source_files() -> list[Path]:
+    """The repo's code and docs: its text files, outside version control, virtual environments, caches and
+    runtime output. Benchmark result JSON files are records of the commands that produced them, not
+    citations."""
+    files = []
+    for folder, dirs, names in os.walk(REPO):
+        rel = Path(folder).relative_to(REPO)
+        dirs[:] = [d for d in dirs if d not in SKIPPED_NAMES and not d.endswith(".egg-info")
+                   and (rel / d).as_posix() not in SKIPPED_FOLDERS]
+        files += [Path(folder, n) for n in names if Path(n).suffix in TEXT_SUFFIXES]
+    return files
+
+
+def test_nothing_cites_files_outside_the_repo():
+    """A user's clone has nothing next to it: the spec ships as docs/cleannet-spec.md, and a data folder
+    outside the repo is an argument (`make bench CIFAR10N=DIR`), never a path written in code or docs."""
+    outside = "../" + "shared"  # spelled in two parts so that this file does not contain it
+    files = source_files()
+    assert REPO / "Makefile" in files and REPO / "docs" / "cleannet-spec.md" in files
+    hits = [f"{path.relative_to(REPO)}:{n}" for path in files
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if outside in line]
+    assert not hits, "\n".join(hits)
+
+
+def test_every_spec_section_cited_exists():
+    """`§N` / `§N.M` / `§N.M-N.M` in code and docs (all of them cite the spec) are headings of
+    docs/cleannet-spec.md, so the sections keep the numbers the comments use."""
+    spec = REPO / "docs" / "cleannet-spec.md"
+    headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", spec.read_text(), re.M))
+    cited = {n for path in source_files() if path != spec
+             for match in re.finditer(r"§(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?", path.read_text(errors="replace"))
+             for n in match.groups() if n}
+    assert {"1", "3.2", "4.1", "6", "10"} <= cited  # the parser finds what the code cites
+    assert sorted(cited - headings) == []
