@@ -1,6 +1,6 @@
 """How many verdicts, on how many classes, the default transfer score needs.
 
-    python -m benchmarks.budget --data ../shared/data/cifar10n --labels worse,random1,aggre \
+    python -m benchmarks.budget --data $CIFAR10N --labels worse,random1,aggre \
         --budgets 0,0.002,0.005,0.01,0.02,0.05 --verified 1,2,5 --seeds 0,1,2 --json out.json
 
 Same features, probe and references as `benchmarks.quality` (cached backbone of --data-seed). For every

@@ -1,6 +1,6 @@
 """Image classification with CleanNet's weights on CIFAR-10N, evaluated on the clean CIFAR-10 test set (spec §6, §8).
 
-    python -m benchmarks.classify --data ../shared/data/cifar10n --labels worse --budget 0.032 \
+    python -m benchmarks.classify --data $CIFAR10N --labels worse --budget 0.032 \
         --verified-classes 0,1,2,3,4 --seed 0 --json out.json
 
 Rows, every classifier trained from scratch with the same settings (arch, epochs, LR schedule):

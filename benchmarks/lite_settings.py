@@ -1,6 +1,6 @@
 """Frozen EfficientNet-Lite0 settings by measurement: padding rule, input scaling and resolution vs CPU time.
 
-    python -m benchmarks.lite_settings --data ../shared/data/cifar10n --n 2000 --json out.json
+    python -m benchmarks.lite_settings --data $CIFAR10N --n 2000 --json out.json
 
 For each setting: extract frozen ImageNet features of --n CIFAR-10N images, fit cleanlab's out-of-fold probe
 (benchmarks.methods.cleanlab_flags: 5-fold logistic regression on standardised log features) on each label set,

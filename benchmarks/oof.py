@@ -1,6 +1,6 @@
 """Out-of-fold backbones: does a network that never saw an image's label find it better?
 
-    python -m benchmarks.oof --data ../shared/data/cifar10n --labels worse --folds 2 --seeds 0,1,2 --json out.json
+    python -m benchmarks.oof --data $CIFAR10N --labels worse --folds 2 --seeds 0,1,2 --json out.json
 
 The backbone of `benchmarks.quality` is trained on every noisy label, so it can memorise the wrong ones. Here
 `--folds` k extra backbones are each trained on the images of k - 1 folds and predict the k-th: every image

@@ -1,6 +1,6 @@
 """How long the out-of-fold probe should train, and at which input size: its ranking of the wrong labels.
 
-    python -m benchmarks.probe_epochs --data ../shared/data/cifar10n --sizes 3000,10000,50000 \
+    python -m benchmarks.probe_epochs --data $CIFAR10N --sizes 3000,10000,50000 \
         --image-sizes 128,224 --epochs 1,2,3,6,20 --labels aggre,random1,worse --json out.json
 
 For every image count, input size (frozen ImageNet Lite0 features, cached as `benchmarks.quality` caches them),

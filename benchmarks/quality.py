@@ -1,6 +1,6 @@
 """Label-noise detection on classes nobody verified: CleanNet (transfer) against cleanlab and kNN.
 
-    python -m benchmarks.quality --data ../shared/data/cifar10n --labels worse \
+    python -m benchmarks.quality --data $CIFAR10N --labels worse \
         --verified-classes 0,1,2,3,4 --budget 0.02 --seed 0 --json out.json
 
 `--backbone` picks the features every method gets: `pretrained` (default, the product's): the frozen ImageNet

@@ -1,6 +1,6 @@
 """How the `robust` score's verdict-free weights (cleannet_core.robust.PRIOR_W, PRIOR_B) were chosen, on dev cases only.
 
-    python -m benchmarks.robust_prior --data ../shared/data/cifar10n --json benchmarks/results/robust-prior.json
+    python -m benchmarks.robust_prior --data $CIFAR10N --json benchmarks/results/robust-prior.json
 
 For every dev case of the robustness suite: the product's probe (out-of-fold, folds = image id % 5) and noise model
 on the case's cached features, then the signals of every image. A grid of (noise_logit weight, in_domain weight,

@@ -1,6 +1,6 @@
 """The robustness suite: the product's own rounds and queue on noisy data sets of every kind, against fair baselines.
 
-    python -m benchmarks.robustness --data ../shared/data/cifar10n --role test --json benchmarks/results/robustness.json
+    python -m benchmarks.robustness --data $CIFAR10N --role test --json benchmarks/results/robustness.json
 
 Per case (`benchmarks/suite_cases.py`), split of verified classes and seed, in a fresh state folder: ingest the
 case's labels.csv, one worker round (`pipeline.run_round`, the first model), then 50 truthful verdicts drawn by

@@ -1,6 +1,6 @@
 """Which signals the transfer calibrator should use: one row per signal set.
 
-    python -m benchmarks.signals --data ../shared/data/cifar10n --labels aggre,random1,worse \
+    python -m benchmarks.signals --data $CIFAR10N --labels aggre,random1,worse \
         --seeds 0,1,2 --json out.json
 
 Same cached features, probe, references and verdicts as `benchmarks.quality` (the default score's own queue

@@ -1,4 +1,4 @@
-"""Training the image classifier with CleanNet's weights, alternating the two (../shared/cleannet-spec.md §6).
+"""Training the image classifier with CleanNet's weights, alternating the two (docs/cleannet-spec.md §6).
 
     round 0:      classifier C0 on the noisy labels (or a given one)
     round r >= 1: features of C(r-1) -> K-means references -> CleanNet (verdicts) -> score s of every image

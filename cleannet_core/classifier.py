@@ -1,6 +1,6 @@
 """Image classifier / feature backbone: a torchvision ResNet or EfficientNet-Lite0, trained with per-sample weights.
 
-Plays two roles in the pipeline (../shared/cleannet-spec.md): the classifier trained on noisy labels whose pool5
+Plays two roles in the pipeline (docs/cleannet-spec.md): the classifier trained on noisy labels whose pool5
 vectors are CleanNet's input features (§1), and the classifier retrained with CleanNet weights w_soft / w_hard (§6).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Images -> pool5 feature vectors (CleanNet's input, ../shared/cleannet-spec.md §1), with an on-disk cache.
+"""Images -> pool5 feature vectors (CleanNet's input, docs/cleannet-spec.md §1), with an on-disk cache.
 
 Features are cached per backbone (arch + weight hash) and keyed by the image's content hash, so renamed or moved
 files hit the cache and a retrained backbone never reuses stale vectors. Given the hashes (the app stores them at

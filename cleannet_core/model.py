@@ -1,6 +1,6 @@
 """CleanNet (Lee et al., CVPR 2018): a joint embedding of a query image and its noisy class.
 
-Built to ../shared/cleannet-spec.md §3 (layer sizes, tanh everywhere, attention over K reference vectors,
+Built to docs/cleannet-spec.md §3 (layer sizes, tanh everywhere, attention over K reference vectors,
 cosine relevance). Section numbers below refer to that spec. The module consumes precomputed feature
 vectors (B, d), never pixels.
 
