@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paper", action="store_true", help="also the paper's CleanNet (first split)")
     p.add_argument("--paper-steps", type=int, default=1000)
     p.add_argument("--logreg", action="store_true", help="also cleanlab on a separate logistic regression")
+    p.add_argument("--method", default=None, help="scoring method of every round (default: the product's)")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
@@ -210,6 +211,8 @@ def session(case: Case, db: Path, split: list[int], seed: int, args, truths: dic
     try:
         data = pipeline.load_data(store)
         store.set_verify([data.class_names[c] for c in split], True)
+        if args.method:
+            save_round_config(store, RoundConfig(method=args.method))
         rng = random.Random(seed)
         out, first, given = [], None, 0
         for level in LEVELS:
@@ -282,7 +285,8 @@ def main(argv=None) -> dict:
                 print(json.dumps({r["verdicts"]: (round(r["default"]["error"], 4), round(r["flag_nothing"]["error"], 4),
                                                   round(r["cleanlab"]["error"], 4)) for r in rows}),
                       case.name, split, seed, flush=True)
-    out = {"machine": platform.processor() or platform.machine(), "settings": settings(),
+    out = {"machine": platform.processor() or platform.machine(), "method": args.method or RoundConfig().method,
+           "settings": settings(),
            "cases": [{"name": c.name, "role": c.role, "kind": c.kind, "params": c.params,
                       "splits": c.splits()[: args.splits or None]} for c in chosen],
            "seeds": seeds, "runs": runs, "per_case": extra, "wall_s": round(time.perf_counter() - t_all, 1)}

@@ -57,8 +57,11 @@ def checks(runs: list[dict]) -> dict:
     out: dict = {}
     losing = [(r["case"], r["split"], r["seed"], r["verdicts"], round(ratio(r, "default"), 3)) for r in runs
               if r["default"]["error"] > r["flag_nothing"]["error"]]
-    out["never_worse_than_flagging_nothing"] = {"holds": not losing, "runs": len(runs), "losing": sorted(
-        losing, key=lambda t: -t[-1])}
+    worst = sorted(losing, key=lambda t: -t[-1])
+    out["never_worse_than_flagging_nothing"] = {"holds": not losing, "runs": len(runs), "losing_runs": len(losing),
+                                                "losing_cases": sorted({t[0] for t in losing}),
+                                                "worst": [f"{c} split {s} seed {r}, {v} verdicts: {x}"
+                                                          for c, s, r, v, x in worst[:5]]}
     teach = {}
     for case in sorted({r["case"] for r in runs if r["kind"] in ("structured", "openset")}):
         first = np.mean([r["default"]["error"] for r in g[(case, 0)]])
