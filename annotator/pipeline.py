@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import shutil
 import subprocess
 import sys
@@ -385,10 +386,10 @@ def _current_scores(store: Store, data: Data) -> np.ndarray:
 def _warm_state(current: dict | None) -> dict | None:
     """The current model's checkpoint, for the next fit to continue from (a CleanNet to warm-start, a probe to
     reuse when nothing it depends on changed); None when it cannot be read."""
-    if not current:
+    if not current or not current.get("checkpoint"):
         return None
     try:
         return load_scorer(current["checkpoint"])
-    except (OSError, TypeError, RuntimeError) as e:
-        log.warning("cannot warm-start from %s: %s", current.get("checkpoint"), e)
+    except (OSError, EOFError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        log.warning("not continuing from %s (%s): the round fits from scratch", current["checkpoint"], e)
         return None

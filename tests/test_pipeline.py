@@ -63,3 +63,14 @@ def test_image_size_is_chosen_by_image_side_and_store_size(tmp_path):
     assert pipeline.pick_image_size(small, resnet, n_images=edge) == 32
     assert [pipeline.pick_image_size(large, c, n_images=5) for c in (lite, resnet)] == [224, 224]
     assert pipeline.pick_image_size(small, RoundConfig(image_size=96), n_images=edge) == 96
+
+
+def test_a_current_model_without_a_readable_checkpoint_does_not_stop_the_next_round(tmp_path):
+    """The next round continues from the current model's checkpoint (a probe to reuse, a CleanNet to warm-start);
+    a model registered without one, or whose file is missing or not a checkpoint, is fitted from scratch."""
+    assert pipeline._warm_state(None) is None
+    assert pipeline._warm_state({"checkpoint": None}) is None
+    assert pipeline._warm_state({"checkpoint": str(tmp_path / "gone.pt")}) is None
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert pipeline._warm_state({"checkpoint": str(junk)}) is None
