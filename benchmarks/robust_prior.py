@@ -6,7 +6,8 @@ For every dev case of the robustness suite: the product's probe (out-of-fold, fo
 on the case's cached features, then the signals of every image. A grid of (noise_logit weight, in_domain weight,
 bias) is scored by each case's flag error / flagging nothing's, all images; the choice is the lowest mean ratio
 among the weights whose worst dev case is at most MARGIN (a first model that beats flagging nothing by 5 % on
-every dev case, so that it does not lose on cases it has not seen). label_logit's prior weight is 0: only verdicts give it weight. Test cases play no part.
+every dev case, so that it does not lose on cases it has not seen). label_logit's prior weight is 0: only
+verdicts give it weight. Test cases play no part.
 """
 from __future__ import annotations
 
