@@ -36,6 +36,7 @@ PRIOR_W = (0.8, 30.0, 0.0)  # the verdict-free weights chosen on the dev cases (
 PRIOR_B = 1.5
 STRENGTH = 3.0              # prior precision on weight x signal spread: the prior counts like a few verdicts
 DELTA = 0.5
+PROBE_SHARE = 0.8            # the probe's share of a fit's progress; the noise model and scoring take the rest
 CLIP = 1e-6
 
 
@@ -155,16 +156,20 @@ def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarra
 
     features (N, d), labels and folds (N,) ints; verified_idx (M,) rows with verdicts verified_ok (M,) bool (True =
     label correct); fit_rows (N,) bool: the images the probe and the noise model learn from (default all); probe:
-    one fitted on these very features, labels and folds (it does not depend on the verdicts), else it is fitted."""
+    one fitted on these very features, labels and folds (it does not depend on the verdicts), else it is fitted.
+    progress: called with the fraction done, the probe's training being the first PROBE_SHARE of it."""
     rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
     sub = slice(None) if rows.all() else rows
+    report = progress or (lambda frac: None)
     if probe is None:
         probe = fit_probe(features[sub], labels[sub], folds[sub], num_classes, probe_config, device=device,
-                          progress=progress)
+                          progress=lambda frac: report(PROBE_SHARE * frac))
+    report(PROBE_SHARE)
     fit_idx = np.flatnonzero(rows)
     sample = fit_idx if len(fit_idx) <= 50_000 else np.sort(np.random.default_rng(0).choice(fit_idx, 50_000, False))
     probs = probe.predict(features[sample], folds[sample])
     noise = fit_noise_model(probs, labels[sample])
+    report(PROBE_SHARE + 0.5 * (1 - PROBE_SHARE))
     rs = RobustScore(noise, np.asarray(PRIOR_W, np.float64), PRIOR_B)
     v = np.asarray(verified_idx, np.int64)
     if len(v):

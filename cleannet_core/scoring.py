@@ -17,7 +17,7 @@ import numpy as np
 from .model import CleanNet
 from .probe import Probe, ProbeConfig
 from .registry import METHODS, MethodSpec, check_checkpoint, spec
-from .robust import RobustScore, fit_robust_scores
+from .robust import PROBE_SHARE, RobustScore, fit_robust_scores
 from .robust import score_with_probe as robust_rescore
 from .score import Scores, score_images
 from .train import TrainConfig, train_cleannet
@@ -69,7 +69,8 @@ class Robust:
         fit = fit_robust_scores(data.feats, data.labels, data.folds, data.num_classes, data.train_idx,
                                 data.train_ok, valid_classes=data.valid, fit_rows=data.readable, device=device,
                                 probe=Probe.from_state(warm_start["probe"]) if same else None,
-                                progress=lambda p: progress(0.9 * p, "out-of-fold probe"))
+                                progress=lambda p: progress(0.95 * p, "out-of-fold probe" if p < PROBE_SHARE
+                                                            else "noise model, weights and scores"))
         n = len(data.train_idx)
         note = (f"calibrated on {n} verdicts ({int((~data.train_ok).sum())} wrong) around the verdict-free weights"
                 if n else "no verdicts yet: the noise model's verdict-free weights")

@@ -113,16 +113,16 @@ def test_train_score_extract_export(env, tmp_path):
     assert status["backbone"]["image_size"] == 128 and "package" in status["backbone"]["source"]
     assert "model version 2 is current" in run("score").output
     assert store.current_model()["version"] == 2 and len(store.current_scores()) == 60
-    assert store.current_model()["metrics"]["method"] == "transfer"  # the default
-    transfer_scores = store.current_scores()
+    assert store.current_model()["metrics"]["method"] == "robust"  # the default
+    default_scores = store.current_scores()
     assert "model version 3 is current" in run("train", "--method", "paper").output
     assert store.current_model()["metrics"]["method"] == "paper" and store.current_model()["metrics"]["best_step"]
     assert "model version 4 is current" in run("score").output  # rescoring a paper model
-    assert store.current_scores() != transfer_scores
-    assert "model version 5 is current" in run("train").output  # back to transfer from a paper model
+    assert store.current_scores() != default_scores
+    assert "model version 5 is current" in run("train").output  # back to the default from a paper model
     assert "model version 6 is current" in run("score").output
-    np.testing.assert_allclose([store.current_scores()[i] for i in sorted(transfer_scores)],
-                               [transfer_scores[i] for i in sorted(transfer_scores)], atol=1e-5)
+    np.testing.assert_allclose([store.current_scores()[i] for i in sorted(default_scores)],
+                               [default_scores[i] for i in sorted(default_scores)], atol=1e-5)
     assert run("train", "--method", "nope", ok=False).exit_code == 2
     store.set_setting("round", {"backbone_epochs": 1, "steps": 40, "num_ref": 4, "method": "nope"})
     res = run("train", ok=False)

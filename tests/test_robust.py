@@ -115,8 +115,13 @@ def test_a_round_with_only_new_verdicts_reuses_the_probe_and_a_changed_one_refit
     first = scoring.method("robust").fit(replace(round_data(feats, noisy, 4), probe_key="k1"))
     wrong = clean != noisy
     again = replace(round_data(feats, noisy, 4, [0, 1, 2], ~wrong[:3]), probe_key="k1")
-    reused = scoring.method("robust").fit(again, warm_start=first.state)
+    reports = []
+    reused = scoring.method("robust").fit(again, warm_start=first.state,
+                                          progress=lambda frac, message: reports.append((frac, message)))
     assert "probe of the previous round reused" in reused.note
+    # no probe steps to report, yet the fit still reports its later stages strictly between 0 and 1, in order
+    assert [m for _, m in reports] == ["noise model, weights and scores"] * 2
+    assert 0 < reports[0][0] < reports[1][0] < 1
     for k in ("w", "b", "mean", "std"):
         assert torch.equal(reused.state["probe"][k], first.state["probe"][k])
     changed = scoring.method("robust").fit(replace(again, probe_key="k2"), warm_start=first.state)

@@ -142,7 +142,7 @@ def held_round(src: Path, tmp_path: Path, phase: str) -> tuple[Path, subprocess.
 
 
 def test_sigkill_during_training_keeps_previous_model_and_restart_completes(base, tmp_path):
-    """Killed inside the probe's training (held there by the test's hook: on 600 images the phase lasts well
+    """Killed inside the scoring model's fit (held there by the test's hook: on 600 images the phase lasts well
     under a second, too short to catch by polling)."""
     db, proc, store = held_round(base[0], tmp_path, "training")
     assert store.worker_state()["phase"] == "training" and 0 < store.worker_state()["progress"] < 1
