@@ -4,6 +4,7 @@ Files live under the state folder (the database's folder):
 
     backbones/backbone-<id>.pt      the image backbone whose pooled features every round scores
     models/<method>-<id>.pt         one round's scoring model (probe + calibrator, or CleanNet) and references
+    models/adapted-<id>.pt          an adapted round's cross-fitted networks and their out-of-fold probabilities
     classifiers/                    classifiers exported by `train-classifier` (and resume/ checkpoints)
     features/                       the content-keyed feature cache (cleannet_core.features)
 
@@ -13,18 +14,25 @@ never points at a half-written file and every score can be traced to the files t
 """
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import numpy as np
+
+from cleannet_core.adapt import CrossFit, ensemble_probs
 from cleannet_core.atomic import atomic_write
 from cleannet_core.classifier import Backbone, load_backbone, save_backbone
 from cleannet_core.features import backbone_id
 
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,3 +130,42 @@ def load_scorer(path: str | Path) -> dict[str, Any]:
     is never unpickled beyond tensors, dicts, lists, tuples, numbers and strings (anything else raises
     ``pickle.UnpicklingError``), which is all a round writes (probe and calibrator states, CleanNet checkpoints)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_adapted_artifact(store: Store, fit: CrossFit, probs: np.ndarray, *, ids: np.ndarray, class_ids: list[int],
+                          arch: str, image_size: int, config: dict[str, Any], backbone_id: str) -> dict[str, str]:
+    """Write an adapted round's K networks and out-of-fold probabilities (N, C) once, atomically, and register
+    them; -> the reference every later scorer checkpoint of the adaptation keeps ({"path": ...})."""
+    path = state_dir(store) / "models" / f"adapted-{uuid.uuid4().hex[:8]}.pt"
+    with atomic_write(path) as f:
+        torch.save({"arch": arch, "image_size": image_size, "config": config, "class_ids": list(class_ids),
+                    "ids": torch.from_numpy(np.asarray(ids, np.int64)),
+                    "probs": torch.from_numpy(np.asarray(probs, np.float16)), "states": fit.states}, f)
+    store.add_artifact(kind="classifier", path=str(path), backbone_id=backbone_id,
+                       source=f"adapted: {len(fit.states)} cross-fitted networks",
+                       provenance={"arch": arch, "image_size": image_size, "n_images": len(ids), **config})
+    return {"path": str(path)}
+
+
+def adapted_probs(ref: dict[str, str], *, ids: np.ndarray, paths: Sequence[str], class_ids: list[int],
+                  device: str = "cpu") -> np.ndarray | None:
+    """(N, C) probabilities of images (ids, paths) from an adapted file: its out-of-fold probabilities for the
+    images it was fitted on, the networks' mean for images added since. None when the file cannot be read or
+    its classes differ (the round then scores the frozen features)."""
+    try:
+        saved = torch.load(ref["path"], map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, KeyError) as e:
+        log.warning("adapted networks unreadable (%s): the round scores the frozen features", e)
+        return None
+    if saved["class_ids"] != list(class_ids):
+        return None
+    pos = {int(i): k for k, i in enumerate(saved["ids"].tolist())}
+    known = np.array([int(i) in pos for i in ids], bool)
+    probs = np.zeros((len(ids), len(class_ids)), np.float32)
+    if known.any():
+        probs[known] = saved["probs"].float().numpy()[[pos[int(i)] for i in np.asarray(ids)[known]]]
+    if (~known).any():
+        new = [paths[k] for k in np.flatnonzero(~known)]
+        probs[~known], _ = ensemble_probs(saved["states"], new, arch=saved["arch"], num_classes=len(class_ids),
+                                          image_size=saved["image_size"], device=device)
+    return probs

@@ -31,8 +31,8 @@ from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.registry import spec
 from cleannet_core.train import TrainConfig
 
-from .artifacts import (BackboneInfo, current_backbone, features_dir, load_backbone_artifact, load_scorer,
-                        save_backbone_artifact, save_scorer_artifact)
+from .artifacts import (BackboneInfo, adapted_probs, current_backbone, features_dir, load_backbone_artifact,
+                        load_scorer, save_backbone_artifact, save_scorer_artifact)
 from .publish import is_calibrated, publish_scores
 from .round_config import RoundConfig
 from .store import Store
@@ -278,29 +278,36 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     method = scoring.method(cfg.method)
     split = inputs.split
     report("training", 0.0, f"{cfg.method}: fitting on {int(readable.sum())} images and {split.n} verdicts")
-    data_in = round_data(inputs, probe_key=probe_key(data, readable, backbone))
-    fit = method.fit(data_in, device=device, cleannet=TrainConfig.shortened(cfg.steps),
-                     warm_start=None if full else _warm_state(current),
+    warm = None if full else _warm_state(current)
+    adapted = (warm or {}).get("adapted") if cfg.method == "robust" and cfg.adapt != "off" else None
+    probs = adapted and adapted_probs(adapted, ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist(),
+                                      device=str(device))
+    adapted = adapted if probs is not None else None
+    data_in = round_data(inputs, probe_key=probe_key(data, readable, backbone), probs=probs)
+    fit = method.fit(data_in, device=device, cleannet=TrainConfig.shortened(cfg.steps), warm_start=warm,
                      progress=lambda frac, message: report("training", frac, message))
     report("training", 1.0, fit.note)
-    metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method}
+    metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method,
+                                                                                   "adapted": bool(adapted)}
     ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
-                                                    "refs": torch.from_numpy(refs)},
+                                                    "refs": torch.from_numpy(refs)}
+                                | ({"adapted": adapted} if adapted else {}),
                                 method=cfg.method, backbone=backbone,
                                 provenance={"max_verdict_id": max_verdict, "n_verdicts": inputs.split.n})
-    version = store.add_model(delta=fit.delta, metrics=metrics, checkpoint=str(ckpt), backbone=backbone.source,
-                              n_verdicts=inputs.split.n)
+    version = store.add_model(delta=fit.delta, metrics=metrics, checkpoint=str(ckpt), n_verdicts=inputs.split.n,
+                              backbone=f"adapted from {backbone.source}" if adapted else backbone.source)
     publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state))
     return version
 
 
-def round_data(inputs: RoundInputs, *, probe_key: str = "") -> scoring.RoundData:
-    """The arrays a scoring method is fitted on (folds by image id, so they never change for an image)."""
+def round_data(inputs: RoundInputs, *, probe_key: str = "", probs: np.ndarray | None = None) -> scoring.RoundData:
+    """The arrays a scoring method is fitted on (folds by image id, so they never change for an image); probs
+    (N, C): an adapted model's probabilities (annotator.adapt_round), read instead of a probe's."""
     split = inputs.split
     return scoring.RoundData(feats=inputs.feats, labels=inputs.data.labels, folds=scoring.folds_of(inputs.data.ids),
                              num_classes=len(inputs.data.class_ids), refs=inputs.refs, valid=inputs.has_refs,
                              readable=inputs.readable, train_idx=split.train, train_ok=split.train_correct,
-                             val_idx=split.val, val_ok=split.val_correct, probe_key=probe_key)
+                             val_idx=split.val, val_ok=split.val_correct, probe_key=probe_key, probs=probs)
 
 
 def probe_key(data: Data, readable: np.ndarray, backbone: BackboneInfo) -> str:
@@ -336,11 +343,18 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
         raise ValueError("the backbone changed since the current model: run `train` instead")
     feats, _ = features(store, data, model, backbone, cfg)
     refs = ckpt["refs"].numpy()
+    probs = None
+    if ckpt.get("adapted"):
+        probs = adapted_probs(ckpt["adapted"], ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist(),
+                              device=str(resolve_device(cfg.device)))
+        if probs is None:
+            raise ValueError("the current model's adapted networks cannot be read: run `train` instead")
     empty = np.zeros(0, np.int64)
     sc = scoring.rescore(ckpt, scoring.RoundData(
         feats=feats, labels=data.labels, folds=scoring.folds_of(data.ids), num_classes=len(data.class_ids),
-        refs=refs, valid=np.abs(refs).sum(axis=(1, 2)) > 0, readable=np.ones(len(data.ids), bool),
-        train_idx=empty, train_ok=empty.astype(bool), val_idx=empty, val_ok=empty.astype(bool)))
+        refs=refs, valid=np.abs(refs).sum(axis=(1, 2)) > 0 if probs is None else np.ones(len(refs), bool),
+        readable=np.ones(len(data.ids), bool), train_idx=empty, train_ok=empty.astype(bool), val_idx=empty,
+        val_ok=empty.astype(bool), probs=probs))
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))

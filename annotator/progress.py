@@ -135,7 +135,8 @@ def project_status(store: Store) -> dict:
     return {"database": str(store.path), "images": store.images_count(), "verdicts": store.verdict_count(),
             "classes_verified": sum(c["verify"] for c in store.classes()),
             "model_version": model["version"] if model else None, "delta": model["delta"] if model else None,
-            "backbone": backbone_summary(model), "trust": model_trust(model), "worker": worker_status(store),
+            "backbone": backbone_summary(model), "trust": model_trust(model), "adapted": adapt_summary(store),
+            "worker": worker_status(store),
             "ingest_errors": store.ingest_error_counts()}
 
 
@@ -154,6 +155,17 @@ def model_trust(model: dict | None) -> dict | None:
         text = (f"flags {verdict} flagging nothing on {check['n']} held-out audit verdicts: {check['errors']} "
                 f"errors against {check['flag_nothing_errors']}")
     return {"note": m.get("note"), **check, "text": text}
+
+
+def adapt_summary(store: Store) -> dict:
+    """The adapted features (annotator.adapt_round): whether the current model uses them, the last attempt's
+    outcome and what the worker waits for. -> {current, message, waiting, text}."""
+    model = store.current_model() or {}
+    record = store.get_setting("adapt") or {}
+    current = bool((model.get("metrics") or {}).get("adapted"))
+    text = record.get("message") or record.get("waiting") or "not tried yet"
+    return {"current": current, "message": record.get("message"), "waiting": record.get("waiting"),
+            "text": ("in use; " if current else "not in use; ") + text}
 
 
 def backbone_summary(model: dict | None) -> dict | None:
@@ -179,7 +191,7 @@ def describe_status(out: dict) -> list[str]:
     lines = [f"database: {out['database']}",
              f"images: {out['images']} ({out['classes_verified']} classes verified); live verdicts: "
              f"{out['verdicts']}; ingest errors: {errors}", f"model: {model}{_describe_backbone(out['backbone'])}",
-             *_describe_trust(out.get("trust")),
+             *_describe_trust(out.get("trust")), f"  adapted features: {out['adapted']['text']}",
              f"worker: running (pid {w['pid']}, heartbeat {duration(w['heartbeat_age_s'])} ago), {w['phase']}"
              if w["running"] else f"worker: not running (last state: {w['phase'] or 'never started'})"]
     if describe_round(w):

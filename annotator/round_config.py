@@ -18,6 +18,7 @@ from .store import Store
 METHODS = tuple(REGISTERED)        # the scoring methods (cleannet_core.registry: one place names them)
 ARCHS = ("efficientnet_lite0", "resnet18", "resnet50")  # the backbones cleannet_core.classifier builds
 BACKBONES = ("pretrained", "finetuned", "noisy")        # where a new backbone's weights come from
+ADAPT = ("auto", "on", "off")      # when the adapted round runs
 DECODERS = ("cpu", "gpu")          # cleannet_core.loading.DECODERS: where extraction decodes JPEGs
 SETTING = "round"                  # the settings key
 
@@ -48,20 +49,29 @@ class RoundConfig:
     decode: str = "cpu"                # JPEG decoding for extraction: cpu (DataLoader workers) | gpu (decode_jpeg)
     extract_procs: int = 1             # > 1: the round extracts missing features with torchrun on this many
                                        # processes (one per GPU), see annotator.distributed
+    adapt: str = "auto"                # adapted round (backbone fine-tuned, cross-fitted) after the frozen model
+                                       # serves: auto = on a GPU, and on a CPU when its estimate fits
+                                       # adapt_budget_min | on | off (annotator.adapt_round)
+    adapt_budget_min: float = 30.0     # the longest adapted round a CPU runs, estimated before it starts
+    adapt_epochs: int = 6              # epochs of each cross-fitted network
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)
         _one_of("arch", self.arch, ARCHS)
         _one_of("backbone", self.backbone, BACKBONES)
         _one_of("decode", self.decode, DECODERS)
+        _one_of("adapt", self.adapt, ADAPT)
         for name, low in (("image_size", 0), ("backbone_epochs", 1), ("steps", 1), ("num_ref", 1),
-                          ("extract_procs", 1)):
+                          ("extract_procs", 1), ("adapt_epochs", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise BadRoundConfig(f"{name} must be an integer >= {low}, got {value!r}")
         if isinstance(self.backbone_lr, bool) or not isinstance(self.backbone_lr, (int, float)) or not (
                 0 < self.backbone_lr < 10):
             raise BadRoundConfig(f"backbone_lr must be a number in (0, 10), got {self.backbone_lr!r}")
+        if isinstance(self.adapt_budget_min, bool) or not isinstance(self.adapt_budget_min, (int, float)) or not (
+                0 < self.adapt_budget_min <= 10_000):
+            raise BadRoundConfig(f"adapt_budget_min must be minutes in (0, 10000], got {self.adapt_budget_min!r}")
         if self.weights_path is not None and not (isinstance(self.weights_path, str) and self.weights_path):
             raise BadRoundConfig(f"weights_path must be a file path or None, got {self.weights_path!r}")
         if not isinstance(self.device, str) or not self.device:

@@ -1,10 +1,11 @@
 """The background worker: a separate long-running process that retrains CleanNet as verdicts arrive.
 
     annotator worker            # loop forever
-    annotator worker --once     # one round if one is due, then exit
+    annotator worker --once     # one round if one is due, then exit (adapted rounds: `annotator adapt`)
 
 Every `poll` seconds it checks whether a round is due: no model yet, a lead's request (retrain or full), or
-at least `retrain_every` (setting, default 50) live verdicts since the current model. A heartbeat thread
+at least `retrain_every` (setting, default 50) live verdicts since the current model. When none is, it checks
+every ADAPT_CHECK_S whether an adapted round (annotator.adapt_round) is due and runs it. A heartbeat thread
 writes `worker.heartbeat` every few seconds even while a round trains, so the UI can tell "busy" from "dead".
 Phase (k of n), progress in the phase and in the round, the ETA (``annotator.progress``) and the last error
 are written to the store. An error is stored and shown; the worker keeps
@@ -25,13 +26,17 @@ from pathlib import Path
 
 import torch
 
+from .adapt_round import SETTING as ADAPT_SETTING
+from .adapt_round import due as adapt_due
+from .adapt_round import run_adapt_round
 from .pipeline import Report, run_round
 from .progress import RoundProgress, next_round
-from .round_config import load_round_config
+from .round_config import BadRoundConfig, load_round_config
 from .store import Store
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
+ADAPT_CHECK_S = 30.0  # how often an idle worker asks whether an adapted round is due (it reads every image)
 # Worker-row fields while no round runs: no progress to show (not "100 %").
 IDLE = {"phase": "idle", "progress": None, "overall": None, "phase_index": None, "phase_count": None,
         "round_started_at": None, "eta_at": None}
@@ -43,6 +48,19 @@ def due(store: Store) -> tuple[str | None, dict | None]:
         return None, None
     req = store.pending_request()
     return (req["kind"], req) if req else ("retrain", None)
+
+
+def _adapt_if_due(store: Store, overrides: dict | None) -> str | None:
+    """'adapt' when an adapted round is due (annotator.adapt_round.due); else None, the reason kept in the
+    setting adapt_round.SETTING as `waiting` for the pages to show."""
+    try:
+        ok, why = adapt_due(store, load_round_config(store, **(overrides or {})))
+    except BadRoundConfig:
+        return None  # the regular round reports bad settings
+    last = store.get_setting(ADAPT_SETTING) or {}
+    if not ok and last.get("waiting") != why:
+        store.set_setting(ADAPT_SETTING, last | {"waiting": why})
+    return "adapt" if ok else None
 
 
 def _alive(pid: int) -> bool:
@@ -113,9 +131,13 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
             on_report(phase, progress, message)
 
     rounds, failures = 0, 0
+    last_adapt_check = [0.0]
     try:
         while True:
             kind, req = due(store)
+            if kind is None and not once and time.time() - last_adapt_check[0] >= ADAPT_CHECK_S:
+                last_adapt_check[0] = time.time()
+                kind = _adapt_if_due(store, overrides)
             if kind is None:
                 if once:
                     break
@@ -128,9 +150,14 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
                                 phase_index=None, phase_count=None, round_started_at=tracker.started_at, eta_at=None)
             try:
                 cfg = load_round_config(store, **(overrides or {}))
-                version = run_round(store, cfg, full=kind == "full", report=report)
+                if kind == "adapt":
+                    outcome = run_adapt_round(store, cfg, report=report)
+                    store.worker_update(**IDLE, message=outcome.message)
+                    log.info("adapted round: %s", outcome.message)
+                else:
+                    version = run_round(store, cfg, full=kind == "full", report=report)
+                    log.info("round %d done: model version %d is current", rounds + 1, version)
                 rounds, failures = rounds + 1, 0
-                log.info("round %d done: model version %d is current", rounds, version)
             except Exception as e:  # stored and shown; the worker keeps running  # noqa: BLE001
                 failures += 1
                 log.error("round failed: %s", traceback.format_exc())

@@ -141,6 +141,21 @@ def score_with_probe(rs: RobustScore, probe: Probe, features: np.ndarray, labels
     return Scores(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("score", "suggested", "suggested_score")))
 
 
+def fit_robust_score(probs: np.ndarray, labels: np.ndarray, verified_probs: np.ndarray, verified_labels: np.ndarray,
+                     verified_ok: np.ndarray, *, progress: Callable[[], None] | None = None) -> RobustScore:
+    """The noise model read on out-of-fold probabilities probs (N, C) of images with noisy labels (N,), then the
+    weights fitted on the verdicts: verified_probs (M, C), verified_labels (M,), verified_ok (M,) bool (True =
+    label correct). progress: called once the noise model is fitted."""
+    rs = RobustScore(fit_noise_model(probs, labels), np.asarray(PRIOR_W, np.float64), PRIOR_B)
+    if progress:
+        progress()
+    if len(verified_ok):
+        x = rs.signals(verified_probs, verified_labels)
+        rs.w, rs.b = fit_weights(x, verified_ok, scale=rs.signals(probs, labels).std(axis=0))
+        rs.n_verdicts = len(verified_ok)
+    return rs
+
+
 @dataclass
 class RobustFit:
     probe: Probe
@@ -167,13 +182,8 @@ def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarra
     report(PROBE_SHARE)
     fit_idx = np.flatnonzero(rows)
     sample = fit_idx if len(fit_idx) <= 50_000 else np.sort(np.random.default_rng(0).choice(fit_idx, 50_000, False))
-    probs = probe.predict(features[sample], folds[sample])
-    noise = fit_noise_model(probs, labels[sample])
-    report(PROBE_SHARE + 0.5 * (1 - PROBE_SHARE))
-    rs = RobustScore(noise, np.asarray(PRIOR_W, np.float64), PRIOR_B)
     v = np.asarray(verified_idx, np.int64)
-    if len(v):
-        x = rs.signals(probe.predict(features[v], folds[v]), labels[v])
-        rs.w, rs.b = fit_weights(x, verified_ok, scale=rs.signals(probs, labels[sample]).std(axis=0))
-        rs.n_verdicts = len(v)
+    rs = fit_robust_score(probe.predict(features[sample], folds[sample]), labels[sample],
+                          probe.predict(features[v], folds[v]), labels[v], verified_ok,
+                          progress=lambda: report(PROBE_SHARE + 0.5 * (1 - PROBE_SHARE)))
     return RobustFit(probe, rs, score_with_probe(rs, probe, features, labels, folds, valid_classes=valid_classes))

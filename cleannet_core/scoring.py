@@ -17,7 +17,7 @@ import numpy as np
 from .model import CleanNet
 from .probe import Probe, ProbeConfig
 from .registry import METHODS, MethodSpec, check_checkpoint, spec
-from .robust import PROBE_SHARE, RobustScore, fit_robust_scores
+from .robust import PROBE_SHARE, RobustScore, fit_robust_score, fit_robust_scores, score_robust
 from .robust import score_with_probe as robust_rescore
 from .score import Scores, score_images
 from .train import TrainConfig, train_cleannet
@@ -47,6 +47,8 @@ class RoundData:
     val_idx: np.ndarray      # (V,) int64 rows with a held-out audit verdict
     val_ok: np.ndarray       # (V,) bool
     probe_key: str = ""      # identifies features, labels, folds and readable rows: equal keys, equal probes
+    probs: np.ndarray | None = None  # (N, C) out-of-fold P(noisy label | x) of adapted networks (robust reads
+                                     # them instead of fitting a probe on feats; cleannet_core.adapt)
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Robust:
 
     def fit(self, data: RoundData, *, device="cpu", warm_start: dict | None = None, cleannet: TrainConfig = PAPER,
             progress: Progress = _quiet) -> Fitted:
+        if data.probs is not None:
+            return self._fit_on_probs(data, progress)
         same = bool(data.probe_key) and warm_start is not None and warm_start.get("probe_key") == data.probe_key
         fit = fit_robust_scores(data.feats, data.labels, data.folds, data.num_classes, data.train_idx,
                                 data.train_ok, valid_classes=data.valid, fit_rows=data.readable, device=device,
@@ -78,7 +82,23 @@ class Robust:
         return Fitted(fit.scores, DELTA, _state(self.spec, probe=fit.probe.state(), robust=fit.score.state(),
                                                 probe_key=data.probe_key), note)
 
+    def _fit_on_probs(self, data: RoundData, progress: Progress) -> Fitted:
+        rows = np.flatnonzero(data.readable)
+        if len(rows) > 50_000:
+            rows = np.sort(np.random.default_rng(0).choice(rows, 50_000, replace=False))
+        t = data.train_idx
+        score = fit_robust_score(data.probs[rows], data.labels[rows], data.probs[t], data.labels[t], data.train_ok,
+                                 progress=lambda: progress(0.5, "noise model, weights and scores"))
+        scores, _ = score_robust(score, data.probs, data.labels, valid_classes=data.valid)
+        note = (f"calibrated on {len(t)} verdicts ({int((~data.train_ok).sum())} wrong) around the verdict-free "
+                f"weights" if len(t) else "no verdicts yet: the noise model's verdict-free weights")
+        return Fitted(scores, DELTA, _state(self.spec, probe=None, robust=score.state(), probe_key=""),
+                      note + "; probabilities of the adapted networks (out-of-fold)")
+
     def rescore(self, state: dict, data: RoundData) -> Scores:
+        if data.probs is not None:
+            return score_robust(RobustScore.from_state(state["robust"]), data.probs, data.labels,
+                                valid_classes=data.valid)[0]
         return robust_rescore(RobustScore.from_state(state["robust"]), Probe.from_state(state["probe"]), data.feats,
                               data.labels, data.folds, valid_classes=data.valid)
 

@@ -97,7 +97,7 @@ def test_annotators_and_worker_share_one_file(tmp_path):
         assert ingest_folder(store, tmp_path / "images", progress=False).added == 4 * PER_CLASS + UNVERIFIED
         store.set_verify(VERIFIED)  # 1,800 candidates for 1,600 verdicts; 'e' is never served
         save_round_config(store, RoundConfig(arch="resnet18", weights_path=str(tmp_path / "r18.pth"), image_size=16,
-                                             num_ref=8))
+                                             num_ref=8, adapt="off"))  # regular rounds only
         assert store.get_setting("retrain_every") == 50
     worker = spawn("-m", "annotator", "--db", db, "worker", "--poll", "0.2")
     store = Store(db)

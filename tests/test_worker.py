@@ -23,7 +23,7 @@ from helpers import DEMO, NAMES, REPO, demo_rows, wait_for
 pytestmark = pytest.mark.slow  # real worker processes training on real images
 
 VERIFY = NAMES[:5]
-ROUND = {"backbone_epochs": 4, "steps": 300, "num_ref": 8, "arch": "resnet18", "backbone": "noisy"}
+ROUND = {"backbone_epochs": 4, "steps": 300, "num_ref": 8, "arch": "resnet18", "backbone": "noisy", "adapt": "off"}
 
 
 def cli(db: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

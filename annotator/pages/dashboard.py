@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role, wilson
-from annotator.progress import describe_next, describe_round, duration, model_trust, worker_status
+from annotator.progress import adapt_summary, describe_next, describe_round, duration, model_trust, worker_status
 from annotator.store import Store
 
 PERIODS = {"Today": 0, "Last 7 days": 6, "All time": None}
@@ -107,6 +107,7 @@ def worker_panel(store: Store) -> None:
         trust = model_trust(model)
         if trust["note"]:
             st.caption(f"Fit: {md(trust['note'])}")
+        st.caption(f"Adapted features: {md(adapt_summary(store)['text'])}")
         (st.warning if trust["loses"] else st.caption)(
             md(trust["text"][0].upper() + trust["text"][1:]) + (
                 ": on the data measured so far the flags are wrong more often than they are right; do not drop "

@@ -1,0 +1,211 @@
+"""The adapted round: the backbone fine-tuned on the data itself, cross-fitted, kept only when it is better.
+
+After the frozen first model serves, the worker may adapt the features (cleannet_core.adapt): K networks are
+fine-tuned from the ImageNet weights on the noisy labels, with the verdicts applied (a corrected label replaces the
+noisy one; CleanNet's soft weights from the current scores down-weight suspected noise; a "wrong" verdict without
+a correction weighs 0), each scoring only the images it did not train on. Their out-of-fold probabilities feed the
+noise model and the robust score in place of the linear probe's.
+
+The adapted model becomes current only when it makes fewer errors than the current model on the held-out audit
+verdicts (random draws no model trained on; ties broken by log-loss); otherwise the frozen model keeps serving
+and the outcome says why. Later rounds refit the robust score on the same networks' probabilities (new images get
+the networks' mean), so the adaptation is not lost when verdicts arrive.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cleannet_core import scoring
+from cleannet_core.adapt import AdaptConfig, CrossFit, cross_fit
+from cleannet_core.alternate import round_weights, training_weights
+from cleannet_core.classifier import resolve_device
+from cleannet_core.features import load_imagenet_weights
+
+from .artifacts import BackboneInfo, current_backbone, save_adapted_artifact, save_scorer_artifact
+from .pipeline import Data, Report, RoundInputs, VerdictSplit, _metrics, _quiet, load_data, verdict_split
+from .publish import publish_scores
+from .round_config import RoundConfig
+from .store import Store
+
+log = logging.getLogger(__name__)
+SETTING = "adapt"          # the last attempt: key, outcome, message, audit figures
+GUARD_MIN = 10             # held-out audit verdicts the comparison needs
+FOLDS = 2
+CPU_IMAGES_PER_S = 7.0     # training images per second per core-pair on this kind of CPU at 128 px (measured,
+                           # benchmarks/README.md "Adapted features"); scaled by (128 / size)^2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    version: int | None   # the new current model, None when the current one keeps serving
+    message: str
+
+
+def adapt_folds(image_ids: np.ndarray, k: int = FOLDS) -> np.ndarray:
+    """(N,) fold of each image by a multiplicative hash of its id (the hash's high bits: its low bits repeat the
+    id's), stable and balanced whatever the ids' pattern."""
+    h = (np.asarray(image_ids, np.uint64) * np.uint64(2654435761)) % np.uint64(2 ** 32)
+    return ((h >> np.uint64(16)) % np.uint64(k)).astype(np.int64)
+
+
+def data_key(data: Data) -> str:
+    """What an adapted round depends on besides the verdicts: the images and their labels."""
+    h = hashlib.blake2b(digest_size=12)
+    for part in (data.ids.tobytes(), data.labels.tobytes(), data.class_ids.tobytes()):
+        h.update(part)
+    return h.hexdigest()
+
+
+def estimate_s(n_images: int, cfg: RoundConfig, *, image_size: int, device: torch.device) -> float | None:
+    """Seconds an adapted round takes on a CPU (K networks, each epochs x (K-1)/K of the images, plus one
+    prediction pass); None on a GPU (not estimated: it runs)."""
+    if device.type != "cpu":
+        return None
+    per_s = CPU_IMAGES_PER_S * (128 / image_size) ** 2
+    return n_images * (cfg.adapt_epochs * (FOLDS - 1) + 0.3) / per_s
+
+
+def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:
+    """Whether the worker should run an adapted round now, and why (not)."""
+    if cfg.adapt == "off":
+        return False, "adapted features are off (round setting adapt)"
+    if cfg.method != "robust":
+        return False, f"adapted features need the robust method (the round setting is {cfg.method})"
+    current = store.current_model()
+    if current is None:
+        return False, "the frozen first model serves first"
+    data = load_data(store)
+    last = store.get_setting(SETTING) or {}
+    n_val = len(verdict_split(store, data).val)
+    if n_val < GUARD_MIN:
+        return False, f"waiting for {GUARD_MIN} held-out audit verdicts to check an adapted model ({n_val} so far)"
+    if last.get("key") == data_key(data) and n_val < 2 * last.get("n_val", 0):
+        return False, f"last adapted round: {last.get('message', '')}"
+    backbone = current_backbone(store)
+    size = backbone.image_size if backbone else 128
+    est = estimate_s(len(data.ids), cfg, image_size=size, device=resolve_device(cfg.device))
+    if cfg.adapt == "auto" and est is not None and est > 60 * cfg.adapt_budget_min:
+        return False, (f"an adapted round would take about {est / 60:.0f} min on this CPU, over the "
+                       f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min); a GPU takes minutes")
+    return True, "due"
+
+
+def targets(store: Store, data: Data) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (N,), weights (N,)) the networks learn: noisy labels with corrections applied; w_soft from the
+    current scores, 1 for a verdict that keeps or corrects the label, 0 for "wrong" without a correction."""
+    by_id = store.current_scores()
+    score = np.array([by_id.get(int(i), 1.0) for i in data.ids], np.float32)
+    current = store.current_model()
+    rows, ok = verdict_split(store, data).every()
+    w = round_weights(score, current["delta"], "soft", verified_idx=rows, verified_ok=ok)
+    labels = data.labels.copy()
+    pos = {int(c): k for k, c in enumerate(data.class_ids)}
+    where = {int(i): k for k, i in enumerate(data.ids)}
+    for v in store.live_verdicts():
+        if v["verdict"] == "wrong" and v["corrected_label_id"] is not None and v["image_id"] in where:
+            labels[where[v["image_id"]]] = pos[v["corrected_label_id"]]
+            w[where[v["image_id"]]] = 1.0
+    return labels, training_weights(w, "mean")
+
+
+def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = _quiet,
+                    config: AdaptConfig | None = None) -> Outcome:
+    """Fine-tune, cross-fitted; fit the robust score on the out-of-fold probabilities; publish only if it beats
+    the current model on the held-out audit verdicts. The outcome is stored under the setting SETTING."""
+    current = store.current_model()
+    if current is None:
+        raise ValueError("no model yet: the frozen first model serves first (run `train`)")
+    data = load_data(store)
+    backbone = current_backbone(store)
+    if backbone is None:
+        raise ValueError("no backbone yet: the frozen first model serves first (run `train`)")
+    size = backbone.image_size
+    device = resolve_device(cfg.device)
+    config = config or AdaptConfig(folds=FOLDS, epochs=cfg.adapt_epochs)
+    split = verdict_split(store, data)
+    labels, weights = targets(store, data)
+    state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
+    report("backbone", 0.0, f"adapting the features: {config.folds} networks fine-tuned on {len(data.ids)} images "
+                            f"({message})")
+    folds = adapt_folds(data.ids, config.folds)
+    fit = cross_fit(data.paths, labels, folds, len(data.class_ids), arch=cfg.arch, image_size=size,
+                    init_state=state, weights=weights, config=config, device=str(device),
+                    progress=lambda frac, msg: report("backbone", frac, msg))
+    probs = _fill_unreadable(fit)
+    report("training", 0.0, f"robust score on the adapted probabilities and {len(split.train)} verdicts")
+    data_in = scoring.RoundData(feats=np.zeros((len(data.ids), 0), np.float16), labels=data.labels, folds=folds,
+                                num_classes=len(data.class_ids), refs=np.zeros((len(data.class_ids), 1, 1)),
+                                valid=np.ones(len(data.class_ids), bool), readable=fit.readable,
+                                train_idx=split.train, train_ok=split.train_correct, val_idx=split.val,
+                                val_ok=split.val_correct, probs=probs)
+    fitted = scoring.method("robust").fit(data_in, device=device)
+    report("training", 1.0, fitted.note)
+    verdict = compare(store, data, split, fitted.scores.score, fitted.delta)
+    key = data_key(data)
+    record = {"key": key, "at": time.time(), "n_val": int(len(split.val)), **verdict}
+    if not verdict["better"]:
+        record["message"] = (f"the adapted model made {verdict['errors']} errors on {verdict['n']} held-out audit "
+                             f"verdicts, the current one {verdict['current_errors']}: the current model keeps serving")
+        store.set_setting(SETTING, record)
+        report("training", 1.0, record["message"])
+        return Outcome(None, record["message"])
+    adapted = save_adapted_artifact(store, fit, probs, ids=data.ids, class_ids=data.class_ids.tolist(),
+                                    arch=cfg.arch, image_size=size, config=config.state(),
+                                    backbone_id=backbone.id)
+    version = publish_adapted(store, data, fitted, adapted, backbone=backbone, split=split, report=report)
+    record["message"] = (f"adapted model version {version} is current: {verdict['errors']} errors on "
+                         f"{verdict['n']} held-out audit verdicts, the frozen model {verdict['current_errors']}")
+    store.set_setting(SETTING, record)
+    return Outcome(version, record["message"])
+
+
+def _fill_unreadable(fit: CrossFit) -> np.ndarray:
+    """Out-of-fold probabilities with unreadable images at the uniform distribution (no evidence either way)."""
+    probs = fit.probs.copy()
+    probs[~fit.readable] = 1.0 / probs.shape[1]
+    return probs
+
+
+def compare(store: Store, data: Data, split: VerdictSplit, score: np.ndarray, delta: float) -> dict:
+    """The new scores against the current model's on the held-out audit verdicts: errors at each model's own
+    threshold, then log-loss of P(correct) as the tie-break. -> n, errors, current_errors, better."""
+    current = store.current_model()
+    by_id = store.current_scores()
+    rows, ok = split.val, split.val_correct
+    old = np.array([by_id.get(int(data.ids[r]), 1.0) for r in rows], np.float64)
+    new = np.asarray(score, np.float64)[rows]
+    errors, current_errors = int(((new < delta) != ~ok).sum()), int(((old < current["delta"]) != ~ok).sum())
+
+    def log_loss(p: np.ndarray) -> float:
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return float(-(np.where(ok, np.log(p), np.log1p(-p))).mean()) if len(p) else 0.0
+
+    better = len(rows) >= GUARD_MIN and (errors < current_errors or (
+        errors == current_errors and log_loss(new) < log_loss(old)))
+    return {"n": int(len(rows)), "errors": errors, "current_errors": current_errors, "better": bool(better)}
+
+
+def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: dict, *, backbone: BackboneInfo,
+                    split: VerdictSplit, report: Report) -> int:
+    """Register the adapted scorer (its checkpoint refers to the networks' file) and make it current."""
+    max_verdict = store.max_verdict_id()
+    num_classes = len(data.class_ids)
+    payload = fitted.state | {"delta": fitted.delta, "class_ids": data.class_ids.tolist(), "adapted": adapted,
+                              "refs": torch.zeros(num_classes, 1, 1)}
+    ckpt = save_scorer_artifact(store, payload, method="robust", backbone=backbone,
+                                provenance={"max_verdict_id": max_verdict, "n_verdicts": split.n, "adapted": True})
+    inputs = RoundInputs(data=data, feats=np.zeros((0, 0), np.float16), readable=np.ones(len(data.ids), bool),
+                         refs=np.zeros((num_classes, 1, 1), np.float32), has_refs=np.ones(num_classes, bool),
+                         split=split)
+    metrics = _metrics(inputs, fitted, backbone=backbone, max_verdict=max_verdict) | {"method": "robust",
+                                                                                      "adapted": True}
+    version = store.add_model(delta=fitted.delta, metrics=metrics, checkpoint=str(ckpt),
+                              backbone=f"adapted from {backbone.source}", n_verdicts=split.n)
+    publish_scores(store, version, data, fitted.scores, fitted.delta, report, calibrated=True)
+    return version

@@ -1,0 +1,180 @@
+"""Adapted features at toy size: cross-fitting keeps probabilities out-of-fold, the guard keeps a worse adapted
+model from becoming current, a better one serves and survives later rounds and rescoring."""
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from annotator import adapt_round, pipeline
+from annotator.cli import cli
+from annotator.ingest import ingest_folder
+from annotator.round_config import RoundConfig, load_round_config, save_round_config
+from annotator.store import Store
+from cleannet_core.adapt import AdaptConfig, cross_fit, ensemble_probs
+from cleannet_core.classifier import Backbone, predict
+from helpers import REPO, wait_for, write_images
+
+TINY = AdaptConfig(folds=2, epochs=2, lr=0.05, label_smoothing=0.0)
+ROUND = RoundConfig(arch="resnet18", image_size=16, backbone_epochs=1, num_ref=2, adapt_epochs=1)
+
+
+def test_each_image_is_scored_by_the_network_that_did_not_learn_its_label(tmp_path):
+    """Every image is the same grey square; fold 0 is labelled 1 and fold 1 is labelled 0. A network that saw an
+    image's label would lean to it; the out-of-fold network learnt only the other fold's label, so every image's
+    own label gets the lower probability. Its rows are exactly what the stored network k predicts."""
+    paths = []
+    for i in range(32):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(p)
+        paths.append(str(p))
+    folds = np.arange(32) % 2
+    labels = 1 - folds
+    fit = cross_fit(paths, labels, folds, 2, arch="resnet18", image_size=16, init_state=None, config=TINY,
+                    device="cpu")
+    assert fit.readable.all() and len(fit.states) == 2
+    assert (fit.probs[np.arange(32), labels] < 0.5).all()
+    every = []
+    for k in range(2):
+        model = Backbone("resnet18", 2, small_input=True)
+        model.load_state_dict(fit.states[k])
+        _, p, _ = predict(model.eval(), paths, image_size=16, device="cpu")
+        np.testing.assert_array_equal(p[folds == k], fit.probs[folds == k])
+        every.append(p)
+    mean, ok = ensemble_probs(fit.states, paths, arch="resnet18", num_classes=2, image_size=16, device="cpu")
+    np.testing.assert_allclose(mean, (every[0] + every[1]) / 2, rtol=1e-6) and ok.all()
+
+
+def test_bad_folds_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="folds must be in"):
+        cross_fit(["a", "b"], np.array([0, 1]), np.array([0, 2]), 2, arch="resnet18", image_size=16,
+                  init_state=None, config=TINY, device="cpu")
+
+
+def _project(tmp_path, n_per=24, flip=0.2, seed=0):
+    """Two colour classes in folders, `flip` of each filed under the other; a frozen first model."""
+    rng = np.random.default_rng(seed)
+    clean = np.repeat([0, 1], n_per)
+    noisy = np.where(rng.random(len(clean)) < flip, 1 - clean, clean)
+    write_images(tmp_path / "images", clean, folders=[["red", "green"][y] for y in noisy])
+    store = Store(tmp_path / "state" / "a.db")
+    ingest_folder(store, tmp_path / "images", progress=False)
+    save_round_config(store, ROUND)
+    pipeline.run_round(store, ROUND)
+    truth = {}
+    for r in store.iter_images():
+        k = int(r["path"].rsplit("img", 1)[1][:4])
+        truth[r["id"]] = bool(noisy[k] == clean[k])
+    return store, truth
+
+
+def _audit(store, truth, n=12):
+    """n held-out audit verdicts (odd ids, reason audit), answered truthfully."""
+    odd = [i for i in sorted(truth) if i % 2 == 1][:n]
+    for i in odd:
+        store.record_verdict(i, "ann", "correct" if truth[i] else "wrong", reason="audit")
+    return odd
+
+
+def _model_from(store, scores: dict[int, float]) -> int:
+    """A model version whose scores are given (P(correct), flagged below 0.5), made current."""
+    v = store.add_model(delta=0.5, metrics={"method": "robust"})
+    labels = {r["id"]: r["label_id"] for r in store.iter_images()}
+    store.write_scores(v, [(i, labels[i], s, abs(s - 0.5)) for i, s in scores.items()])
+    store.make_current(v)
+    return v
+
+
+@pytest.mark.slow
+def test_the_guard_keeps_a_better_current_model_and_says_why(tmp_path):
+    store, truth = _project(tmp_path)
+    _audit(store, truth)
+    oracle = _model_from(store, {i: 1.0 if ok else 0.0 for i, ok in truth.items()})
+    out = adapt_round.run_adapt_round(store, ROUND)
+    assert out.version is None and store.current_model()["version"] == oracle
+    record = store.get_setting(adapt_round.SETTING)
+    assert record["errors"] >= record["current_errors"] == 0 and record["better"] is False
+    assert "the current model keeps serving" in record["message"] and record["n"] == 12
+    ok, why = adapt_round.due(store, ROUND)  # the same data and verdicts: not tried again
+    assert not ok and why.startswith("last adapted round")
+
+
+@pytest.mark.slow
+def test_a_better_adapted_model_serves_and_survives_rounds_and_new_images(tmp_path):
+    store, truth = _project(tmp_path)
+    _audit(store, truth)
+    _model_from(store, {i: 0.0 if ok else 1.0 for i, ok in truth.items()})  # every flag wrong
+    assert adapt_round.due(store, ROUND) == (True, "due")
+    out = adapt_round.run_adapt_round(store, ROUND)
+    current = store.current_model()
+    assert out.version == current["version"] and current["metrics"]["adapted"] is True
+    assert current["backbone"].startswith("adapted from")
+    assert len(store.current_scores()) == len(truth)
+    # a regular round keeps the adapted probabilities, refitting only the score on the verdicts
+    store.record_verdict(max(truth), "ann", "correct" if truth[max(truth)] else "wrong", reason="uncertain")
+    v = pipeline.run_round(store, ROUND)
+    assert store.current_model()["metrics"]["adapted"] is True and "adapted networks" in \
+        store.current_model()["metrics"]["note"]
+    # a new image is scored by the networks' mean
+    write_images(tmp_path / "images", [0], start=900, folders=["red"])
+    ingest_folder(store, tmp_path / "images", progress=False)
+    v2 = pipeline.rescore(store, ROUND)
+    assert v2 == v + 1 and len(store.current_scores()) == len(truth) + 1
+
+
+def test_targets_apply_corrections_and_zero_wrong_verdicts(tmp_path):
+    """Labels the networks learn: a corrected label replaces the noisy one (weight 1), 'wrong' without a
+    correction weighs 0, 'correct' 1, others w_soft = max(0, score); then divided by the mean."""
+    store = Store(tmp_path / "a.db")
+    ids = store.ensure_classes(["cat", "dog"])
+    store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["cat"]} for k in range(1, 5))
+    v = store.add_model(delta=0.5)
+    store.write_scores(v, [(k, ids["cat"], s, 0.0) for k, s in ((1, 0.2), (2, 0.4), (3, 0.9), (4, 0.6))])
+    store.make_current(v)
+    store.record_verdict(1, "ann", "wrong", reason="uncertain", corrected_label="dog")
+    store.record_verdict(2, "ann", "wrong", reason="uncertain")
+    store.record_verdict(3, "ann", "correct", reason="audit")
+    data = pipeline.load_data(store)
+    labels, w = adapt_round.targets(store, data)
+    order = np.argsort(data.ids)
+    assert labels[order].tolist() == [1, 0, 0, 0]  # image 1 is a dog now
+    raw = np.array([1.0, 0.0, 1.0, 0.6])
+    np.testing.assert_allclose(w[order], raw / raw.mean(), rtol=1e-6)
+
+
+def test_folds_are_stable_and_balanced():
+    ids = np.arange(1, 10_001)
+    f = adapt_round.adapt_folds(ids)
+    assert set(f.tolist()) == {0, 1} and abs(f.mean() - 0.5) < 0.02
+    np.testing.assert_array_equal(adapt_round.adapt_folds(ids[::-1]), f[::-1])
+    even = adapt_round.adapt_folds(np.arange(2, 20_002, 2))  # every id even: still both folds
+    assert abs(even.mean() - 0.5) < 0.02
+
+
+@pytest.mark.slow
+def test_the_worker_adapts_when_idle_and_the_cli_sets_and_runs_it(tmp_path):
+    """A real worker process, idle (no regular round due), runs the adapted round and records its outcome;
+    `annotator adapt --set off` stops that, and `annotator adapt` runs one on request."""
+    store, truth = _project(tmp_path)
+    _audit(store, truth)
+    _model_from(store, {i: 0.0 if ok else 1.0 for i, ok in truth.items()})
+    db = str(store.path)
+    worker = subprocess.Popen([sys.executable, "-m", "annotator", "--db", db, "worker", "--poll", "0.2"], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "message" in (store.get_setting(adapt_round.SETTING) or {}), timeout=300,
+                 what="the adapted round", proc=worker)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    assert worker.returncode == 0
+    assert store.current_model()["metrics"].get("adapted") is True
+    res = CliRunner().invoke(cli, ["--db", db, "adapt", "--set", "off"])
+    assert res.exit_code == 0 and "adapted rounds: off" in res.output
+    assert adapt_round.due(store, load_round_config(store)) == (False, "adapted features are off (round setting adapt)")
+    res = CliRunner().invoke(cli, ["--db", db, "adapt", "--epochs", "1"])  # on request, whatever the setting
+    assert res.exit_code == 0, res.output
+    assert "held-out audit verdicts" in res.output
