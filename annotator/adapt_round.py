@@ -37,14 +37,16 @@ log = logging.getLogger(__name__)
 SETTING = "adapt"          # the last attempt: key, outcome, message, audit figures
 GUARD_MIN = 10             # held-out audit verdicts the comparison needs
 FOLDS = 2
-CPU_IMAGES_PER_S = 7.0     # training images per second per core-pair on this kind of CPU at 128 px (measured,
-                           # benchmarks/README.md "Adapted features"); scaled by (128 / size)^2
+CPU_IMAGES_PER_S = 7.0     # Lite0 training images per second on a 2-core CPU at 128 px, scaled by (128 / size)^2
+                           # (measured with other jobs sharing the cores, so the estimate errs long;
+                           # benchmarks/README.md, "Adapted features")
 
 
 @dataclass(frozen=True)
 class Outcome:
     version: int | None   # the new current model, None when the current one keeps serving
     message: str
+    scores: np.ndarray    # (N,) the adapted model's P(label correct), in load_data's order, served or not
 
 
 def adapt_folds(image_ids: np.ndarray, k: int = FOLDS) -> np.ndarray:
@@ -90,9 +92,12 @@ def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:
     backbone = current_backbone(store)
     size = backbone.image_size if backbone else 128
     est = estimate_s(len(data.ids), cfg, image_size=size, device=resolve_device(cfg.device))
-    if cfg.adapt == "auto" and est is not None and est > 60 * cfg.adapt_budget_min:
+    if est is not None and cfg.adapt == "auto":
+        return False, ("adapted features run on a GPU by default: on the CPU-sized settings they lost to the frozen "
+                       "features on the dev cases (set adapt on to try them on this data; the audit guard decides)")
+    if est is not None and est > 60 * cfg.adapt_budget_min:
         return False, (f"an adapted round would take about {est / 60:.0f} min on this CPU, over the "
-                       f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min); a GPU takes minutes")
+                       f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min)")
     return True, "due"
 
 
@@ -154,7 +159,7 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
                              f"verdicts, the current one {verdict['current_errors']}: the current model keeps serving")
         store.set_setting(SETTING, record)
         report("training", 1.0, record["message"])
-        return Outcome(None, record["message"])
+        return Outcome(None, record["message"], fitted.scores.score)
     adapted = save_adapted_artifact(store, fit, probs, ids=data.ids, class_ids=data.class_ids.tolist(),
                                     arch=cfg.arch, image_size=size, config=config.state(),
                                     backbone_id=backbone.id)
@@ -162,7 +167,7 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     record["message"] = (f"adapted model version {version} is current: {verdict['errors']} errors on "
                          f"{verdict['n']} held-out audit verdicts, the frozen model {verdict['current_errors']}")
     store.set_setting(SETTING, record)
-    return Outcome(version, record["message"])
+    return Outcome(version, record["message"], fitted.scores.score)
 
 
 def _fill_unreadable(fit: CrossFit) -> np.ndarray:

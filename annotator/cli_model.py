@@ -100,7 +100,7 @@ def train(ctx, full, steps, method) -> None:
 
 @click.command()
 @click.option("--set", "mode", type=click.Choice(["auto", "on", "off"]),
-              help="store when the worker adapts: auto (GPU, or CPU within the budget) | on | off; then exit")
+              help="store when the worker adapts: auto (on a GPU) | on (also on a CPU, within the budget) | off; then exit")
 @click.option("--budget", type=click.FloatRange(min=1, max=10_000), help="with --set: the CPU budget in minutes")
 @click.option("--epochs", type=click.IntRange(min=1), help="epochs of each cross-fitted network (this run)")
 @click.pass_context
@@ -108,7 +108,7 @@ def adapt(ctx, mode, budget, epochs) -> None:
     """Run an adapted round now: fine-tune the backbone on the data, cross-fitted, and make it current only if
     it makes fewer errors than the current model on the held-out audit verdicts.
 
-    Example: annotator adapt              (or: annotator adapt --set auto --budget 30)
+    Example: annotator adapt              (or: annotator adapt --set on --budget 30)
     """
     from dataclasses import replace
 

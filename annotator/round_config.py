@@ -50,9 +50,9 @@ class RoundConfig:
     extract_procs: int = 1             # > 1: the round extracts missing features with torchrun on this many
                                        # processes (one per GPU), see annotator.distributed
     adapt: str = "auto"                # adapted round (backbone fine-tuned, cross-fitted) after the frozen model
-                                       # serves: auto = on a GPU, and on a CPU when its estimate fits
-                                       # adapt_budget_min | on | off (annotator.adapt_round)
-    adapt_budget_min: float = 30.0     # the longest adapted round a CPU runs, estimated before it starts
+                                       # serves: auto = on a GPU | on = also on a CPU within adapt_budget_min
+                                       # | off (annotator.adapt_round)
+    adapt_budget_min: float = 30.0     # the longest adapted round the worker starts on a CPU, by its estimate
     adapt_epochs: int = 6              # epochs of each cross-fitted network
 
     def __post_init__(self) -> None:

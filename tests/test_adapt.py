@@ -1,6 +1,7 @@
 """Adapted features at toy size: cross-fitting keeps probabilities out-of-fold, the guard keeps a worse adapted
 model from becoming current, a better one serves and survives later rounds and rescoring."""
 import signal
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from cleannet_core.classifier import Backbone, predict
 from helpers import REPO, wait_for, write_images
 
 TINY = AdaptConfig(folds=2, epochs=2, lr=0.05, label_smoothing=0.0)
-ROUND = RoundConfig(arch="resnet18", image_size=16, backbone_epochs=1, num_ref=2, adapt_epochs=1)
+ROUND = RoundConfig(arch="resnet18", image_size=16, backbone_epochs=1, num_ref=2, adapt_epochs=1, adapt="on")
 
 
 def test_each_image_is_scored_by_the_network_that_did_not_learn_its_label(tmp_path):
@@ -108,6 +109,10 @@ def test_a_better_adapted_model_serves_and_survives_rounds_and_new_images(tmp_pa
     _audit(store, truth)
     _model_from(store, {i: 0.0 if ok else 1.0 for i, ok in truth.items()})  # every flag wrong
     assert adapt_round.due(store, ROUND) == (True, "due")
+    ok, why = adapt_round.due(store, replace(ROUND, adapt="auto"))  # the default: a GPU only
+    assert not ok and why.startswith("adapted features run on a GPU by default")
+    ok, why = adapt_round.due(store, replace(ROUND, adapt_budget_min=1e-3))
+    assert not ok and "over the 0.001 min budget" in why
     out = adapt_round.run_adapt_round(store, ROUND)
     current = store.current_model()
     assert out.version == current["version"] and current["metrics"]["adapted"] is True
