@@ -20,16 +20,7 @@ if [ "${1:-}" = pack ]; then
   exit 0
 fi
 [ "${1:-}" = run ] || { echo "usage: gpu_adapted.sh pack|run"; exit 2; }
-export PYTHONUNBUFFERED=1
-C=$PWD/.carry
-R=/tmp/res
-mkdir -p $R
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $C/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$C/src
-cd $C/src || exit 1
-(while sleep 20; do tar czf $OUT/results.tgz -C /tmp res 2>/dev/null; done) &
-TAR=$!
-nvidia-smi -L > $R/gpu.txt; nproc >> $R/gpu.txt
+source .carry/src/benchmarks/gpu_setup.sh
 for c in $CASES; do
   python3 -m benchmarks.adapted --case $c --splits 3 --epochs 10 --json $R/adapted-$c.json > $R/adapted-$c.log 2>&1
 done

@@ -8,17 +8,9 @@
 # Results: $OUT/results.tgz (JSON + logs), refreshed every 20 s so a run cut short still returns what it has.
 # Run from the repository root with .carry carried: bash .carry/src/benchmarks/gpu_lite.sh (about 10 minutes).
 set -u
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-C=$PWD/.carry
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+source .carry/src/benchmarks/gpu_setup.sh
 D=$C/cifar10n-10k
-R=/tmp/res
-mkdir -p $R
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $C/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$C/src
-cd $C/src || exit 1
-(while sleep 20; do tar czf $OUT/results.tgz -C /tmp res 2>/dev/null; done) &
-TAR=$!
-nvidia-smi -L > $R/gpu.txt; nproc >> $R/gpu.txt
 q() {  # n labels backbone seed
   python3 -m benchmarks.quality --data $D --n $1 --data-seed 0 --labels $2 --backbone $3 --seed $4 --no-paper \
     --json $R/quality-$3-$2-n$1-s$4.json > $R/quality-$3-$2-n$1-s$4.log 2>&1
