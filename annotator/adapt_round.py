@@ -28,9 +28,10 @@ from cleannet_core.classifier import resolve_device
 from cleannet_core.features import load_imagenet_weights
 
 from .artifacts import BackboneInfo, current_backbone, save_adapted_artifact, save_scorer_artifact
-from .pipeline import Data, Report, RoundInputs, VerdictSplit, _metrics, _quiet, load_data, verdict_split
+from .pipeline import load_data, round_metrics, verdict_split
 from .publish import publish_scores
 from .round_config import RoundConfig
+from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def targets(store: Store, data: Data) -> tuple[np.ndarray, np.ndarray]:
     return labels, training_weights(w, "mean")
 
 
-def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = _quiet,
+def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = quiet,
                     config: AdaptConfig | None = None) -> Outcome:
     """Fine-tune, cross-fitted; fit the robust score on the out-of-fold probabilities; publish only if it beats
     the current model on the held-out audit verdicts. The outcome is stored under the setting SETTING."""
@@ -208,7 +209,7 @@ def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: d
     inputs = RoundInputs(data=data, feats=np.zeros((0, 0), np.float16), readable=np.ones(len(data.ids), bool),
                          refs=np.zeros((num_classes, 1, 1), np.float32), has_refs=np.ones(num_classes, bool),
                          split=split)
-    metrics = _metrics(inputs, fitted, backbone=backbone, max_verdict=max_verdict) | {"method": "robust",
+    metrics = round_metrics(inputs, fitted, backbone=backbone, max_verdict=max_verdict) | {"method": "robust",
                                                                                       "adapted": True}
     version = store.add_model(delta=fitted.delta, metrics=metrics, checkpoint=str(ckpt),
                               backbone=f"adapted from {backbone.source}", n_verdicts=split.n)

@@ -13,8 +13,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,54 +33,10 @@ from .artifacts import (BackboneInfo, adapted_probs, current_backbone, features_
                         load_scorer, save_backbone_artifact, save_scorer_artifact)
 from .publish import is_calibrated, publish_scores
 from .round_config import RoundConfig
+from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
 from .store import Store
 
 log = logging.getLogger(__name__)
-Report = Callable[[str, float, str], None]  # (phase, progress in [0, 1], message)
-
-
-def _quiet(phase: str, progress: float, message: str) -> None:
-    """The default Report: says nothing."""
-
-
-@dataclass(frozen=True)
-class Data:
-    ids: np.ndarray           # (N,) image ids, status ok
-    paths: list[str]          # (N,) image files
-    keys: list[str]           # (N,) content hashes from ingest: the feature cache's keys
-    labels: np.ndarray        # (N,) class index 0..C-1 (position in class_ids)
-    class_ids: np.ndarray     # (C,) store class ids
-    class_names: list[str]    # (C,)
-
-
-@dataclass(frozen=True)
-class VerdictSplit:
-    """The latest live correct/wrong verdict per image, as row indices into a round's Data."""
-    train: np.ndarray          # (T,) int64 rows the scoring model is fitted on
-    train_correct: np.ndarray  # (T,) bool, True = the annotator said the label is correct
-    val: np.ndarray            # (V,) int64 rows that validate it (audit draws on odd image ids)
-    val_correct: np.ndarray    # (V,) bool
-
-    @property
-    def n(self) -> int:
-        return len(self.train) + len(self.val)
-
-    def every(self) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, correct) of train and val together."""
-        return np.concatenate([self.train, self.val]), np.concatenate([self.train_correct, self.val_correct])
-
-
-@dataclass(frozen=True)
-class RoundInputs:
-    """Everything a scoring method is fitted on."""
-    data: Data
-    feats: np.ndarray         # (N, D) float16 pooled backbone features (zero rows where not readable)
-    readable: np.ndarray      # (N,) bool, the image file could be read
-    refs: np.ndarray          # (C, K, D) float32 reference vectors per class (k-means centres)
-    has_refs: np.ndarray      # (C,) bool, the class had readable images to build references from
-    split: VerdictSplit
-
-
 def classifier_config(cfg: RoundConfig, *, image_size: int, n_images: int, **kw) -> ClassifierConfig:
     """The backbone/classifier training settings of a round for n_images images of image_size px."""
     return ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=image_size, lr=cfg.backbone_lr,
@@ -122,7 +76,7 @@ def pick_image_size(store: Store, cfg: RoundConfig, *, n_images: int) -> int:
     return 224
 
 
-def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report = _quiet, *,
+def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report = quiet, *,
                     new: bool = False, retrain_weights: np.ndarray | None = None,
                     load: bool = True) -> tuple[Backbone | None, BackboneInfo]:
     """The backbone whose features feed the scoring model, and where its weights came from.
@@ -195,7 +149,7 @@ def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size:
 
 
 def features(store: Store, data: Data, model: Backbone | None, info: BackboneInfo, cfg: RoundConfig, *,
-             progress: bool = False, report: Report = _quiet) -> tuple[np.ndarray, np.ndarray]:
+             progress: bool = False, report: Report = quiet) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) float16 features of data from the cache keyed by the ingest hashes, and (N,) bool readable.
 
     Cached images are not opened; the others are read, checked against their ingest hash and extracted (model
@@ -252,7 +206,7 @@ def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) 
                         val=np.array(va, np.int64), val_correct=np.array(va_ok, bool))
 
 
-def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = False, report: Report = _quiet) -> int:
+def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = False, report: Report = quiet) -> int:
     """Retrain and rescore everything; returns the new current model version."""
     data = load_data(store)
     if len(data.ids) == 0:
@@ -287,7 +241,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     fit = method.fit(data_in, device=device, cleannet=TrainConfig.shortened(cfg.steps), warm_start=warm,
                      progress=lambda frac, message: report("training", frac, message))
     report("training", 1.0, fit.note)
-    metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method,
+    metrics = round_metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method,
                                                                                    "adapted": bool(adapted)}
     ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
                                                     "refs": torch.from_numpy(refs)}
@@ -329,7 +283,7 @@ def full_round_weights(store: Store, data: Data, current: dict) -> np.ndarray:
     return training_weights(w, "mean")
 
 
-def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = _quiet) -> int:
+def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = quiet) -> int:
     """Score every image (new ones included) with the current model; published as a new version."""
     current = store.current_model()
     if current is None:
@@ -362,7 +316,7 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     return version
 
 
-def _metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int) -> dict:
+def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int) -> dict:
     """The model's stored metrics: estimated noise rates (overall, per class), what the fit did with the verdicts,
     and its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`)."""
     data, split, score = inputs.data, inputs.split, fit.scores.score

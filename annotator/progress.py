@@ -1,7 +1,7 @@
 """Progress a person can read: where a round is (phase k of n, share of the phase, share of the round, ETA)
 and when the next round fires. No torch here: `annotator status` and the dashboard import this module.
 
-A round reports ``(phase, progress in [0, 1], message)`` (``pipeline.Report``). ``RoundProgress`` turns
+A round reports ``(phase, progress in [0, 1], message)`` (``round_types.Report``). ``RoundProgress`` turns
 that into the worker row's fields; ``next_round`` reads the store to say why the next round is due, or how
 many more verdicts it waits for; ``describe`` renders ``worker_status`` as lines of text.
 """
@@ -212,7 +212,7 @@ def _describe_trust(t: dict | None) -> list[str]:
 
 
 class TqdmReport:
-    """A ``pipeline.Report`` for the CLI: one tqdm bar per phase (percent of the phase), and each new message
+    """A ``round_types.Report`` for the CLI: one tqdm bar per phase (percent of the phase), and each new message
     as a line ``[phase] message`` above the bars (a log of the round). Call ``close()`` when the round ends."""
 
     def __init__(self) -> None:

@@ -6,16 +6,13 @@ sees a complete version, and a crash at any moment leaves the previous one curre
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cleannet_core.score import Scores
+
+from .round_types import Data, Report
 from .store import Store
-
-if TYPE_CHECKING:
-    from cleannet_core.score import Scores
-
-    from .pipeline import Data, Report
 
 SCORE_CHUNK = 50_000  # rows written between progress reports
 # Publishing writes (and deletes) rows in short transactions with a pause after each; a waiting annotator's

@@ -29,9 +29,10 @@ import torch
 from .adapt_round import SETTING as ADAPT_SETTING
 from .adapt_round import due as adapt_due
 from .adapt_round import run_adapt_round
-from .pipeline import Report, run_round
+from .pipeline import run_round
 from .progress import RoundProgress, next_round
 from .round_config import BadRoundConfig, load_round_config
+from .round_types import Report
 from .store import Store
 
 log = logging.getLogger(__name__)
