@@ -102,6 +102,15 @@ def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:
     return True, "due"
 
 
+def record_failure(store: Store, error: str) -> None:
+    """Record a failed adapted round like a rejected one, so the worker does not retry it until the images,
+    their labels or the held-out verdicts change."""
+    data = load_data(store)
+    store.set_setting(SETTING, {"key": data_key(data), "at": time.time(), "better": False,
+                                "n_val": int(len(verdict_split(store, data).val)),
+                                "message": f"the adapted round failed ({error}): the current model keeps serving"})
+
+
 def targets(store: Store, data: Data) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,), weights (N,)) the networks learn: noisy labels with corrections applied; w_soft from the
     current scores, 1 for a verdict that keeps or corrects the label, 0 for "wrong" without a correction."""

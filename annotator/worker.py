@@ -28,10 +28,11 @@ import torch
 
 from .adapt_round import SETTING as ADAPT_SETTING
 from .adapt_round import due as adapt_due
+from .adapt_round import record_failure as record_adapt_failure
 from .adapt_round import run_adapt_round
 from .pipeline import run_round
 from .progress import RoundProgress, next_round
-from .round_config import BadRoundConfig, load_round_config
+from .round_config import BadRoundConfig, RoundConfig, load_round_config
 from .round_types import Report
 from .store import Store
 
@@ -51,6 +52,46 @@ def due(store: Store) -> tuple[str | None, dict | None]:
     return (req["kind"], req) if req else ("retrain", None)
 
 
+class _Reporter:
+    """The worker's Report: phase, progress and ETA into the worker row (at most every 0.5 s, plus each phase's
+    start and the writes), then on_report."""
+
+    def __init__(self, store: Store, on_report: Report | None):
+        self.store, self.on_report = store, on_report
+        self.tracker, self.last = RoundProgress(), 0.0
+
+    def start(self, kind: str) -> None:
+        self.tracker = RoundProgress()
+        self.store.worker_update(phase="starting", progress=0.0, message=f"round starting ({kind})", overall=0.0,
+                                 phase_index=None, phase_count=None, round_started_at=self.tracker.started_at,
+                                 eta_at=None)
+
+    def __call__(self, phase: str, progress: float, message: str) -> None:
+        now = time.time()
+        where = self.tracker.update(phase, progress, now=now)  # every report: overall progress misses no phase
+        if phase == "idle":
+            self.store.worker_update(**({"message": message} if message else {}), **IDLE)
+        elif now - self.last >= 0.5 or phase == "writing" or progress == 0.0:
+            self.last = now
+            fields = {"phase": phase, "progress": round(progress, 4), **where}
+            if message:
+                fields["message"] = message
+            self.store.worker_update(**fields)
+        if self.on_report is not None:
+            self.on_report(phase, progress, message)
+
+
+def _run_one(store: Store, kind: str, cfg: RoundConfig, report: Report) -> None:
+    """One round of `kind`: 'adapt' (annotator.adapt_round), 'full' or 'retrain' (pipeline.run_round)."""
+    if kind == "adapt":
+        outcome = run_adapt_round(store, cfg, report=report)
+        store.worker_update(**IDLE, message=outcome.message)
+        log.info("adapted round: %s", outcome.message)
+    else:
+        version = run_round(store, cfg, full=kind == "full", report=report)
+        log.info("round done: model version %d is current", version)
+
+
 def _adapt_if_due(store: Store, overrides: dict | None) -> str | None:
     """'adapt' when an adapted round is due (annotator.adapt_round.due); else None, the reason kept in the
     setting adapt_round.SETTING as `waiting` for the pages to show."""
@@ -62,6 +103,17 @@ def _adapt_if_due(store: Store, overrides: dict | None) -> str | None:
     if not ok and last.get("waiting") != why:
         store.set_setting(ADAPT_SETTING, last | {"waiting": why})
     return "adapt" if ok else None
+
+
+def _claim(store: Store) -> Store:
+    """Mark the worker row as this process's; RuntimeError when another live worker holds it."""
+    other = store.worker_state()
+    if other["pid"] and other["pid"] != os.getpid() and _alive(other["pid"]) and (
+            other["heartbeat_age_s"] or 1e9) < 5 * HEARTBEAT_S:
+        store.close()
+        raise RuntimeError(f"another worker (pid {other['pid']}) is running on this database")
+    store.worker_update(pid=os.getpid(), message="worker started", **IDLE)
+    return store
 
 
 def _alive(pid: int) -> bool:
@@ -103,33 +155,12 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
     """
     if "OMP_NUM_THREADS" not in os.environ:  # leave a core to the app: oversubscribed torch threads crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    store = Store(db_path)
-    other = store.worker_state()
-    if other["pid"] and other["pid"] != os.getpid() and _alive(other["pid"]) and (
-            other["heartbeat_age_s"] or 1e9) < 5 * HEARTBEAT_S:
-        store.close()
-        raise RuntimeError(f"another worker (pid {other['pid']}) is running on this database")
-    store.worker_update(pid=os.getpid(), message="worker started", **IDLE)
+    store = _claim(Store(db_path))
     if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     beat = _Heartbeat(Path(store.path))
     beat.start()
-    last_report = [0.0]
-    tracker = RoundProgress()
-
-    def report(phase: str, progress: float, message: str) -> None:
-        now = time.time()
-        where = tracker.update(phase, progress, now=now)  # every report, so overall progress never misses a phase
-        if phase == "idle":
-            store.worker_update(**({"message": message} if message else {}), **IDLE)
-        elif now - last_report[0] >= 0.5 or phase == "writing" or progress == 0.0:
-            last_report[0] = now
-            fields = {"phase": phase, "progress": round(progress, 4), **where}
-            if message:
-                fields["message"] = message
-            store.worker_update(**fields)
-        if on_report is not None:
-            on_report(phase, progress, message)
+    report = _Reporter(store, on_report)
 
     rounds, failures = 0, 0
     last_adapt_check = [0.0]
@@ -146,25 +177,18 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
                 continue
             if req:
                 store.mark_request(req["id"], started=True)
-            tracker = RoundProgress()
-            store.worker_update(phase="starting", progress=0.0, message=f"round starting ({kind})", overall=0.0,
-                                phase_index=None, phase_count=None, round_started_at=tracker.started_at, eta_at=None)
+            report.start(kind)
             try:
-                cfg = load_round_config(store, **(overrides or {}))
-                if kind == "adapt":
-                    outcome = run_adapt_round(store, cfg, report=report)
-                    store.worker_update(**IDLE, message=outcome.message)
-                    log.info("adapted round: %s", outcome.message)
-                else:
-                    version = run_round(store, cfg, full=kind == "full", report=report)
-                    log.info("round %d done: model version %d is current", rounds + 1, version)
+                _run_one(store, kind, load_round_config(store, **(overrides or {})), report)
                 rounds, failures = rounds + 1, 0
             except Exception as e:  # stored and shown; the worker keeps running  # noqa: BLE001
                 failures += 1
                 log.error("round failed: %s", traceback.format_exc())
                 store.worker_update(**(IDLE | {"phase": "error"}), last_error=f"{type(e).__name__}: {e}",
                                     last_error_at=time.time(), message="round failed; will retry")
-                if not req:  # back off before retrying a verdict-triggered round
+                if kind == "adapt":  # not retried until the data or the held-out verdicts change
+                    record_adapt_failure(store, f"{type(e).__name__}: {e}")
+                elif not req:  # back off before retrying a verdict-triggered round
                     time.sleep(min(poll * 2 ** failures, 300))
             if req:
                 store.mark_request(req["id"], done=True)

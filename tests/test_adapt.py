@@ -101,6 +101,10 @@ def test_the_guard_keeps_a_better_current_model_and_says_why(tmp_path):
     assert "the current model keeps serving" in record["message"] and record["n"] == 12
     ok, why = adapt_round.due(store, ROUND)  # the same data and verdicts: not tried again
     assert not ok and why.startswith("last adapted round")
+    adapt_round.record_failure(store, "RuntimeError: out of memory")  # a crash is not retried either
+    ok, why = adapt_round.due(store, ROUND)
+    assert not ok and why == ("last adapted round: the adapted round failed (RuntimeError: out of memory): the "
+                              "current model keeps serving")
 
 
 @pytest.mark.slow
