@@ -165,8 +165,10 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     key = data_key(data)
     record = {"key": key, "at": time.time(), "n_val": int(len(split.val)), **verdict}
     if not verdict["better"]:
+        short = f" (the comparison needs {GUARD_MIN})" if verdict["n"] < GUARD_MIN else ""
         record["message"] = (f"the adapted model made {verdict['errors']} errors on {verdict['n']} held-out audit "
-                             f"verdicts, the current one {verdict['current_errors']}: the current model keeps serving")
+                             f"verdicts{short}, the current one {verdict['current_errors']}: the current model keeps "
+                             f"serving")
         store.set_setting(SETTING, record)
         report("training", 1.0, record["message"])
         return Outcome(None, record["message"], fitted.scores.score)
