@@ -28,7 +28,7 @@ from cleannet_core.classifier import resolve_device
 from cleannet_core.features import load_imagenet_weights
 
 from .artifacts import BackboneInfo, current_backbone, save_adapted_artifact, save_scorer_artifact
-from .pipeline import features, load_data, round_metrics, verdict_split
+from .pipeline import load_data, round_metrics, verdict_split
 from .publish import publish_scores
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
@@ -149,11 +149,8 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     report("backbone", 0.0, f"adapting the features: {config.folds} networks fine-tuned on {len(data.ids)} images "
                             f"({message})")
     folds = adapt_folds(data.ids, config.folds)
-    # the frozen features start each network's head (when they come from the same ImageNet weights)
-    same = state is not None and backbone.kind == "pretrained" and backbone.arch == cfg.arch
-    feats = features(store, data, None, backbone, cfg)[0].astype(np.float32) if same else None
     fit = cross_fit(data.paths, labels, folds, len(data.class_ids), arch=cfg.arch, image_size=size,
-                    init_state=state, weights=weights, features=feats, config=config, device=str(device),
+                    init_state=state, weights=weights, config=config, device=str(device),
                     progress=lambda frac, msg: report("backbone", frac, msg))
     probs = _fill_unreadable(fit)
     report("training", 0.0, f"robust score on the adapted probabilities and {len(split.train)} verdicts")

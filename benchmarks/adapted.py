@@ -23,7 +23,6 @@ import numpy as np
 
 from annotator import adapt_round, pipeline
 from annotator.round_config import RoundConfig, load_round_config, save_round_config
-from cleannet_core.adapt import AdaptConfig
 
 from .common import CACHE
 from .report import write_json
@@ -107,9 +106,8 @@ def main(argv=None) -> dict:
                 runs.append(run)
     out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
                       f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the cores)",
-           "settings": {"adapt": AdaptConfig(folds=adapt_round.FOLDS, epochs=args.epochs).state(),
-                        "head": "a linear fit on the frozen features (when the backbone is the frozen ImageNet one)",
-                        "image_size": "the frozen backbone's", "verdicts": LEVEL, "guard_min": adapt_round.GUARD_MIN},
+           "settings": {"adapt_epochs": args.epochs, "image_size": "the frozen backbone's", "verdicts": LEVEL,
+                        "folds": adapt_round.FOLDS, "guard_min": adapt_round.GUARD_MIN},
            "runs": runs}
     write_json(args.json, out)
     return out

@@ -17,10 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .classifier import LITE_ARCHS, Backbone, ClassifierConfig, is_small, predict, train_classifier
+from .classifier import Backbone, ClassifierConfig, is_small, predict, train_classifier
 
 Progress = Callable[[float, str], None]
 
@@ -31,7 +29,7 @@ class AdaptConfig:
     outside its fold, with label smoothing against memorising the noise."""
     folds: int = 2
     epochs: int = 6
-    lr: float = 0.005
+    lr: float = 0.02
     label_smoothing: float = 0.1
     weight_decay: float = 5e-4
 
@@ -52,37 +50,15 @@ class CrossFit:
     states: list[dict]
 
 
-def linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int, *, l2: float = 0.3,
-                steps: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
-    """A softmax head fitted on pooled features (M, D) of the backbone it will sit on, labels (M,): L2-penalised
-    on standardised features, then folded back to raw features. -> weight (C, D), bias (C,) float32."""
-    x = torch.as_tensor(np.asarray(features, np.float32))
-    y = torch.as_tensor(np.asarray(labels, np.int64))
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-3)
-    z = (x - mean) / std
-    w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=1e-2)
-    for _ in range(steps):
-        loss = F.cross_entropy(z @ w + b, y) + l2 / 2 * (w * w).sum() / len(y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    weight = (w.detach() / std[:, None]).T.contiguous()
-    return weight, b.detach() - weight @ mean
-
-
 def cross_fit(paths: Sequence[str | Path], labels: np.ndarray, folds: np.ndarray, num_classes: int, *,
               arch: str, image_size: int, init_state: dict | None, weights: np.ndarray | None = None,
-              features: np.ndarray | None = None, config: AdaptConfig = AdaptConfig(), device: str = "auto",
-              seed: int = 0, progress: Progress | None = None) -> CrossFit:
+              config: AdaptConfig = AdaptConfig(), device: str = "auto", seed: int = 0,
+              progress: Progress | None = None) -> CrossFit:
     """Fine-tune config.folds networks from init_state (ImageNet weights; None = from scratch), network k on
     the images with folds != k, and predict the images with folds == k.
 
     labels (N,) the labels to learn (verdicts' corrections applied); weights (N,) >= 0 per-image loss weights
-    (None = 1); features (N, D): the init backbone's pooled features, to start each network's head from a
-    linear fit on its training images (linear probing, then fine-tuning) instead of at random; progress(fraction,
-    message) after every epoch and every fold's prediction."""
+    (None = 1); progress(fraction, message) after every epoch and every fold's prediction."""
     labels, folds = np.asarray(labels, np.int64), np.asarray(folds, np.int64)
     paths = [str(p) for p in paths]
     weights = np.ones(len(labels), np.float32) if weights is None else np.asarray(weights, np.float32)
@@ -99,19 +75,14 @@ def cross_fit(paths: Sequence[str | Path], labels: np.ndarray, folds: np.ndarray
     for f in range(k):
         train, held = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         ccfg = replace(config.classifier(arch=arch, image_size=image_size, n_train=len(train)), seed=seed + f)
-        start = init_state
-        if features is not None and init_state is not None:
-            keep = weights[train] > 0
-            head_w, head_b = linear_head(features[train][keep], labels[train][keep], num_classes)
-            prefix = "_fc." if arch in LITE_ARCHS else "fc."
-            start = {**init_state, f"{prefix}weight": head_w, f"{prefix}bias": head_b}
 
         def on_epoch(epoch: int, _model: Backbone, stats: dict, f: int = f) -> None:
             report((f + epoch / (ccfg.epochs + 1)) / k, f"network {f + 1}/{k}, epoch {epoch}/{ccfg.epochs}: train "
                                                         f"accuracy {stats['train_acc']:.3f} on the labels")
 
         model = train_classifier([paths[i] for i in train], labels[train], num_classes, sample_weights=weights[train],
-                                 config=ccfg, init_state=start, device=device, progress=False, on_epoch=on_epoch)
+                                 config=ccfg, init_state=init_state, device=device, progress=False,
+                                 on_epoch=on_epoch)
         if len(held):
             _, p, ok = predict(model, [paths[i] for i in held], image_size=image_size, device=device)
             probs[held], readable[held] = p, ok
