@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .duplicates import refresh as refresh_duplicates
 from .pipeline import Report, run_round
 from .progress import RoundProgress, next_round
 from .round_config import load_round_config
@@ -72,6 +73,18 @@ class _Heartbeat(threading.Thread):
                     log.warning("heartbeat failed: %s", e)
         finally:
             store.close()
+
+
+def _duplicates(store: Store, cfg, report: Report) -> None:
+    """Near-duplicate groups and outlier scores of the new round's features (``annotator.duplicates``), then
+    idle. A failure is stored as the worker's last error; the new model stays current."""
+    try:
+        refresh_duplicates(store, cfg, report=report)
+        report("idle", 1.0, "")
+    except Exception as e:  # noqa: BLE001  (shown on the dashboard; the next round tries again)
+        log.error("near-duplicate groups failed: %s", traceback.format_exc())
+        store.worker_update(**(IDLE | {"phase": "error"}), last_error=f"duplicates: {type(e).__name__}: {e}",
+                            last_error_at=time.time(), message="near-duplicate groups failed")
 
 
 def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: float = 2.0, once: bool = False,
@@ -131,6 +144,7 @@ def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: floa
                 version = run_round(store, cfg, full=kind == "full", report=report)
                 rounds, failures = rounds + 1, 0
                 log.info("round %d done: model version %d is current", rounds, version)
+                _duplicates(store, cfg, report)
             except Exception as e:  # stored and shown; the worker keeps running  # noqa: BLE001
                 failures += 1
                 log.error("round failed: %s", traceback.format_exc())
