@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleannet_core.duplicates import GroupConfig, components, hash_pairs, outlier_scores, similar_pairs
+from cleannet_core.duplicates import GroupConfig, Progress, components, hash_pairs, outlier_scores, similar_pairs
 
-from .pipeline import Report, _quiet, ensure_backbone, features, load_data
+from .pipeline import Data, Report, _quiet, ensure_backbone, features, load_data
 from .round_config import RoundConfig
 from .store import Store
 
@@ -75,30 +75,48 @@ def refresh(store: Store, cfg: RoundConfig = RoundConfig(), *, config: GroupConf
         return current
     t0 = time.perf_counter()
     feats, readable = features(store, data, model, backbone, cfg, progress=progress, report=report)
-    rows = np.flatnonzero(readable)
-    sub = feats if len(rows) == len(feats) else feats[rows]  # a boolean index would copy all N rows
-    report("duplicates", 0.0, f"near-duplicates among {len(rows)} images (cosine >= {config.threshold})")
-    pairs, _, method = similar_pairs(sub, config=config,
-                                     progress=lambda frac, message: report("duplicates", 0.9 * frac, message))
-    pos = np.searchsorted(cat.ids, data.ids[rows])              # rows of sub -> positions in the catalog
-    joined = np.concatenate([hash_pairs(cat.keys), pos[pairs].reshape(-1, 2)])
-    group = components(len(cat.ids), joined)
-    label_pos = np.searchsorted(data.class_ids, cat.labels[pos]) if len(rows) else np.zeros(0, np.int64)
-    score_sub = outlier_scores(sub, label_pos, len(data.class_ids)) if len(rows) else np.zeros(0, np.float32)
-    by_hash = {cat.keys[p]: float(s) for p, s in zip(pos.tolist(), score_sub.tolist())}
-    outlier = [by_hash.get(k) for k in cat.keys]
-    group_id = np.where(group >= 0, cat.ids[np.maximum(group, 0)], -1)
+    report("duplicates", 0.0, f"near-duplicates among {int(readable.sum())} images (cosine >= {config.threshold})")
+    found = compute(cat, data, feats, readable, config=config,
+                    progress=lambda frac, message: report("duplicates", 0.9 * frac, message))
+    group_id, outlier = found.group_id, found.outlier_score
     in_group = group_id >= 0
     n_groups = int(len(np.unique(group_id[in_group])))
     n_conflicts = _conflicts(group_id[in_group], cat.labels[in_group])
     report("duplicates", 0.9, f"{n_groups} groups ({n_conflicts} with conflicting labels): writing")
     run = store.write_duplicates(
-        ((int(i), int(g) if g >= 0 else None, s) for i, g, s in zip(cat.ids, group_id, outlier)),
-        features_key=key, backbone_id=backbone.id, threshold=config.threshold, method=method,
+        ((int(i), int(g) if g >= 0 else None, None if np.isnan(s) else float(s))
+         for i, g, s in zip(cat.ids, group_id, outlier)),
+        features_key=key, backbone_id=backbone.id, threshold=config.threshold, method=found.method,
         n_images=len(cat.ids), n_groups=n_groups, n_conflicts=n_conflicts, seconds=time.perf_counter() - t0)
     report("duplicates", 1.0, f"{n_groups} near-duplicate groups, {n_conflicts} with conflicting labels")
-    log.info("duplicates: run %d, %d groups, %d conflicts, %s search", run, n_groups, n_conflicts, method)
+    log.info("duplicates: run %d, %d groups, %d conflicts, %s search", run, n_groups, n_conflicts, found.method)
     return store.duplicate_run()
+
+
+def _silent(frac: float, message: str) -> None:
+    """The default Progress of ``compute``: says nothing."""
+
+
+@dataclass(frozen=True)
+class Found:
+    group_id: np.ndarray       # (M,) int64 per catalog image: the smallest image id of its group, -1 in none
+    outlier_score: np.ndarray  # (M,) float32, higher = further from every class; NaN without features
+    method: str                # the nearest-neighbour search used: exact | faiss-ivf
+
+
+def compute(cat: Catalog, data: Data, feats: np.ndarray, readable: np.ndarray, *,
+            config: GroupConfig = GroupConfig(), progress: Progress = _silent) -> Found:
+    """Groups and outlier scores of every catalog image from the (N, D) features of data's images (readable (N,)
+    bool). Byte-identical copies (equal hashes) join; so do images whose features reach config.threshold."""
+    rows = np.flatnonzero(readable)
+    sub = feats if len(rows) == len(feats) else feats[rows]  # a boolean index would copy all N rows
+    pairs, _, method = similar_pairs(sub, config=config, progress=progress)
+    pos = np.searchsorted(cat.ids, data.ids[rows])              # rows of sub -> positions in the catalog
+    group = components(len(cat.ids), np.concatenate([hash_pairs(cat.keys), pos[pairs].reshape(-1, 2)]))
+    score = outlier_scores(sub, data.labels[rows], len(data.class_ids)) if len(rows) else np.zeros(0, np.float32)
+    by_hash = {cat.keys[p]: s for p, s in zip(pos.tolist(), score.tolist())}
+    outlier = np.array([by_hash.get(k, np.nan) for k in cat.keys], np.float32)
+    return Found(np.where(group >= 0, cat.ids[np.maximum(group, 0)], -1), outlier, method)
 
 
 def _conflicts(group_id: np.ndarray, labels: np.ndarray) -> int:
