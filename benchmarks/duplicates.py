@@ -70,7 +70,7 @@ def alter(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[Image.
     return ImageOps.mirror(img), "PNG"
 
 
-def build_case(name: str, *, data: Path, cache: Path) -> Path:
+def build_case(name: str, *, data: Path, cache: Path, n_base: int = N_BASE) -> Path:
     """Write the case's images and labels.csv (path,label,source,kind; source = the row of the original a copy
     was made from, -1 otherwise); returns the case folder. Idempotent."""
     spec = CASES[name]
@@ -79,10 +79,10 @@ def build_case(name: str, *, data: Path, cache: Path) -> Path:
         return folder
     rng = np.random.default_rng(spec["seed"])
     paths, clean = cifar_test(pool, data, spec["half"])
-    pick = np.sort(rng.permutation(len(paths))[:N_BASE])
+    pick = np.sort(rng.permutation(len(paths))[:n_base])
     rows = [(paths[i], CLASSES[clean[i]], -1, "original") for i in pick]
-    n_exact, n_alt, n_other = (int(round(r * N_BASE)) for r in (EXACT, ALTERED, OTHER))
-    sources = rng.permutation(N_BASE)[:n_exact + n_alt]
+    n_exact, n_alt, n_other = (int(round(r * len(pick))) for r in (EXACT, ALTERED, OTHER))
+    sources = rng.permutation(len(pick))[:n_exact + n_alt]
     moved = set(rng.permutation(len(sources))[:len(sources) // 2].tolist())  # half of the copies change label
     copies = pool / f"copies-{name}"
     copies.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def pair_stats(found: set, true: set, kinds: dict[int, str]) -> dict:
 
 
 def evaluate(name: str, args: argparse.Namespace, threshold: float | None) -> dict:
-    folder = build_case(name, data=args.cifar10n, cache=args.cache)
+    folder = build_case(name, data=args.cifar10n, cache=args.cache, n_base=args.n_base)
     store = case_store(name, folder, args.cache)
     cfg = load_round_config(store)
     data = pipeline.load_data(store)
@@ -217,7 +217,7 @@ def evaluate(name: str, args: argparse.Namespace, threshold: float | None) -> di
     out_auroc = {k: float(auroc(-np.asarray(v, np.float64), ~other)) for k, v in variants.items()}
     store.close()
     return {"role": name, "threshold": threshold, "images": int(len(cat.ids)),
-            "planted": {"exact": int(round(EXACT * N_BASE)), "altered": int(round(ALTERED * N_BASE)),
+            "planted": {"exact": int(round(EXACT * args.n_base)), "altered": int(round(ALTERED * args.n_base)),
                         "other_domain": int(other.sum()), "label_conflicts": sum(
                             1 for a, b in true if store_label(cat, a) != store_label(cat, b))},
             "pairs": pair_stats(found, true, kinds), "pairs_hash_only": hash_only, "sweep": sweep,
@@ -234,18 +234,21 @@ def main(argv=None) -> dict:
     p.add_argument("--cifar10n", type=Path, default=os.environ.get("CIFAR10N"),
                    help="the cifar10n folder (test_labels.csv, test/); default $CIFAR10N")
     p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--n-base", type=int, default=N_BASE, help="CIFAR-10 test images per case before the copies")
+    p.add_argument("--roles", default="dev,test", help="dev chooses the threshold; test alone uses the product's")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.cifar10n is None:
         p.error("give --cifar10n DIR or set $CIFAR10N")
     load = os.getloadavg()
-    dev = evaluate("dev", args, None)
-    test = evaluate("test", args, dev["threshold"])
+    roles = args.roles.split(",")
+    dev = evaluate("dev", args, None) if "dev" in roles else None
+    test = evaluate("test", args, dev["threshold"] if dev else GroupConfig().threshold) if "test" in roles else None
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_avg": {"start": load,
                                                                                     "end": os.getloadavg()},
            "chosen_on": "dev", "reported_on": "test", "precision_floor": PRECISION_FLOOR,
            "product_threshold": GroupConfig().threshold, "dev": dev, "test": test}
-    for r in (dev, test):
+    for r in (r for r in (dev, test) if r):
         pr = r["pairs"]
         print(f"{r['role']}: threshold {r['threshold']}: pair recall {pr['recall']:.3f} precision judged "
               f"{pr['precision_judged']:.3f}, all pairs {pr['precision']:.3f} ({pr['false_pairs']} false of "

@@ -146,8 +146,8 @@ def _ivf_candidates(feats: np.ndarray, norms: np.ndarray, config: GroupConfig, p
     progress(0.1, f"projected {n} features to {d} dimensions")
     nlist = max(1, min(int(2 * math.sqrt(n)), n // 39))
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
-    train = np.random.default_rng(config.seed + 1).choice(n, min(n, 64 * nlist), replace=False)
-    index.cp.seed = config.seed
+    train = np.random.default_rng(config.seed + 1).choice(n, min(n, 40 * nlist), replace=False)
+    index.cp.seed, index.cp.niter = config.seed, 10  # lists need not be optimal: every proposal is checked
     index.train(z[np.sort(train)])
     index.add(z)
     index.nprobe = min(config.nprobe, nlist)
