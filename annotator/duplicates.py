@@ -81,10 +81,11 @@ def refresh(store: Store, cfg: RoundConfig = RoundConfig(), *, config: GroupConf
     group_id, outlier = found.group_id, found.outlier_score
     in_group = group_id >= 0
     n_groups = int(len(np.unique(group_id[in_group])))
-    n_conflicts = _conflicts(group_id[in_group], cat.labels[in_group])
+    n_conflicts = len(_conflict_groups(group_id[in_group], cat.labels[in_group]))
     report("duplicates", 0.9, f"{n_groups} groups ({n_conflicts} with conflicting labels): writing")
+    conflicted = set(_conflict_groups(group_id[in_group], cat.labels[in_group]).tolist())
     run = store.write_duplicates(
-        ((int(i), int(g) if g >= 0 else None, None if np.isnan(s) else float(s))
+        ((int(i), int(g) if g >= 0 else None, None if np.isnan(s) else float(s), int(int(g) in conflicted))
          for i, g, s in zip(cat.ids, group_id, outlier)),
         features_key=key, backbone_id=backbone.id, threshold=config.threshold, method=found.method,
         n_images=len(cat.ids), n_groups=n_groups, n_conflicts=n_conflicts, seconds=time.perf_counter() - t0)
@@ -119,13 +120,13 @@ def compute(cat: Catalog, data: Data, feats: np.ndarray, readable: np.ndarray, *
     return Found(np.where(group >= 0, cat.ids[np.maximum(group, 0)], -1), outlier, method)
 
 
-def _conflicts(group_id: np.ndarray, labels: np.ndarray) -> int:
-    """Groups (group_id (G,) per member) whose members carry more than one label (labels (G,))."""
+def _conflict_groups(group_id: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The groups (group_id (G,) per member) whose members carry more than one label (labels (G,))."""
     if len(group_id) == 0:
-        return 0
+        return np.zeros(0, np.int64)
     distinct = np.unique(np.stack([group_id, labels], axis=1), axis=0)
-    _, n = np.unique(distinct[:, 0], return_counts=True)
-    return int((n > 1).sum())
+    g, n = np.unique(distinct[:, 0], return_counts=True)
+    return g[n > 1]
 
 
 def groups(store: Store, *, class_id: int | None = None, conflicts_only: bool = False, limit: int = 50,

@@ -295,8 +295,10 @@ CREATE TABLE duplicates (
     image_id INT NOT NULL,
     group_id INT,                           -- smallest image id of its group; NULL = in no group
     outlier_score REAL,                     -- 1 - max cosine to a class centroid: higher = more outlying
+    conflict INT NOT NULL DEFAULT 0,        -- 1 = its group's members carry more than one noisy label
     PRIMARY KEY (run_id, image_id)
 ) WITHOUT ROWID;
+CREATE INDEX duplicates_conflict ON duplicates(run_id, group_id, image_id) WHERE conflict = 1;
 CREATE INDEX duplicates_group ON duplicates(run_id, group_id) WHERE group_id IS NOT NULL;
 CREATE INDEX duplicates_outlier ON duplicates(run_id, outlier_score);
 """)

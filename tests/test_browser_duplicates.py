@@ -31,7 +31,8 @@ def server(tmp_path_factory):
         labels = {r["id"]: r["label"] for r in store.iter_images()}
         first = next(i for i in labels if labels[i] != labels[1])  # another label than image 1's
         group = {1: 1, first: 1, 3: 3, 4: 3}
-        store.write_duplicates(((i, group.get(i), 0.01 * i) for i in sorted(labels)), features_key="k",
+        store.write_duplicates(((i, group.get(i), 0.01 * i, int(i in (1, first))) for i in sorted(labels)),
+                               features_key="k",
                                backbone_id="b", threshold=0.79, method="exact", n_images=40, n_groups=2,
                                n_conflicts=1 + (labels[3] != labels[4]), seconds=0.1)
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD=ADMIN_PW, PYTHONUNBUFFERED="1")

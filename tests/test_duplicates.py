@@ -169,3 +169,31 @@ def test_a_database_of_the_previous_schema_gains_the_duplicate_tables(tmp_path):
     assert store.images_count() == 1 and store.duplicate_run() is None and dup.groups(store) == []
     buf = io.StringIO(newline="")
     assert export_csv(store, buf) == 1
+
+
+def test_the_queue_serves_members_of_conflicting_groups_first_but_never_as_audit_draws(tmp_path):
+    """Verified class cat: its members of conflicting groups (1 and 3) come before the uncertainty order, marked
+    'uncertain'; with every slot an audit draw they get no priority; none comes back once judged."""
+    import random
+
+    from annotator.queue import next_items
+    store = planted_store(tmp_path / "annotator.db")
+    store.set_verify(["cat"])
+    version = store.add_model(delta=0.5, metrics={})
+    store.write_scores(version, [(r["id"], r["label_id"], 0.5 if r["id"] == 5 else 0.9, 0.0 if r["id"] == 5 else 0.4,
+                                  None, None) for r in store.iter_images()])
+    store.make_current(version)
+    store.set_setting("audit_share", 0.0)
+    before = [i.image_id for i in next_items(store, "a", n=3)]
+    assert before[0] == 5  # no duplicate run yet: the uncertainty order alone
+    store.release_leases("a")
+    dup.refresh(store)
+    items = next_items(store, "b", n=3)
+    assert [(i.image_id, i.reason) for i in items] == [(1, "uncertain"), (3, "uncertain"), (5, "uncertain")]
+    store.release_leases("b")
+    store.record_verdict(1, "b", "correct", reason="uncertain", model_version=version)
+    assert [i.image_id for i in next_items(store, "c", n=1)] == [3]
+    store.release_leases("c")
+    store.set_setting("audit_share", 1.0)
+    drawn = {i.image_id for i in next_items(store, "d", n=2, rng=random.Random(0))}
+    assert drawn == {3, 5} and all(i.reason == "audit" for i in next_items(store, "d", n=2))

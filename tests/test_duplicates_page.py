@@ -15,7 +15,8 @@ def plant_run(store: Store) -> dict[str, list[int]]:
     cat, dog, bad = by_class["cat"], by_class["dog"], by_class[HOSTILE]
     group = {cat[0]: cat[0], dog[0]: cat[0], cat[1]: cat[1], cat[2]: cat[1]}
     score = {i: 0.1 for i in cat + dog} | {i: 0.9 - 0.01 * k for k, i in enumerate(bad)}
-    store.write_duplicates(((i, group.get(i), s) for i, s in sorted(score.items())), features_key="k",
+    store.write_duplicates(((i, group.get(i), s, int(group.get(i) == cat[0])) for i, s in sorted(score.items())),
+                           features_key="k",
                            backbone_id="b", threshold=0.9, method="exact", n_images=36, n_groups=2, n_conflicts=1,
                            seconds=0.1)
     return by_class

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 from .base import StoreBase, _ids_json
+from .review import FREE, NOT_EXCLUDED
 
 _CURRENT = "(SELECT id FROM duplicate_runs WHERE is_current = 1)"
 
@@ -21,10 +22,10 @@ class DuplicatesMixin(StoreBase):
         """The current run: id, features_key, backbone_id, threshold, method, counts, seconds, created_at."""
         return self._one("SELECT * FROM duplicate_runs WHERE is_current = 1")
 
-    def write_duplicates(self, rows: Iterable[tuple[int, int | None, float | None]], *, features_key: str,
+    def write_duplicates(self, rows: Iterable[tuple[int, int | None, float | None, int]], *, features_key: str,
                          backbone_id: str | None, threshold: float, method: str, n_images: int, n_groups: int,
                          n_conflicts: int, seconds: float, batch: int = 20_000, pause: float = 0.002) -> int:
-        """Store (image_id, group_id or None, outlier_score or None) rows as a new run and make it current;
+        """Store (image_id, group_id or None, outlier_score or None, conflict 0/1) rows as a new run and make it current;
         returns its id. Rows go in ``batch`` per transaction with ``pause`` s between them."""
         with self._tx():
             run = self.db.execute(
@@ -35,8 +36,8 @@ class DuplicatesMixin(StoreBase):
         it = iter(rows)
         while chunk := list(islice(it, batch)):
             with self._tx():
-                self.db.conn.executemany("INSERT INTO duplicates (run_id, image_id, group_id, outlier_score)"
-                                         " VALUES (?, ?, ?, ?)", [(run, *r) for r in chunk])
+                self.db.conn.executemany("INSERT INTO duplicates (run_id, image_id, group_id, outlier_score, conflict)"
+                                         " VALUES (?, ?, ?, ?, ?)", [(run, *r) for r in chunk])
             time.sleep(pause)
         with self._tx():
             self.db.execute("UPDATE duplicate_runs SET is_current = (id = ?)", [run])
@@ -92,3 +93,15 @@ class DuplicatesMixin(StoreBase):
             " FROM duplicates d JOIN images i ON i.id = d.image_id JOIN classes c ON c.id = i.label_id"
             f" WHERE d.run_id = {_CURRENT} AND d.outlier_score IS NOT NULL {where}"
             " ORDER BY d.outlier_score DESC, i.id LIMIT ?", [*params, limit])
+
+    def conflict_candidates(self, class_ids: Iterable[int], limit: int, *, now: float | None = None,
+                            exclude: Iterable[int] = ()) -> list[int]:
+        """Up to ``limit`` queue candidates (``review.FREE``) of ``class_ids`` that belong to a group of the current
+        run whose members carry different labels, a group's members together (by group id, then image id).
+        Driven by the partial index on conflict rows: its cost grows with the conflicting members, not the images."""
+        return [r[0] for r in self.db.execute(
+            f"SELECT i.id FROM duplicates d JOIN images i ON i.id = d.image_id WHERE d.run_id = {_CURRENT}"
+            " AND d.conflict = 1 AND i.label_id IN (SELECT value FROM json_each(:classes))"
+            f" AND {FREE} AND {NOT_EXCLUDED} ORDER BY d.group_id, i.id LIMIT :k",
+            {"classes": _ids_json(class_ids), "now": time.time() if now is None else now, "k": int(limit),
+             "exclude": _ids_json(exclude)})]
