@@ -160,10 +160,10 @@ def _ivf_candidates(feats: np.ndarray, norms: np.ndarray, config: GroupConfig, p
         i = np.repeat(np.arange(s, s + len(nn)), nn.shape[1])
         j, dd = nn.ravel(), dist.ravel()
         keep = (j >= 0) & (j != i) & (dd <= reach)
-        found.append(np.stack([np.minimum(i, j)[keep], np.maximum(i, j)[keep]], axis=1))
+        found.append(np.minimum(i, j)[keep] * n + np.maximum(i, j)[keep])  # pair (i, j) as one int64 key
         progress(0.3 + 0.5 * min(1.0, (s + step) / n), f"neighbours of {min(n, s + step)} of {n} images")
-    pairs = np.concatenate(found).astype(np.int64)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(-1, 2)
+    keys = np.unique(np.concatenate(found).astype(np.int64))           # sorted: by i, then j
+    return np.stack([keys // n, keys % n], axis=1)
 
 
 def _check(feats: np.ndarray, norms: np.ndarray, cand: np.ndarray, config: GroupConfig,
