@@ -24,9 +24,10 @@ class DuplicatesMixin(StoreBase):
 
     def write_duplicates(self, rows: Iterable[tuple[int, int | None, float | None, int]], *, features_key: str,
                          backbone_id: str | None, threshold: float, method: str, n_images: int, n_groups: int,
-                         n_conflicts: int, seconds: float, batch: int = 20_000, pause: float = 0.002) -> int:
+                         n_conflicts: int, seconds: float, batch: int = 2000, pause: float = 0.01) -> int:
         """Store (image_id, group_id or None, outlier_score or None, conflict 0/1) rows as a new run and make it current;
-        returns its id. Rows go in ``batch`` per transaction with ``pause`` s between them."""
+        returns its id. Rows go in ``batch`` per transaction with ``pause`` s between them, so the queue's
+        writers wait for one short transaction at most (a million rows: 500 transactions)."""
         with self._tx():
             run = self.db.execute(
                 "INSERT INTO duplicate_runs (features_key, backbone_id, threshold, method, n_images, n_groups,"
