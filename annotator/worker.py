@@ -28,7 +28,7 @@ import torch
 from .duplicates import refresh as refresh_duplicates
 from .pipeline import Report, run_round
 from .progress import RoundProgress, next_round
-from .round_config import load_round_config
+from .round_config import RoundConfig, load_round_config
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class _Heartbeat(threading.Thread):
             store.close()
 
 
-def _duplicates(store: Store, cfg, report: Report) -> None:
+def _duplicates(store: Store, cfg: RoundConfig, report: Report) -> None:
     """Near-duplicate groups and outlier scores of the new round's features (``annotator.duplicates``), then
     idle. A failure is stored as the worker's last error; the new model stays current."""
     try:
