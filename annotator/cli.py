@@ -20,6 +20,7 @@ import click
 
 from . import auth
 from .cli_common import open_store
+from .cli_duplicates import duplicates
 from .cli_model import adapt, extract, score, train, train_classifier
 from .cli_users import users
 from .progress import describe_status, project_status
@@ -258,7 +259,7 @@ def serve(ctx, port, host, trusted_proxies) -> None:
     serve_app(ctx.obj["db"], port=port, host=host, trusted_proxies=trusted_proxies)
 
 
-for command in (extract, train, adapt, train_classifier, score, users):
+for command in (extract, train, adapt, train_classifier, score, users, duplicates):
     cli.add_command(command)
 
 

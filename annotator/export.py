@@ -87,6 +87,10 @@ COLUMN_DOCS = {  # column of the full format -> what it holds (shown in the READ
     "suggested_label": "the class the model would give instead, or empty",
     "suggested_score": "score of suggested_label",
     "model_version": "version of the model that scored the row",
+    "duplicate_group": "the smallest image id of the row's near-duplicate group (same content hash, or features "
+                       "with cosine >= 0.79; `annotator duplicates`), empty when it is in none",
+    "outlier_score": "1 - the largest cosine of the image's features to any class centroid: higher = further from "
+                     "every class; empty before the first duplicate run",
 }
 COLUMNS = tuple(COLUMN_DOCS)
 TRAIN_COLUMNS = ("path", "label", "weight")  # the train format: final_label, w_soft; kept rows only
@@ -135,8 +139,8 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt
     if threshold is None and model is not None:
         threshold = model["delta"]
     names: dict[str | None, str] = {}  # class name -> escaped cell; few distinct names, escaped once
-    for (_, path, label, verdict, corrected, annotator, at, score, suggested, suggested_score) in store.export_rows(
-            version, page=page):
+    for (_, path, label, verdict, corrected, annotator, at, score, suggested, suggested_score, group,
+         outlier) in store.export_rows(version, page=page):
         final, by, w_soft = decide(label, verdict, corrected, score, threshold)
         if (only_kept or fmt == "train") and final is None:
             continue
@@ -150,7 +154,7 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt
         yield (escape_cell(path), names[label], names[final], by, verdict or "", names[corrected],
                escape_cell(annotator), _iso(at), _num(score), "" if threshold is None else _num(threshold), noisy,
                _num(w_soft), int(final is not None), names[suggested], _num(suggested_score),
-               version if score is not None else "")
+               version if score is not None else "", "" if group is None else group, _num(outlier))
 
 
 def _refuse_store_files(store: Store, out: Path) -> None:

@@ -11,6 +11,9 @@ Rules, in order:
    boundary and its lowest-scored ones in turn (``annotator.publish.queue_order``). Audit
    verdicts are an unbiased sample: delta, detection error and human-measured noise rates are
    computed from them only.
+   Before the uncertainty order, the non-audit slots go to members of near-duplicate groups whose members carry
+   different labels (``annotator.duplicates``: the same picture under two labels is label-noise evidence), a
+   group's members one after another, also marked ``uncertain``; the audit draws are untouched.
 4. Cold start (no current model): every item is a random draw, marked ``audit``.
 5. Never an image with a live verdict or someone else's live lease. Every served item is
    leased with ``Store.acquire_leases`` (``lease_seconds`` setting, default 600 s); an item
@@ -118,9 +121,13 @@ def _next(store: Store, annotator: str, n: int, class_ids: list[int], model: dic
         picks = [(i, "audit") for i in store.random_candidates(class_ids, n_audit, rng=rng, now=now,
                                                                exclude=exclude)]
         if k - n_audit:
-            uncertain = store.uncertain_candidates(version, class_ids, k - n_audit, now=now,
-                                                   exclude=exclude + [i for i, _ in picks])
-            picks += [(i, "uncertain") for i in uncertain]
+            conflicts = store.conflict_candidates(class_ids, k - n_audit, now=now,
+                                                  exclude=exclude + [i for i, _ in picks])
+            picks += [(i, "uncertain") for i in conflicts]
+            if k - n_audit - len(conflicts):
+                uncertain = store.uncertain_candidates(version, class_ids, k - n_audit - len(conflicts), now=now,
+                                                       exclude=exclude + [i for i, _ in picks])
+                picks += [(i, "uncertain") for i in uncertain]
         return picks
 
     ids, reasons = _serve(store, annotator, class_ids, n, "uncertain" if model else "audit", draw, now)

@@ -275,10 +275,39 @@ INSERT INTO sqlite_sequence (name, seq) SELECT 'sessions', MAX(COALESCE((SELECT 
 """)
 
 
+def _duplicate_groups(db: Database) -> None:
+    """Near-duplicate groups and outlier scores (``annotator.duplicates``): each computation is a row of
+    ``duplicate_runs``, keyed by what it was computed from (backbone, images, hashes, labels, settings); its
+    per-image rows are written before it becomes current, so readers never see half of one."""
+    db.executescript("""
+CREATE TABLE duplicate_runs (
+    id INTEGER PRIMARY KEY,
+    features_key TEXT NOT NULL,             -- blake2b of the backbone id, image ids, hashes, labels and settings
+    backbone_id TEXT,
+    threshold REAL NOT NULL,                -- cosine at or above which two images are near-duplicates
+    method TEXT NOT NULL,                   -- nearest-neighbour search: exact | faiss-ivf
+    n_images INT NOT NULL, n_groups INT NOT NULL, n_conflicts INT NOT NULL,
+    seconds REAL, created_at REAL NOT NULL,
+    is_current INT NOT NULL DEFAULT 0
+);
+CREATE TABLE duplicates (
+    run_id INT NOT NULL,
+    image_id INT NOT NULL,
+    group_id INT,                           -- smallest image id of its group; NULL = in no group
+    outlier_score REAL,                     -- 1 - max cosine to a class centroid: higher = more outlying
+    conflict INT NOT NULL DEFAULT 0,        -- 1 = its group's members carry more than one noisy label
+    PRIMARY KEY (run_id, image_id)
+) WITHOUT ROWID;
+CREATE INDEX duplicates_conflict ON duplicates(run_id, group_id, image_id) WHERE conflict = 1;
+CREATE INDEX duplicates_group ON duplicates(run_id, group_id) WHERE group_id IS NOT NULL;
+CREATE INDEX duplicates_outlier ON duplicates(run_id, outlier_score);
+""")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
                                                  _worker_round_progress, _model_artifacts, _images_mtime,
-                                                 _verdict_note, _scores_queue_table, _accounts_v2]
+                                                 _verdict_note, _scores_queue_table, _accounts_v2, _duplicate_groups]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

@@ -30,6 +30,7 @@ from .adapt_round import SETTING as ADAPT_SETTING
 from .adapt_round import due as adapt_due
 from .adapt_round import record_failure as record_adapt_failure
 from .adapt_round import run_adapt_round
+from .duplicates import refresh as refresh_duplicates
 from .pipeline import run_round
 from .progress import RoundProgress, next_round
 from .round_config import BadRoundConfig, RoundConfig, load_round_config
@@ -90,6 +91,7 @@ def _run_one(store: Store, kind: str, cfg: RoundConfig, report: Report) -> None:
     else:
         version = run_round(store, cfg, full=kind == "full", report=report)
         log.info("round done: model version %d is current", version)
+        _duplicates(store, cfg, report)
 
 
 def _adapt_if_due(store: Store, overrides: dict | None) -> str | None:
@@ -143,6 +145,18 @@ class _Heartbeat(threading.Thread):
                     log.warning("heartbeat failed: %s", e)
         finally:
             store.close()
+
+
+def _duplicates(store: Store, cfg: RoundConfig, report: Report) -> None:
+    """Near-duplicate groups and outlier scores of the new round's features (``annotator.duplicates``), then
+    idle. A failure is stored as the worker's last error; the new model stays current."""
+    try:
+        refresh_duplicates(store, cfg, report=report)
+        report("idle", 1.0, "")
+    except Exception as e:  # noqa: BLE001  (shown on the dashboard; the next round tries again)
+        log.error("near-duplicate groups failed: %s", traceback.format_exc())
+        store.worker_update(**(IDLE | {"phase": "error"}), last_error=f"duplicates: {type(e).__name__}: {e}",
+                            last_error_at=time.time(), message="near-duplicate groups failed")
 
 
 def run_worker(db_path: str | Path, overrides: dict | None = None, *, poll: float = 2.0, once: bool = False,

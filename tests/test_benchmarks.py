@@ -207,3 +207,27 @@ def test_robustness_suite_runs_a_case_through_the_product_and_reports(cifar_dir,
     checks = robustness_report.checks(runs)
     assert checks["never_worse_than_flagging_nothing"]["runs"] == 3
     assert robustness_report.table(runs)[2].startswith("| dev-digits-15 | 0 |")
+
+
+@pytest.mark.slow
+def test_duplicates_benchmark_plants_copies_and_scores_pairs_and_outliers(cifar_dir, tmp_path):
+    """A toy dev case (200 demo images, 4 exact and 6 altered copies, 4 coloured digits): every exact copy is found
+    by its hash, and the threshold is chosen from the documented grid."""
+    from benchmarks import duplicates
+    out = tmp_path / "d.json"
+    res = duplicates.main(["--cifar10n", str(cifar_dir), "--n-base", "200", "--roles", "dev", "--cache",
+                           str(tmp_path / "cache"), "--json", str(out)])
+    dev = res["dev"]
+    assert dev["planted"]["exact"] == 4 and dev["planted"]["other_domain"] == 4 and dev["images"] == 214
+    assert dev["pairs"]["true_pairs"] == 10 and dev["pairs"]["recall_by_kind"]["exact"] == 1.0
+    assert dev["threshold"] in duplicates.GRID and 0 <= dev["outlier_auroc"]["product"] <= 1
+    assert json.loads(out.read_text())["chosen_on"] == "dev" and res["test"] is None
+
+
+@pytest.mark.slow
+def test_duplicates_speed_finds_the_planted_copies_and_times_the_queue(tmp_path):
+    from benchmarks import duplicates_speed
+    res = duplicates_speed.main(["--n", "3000", "--dim", "32", "--baseline-n", "600"])
+    assert res["planted_pairs"] == 30 and res["pair_recall"] == 1.0 and res["refresh"]["method"] == "exact"
+    assert res["baseline"]["faiss-ivf"]["planted_recall"] == 1.0 == res["baseline"]["exact"]["planted_recall"]
+    assert res["queue_ms"]["idle"]["n"] == 200 and res["groups"]["images_in_groups"] >= 60

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role, wilson
+from annotator.pages.duplicates_view import duplicates_panel
 from annotator.progress import adapt_summary, describe_next, describe_round, duration, model_trust, worker_status
 from annotator.store import Store
 
@@ -219,6 +220,7 @@ def page() -> None:
                 ((model or {}).get("metrics") or {}).get("noise_rate_kind", "flagged"))
     trend_panel(*trend_tables(store, db, version, verify))
     throughput_panel(store)
+    duplicates_panel(store)
     if st.button("Refresh", key="dash_refresh", icon=":material/refresh:"):
         st.rerun()
 

@@ -9,7 +9,8 @@
 - ``models``: model versions and scores, worker status, retrain requests, settings;
 - ``artifacts``: model files (backbones, scoring checkpoints, classifiers) and their provenance;
 - ``review``: candidate queries of the review queue;
-- ``exports``: paged rows for the CSV export.
+- ``exports``: paged rows for the CSV export;
+- ``duplicates``: near-duplicate groups and outlier scores.
 
 No other module writes SQL. See ``base`` for the concurrency rules (one Store per
 thread or process).
@@ -22,6 +23,7 @@ from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULT
                    AddResult, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser,
                    default_db_path, private_files, user_data_dir)
 from .catalog import CatalogMixin
+from .duplicates import DuplicatesMixin
 from .exports import EXPORT_ROW, ExportMixin
 from .models import ModelsMixin
 from .review import ReviewMixin
@@ -29,7 +31,7 @@ from .verdicts import NOTE_MAX, SameLabel, VerdictChanged, VerdictsMixin
 
 
 class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMixin, ReviewMixin, ExportMixin,
-            StoreBase):
+            DuplicatesMixin, StoreBase):
     """SQLite state of one project. One instance per thread/process."""
 
     def __enter__(self) -> "Store":

@@ -1,0 +1,54 @@
+"""The dashboard's near-duplicates section under AppTest: conflicting groups first with inline thumbnails, the
+class filter, the outliers list, escaping of class names, and leads only."""
+import pytest
+
+from annotator.store import Store
+
+from test_app import HOSTILE, app, db, texts  # noqa: F401  (db is the fixture)
+
+
+def plant_run(store: Store) -> dict[str, list[int]]:
+    """A stored run: cat #1 with dog #13 (a conflict), cat #2 with cat #3, the hostile class's images as outliers."""
+    by_class: dict[str, list[int]] = {}
+    for r in store.iter_images():
+        by_class.setdefault(r["label"], []).append(r["id"])
+    cat, dog, bad = by_class["cat"], by_class["dog"], by_class[HOSTILE]
+    group = {cat[0]: cat[0], dog[0]: cat[0], cat[1]: cat[1], cat[2]: cat[1]}
+    score = {i: 0.1 for i in cat + dog} | {i: 0.9 - 0.01 * k for k, i in enumerate(bad)}
+    store.write_duplicates(((i, group.get(i), s, int(group.get(i) == cat[0])) for i, s in sorted(score.items())),
+                           features_key="k",
+                           backbone_id="b", threshold=0.9, method="exact", n_images=36, n_groups=2, n_conflicts=1,
+                           seconds=0.1)
+    return by_class
+
+
+def test_groups_conflicts_first_with_thumbnails_filter_and_outliers(db):  # noqa: F811
+    with Store() as store:
+        by_class = plant_run(store)
+    at = app("admin", page="annotator/pages/dashboard.py")
+    said = texts(at)
+    assert "2 groups of near-duplicates among 36 images" in said and "1 of them with members under" in said
+    groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
+    cat, dog, bad = by_class["cat"], by_class["dog"], by_class[HOSTILE]
+    assert groups == [f"**Group {cat[0]}** · 2 images · :red[label conflict]: cat, dog",
+                      f"**Group {cat[1]}** · 2 images · all cat"]
+    images = [h.proto.body for h in at.get("html") if "<img" in h.proto.body]
+    assert len(images) == 4 + 12 and all('src="data:image/png;base64,' in b for b in images)  # inline, no /media
+    assert f"\\#{dog[0]} dog" in said
+    assert f"\\#{bad[0]} " in said and "0\\.90" in said   # the most outlying first, with its score
+    assert "<b>" not in said                               # the hostile class name is escaped in captions
+    at.selectbox(key="dup_class").set_value("dog").run()
+    groups = [m.value for m in at.markdown if m.value.startswith("**Group")]
+    assert groups == [f"**Group {cat[0]}** · 2 images · :red[label conflict]: cat, dog"]
+    at.toggle(key="dup_conflicts").set_value(True).run()
+    at.selectbox(key="dup_class").set_value("All classes").run()
+    assert [m.value for m in at.markdown if m.value.startswith("**Group")] == groups
+
+
+def test_not_computed_yet_and_annotators_do_not_see_it(db):  # noqa: F811
+    at = app("admin", page="annotator/pages/dashboard.py")
+    assert "Not computed yet" in texts(at)
+    with Store() as store:
+        plant_run(store)
+    with pytest.raises(ValueError, match="Known pages: .*annotate.py'\\]"):  # an annotator has no dashboard
+        app("ann", page="annotator/pages/dashboard.py")
