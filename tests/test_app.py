@@ -321,7 +321,8 @@ def test_dashboard_rates_intervals_trend_worker(db):
         for k, i in enumerate(ids[:10]):
             store.record_verdict(i, "ann", "wrong" if k < 3 else "correct", reason="audit")
         add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
-                                  "backbone": "trained on the noisy labels", "method": "transfer",
+                                  "backbone": "trained on the noisy labels (from /srv/secret/w.pth)",
+                                  "backbone_kind": "noisy", "backbone_arch": "resnet18", "method": "transfer",
                                   "audit": {"error": 0.2, "auroc": 0.9, "n": 40}})
         store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
                             last_error_at=time.time())
@@ -337,7 +338,8 @@ def test_dashboard_rates_intervals_trend_worker(db):
     assert table["class"].tolist() == sorted(CLASSES)  # every class, the hostile one as a plain cell
     assert len(at.get("vega_lite_chart")) == 3  # noise per class, estimated trend, audit trend
     said = texts(at)
-    assert "Phase=training" in said and "boom" in said and "trained on the noisy labels" in said
+    assert "Phase=training" in said and "boom" in said and "resnet18 \\(trained on the noisy labels\\)" in said
+    assert "/srv" not in said and "secret" not in said  # the backbone's kind and arch, never a file
     assert chart_specs(at)[2]["encoding"]["x"]["title"] == "version (n)"  # the audit trend names its sample size
     assert "scoring: transfer" in said and "features at 32 px" in said  # the crop size is said
     assert at.dataframe[1].value["n"].tolist() == [10]
