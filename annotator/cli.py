@@ -21,6 +21,7 @@ import click
 from . import auth
 from .cli_common import open_store
 from .cli_model import extract, score, train, train_classifier
+from .cli_report import report
 from .cli_users import users
 from .progress import describe_status, project_status
 from .store import StoreError, default_db_path, private_files
@@ -260,6 +261,7 @@ def serve(ctx, port, host, trusted_proxies) -> None:
 
 for command in (extract, train, train_classifier, score, users):
     cli.add_command(command)
+cli.add_command(report)
 
 
 def main() -> None:
