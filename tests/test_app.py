@@ -494,7 +494,7 @@ def test_export_page_documents_every_column_and_writes_the_train_format(db):
         first = next(store.iter_images())
         store.record_verdict(first["id"], "ann", "wrong", reason="audit", corrected_label="dog")
     at = app("admin", page="annotator/pages/export.py")
-    docs = at.table[0].value
+    docs = at.table[-1].value  # after the what-if table
     assert docs.index.tolist() == list(COLUMN_DOCS) and docs["meaning"].tolist() == list(COLUMN_DOCS.values())
     assert "final_label" in at.dataframe[0].value.columns
     at.radio(key="exp_format").set_value("train").run()

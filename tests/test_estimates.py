@@ -171,3 +171,21 @@ def test_the_dashboard_opens_with_where_we_stand_and_shows_the_estimates(lead_db
         store.record_verdict(7, "admin", "wrong", reason="audit")  # a new verdict: recomputed, not cached
     at.run()
     assert {m.label: m.value for m in at.metric}["Fixed"] == "6"
+
+
+def test_the_export_what_if_follows_the_threshold_control(lead_db):
+    at = lead_page("annotator/pages/export.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Kept"], metrics["Dropped"], metrics["Relabelled"]) == ("20", "11", "1")  # at delta 0.5
+    assert (metrics["Precision"], metrics["Recall"]) == ("100%", "100%")
+    table = at.table[0].value
+    assert "0.500 (chosen)" in table.index and len(table) == 9
+    at.toggle(key="exp_custom").set_value(True).run()
+    at.number_input(key="exp_threshold").set_value(0.65).run()
+    metrics = {m.label: m.value for m in at.metric}
+    with Store(lead_db) as store:
+        want = estimates.what_if(States.of(store.image_states(1)), [0.65])[0]
+    assert metrics["Kept"] == f"{want['kept']}" and metrics["Dropped"] == f"{want['dropped']}" == "16"
+    assert metrics["Precision"] == "67%" and metrics["Recall"] == "100%"  # 3 flagged, 2 of them wrong
+    row = at.table[0].value.loc["0.650 (chosen)"]
+    assert row["precision (95 %)"] == "67% ({:.0%}–{:.0%}), n=3".format(*wilson(2, 3))
