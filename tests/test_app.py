@@ -185,14 +185,14 @@ def shown_image(at) -> int:
 
 def test_single_mode_verdicts_undo_and_true_class(db):
     at = app("ann")
-    assert metric(at, "My verdicts today") == "0" and metric(at, "Left in my classes") == "24"
+    assert metric(at, "Mine") == "0" and metric(at, "Left") == "24"
     assert len(at.session_state["ann_items"]) == 2  # current + prefetched next, both leased
     first = shown_image(at)
     button(at, "ann_correct").click().run()
     with Store() as store:
         assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
     second = shown_image(at)
-    assert second != first and metric(at, "My verdicts today") == "1"
+    assert second != first and metric(at, "Mine") == "1"
     button(at, "ann_wrong").click().run()
     # the true class of the image just marked wrong, by its number key button: each class keeps one key (the
     # classes by name), the image's own label is shown disabled in its place
@@ -206,10 +206,10 @@ def test_single_mode_verdicts_undo_and_true_class(db):
         wrong = [v for v in store.live_verdicts() if v["image_id"] == second]
         assert [(v["verdict"], v["corrected_label_id"]) for v in wrong] == [("wrong", store.class_id(label))]
     button(at, "ann_unsure").click().run()
-    assert metric(at, "My verdicts today") == "3"
+    assert metric(at, "Mine") == "3"
     third = at.session_state["ann_items"][0].image_id
     button(at, "ann_undo").click().run()  # z: the unsure verdict is voided and its image comes back
-    assert metric(at, "My verdicts today") == "2" and shown_image(at) != third
+    assert metric(at, "Mine") == "2" and shown_image(at) != third
     with Store() as store:
         assert store.verdict_count() == 2
         undone = store.get_verdict(store.max_verdict_id())
@@ -269,7 +269,7 @@ def test_reload_resumes_the_same_image_and_keeps_verdicts(db):
     shown, nxt = [i.image_id for i in at.session_state["ann_items"]]
     again = app("ann")  # a new browser session of the same user
     assert shown_image(again) == shown and [i.image_id for i in again.session_state["ann_items"]] == [shown, nxt]
-    assert metric(again, "My verdicts today") == "1"
+    assert metric(again, "Mine") == "1"
 
 
 def test_grid_mode_flip_and_submit(db):
@@ -300,7 +300,7 @@ def test_empty_queue_and_no_verify_classes_say_so(db):
             if r["label"] == HOSTILE:
                 store.record_verdict(r["id"], "someone", "correct", reason="manual")
     at.run()
-    assert "queue is empty" in texts(at) and metric(at, "Left in my classes") == "0"
+    assert "queue is empty" in texts(at) and metric(at, "Left") == "0"
 
 
 def test_class_names_are_escaped(db):

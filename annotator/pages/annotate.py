@@ -190,9 +190,10 @@ def progress_panel(store: Store, name: str) -> int:
     mine = len(store.leased_candidates(name, list(store.verify_classes().values())))  # served to me, not judged
     left = sum(status["remaining"].values()) + mine
     a, b, c = st.columns(3)
-    a.metric("My verdicts today", status["mine_today"])
-    b.metric("Left in my classes", left)
-    c.metric("All verdicts", status["verdicts_total"])
+    # one-word labels: three metrics side by side fit the sidebar of a 1366x768 screen uncut
+    a.metric("Mine", status["mine_today"], help="my verdicts today")
+    b.metric("Left", left, help="images left in my classes (those held for me included)")
+    c.metric("All", status["verdicts_total"], help="live verdicts of everyone, all time")
     if status["remaining"]:
         st.caption("Not yet served: " + " · ".join(f"{md(k)} {v}" for k, v in status["remaining"].items()))
     return left
