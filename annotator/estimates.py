@@ -12,10 +12,14 @@ How each figure is estimated (counts of images; "unjudged" = no live correct/wro
   n_c its audit verdicts), times the unjudged images. With one class it is exactly Wilson's interval.
 - **The other classes** (unverified, and verified ones with no audit verdict yet): the calibrated model's
   expected count, sum of 1 - P(label correct) over their unjudged images. Its interval is the wider of the
-  model's own (expected count +- 1.96 x sqrt(sum P (1 - P))) and the calibration check: on the held-out audit
-  verdicts (audit draws on odd image ids, which no model trains on) the wrong count over the expected count,
-  a ratio whose Wilson bounds scale the expected count. Without held-out audit verdicts the interval is
-  everything possible (0 to the unjudged images): the model is not checked yet.
+  model's own (expected count +- 1.96 x sqrt(sum P (1 - P))) and the calibration check: on a random sample of
+  judged images, the wrong count over the model's expected count, a ratio whose Wilson bounds scale the
+  expected count. The sample is the transfer check's verdicts (random draws in the unverified classes, which
+  no model trains on) when there are any, else the held-out audit verdicts (audit draws on odd image ids,
+  which no model trains on either). Without both the interval is everything possible (0 to the unjudged
+  images): the model is not checked yet.
+- **Transfer check**: on its verdicts, the model's error (flags disagreeing with the verdict) with Wilson's
+  interval, against flagging nothing, and its AUROC with Hanley and McNeil's interval.
 - **Remaining** = the two parts, their intervals combined in quadrature (each side separately).
   **Wrong labels in the data set** = remaining + **fixed** (live 'wrong' verdicts).
 - **Export** at a threshold: the export's own decision (``annotator.export.decide``) counted over every image.
@@ -29,6 +33,8 @@ from dataclasses import asdict, dataclass
 from math import sqrt
 
 import numpy as np
+
+from cleannet_core.metrics import auroc
 
 from .store import Store
 
@@ -115,13 +121,15 @@ def stratified_count(k: np.ndarray, n: np.ndarray, sizes: np.ndarray) -> Interva
     return Interval(share * total, min(lo, share) * total, max(hi, share) * total)
 
 
-def calibration_check(states: States) -> dict:
-    """The model's expected wrong count against the wrong verdicts on the held-out audit verdicts with a score:
-    {n, wrong, expected, ratio, ratio_low, ratio_high} (ratio = wrong / expected, None when not measurable)."""
-    m = states.held_out & ~np.isnan(states.score)
+def calibration_check(states: States, sample: np.ndarray | None = None, *, source: str = "held-out audit") -> dict:
+    """The model's expected wrong count against the wrong verdicts on a random sample of judged images with a
+    score (``sample`` (N,) bool; default the held-out audit verdicts): {source, n, wrong, expected, ratio,
+    ratio_low, ratio_high} (ratio = wrong / expected, None when not measurable)."""
+    m = (states.held_out if sample is None else sample) & ~np.isnan(states.score)
     n, k = int(m.sum()), int(states.wrong[m].sum())
     expected = float((1.0 - states.score[m]).sum())
-    out = {"n": n, "wrong": k, "expected": expected, "ratio": None, "ratio_low": None, "ratio_high": None}
+    out = {"source": source, "n": n, "wrong": k, "expected": expected, "ratio": None, "ratio_low": None,
+           "ratio_high": None}
     if n and expected > 0:
         lo, hi = wilson(k, n)
         out |= {"ratio": k / expected, "ratio_low": lo * n / expected, "ratio_high": hi * n / expected}
@@ -178,6 +186,41 @@ def flag_quality(states: States, threshold: float | None) -> dict:
             "precision": rate(hit, int(flag.sum())), "recall": rate(hit, int(wrong.sum()))}
 
 
+def auroc_interval(score: np.ndarray, correct: np.ndarray) -> dict:
+    """AUROC of the score (wrong labels the positives: the chance a wrong label scores below a correct one) with
+    Hanley and McNeil's 95 % interval: {auroc, low, high, n_wrong, n_correct}; None values without both kinds."""
+    correct = np.asarray(correct, bool)
+    n1, n2 = int((~correct).sum()), int(correct.sum())
+    out = {"auroc": None, "low": None, "high": None, "n_wrong": n1, "n_correct": n2}
+    if not n1 or not n2:
+        return out
+    a = auroc(np.asarray(score, np.float64), correct)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = sqrt(max(a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n2 - 1) * (q2 - a * a), 0.0) / (n1 * n2))
+    return out | {"auroc": a, "low": max(0.0, a - Z * se), "high": min(1.0, a + Z * se)}
+
+
+def transfer_sample(states: States, verified: set[int]) -> np.ndarray:
+    """(N,) bool: judged transfer-check verdicts on 'ok' images of classes not verified now."""
+    return (states.judged & (states.reason == "transfer_check") & states.ok
+            & ~np.isin(states.label, list(verified)))
+
+
+def transfer_check(states: States, verified: set[int], threshold: float | None) -> dict:
+    """The model on the unverified classes, measured on the transfer-check verdicts with a score: {n, wrong,
+    per_class: {class id: {n, wrong}}, error: rate() of the flags (score < threshold) disagreeing with the
+    verdict, flag_nothing_error: rate() of wrong labels, auroc: ``auroc_interval``}."""
+    m = transfer_sample(states, verified) & ~np.isnan(states.score)
+    wrong, score = states.wrong[m], states.score[m]
+    flag = score < threshold if threshold is not None else np.zeros(len(score), bool)
+    per_class = {int(c): {"n": int((states.label[m] == c).sum()), "wrong": int(wrong[states.label[m] == c].sum())}
+                 for c in np.unique(states.label[m])}
+    return {"n": int(m.sum()), "wrong": int(wrong.sum()), "per_class": per_class,
+            "error": rate(int((flag != wrong).sum()), int(m.sum())), "flag_nothing_error": rate(int(wrong.sum()),
+                                                                                                int(m.sum())),
+            "auroc": auroc_interval(score, ~wrong)}
+
+
 def what_if(states: States, thresholds: list[float]) -> list[dict]:
     """``export_counts`` and ``flag_quality`` at each threshold."""
     return [export_counts(states, t) | {"flags": flag_quality(states, t)} for t in thresholds]
@@ -205,7 +248,9 @@ def remaining(states: States, verified: set[int], *, probability: bool) -> dict:
     audited_part = stratified_count(k, n, u) if per_class else Interval(0.0, 0.0, 0.0)
     rest = unjudged & ~np.isin(states.label, measured)
     scored = rest & ~np.isnan(states.score)
-    check = calibration_check(states)
+    transfer = transfer_sample(states, verified)
+    check = (calibration_check(states, transfer, source="transfer-check") if transfer.any()
+             else calibration_check(states))
     model_part = model_count(states.score[scored], check) if probability else None
     parts = [audited_part] + ([model_part] if model_part is not None else [])
     return {"audited_classes": {"classes": per_class, "images": int((states.ok & np.isin(states.label, measured)).sum()),
@@ -245,10 +290,12 @@ def standing(store: Store) -> dict:
     if out["remaining"] is not None:
         r = out["remaining"]
         total = {k: r[k] + fixed["wrong"] for k in ("point", "low", "high")}
+    transfer = transfer_check(states, verified, t)
+    transfer["per_class"] = {names[c]: v for c, v in transfer["per_class"].items()}
     return {"model_version": model["version"] if model else None, "threshold": t, "images": int(ok.sum()),
             "verdicts": int((states.verdict != "").sum()), "judged": int((states.judged & ok).sum()),
             "wrong_total": total, **out, "fixed": fixed, "export": export_counts(states, t),
-            "flags": flag_quality(states, t)}
+            "flags": flag_quality(states, t), "transfer": transfer}
 
 
 def _count(x: float | None) -> str:
@@ -259,9 +306,9 @@ def interval_text(d: dict | None) -> tuple[str, str]:
     return ("—", "not estimable") if d is None else (_count(d["point"]), f"{_count(d['low'])} – {_count(d['high'])}")
 
 
-def _share(r: dict) -> tuple[str, str]:
+def _share(r: dict, empty: str = "no flags or no wrong verdicts") -> tuple[str, str]:
     if r["rate"] is None:
-        return "—", "no flags or no wrong verdicts"
+        return "—", empty
     return f"{r['rate']:.0%} ({r['k']} of {r['n']})", f"{r['low']:.0%} – {r['high']:.0%}"
 
 
@@ -270,9 +317,10 @@ def summary_rows(s: dict) -> list[dict]:
     and ``annotator report`` show exactly these."""
     audited, other, exp, flags = s["audited_classes"], s["model_classes"], s["export"], s["flags"]
     t = "—" if s["threshold"] is None else f"{s['threshold']:.3f}"
-    check = other["check"]
-    checked = (f"calibration checked on {check['n']} held-out audit verdicts ({check['wrong']} wrong, "
+    check, transfer = other["check"], s["transfer"]
+    checked = (f"calibration checked on {check['n']} {check['source']} verdicts ({check['wrong']} wrong, "
                f"{check['expected']:.1f} expected)" if check["n"] else "not checked yet: no held-out audit verdicts")
+    a = transfer["auroc"]
     rows = [("Wrong labels in the data set", *interval_text(s["wrong_total"]), "fixed + left"),
             ("Fixed by verdicts", _count(s["fixed"]["wrong"]), "exact",
              f"live 'wrong' verdicts, {s['fixed']['relabelled']} of them with the true class"),
@@ -288,5 +336,11 @@ def summary_rows(s: dict) -> list[dict]:
             ("Export keeps", _count(exp["kept"]), "exact", f"of {exp['rows']:,} rows"),
             ("Flags' precision", *_share(flags["precision"]),
              f"flagged held-out audit verdicts that are wrong ({flags['n']} held-out audit verdicts)"),
-            ("Flags' recall", *_share(flags["recall"]), "wrong held-out audit verdicts that are flagged")]
+            ("Flags' recall", *_share(flags["recall"]), "wrong held-out audit verdicts that are flagged"),
+            ("Model error, unverified classes", *_share(transfer["error"], "no transfer-check verdicts"),
+             f"flags that disagree with the {transfer['n']} transfer-check verdicts (flagging nothing: "
+             + (f"{transfer['flag_nothing_error']['rate']:.0%})" if transfer["n"] else "—)")),
+            ("Model AUROC, unverified classes", "—" if a["auroc"] is None else f"{a['auroc']:.2f}",
+             "—" if a["auroc"] is None else f"{a['low']:.2f} – {a['high']:.2f}",
+             f"transfer-check verdicts: {a['n_wrong']} wrong, {a['n_correct']} correct")]
     return [dict(zip(("figure", "estimate", "interval (95 %)", "how"), r)) for r in rows]

@@ -234,10 +234,14 @@ def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) 
 
     Audit verdicts (random draws) are unbiased: those on odd image ids validate (delta, checkpoint, the
     model's reported error); everything else trains. 'unsure' verdicts are left out, and so are images not
-    `readable` (N,) bool (no features: the verdict stays in the log, it only trains nothing).
+    `readable` (N,) bool (no features: the verdict stays in the log, it only trains nothing). Transfer-check
+    verdicts neither train nor validate: they measure the model on the unverified classes
+    (``annotator.estimates``), which they could not do once the model had learned them.
     """
     latest: dict[int, dict] = {}
     for v in store.live_verdicts():
+        if v["reason"] == "transfer_check":
+            continue
         if v["verdict"] != "unsure" and (v["image_id"] not in latest or v["id"] > latest[v["image_id"]]["id"]):
             latest[v["image_id"]] = v
     where = {int(i): k for k, i in enumerate(data.ids)}

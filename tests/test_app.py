@@ -428,6 +428,8 @@ def test_admin_classes_users_requests_settings(db):
     at.number_input(key="adm_retrain_every").set_value(7)
     assert at.selectbox(key="adm_method").value == "robust"  # the default when no round setting says otherwise
     at.selectbox(key="adm_method").set_value("paper")
+    at.multiselect(key="adm_transfer_annotators").set_value(["ann"])
+    at.number_input(key="adm_transfer_per_class").set_value(5)
     at.button(key="adm_settings_save").click().run()
     assert not at.exception
     with Store() as store:
@@ -435,6 +437,7 @@ def test_admin_classes_users_requests_settings(db):
         assert store.pending_request()["kind"] == "retrain"
         s = store.settings()
         assert (s["delta_override"], s["audit_share"], s["retrain_every"]) == (0.25, 0.5, 7)
+        assert (s["transfer_annotators"], s["transfer_per_class"]) == (["ann"], 5)
         assert load_round_config(store) == RoundConfig(method="paper")
 
 

@@ -49,7 +49,8 @@ STYLE = """<style>
 GRID = 16
 GRID_SIDE = 512  # pixels: grid tiles are shown at most this large
 REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a random audit sample",
-               "grid": "grid mode", "manual": "manual"}
+               "grid": "grid mode", "manual": "manual", "transfer_check": "a random check of a class nobody verifies"}
+BLIND_REASONS = ("audit", "transfer_check")  # random draws that measure: always shown blind
 
 
 # -- actions (applied at the top of the rerun) ------------------------------------------
@@ -226,7 +227,7 @@ def single_mode(store: Store, user: dict) -> None:
     item = items[0]
     model = store.current_model()
     delta = threshold(store, model)
-    blind = bool(st.session_state.get("ann_blind")) or item.reason == "audit"
+    blind = bool(st.session_state.get("ann_blind")) or item.reason in BLIND_REASONS
     left, right = st.columns([1, 1], gap="medium")
     with right:  # buttons first: they are registered for this image before anything new shows
         about = st.container(key="ann_about")
@@ -243,9 +244,9 @@ def single_mode(store: Store, user: dict) -> None:
         name, score = st.columns([3, 2])  # side by side: the true-class keys below stay on screen
         name.markdown(f"### Label: {md(item.label)}")
         name.caption(f"Image #{item.image_id} · shown because: {REASON_TEXT.get(item.reason, item.reason)}")
-        if item.reason == "audit":
+        if item.reason in BLIND_REASONS:
             st.caption("The model's score and suggestion are hidden on audit items, so they cannot sway the "
-                       "verdicts that measure the noise rate.")
+                       "verdicts that measure the noise rate and the model.")
         elif blind:
             st.caption("Blind: the model's score and suggestion are hidden.")
         elif item.score is None:
@@ -289,7 +290,7 @@ def relabel_panel(store: Store) -> None:
         if last["corrected"]:
             st.caption(f"Last image marked wrong; true class: **{md(last['corrected'])}**.")
             return
-        audit = (store.get_verdict(last["verdict_id"]) or {}).get("reason") == "audit"
+        audit = (store.get_verdict(last["verdict_id"]) or {}).get("reason") in BLIND_REASONS
         suggested = None if st.session_state.get("ann_blind") or audit else last["suggested"]
         st.caption(f"Last image ({md(last['label'])}) marked wrong. True class? (optional)",
                    help="Each class keeps its number key all session. The model's suggestion is highlighted "
