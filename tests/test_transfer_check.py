@@ -117,3 +117,33 @@ def test_the_annotate_page_shows_a_transfer_item_blind(db_path, monkeypatch):
     said = "\n".join(str(c.value) for c in at.caption)
     assert "a random check of a class nobody verifies" in said and "hidden on audit items" in said
     assert "Model score" not in [m.label for m in at.metric]
+
+
+def test_a_database_of_the_previous_schema_takes_transfer_check_verdicts_after_the_migration(db_path):
+    import sqlite3
+    with Store(db_path) as store:
+        ids = store.ensure_classes(["A"])
+        store.add_images([{"path": f"/img/{k}.png", "hash": str(k), "label_id": ids["A"]} for k in range(3)])
+        store.record_verdict(1, "a", "correct", reason="audit")
+        version = store.schema_version
+    con = sqlite3.connect(db_path)  # back to the previous schema: the reason CHECK without 'transfer_check'
+    con.execute("PRAGMA writable_schema = ON")
+    con.execute("UPDATE sqlite_master SET sql = replace(sql, ', ''transfer_check''', '') WHERE name = 'verdicts'")
+    con.execute(f"PRAGMA user_version = {version - 1}")
+    con.commit()
+    con.close()
+    con = sqlite3.connect(db_path)
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        con.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at) VALUES "
+                    "(2, 'a', 'correct', 'transfer_check', 0)")
+    con.close()
+    with Store(db_path) as store:  # migrates
+        assert store.schema_version == version
+        store.record_verdict(2, "a", "wrong", reason="transfer_check")
+        assert [v["reason"] for v in store.live_verdicts()] == ["audit", "transfer_check"]
+        assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con = sqlite3.connect(db_path)
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # other reasons are still refused
+        con.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at) VALUES "
+                    "(3, 'a', 'correct', 'bogus', 0)")
+    con.close()
