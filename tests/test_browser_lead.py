@@ -1,8 +1,9 @@
 """A lead's walk at 1366x768 (Debian Chromium, Playwright): the dashboard opens with "Where we stand" above the
-noise picture and the worker panel, shows no filesystem path; the export page's what-if follows the threshold
+noise picture and the worker panel, shows no filesystem path and the transfer check's figures; the export page's what-if follows the threshold
 control, and the download applies the chosen threshold and names it. The app runs without a worker: a model's
 scores (P(label correct), higher when the demo's label is the clean one) and audit verdicts answered from the
-clean labels are written through the store on 120 demo images. Screenshots go to tests/artifacts/."""
+clean labels (audits in the verified classes, a transfer sample in two unverified ones) are written through the
+store on 120 demo images. Screenshots go to tests/artifacts/."""
 import csv
 import os
 import random
@@ -48,9 +49,11 @@ def server(tmp_path_factory):
         store.write_scores(version, scores)
         store.make_current(version)
         for r in images:
+            verdict = "correct" if clean[r["path"]] == r["label"] else "wrong"
             if r["label"] in ("airplane", "automobile") and rng.random() < 0.6:
-                store.record_verdict(r["id"], "admin", "correct" if clean[r["path"]] == r["label"] else "wrong",
-                                     reason="audit")
+                store.record_verdict(r["id"], "admin", verdict, reason="audit")
+            elif r["label"] in ("cat", "dog") and rng.random() < 0.5:  # the transfer sample
+                store.record_verdict(r["id"], "admin", verdict, reason="transfer_check")
     env = dict(os.environ, ANNOTATOR_DB=str(db), ANNOTATOR_ADMIN_PASSWORD=PW, PYTHONUNBUFFERED="1")
     with streamlit_app(env, log_name="lead-streamlit.log") as url:
         yield url, db, tmp
@@ -82,6 +85,10 @@ def test_a_lead_walks_where_we_stand_the_what_if_and_a_download(server, browser,
     expect(metric(page, "Wrong labels")).to_have_text(f"{s['wrong_total']['point']:,.0f}")
     expect(metric(page, "Fixed")).to_have_text(f"{s['fixed']['wrong']:,}")
     expect(page.get_by_text("Left in other classes (8)")).to_be_visible()
+    t = s["transfer"]
+    assert t["n"] > 5
+    expect(page.get_by_text(f"flags that disagree with the {t['n']} transfer-check verdicts")).to_be_visible()
+    expect(page.get_by_text(f"calibration checked on {t['n']} transfer-check verdicts")).to_be_visible()
     expect(page.get_by_text("efficientnet_lite0 (ImageNet weights, frozen)")).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "lead-dashboard-1366x768.png"), full_page=True)
     body = page.locator("body").inner_text()
