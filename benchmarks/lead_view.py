@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-template", action="store_true",
                    help="reuse the template (first model) an earlier run left in --state")
     p.add_argument("--json", type=Path)
+    p.add_argument("--table", type=Path, help="only print the coverage table of an earlier run's JSON")
     return p.parse_args(argv)
 
 
@@ -172,8 +173,33 @@ def tally(runs: list[dict]) -> dict:
     return out
 
 
+FIGURES = {"remaining": "wrong labels remaining", "remaining_audited": "... in verified classes (audits)",
+           "remaining_model": "... in other classes (model, checked)", "transfer_error": "transfer check: model error",
+           "transfer_auroc": "transfer check: AUROC", "precision_sampled": "flags' precision (audited population)",
+           "recall_sampled": "flags' recall (audited population)",
+           "precision_all_unjudged": "flags' precision (every unjudged image)",
+           "recall_all_unjudged": "flags' recall (every unjudged image)"}
+
+
+def table(out: dict) -> str:
+    """Markdown: per figure, the sessions whose 95 % interval covers the truth, at each check point."""
+    points = list(out["coverage"])
+    lines = ["| figure | " + " | ".join(points) + " |", "| --- |" + " --- |" * len(points)]
+    for key, name in FIGURES.items():
+        cells = []
+        for p in points:
+            c = out["coverage"][p].get(key, {"covered": 0, "sessions": 0})
+            cells.append(f"{c['covered']} / {c['sessions']}" if c["sessions"] else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.table:
+        out = json.loads(args.table.read_text())
+        print(table(out))
+        return out
     with open(DEMO / "labels.csv", newline="") as f:
         clean = {Path(r["path"]).name: r["clean_label"] for r in csv.DictReader(f)}
     load0, t0 = os.getloadavg(), time.perf_counter()
@@ -190,6 +216,7 @@ def main(argv=None) -> dict:
                "first_round_s": None if first_round_s is None else round(first_round_s, 1),
                "sessions_done": len(runs), "coverage": tally(runs), "runs": runs}
         write_json(args.json, out)  # after every session: a run cut short keeps what it measured
+    print(table(out))
     return out
 
 
