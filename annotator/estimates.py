@@ -261,6 +261,35 @@ def remaining(states: States, verified: set[int], *, probability: bool) -> dict:
             "remaining": asdict(combine(*parts)) if model_part is not None or not rest.any() else None}
 
 
+def effort_curve(models: list[dict]) -> list[dict]:
+    """Per model version (rescores left out, oldest first): verdicts spent, the flags' error on its held-out audit
+    verdicts (rate() with Wilson's interval) against flagging nothing on the same verdicts, and the wrong labels
+    the model expected among the images no verdict had judged then (None for models from before this figure, and
+    where the score is no probability: then it counts flagged images)."""
+    out = []
+    for m in sorted(models, key=lambda m: m["version"]):
+        metrics = m.get("metrics") or {}
+        if metrics.get("rescored_from"):
+            continue
+        check = metrics.get("audit_check") or {"n": 0, "errors": 0, "flag_nothing_errors": 0}
+        out.append({"version": m["version"], "verdicts": m.get("n_verdicts") or 0,
+                    "audit_error": rate(check["errors"], check["n"]),
+                    "flag_nothing_error": rate(check["flag_nothing_errors"], check["n"]),
+                    "expected_wrong_left": metrics.get("expected_wrong_left"),
+                    "kind": metrics.get("noise_rate_kind", "flagged")})
+    return out
+
+
+def effort_rows(curve: list[dict]) -> list[dict]:
+    """``effort_curve`` as the rows the dashboard and the report show."""
+    def share(r: dict) -> str:
+        return "—" if r["rate"] is None else f"{r['rate']:.1%} ({r['low']:.1%} – {r['high']:.1%})"
+    return [{"model": f"v{c['version']}", "verdicts": c["verdicts"], "held-out audits": c["audit_error"]["n"],
+             "flags' error (95 %)": share(c["audit_error"]), "flagging nothing": share(c["flag_nothing_error"]),
+             "expected wrong left": "—" if c["expected_wrong_left"] is None else
+             f"{c['expected_wrong_left']:,.0f}" + ("" if c["kind"] == "expected" else " flagged")} for c in curve]
+
+
 def threshold_in_force(store: Store, model: dict | None) -> float | None:
     """The score threshold in force: the lead's ``delta_override``, else the current model's delta."""
     override = store.get_setting("delta_override")
@@ -295,7 +324,7 @@ def standing(store: Store) -> dict:
     return {"model_version": model["version"] if model else None, "threshold": t, "images": int(ok.sum()),
             "verdicts": int((states.verdict != "").sum()), "judged": int((states.judged & ok).sum()),
             "wrong_total": total, **out, "fixed": fixed, "export": export_counts(states, t),
-            "flags": flag_quality(states, t), "transfer": transfer}
+            "flags": flag_quality(states, t), "transfer": transfer, "effort": effort_curve(store.models())}
 
 
 def _count(x: float | None) -> str:

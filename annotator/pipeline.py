@@ -287,7 +287,9 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
                      warm_start=None if full else _warm_state(current),
                      progress=lambda frac, message: report("training", frac, message))
     report("training", 1.0, fit.note)
-    metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method}
+    judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}
+    metrics = _metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict,
+                       judged=np.isin(data.ids, list(judged))) | {"method": cfg.method}
     ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
                                                     "refs": torch.from_numpy(refs)},
                                 method=cfg.method, backbone=backbone,
@@ -352,9 +354,12 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     return version
 
 
-def _metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int) -> dict:
+def _metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int,
+             judged: np.ndarray | None = None) -> dict:
     """The model's stored metrics: estimated noise rates (overall, per class), what the fit did with the verdicts,
-    and its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`)."""
+    its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`), and the wrong
+    labels it expects among the images no correct/wrong verdict judged (`expected_wrong_left`, `judged` (N,)
+    bool; the effort curve of ``annotator.estimates``)."""
     data, split, score = inputs.data, inputs.split, fit.scores.score
     # the expected share of wrong labels where the score is a probability, else the share flagged
     expected = spec(fit.state["method"]).probability
@@ -370,6 +375,8 @@ def _metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo
                                                                                              fit.delta)}
     if len(split.val):
         out["audit"] = detection_report(score[split.val], split.val_correct, fit.delta)
+    if judged is not None:
+        out["expected_wrong_left"] = float(wrong[~judged].sum())
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cleannet_core.atomic import atomic_write
 
-from .estimates import summary_rows
+from .estimates import effort_rows, summary_rows
 from .export import SQLITE_SUFFIXES, ExportRefused
 
 BAR_W, BAR_H = 420, 22  # px of one interval bar
@@ -74,6 +74,8 @@ th{{background:#f3f3f3}}</style></head><body>
 {chart}
 <h2>Figures</h2>
 {_table(summary_rows(s))}
+<h2>Effort per model version</h2>
+{_table(effort_rows(s["effort"]))}
 <h2>Verified classes</h2>
 {_table(per_class)}
 <p>Intervals are 95 %. Verified classes: the share of wrong labels in each class's random audit verdicts times

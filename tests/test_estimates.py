@@ -189,3 +189,21 @@ def test_the_export_what_if_follows_the_threshold_control(lead_db):
     assert metrics["Precision"] == "67%" and metrics["Recall"] == "100%"  # 3 flagged, 2 of them wrong
     row = at.table[0].value.loc["0.650 (chosen)"]
     assert row["precision (95 %)"] == "67% ({:.0%}–{:.0%}), n=3".format(*wilson(2, 3))
+
+
+def test_the_effort_curve_reads_each_versions_audit_check_and_expected_count():
+    models = [{"version": 2, "n_verdicts": 50, "metrics": {"audit_check": {"n": 10, "errors": 2,
+                                                                          "flag_nothing_errors": 3},
+                                                          "expected_wrong_left": 120.4, "noise_rate_kind": "expected"}},
+              {"version": 1, "n_verdicts": 0, "metrics": {}},
+              {"version": 3, "n_verdicts": 50, "metrics": {"rescored_from": 2}}]
+    curve = estimates.effort_curve(models)
+    assert [c["version"] for c in curve] == [1, 2]  # oldest first, the rescore left out
+    assert curve[0]["audit_error"]["rate"] is None and curve[0]["expected_wrong_left"] is None
+    assert curve[1]["audit_error"] == estimates.rate(2, 10) and curve[1]["flag_nothing_error"]["k"] == 3
+    rows = estimates.effort_rows(curve)
+    lo, hi = wilson(2, 10)
+    assert rows[1] == {"model": "v2", "verdicts": 50, "held-out audits": 10,
+                       "flags' error (95 %)": f"20.0% ({lo:.1%} – {hi:.1%})",
+                       "flagging nothing": "30.0% ({:.1%} – {:.1%})".format(*wilson(3, 10)),
+                       "expected wrong left": "120"}

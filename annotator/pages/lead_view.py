@@ -32,6 +32,11 @@ def standing_panel(store: Store) -> dict:
     c.metric("Left", estimates.interval_text(s["remaining"])[0], help="estimated wrong labels not fixed yet")
     d.metric("Export drops", f"{s['export']['dropped']:,}", help="rows the export drops at the threshold in force")
     st.table(pd.DataFrame(estimates.summary_rows(s)).set_index("figure"))
+    if s["effort"]:
+        st.caption("Effort: per model version, the verdicts it was fitted on, its flags' error on the held-out "
+                   "audit verdicts (against flagging nothing on the same verdicts) and the wrong labels it expected "
+                   "among the images not judged yet.")
+        st.table(pd.DataFrame(estimates.effort_rows(s["effort"])).set_index("model"))
     st.caption("Intervals are 95 %. Verified classes: wrong share in the random audit verdicts of each class times "
                "its unjudged images. Other classes: the model's expected count (the sum of 1 - P(label correct)), "
                "its interval widened by how far the model's count was off on the held-out audit verdicts. "
