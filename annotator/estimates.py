@@ -23,14 +23,15 @@ How each figure is estimated (counts of images; "unjudged" = no live correct/wro
 - **Remaining** = the two parts, their intervals combined in quadrature (each side separately).
   **Wrong labels in the data set** = remaining + **fixed** (live 'wrong' verdicts).
 - **Export** at a threshold: the export's own decision (``annotator.export.decide``) counted over every image.
-- **Flags' precision and recall** at a threshold: on the held-out audit verdicts with a score, Wilson intervals.
+- **Flags' precision and recall** at a threshold: on the held-out audit verdicts with a score, Clopper and
+  Pearson's exact intervals (few verdicts are flagged: Wilson's interval covers too rarely on one or two).
 
 Scores that are not probabilities (method ``paper``) give no expected count: the model part is None.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from math import sqrt
+from math import exp, lgamma, log, log1p, sqrt
 
 import numpy as np
 
@@ -62,9 +63,42 @@ def wilson(k: float, n: float, z: float = Z) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def rate(k: int, n: int) -> dict:
-    """{k, n, rate, low, high}: k of n with its Wilson interval (rate None when n == 0)."""
-    lo, hi = wilson(k, n)
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    lp, lq = log(p), log1p(-p)
+    return min(1.0, sum(exp(lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) + i * lp + (n - i) * lq)
+                        for i in range(k + 1)))
+
+
+def _solve(f, target: float) -> float:
+    """The p in [0, 1] where the decreasing f(p) crosses target (bisection)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Clopper and Pearson's exact interval of a proportion k/n: it covers with at least 1 - alpha whatever the
+    proportion, where Wilson's falls short on a handful of draws near 0 or 1; (0, 1) when n == 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    lo = 0.0 if k == 0 else _solve(lambda p: _binom_cdf(k - 1, n, p), 1 - alpha / 2)
+    hi = 1.0 if k == n else _solve(lambda p: _binom_cdf(k, n, p), alpha / 2)
+    return lo, hi
+
+
+def rate(k: int, n: int, *, exact: bool = False) -> dict:
+    """{k, n, rate, low, high}: k of n with its Wilson interval, or Clopper and Pearson's with ``exact`` (rate
+    None when n == 0)."""
+    lo, hi = clopper_pearson(k, n) if exact else wilson(k, n)
     return {"k": int(k), "n": int(n), "rate": k / n if n else None, "low": lo, "high": hi}
 
 
@@ -177,13 +211,14 @@ def export_counts(states: States, threshold: float | None) -> dict:
 
 def flag_quality(states: States, threshold: float | None) -> dict:
     """Precision and recall of the flags (score < threshold) on the held-out audit verdicts with a score:
-    {n, wrong, flagged, precision: rate(), recall: rate()} (rate() of ``rate``)."""
+    {n, wrong, flagged, precision: rate(), recall: rate()} (``rate`` with Clopper and Pearson's interval: the
+    flagged held-out verdicts are a handful for a long time)."""
     m = states.held_out & ~np.isnan(states.score)
     wrong = states.wrong[m]
     flag = states.score[m] < threshold if threshold is not None else np.zeros(int(m.sum()), bool)
     hit = int((flag & wrong).sum())
     return {"n": int(m.sum()), "wrong": int(wrong.sum()), "flagged": int(flag.sum()),
-            "precision": rate(hit, int(flag.sum())), "recall": rate(hit, int(wrong.sum()))}
+            "precision": rate(hit, int(flag.sum()), exact=True), "recall": rate(hit, int(wrong.sum()), exact=True)}
 
 
 def auroc_interval(score: np.ndarray, correct: np.ndarray) -> dict:

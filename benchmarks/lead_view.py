@@ -50,6 +50,7 @@ from .report import config_of, write_json
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=20)
+    p.add_argument("--first-seed", type=int, default=0, help="sessions use seeds first-seed, first-seed + 1, ...")
     p.add_argument("--verdicts", type=int, default=200, help="truthful verdicts per session from the usual queue")
     p.add_argument("--transfer", type=int, default=20, help="transfer-check verdicts per unverified class (first)")
     p.add_argument("--state", type=Path, default=Path("/tmp/lead-view"), help="state folders (emptied first)")
@@ -206,7 +207,7 @@ def main(argv=None) -> dict:
     base = args.state / "template"
     first_round_s = None if args.keep_template and (base / "annotator.db").exists() else template(base)
     runs = []
-    for seed in range(args.sessions):
+    for seed in range(args.first_seed, args.first_seed + args.sessions):
         runs.append(session(seed, base, args.state / "session", args.verdicts, args.transfer, clean))
         last = runs[-1]["checks"][-1] if runs[-1]["checks"] else {}
         print(json.dumps({"seed": seed, "covered": last.get("covered")}), flush=True)

@@ -43,6 +43,14 @@ def test_wilson_matches_known_values_and_takes_fractional_counts():
     assert lo < 1.5 / 4 < hi and wilson(2, 4)[0] > lo
 
 
+def test_clopper_pearson_matches_known_values():
+    cp = estimates.clopper_pearson
+    assert cp(0, 0) == (0.0, 1.0) and cp(0, 1) == pytest.approx((0.0, 0.975)) and cp(1, 1) == pytest.approx((0.025, 1))
+    assert cp(3, 10) == pytest.approx((0.06674, 0.65245), abs=1e-5)
+    assert cp(50, 100) == pytest.approx((0.39832, 0.60168), abs=1e-5)
+    assert cp(0, 20) == pytest.approx((0.0, 0.16843), abs=1e-5)
+
+
 def test_one_stratum_is_wilson_times_its_size_and_strata_weigh_by_size():
     one = stratified_count([3], [10], [50])
     lo, hi = wilson(3, 10)
@@ -120,7 +128,7 @@ def test_what_if_precision_recall_move_with_the_threshold(db_path):
     low, high = rows[0]["flags"], rows[1]["flags"]
     assert (low["flagged"], low["precision"]["k"], low["recall"]["rate"]) == (1, 1, 0.5)  # only 0.2 < 0.25
     assert (high["flagged"], high["precision"]["rate"], high["recall"]["rate"]) == (3, 2 / 3, 1.0)
-    assert high["precision"]["low"] == pytest.approx(wilson(2, 3)[0])
+    assert high["precision"]["low"] == pytest.approx(estimates.clopper_pearson(2, 3)[0])
     assert rows[0]["dropped_by_model"] == 4 and rows[1]["dropped_by_model"] == 12
 
 
@@ -188,7 +196,7 @@ def test_the_export_what_if_follows_the_threshold_control(lead_db):
     assert metrics["Kept"] == f"{want['kept']}" and metrics["Dropped"] == f"{want['dropped']}" == "16"
     assert metrics["Precision"] == "67%" and metrics["Recall"] == "100%"  # 3 flagged, 2 of them wrong
     row = at.table[0].value.loc["0.650 (chosen)"]
-    assert row["precision (95 %)"] == "67% ({:.0%}–{:.0%}), n=3".format(*wilson(2, 3))
+    assert row["precision (95 %)"] == "67% ({:.0%}–{:.0%}), n=3".format(*estimates.clopper_pearson(2, 3))
 
 
 def test_the_effort_curve_reads_each_versions_audit_check_and_expected_count():
