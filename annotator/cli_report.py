@@ -36,5 +36,5 @@ def report(ctx, as_json, out) -> None:
     elif out is None:
         for row in summary_rows(s):
             interval = row["interval (95 %)"]
-            click.echo(f"{row['figure']}: {row['estimate']} ({interval if interval == 'exact' else '95 %: ' + interval}); "
-                       f"{row['how']}")
+            shown = interval if interval == "exact" else f"95 %: {interval}"
+            click.echo(f"{row['figure']}: {row['estimate']} ({shown}); {row['how']}")

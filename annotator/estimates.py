@@ -288,8 +288,9 @@ def remaining(states: States, verified: set[int], *, probability: bool) -> dict:
              else calibration_check(states))
     model_part = model_count(states.score[scored], check) if probability else None
     parts = [audited_part] + ([model_part] if model_part is not None else [])
-    return {"audited_classes": {"classes": per_class, "images": int((states.ok & np.isin(states.label, measured)).sum()),
-                                "unjudged": int(u.sum()), "remaining": asdict(audited_part)},
+    images = int((states.ok & np.isin(states.label, measured)).sum())
+    return {"audited_classes": {"classes": per_class, "images": images, "unjudged": int(u.sum()),
+                                "remaining": asdict(audited_part)},
             "model_classes": {"class_ids": [c for c in classes if c not in measured], "unjudged": int(rest.sum()),
                               "unscored": int((rest & np.isnan(states.score)).sum()), "check": check,
                               "remaining": asdict(model_part) if model_part is not None else None},
@@ -348,8 +349,8 @@ def standing(store: Store) -> dict:
         row["class"] = names[row.pop("class_id")]
     out["model_classes"]["classes"] = [names[c] for c in out["model_classes"].pop("class_ids")]
     ok = states.ok
-    fixed = {"wrong": int((states.wrong & ok).sum()),
-             "relabelled": int((states.wrong & ok & (states.corrected >= 0) & (states.corrected != states.label)).sum())}
+    relabelled = states.wrong & ok & (states.corrected >= 0) & (states.corrected != states.label)
+    fixed = {"wrong": int((states.wrong & ok).sum()), "relabelled": int(relabelled.sum())}
     total = None
     if out["remaining"] is not None:
         r = out["remaining"]
@@ -367,7 +368,9 @@ def _count(x: float | None) -> str:
 
 
 def interval_text(d: dict | None) -> tuple[str, str]:
-    return ("—", "not estimable") if d is None else (_count(d["point"]), f"{_count(d['low'])} – {_count(d['high'])}")
+    if d is None:
+        return "—", "not estimable"
+    return _count(d["point"]), f"{_count(d['low'])} – {_count(d['high'])}"
 
 
 def _share(r: dict, empty: str = "no flags or no wrong verdicts") -> tuple[str, str]:

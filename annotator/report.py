@@ -19,7 +19,8 @@ def refuse_store_files(db: Path, out: Path) -> None:
     """Raise ``ExportRefused`` when ``out`` is the database or a file SQLite keeps beside it."""
     for suffix in SQLITE_SUFFIXES:
         if out.resolve() == Path(f"{db}{suffix}").resolve():
-            raise ExportRefused(f"{out} is the database's own file: writing there would destroy it; choose another --out")
+            raise ExportRefused(f"{out} is the database's own file: writing there would destroy it; "
+                                "choose another --out")
 
 
 def interval_svg(parts: list[tuple[str, dict | None]]) -> str:

@@ -110,7 +110,8 @@ def check(store: Store, clean: dict[str, str], n_verdicts: int) -> dict:
     s, t = standing(store), truth(store, clean)
     flags = s["flags"]
     n_transfer = sum(v["reason"] == "transfer_check" for v in store.live_verdicts())
-    out = {"verdicts": n_verdicts, "transfer_verdicts": n_transfer, "model_version": s["model_version"], "threshold": s["threshold"], "truth": t,
+    out = {"verdicts": n_verdicts, "transfer_verdicts": n_transfer, "model_version": s["model_version"],
+           "threshold": s["threshold"], "truth": t,
            "estimate": {"remaining": s["remaining"], "remaining_audited": s["audited_classes"]["remaining"],
                         "remaining_model": s["model_classes"]["remaining"],
                         "precision": flags["precision"], "recall": flags["recall"],

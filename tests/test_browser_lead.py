@@ -1,6 +1,6 @@
 """A lead's walk at 1366x768 (Debian Chromium, Playwright): the dashboard opens with "Where we stand" above the
-noise picture and the worker panel, shows no filesystem path and the transfer check's figures; the export page's what-if follows the threshold
-control, and the download applies the chosen threshold and names it. The app runs without a worker: a model's
+noise picture and the worker panel, shows no filesystem path and the transfer check's figures; the export page's
+what-if follows the threshold control, and the download applies the chosen threshold and names it. The app runs without a worker: a model's
 scores (P(label correct), higher when the demo's label is the clean one) and audit verdicts answered from the
 clean labels (audits in the verified classes, a transfer sample in two unverified ones) are written through the
 store on 120 demo images. Screenshots go to tests/artifacts/."""

@@ -115,7 +115,8 @@ def worker_panel(store: Store) -> None:
                 "labels by them yet (more verdicts recalibrate the next round)" if trust["loses"] else ""))
 
 
-BACKBONE_KINDS = {"pretrained": "ImageNet weights, frozen", "finetuned": "ImageNet weights fine-tuned on the noisy labels",
+BACKBONE_KINDS = {"pretrained": "ImageNet weights, frozen",
+                  "finetuned": "ImageNet weights fine-tuned on the noisy labels",
                   "noisy": "trained on the noisy labels"}  # the backbone line names its kind, never a file
 BAR_TEXT = {"expected": "the expected share of wrong labels in each class (the mean of 1 - P(label correct) over "
                         "its images)",

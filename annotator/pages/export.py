@@ -47,7 +47,8 @@ def page() -> None:
         "Download CSV", key="exp_download", type="primary", icon=":material/download:",
         data=functools.partial(export_bytes, str(store.path), st.session_state["token"], threshold=chosen,
                                only_kept=only_kept, fmt=fmt),
-        file_name=f"{'train' if fmt == 'train' else 'cleaned'}{named}-{datetime.now():%Y%m%d-%H%M}.csv", mime="text/csv",
+        file_name=f"{'train' if fmt == 'train' else 'cleaned'}{named}-{datetime.now():%Y%m%d-%H%M}.csv",
+        mime="text/csv",
         on_click="ignore")
     st.caption(f"{store.images_count()} images in the store; the file is generated when you click. Filter and "
                "train on `final_label`: it applies the human verdicts first, then the score.")

@@ -62,7 +62,7 @@ def _rate(r: dict) -> str:
 
 def what_if_panel(store: Store, chosen: float | None) -> None:
     """The export at the chosen threshold and at a grid around it: rows kept / dropped / relabelled, and the
-    flags' precision and recall on the held-out audit verdicts (n, 95 % Wilson intervals)."""
+    flags' precision and recall on the held-out audit verdicts (n, 95 % exact intervals)."""
     model = store.current_model()
     version = model["version"] if model else None
     probability = ((model or {}).get("metrics") or {}).get("noise_rate_kind") == "expected"
@@ -88,5 +88,6 @@ def what_if_panel(store: Store, chosen: float | None) -> None:
                             "precision (95 %)": _rate(r["flags"]["precision"]),
                             "recall (95 %)": _rate(r["flags"]["recall"])} for r in rows]).set_index("threshold"))
     st.caption(f"Precision and recall of the flags (score below the threshold) on the {flags['n']} held-out audit "
-               "verdicts (random draws on odd image ids, which no model trains on), with 95 % Wilson intervals. "
-               "Verdicts always win over the score: they keep, relabel or drop their images at every threshold.")
+               "verdicts (random draws on odd image ids, which no model trains on), with 95 % exact "
+               "(Clopper-Pearson) intervals. Verdicts always win over the score: they keep, relabel or drop their "
+               "images at every threshold.")
