@@ -20,7 +20,8 @@ def report(ctx, as_json, out) -> None:
 
     Example: annotator report --out report.html
     """
-    from .estimates import standing, summary_rows
+    from .estimates import standing
+    from .report import summary_rows
     from .export import ExportRefused
     from .report import write_html
     store = open_store(ctx)

@@ -1,6 +1,6 @@
-"""`annotator report`: the dashboard's "Where we stand" as one self-contained HTML file a lead can send (inline
-CSS and SVG, no script, nothing fetched), or as JSON. The figures are ``estimates.standing``'s, the rows
-``estimates.summary_rows``: the same code path as the page."""
+"""What a person reads of ``estimates.standing``: the rows the dashboard's "Where we stand" and `annotator report`
+show (``summary_rows``, ``effort_rows``: one code path for both), and the report as one self-contained HTML
+file a lead can send (inline CSS and SVG, no script, nothing fetched)."""
 from __future__ import annotations
 
 import html
@@ -9,10 +9,70 @@ from pathlib import Path
 
 from cleannet_core.atomic import atomic_write
 
-from .estimates import effort_rows, summary_rows
 from .export import SQLITE_SUFFIXES, ExportRefused
 
 BAR_W, BAR_H = 420, 22  # px of one interval bar
+
+
+def _count(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def interval_text(d: dict | None) -> tuple[str, str]:
+    """(count, 'low – high') of an ``Interval`` dict; None: not estimable."""
+    if d is None:
+        return "—", "not estimable"
+    return _count(d["point"]), f"{_count(d['low'])} – {_count(d['high'])}"
+
+
+def _share(r: dict, empty: str = "no flags or no wrong verdicts") -> tuple[str, str]:
+    if r["rate"] is None:
+        return "—", empty
+    return f"{r['rate']:.0%} ({r['k']} of {r['n']})", f"{r['low']:.0%} – {r['high']:.0%}"
+
+
+def summary_rows(s: dict) -> list[dict]:
+    """``standing``'s figures as the rows a person reads: {figure, estimate, interval (95 %), how}; the dashboard
+    and ``annotator report`` show exactly these."""
+    audited, other, exp, flags = s["audited_classes"], s["model_classes"], s["export"], s["flags"]
+    t = "—" if s["threshold"] is None else f"{s['threshold']:.3f}"
+    check, transfer = other["check"], s["transfer"]
+    checked = (f"calibration checked on {check['n']} {check['source']} verdicts ({check['wrong']} wrong, "
+               f"{check['expected']:.1f} expected)" if check["n"] else "not checked yet: no held-out audit verdicts")
+    a = transfer["auroc"]
+    rows = [("Wrong labels in the data set", *interval_text(s["wrong_total"]), "fixed + left"),
+            ("Fixed by verdicts", _count(s["fixed"]["wrong"]), "exact",
+             f"live 'wrong' verdicts, {s['fixed']['relabelled']} of them with the true class"),
+            ("Left in total", *interval_text(s["remaining"]), "the two parts below, intervals combined"),
+            (f"Left in verified classes ({len(audited['classes'])})", *interval_text(audited["remaining"]),
+             f"random audit verdicts per class, over {audited['unjudged']:,} unjudged images"),
+            (f"Left in other classes ({len(other['classes'])})", *interval_text(other["remaining"]),
+             f"the model's expected count over {other['unjudged']:,} unjudged images; {checked}"
+             + (f"; {other['unscored']:,} images without a score" if other["unscored"] else "")),
+            (f"Export drops at threshold {t}", _count(exp["dropped"]), "exact",
+             f"{exp['dropped_by_verdict']:,} by a verdict, {exp['dropped_by_model']:,} by the model"),
+            ("Export relabels", _count(exp["relabelled"]), "exact", "a 'wrong' verdict gave the true class"),
+            ("Export keeps", _count(exp["kept"]), "exact", f"of {exp['rows']:,} rows"),
+            ("Flags' precision", *_share(flags["precision"]),
+             f"flagged held-out audit verdicts that are wrong ({flags['n']} held-out audit verdicts)"),
+            ("Flags' recall", *_share(flags["recall"]), "wrong held-out audit verdicts that are flagged"),
+            ("Model error, unverified classes", *_share(transfer["error"], "no transfer-check verdicts"),
+             f"flags that disagree with the {transfer['n']} transfer-check verdicts (flagging nothing: "
+             + (f"{transfer['flag_nothing_error']['rate']:.0%})" if transfer["n"] else "—)")),
+            ("Model AUROC, unverified classes", "—" if a["auroc"] is None else f"{a['auroc']:.2f}",
+             "—" if a["auroc"] is None else f"{a['low']:.2f} – {a['high']:.2f}",
+             f"transfer-check verdicts: {a['n_wrong']} wrong, {a['n_correct']} correct")]
+    return [dict(zip(("figure", "estimate", "interval (95 %)", "how"), r)) for r in rows]
+
+
+def effort_rows(curve: list[dict]) -> list[dict]:
+    """``effort_curve`` as the rows the dashboard and the report show."""
+    def share(r: dict) -> str:
+        return "—" if r["rate"] is None else f"{r['rate']:.1%} ({r['low']:.1%} – {r['high']:.1%})"
+    return [{"model": f"v{c['version']}", "verdicts": c["verdicts"], "held-out audits": c["audit_error"]["n"],
+             "flags' error (95 %)": share(c["audit_error"]), "flagging nothing": share(c["flag_nothing_error"]),
+             "expected wrong left": "—" if c["expected_wrong_left"] is None else
+             f"{c['expected_wrong_left']:,.0f}" + ("" if c["kind"] == "expected" else " flagged")} for c in curve]
 
 
 def refuse_store_files(db: Path, out: Path) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from annotator import auth, estimates
+from annotator import auth, estimates, report
 from annotator.estimates import Interval, States, stratified_count, wilson
 from annotator.export import export_csv
 from annotator.store import Store
@@ -171,7 +171,7 @@ def test_the_dashboard_opens_with_where_we_stand_and_shows_the_estimates(lead_db
     with Store(lead_db) as store:
         s = estimates.standing(store)
     shown = at.table[0].value.reset_index()
-    assert shown.to_dict("records") == estimates.summary_rows(s)
+    assert shown.to_dict("records") == report.summary_rows(s)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Wrong labels"] == f"{s['wrong_total']['point']:,.0f}" and metrics["Fixed"] == "5"
     assert metrics["Left"] == f"{s['remaining']['point']:,.0f}" and metrics["Export drops"] == "11"
@@ -209,7 +209,7 @@ def test_the_effort_curve_reads_each_versions_audit_check_and_expected_count():
     assert [c["version"] for c in curve] == [1, 2]  # oldest first, the rescore left out
     assert curve[0]["audit_error"]["rate"] is None and curve[0]["expected_wrong_left"] is None
     assert curve[1]["audit_error"] == estimates.rate(2, 10) and curve[1]["flag_nothing_error"]["k"] == 3
-    rows = estimates.effort_rows(curve)
+    rows = report.effort_rows(curve)
     lo, hi = wilson(2, 10)
     assert rows[1] == {"model": "v2", "verdicts": 50, "held-out audits": 10,
                        "flags' error (95 %)": f"20.0% ({lo:.1%} – {hi:.1%})",

@@ -4,7 +4,7 @@ import re
 
 from click.testing import CliRunner
 
-from annotator import estimates
+from annotator import estimates, report
 from annotator.cli import cli
 from annotator.store import Store
 
@@ -20,7 +20,7 @@ def test_report_json_is_what_the_dashboard_shows(lead_db):
     with Store(lead_db) as store:
         assert out == json.loads(json.dumps(estimates.standing(store)))
     at = lead_page("annotator/pages/dashboard.py")
-    assert at.table[0].value.reset_index().to_dict("records") == estimates.summary_rows(out)
+    assert at.table[0].value.reset_index().to_dict("records") == report.summary_rows(out)
     assert out["fixed"]["wrong"] == 5 and out["export"]["dropped"] == 11
 
 
@@ -31,7 +31,7 @@ def test_report_text_and_html_say_the_same_rows_offline_and_escaped(db_path, tmp
         store.add_images([{"path": "/img/h.png", "hash": "h", "label_id": store.class_id(HOSTILE)}])
         store.set_verify([HOSTILE])
         store.record_verdict(32, "ann", "wrong", reason="audit")
-        rows = estimates.summary_rows(estimates.standing(store))
+        rows = report.summary_rows(estimates.standing(store))
     runner = CliRunner()
     text = runner.invoke(cli, ["--db", str(db_path), "report"])
     assert text.exit_code == 0 and [line.split(":")[0] for line in text.output.splitlines()] == [

@@ -3,7 +3,7 @@ model version, verdict watermark, verify classes and threshold in force."""
 import pandas as pd
 import streamlit as st
 
-from annotator import estimates
+from annotator import estimates, report
 from annotator.pages.common import threshold
 from annotator.store import Store
 
@@ -27,16 +27,16 @@ def standing_panel(store: Store) -> dict:
     s = standing(store)
     st.subheader("Where we stand")
     a, b, c, d = st.columns(4)
-    a.metric("Wrong labels", estimates.interval_text(s["wrong_total"])[0], help="estimated, in the whole data set")
+    a.metric("Wrong labels", report.interval_text(s["wrong_total"])[0], help="estimated, in the whole data set")
     b.metric("Fixed", f"{s['fixed']['wrong']:,}", help="live 'wrong' verdicts")
-    c.metric("Left", estimates.interval_text(s["remaining"])[0], help="estimated wrong labels not fixed yet")
+    c.metric("Left", report.interval_text(s["remaining"])[0], help="estimated wrong labels not fixed yet")
     d.metric("Export drops", f"{s['export']['dropped']:,}", help="rows the export drops at the threshold in force")
-    st.table(pd.DataFrame(estimates.summary_rows(s)).set_index("figure"))
+    st.table(pd.DataFrame(report.summary_rows(s)).set_index("figure"))
     if s["effort"]:
         st.caption("Effort: per model version, the verdicts it was fitted on, its flags' error on the held-out "
                    "audit verdicts (against flagging nothing on the same verdicts) and the wrong labels it expected "
                    "among the images not judged yet.")
-        st.table(pd.DataFrame(estimates.effort_rows(s["effort"])).set_index("model"))
+        st.table(pd.DataFrame(report.effort_rows(s["effort"])).set_index("model"))
     st.caption("Intervals are 95 %. Verified classes: wrong share in the random audit verdicts of each class times "
                "its unjudged images. Other classes: the model's expected count (the sum of 1 - P(label correct)), "
                "its interval widened by how far the model's count was off on the held-out audit verdicts. "
