@@ -113,7 +113,8 @@ def record_failure(store: Store, error: str) -> None:
 
 def targets(store: Store, data: Data) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,), weights (N,)) the networks learn: noisy labels with corrections applied; w_soft from the
-    current scores, 1 for a verdict that keeps or corrects the label, 0 for "wrong" without a correction."""
+    current scores, 1 for a verdict that keeps or corrects the label, 0 for "wrong" without a correction.
+    Transfer-check verdicts are left out (verdict_split leaves them out too): they measure, never train."""
     by_id = store.current_scores()
     score = np.array([by_id.get(int(i), 1.0) for i in data.ids], np.float32)
     current = store.current_model()
@@ -122,8 +123,9 @@ def targets(store: Store, data: Data) -> tuple[np.ndarray, np.ndarray]:
     labels = data.labels.copy()
     pos = {int(c): k for k, c in enumerate(data.class_ids)}
     where = {int(i): k for k, i in enumerate(data.ids)}
-    for v in store.live_verdicts():
-        if v["verdict"] == "wrong" and v["corrected_label_id"] is not None and v["image_id"] in where:
+    for v in store.live_verdicts():  # transfer-check verdicts measure the model and never train it
+        if v["verdict"] == "wrong" and v["corrected_label_id"] is not None and v["image_id"] in where and (
+                v["reason"] != "transfer_check"):
             labels[where[v["image_id"]]] = pos[v["corrected_label_id"]]
             w[where[v["image_id"]]] = 1.0
     return labels, training_weights(w, "mean")
@@ -220,8 +222,9 @@ def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: d
     inputs = RoundInputs(data=data, feats=np.zeros((0, 0), np.float16), readable=np.ones(len(data.ids), bool),
                          refs=np.zeros((num_classes, 1, 1), np.float32), has_refs=np.ones(num_classes, bool),
                          split=split)
-    metrics = round_metrics(inputs, fitted, backbone=backbone, max_verdict=max_verdict) | {"method": "robust",
-                                                                                      "adapted": True}
+    judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}
+    metrics = round_metrics(inputs, fitted, backbone=backbone, max_verdict=max_verdict,
+                            judged=np.isin(data.ids, list(judged))) | {"method": "robust", "adapted": True}
     version = store.add_model(delta=fitted.delta, metrics=metrics, checkpoint=str(ckpt),
                               backbone=f"adapted from {backbone.source}", n_verdicts=split.n)
     publish_scores(store, version, data, fitted.scores, fitted.delta, report, calibrated=True)

@@ -22,6 +22,7 @@ from . import auth
 from .cli_common import open_store
 from .cli_duplicates import duplicates
 from .cli_model import adapt, extract, score, train, train_classifier
+from .cli_report import report
 from .cli_users import users
 from .progress import describe_status, project_status
 from .store import StoreError, default_db_path, private_files
@@ -261,6 +262,7 @@ def serve(ctx, port, host, trusted_proxies) -> None:
 
 for command in (extract, train, adapt, train_classifier, score, users, duplicates):
     cli.add_command(command)
+cli.add_command(report)
 
 
 def main() -> None:

@@ -188,10 +188,14 @@ def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) 
 
     Audit verdicts (random draws) are unbiased: those on odd image ids validate (delta, checkpoint, the
     model's reported error); everything else trains. 'unsure' verdicts are left out, and so are images not
-    `readable` (N,) bool (no features: the verdict stays in the log, it only trains nothing).
+    `readable` (N,) bool (no features: the verdict stays in the log, it only trains nothing). Transfer-check
+    verdicts neither train nor validate: they measure the model on the unverified classes
+    (``annotator.estimates``), which they could not do once the model had learned them.
     """
     latest: dict[int, dict] = {}
     for v in store.live_verdicts():
+        if v["reason"] == "transfer_check":
+            continue
         if v["verdict"] != "unsure" and (v["image_id"] not in latest or v["id"] > latest[v["image_id"]]["id"]):
             latest[v["image_id"]] = v
     where = {int(i): k for k, i in enumerate(data.ids)}
@@ -241,8 +245,9 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     fit = method.fit(data_in, device=device, cleannet=TrainConfig.shortened(cfg.steps), warm_start=warm,
                      progress=lambda frac, message: report("training", frac, message))
     report("training", 1.0, fit.note)
-    metrics = round_metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict) | {"method": cfg.method,
-                                                                                   "adapted": bool(adapted)}
+    judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}
+    metrics = round_metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict,
+                            judged=np.isin(data.ids, list(judged))) | {"method": cfg.method, "adapted": bool(adapted)}
     ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
                                                     "refs": torch.from_numpy(refs)}
                                 | ({"adapted": adapted} if adapted else {}),
@@ -316,9 +321,12 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     return version
 
 
-def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int) -> dict:
+def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int,
+                  judged: np.ndarray | None = None) -> dict:
     """The model's stored metrics: estimated noise rates (overall, per class), what the fit did with the verdicts,
-    and its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`)."""
+    its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`), and the wrong
+    labels it expects among the images no correct/wrong verdict judged (`expected_wrong_left`, `judged` (N,)
+    bool; the effort curve of ``annotator.estimates``)."""
     data, split, score = inputs.data, inputs.split, fit.scores.score
     # the expected share of wrong labels where the score is a probability, else the share flagged
     expected = spec(fit.state["method"]).probability
@@ -334,6 +342,8 @@ def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: Backbon
                                                                                              fit.delta)}
     if len(split.val):
         out["audit"] = detection_report(score[split.val], split.val_correct, fit.delta)
+    if judged is not None:
+        out["expected_wrong_left"] = float(wrong[~judged].sum())
     return out
 
 

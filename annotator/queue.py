@@ -2,7 +2,7 @@
 
 Rules, in order:
 
-1. Only classes chosen for verification are served (``classes --verify``).
+1. Only classes chosen for verification are served (``classes --verify``), except rule 6's draws.
 2. The annotator's own live leases come back first, so a browser reload resumes where it was.
 3. New items: with a current model, each slot is, with probability ``audit_share`` (setting,
    default 0.2), a uniform random draw marked ``audit``; otherwise the candidate with the
@@ -18,6 +18,10 @@ Rules, in order:
 5. Never an image with a live verdict or someone else's live lease. Every served item is
    leased with ``Store.acquire_leases`` (``lease_seconds`` setting, default 600 s); an item
    lost to a concurrent annotator is dropped and the queue tries once more to fill up.
+6. Transfer check: the annotators a lead names (``transfer_annotators`` setting) first get, until each
+   unverified class holds ``transfer_per_class`` (default 20) correct/wrong verdicts of that kind, uniform
+   random draws in those classes, marked ``transfer_check`` and shown blind like audit items. They measure the
+   model where nobody verifies (``annotator.estimates``) and train nothing (``pipeline.verdict_split``).
 
 Example::
 
@@ -47,7 +51,7 @@ class QueueItem:
     score: float | None            # model score (higher = label more likely correct); None: no model
     suggested_label: str | None    # the model's best other class, if it wrote one
     suggested_score: float | None
-    reason: str                    # 'uncertain' | 'audit' | 'grid': pass to record_verdict(reason=...)
+    reason: str                    # 'uncertain' | 'audit' | 'grid' | 'transfer_check': record_verdict(reason=...)
     model_version: int | None = None  # the model that chose the item; pass to record_verdict(model_version=...)
     content_hash: str = ""         # recorded at ingest: the display shows the file only while its bytes match
 
@@ -135,23 +139,57 @@ def _next(store: Store, annotator: str, n: int, class_ids: list[int], model: dic
     return _items(store, ids, reasons, version)
 
 
+def _transfer(store: Store, annotator: str, n: int, rng: random.Random, now: float) -> list[QueueItem]:
+    """Up to ``n`` transfer-check items (rule 6) for ``annotator``: their own such leases first, then uniform
+    random draws in the unverified classes whose quota is not full, a class chosen in proportion to what it
+    still lacks."""
+    if annotator not in (store.get_setting("transfer_annotators") or []):
+        return []
+    quota = int(store.get_setting("transfer_per_class") or 0)
+    unverified = [c["id"] for c in store.classes() if not c["verify"]]
+    if quota <= 0 or not unverified:
+        return []
+    model = store.current_model()
+    version = model["version"] if model else None
+
+    def draw(k: int, exclude: list[int]) -> list[tuple[int, str]]:
+        taken = store.transfer_taken(now=now)
+        due = {c: quota - taken.get(c, 0) for c in unverified if quota > taken.get(c, 0)}
+        picks: list[tuple[int, str]] = []
+        while len(picks) < k and due:
+            c = rng.choices(list(due), weights=list(due.values()))[0]
+            found = store.random_candidates([c], 1, rng=rng, now=now, exclude=exclude + [i for i, _ in picks])
+            if found:
+                picks.append((found[0], "transfer_check"))
+            due[c] = due[c] - 1 if found else 0
+            due = {c: d for c, d in due.items() if d > 0}
+        return picks
+
+    ids, reasons = _serve(store, annotator, unverified, n, "transfer_check", draw, now)
+    return _items(store, ids, reasons, version)
+
+
 def next_items(store: Store, annotator: str, *, n: int = 1, class_name: str | None = None,
                rng: random.Random | None = None, now: float | None = None) -> list[QueueItem]:
     """Up to ``n`` leased items for ``annotator`` (fewer when the verify classes run out); see the rules above.
 
-    ``class_name`` restricts the queue to one verify class (``UnknownClass`` if it is not one).
+    ``class_name`` restricts the queue to one verify class (``UnknownClass`` if it is not one; no transfer check).
     ``rng`` (a ``random.Random``) makes the audit choice and the random draws reproducible.
     """
     rng = rng or random.Random()
     now = time.time() if now is None else now
     class_ids = _class_ids(store, class_name)
+    transfer = _transfer(store, annotator, n, rng, now) if class_name is None else []
+    if len(transfer) == n:
+        return transfer
     items: list[QueueItem] = []
     for _ in range(2):  # once more if a new model became current meanwhile (its scores replace the old ones)
         model = store.current_model()
-        items = _next(store, annotator, n, class_ids, model, rng, now)
-        if len(items) == n or (store.current_model() or {}).get("version") == (model or {}).get("version"):
+        items = _next(store, annotator, n - len(transfer), class_ids, model, rng, now)
+        if len(items) == n - len(transfer) or (store.current_model() or {}).get("version") == (model or {}).get(
+                "version"):
             break
-    return items
+    return transfer + items
 
 
 def grid_items(store: Store, annotator: str, class_name: str, n: int = 16, *, rng: random.Random | None = None,

@@ -304,10 +304,28 @@ CREATE INDEX duplicates_outlier ON duplicates(run_id, outlier_score);
 """)
 
 
+def _transfer_check_reason(db: Database) -> None:
+    """Verdicts may have the reason 'transfer_check': a random draw in a class nobody verifies, which measures the
+    model there and trains nothing. The CHECK constraint on ``verdicts.reason`` only widens (every stored row still
+    passes), so its text is edited in place, SQLite's documented way of changing a CHECK constraint
+    (https://sqlite.org/lang_altertable.html, "making other kinds of table schema changes"), instead of copying the
+    append-only verdicts table with its triggers and indexes."""
+    old = "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual'))"
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'verdicts'",
+                   [old, "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual', 'transfer_check'))"])
+        db.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
                                                  _worker_round_progress, _model_artifacts, _images_mtime,
-                                                 _verdict_note, _scores_queue_table, _accounts_v2, _duplicate_groups]
+                                                 _verdict_note, _scores_queue_table, _accounts_v2, _duplicate_groups,
+                                                 _transfer_check_reason]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

@@ -139,18 +139,19 @@ def test_targets_apply_corrections_and_zero_wrong_verdicts(tmp_path):
     correction weighs 0, 'correct' 1, others w_soft = max(0, score); then divided by the mean."""
     store = Store(tmp_path / "a.db")
     ids = store.ensure_classes(["cat", "dog"])
-    store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["cat"]} for k in range(1, 5))
+    store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["cat"]} for k in range(1, 6))
     v = store.add_model(delta=0.5)
-    store.write_scores(v, [(k, ids["cat"], s, 0.0) for k, s in ((1, 0.2), (2, 0.4), (3, 0.9), (4, 0.6))])
+    store.write_scores(v, [(k, ids["cat"], s, 0.0) for k, s in ((1, 0.2), (2, 0.4), (3, 0.9), (4, 0.6), (5, 0.7))])
     store.make_current(v)
     store.record_verdict(1, "ann", "wrong", reason="uncertain", corrected_label="dog")
     store.record_verdict(2, "ann", "wrong", reason="uncertain")
     store.record_verdict(3, "ann", "correct", reason="audit")
+    store.record_verdict(5, "ann", "wrong", reason="transfer_check", corrected_label="dog")  # measures only
     data = pipeline.load_data(store)
     labels, w = adapt_round.targets(store, data)
     order = np.argsort(data.ids)
-    assert labels[order].tolist() == [1, 0, 0, 0]  # image 1 is a dog now
-    raw = np.array([1.0, 0.0, 1.0, 0.6])
+    assert labels[order].tolist() == [1, 0, 0, 0, 0]  # image 1 is a dog now; image 5 keeps its label
+    raw = np.array([1.0, 0.0, 1.0, 0.6, 0.7])
     np.testing.assert_allclose(w[order], raw / raw.mean(), rtol=1e-6)
 
 

@@ -112,6 +112,13 @@ def test_annotate_fits_the_window_and_keys_stay_put(server, browser, size):
     on_screen(page, image, size)
     assert image.bounding_box()["height"] >= 0.4 * size[1]  # scaled to the window, not a thumbnail
     expect(page.get_by_test_id("stMetric").filter(has_text="Model score")).to_be_visible()
+    sidebar = page.get_by_test_id("stSidebar").get_by_test_id("stMetric")
+    expect(sidebar).to_have_count(3)
+    for k in range(3):  # each sidebar metric's label and value are shown whole, not cut with an ellipsis
+        for part in ("stMetricLabel", "stMetricValue"):
+            cell = sidebar.nth(k).get_by_test_id(part)
+            assert cell.evaluate("e => [...e.querySelectorAll('*')].concat([e]).every("
+                                 "x => x.scrollWidth <= x.clientWidth + 1)"), cell.inner_text()
     keys = []
     for step in range(2):
         label = page.locator(".st-key-ann_about h3").inner_text().split(":", 1)[1].strip()

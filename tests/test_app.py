@@ -185,14 +185,14 @@ def shown_image(at) -> int:
 
 def test_single_mode_verdicts_undo_and_true_class(db):
     at = app("ann")
-    assert metric(at, "My verdicts today") == "0" and metric(at, "Left in my classes") == "24"
+    assert metric(at, "Mine") == "0" and metric(at, "Left") == "24"
     assert len(at.session_state["ann_items"]) == 2  # current + prefetched next, both leased
     first = shown_image(at)
     button(at, "ann_correct").click().run()
     with Store() as store:
         assert [(v["image_id"], v["verdict"]) for v in store.live_verdicts()] == [(first, "correct")]
     second = shown_image(at)
-    assert second != first and metric(at, "My verdicts today") == "1"
+    assert second != first and metric(at, "Mine") == "1"
     button(at, "ann_wrong").click().run()
     # the true class of the image just marked wrong, by its number key button: each class keeps one key (the
     # classes by name), the image's own label is shown disabled in its place
@@ -206,10 +206,10 @@ def test_single_mode_verdicts_undo_and_true_class(db):
         wrong = [v for v in store.live_verdicts() if v["image_id"] == second]
         assert [(v["verdict"], v["corrected_label_id"]) for v in wrong] == [("wrong", store.class_id(label))]
     button(at, "ann_unsure").click().run()
-    assert metric(at, "My verdicts today") == "3"
+    assert metric(at, "Mine") == "3"
     third = at.session_state["ann_items"][0].image_id
     button(at, "ann_undo").click().run()  # z: the unsure verdict is voided and its image comes back
-    assert metric(at, "My verdicts today") == "2" and shown_image(at) != third
+    assert metric(at, "Mine") == "2" and shown_image(at) != third
     with Store() as store:
         assert store.verdict_count() == 2
         undone = store.get_verdict(store.max_verdict_id())
@@ -269,7 +269,7 @@ def test_reload_resumes_the_same_image_and_keeps_verdicts(db):
     shown, nxt = [i.image_id for i in at.session_state["ann_items"]]
     again = app("ann")  # a new browser session of the same user
     assert shown_image(again) == shown and [i.image_id for i in again.session_state["ann_items"]] == [shown, nxt]
-    assert metric(again, "My verdicts today") == "1"
+    assert metric(again, "Mine") == "1"
 
 
 def test_grid_mode_flip_and_submit(db):
@@ -300,7 +300,7 @@ def test_empty_queue_and_no_verify_classes_say_so(db):
             if r["label"] == HOSTILE:
                 store.record_verdict(r["id"], "someone", "correct", reason="manual")
     at.run()
-    assert "queue is empty" in texts(at) and metric(at, "Left in my classes") == "0"
+    assert "queue is empty" in texts(at) and metric(at, "Left") == "0"
 
 
 def test_class_names_are_escaped(db):
@@ -321,7 +321,8 @@ def test_dashboard_rates_intervals_trend_worker(db):
         for k, i in enumerate(ids[:10]):
             store.record_verdict(i, "ann", "wrong" if k < 3 else "correct", reason="audit")
         add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
-                                  "backbone": "trained on the noisy labels", "method": "transfer",
+                                  "backbone": "trained on the noisy labels (from /srv/secret/w.pth)",
+                                  "backbone_kind": "noisy", "backbone_arch": "resnet18", "method": "transfer",
                                   "audit": {"error": 0.2, "auroc": 0.9, "n": 40}})
         store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
                             last_error_at=time.time())
@@ -337,7 +338,8 @@ def test_dashboard_rates_intervals_trend_worker(db):
     assert table["class"].tolist() == sorted(CLASSES)  # every class, the hostile one as a plain cell
     assert len(at.get("vega_lite_chart")) == 3  # noise per class, estimated trend, audit trend
     said = texts(at)
-    assert "Phase=training" in said and "boom" in said and "trained on the noisy labels" in said
+    assert "Phase=training" in said and "boom" in said and "resnet18 \\(trained on the noisy labels\\)" in said
+    assert "/srv" not in said and "secret" not in said  # the backbone's kind and arch, never a file
     assert chart_specs(at)[2]["encoding"]["x"]["title"] == "version (n)"  # the audit trend names its sample size
     assert "scoring: transfer" in said and "features at 32 px" in said  # the crop size is said
     assert at.dataframe[1].value["n"].tolist() == [10]
@@ -426,6 +428,8 @@ def test_admin_classes_users_requests_settings(db):
     at.number_input(key="adm_retrain_every").set_value(7)
     assert at.selectbox(key="adm_method").value == "robust"  # the default when no round setting says otherwise
     at.selectbox(key="adm_method").set_value("paper")
+    at.multiselect(key="adm_transfer_annotators").set_value(["ann"])
+    at.number_input(key="adm_transfer_per_class").set_value(5)
     at.button(key="adm_settings_save").click().run()
     assert not at.exception
     with Store() as store:
@@ -433,6 +437,7 @@ def test_admin_classes_users_requests_settings(db):
         assert store.pending_request()["kind"] == "retrain"
         s = store.settings()
         assert (s["delta_override"], s["audit_share"], s["retrain_every"]) == (0.25, 0.5, 7)
+        assert (s["transfer_annotators"], s["transfer_per_class"]) == (["ann"], 5)
         assert load_round_config(store) == RoundConfig(method="paper")
 
 
@@ -492,7 +497,7 @@ def test_export_page_documents_every_column_and_writes_the_train_format(db):
         first = next(store.iter_images())
         store.record_verdict(first["id"], "ann", "wrong", reason="audit", corrected_label="dog")
     at = app("admin", page="annotator/pages/export.py")
-    docs = at.table[0].value
+    docs = at.table[-1].value  # after the what-if table
     assert docs.index.tolist() == list(COLUMN_DOCS) and docs["meaning"].tolist() == list(COLUMN_DOCS.values())
     assert "final_label" in at.dataframe[0].value.columns
     at.radio(key="exp_format").set_value("train").run()

@@ -124,11 +124,11 @@ def test_annotator_keys_count_and_undo(server, browser, annotator):
     name, password = annotator
     page = new_page(browser)
     login(page, url, name, password)
-    expect(metric(page, "My verdicts today")).to_have_text("0")
+    expect(metric(page, "Mine")).to_have_text("0")
     keys = ["j", "k", "u", "j", "k", "u", "j", "j", "k", "j"]
     for n, key in enumerate(keys, start=1):
         page.keyboard.press(key)
-        expect(metric(page, "My verdicts today")).to_have_text(str(n))  # counted after each key
+        expect(metric(page, "Mine")).to_have_text(str(n))  # counted after each key
         if n == 2:  # after 'k': the number keys give the true class (optional)
             expect(page.get_by_text("True class? (optional)")).to_be_visible()
             shot(page, "annotate-wrong")
@@ -140,7 +140,7 @@ def test_annotator_keys_count_and_undo(server, browser, annotator):
     assert live[1]["corrected_label_id"] is not None and live[4]["corrected_label_id"] is None
     last = live[-1]["id"]
     page.keyboard.press("z")
-    expect(metric(page, "My verdicts today")).to_have_text("9")
+    expect(metric(page, "Mine")).to_have_text("9")
     with Store(db) as store:
         undo = store.get_verdict(store.max_verdict_id())
         assert undo["voids"] == last and undo["annotator"] == name
@@ -170,14 +170,14 @@ def test_reload_keeps_every_verdict(server, browser, annotator):
     page = new_page(browser)
     login(page, url, *annotator)
     before = len(live_of(db, annotator[0]))
-    expect(metric(page, "My verdicts today")).to_have_text(str(before))
+    expect(metric(page, "Mine")).to_have_text(str(before))
     for n in (1, 2):
         page.keyboard.press("j")
-        expect(metric(page, "My verdicts today")).to_have_text(str(before + n))
+        expect(metric(page, "Mine")).to_have_text(str(before + n))
     image = page.get_by_text("Image #").inner_text()
     page.reload()
     expect(page.get_by_role("heading", name="Annotate")).to_be_visible()  # still signed in
-    expect(metric(page, "My verdicts today")).to_have_text(str(before + 2))
+    expect(metric(page, "Mine")).to_have_text(str(before + 2))
     assert page.get_by_text("Image #").inner_text() == image  # the same image comes back
     assert len(live_of(db, annotator[0])) == before + 2
     page.context.close()
@@ -199,7 +199,7 @@ def test_grid_mode_flip_and_submit_with_g(server, browser, annotator):
     expect(page.get_by_text(f"1 of {n} marked wrong")).to_be_visible()
     shot(page, "annotate-grid")
     page.keyboard.press("g")
-    expect(metric(page, "My verdicts today")).to_have_text(str(before + n))
+    expect(metric(page, "Mine")).to_have_text(str(before + n))
     grid = [v for v in live_of(db, annotator[0]) if v["reason"] == "grid"]
     assert len(grid) == n and [v["verdict"] for v in grid].count("wrong") == 1
     page.context.close()
@@ -217,7 +217,7 @@ def test_lead_dashboard_and_csv_download(server, browser, tmp_path):
     charts = page.get_by_test_id("stVegaLiteChart")
     expect(charts.first).to_be_visible()
     assert charts.count() >= 2  # noise per class, estimate trend (+ audit trend once audit verdicts reach a model)
-    expect(page.get_by_text("Backbone weights:")).to_be_visible()
+    expect(page.get_by_text("Backbone:")).to_be_visible()
     shot(page, "dashboard")
     page.get_by_role("link", name="Export").click()
     expect(page.get_by_role("heading", name="Preview (first 100 rows)")).to_be_visible()

@@ -71,12 +71,12 @@ def settle(page, db: Path) -> int:
         now = sum(live(db).values())
         if now != n:
             n, stable_since = now, time.time()
-    shown = metric(page, "My verdicts today")
+    shown = metric(page, "Mine")
     try:
         expect(shown).to_have_text(str(n), timeout=3_000)
     except AssertionError:
         page.reload()
-        expect(metric(page, "My verdicts today")).to_have_text(str(n))
+        expect(metric(page, "Mine")).to_have_text(str(n))
     return n
 
 

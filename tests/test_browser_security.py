@@ -74,7 +74,7 @@ def test_a_link_with_a_login_session_does_not_sign_in_another_browser(server, br
     alice.reload()  # the browser that logged in stays signed in across a reload
     expect(alice.get_by_role("heading", name="Annotate")).to_be_visible()
     expect(alice.get_by_text("Signed in as alice")).to_be_visible()
-    expect(metric(alice, "My verdicts today")).to_have_text("0")
+    expect(metric(alice, "Mine")).to_have_text("0")
     alice.context.close()
     visitor.context.close()
 

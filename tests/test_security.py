@@ -81,7 +81,7 @@ def test_session_ids_continue_above_every_id_a_verdict_carries_after_the_upgrade
     from annotator.schema import MIGRATIONS, _accounts_v2
     db_path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(db_path)
-    before = MIGRATIONS.index(_accounts_v2)  # the schema just before session ids stopped being reused
+    before = [m.__name__ for m in MIGRATIONS].index("_accounts_v2")  # the schema just before that upgrade
     for migrate in MIGRATIONS[:before]:
         migrate(db)
     db.execute(f"PRAGMA user_version = {before}")

@@ -266,7 +266,8 @@ def test_models_and_scores(store):
 
 def test_settings_defaults(store):
     assert store.settings() == SETTING_DEFAULTS == {"audit_share": 0.2, "lease_seconds": 600,
-                                                    "retrain_every": 50, "delta_override": None, "round": {}}
+                                                    "retrain_every": 50, "delta_override": None, "round": {},
+                                                    "transfer_per_class": 20, "transfer_annotators": []}
     store.set_setting("delta_override", 0.15)
     store.set_setting("retrain_every", 10)
     assert store.get_setting("delta_override") == 0.15 and store.get_setting("retrain_every") == 10

@@ -124,6 +124,9 @@ def test_round_scores_every_image_including_unverified_classes(base):
     assert m["audit_check"] == {"n": len(held_out), "errors": errors, "flag_nothing_errors": nothing,
                                 "loses": errors > nothing}
     assert m["note"].startswith(f"calibrated on {m['n_train']} verdicts")
+    judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}  # the effort curve's figure
+    assert m["expected_wrong_left"] == pytest.approx(sum(1 - scores[r["id"]] for r in images if r["id"] not in judged),
+                                                     rel=1e-5)
     status = json.loads(cli(db, "status", "--json").stdout)
     assert status["images"] == 600 and status["model_version"] == 1 and status["classes_verified"] == 5
     assert status["worker"]["phase"] == "stopped"

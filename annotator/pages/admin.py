@@ -224,6 +224,14 @@ def settings_panel(store: Store) -> None:
         every = st.number_input("Retrain every N verdicts", 1, 100000, int(s["retrain_every"]), key="adm_retrain_every")
         lease = st.number_input("Lease seconds (how long a served image stays reserved)", 30, 86400,
                                 int(s["lease_seconds"]), key="adm_lease")
+        users = [u["name"] for u in store.list_users() if u["active"]]
+        checkers = st.multiselect("Transfer check: served to", users, key="adm_transfer_annotators",
+                                  default=[n for n in s["transfer_annotators"] if n in users],
+                                  help="These annotators first get random draws in the classes nobody verifies, "
+                                       "shown blind, until each holds the number below: they measure the model "
+                                       "there (Dashboard) and never train it.")
+        per_class = st.number_input("Transfer check: verdicts per unverified class", 0, 1000,
+                                    int(s["transfer_per_class"]), key="adm_transfer_per_class")
         try:
             round_cfg = load_round_config(store)
         except BadRoundConfig as e:
@@ -241,6 +249,8 @@ def settings_panel(store: Store) -> None:
             store.set_setting("audit_share", float(share))
             store.set_setting("retrain_every", int(every))
             store.set_setting("lease_seconds", int(lease))
+            store.set_setting("transfer_annotators", list(checkers))
+            store.set_setting("transfer_per_class", int(per_class))
             save_round_config(store, replace(round_cfg, method=method))
             done("Settings saved.")
 

@@ -49,7 +49,8 @@ STYLE = """<style>
 GRID = 16
 GRID_SIDE = 512  # pixels: grid tiles are shown at most this large
 REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a random audit sample",
-               "grid": "grid mode", "manual": "manual"}
+               "grid": "grid mode", "manual": "manual", "transfer_check": "a random check of a class nobody verifies"}
+BLIND_REASONS = ("audit", "transfer_check")  # random draws that measure: always shown blind
 
 
 # -- actions (applied at the top of the rerun) ------------------------------------------
@@ -190,9 +191,10 @@ def progress_panel(store: Store, name: str) -> int:
     mine = len(store.leased_candidates(name, list(store.verify_classes().values())))  # served to me, not judged
     left = sum(status["remaining"].values()) + mine
     a, b, c = st.columns(3)
-    a.metric("My verdicts today", status["mine_today"])
-    b.metric("Left in my classes", left)
-    c.metric("All verdicts", status["verdicts_total"])
+    # one-word labels: three metrics side by side fit the sidebar of a 1366x768 screen uncut
+    a.metric("Mine", status["mine_today"], help="my verdicts today")
+    b.metric("Left", left, help="images left in my classes (those held for me included)")
+    c.metric("All", status["verdicts_total"], help="live verdicts of everyone, all time")
     if status["remaining"]:
         st.caption("Not yet served: " + " · ".join(f"{md(k)} {v}" for k, v in status["remaining"].items()))
     return left
@@ -225,7 +227,7 @@ def single_mode(store: Store, user: dict) -> None:
     item = items[0]
     model = store.current_model()
     delta = threshold(store, model)
-    blind = bool(st.session_state.get("ann_blind")) or item.reason == "audit"
+    blind = bool(st.session_state.get("ann_blind")) or item.reason in BLIND_REASONS
     left, right = st.columns([1, 1], gap="medium")
     with right:  # buttons first: they are registered for this image before anything new shows
         about = st.container(key="ann_about")
@@ -242,9 +244,9 @@ def single_mode(store: Store, user: dict) -> None:
         name, score = st.columns([3, 2])  # side by side: the true-class keys below stay on screen
         name.markdown(f"### Label: {md(item.label)}")
         name.caption(f"Image #{item.image_id} · shown because: {REASON_TEXT.get(item.reason, item.reason)}")
-        if item.reason == "audit":
+        if item.reason in BLIND_REASONS:
             st.caption("The model's score and suggestion are hidden on audit items, so they cannot sway the "
-                       "verdicts that measure the noise rate.")
+                       "verdicts that measure the noise rate and the model.")
         elif blind:
             st.caption("Blind: the model's score and suggestion are hidden.")
         elif item.score is None:
@@ -288,7 +290,7 @@ def relabel_panel(store: Store) -> None:
         if last["corrected"]:
             st.caption(f"Last image marked wrong; true class: **{md(last['corrected'])}**.")
             return
-        audit = (store.get_verdict(last["verdict_id"]) or {}).get("reason") == "audit"
+        audit = (store.get_verdict(last["verdict_id"]) or {}).get("reason") in BLIND_REASONS
         suggested = None if st.session_state.get("ann_blind") or audit else last["suggested"]
         st.caption(f"Last image ({md(last['label'])}) marked wrong. True class? (optional)",
                    help="Each class keeps its number key all session. The model's suggestion is highlighted "

@@ -16,13 +16,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime
-from math import sqrt
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from annotator import auth
+from annotator.estimates import threshold_in_force as threshold, wilson  # noqa: F401  (the pages' names)
 from annotator.export import export_csv
 from annotator.names import visible
 from annotator.store import Store, StoreError
@@ -87,28 +87,10 @@ def errors_as_messages(where: str = "This page"):
 
 
 # -- small pure helpers -----------------------------------------------------------------
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k/n; (0, 1) when n == 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def midnight(now: float | None = None) -> float:
     """Unix time of the last local midnight."""
     now = time.time() if now is None else now
     return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-def threshold(store: Store, model: dict | None) -> float | None:
-    """The score threshold in force: the lead's ``delta_override``, else the current model's delta."""
-    override = store.get_setting("delta_override")
-    if override is not None:
-        return float(override)
-    return float(model["delta"]) if model and model.get("delta") is not None else None
 
 
 # -- export helpers ---------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Dashboard (lead): label noise per class, its trend over model versions, annotator throughput, worker status.
+"""Dashboard (lead): where the project stands (wrong labels estimated, fixed, left; what the export does), label
+noise per class, its trend over model versions, annotator throughput, worker status.
 
 Everything is aggregated by store methods (SQL) or read from the model's stored metrics, never computed
-over all images here; the class table and the trends are cached per (database, model version, verdict
-watermark), so the page stays well under a second at 100k images.
+over all images here, except "Where we stand" (``annotator.estimates``: one compact row per image); the
+tables are cached per (database, model version, verdict watermark), so a rerun reads nothing again.
 
 Charts state their sample sizes. A rate measured on few verdicts is noise: a class's audit rate is drawn
 only from ``MIN_CLASS_AUDITS`` audit verdicts on, and a model's detection error / AUROC only when its
@@ -17,6 +18,7 @@ import streamlit as st
 
 from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role, wilson
 from annotator.pages.duplicates_view import duplicates_panel
+from annotator.pages.lead_view import standing_panel
 from annotator.progress import adapt_summary, describe_next, describe_round, duration, model_trust, worker_status
 from annotator.store import Store
 
@@ -97,13 +99,13 @@ def worker_panel(store: Store) -> None:
                 + (" (running)" if pending["started_at"] else " (waiting for the worker)"))
     if model:
         metrics = model.get("metrics") or {}
-        backbone = metrics.get("backbone") or model.get("backbone")
         method = METHOD_TEXT.get(metrics.get("method", "paper"), metrics.get("method"))
-        arch = f" · {metrics['backbone_arch']} ({metrics.get('backbone_kind')})" if metrics.get("backbone_arch") else ""
+        kind = BACKBONE_KINDS.get(metrics.get("backbone_kind"), metrics.get("backbone_kind") or "kind unknown")
+        backbone = f"{metrics.get('backbone_arch') or 'unknown'} ({kind})"
         size = metrics.get("image_size") or ((store.latest_artifact("backbone") or {}).get("provenance") or {}).get(
             "image_size")
         at = f" · features at {size} px" if size else ""
-        st.caption(f"Backbone weights: {md(backbone or 'unknown')}{md(arch)}{at} · scoring: {md(method)} · "
+        st.caption(f"Backbone: {md(backbone)}{at} · scoring: {md(method)} · "
                    f"threshold δ = {model['delta']:.3f} · trained on {model.get('n_verdicts') or 0} verdicts")
         trust = model_trust(model)
         if trust["note"]:
@@ -115,6 +117,9 @@ def worker_panel(store: Store) -> None:
                 "labels by them yet (more verdicts recalibrate the next round)" if trust["loses"] else ""))
 
 
+BACKBONE_KINDS = {"pretrained": "ImageNet weights, frozen",
+                  "finetuned": "ImageNet weights fine-tuned on the noisy labels",
+                  "noisy": "trained on the noisy labels"}  # the backbone line names its kind, never a file
 BAR_TEXT = {"expected": "the expected share of wrong labels in each class (the mean of 1 - P(label correct) over "
                         "its images)",
             "flagged": "share of each class's images the current model flags as mislabeled"}
@@ -214,11 +219,12 @@ def page() -> None:
     model = store.current_model()
     version = model["version"] if model else None
     db = str(store.path)
-    worker_panel(store)
+    standing_panel(store)
     verify = tuple(store.verify_classes())
     noise_panel(class_table(store, db, version, store.max_verdict_id(), verify),
                 ((model or {}).get("metrics") or {}).get("noise_rate_kind", "flagged"))
     trend_panel(*trend_tables(store, db, version, verify))
+    worker_panel(store)
     throughput_panel(store)
     duplicates_panel(store)
     if st.button("Refresh", key="dash_refresh", icon=":material/refresh:"):

@@ -1,4 +1,5 @@
-"""Export (lead): preview and download the cleaned-dataset CSV (``annotator.export``) with its filters, and
+"""Export (lead): what the export does at the chosen threshold and around it (rows kept, dropped, relabelled; the
+flags' precision and recall), preview and download the cleaned-dataset CSV (``annotator.export``) with its filters, and
 what every column means (``export.COLUMN_DOCS``, the same text as the README)."""
 import functools
 from datetime import datetime
@@ -8,6 +9,7 @@ import streamlit as st
 
 from annotator.export import COLUMN_DOCS
 from annotator.pages.common import context, export_bytes, export_preview, require_role, threshold
+from annotator.pages.lead_view import what_if_panel
 from annotator.store import Store
 
 PREVIEW_ROWS = 100
@@ -37,12 +39,16 @@ def page() -> None:
     require_role(user, "lead")
     st.title("Export")
     chosen, only_kept = filters(store)
+    applied = chosen if chosen is not None else threshold(store, store.current_model())
+    what_if_panel(store, applied)
     fmt = st.radio("Format", list(FORMATS), format_func=FORMATS.get, key="exp_format", horizontal=True)
+    named = "" if applied is None else f"-t{applied:.3f}"  # the file's name records the threshold it applied
     st.download_button(
         "Download CSV", key="exp_download", type="primary", icon=":material/download:",
         data=functools.partial(export_bytes, str(store.path), st.session_state["token"], threshold=chosen,
                                only_kept=only_kept, fmt=fmt),
-        file_name=f"{'train' if fmt == 'train' else 'cleaned'}-{datetime.now():%Y%m%d-%H%M}.csv", mime="text/csv",
+        file_name=f"{'train' if fmt == 'train' else 'cleaned'}{named}-{datetime.now():%Y%m%d-%H%M}.csv",
+        mime="text/csv",
         on_click="ignore")
     st.caption(f"{store.images_count()} images in the store; the file is generated when you click. Filter and "
                "train on `final_label`: it applies the human verdicts first, then the score.")

@@ -11,6 +11,7 @@
 - ``review``: candidate queries of the review queue;
 - ``exports``: paged rows for the CSV export;
 - ``duplicates``: near-duplicate groups and outlier scores.
+- ``standing``: one compact row per image for the lead's estimates.
 
 No other module writes SQL. See ``base`` for the concurrency rules (one Store per
 thread or process).
@@ -27,11 +28,12 @@ from .duplicates import DuplicatesMixin
 from .exports import EXPORT_ROW, ExportMixin
 from .models import ModelsMixin
 from .review import ReviewMixin
+from .standing import STATE_ROW, StandingMixin
 from .verdicts import NOTE_MAX, SameLabel, VerdictChanged, VerdictsMixin
 
 
 class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMixin, ReviewMixin, ExportMixin,
-            DuplicatesMixin, StoreBase):
+            DuplicatesMixin, StandingMixin, StoreBase):
     """SQLite state of one project. One instance per thread/process."""
 
     def __enter__(self) -> "Store":
@@ -41,4 +43,4 @@ class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMi
 __all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "AlreadyJudged", "UnknownUser",
            "VerdictChanged", "SameLabel", "AddResult", "default_db_path", "user_data_dir", "private_files", "user_key",
            "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH",
-           "NOTE_MAX", "SCORE_COLUMNS", "EXPORT_ROW", "ARTIFACT_KINDS", "SESSION_IDLE_S", "SESSION_MAX_S"]
+           "NOTE_MAX", "SCORE_COLUMNS", "EXPORT_ROW", "STATE_ROW", "ARTIFACT_KINDS", "SESSION_IDLE_S", "SESSION_MAX_S"]

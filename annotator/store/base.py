@@ -56,7 +56,7 @@ class AlreadyJudged(StoreError):
 
 
 VERDICTS = ("correct", "wrong", "unsure")
-REASONS = ("uncertain", "audit", "grid", "manual")
+REASONS = ("uncertain", "audit", "grid", "manual", "transfer_check")
 ROLES = ("annotator", "lead")
 REQUEST_KINDS = ("retrain", "full")
 SETTING_DEFAULTS: dict[str, Any] = {
@@ -65,6 +65,8 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "retrain_every": 50,  # live verdicts since the current model that trigger a retrain
     "delta_override": None,  # lead's threshold on the score; None = the model's delta
     "round": {},  # annotator.round_config.RoundConfig fields that differ from its defaults
+    "transfer_per_class": 20,  # random verdicts per unverified class that measure the model there (0 = none)
+    "transfer_annotators": [],  # user names the transfer-check items are served to (blind), before their queue
 }
 UNDO_DEPTH = 10  # undo reaches back at most this many steps (a verdict or a grid page) of the current session
 WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at",

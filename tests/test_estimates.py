@@ -1,0 +1,217 @@
+"""The lead's estimates (annotator.estimates) on small stores built here: exact values where the math is exact."""
+import csv
+import io
+from math import sqrt
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from annotator import auth, estimates, report
+from annotator.estimates import Interval, States, stratified_count, wilson
+from annotator.export import export_csv
+from annotator.store import Store
+
+SCORES = {"A": [0.2, 0.9, 0.6, 0.8, 0.1, 0.3, 0.7, 0.4, 0.95, 0.5],   # image ids 1-10
+          "B": [0.3, 0.45, 0.6, 0.9, 0.9, 0.9, 0.2, 0.8, 0.7, 0.6],   # 11-20
+          "C": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]}   # 21-30, unverified; 31 duplicates 21
+
+
+def build(store: Store, *, kind: str = "expected", delta: float = 0.5) -> None:
+    """A, B verified, C not; verdicts: A audits 1 (wrong), 2, 3, 4 (correct), 5 wrong -> B, 6 wrong (uncertain);
+    B audits 11, 12 wrong, 13 unsure."""
+    ids = store.ensure_classes(["A", "B", "C"])
+    rows = [{"path": f"/img/{c}{k}.png", "hash": f"{c}{k}", "label_id": ids[c]} for c in "ABC" for k in range(10)]
+    store.add_images(rows + [{"path": "/img/dup.png", "hash": "C0", "label_id": ids["C"]}])
+    store.set_verify(["A", "B"])
+    version = store.add_model(delta=delta, metrics={"noise_rate_kind": kind})
+    store.write_scores(version, [(10 * j + k + 1, ids[c], s, abs(s - delta))
+                                 for j, c in enumerate("ABC") for k, s in enumerate(SCORES[c])])
+    store.make_current(version)
+    for image, verdict in ((1, "wrong"), (2, "correct"), (3, "correct"), (4, "correct"), (11, "wrong"), (12, "wrong")):
+        store.record_verdict(image, "ann", verdict, reason="audit")
+    store.record_verdict(5, "ann", "wrong", reason="uncertain", corrected_label="B")
+    store.record_verdict(6, "ann", "wrong", reason="uncertain")
+    store.record_verdict(13, "ann", "unsure", reason="uncertain")
+
+
+def test_wilson_matches_known_values_and_takes_fractional_counts():
+    assert wilson(0, 0) == (0.0, 1.0)
+    assert wilson(3, 10) == pytest.approx((0.10779, 0.60322), abs=1e-5)
+    assert wilson(0, 20) == pytest.approx((0.0, 0.16113), abs=1e-5)
+    lo, hi = wilson(1.5, 4)
+    assert lo < 1.5 / 4 < hi and wilson(2, 4)[0] > lo
+
+
+def test_clopper_pearson_matches_known_values():
+    cp = estimates.clopper_pearson
+    assert cp(0, 0) == (0.0, 1.0) and cp(0, 1) == pytest.approx((0.0, 0.975)) and cp(1, 1) == pytest.approx((0.025, 1))
+    assert cp(3, 10) == pytest.approx((0.06674, 0.65245), abs=1e-5)
+    assert cp(50, 100) == pytest.approx((0.39832, 0.60168), abs=1e-5)
+    assert cp(0, 20) == pytest.approx((0.0, 0.16843), abs=1e-5)
+
+
+def test_one_stratum_is_wilson_times_its_size_and_strata_weigh_by_size():
+    one = stratified_count([3], [10], [50])
+    lo, hi = wilson(3, 10)
+    assert (one.point, one.low, one.high) == pytest.approx((15.0, 50 * lo, 50 * hi))
+    two = stratified_count([1, 2], [4, 2], [4, 8])  # share 1/3 * 1/4 + 2/3 * 1 = 3/4, n_eff 1 / (1/36 + 8/36) = 4
+    lo, hi = wilson(3, 4)
+    assert (two.point, two.low, two.high) == pytest.approx((9.0, 12 * lo, 12 * hi))
+    assert stratified_count([], [], []) == Interval(0.0, 0.0, 0.0)
+
+
+def test_combine_adds_points_and_half_widths_in_quadrature():
+    c = estimates.combine(Interval(10, 7, 14), Interval(5, 1, 8))
+    assert (c.point, c.low, c.high) == pytest.approx((15, 15 - 5, 15 + 5))
+
+
+def test_standing_on_a_constructed_store(db_path):
+    with Store(db_path) as store:
+        build(store)
+        s = estimates.standing(store)
+    assert s["images"] == 30 and s["verdicts"] == 9 and s["judged"] == 8 and s["threshold"] == 0.5
+    per = {r["class"]: r for r in s["audited_classes"]["classes"]}
+    lo, hi = wilson(1, 4)
+    assert per["A"] | {"remaining": None} == {"class": "A", "unjudged": 4, "audited": 4, "audit_wrong": 1,
+                                              "remaining": None}
+    assert list(per["A"]["remaining"].values()) == pytest.approx([1.0, 4 * lo, 4 * hi])
+    assert (per["B"]["unjudged"], per["B"]["audited"], per["B"]["audit_wrong"]) == (8, 2, 2)  # the unsure is unjudged
+    lo, hi = wilson(3, 4)
+    audited = s["audited_classes"]["remaining"]
+    assert list(audited.values()) == pytest.approx([9.0, 12 * lo, 12 * hi])
+    # C from the model: sum(1 - P), checked on the held-out audits 1 (wrong, 0.2), 3 (correct, 0.6), 11 (wrong, 0.3)
+    p = np.array(SCORES["C"])
+    expected, sd = float((1 - p).sum()), sqrt(float((p * (1 - p)).sum()))
+    check = s["model_classes"]["check"]
+    lo, hi = wilson(2, 3)
+    assert (check["n"], check["wrong"]) == (3, 2) and check["expected"] == pytest.approx(1.9)
+    assert (check["ratio_low"], check["ratio_high"]) == pytest.approx((lo * 3 / 1.9, hi * 3 / 1.9))
+    model = s["model_classes"]["remaining"]
+    want = (expected, max(0, min(expected - 1.96 * sd, expected * lo * 3 / 1.9)),
+            min(10, max(expected + 1.96 * sd, expected * hi * 3 / 1.9)))
+    assert list(model.values()) == pytest.approx(want)
+    assert s["model_classes"]["classes"] == ["C"] and s["model_classes"]["unjudged"] == 10
+    rem = s["remaining"]
+    assert rem["point"] == pytest.approx(9 + expected)
+    assert rem["low"] == pytest.approx(rem["point"] - sqrt((9 - audited["low"]) ** 2 + (expected - want[1]) ** 2))
+    assert rem["high"] == pytest.approx(rem["point"] + sqrt((audited["high"] - 9) ** 2 + (want[2] - expected) ** 2))
+    assert s["fixed"] == {"wrong": 5, "relabelled": 1}
+    assert [s["wrong_total"][k] for k in ("point", "low", "high")] == pytest.approx(
+        [rem[k] + 5 for k in ("point", "low", "high")])
+    assert s["export"] == {"threshold": 0.5, "rows": 31, "kept": 20, "dropped": 11, "dropped_by_verdict": 4,
+                           "dropped_by_model": 7, "relabelled": 1}
+    flags = s["flags"]
+    assert (flags["n"], flags["wrong"], flags["flagged"]) == (3, 2, 2)
+    assert flags["precision"]["rate"] == 1.0 and flags["recall"]["rate"] == 1.0
+
+
+@pytest.mark.parametrize("threshold", [None, 0.0, 0.35, 0.5, 0.85, 1.0])
+def test_export_counts_are_what_the_export_writes(db_path, threshold):
+    """None: the export's threshold in force (the model's delta, 0.5)."""
+    with Store(db_path) as store:
+        build(store)
+        counts = estimates.export_counts(States.of(store.image_states(1)), 0.5 if threshold is None else threshold)
+        buf = io.StringIO(newline="")
+        export_csv(store, buf, threshold=threshold)
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    kept = [r for r in rows if r["keep"] == "1"]
+    assert counts["rows"] == len(rows) and counts["kept"] == len(kept)
+    assert counts["relabelled"] == sum(r["final_label"] not in ("", r["noisy_label"]) for r in rows)
+    assert counts["dropped_by_model"] == sum(r["keep"] == "0" and r["decided_by"] == "model" for r in rows)
+
+
+def test_what_if_precision_recall_move_with_the_threshold(db_path):
+    with Store(db_path) as store:
+        build(store)
+        rows = estimates.what_if(States.of(store.image_states(1)), [0.25, 0.65])
+    low, high = rows[0]["flags"], rows[1]["flags"]
+    assert (low["flagged"], low["precision"]["k"], low["recall"]["rate"]) == (1, 1, 0.5)  # only 0.2 < 0.25
+    assert (high["flagged"], high["precision"]["rate"], high["recall"]["rate"]) == (3, 2 / 3, 1.0)
+    assert high["precision"]["low"] == pytest.approx(estimates.clopper_pearson(2, 3)[0])
+    assert rows[0]["dropped_by_model"] == 4 and rows[1]["dropped_by_model"] == 12
+
+
+def test_scores_that_are_no_probabilities_or_an_unchecked_model_say_so(db_path):
+    with Store(db_path) as store:
+        build(store, kind="flagged")
+        s = estimates.standing(store)
+        assert s["model_classes"]["remaining"] is None and s["remaining"] is None and s["wrong_total"] is None
+        assert s["audited_classes"]["remaining"]["point"] == pytest.approx(9.0)
+    p = np.array([0.9, 0.5])
+    unchecked = estimates.model_count(p, estimates.calibration_check(States.of([])))
+    assert unchecked == Interval(pytest.approx(0.6), 0.0, 2.0)
+
+
+@pytest.fixture
+def lead_db(db_path, monkeypatch):
+    """The constructed store behind ``$ANNOTATOR_DB``, with the lead 'admin'."""
+    monkeypatch.setenv("ANNOTATOR_DB", str(db_path))
+    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "admin-secret-pw")
+    with Store(db_path) as store:
+        build(store)
+        auth.ensure_admin(store)
+    return db_path
+
+
+def lead_page(page: str) -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    with Store() as store:
+        at.session_state["token"] = auth.start_session(store, store.get_user("admin")).token
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_the_dashboard_opens_with_where_we_stand_and_shows_the_estimates(lead_db):
+    at = lead_page("annotator/pages/dashboard.py")
+    heads = [h.value for h in at.subheader]
+    assert heads[0] == "Where we stand" and heads.index("Label noise per class") < heads.index("Worker")
+    with Store(lead_db) as store:
+        s = estimates.standing(store)
+    shown = at.table[0].value.reset_index()
+    assert shown.to_dict("records") == report.summary_rows(s)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Wrong labels"] == f"{s['wrong_total']['point']:,.0f}" and metrics["Fixed"] == "5"
+    assert metrics["Left"] == f"{s['remaining']['point']:,.0f}" and metrics["Export drops"] == "11"
+    with Store(lead_db) as store:
+        store.record_verdict(7, "admin", "wrong", reason="audit")  # a new verdict: recomputed, not cached
+    at.run()
+    assert {m.label: m.value for m in at.metric}["Fixed"] == "6"
+
+
+def test_the_export_what_if_follows_the_threshold_control(lead_db):
+    at = lead_page("annotator/pages/export.py")
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Kept"], metrics["Dropped"], metrics["Relabelled"]) == ("20", "11", "1")  # at delta 0.5
+    assert (metrics["Precision"], metrics["Recall"]) == ("100%", "100%")
+    table = at.table[0].value
+    assert "0.500 (chosen)" in table.index and len(table) == 9
+    at.toggle(key="exp_custom").set_value(True).run()
+    at.number_input(key="exp_threshold").set_value(0.65).run()
+    metrics = {m.label: m.value for m in at.metric}
+    with Store(lead_db) as store:
+        want = estimates.what_if(States.of(store.image_states(1)), [0.65])[0]
+    assert metrics["Kept"] == f"{want['kept']}" and metrics["Dropped"] == f"{want['dropped']}" == "16"
+    assert metrics["Precision"] == "67%" and metrics["Recall"] == "100%"  # 3 flagged, 2 of them wrong
+    row = at.table[0].value.loc["0.650 (chosen)"]
+    assert row["precision (95 %)"] == "67% ({:.0%}–{:.0%}), n=3".format(*estimates.clopper_pearson(2, 3))
+
+
+def test_the_effort_curve_reads_each_versions_audit_check_and_expected_count():
+    models = [{"version": 2, "n_verdicts": 50, "metrics": {"audit_check": {"n": 10, "errors": 2,
+                                                                          "flag_nothing_errors": 3},
+                                                          "expected_wrong_left": 120.4, "noise_rate_kind": "expected"}},
+              {"version": 1, "n_verdicts": 0, "metrics": {}},
+              {"version": 3, "n_verdicts": 50, "metrics": {"rescored_from": 2}}]
+    curve = estimates.effort_curve(models)
+    assert [c["version"] for c in curve] == [1, 2]  # oldest first, the rescore left out
+    assert curve[0]["audit_error"]["rate"] is None and curve[0]["expected_wrong_left"] is None
+    assert curve[1]["audit_error"] == estimates.rate(2, 10) and curve[1]["flag_nothing_error"]["k"] == 3
+    rows = report.effort_rows(curve)
+    lo, hi = wilson(2, 10)
+    assert rows[1] == {"model": "v2", "verdicts": 50, "held-out audits": 10,
+                       "flags' error (95 %)": f"20.0% ({lo:.1%} – {hi:.1%})",
+                       "flagging nothing": "30.0% ({:.1%} – {:.1%})".format(*wilson(3, 10)),
+                       "expected wrong left": "120"}
