@@ -23,7 +23,7 @@ import numpy as np
 
 from annotator import pipeline
 from annotator.demo import DEMO, prepare_demo
-from annotator.queue import next_items
+from annotator.queue import QueueItem, next_items
 from annotator.store import Store
 from annotator.round_config import load_round_config
 from cleannet_core.metrics import auroc
@@ -39,6 +39,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warm", type=Path, help="a feature cache folder to start from (then no round time is cold)")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
+
+
+def answer_next(store: Store, clean: dict[str, str], rng: random.Random) -> QueueItem | None:
+    """The queue's next item for the annotator "sim", answered from the clean labels (keyed by file name) with
+    a corrected label when wrong; None when the queue is empty."""
+    items = next_items(store, "sim", rng=rng)
+    if not items:
+        return None
+    it = items[0]
+    truth = clean[Path(it.path).name]
+    store.record_verdict(it.image_id, "sim", "correct" if truth == it.label else "wrong", reason=it.reason,
+                         corrected_label=None if truth == it.label else truth, model_version=it.model_version)
+    return it
 
 
 def judge(store: Store, clean: dict[str, str]) -> dict:
@@ -75,14 +88,7 @@ def session(seed: int, state: Path, n_verdicts: int, clean: dict[str, str], warm
                                    "round_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1)}
     rng = random.Random(seed)
     answered = 0
-    while answered < n_verdicts:
-        items = next_items(store, "sim", rng=rng)
-        if not items:
-            break
-        it = items[0]
-        truth = clean[Path(it.path).name]
-        store.record_verdict(it.image_id, "sim", "correct" if truth == it.label else "wrong", reason=it.reason,
-                             corrected_label=None if truth == it.label else truth, model_version=it.model_version)
+    while answered < n_verdicts and answer_next(store, clean, rng) is not None:
         answered += 1
     t3 = time.perf_counter()
     pipeline.run_round(store, load_round_config(store))

@@ -32,7 +32,7 @@ from annotator.round_config import RoundConfig
 from annotator.store import Store
 from benchmarks import synthetic
 from benchmarks.report import write_json
-from benchmarks.round_speed import BACKBONE_ID, IMAGE_SIZE, _annotate_once, build_store, stats_ms
+from benchmarks.round_speed import BACKBONE_ID, IMAGE_SIZE, _annotate_once, build_store, latency_during, stats_ms
 from cleannet_core.duplicates import GroupConfig, components, similar_pairs
 from cleannet_core.features import FeatureCache
 
@@ -143,19 +143,8 @@ def main(argv=None) -> dict:
         store.worker_update(phase="idle")
         rng = random.Random(0)
         idle = [_annotate_once(store, rng) for _ in range(200)]
-        q: mp.Queue = mp.get_context("spawn").Queue()
-        child = mp.get_context("spawn").Process(target=_refresh, args=(str(db), q))
-        child.start()
-        during: dict[str, list[float]] = {}
-        while child.is_alive() and q.empty():
-            phase = store.worker_state()["phase"]
-            if phase in ("features", "duplicates", "writing"):
-                during.setdefault(phase, []).append(_annotate_once(store, rng))
-                time.sleep(0.05 if phase == "writing" else 0.25)
-            else:
-                time.sleep(0.05)
-        res = q.get(timeout=120)
-        child.join()
+        res, during = latency_during(store, rng, _refresh, (str(db),),
+                                     pace={"features": 0.25, "duplicates": 0.25, "writing": 0.05}, timeout=120)
         group_of = {m["image_id"]: m["group_id"] for m in store.iter_duplicate_members()}
         store.close()
     uptime["end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

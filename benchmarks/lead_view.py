@@ -40,10 +40,10 @@ from annotator import pipeline
 from annotator.demo import DEMO, prepare_demo
 from annotator.estimates import States, auroc_interval, standing
 from annotator.progress import next_round
-from annotator.queue import next_items
 from annotator.round_config import load_round_config
 from annotator.store import Store
 
+from .demo_session import answer_next
 from .report import config_of, write_json
 
 
@@ -144,13 +144,9 @@ def session(seed: int, base: Path, state: Path, n_verdicts: int, transfer: int, 
         store.set_setting("transfer_per_class", transfer)
         answered = 0
         while answered < n_verdicts:
-            items = next_items(store, "sim", rng=rng)
-            if not items:
+            it = answer_next(store, clean, rng)
+            if it is None:
                 break
-            it = items[0]
-            label = clean[Path(it.path).name]
-            store.record_verdict(it.image_id, "sim", "correct" if label == it.label else "wrong", reason=it.reason,
-                                 corrected_label=None if label == it.label else label, model_version=it.model_version)
             answered += it.reason != "transfer_check"
             if next_round(store)["due"]:
                 pipeline.run_round(store, load_round_config(store))

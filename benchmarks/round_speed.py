@@ -139,6 +139,27 @@ def _annotate_once(store: Store, rng: random.Random) -> float:
     return time.perf_counter() - t
 
 
+def latency_during(store: Store, rng: random.Random, target, args: tuple, *, pace: dict[str, float],
+                   timeout: float) -> tuple[dict, dict[str, list[float]]]:
+    """Run target(*args, queue) in a spawned child that puts its result on the queue; meanwhile, while the worker
+    row's phase is one of `pace`, time one next item + verdict (`_annotate_once`) and sleep pace[phase] seconds.
+    -> (the child's result, seconds per sampled call by phase)."""
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    child = mp.get_context("spawn").Process(target=target, args=(*args, q))
+    child.start()
+    during: dict[str, list[float]] = {}
+    while child.is_alive() and q.empty():
+        phase = store.worker_state()["phase"]
+        if phase in pace:
+            during.setdefault(phase, []).append(_annotate_once(store, rng))
+            time.sleep(pace[phase])
+        else:
+            time.sleep(0.05)
+    res = q.get(timeout=timeout)
+    child.join()
+    return res, during
+
+
 def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", publish_only: bool = False, seed: int = 0) -> dict:
     """The round in a child process; next-item latency here, before it (idle) and during each phase."""
     load_start = os.getloadavg()[0]  # the machine's load: wall times and latencies depend on it
@@ -146,20 +167,9 @@ def run(db: Path, *, idle_calls: int = 200, device: str = "cpu", publish_only: b
     store.worker_update(phase="idle")
     rng = random.Random(seed)
     idle = [_annotate_once(store, rng) for _ in range(idle_calls)]
-    q: mp.Queue = mp.get_context("spawn").Queue()
-    child = mp.get_context("spawn").Process(target=_round, args=(str(db), device, publish_only, q))
-    child.start()
-    during: dict[str, list[float]] = {}
-    while child.is_alive() and q.empty():
-        phase = store.worker_state()["phase"]
-        if phase in ("writing", "training", "references"):
-            during.setdefault(phase, []).append(_annotate_once(store, rng))
-            # writing is short: sample it densely; elsewhere a few annotators' pace, not a CPU hog of our own
-            time.sleep(0.02 if phase == "writing" else 0.5)
-        else:
-            time.sleep(0.05)
-    res = q.get(timeout=60)
-    child.join()
+    # writing is short: sample it densely; elsewhere a few annotators' pace, not a CPU hog of our own
+    res, during = latency_during(store, rng, _round, (str(db), device, publish_only),
+                                 pace={"writing": 0.02, "training": 0.5, "references": 0.5}, timeout=60)
     store.close()
     return res | {"load_avg_1m": {"start": load_start, "end": os.getloadavg()[0]},
                   "queue_ms": {"idle": stats_ms(idle)} | {f"during_{k}": stats_ms(v) for k, v in during.items()}}

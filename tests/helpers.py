@@ -76,9 +76,9 @@ def demo_rows(n: int | None = None) -> list[dict]:
     return rows[:n] if n is not None else rows
 
 
-def demo_db(tmp: Path, n: int) -> Path:
-    """A database in ``tmp/state`` holding the first ``n`` demo images (ingested from a CSV of their rows), every
-    class chosen for verification; returns its path."""
+def demo_db(tmp: Path, n: int, *, verify: list[str] | None = None) -> Path:
+    """A database in ``tmp/state`` holding the first ``n`` demo images (ingested from a CSV of their rows), the
+    classes `verify` (default: every class) chosen for verification; returns its path."""
     from annotator.ingest import ingest_csv
     from annotator.store import Store
     lines = (DEMO / "labels.csv").read_text().splitlines()[:n + 1]
@@ -86,7 +86,7 @@ def demo_db(tmp: Path, n: int) -> Path:
     db = tmp / "state" / "annotator.db"
     with Store(db) as store:
         assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == n
-        store.set_verify([c["name"] for c in store.classes()])
+        store.set_verify([c["name"] for c in store.classes()] if verify is None else verify)
     return db
 
 

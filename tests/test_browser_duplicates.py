@@ -1,14 +1,12 @@
 """The dashboard's near-duplicates section in a real browser at 1366x768: conflicting groups with their
 thumbnails decoded in the page (inline, not /media), within the window's width, and the class filter."""
-import csv
 import os
 
 import pytest
 
-from annotator.ingest import ingest_csv
 from annotator.store import Store
 from browser_kit import BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
-from helpers import DEMO
+from helpers import demo_db
 from test_browser import login, shot
 
 ADMIN_PW = "lead-pass-123"
@@ -21,13 +19,8 @@ expect.set_options(timeout=30_000)
 def server(tmp_path_factory):
     """40 demo images; a stored duplicate run: images 1 and 2 one group under two labels, 3 and 4 another."""
     tmp = tmp_path_factory.mktemp("dups")
-    db = tmp / "state" / "annotator.db"
-    with open(DEMO / "labels.csv", newline="") as f:
-        rows = list(csv.reader(f))[:41]
-    with open(tmp / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    db = demo_db(tmp, 40, verify=[])
     with Store(db) as store:
-        assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == 40
         labels = {r["id"]: r["label"] for r in store.iter_images()}
         first = next(i for i in labels if labels[i] != labels[1])  # another label than image 1's
         group = {1: 1, first: 1, 3: 3, 4: 3}

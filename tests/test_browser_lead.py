@@ -11,10 +11,9 @@ import random
 import pytest
 
 from annotator import auth, estimates
-from annotator.ingest import ingest_csv
 from annotator.store import Store
 from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
-from helpers import DEMO, demo_rows
+from helpers import DEMO, demo_db, demo_rows
 
 PW = "lead-pass-123"
 N = 120
@@ -29,15 +28,10 @@ expect.set_options(timeout=30_000)
 def server(tmp_path_factory):
     """(url, db): N demo images, 2 verified classes, a current model, audit verdicts from the clean labels."""
     tmp = tmp_path_factory.mktemp("lead")
-    rows = demo_rows(N)
-    with open(tmp / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("path", "label")] + [(r["path"], r["label"]) for r in rows])
-    clean = {str((DEMO / r["path"]).resolve()): r["clean_label"] for r in rows}
-    db = tmp / "state" / "annotator.db"
+    clean = {str((DEMO / r["path"]).resolve()): r["clean_label"] for r in demo_rows(N)}
+    db = demo_db(tmp, N, verify=["airplane", "automobile"])
     rng = random.Random(0)
     with Store(db) as store:
-        assert ingest_csv(store, tmp / "labels.csv", DEMO, progress=False).added == N
-        store.set_verify(["airplane", "automobile"])
         auth.add_user(store, "admin", "lead", PW)
         version = store.add_model(delta=0.5, metrics={"noise_rate_kind": "expected", "method": "robust",
                                                       "backbone_arch": "efficientnet_lite0",
