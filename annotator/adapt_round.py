@@ -80,9 +80,18 @@ def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:
         return False, "adapted features are off (round setting adapt)"
     if cfg.method != "robust":
         return False, f"adapted features need the robust method (the round setting is {cfg.method})"
-    current = store.current_model()
-    if current is None:
+    if store.current_model() is None:
         return False, "the frozen first model serves first"
+    # the device and the budget first: they need no image rows (load_data reads all of them)
+    backbone = current_backbone(store)
+    size = backbone.image_size if backbone else 128
+    est = estimate_s(store.images_count(status="ok"), cfg, image_size=size, device=resolve_device(cfg.device))
+    if est is not None and cfg.adapt == "auto":
+        return False, ("adapted features run on a GPU by default: on the CPU-sized settings they lost to the frozen "
+                       "features on the dev cases (set adapt on to try them on this data; the audit guard decides)")
+    if est is not None and est > 60 * cfg.adapt_budget_min:
+        return False, (f"an adapted round would take about {est / 60:.0f} min on this CPU, over the "
+                       f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min)")
     data = load_data(store)
     last = store.get_setting(SETTING) or {}
     n_val = len(verdict_split(store, data).val)
@@ -90,15 +99,6 @@ def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:
         return False, f"waiting for {GUARD_MIN} held-out audit verdicts to check an adapted model ({n_val} so far)"
     if last.get("key") == data_key(data) and n_val < 2 * last.get("n_val", 0):
         return False, f"last adapted round: {last.get('message', '')}"
-    backbone = current_backbone(store)
-    size = backbone.image_size if backbone else 128
-    est = estimate_s(len(data.ids), cfg, image_size=size, device=resolve_device(cfg.device))
-    if est is not None and cfg.adapt == "auto":
-        return False, ("adapted features run on a GPU by default: on the CPU-sized settings they lost to the frozen "
-                       "features on the dev cases (set adapt on to try them on this data; the audit guard decides)")
-    if est is not None and est > 60 * cfg.adapt_budget_min:
-        return False, (f"an adapted round would take about {est / 60:.0f} min on this CPU, over the "
-                       f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min)")
     return True, "due"
 
 

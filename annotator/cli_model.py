@@ -116,7 +116,6 @@ def adapt(ctx, mode, budget, epochs) -> None:
 
     from .adapt_round import estimate_s, run_adapt_round
     from .artifacts import current_backbone
-    from .pipeline import load_data
     from .round_config import save_round_config
     store = open_store(ctx)
     cfg = round_config(store, adapt_epochs=epochs)
@@ -126,7 +125,7 @@ def adapt(ctx, mode, budget, epochs) -> None:
         click.echo(f"adapted rounds: {cfg.adapt}, CPU budget {cfg.adapt_budget_min:g} min")
         return
     backbone = current_backbone(store)
-    est = estimate_s(len(load_data(store).ids), cfg, image_size=backbone.image_size if backbone else 128,
+    est = estimate_s(store.images_count(status="ok"), cfg, image_size=backbone.image_size if backbone else 128,
                      device=resolve_device(cfg.device))
     if est is not None:
         click.echo(f"about {est / 60:.0f} min on this CPU")
