@@ -21,9 +21,8 @@ def report(ctx, as_json, out) -> None:
     Example: annotator report --out report.html
     """
     from .estimates import standing
-    from .report import summary_rows
     from .export import ExportRefused
-    from .report import write_html
+    from .report import stopping_rows, summary_rows, write_html
     store = open_store(ctx)
     s = standing(store)
     if out is not None:
@@ -39,3 +38,6 @@ def report(ctx, as_json, out) -> None:
             interval = row["interval (95 %)"]
             shown = interval if interval == "exact" else f"95 %: {interval}"
             click.echo(f"{row['figure']}: {row['estimate']} ({shown}); {row['how']}")
+        for row in stopping_rows(s["stopping"]):
+            click.echo(f"Stopping signal, {row['class']}: {row['signal']} ({row['verdicts']} verdicts; without the "
+                       f"newest {row['newest left out']}, flags moved: {row['flags moved']})")

@@ -26,6 +26,11 @@ How each figure is estimated (counts of images; "unjudged" = no live correct/wro
 - **Flags' precision and recall** at a threshold: on the held-out audit verdicts with a score, Clopper and
   Pearson's exact intervals (few verdicts are flagged: Wilson's interval covers too rarely on one or two).
 
+- **Stopping signal** per verified class (robust score only): the round refits the score's weights without the
+  class's newest half of its verdicts (``cleannet_core.robust.verdict_influence``); when that changes under
+  STOP_SHARE of the flags, more verdicts there no longer move the model (they still fix the images they judge):
+  verify another class.
+
 Scores that are not probabilities (method ``paper``) give no expected count: the model part is None.
 """
 from __future__ import annotations
@@ -40,6 +45,7 @@ from cleannet_core.metrics import auroc
 from .store import Store
 
 Z = 1.96  # two-sided 95 %
+STOP_SHARE = 0.02  # a verified class's newest verdicts changed under this share of the flags: verify another
 
 
 @dataclass(frozen=True)
@@ -316,6 +322,20 @@ def effort_curve(models: list[dict]) -> list[dict]:
     return out
 
 
+def stopping(metrics: dict, verified: list[str]) -> list[dict]:
+    """Per verified class, from the round's ``verdict_influence``: verdicts, held (the newest, left out of a refit),
+    moved (flags that changed without them), flagged, and ``stop`` (moved < STOP_SHARE x flagged); ``stop`` is
+    None where the model has no such signal (another method) or the class has too few verdicts to tell."""
+    influence = metrics.get("verdict_influence")
+    out = []
+    for name in sorted(verified):
+        row = (influence or {}).get(name) or {}
+        out.append({"class": name, **{k: row.get(k) for k in ("verdicts", "held", "moved", "flagged")},
+                    "stop": row["moved"] < STOP_SHARE * max(row["flagged"], 1) if row else None,
+                    "signal": influence is not None})
+    return out
+
+
 def threshold_in_force(store: Store, model: dict | None) -> float | None:
     """The score threshold in force: the lead's ``delta_override``, else the current model's delta."""
     override = store.get_setting("delta_override")
@@ -350,5 +370,6 @@ def standing(store: Store) -> dict:
     return {"model_version": model["version"] if model else None, "threshold": t, "images": int(ok.sum()),
             "verdicts": int((states.verdict != "").sum()), "judged": int((states.judged & ok).sum()),
             "wrong_total": total, **out, "fixed": fixed, "export": export_counts(states, t),
-            "flags": flag_quality(states, t), "transfer": transfer, "effort": effort_curve(store.models())}
+            "flags": flag_quality(states, t), "transfer": transfer, "effort": effort_curve(store.models()),
+            "stopping": stopping(metrics, [names[c] for c in verified])}
 

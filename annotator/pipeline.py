@@ -184,7 +184,7 @@ def torchrun_extract(store: Store, procs: int) -> None:
 
 
 def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> VerdictSplit:
-    """Latest live correct/wrong verdict per image -> train and validation rows of data.
+    """Latest live correct/wrong verdict per image -> train and validation rows of data, oldest verdict first.
 
     Audit verdicts (random draws) are unbiased: those on odd image ids validate (delta, checkpoint, the
     model's reported error); everything else trains. 'unsure' verdicts are left out, and so are images not
@@ -200,7 +200,7 @@ def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) 
             latest[v["image_id"]] = v
     where = {int(i): k for k, i in enumerate(data.ids)}
     tr, va, tr_ok, va_ok = [], [], [], []
-    for image_id, v in latest.items():
+    for image_id, v in sorted(latest.items(), key=lambda item: item[1]["id"]):  # oldest verdict first
         if image_id not in where or (readable is not None and not readable[where[image_id]]):
             continue
         val = v["reason"] == "audit" and image_id % 2 == 1
@@ -326,14 +326,17 @@ def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: Backbon
     """The model's stored metrics: estimated noise rates (overall, per class), what the fit did with the verdicts,
     its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`), and the wrong
     labels it expects among the images no correct/wrong verdict judged (`expected_wrong_left`, `judged` (N,)
-    bool; the effort curve of ``annotator.estimates``)."""
+    bool; the effort curve of ``annotator.estimates``) and, for the robust score, what each class's newest verdicts
+    still move (`verdict_influence`: the stopping signal)."""
     data, split, score = inputs.data, inputs.split, fit.scores.score
     # the expected share of wrong labels where the score is a probability, else the share flagged
     expected = spec(fit.state["method"]).probability
     wrong = 1.0 - score.astype(np.float64) if expected else (score < fit.delta).astype(np.float64)
     per_class = {name: float(wrong[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}
+    influence = {data.class_names[c]: v for c, v in (fit.influence or {}).items()}
     out = {"estimated_noise_rate": float(wrong.mean()), "per_class_noise_rate": per_class,
+           "verdict_influence": influence if fit.influence is not None else None,
            "max_verdict_id": max_verdict, "best_step": fit.best_step, "backbone": backbone.source,
            "backbone_arch": backbone.arch, "backbone_kind": backbone.kind, "image_size": backbone.image_size,
            "n_train": int(len(split.train)), "n_val": int(len(split.val)), "note": fit.note,

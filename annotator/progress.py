@@ -60,11 +60,12 @@ def next_round(store: Store) -> dict:
 
     -> ``{"due": bool, "reason": str, "verdicts_since_model": int, "retrain_every": int, "waiting_for": int}``;
     reason is one of 'no images', 'no model yet', 'requested: retrain' / 'requested: full',
-    'verdicts', 'waiting for verdicts'. ``waiting_for`` = live verdicts still needed (0 when due).
+    'verdicts', 'waiting for verdicts'. ``waiting_for`` = live verdicts still needed (0 when due). Only verdicts a
+    round learns from count: 'unsure' and transfer-check verdicts would retrain the model on what it already had.
     """
     every = int(store.get_setting("retrain_every"))
     current = store.current_model()
-    since = store.verdicts_since(((current or {}).get("metrics") or {}).get("max_verdict_id") or 0)
+    since = store.verdicts_since(((current or {}).get("metrics") or {}).get("max_verdict_id") or 0, trains=True)
     out = {"due": False, "verdicts_since_model": since, "retrain_every": every, "waiting_for": max(0, every - since)}
     if store.images_count(status="ok") == 0:
         return out | {"reason": "no images"}

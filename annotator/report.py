@@ -1,5 +1,5 @@
 """What a person reads of ``estimates.standing``: the rows the dashboard's "Where we stand" and `annotator report`
-show (``summary_rows``, ``effort_rows``: one code path for both), and the report as one self-contained HTML
+show (``summary_rows``, ``effort_rows``, ``stopping_rows``: one code path for both), and the report as one self-contained HTML
 file a lead can send (inline CSS and SVG, no script, nothing fetched)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cleannet_core.atomic import atomic_write
 
+from .estimates import STOP_SHARE
 from .export import SQLITE_SUFFIXES, ExportRefused
 
 BAR_W, BAR_H = 420, 22  # px of one interval bar
@@ -75,6 +76,20 @@ def effort_rows(curve: list[dict]) -> list[dict]:
              f"{c['expected_wrong_left']:,.0f}" + ("" if c["kind"] == "expected" else " flagged")} for c in curve]
 
 
+def stopping_rows(rows: list[dict]) -> list[dict]:
+    """``estimates.stopping`` as the rows the dashboard and the report show: one per verified class."""
+    def advice(r: dict) -> str:
+        if not r["signal"]:
+            return "no signal: the scoring method is not robust"
+        if r["stop"] is None:
+            return "too few verdicts to tell"
+        return "verify another class" if r["stop"] else "keep going"
+    return [{"class": r["class"], "verdicts": "—" if r["verdicts"] is None else r["verdicts"],
+             "newest left out": "—" if r["held"] is None else r["held"],
+             "flags moved": "—" if r["moved"] is None else f"{r['moved']:,} of {r['flagged']:,}",
+             "signal": advice(r)} for r in rows]
+
+
 def refuse_store_files(db: Path, out: Path) -> None:
     """Raise ``ExportRefused`` when ``out`` is the database or a file SQLite keeps beside it."""
     for suffix in SQLITE_SUFFIXES:
@@ -139,6 +154,11 @@ th{{background:#f3f3f3}}</style></head><body>
 {_table(effort_rows(s["effort"]))}
 <h2>Verified classes</h2>
 {_table(per_class)}
+<h2>Stopping signal</h2>
+{_table(stopping_rows(s["stopping"]))}
+<p>Per verified class, the round refitted the score without the class's newest half of its verdicts and counted
+the flags that changed. Under {STOP_SHARE:.0%} of the flags: more verdicts there no longer move the model (they
+still fix the images they judge); verify another class.</p>
 <p>Intervals are 95 %. Verified classes: the share of wrong labels in each class's random audit verdicts times
 its unjudged images, combined over classes as a stratified sample. Other classes: the calibrated model's
 expected count (the sum of 1 - P(label correct)), its interval widened by how far the model's count was off on

@@ -4,8 +4,9 @@
     annotator worker --once     # one round if one is due, then exit (adapted rounds: `annotator adapt`)
 
 Every `poll` seconds it checks whether a round is due: no model yet, a lead's request (retrain or full), or
-at least `retrain_every` (setting, default 50) live verdicts since the current model. When none is, it checks
-every ADAPT_CHECK_S whether an adapted round (annotator.adapt_round) is due and runs it. A heartbeat thread
+at least `retrain_every` (setting, default 50) live correct or wrong verdicts (transfer checks excluded) since the
+current model. When none is, it checks every ADAPT_CHECK_S whether an adapted round (annotator.adapt_round) is due
+and runs it. A heartbeat thread
 writes `worker.heartbeat` every few seconds even while a round trains, so the UI can tell "busy" from "dead".
 Phase (k of n), progress in the phase and in the round, the ETA (``annotator.progress``) and the last error
 are written to the store. An error is stored and shown; the worker keeps

@@ -36,6 +36,8 @@ PRIOR_W = (0.8, 30.0, 0.0)  # the verdict-free weights chosen on the dev cases (
 PRIOR_B = 1.5
 STRENGTH = 3.0              # prior precision on weight x signal spread: the prior counts like a few verdicts
 DELTA = 0.5
+NEWEST = 0.5                 # verdict_influence leaves out each class's newest half of its verdicts
+MIN_HELD = 5                 # ... when that is at least this many
 PROBE_SHARE = 0.8            # the probe's share of a fit's progress; the noise model and scoring take the rest
 CLIP = 1e-6
 
@@ -156,11 +158,40 @@ def fit_robust_score(probs: np.ndarray, labels: np.ndarray, verified_probs: np.n
     return rs
 
 
+def verdict_influence(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, verified_probs: np.ndarray,
+                      verified_labels: np.ndarray, verified_ok: np.ndarray, *, newest: float = NEWEST,
+                      min_held: int = MIN_HELD) -> dict[int, dict]:
+    """What each class's latest verdicts still teach the weights: per class c of the verdicts, the weights are
+    refitted without c's newest `newest` share of them (verdicts (M,) oldest first, as fit_robust_score takes
+    them) and the flags (score < DELTA) of the images probs (S, C), labels (S,) compared with rs's.
+
+    -> {c: {"verdicts": n_c, "held": verdicts left out, "moved": images whose flag changed, "flagged": rs's flags}};
+    classes with fewer than 2 * min_held verdicts are left out. moved / flagged small: more verdicts in c no
+    longer move the model (they still fix the images they judge)."""
+    verified_labels, verified_ok = np.asarray(verified_labels, np.int64), np.asarray(verified_ok, bool)
+    x = rs.signals(probs, labels)
+    xv = rs.signals(verified_probs, verified_labels)
+    flags = rs(x) < DELTA
+    out = {}
+    for c in np.unique(verified_labels):
+        rows = np.flatnonzero(verified_labels == c)
+        held = int(len(rows) * newest)
+        if held < min_held:
+            continue
+        keep = np.ones(len(verified_ok), bool)
+        keep[rows[-held:]] = False
+        w, b = fit_weights(xv[keep], verified_ok[keep], scale=x.std(axis=0))
+        moved = int(((RobustScore(rs.noise, w, b)(x) < DELTA) != flags).sum())
+        out[int(c)] = {"verdicts": int(len(rows)), "held": held, "moved": moved, "flagged": int(flags.sum())}
+    return out
+
+
 @dataclass
 class RobustFit:
     probe: Probe
     score: RobustScore
     scores: Scores
+    influence: dict[int, dict]  # verdict_influence on the noise model's sample
 
 
 def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
@@ -169,7 +200,7 @@ def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarra
                       probe: Probe | None = None, progress: Callable[[float], None] | None = None) -> RobustFit:
     """Probe -> noise model -> weights fitted on the verdicts -> every image's score.
 
-    features (N, d), labels and folds (N,) ints; verified_idx (M,) rows with verdicts verified_ok (M,) bool (True =
+    features (N, d), labels and folds (N,) ints; verified_idx (M,) rows with verdicts (oldest first) verified_ok (M,) bool (True =
     label correct); fit_rows (N,) bool: the images the probe and the noise model learn from (default all); probe:
     one fitted on these very features, labels and folds (it does not depend on the verdicts), else it is fitted.
     progress: called with the fraction done, the probe's training being the first PROBE_SHARE of it."""
@@ -183,7 +214,9 @@ def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarra
     fit_idx = np.flatnonzero(rows)
     sample = fit_idx if len(fit_idx) <= 50_000 else np.sort(np.random.default_rng(0).choice(fit_idx, 50_000, False))
     v = np.asarray(verified_idx, np.int64)
-    rs = fit_robust_score(probe.predict(features[sample], folds[sample]), labels[sample],
-                          probe.predict(features[v], folds[v]), labels[v], verified_ok,
+    probs, verified_probs = probe.predict(features[sample], folds[sample]), probe.predict(features[v], folds[v])
+    rs = fit_robust_score(probs, labels[sample], verified_probs, labels[v], verified_ok,
                           progress=lambda: report(PROBE_SHARE + 0.5 * (1 - PROBE_SHARE)))
-    return RobustFit(probe, rs, score_with_probe(rs, probe, features, labels, folds, valid_classes=valid_classes))
+    influence = verdict_influence(rs, probs, labels[sample], verified_probs, labels[v], verified_ok)
+    return RobustFit(probe, rs, score_with_probe(rs, probe, features, labels, folds, valid_classes=valid_classes),
+                     influence)

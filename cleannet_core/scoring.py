@@ -17,7 +17,7 @@ import numpy as np
 from .model import CleanNet
 from .probe import Probe, ProbeConfig
 from .registry import METHODS, MethodSpec, check_checkpoint, spec
-from .robust import PROBE_SHARE, RobustScore, fit_robust_score, fit_robust_scores, score_robust
+from .robust import PROBE_SHARE, RobustScore, fit_robust_score, fit_robust_scores, score_robust, verdict_influence
 from .robust import score_with_probe as robust_rescore
 from .score import Scores, score_images
 from .train import TrainConfig, train_cleannet
@@ -58,6 +58,7 @@ class Fitted:
     state: dict              # the checkpoint payload, with "method" and "version"
     note: str                # what the fit did with the verdicts, said truthfully (shown by the round)
     best_step: int | None = None
+    influence: dict[int, dict] | None = None  # per class, what its newest verdicts still move (robust.verdict_influence)
 
 
 class Robust:
@@ -80,7 +81,7 @@ class Robust:
                 if n else "no verdicts yet: the noise model's verdict-free weights")
         note += "; probe of the previous round reused (same images, labels and features)" if same else ""
         return Fitted(fit.scores, DELTA, _state(self.spec, probe=fit.probe.state(), robust=fit.score.state(),
-                                                probe_key=data.probe_key), note)
+                                                probe_key=data.probe_key), note, influence=fit.influence)
 
     def _fit_on_probs(self, data: RoundData, progress: Progress) -> Fitted:
         rows = np.flatnonzero(data.readable)
@@ -92,8 +93,10 @@ class Robust:
         scores, _ = score_robust(score, data.probs, data.labels, valid_classes=data.valid)
         note = (f"calibrated on {len(t)} verdicts ({int((~data.train_ok).sum())} wrong) around the verdict-free "
                 f"weights" if len(t) else "no verdicts yet: the noise model's verdict-free weights")
+        influence = verdict_influence(score, data.probs[rows], data.labels[rows], data.probs[t], data.labels[t],
+                                      data.train_ok)
         return Fitted(scores, DELTA, _state(self.spec, probe=None, robust=score.state(), probe_key=""),
-                      note + "; probabilities of the adapted networks (out-of-fold)")
+                      note + "; probabilities of the adapted networks (out-of-fold)", influence=influence)
 
     def rescore(self, state: dict, data: RoundData) -> Scores:
         if data.probs is not None:

@@ -215,3 +215,37 @@ def test_the_effort_curve_reads_each_versions_audit_check_and_expected_count():
                        "flags' error (95 %)": f"20.0% ({lo:.1%} – {hi:.1%})",
                        "flagging nothing": "30.0% ({:.1%} – {:.1%})".format(*wilson(3, 10)),
                        "expected wrong left": "120"}
+
+
+def test_the_stopping_signal_reads_the_rounds_verdict_influence():
+    metrics = {"verdict_influence": {"A": {"verdicts": 40, "held": 20, "moved": 3, "flagged": 200},
+                                     "B": {"verdicts": 30, "held": 15, "moved": 4, "flagged": 200},
+                                     "C": {"verdicts": 12, "held": 6, "moved": 0, "flagged": 200}}}
+    rows = estimates.stopping(metrics, ["B", "A", "D"])
+    # 3 < 0.02 x 200 = 4: stop; 4 is not under it; D has too few verdicts (no entry); C is not verified
+    assert [(r["class"], r["stop"]) for r in rows] == [("A", True), ("B", False), ("D", None)]
+    assert rows[0] | {} == {"class": "A", "verdicts": 40, "held": 20, "moved": 3, "flagged": 200, "stop": True,
+                            "signal": True}
+    assert [r["signal"] for r in report.stopping_rows(rows)] == ["verify another class", "keep going",
+                                                                 "too few verdicts to tell"]
+    assert report.stopping_rows(rows)[0]["flags moved"] == "3 of 200"
+    assert [r["signal"] for r in estimates.stopping({}, ["A"])] == [False]  # another method: no signal
+
+
+def test_admin_says_which_verified_class_to_stop_and_swaps_it_for_a_suggested_one(lead_db):
+    influence = {"A": {"verdicts": 24, "held": 12, "moved": 1, "flagged": 100},
+                 "B": {"verdicts": 20, "held": 10, "moved": 30, "flagged": 100}}
+    with Store(lead_db) as store:
+        ids = {c["name"]: c["id"] for c in store.classes()}
+        version = store.add_model(delta=0.5, metrics={"noise_rate_kind": "expected", "verdict_influence": influence})
+        store.write_scores(version, [(10 * j + k + 1, ids[c], s, abs(s - 0.5))
+                                     for j, c in enumerate("ABC") for k, s in enumerate(SCORES[c])])
+        store.make_current(version)
+    at = lead_page("annotator/pages/admin.py")
+    assert at.warning[0].value.startswith("**A**: the newest verdicts there no longer move the model")
+    signal = at.dataframe[0].value.set_index("class")["signal"]
+    assert signal.to_dict() == {"A": "verify another class", "B": "keep going", "C": ""}
+    at.button(key="adm_verify_swap").click().run()
+    assert not at.exception
+    with Store(lead_db) as store:
+        assert sorted(store.verify_classes()) == ["B", "C"]  # A stopped; C, the only unverified class, replaces it

@@ -53,6 +53,11 @@ def test_next_round_counts_verdicts_to_the_trigger(tmp_path):
     nxt = next_round(store)
     assert (nxt["due"], nxt["verdicts_since_model"], nxt["waiting_for"]) == (False, 12, 38)
     assert describe_next(nxt) == "waiting for 38 more verdicts (12 of 50 since the current model)"
+    # 'unsure' and transfer-check verdicts train nothing: a round on them would refit on the same verdicts
+    store.record_verdict(14, "ann", "unsure", reason="uncertain")
+    store.record_verdict(15, "ann", "wrong", reason="transfer_check")
+    store.record_verdict(16, "ann", "correct", reason="transfer_check")
+    assert next_round(store)["verdicts_since_model"] == 12 and store.verdicts_since(0) == 15
     store.set_setting("retrain_every", 12)
     assert next_round(store)["reason"] == "verdicts" and describe_next(next_round(store)) == "due now (verdicts)"
     store.request("full", "lead")

@@ -34,8 +34,11 @@ def test_report_text_and_html_say_the_same_rows_offline_and_escaped(db_path, tmp
         rows = report.summary_rows(estimates.standing(store))
     runner = CliRunner()
     text = runner.invoke(cli, ["--db", str(db_path), "report"])
-    assert text.exit_code == 0 and [line.split(":")[0] for line in text.output.splitlines()] == [
-        r["figure"] for r in rows]
+    lines = text.output.splitlines()
+    assert text.exit_code == 0 and [line.split(":")[0] for line in lines[:len(rows)]] == [r["figure"] for r in rows]
+    # then the stopping signal of each verified class (this model's method gives none)
+    assert lines[len(rows):] == [f"Stopping signal, {c}: no signal: the scoring method is not robust (— verdicts; "
+                                 "without the newest —, flags moved: —)" for c in sorted(["A", "B", HOSTILE])]
     out = tmp_path / "report.html"
     res = runner.invoke(cli, ["--db", str(db_path), "report", "--out", str(out)])
     assert res.exit_code == 0, res.output

@@ -126,3 +126,31 @@ def test_a_round_with_only_new_verdicts_reuses_the_probe_and_a_changed_one_refit
         assert torch.equal(reused.state["probe"][k], first.state["probe"][k])
     changed = scoring.method("robust").fit(replace(again, probe_key="k2"), warm_start=first.state)
     assert "reused" not in changed.note and changed.state["probe_key"] == "k2"
+
+
+def test_verdict_influence_tells_informative_newest_verdicts_from_redundant_ones():
+    """Class 1's newest verdicts confirm images the model is already sure of: without them almost no flag moves
+    (the stopping signal). Class 3's newest verdicts say "wrong" on mislabelled images the model missed: without
+    them many flags move. Class 5 has too few verdicts to tell; each class leaves out exactly its newest half."""
+    feats, clean, noisy = structured()
+    wrong = clean != noisy
+    score = scoring.method("robust").fit(round_data(feats, noisy, 6)).scores.score
+    rng = np.random.default_rng(0)
+
+    def pick(mask, n, order=None):
+        rows = np.flatnonzero(mask)
+        return rows[np.argsort(order[rows])][:n] if order is not None else rng.choice(rows, n, replace=False)
+
+    old1, old3 = pick(noisy == 1, 12), pick(noisy == 3, 12)
+    sure1 = pick((noisy == 1) & ~wrong & ~np.isin(np.arange(len(noisy)), old1), 12, order=-score)
+    missed3 = pick((noisy == 3) & wrong & ~np.isin(np.arange(len(noisy)), old3), 12, order=-score)
+    few5 = pick(noisy == 5, 9)
+    rows = np.concatenate([old1, old3, few5, sure1, missed3])  # oldest first
+    fitted = scoring.method("robust").fit(round_data(feats, noisy, 6, rows, ~wrong[rows]))
+    inf = fitted.influence
+    assert sorted(inf) == [1, 3]
+    assert (inf[1]["verdicts"], inf[1]["held"], inf[3]["verdicts"], inf[3]["held"]) == (24, 12, 24, 12)
+    flagged = int((fitted.scores.score < fitted.delta).sum())
+    assert inf[1]["flagged"] == inf[3]["flagged"] == flagged  # the sample is every image here (< 50k)
+    assert inf[1]["moved"] < 0.02 * flagged <= inf[3]["moved"]
+    assert scoring.method("transfer").fit(round_data(feats, noisy, 6, rows, ~wrong[rows])).influence is None

@@ -6,7 +6,7 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from annotator import auth
+from annotator import auth, estimates, report
 from annotator.pages.common import METHOD_TEXT, context, md, require_role
 from annotator.round_config import BadRoundConfig, RoundConfig, load_round_config, save_round_config
 from annotator.store import NOTE_MAX, VERDICTS, Store, StoreError, UnknownImage
@@ -30,13 +30,19 @@ def flash_panel() -> None:
 
 
 def class_rows(store: Store) -> pd.DataFrame:
-    """Per class: images, unreviewed images, model-estimated noise rate, expected wrong labels left, verified."""
+    """Per class: images, unreviewed images, model-estimated noise rate, expected wrong labels left, verified, and
+    for verified classes the stopping signal ("verify another class" / "keep going", ``estimates.stopping``)."""
     model = store.current_model()
-    estimated = ((model or {}).get("metrics") or {}).get("per_class_noise_rate") or {}
+    metrics = (model or {}).get("metrics") or {}
+    estimated = metrics.get("per_class_noise_rate") or {}
     unreviewed = store.unreviewed_by_class()
+    classes = store.classes()
+    signal = {r["class"]: r["signal"] for r in report.stopping_rows(
+        estimates.stopping(metrics, [c["name"] for c in classes if c["verify"]]))}
     rows = [{"class": c["name"], "images": c["n_images"], "unreviewed": unreviewed.get(c["name"], 0),
-             "estimated": estimated.get(c["name"]), "verified": bool(c["verify"])} for c in store.classes()]
-    df = pd.DataFrame(rows, columns=["class", "images", "unreviewed", "estimated", "verified"])
+             "estimated": estimated.get(c["name"]), "verified": bool(c["verify"]), "signal": signal.get(c["name"], "")}
+            for c in classes]
+    df = pd.DataFrame(rows, columns=["class", "images", "unreviewed", "estimated", "verified", "signal"])
     # Expected mislabeled images nobody has looked at; without a model every class counts as equally noisy.
     df["expected_wrong"] = (df["estimated"].fillna(1.0 if model is None else 0.0) * df["unreviewed"]).round(1)
     return df
@@ -49,8 +55,13 @@ def classes_panel(store: Store) -> None:
         st.info("No images yet: ingest some with `annotator ingest`.")
         return
     current = df.loc[df["verified"], "class"].tolist()
+    stopped = df.loc[df["verified"] & (df["signal"] == "verify another class"), "class"].tolist()
     candidates = df[~df["verified"]].sort_values(["expected_wrong", "unreviewed"], ascending=False)
-    suggested = candidates.head(SUGGEST)["class"].tolist()
+    suggested = candidates.head(max(SUGGEST, len(stopped)))["class"].tolist()
+    if stopped:
+        st.warning(", ".join(f"**{md(c)}**" for c in stopped) + ": the newest verdicts there no longer move the "
+                   f"model (without them under {estimates.STOP_SHARE:.0%} of the flags change). Verdicts there "
+                   "still fix the images they judge; to teach the model more, verify another class.")
     if suggested:
         st.info("Suggested next: " + ", ".join(f"**{md(c)}**" for c in suggested)
                 + ". Heuristic: the most expected mislabeled images nobody has reviewed yet (the model's "
@@ -59,7 +70,8 @@ def classes_panel(store: Store) -> None:
     st.dataframe(df.assign(estimated=df["estimated"] * 100), hide_index=True, width="stretch", key="adm_classes",
                  column_config={"estimated": st.column_config.NumberColumn("model estimate %", format="%.1f"),
                                 "expected_wrong": st.column_config.NumberColumn(
-                                    "expected wrong, unreviewed", format="%.0f")})
+                                    "expected wrong, unreviewed", format="%.0f"),
+                                "signal": st.column_config.TextColumn("stopping signal")})
     chosen = st.multiselect("Verified classes (annotators review these)", df["class"].tolist(), default=current,
                             key="adm_verify")
     st.caption("How many verdicts transfer needs: the default score learns from verdicts of both kinds (until "
@@ -67,7 +79,7 @@ def classes_panel(store: Store) -> None:
                "CIFAR-10N its error on unverified classes levelled off after 50-100 verdicts, and verdicts spread "
                "over 5 classes gave the steadiest result across label sets; verdicts beyond that mostly clean the "
                "verified classes themselves (benchmarks/README.md).")
-    a, b = st.columns(2)
+    a, b, c = st.columns(3)
     if a.button("Save verified classes", key="adm_verify_save", type="primary"):
         store.set_verify([c for c in current if c not in chosen], False)
         store.set_verify(chosen, True)
@@ -75,6 +87,11 @@ def classes_panel(store: Store) -> None:
     if suggested and b.button("Add the suggested classes", key="adm_verify_suggest"):
         store.set_verify(suggested, True)
         done(f"Added {len(suggested)} suggested classes.")
+    if stopped and suggested and c.button("Swap the stopped classes for suggested ones", key="adm_verify_swap"):
+        swap = suggested[:len(stopped)]
+        store.set_verify(stopped[:len(swap)], False)
+        store.set_verify(swap, True)
+        done(f"Verified now instead of {', '.join(stopped[:len(swap)])}: {', '.join(swap)}.")
 
 
 def users_panel(store: Store, me: str) -> None:

@@ -37,6 +37,12 @@ def standing_panel(store: Store) -> dict:
                    "audit verdicts (against flagging nothing on the same verdicts) and the wrong labels it expected "
                    "among the images not judged yet.")
         st.table(pd.DataFrame(report.effort_rows(s["effort"])).set_index("model"))
+    if s["stopping"]:
+        st.caption(f"Stopping signal: per verified class, the round refitted the score without the class's newest "
+                   f"half of its verdicts; under {estimates.STOP_SHARE:.0%} of the flags moved means more verdicts "
+                   "there no longer move the model (they still fix the images they judge): verify another class "
+                   "(Admin suggests which).")
+        st.table(pd.DataFrame(report.stopping_rows(s["stopping"])).set_index("class"))
     st.caption("Intervals are 95 %. Verified classes: wrong share in the random audit verdicts of each class times "
                "its unjudged images. Other classes: the model's expected count (the sum of 1 - P(label correct)), "
                "its interval widened by how far the model's count was off on the held-out audit verdicts. "

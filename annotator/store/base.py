@@ -62,7 +62,7 @@ REQUEST_KINDS = ("retrain", "full")
 SETTING_DEFAULTS: dict[str, Any] = {
     "audit_share": 0.2,  # share of queue items drawn at random to audit the model
     "lease_seconds": 600,  # how long a served image stays reserved for its annotator
-    "retrain_every": 50,  # live verdicts since the current model that trigger a retrain
+    "retrain_every": 50,  # live correct/wrong verdicts (not transfer checks) since the current model: a retrain
     "delta_override": None,  # lead's threshold on the score; None = the model's delta
     "round": {},  # annotator.round_config.RoundConfig fields that differ from its defaults
     "transfer_per_class": 20,  # random verdicts per unverified class that measure the model there (0 = none)

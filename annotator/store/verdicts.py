@@ -188,9 +188,11 @@ class VerdictsMixin(StoreBase):
         """Highest verdict row id (undo rows included), 0 if none: a watermark for ``verdicts_since``."""
         return self._scalar("SELECT COALESCE(MAX(id), 0) FROM verdicts")
 
-    def verdicts_since(self, verdict_id: int) -> int:
-        """Number of live verdicts with id > ``verdict_id``."""
-        return self._scalar(f"SELECT COUNT(*) FROM verdicts v WHERE v.id > ? AND {LIVE}", [verdict_id])
+    def verdicts_since(self, verdict_id: int, *, trains: bool = False) -> int:
+        """Number of live verdicts with id > ``verdict_id``; ``trains``: only those a round fits or validates on
+        (correct or wrong, not a transfer-check verdict: those measure the model and never train it)."""
+        where = " AND v.verdict IN ('correct', 'wrong') AND v.reason != 'transfer_check'" if trains else ""
+        return self._scalar(f"SELECT COUNT(*) FROM verdicts v WHERE v.id > ? AND {LIVE}{where}", [verdict_id])
 
     def annotator_stats(self, since: float) -> list[dict]:
         """Per annotator, verdicts created at or after ``since``: n (live), correct, wrong, unsure,
