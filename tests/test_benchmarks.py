@@ -231,3 +231,17 @@ def test_duplicates_speed_finds_the_planted_copies_and_times_the_queue(tmp_path)
     assert res["planted_pairs"] == 30 and res["pair_recall"] == 1.0 and res["refresh"]["method"] == "exact"
     assert res["baseline"]["faiss-ivf"]["planted_recall"] == 1.0 == res["baseline"]["exact"]["planted_recall"]
     assert res["queue_ms"]["idle"]["n"] == 200 and res["groups"]["images_in_groups"] >= 60
+
+
+def test_stopping_agreement_counts_which_choice_wins_on_each_side_of_the_threshold():
+    from benchmarks.stopping import agreement
+    rows = [{"moved_share": 0.001, "gain_stay": 0.0, "gain_switch": 0.01},   # stopped, switching wins
+            {"moved_share": 0.004, "gain_stay": 0.02, "gain_switch": 0.01},  # stopped, staying wins
+            {"moved_share": 0.03, "gain_stay": 0.02, "gain_switch": 0.01},   # going, staying wins
+            {"moved_share": 0.05, "gain_stay": 0.01, "gain_switch": 0.01}]   # going, a tie: staying
+    a = agreement(rows, 0.01)
+    assert (a["stopped"], a["switch_wins_when_stopped"], a["stay_wins_when_going"], a["balanced"]) == (2, 0.5, 1.0,
+                                                                                                      0.75)
+    assert a["gain_stay_when_stopped"] == 0.01 and a["gain_switch_when_stopped"] == 0.01
+    none = agreement(rows, 0.0)  # nothing stopped: staying wins in 3 of the 4 going rows
+    assert none["switch_wins_when_stopped"] is None and none["balanced"] == 0.75
