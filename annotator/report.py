@@ -1,6 +1,6 @@
 """What a person reads of ``estimates.standing``: the rows the dashboard's "Where we stand" and `annotator report`
-show (``summary_rows``, ``effort_rows``, ``stopping_rows``: one code path for both), and the report as one self-contained HTML
-file a lead can send (inline CSS and SVG, no script, nothing fetched)."""
+show (``summary_rows``, ``effort_rows``, ``stopping_rows``: one code path for both), and the report as one
+self-contained HTML file a lead can send (inline CSS and SVG, no script, nothing fetched)."""
 from __future__ import annotations
 
 import html

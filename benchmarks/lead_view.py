@@ -133,13 +133,18 @@ def check(store: Store, clean: dict[str, str], n_verdicts: int) -> dict:
     return out
 
 
-def session(seed: int, base: Path, state: Path, n_verdicts: int, transfer: int, clean: dict[str, str]) -> dict:
+def copy_template(base: Path, state: Path) -> Path:
+    """``state`` emptied, then a copy of the template ``base``; returns the copy's database."""
     if state.exists():
         shutil.rmtree(state)
     shutil.copytree(base, state)
+    return state / "annotator.db"
+
+
+def session(seed: int, base: Path, state: Path, n_verdicts: int, transfer: int, clean: dict[str, str]) -> dict:
     rng = random.Random(seed)
     checks = []
-    with Store(state / "annotator.db") as store:
+    with Store(copy_template(base, state)) as store:
         store.set_setting("transfer_annotators", ["sim"] if transfer else [])
         store.set_setting("transfer_per_class", transfer)
         answered = 0

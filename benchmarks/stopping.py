@@ -24,7 +24,6 @@ import argparse
 import csv
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from cleannet_core.probe import Probe
 from cleannet_core.robust import DELTA, RobustScore, fit_weights
 
 from .demo_session import answer_next
-from .lead_view import template
+from .lead_view import copy_template, template
 from .report import config_of, write_json
 
 DEV, TEST = range(0, 6), range(100, 106)
@@ -108,19 +107,17 @@ def choices(store: Store, clean: dict[str, str], k: int, verdicts: int, seed: in
     out = []
     for name, inf in (metrics.get("verdict_influence") or {}).items():
         c = names.index(name)
-        out.append({"seed": seed, "verdicts": verdicts, "class": name, "moved_share": inf["moved"] / max(inf["flagged"], 1),
+        out.append({"seed": seed, "verdicts": verdicts, "class": name,
+                    "moved_share": inf["moved"] / max(inf["flagged"], 1),
                     "gain_stay": gain(a, next_k(c), truth, population), "gain_switch": g_switch,
                     "switch_to": names[switch]})
     return out
 
 
 def session(seed: int, base: Path, state: Path, n: int, k: int, clean: dict[str, str]) -> list[dict]:
-    if state.exists():
-        shutil.rmtree(state)
-    shutil.copytree(base, state)
     rng = random.Random(seed)
     rows = []
-    with Store(state / "annotator.db") as store:
+    with Store(copy_template(base, state)) as store:
         names = sorted(c["name"] for c in store.classes())
         store.set_verify(names, False)
         store.set_verify(sorted(rng.sample(names, 5)), True)
@@ -140,10 +137,13 @@ def agreement(rows: list[dict], share: float) -> dict:
     s = float(wins[stop].mean()) if stop.any() else None
     g = float((~wins[~stop]).mean()) if (~stop).any() else None
     parts = [v for v in (s, g) if v is not None]
+
+    def mean_when_stopped(key: str) -> float | None:
+        return float(np.mean([r[key] for r, st in zip(rows, stop) if st])) if stop.any() else None
     return {"share": share, "stopped": int(stop.sum()), "rows": len(rows), "switch_wins_when_stopped": s,
             "stay_wins_when_going": g, "balanced": float(np.mean(parts)) if parts else None,
-            "gain_stay_when_stopped": float(np.mean([r["gain_stay"] for r, st in zip(rows, stop) if st])) if stop.any() else None,
-            "gain_switch_when_stopped": float(np.mean([r["gain_switch"] for r, st in zip(rows, stop) if st])) if stop.any() else None}
+            "gain_stay_when_stopped": mean_when_stopped("gain_stay"),
+            "gain_switch_when_stopped": mean_when_stopped("gain_switch")}
 
 
 def main(argv=None) -> dict:
