@@ -201,8 +201,9 @@ def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarra
     """Probe -> noise model -> weights fitted on the verdicts -> every image's score.
 
     features (N, d), labels and folds (N,) ints; verified_idx (M,) rows with verdicts, oldest first, verified_ok
-    (M,) bool (True = label correct); fit_rows (N,) bool: the images the probe and the noise model learn from (default all); probe:
-    one fitted on these very features, labels and folds (it does not depend on the verdicts), else it is fitted.
+    (M,) bool (True = label correct); fit_rows (N,) bool: the images the probe and the noise model learn from
+    (default all); probe: one fitted on these very features, labels and folds (it does not depend on the
+    verdicts), else it is fitted.
     progress: called with the fraction done, the probe's training being the first PROBE_SHARE of it."""
     rows = np.ones(len(labels), bool) if fit_rows is None else np.asarray(fit_rows, bool)
     sub = slice(None) if rows.all() else rows
