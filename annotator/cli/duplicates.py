@@ -8,8 +8,8 @@ import json
 
 import click
 
-from .cli_common import open_store, round_config
-from .store import StoreError
+from .common import open_store, round_config
+from ..store import StoreError
 
 
 @click.command()
@@ -32,8 +32,8 @@ def duplicates(ctx, as_json, class_name, conflicts, limit, outliers, recompute) 
     """
     from tqdm import tqdm
 
-    from .duplicates import groups, refresh
-    from .progress import TqdmReport
+    from ..duplicates import groups, refresh
+    from ..progress import TqdmReport
     store = open_store(ctx)
     try:
         class_id = store.class_id(class_name) if class_name else None

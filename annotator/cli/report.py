@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import open_store
+from .common import open_store
 
 
 @click.command()
@@ -20,10 +20,10 @@ def report(ctx, as_json, out) -> None:
 
     Example: annotator report --out report.html
     """
-    from .estimates import standing
-    from .report import summary_rows
-    from .export import ExportRefused
-    from .report import write_html
+    from ..estimates import standing
+    from ..report import summary_rows
+    from ..export import ExportRefused
+    from ..report import write_html
     store = open_store(ctx)
     s = standing(store)
     if out is not None:
