@@ -15,7 +15,9 @@ from cleannet_core.alternate import AlternateConfig, RoundResult, train_alternat
 from cleannet_core.features import load_imagenet_weights
 from cleannet_core.train import TrainConfig
 
-from . import artifacts, pipeline
+from . import artifacts
+from .backbone import classifier_config, load_data, pick_image_size
+from .pipeline import verdict_split
 from .round_config import RoundConfig
 from .round_types import Data, VerdictSplit
 from .store import Store
@@ -31,12 +33,12 @@ class TrainedClassifier:
 
 def _project_data(store: Store) -> tuple[Data, VerdictSplit]:
     """The project's readable images and its verdicts split for training; ValueError when it cannot train."""
-    data = pipeline.load_data(store)
+    data = load_data(store)
     if len(data.ids) == 0:
         raise ValueError("no images: ingest some first")
     if len(data.class_ids) < 2:
         raise ValueError("need at least two classes to train a classifier")
-    return data, pipeline.verdict_split(store, data)
+    return data, verdict_split(store, data)
 
 
 def train_weighted_classifier(store: Store, cfg: RoundConfig, *, rounds: int = 1, weights: str = "soft",
@@ -56,13 +58,12 @@ def train_weighted_classifier(store: Store, cfg: RoundConfig, *, rounds: int = 1
     n_verdicts, max_verdict = split.n, store.max_verdict_id()
     if n_verdicts == 0:
         warn("no live verdicts; CleanNet trains without supervision")
-    size = pipeline.pick_image_size(store, cfg, n_images=len(data.ids))
+    size = pick_image_size(store, cfg, n_images=len(data.ids))
     init_state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
     say(message)
     acfg = AlternateConfig(
         rounds=rounds, weights=weights, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
-        classifier=pipeline.classifier_config(cfg, image_size=size, n_images=len(data.ids),
-                                              num_workers=num_workers),
+        classifier=classifier_config(cfg, image_size=size, n_images=len(data.ids), num_workers=num_workers),
         cleannet=TrainConfig.shortened(cfg.steps),
         cache_dir=artifacts.features_dir(store),
         checkpoint_dir=artifacts.classifiers_dir(store) / "resume")  # an interrupted run resumes
