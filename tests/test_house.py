@@ -1,5 +1,6 @@
 """The code's shape: no import cycle among the modules of annotator/ and cleannet_core/ (imports under
-TYPE_CHECKING and inside functions count too)."""
+TYPE_CHECKING and inside functions count too), and no function there over MAX_LINES lines unless its docstring
+says why ("Long because: ...")."""
 from __future__ import annotations
 
 import ast
@@ -7,6 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("annotator", "cleannet_core")
+MAX_LINES = 60  # a function's def line to the last line of its body
+REASON = "Long because:"
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -81,3 +84,35 @@ def test_the_cycle_check_can_fail(tmp_path):
     assert graph["annotator.a"] == {"annotator.sub.b"} and graph["annotator.sub.b"] == {"annotator.a"}
     assert sorted(map(tuple, cycles(graph))) == [("annotator.a", "annotator.sub.b", "annotator.a"),
                                                  ("annotator.c", "annotator.d", "annotator.c")]
+
+
+def long_functions(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[str]:
+    """`path:line name (n lines)` of each function (methods and nested ones too) over MAX_LINES lines whose
+    docstring does not state a reason with REASON."""
+    found = []
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_LINES and REASON not in (ast.get_docstring(node) or ""):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_long_function_without_a_reason():
+    assert not long_functions(REPO), long_functions(REPO)
+
+
+def test_the_length_check_can_fail(tmp_path):
+    """61 lines fail, 60 lines pass, and so does a long function whose docstring says why."""
+    (tmp_path / "annotator").mkdir()
+    (tmp_path / "cleannet_core").mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(59))
+    (tmp_path / "annotator" / "a.py").write_text(f"def sixty():\n{body}\n\nclass A:\n    def long(self):\n"
+                                                 + "".join(f"    {line}\n" for line in body.splitlines())
+                                                 + "        return 1\n")
+    (tmp_path / "cleannet_core" / "b.py").write_text(f'def reasoned():\n    """Long because: one table."""\n{body}'
+                                                     f"    return 1\n")
+    assert long_functions(tmp_path) == ["annotator/a.py:64 long (61 lines)"]
