@@ -104,7 +104,7 @@ def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, repor
         if model is None and not info.dim:
             model = load_backbone_artifact(info)
         dim = info.dim or model.num_features
-        cache = FeatureCache(features_dir(store), f"{info.id}-{info.image_size}px", dim)
+        cache = FeatureCache.for_backbone(features_dir(store), info.id, info.image_size, dim)
         cached_before = int(cache.contains(data.keys).sum())  # every rank reads the index before anyone writes
         _barrier(world)
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from cleannet_core.metrics import auroc
 
+from .export import threshold_in_force
 from .store import Store
 
 Z = 1.96  # two-sided 95 %
@@ -314,14 +315,6 @@ def effort_curve(models: list[dict]) -> list[dict]:
                     "expected_wrong_left": metrics.get("expected_wrong_left"),
                     "kind": metrics.get("noise_rate_kind", "flagged")})
     return out
-
-
-def threshold_in_force(store: Store, model: dict | None) -> float | None:
-    """The score threshold in force: the lead's ``delta_override``, else the current model's delta."""
-    override = store.get_setting("delta_override")
-    if override is not None:
-        return float(override)
-    return float(model["delta"]) if model and model.get("delta") is not None else None
 
 
 def standing(store: Store) -> dict:

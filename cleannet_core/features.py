@@ -116,6 +116,12 @@ class FeatureCache:
         self._shards: list[np.ndarray] = []       # mmap'd (n_s, D) float16
         self._offsets = [0]                       # global row of each shard's first row, plus the total
 
+    @classmethod
+    def for_backbone(cls, root: str | Path, backbone_id: str, image_size: int, dim: int) -> "FeatureCache":
+        """The cache of one backbone's features at one input size: root/<backbone_id>-<image_size>px/ (the
+        crop size changes the features)."""
+        return cls(root, f"{backbone_id}-{image_size}px", dim)
+
     def _load(self) -> dict[str, int]:
         if self._index is not None:
             return self._index
@@ -279,8 +285,8 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
 
     keys (N,): the images' content keys (blake2b-128 of the bytes, as `annotator` stores them at ingest). Given
     keys, cached images are never opened; without them every file is read and hashed first. `model` may be a
-    zero-argument callable (then `dim` is required), loaded only if some image is not cached. Cache namespace is
-    cache_dir/<backbone_id>-<image_size>px (the crop size changes the features). Missing, empty, changed or
+    zero-argument callable (then `dim` is required), loaded only if some image is not cached. The cache is
+    FeatureCache.for_backbone(cache_dir, backbone_id, image_size). Missing, empty, changed or
     undecodable files are reported in `errors` with readable=False; they never abort the run.
     """
     paths = [str(p) for p in paths]
@@ -290,7 +296,7 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
         if not isinstance(model, nn.Module):
             raise ValueError("dim is required when model is a loader")
         dim = model.num_features
-    cache = FeatureCache(cache_dir, f"{backbone_id}-{image_size}px", dim)
+    cache = FeatureCache.for_backbone(cache_dir, backbone_id, image_size, dim)
     readable = np.array([not r for r in reasons], bool)
     feats = np.zeros((n, dim), dtype)
     if readable.all():

@@ -82,7 +82,7 @@ def planted_store(path):
             "e": dog + 0.2 * cat}
     feats = np.stack([base[k] + 0.001 * rng.random(DIM) for k in "abcde"]).astype(np.float16)
     size = RoundConfig().image_size or 224
-    cache = FeatureCache(path.parent / "features", f"planted-{size}px", DIM)
+    cache = FeatureCache.for_backbone(path.parent / "features", "planted", size, DIM)
     cache.add(list("abcde"), feats)
     (path.parent / "backbone.pt").write_bytes(b"")  # never loaded: every image is cached
     cfg = RoundConfig()

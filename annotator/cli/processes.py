@@ -68,6 +68,6 @@ def serve(ctx, port, host, trusted_proxies) -> None:
 
     Example: annotator --db ~/birds/annotator.db serve --port 8502 --trusted-proxy 127.0.0.1
     """
-    from ..demo import serve as serve_app
+    from ..server import serve as serve_app
     open_store(ctx).close()
     serve_app(ctx.obj["db"], port=port, host=host, trusted_proxies=trusted_proxies)
