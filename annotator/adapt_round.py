@@ -28,7 +28,8 @@ from cleannet_core.classifier import resolve_device
 from cleannet_core.features import load_imagenet_weights
 
 from .artifacts import BackboneInfo, current_backbone, save_adapted_artifact, save_scorer_artifact
-from .pipeline import load_data, round_metrics, verdict_split
+from .backbone import load_data
+from .pipeline import round_metrics, verdict_split
 from .publish import publish_scores
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet

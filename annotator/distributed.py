@@ -10,24 +10,32 @@ from position rank. Each rank extracts on its own device (cuda:LOCAL_RANK when C
 backend nccl or gloo) and writes its own cache shards, so ranks never coordinate writes; a shard every
 `flush_rows` images bounds what a killed rank loses, and a rerun re-shards only what is still missing. Rank 0
 prepares the backbone first (others wait at a barrier), gathers the unreadable files into the store and
-reports progress and totals; the other ranks only read the database.
+reports progress and totals; the other ranks only read the database. `torchrun_extract` launches such a job
+from a round (cfg.extract_procs > 1).
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from cleannet_core.features import SHARD_ROWS, FeatureCache, fill_cache
 
-from . import pipeline
 from .artifacts import features_dir, load_backbone_artifact
+from .backbone import ensure_backbone, load_data
 from .round_config import RoundConfig
+from .round_types import Report
 from .store import Store
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (images done by a rank, its share)
 
 
@@ -59,12 +67,24 @@ def pick_device(setting: str, local_rank: int, *, cuda: bool) -> tuple[str, str]
     return device, "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, report: pipeline.Report | None = None,
+def torchrun_extract(store: Store, procs: int) -> None:
+    """`torchrun --standalone --nproc-per-node=procs -m annotator --db <store> extract` in a child process: the
+    missing features land in the cache, where pipeline.features finds them. Raises RuntimeError when it fails."""
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+    cmd += ["--standalone", f"--nproc-per-node={procs}", "-m", "annotator", "--db", str(store.path), "extract"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"torchrun extraction failed (exit {res.returncode}): {res.stderr.strip()[-2000:]}")
+    log.info("torchrun extraction: %s", res.stdout.strip()[-500:])
+
+
+def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, report: Report | None = None,
             batch_size: int | None = None, num_workers: int = 2, flush_rows: int | None = None,
             progress: Progress | None = None, on_rank_progress: Progress | None = None) -> ExtractTotals:
     """Fill the feature cache for every image of `store`, as this process's share of a torchrun job (or all
     of it when run alone). Rank 0 prepares the backbone (`new_backbone`: a new one, see
-    pipeline.ensure_backbone; `report` gets its progress). `progress` follows rank 0's share; `on_rank_progress`
+    backbone.ensure_backbone; `report` gets its progress). `progress` follows rank 0's share; `on_rank_progress`
     is called on every rank after each batch. Returns the job's totals (the same on every rank)."""
     rank, world, local_rank = world_from_env()
     device, backend = pick_device(cfg.device, local_rank, cuda=torch.cuda.is_available())
@@ -74,17 +94,17 @@ def extract(store: Store, cfg: RoundConfig, *, new_backbone: bool = False, repor
             torch.cuda.set_device(device)
         dist.init_process_group(backend, device_id=torch.device(device) if on_cuda else None)
     try:
-        data = pipeline.load_data(store)
+        data = load_data(store)
         if rank == 0:  # may train or save a backbone: once, before anyone looks for it
-            model, info = pipeline.ensure_backbone(store, data, cfg, report or (lambda *a: None), new=new_backbone,
+            model, info = ensure_backbone(store, data, cfg, report or (lambda *a: None), new=new_backbone,
                                                    load=False)
         _barrier(world)
         if rank != 0:
-            model, info = pipeline.ensure_backbone(store, data, cfg, load=False)
+            model, info = ensure_backbone(store, data, cfg, load=False)
         if model is None and not info.dim:
             model = load_backbone_artifact(info)
         dim = info.dim or model.num_features
-        cache = FeatureCache(features_dir(store), f"{info.id}-{info.image_size}px", dim)
+        cache = FeatureCache.for_backbone(features_dir(store), info.id, info.image_size, dim)
         cached_before = int(cache.contains(data.keys).sum())  # every rank reads the index before anyone writes
         _barrier(world)
 

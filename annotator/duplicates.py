@@ -23,7 +23,8 @@ import numpy as np
 
 from cleannet_core.duplicates import GroupConfig, Progress, components, hash_pairs, outlier_scores, similar_pairs
 
-from .pipeline import ensure_backbone, features, load_data
+from .backbone import ensure_backbone, load_data
+from .pipeline import features
 from .round_config import RoundConfig
 from .round_types import Data, Report, quiet
 from .store import Store

@@ -42,6 +42,7 @@ import numpy as np
 
 from cleannet_core.metrics import auroc
 
+from .export import threshold_in_force
 from .store import Store
 
 Z = 1.96  # two-sided 95 %
@@ -334,14 +335,6 @@ def stopping(metrics: dict, verified: list[str]) -> list[dict]:
                     "stop": row["moved"] < STOP_SHARE * max(row["flagged"], 1) if row else None,
                     "signal": influence is not None})
     return out
-
-
-def threshold_in_force(store: Store, model: dict | None) -> float | None:
-    """The score threshold in force: the lead's ``delta_override``, else the current model's delta."""
-    override = store.get_setting("delta_override")
-    if override is not None:
-        return float(override)
-    return float(model["delta"]) if model and model.get("delta") is not None else None
 
 
 def standing(store: Store) -> dict:

@@ -8,8 +8,9 @@ One row per image (duplicates included), by image id. Two formats (``FORMATS``):
 - ``train`` (``TRAIN_COLUMNS``: path, label, weight): only the rows to keep, with ``final_label`` as
   the label and ``w_soft`` as the weight; what a training script reads.
 
-The decision (``decide``), where threshold = the ``threshold`` argument, else the ``delta_override``
-setting, else the current model's ``delta``:
+The decision (``decide``), where threshold = the ``threshold`` argument, else the one in force
+(``threshold_in_force``: the ``delta_override`` setting, else the current model's ``delta``; the pages and
+``annotator.estimates`` use it too):
 
   ===========================  ===================  ==============  ==========  ==============
   latest live verdict          final_label          decided_by      keep        w_soft
@@ -118,6 +119,14 @@ def _iso(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def threshold_in_force(store: Store, model: dict | None) -> float | None:
+    """The score threshold in force: the lead's ``delta_override``, else the current model's delta."""
+    override = store.get_setting("delta_override")
+    if override is not None:
+        return float(override)
+    return float(model["delta"]) if model and model.get("delta") is not None else None
+
+
 def decide(label: str, verdict: str | None, corrected: str | None, score: float | None,
            threshold: float | None) -> tuple[str | None, str, float]:
     """-> (final_label or None to drop, decided_by, w_soft) of one image (the table in the module docstring)."""
@@ -135,9 +144,7 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt
     model = store.current_model()
     version = model["version"] if model else None
     if threshold is None:
-        threshold = store.get_setting("delta_override")
-    if threshold is None and model is not None:
-        threshold = model["delta"]
+        threshold = threshold_in_force(store, model)
     names: dict[str | None, str] = {}  # class name -> escaped cell; few distinct names, escaped once
     for (_, path, label, verdict, corrected, annotator, at, score, suggested, suggested_score, group,
          outlier) in store.export_rows(version, page=page):

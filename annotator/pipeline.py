@@ -1,27 +1,23 @@
 """One retraining round: images -> features -> references -> scoring model -> scores -> new current model.
 
 The worker runs `run_round` whenever enough verdicts arrived or a lead asked; the CLI runs its phases one by
-one (`extract`, `train`, `score`). Heavy lifting is in `cleannet_core`; SQL is in `annotator.store`; every
-model file is written and registered by `annotator.artifacts`; the settings are `round_config.RoundConfig`; a
-new version's scores are published by `annotator.publish`.
+one (`extract`, `train`, `score`). The images and the backbone come from `annotator.backbone`, features
+extracted by torchrun processes from `annotator.distributed`. Heavy lifting is in `cleannet_core`; SQL is in
+`annotator.store`; every model file is written and registered by `annotator.artifacts`; the settings are
+`round_config.RoundConfig`; a new version's scores are published by `annotator.publish`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import pickle
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from cleannet_core.alternate import round_weights, training_weights
-from cleannet_core.classifier import (LITE_ARCHS, Backbone, ClassifierConfig, is_small, resolve_device,
-                                      train_classifier)
-from cleannet_core.features import extract_features, load_imagenet_weights
+from cleannet_core.classifier import Backbone, resolve_device
+from cleannet_core.features import extract_features
 from cleannet_core import scoring
 from cleannet_core.metrics import detection_report
 from cleannet_core.probe import ProbeConfig
@@ -29,123 +25,16 @@ from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.registry import spec
 from cleannet_core.train import TrainConfig
 
-from .artifacts import (BackboneInfo, adapted_probs, current_backbone, features_dir, load_backbone_artifact,
-                        load_scorer, save_backbone_artifact, save_scorer_artifact)
+from .artifacts import (BackboneInfo, adapted_probs, features_dir, load_backbone_artifact, load_scorer,
+                        save_scorer_artifact)
+from .backbone import ensure_backbone, load_data
+from .distributed import torchrun_extract
 from .publish import is_calibrated, publish_scores
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
 from .store import Store
 
 log = logging.getLogger(__name__)
-def classifier_config(cfg: RoundConfig, *, image_size: int, n_images: int, **kw) -> ClassifierConfig:
-    """The backbone/classifier training settings of a round for n_images images of image_size px."""
-    return ClassifierConfig(arch=cfg.arch, epochs=cfg.backbone_epochs, image_size=image_size, lr=cfg.backbone_lr,
-                            batch_size=min(128, max(8, n_images // 8)), **kw)
-
-
-def load_data(store: Store) -> Data:
-    classes = sorted(store.classes(), key=lambda c: c["id"])
-    class_ids = np.array([c["id"] for c in classes], dtype=np.int64)
-    pos = {cid: i for i, cid in enumerate(class_ids)}
-    ids, paths, keys, labels = [], [], [], []
-    for row in store.iter_images():
-        if row["status"] == "ok":
-            ids.append(row["id"])
-            paths.append(row["path"])
-            keys.append(row["hash"])
-            labels.append(pos[row["label_id"]])
-    return Data(np.array(ids, dtype=np.int64), paths, keys, np.array(labels, dtype=np.int64), class_ids,
-                [c["name"] for c in classes])
-
-
-UPSCALE_224_FROM = 20_000  # images: from here small images go to Lite0 at 224 px rather than 128
-
-
-def pick_image_size(store: Store, cfg: RoundConfig, *, n_images: int) -> int:
-    """cfg.image_size, or by the median side of the first 500 images: small images (<= 64 px) go to a ResNet at
-    32 px and to Lite0 upscaled, to 128 px below UPSCALE_224_FROM images (the first model within a minute on a
-    CPU) and to 224 px from there (ranks better, at about 5 x the extraction time on a CPU; benchmarks/README.md,
-    "Probe epochs and input size"); larger images 224 px."""
-    if cfg.image_size:
-        return cfg.image_size
-    sizes = [min(r["width"], r["height"]) for r, _ in zip(store.iter_images(), range(500)) if r["width"]]
-    if sizes and float(np.median(sizes)) <= 64:
-        if cfg.arch not in LITE_ARCHS:
-            return 32
-        return 224 if n_images >= UPSCALE_224_FROM else 128
-    return 224
-
-
-def ensure_backbone(store: Store, data: Data, cfg: RoundConfig, report: Report = quiet, *,
-                    new: bool = False, retrain_weights: np.ndarray | None = None,
-                    load: bool = True) -> tuple[Backbone | None, BackboneInfo]:
-    """The backbone whose features feed the scoring model, and where its weights came from.
-
-    Precedence, said in a report every time (phase 'features'; 'backbone' only while one trains): the
-    project's stored backbone (features and the current model depend on it) while it has one head per class
-    and matches the round's arch, kind (cfg.backbone) and input size; else, or with `new`, by cfg.backbone:
-    `pretrained` ImageNet weights as they are (cfg.weights_path, which raises when it cannot be loaded, else
-    the installed Lite0 package or the torch cache; never downloaded), `finetuned` those weights trained on the
-    noisy labels (the paper's recipe, spec §1), `noisy` a backbone trained from scratch on them. Without
-    ImageNet weights offline the first two train from scratch too, with a warning. `retrain_weights` (N,)
-    retrains the stored backbone on the noisy labels with those per-sample weights (full round, spec §6); the
-    result is registered with the stored one as its parent.
-    load=False returns (None, info) when the stored backbone is reused: `features` loads it only if an image
-    is not cached yet.
-    """
-    stored = current_backbone(store)
-    size = pick_image_size(store, cfg, n_images=len(data.ids))
-    if stored and stored.num_classes != len(data.class_ids):
-        report("features", 0.0, f"the stored backbone has {stored.num_classes} classes, the project "
-                                f"{len(data.class_ids)}: building a new one")
-        stored = None
-    if stored and retrain_weights is None and (stored.arch, stored.kind, stored.image_size) != (
-            cfg.arch, cfg.backbone, size):
-        report("features", 0.0, f"the round asks for a {cfg.backbone} {cfg.arch} at {size} px, the stored "
-                                f"backbone is a {stored.kind} {stored.arch} at {stored.image_size} px: building "
-                                f"a new one")
-        new = True
-    if stored and not new and retrain_weights is None:
-        unused = f"; weights_path {cfg.weights_path} applies to a new backbone only" if cfg.weights_path else ""
-        report("features", 0.0, f"using the project's backbone ({stored.source}){unused}")
-        return (load_backbone_artifact(stored) if load or not stored.dim else None), stored
-    init_state, parent, kind = None, None, cfg.backbone
-    if retrain_weights is not None and stored:
-        init_state, parent, kind = load_backbone_artifact(stored).state_dict(), stored.id, stored.kind
-        source = "retrained on the noisy labels with w_soft weights"
-    elif cfg.backbone == "noisy":
-        source = "trained from scratch on the noisy labels"
-    else:
-        state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
-        report("features", 0.0, message)
-        if state is not None and cfg.backbone == "pretrained":
-            model = Backbone(cfg.arch, len(data.class_ids), small_input=is_small(size))
-            model.load_pretrained(state)
-            return model.eval(), _save_backbone(store, model.eval(), data, f"ImageNet ({message})", size, kind,
-                                                weights=cfg.weights_path)
-        if state is not None:
-            init_state, source = state, f"ImageNet, fine-tuned on the noisy labels ({message})"
-        else:
-            log.warning(message)
-            source = "trained on the noisy labels (no ImageNet weights available offline)"
-    ccfg = classifier_config(cfg, image_size=size, n_images=len(data.ids))
-    report("backbone", 0.0, f"training the {cfg.arch} backbone on {len(data.ids)} images ({ccfg.epochs} epochs)")
-
-    def on_epoch(epoch: int, _model: Backbone, stats: dict) -> None:
-        report("backbone", epoch / ccfg.epochs,
-               f"backbone epoch {epoch}/{ccfg.epochs}: train accuracy {stats['train_acc']:.3f} on the noisy labels")
-
-    model = train_classifier(data.paths, data.labels, len(data.class_ids), sample_weights=retrain_weights,
-                             config=ccfg, init_state=init_state, device=cfg.device, progress=False,
-                             on_epoch=on_epoch)
-    provenance = {"parent": parent, "max_verdict_id": store.max_verdict_id() if retrain_weights is not None else None}
-    return model, _save_backbone(store, model, data, source, size, kind, **provenance)
-
-
-def _save_backbone(store: Store, model: Backbone, data: Data, source: str, size: int, kind: str,
-                   **provenance) -> BackboneInfo:
-    return save_backbone_artifact(store, model, class_names=data.class_names, source=source, image_size=size,
-                                  kind=kind, provenance={"n_images": len(data.ids)} | provenance)
 
 
 def features(store: Store, data: Data, model: Backbone | None, info: BackboneInfo, cfg: RoundConfig, *,
@@ -169,18 +58,6 @@ def features(store: Store, data: Data, model: Backbone | None, info: BackboneInf
         store.add_ingest_errors({"source": "features", "path": p, "reason": r} for p, r in res.errors)
         log.warning("%d images could not be read for features", len(res.errors))
     return res.features, res.readable
-
-
-def torchrun_extract(store: Store, procs: int) -> None:
-    """`torchrun --standalone --nproc-per-node=procs -m annotator --db <store> extract` in a child process: the
-    missing features land in the cache, where `features` finds them. Raises RuntimeError when it fails."""
-    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
-    cmd += ["--standalone", f"--nproc-per-node={procs}", "-m", "annotator", "--db", str(store.path), "extract"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"torchrun extraction failed (exit {res.returncode}): {res.stderr.strip()[-2000:]}")
-    log.info("torchrun extraction: %s", res.stdout.strip()[-500:])
 
 
 def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> VerdictSplit:

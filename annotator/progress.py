@@ -19,7 +19,13 @@ from .store import Store
 PHASE_WEIGHTS = {"backbone": 0.45, "features": 0.25, "references": 0.05, "training": 0.15, "scoring": 0.03,
                  "writing": 0.07}
 PHASES = tuple(PHASE_WEIGHTS)
-BUSY_AFTER_S = 30.0  # a heartbeat older than this means the worker is not running
+ALIVE_S = 30.0  # a worker whose heartbeat is older than this is not running (it writes one every few seconds)
+
+
+def heartbeat_fresh(age_s: float | None) -> bool:
+    """Whether a worker heartbeat `age_s` seconds old (None: never written) says the worker is running; the
+    dashboard, `annotator status` and a second worker starting on the same database all go by this."""
+    return age_s is not None and age_s <= ALIVE_S
 
 
 @dataclass
@@ -86,7 +92,7 @@ def worker_status(store: Store, *, now: float | None = None) -> dict:
     now = time.time() if now is None else now
     w = store.worker_state()
     age = w["heartbeat_age_s"]
-    running = age is not None and age <= BUSY_AFTER_S and w["phase"] != "stopped"
+    running = heartbeat_fresh(age) and w["phase"] != "stopped"
     in_round = running and w.get("overall") is not None  # the worker clears it between rounds
     eta = w.get("eta_at")
     return {"running": running, "pid": w["pid"] if running else None, "phase": w["phase"],

@@ -39,7 +39,7 @@ class RoundConfig:
                                        # noisy: trained from scratch on the noisy labels
     image_size: int = 0                # input size; 0 = auto: small images (<= 64 px) 32 px on a ResNet and on
                                        # Lite0 128 px below 20,000 images, 224 from there
-                                       # (pipeline.pick_image_size); larger images 224
+                                       # (backbone.pick_image_size); larger images 224
     backbone_epochs: int = 10          # epochs when the backbone is trained on the noisy labels
     backbone_lr: float = 0.02          # its peak LR (0.1 diverged in the first epoch on a few thousand images)
     weights_path: str | None = None    # local ImageNet weights file for a new backbone (else the torch cache)

@@ -33,7 +33,7 @@ from .adapt_round import record_failure as record_adapt_failure
 from .adapt_round import run_adapt_round
 from .duplicates import refresh as refresh_duplicates
 from .pipeline import run_round
-from .progress import RoundProgress, next_round
+from .progress import RoundProgress, heartbeat_fresh, next_round
 from .round_config import BadRoundConfig, RoundConfig, load_round_config
 from .round_types import Report
 from .store import Store
@@ -111,8 +111,8 @@ def _adapt_if_due(store: Store, overrides: dict | None) -> str | None:
 def _claim(store: Store) -> Store:
     """Mark the worker row as this process's; RuntimeError when another live worker holds it."""
     other = store.worker_state()
-    if other["pid"] and other["pid"] != os.getpid() and _alive(other["pid"]) and (
-            other["heartbeat_age_s"] or 1e9) < 5 * HEARTBEAT_S:
+    if other["pid"] and other["pid"] != os.getpid() and _alive(other["pid"]) and heartbeat_fresh(
+            other["heartbeat_age_s"]):
         store.close()
         raise RuntimeError(f"another worker (pid {other['pid']}) is running on this database")
     store.worker_update(pid=os.getpid(), message="worker started", **IDLE)

@@ -47,7 +47,7 @@ def plant_copies(db: Path, n: int, dim: int, *, seed: int = 1) -> set[tuple[int,
     m = int(n * COPY_SHARE)
     src = np.sort(rng.choice(n, m, replace=False))
     store = Store(db)
-    cache = FeatureCache(db.parent / "features", f"{BACKBONE_ID}-{IMAGE_SIZE}px", dim)
+    cache = FeatureCache.for_backbone(db.parent / "features", BACKBONE_ID, IMAGE_SIZE, dim)
     _, feats = cache.lookup([synthetic.image_key(int(i)) for i in src])
     x = feats.astype(np.float32)
     noise = rng.normal(0, 1, x.shape).astype(np.float32)
@@ -97,7 +97,7 @@ def _refresh(db: str, out: mp.Queue) -> None:
 
 def baseline(db: Path, n: int, dim: int) -> dict:
     """Exact pairs against the index's on the first n images' features (same threads as the worker)."""
-    cache = FeatureCache(db.parent / "features", f"{BACKBONE_ID}-{IMAGE_SIZE}px", dim)
+    cache = FeatureCache.for_backbone(db.parent / "features", BACKBONE_ID, IMAGE_SIZE, dim)
     _, feats = cache.lookup([synthetic.image_key(i) for i in range(n)])
     x = feats.copy()
     rng = np.random.default_rng(2)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from annotator import pipeline
+from annotator import backbone, pipeline
 from annotator.artifacts import load_scorer
 from annotator.ingest import ingest_csv
 from annotator.queue import next_items
@@ -259,7 +259,7 @@ def settings() -> dict:
             "robust": {"signals": list(robust.SIGNALS), "prior_w": list(robust.PRIOR_W), "prior_b": robust.PRIOR_B,
                        "strength": robust.STRENGTH, "delta": robust.DELTA,
                        "noise_model": {"anchor_percentile": 97.0, "em_iterations": 100, "top_k": 16}},
-            "image_size": f"{pipeline.UPSCALE_224_FROM} images and more: 224 px, else 128 px (small images)",
+            "image_size": f"{backbone.UPSCALE_224_FROM} images and more: 224 px, else 128 px (small images)",
             "queue": {"audit_share": 0.2, "retrain_every": 50}, "levels": list(LEVELS),
             "chosen_on": "dev cases only (benchmarks/robust_prior.py, the emulated sessions of the dev cases)"}
 

@@ -60,7 +60,7 @@ def build_store(path: Path, n: int, classes: int, dim: int, *, verdicts: int, fe
     synthetic.add_images(store, noisy, names, cids, root="/nowhere", width=256, height=256)
     times = {"images_s": time.perf_counter() - t0}
     t = time.perf_counter()
-    cache = FeatureCache(path.parent / "features", f"{BACKBONE_ID}-{IMAGE_SIZE}px", dim)
+    cache = FeatureCache.for_backbone(path.parent / "features", BACKBONE_ID, IMAGE_SIZE, dim)
     protos = rng.gamma(1.0, 1.0, (classes, dim)).astype(np.float32)
     for start in range(0, n if features else 0, 65_536):         # features keyed by the ingest hashes
         sl = slice(start, min(start + 65_536, n))

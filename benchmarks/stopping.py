@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator import pipeline
+from annotator import backbone, pipeline
 from annotator.artifacts import load_scorer
 from annotator.demo import DEMO
 from annotator.progress import next_round
@@ -63,9 +63,9 @@ def round_arrays(store: Store) -> dict:
     """The current robust model's inputs, as its round had them: labels, out-of-fold probabilities, weights,
     the verdicts it was fitted on (rows, correct) and its scores."""
     cfg = load_round_config(store)
-    data = pipeline.load_data(store)
-    model, backbone = pipeline.ensure_backbone(store, data, cfg, load=False)
-    feats, readable = pipeline.features(store, data, model, backbone, cfg)
+    data = backbone.load_data(store)
+    model, info = backbone.ensure_backbone(store, data, cfg, load=False)
+    feats, readable = pipeline.features(store, data, model, info, cfg)
     ckpt = load_scorer(store.current_model()["checkpoint"])
     probs = Probe.from_state(ckpt["probe"]).predict(feats, scoring.folds_of(data.ids))
     split = pipeline.verdict_split(store, data, readable)

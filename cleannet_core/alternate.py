@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .classifier import Backbone, ClassifierConfig, predict, resolve_device, train_classifier
 from .features import backbone_id, extract_features
@@ -120,13 +121,7 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
     e.g. ImageNet weights every classifier trained from scratch starts from. report(message): phase messages.
     """
     cfg = config
-    if cfg.weights not in WEIGHT_MODES:
-        raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {cfg.weights!r}")
-    spec(cfg.method)  # UnknownMethod before any training
-    if cfg.normalize not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {cfg.normalize!r}")
-    if cfg.rounds < 0:
-        raise ValueError(f"rounds must be >= 0, got {cfg.rounds}")
+    _check(cfg)
     paths = [str(p) for p in paths]
     labels = np.asarray(labels, np.int64)
     verified_idx = np.asarray(verified_idx, np.int64)
@@ -160,24 +155,48 @@ def train_alternating(paths: Sequence[str | Path], labels: np.ndarray, num_class
         t = time.perf_counter()
         what = f"CleanNet ({cfg.cleannet.steps} steps" if cfg.method == "paper" else f"the {cfg.method} score ("
         say(f"round {r}: features, references and {what}, {len(verified_idx)} + {len(val_idx)} verdicts)")
-        feats, readable = _features(model, paths, cfg, progress)
-        refs, counts = build_references(feats[readable], labels[readable], num_classes,
-                                        config=KMeansConfig(k=cfg.num_ref, seed=cfg.cleannet.seed), device=dev)
-        data = RoundData(feats=feats, labels=labels, folds=np.arange(len(labels)) % ProbeConfig.folds,
-                         num_classes=num_classes, refs=refs, valid=counts > 0, readable=readable,
-                         train_idx=verified_idx, train_ok=verified_ok, val_idx=val_idx, val_ok=val_ok)
-        fitted = method(cfg.method).fit(data, device=dev, cleannet=cfg.cleannet)
-        sc, delta, best_step = fitted.scores, fitted.delta, fitted.best_step
-        val_acc = float(((sc.score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
-        w = round_weights(sc.score, delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,
-                          verified_ok=verified_ok, readable=readable)
-        results.append(RoundResult(round=r, score=sc.score, delta=delta, weights=w, val_accuracy=val_acc))
+        res, best_step = _score_round(r, model, paths, labels, num_classes, verified=(verified_idx, verified_ok),
+                                      val=(val_idx, val_ok), cfg=cfg, device=dev, progress=progress)
+        results.append(res)
         history.append({"round": r, "phase": "cleannet", "seconds": round(time.perf_counter() - t, 2),
-                        "delta": delta, "val_accuracy": val_acc, "best_step": best_step,
-                        "mean_weight": float(w.mean()), "flagged": float((sc.score < delta).mean())})
-        log.info("round %d: delta %.4f, val acc %s, mean weight %.3f", r, delta, val_acc, w.mean())
-        model = fit(r, training_weights(w, cfg.normalize), model if cfg.warm_start else None)
+                        "delta": res.delta, "val_accuracy": res.val_accuracy, "best_step": best_step,
+                        "mean_weight": float(res.weights.mean()), "flagged": float((res.score < res.delta).mean())})
+        log.info("round %d: delta %.4f, val acc %s, mean weight %.3f", r, res.delta, res.val_accuracy,
+                 res.weights.mean())
+        model = fit(r, training_weights(res.weights, cfg.normalize), model if cfg.warm_start else None)
     return AlternateResult(model=model, rounds=results, history=history)
+
+
+def _check(cfg: AlternateConfig) -> None:
+    """ValueError (UnknownMethod for the method) before any training when a setting is not one there is."""
+    if cfg.weights not in WEIGHT_MODES:
+        raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {cfg.weights!r}")
+    spec(cfg.method)
+    if cfg.normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {cfg.normalize!r}")
+    if cfg.rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {cfg.rounds}")
+
+
+def _score_round(r: int, model: Backbone, paths: list[str], labels: np.ndarray, num_classes: int, *,
+                 verified: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                 cfg: AlternateConfig, device: torch.device, progress: bool) -> tuple[RoundResult, int]:
+    """Round r's CleanNet pass: the features of `model`, K-means references, the score fitted on the `verified`
+    (indices, label correct) verdicts and validated on `val`, and the weights; with the method's best step."""
+    verified_idx, verified_ok = verified
+    val_idx, val_ok = val
+    feats, readable = _features(model, paths, cfg, progress)
+    refs, counts = build_references(feats[readable], labels[readable], num_classes,
+                                    config=KMeansConfig(k=cfg.num_ref, seed=cfg.cleannet.seed), device=device)
+    data = RoundData(feats=feats, labels=labels, folds=np.arange(len(labels)) % ProbeConfig.folds,
+                     num_classes=num_classes, refs=refs, valid=counts > 0, readable=readable,
+                     train_idx=verified_idx, train_ok=verified_ok, val_idx=val_idx, val_ok=val_ok)
+    fitted = method(cfg.method).fit(data, device=device, cleannet=cfg.cleannet)
+    score, delta = fitted.scores.score, fitted.delta
+    val_acc = float(((score[val_idx] >= delta) == val_ok).mean()) if len(val_idx) else None
+    w = round_weights(score, delta, cfg.weights, verified_idx=verified_idx if cfg.use_verdicts else None,
+                      verified_ok=verified_ok, readable=readable)
+    return RoundResult(round=r, score=score, delta=delta, weights=w, val_accuracy=val_acc), fitted.best_step
 
 
 def _features(model: Backbone, paths: list[str], cfg: AlternateConfig, progress: bool) -> tuple[np.ndarray, np.ndarray]:

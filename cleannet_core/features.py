@@ -116,6 +116,12 @@ class FeatureCache:
         self._shards: list[np.ndarray] = []       # mmap'd (n_s, D) float16
         self._offsets = [0]                       # global row of each shard's first row, plus the total
 
+    @classmethod
+    def for_backbone(cls, root: str | Path, backbone_id: str, image_size: int, dim: int) -> "FeatureCache":
+        """The cache of one backbone's features at one input size: root/<backbone_id>-<image_size>px/ (the
+        crop size changes the features)."""
+        return cls(root, f"{backbone_id}-{image_size}px", dim)
+
     def _load(self) -> dict[str, int]:
         if self._index is not None:
             return self._index
@@ -279,27 +285,18 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
 
     keys (N,): the images' content keys (blake2b-128 of the bytes, as `annotator` stores them at ingest). Given
     keys, cached images are never opened; without them every file is read and hashed first. `model` may be a
-    zero-argument callable (then `dim` is required), loaded only if some image is not cached. Cache namespace is
-    cache_dir/<backbone_id>-<image_size>px (the crop size changes the features). Missing, empty, changed or
+    zero-argument callable (then `dim` is required), loaded only if some image is not cached. The cache is
+    FeatureCache.for_backbone(cache_dir, backbone_id, image_size). Missing, empty, changed or
     undecodable files are reported in `errors` with readable=False; they never abort the run.
     """
     paths = [str(p) for p in paths]
     n = len(paths)
-    if keys is None:
-        with ThreadPoolExecutor(max_workers=8) as pool:  # file reads dominate on real disks; hashlib drops the GIL
-            hashed = list(tqdm(pool.map(_hash_or_error, paths, chunksize=256), total=n, desc="hashing",
-                               disable=not progress, leave=False))
-        keys = [k for k, _ in hashed]
-        reasons = [r for _, r in hashed]
-    else:
-        if len(keys) != n:
-            raise ValueError(f"{len(keys)} keys for {n} paths")
-        keys, reasons = list(keys), [""] * n
+    keys, reasons = _content_keys(paths, keys, progress=progress)
     if dim is None:
         if not isinstance(model, nn.Module):
             raise ValueError("dim is required when model is a loader")
         dim = model.num_features
-    cache = FeatureCache(cache_dir, f"{backbone_id}-{image_size}px", dim)
+    cache = FeatureCache.for_backbone(cache_dir, backbone_id, image_size, dim)
     readable = np.array([not r for r in reasons], bool)
     feats = np.zeros((n, dim), dtype)
     if readable.all():
@@ -308,33 +305,9 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
         hit = np.zeros(n, bool)
         sub = np.flatnonzero(readable)
         hit[sub], feats[sub] = cache.lookup([keys[i] for i in sub])
-
-    by_key: dict[str, list[int]] = {}  # content key -> positions needing it
-    for i in np.flatnonzero(readable & ~hit):
-        by_key.setdefault(keys[i], []).append(int(i))
-    n_extracted = 0
-    if by_key:
-        miss = [pos[0] for pos in by_key.values()]
-        bar = tqdm(total=len(miss), desc="features", disable=not progress, leave=False)
-
-        def take(positions: list[int], f: np.ndarray, errs: list[str]) -> None:
-            nonlocal n_extracted
-            for p, fj, e in zip(positions, f, errs):
-                for i in by_key[keys[p]]:
-                    feats[i], reasons[i] = fj, e
-                n_extracted += 0 if e else len(by_key[keys[p]])
-
-        def step(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-            if on_batch is not None:
-                on_batch(done, total)
-
-        fill_cache(model, [paths[i] for i in miss], [keys[i] for i in miss], cache=cache,
-                             image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device,
-                             decode=decode, progress=step,
-                             on_features=lambda pos, f, e: take([miss[j] for j in pos], f, e))
-        bar.close()
-
+    n_extracted = _extract_missing(model, paths, keys, readable & ~hit, cache=cache, feats=feats, reasons=reasons,
+                                   image_size=image_size, batch_size=batch_size, num_workers=num_workers,
+                                   device=device, decode=decode, progress=progress, on_batch=on_batch)
     readable = np.array([not r for r in reasons], bool)
     errors = [(paths[i], reasons[i]) for i in np.flatnonzero(~readable)]
     if errors:
@@ -343,3 +316,49 @@ def extract_features(model: Backbone | Callable[[], Backbone], paths: Sequence[s
     n_cached = int(hit.sum())
     log.info("features: %d cached, %d extracted, %d failed (cache %s)", n_cached, n_extracted, len(errors), cache.dir)
     return FeatureResult(features=feats, readable=readable, errors=errors, n_cached=n_cached, n_extracted=n_extracted)
+
+
+def _content_keys(paths: list[str], keys: Sequence[str] | None, *, progress: bool) -> tuple[list[str], list[str]]:
+    """(N,) content keys and (N,) reasons ('' = readable): the given keys, else every file read and hashed."""
+    if keys is None:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # file reads dominate on real disks; hashlib drops the GIL
+            hashed = list(tqdm(pool.map(_hash_or_error, paths, chunksize=256), total=len(paths), desc="hashing",
+                               disable=not progress, leave=False))
+        return [k for k, _ in hashed], [r for _, r in hashed]
+    if len(keys) != len(paths):
+        raise ValueError(f"{len(keys)} keys for {len(paths)} paths")
+    return list(keys), [""] * len(paths)
+
+
+def _extract_missing(model: Backbone | Callable[[], Backbone], paths: list[str], keys: list[str],
+                     missing: np.ndarray, *, cache: FeatureCache, feats: np.ndarray, reasons: list[str],
+                     image_size: int, batch_size: int | None, num_workers: int, device: str, decode: str,
+                     progress: bool, on_batch: Callable[[int, int], None] | None) -> int:
+    """Extract the rows `missing` (N,) bool into the cache, each distinct content once, and fill their rows of
+    feats (N, D) and reasons (N,) in place. Returns how many rows got features."""
+    by_key: dict[str, list[int]] = {}  # content key -> positions needing it
+    for i in np.flatnonzero(missing):
+        by_key.setdefault(keys[i], []).append(int(i))
+    if not by_key:
+        return 0
+    n_extracted = 0
+    miss = [pos[0] for pos in by_key.values()]
+    bar = tqdm(total=len(miss), desc="features", disable=not progress, leave=False)
+
+    def take(positions: list[int], f: np.ndarray, errs: list[str]) -> None:
+        nonlocal n_extracted
+        for p, fj, e in zip(positions, f, errs):
+            for i in by_key[keys[p]]:
+                feats[i], reasons[i] = fj, e
+            n_extracted += 0 if e else len(by_key[keys[p]])
+
+    def step(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+        if on_batch is not None:
+            on_batch(done, total)
+
+    fill_cache(model, [paths[i] for i in miss], [keys[i] for i in miss], cache=cache, image_size=image_size,
+               batch_size=batch_size, num_workers=num_workers, device=device, decode=decode, progress=step,
+               on_features=lambda pos, f, e: take([miss[j] for j in pos], f, e))
+    bar.close()
+    return n_extracted

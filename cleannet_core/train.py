@@ -70,14 +70,8 @@ def train_cleannet(features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *
     unreadable images, whose feature rows are zeros).
     Deterministic on CPU for a fixed seed.
     """
-    n, d = features.shape
-    labels = np.asarray(labels, dtype=np.int64)
-    verified_idx = np.asarray(verified_idx, dtype=np.int64)
-    verified_ok = np.asarray(verified_ok, dtype=bool)
-    if labels.shape != (n,) or verified_idx.shape != verified_ok.shape:
-        raise ValueError("labels must be (N,) and verified_idx/verified_ok of equal length")
-    if refs.ndim != 3 or refs.shape[2] != d or labels.max(initial=0) >= refs.shape[0]:
-        raise ValueError(f"refs must be (C, K, {d}) covering every label, got {refs.shape}")
+    d = features.shape[1]
+    labels, verified_idx, verified_ok = _checked(features, labels, refs, verified_idx, verified_ok)
     device = torch.device(device)
     has_val = val_idx is not None and len(val_idx) > 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -95,13 +89,8 @@ def train_cleannet(features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *
         log: list[dict] = []
         for step in tqdm(range(1, config.steps + 1), desc="cleannet", disable=not progress):
             idx, l, f = (t.to(device) for t in sampler.batch())
-            out = model(feats[idx].float(), y[idx], refs_t)
-            loss = cleannet_loss(out["sim"], l, f, out["v"], out["v_hat"], neg_weight=config.neg_weight,
-                                 beta=config.beta, gamma=config.gamma)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            record = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]}
+            loss = _step(model, opt, feats[idx].float(), y[idx], refs_t, l, f, config)
+            record = {"step": step, "loss": loss, "lr": opt.param_groups[0]["lr"]}
             sched.step()
             if has_val and (step % config.val_interval == 0 or step == config.steps):
                 s = relevance(model, features[val_idx], labels[val_idx], refs_t)
@@ -119,6 +108,35 @@ def train_cleannet(features: np.ndarray, labels: np.ndarray, refs: np.ndarray, *
     model.eval()
     return TrainResult(model=model, delta=float(best["delta"]), best_step=best["step"],
                        val_accuracy=best["acc"] if has_val else None, log=log)
+
+
+def _checked(features: np.ndarray, labels: np.ndarray, refs: np.ndarray, verified_idx: np.ndarray,
+             verified_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels int64, verified_idx int64, verified_ok bool) after checking the shapes train_cleannet needs;
+    ValueError otherwise."""
+    n, d = features.shape
+    labels = np.asarray(labels, dtype=np.int64)
+    verified_idx = np.asarray(verified_idx, dtype=np.int64)
+    verified_ok = np.asarray(verified_ok, dtype=bool)
+    if labels.shape != (n,) or verified_idx.shape != verified_ok.shape:
+        raise ValueError("labels must be (N,) and verified_idx/verified_ok of equal length")
+    if refs.ndim != 3 or refs.shape[2] != d or labels.max(initial=0) >= refs.shape[0]:
+        raise ValueError(f"refs must be (C, K, {d}) covering every label, got {refs.shape}")
+    return labels, verified_idx, verified_ok
+
+
+def _step(model: CleanNet, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, refs: torch.Tensor,
+          verified: torch.Tensor, flags: torch.Tensor, config: TrainConfig) -> float:
+    """One optimiser step on a batch: x (B, d) float32 features, y (B,) noisy labels, refs (C, K, d), verified
+    (B,) float verdicts (1 = label correct; 0 for the pool's rows) and flags (B,) float (1 = a verified row).
+    Returns the batch's loss."""
+    out = model(x, y, refs)
+    loss = cleannet_loss(out["sim"], verified, flags, out["v"], out["v_hat"], neg_weight=config.neg_weight,
+                         beta=config.beta, gamma=config.gamma)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
 
 
 @torch.no_grad()

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from annotator import auth
+from annotator import auth, estimates
 from annotator.ingest import ingest_folder
-from annotator.pages import common
+from annotator.pages import common, export_data
 from annotator.round_config import RoundConfig, load_round_config
 from annotator.store import Store
 
@@ -331,7 +331,7 @@ def test_dashboard_rates_intervals_trend_worker(db):
     at = app("admin", page="annotator/pages/dashboard.py")
     table = at.dataframe[0].value
     cat = table[table["class"] == "cat"].iloc[0]
-    lo, hi = common.wilson(3, 10)
+    lo, hi = estimates.wilson(3, 10)
     assert cat["audited"] == 10 and cat["human"] == pytest.approx(30.0)
     assert (cat["low"], cat["high"]) == pytest.approx((lo * 100, hi * 100))
     assert cat["estimated"] == pytest.approx(10.0) and bool(cat["verified"])
@@ -397,10 +397,10 @@ def test_dashboard_sample_sizes_axes_progress_and_undo_counts(db):
 
 
 def test_wilson_interval():
-    assert common.wilson(0, 0) == (0.0, 1.0)
-    lo, hi = common.wilson(3, 10)
+    assert estimates.wilson(0, 0) == (0.0, 1.0)
+    lo, hi = estimates.wilson(3, 10)
     assert lo == pytest.approx(0.1078, abs=1e-3) and hi == pytest.approx(0.6032, abs=1e-3)
-    lo, hi = common.wilson(0, 50)
+    lo, hi = estimates.wilson(0, 50)
     assert lo == 0.0 and hi == pytest.approx(0.0713, abs=1e-3)
 
 
@@ -504,7 +504,7 @@ def test_export_page_documents_every_column_and_writes_the_train_format(db):
     preview = at.dataframe[0].value
     assert preview.columns.tolist() == ["path", "label", "weight"] and preview["label"].iloc[0] == "dog"
     with Store() as store:
-        data = common.export_bytes(str(store.path), at.session_state["token"], threshold=None, only_kept=False,
+        data = export_data.export_bytes(str(store.path), at.session_state["token"], threshold=None, only_kept=False,
                                    fmt="train")
     rows = list(csv.DictReader(io.StringIO(data.decode())))
     assert len(rows) == len(preview) and rows[0] == {"path": first["path"], "label": "dog", "weight": "1"}
@@ -541,12 +541,12 @@ def test_export_preview_filters_and_download(db, monkeypatch):
     # the click runs no rerun of the page, so the download checks the login session itself
     with Store() as store:
         store.end_sessions("admin")  # a lead's "sign out everywhere" while the page is open
-    with pytest.raises(common.SignedOut):
+    with pytest.raises(export_data.SignedOut):
         downloads[-1]()
     app("admin", page="annotator/pages/export.py")
     with Store() as store:
         store.set_user_active("admin", False)
-    with pytest.raises(common.SignedOut):
+    with pytest.raises(export_data.SignedOut):
         downloads[-1]()
 
 

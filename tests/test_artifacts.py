@@ -9,7 +9,7 @@ import torch
 from sqlite_utils import Database
 
 from annotator import artifacts
-from annotator.schema import MIGRATIONS
+from annotator.store.schema import MIGRATIONS
 from annotator.store import SCHEMA_VERSION, Store
 from cleannet_core.atomic import atomic_write
 from cleannet_core.classifier import Backbone

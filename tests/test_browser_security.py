@@ -13,7 +13,7 @@ from test_browser import login as login_as
 from test_browser import metric, new_page
 
 from annotator import auth
-from annotator.demo import app_env
+from annotator.server import app_env
 from annotator.pages.common import SESSION_PARAM
 from annotator.store import Store
 
@@ -36,7 +36,7 @@ def server(tmp_path_factory):
 
 
 def served_env(db, trusted_proxies: tuple[str, ...] = ()) -> dict[str, str]:
-    """The environment `annotator serve` gives the app (demo.app_env)."""
+    """The environment `annotator serve` gives the app (server.app_env)."""
     return app_env(str(db), trusted_proxies=trusted_proxies) | {"ANNOTATOR_ADMIN_PASSWORD": "admin-password-1",
                                                                 "PYTHONUNBUFFERED": "1"}
 

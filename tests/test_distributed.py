@@ -57,7 +57,7 @@ def cached(db: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     with Store(db) as store:
         data = pipeline.load_data(store)
         info = current_backbone(store)
-    cache = FeatureCache(db.parent / "features", f"{info.id}-{info.image_size}px", info.dim)
+    cache = FeatureCache.for_backbone(db.parent / "features", info.id, info.image_size, info.dim)
     hit, feats = cache.lookup(data.keys)
     keys = [k for f in sorted(cache.dir.glob("shard-*.keys.npy")) for k in np.load(f).tolist()]
     return hit, feats, keys

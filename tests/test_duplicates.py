@@ -13,7 +13,7 @@ from annotator import duplicates as dup
 from annotator.cli import cli
 from annotator.export import COLUMNS, export_csv
 from annotator.round_config import RoundConfig
-from annotator.schema import MIGRATIONS, SCHEMA_VERSION, _duplicate_groups
+from annotator.store.schema import MIGRATIONS, SCHEMA_VERSION, _duplicate_groups
 from annotator.store import Store
 from cleannet_core.duplicates import GroupConfig, components, hash_pairs, outlier_scores, similar_pairs
 from cleannet_core.features import FeatureCache
@@ -82,7 +82,7 @@ def planted_store(path):
             "e": dog + 0.2 * cat}
     feats = np.stack([base[k] + 0.001 * rng.random(DIM) for k in "abcde"]).astype(np.float16)
     size = RoundConfig().image_size or 224
-    cache = FeatureCache(path.parent / "features", f"planted-{size}px", DIM)
+    cache = FeatureCache.for_backbone(path.parent / "features", "planted", size, DIM)
     cache.add(list("abcde"), feats)
     (path.parent / "backbone.pt").write_bytes(b"")  # never loaded: every image is cached
     cfg = RoundConfig()
@@ -155,7 +155,7 @@ def test_cli_duplicates_json_and_text(tmp_path):
 def test_a_database_of_the_previous_schema_gains_the_duplicate_tables(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    from annotator.schema import Database
+    from annotator.store.base import Database
     db = Database(conn)
     before = MIGRATIONS.index(_duplicate_groups)
     for migrate in MIGRATIONS[:before]:

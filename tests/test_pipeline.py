@@ -1,7 +1,7 @@
-"""Pipeline pieces that need no images: the full round's weights and the verdict split."""
+"""Pipeline pieces that need no images: the full round's weights, the verdict split, the input size."""
 import numpy as np
 
-from annotator import pipeline
+from annotator import backbone, pipeline
 from annotator.store import Store
 
 
@@ -57,12 +57,12 @@ def test_image_size_is_chosen_by_image_side_and_store_size(tmp_path):
         cat = store.ensure_classes(["cat"])["cat"]
         store.add_images({"path": f"/img/{k}.png", "hash": str(k), "label_id": cat, "width": side,
                           "height": side + 10} for k in range(5))
-    edge = pipeline.UPSCALE_224_FROM
+    edge = backbone.UPSCALE_224_FROM
     lite, resnet = RoundConfig(), RoundConfig(arch="resnet18")
-    assert [pipeline.pick_image_size(small, lite, n_images=n) for n in (5, edge - 1, edge)] == [128, 128, 224]
-    assert pipeline.pick_image_size(small, resnet, n_images=edge) == 32
-    assert [pipeline.pick_image_size(large, c, n_images=5) for c in (lite, resnet)] == [224, 224]
-    assert pipeline.pick_image_size(small, RoundConfig(image_size=96), n_images=edge) == 96
+    assert [backbone.pick_image_size(small, lite, n_images=n) for n in (5, edge - 1, edge)] == [128, 128, 224]
+    assert backbone.pick_image_size(small, resnet, n_images=edge) == 32
+    assert [backbone.pick_image_size(large, c, n_images=5) for c in (lite, resnet)] == [224, 224]
+    assert backbone.pick_image_size(small, RoundConfig(image_size=96), n_images=edge) == 96
 
 
 def test_a_current_model_without_a_readable_checkpoint_does_not_stop_the_next_round(tmp_path):

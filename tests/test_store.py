@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from annotator.schema import SCHEMA_VERSION
+from annotator.store.schema import SCHEMA_VERSION
 from annotator.store import (LeaseLost, SETTING_DEFAULTS, Store, StoreError, UnknownClass, UnknownImage,
                              UnknownUser, default_db_path)
 
@@ -52,7 +52,7 @@ def test_newer_schema_refused(db_path):
 def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path):
     from sqlite_utils import Database
 
-    from annotator.schema import MIGRATIONS
+    from annotator.store.schema import MIGRATIONS
     db_path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(db_path)
     MIGRATIONS[0](db)  # a database written by the v1 code

@@ -35,7 +35,8 @@ from pathlib import Path
 import streamlit as st
 
 from annotator import display
-from annotator.pages.common import context, md, threshold
+from annotator.export import threshold_in_force
+from annotator.pages.common import context, md
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
 from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
 
@@ -226,7 +227,7 @@ def single_mode(store: Store, user: dict) -> None:
         return
     item = items[0]
     model = store.current_model()
-    delta = threshold(store, model)
+    delta = threshold_in_force(store, model)
     blind = bool(st.session_state.get("ann_blind")) or item.reason in BLIND_REASONS
     left, right = st.columns([1, 1], gap="medium")
     with right:  # buttons first: they are registered for this image before anything new shows

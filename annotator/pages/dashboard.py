@@ -16,10 +16,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role, wilson
+from annotator.estimates import wilson
+from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role
 from annotator.pages.duplicates_view import duplicates_panel
 from annotator.pages.lead_view import standing_panel
-from annotator.progress import adapt_summary, describe_next, describe_round, duration, model_trust, worker_status
+from annotator.progress import (ALIVE_S, adapt_summary, describe_next, describe_round, duration, model_trust,
+                                worker_status)
 from annotator.store import Store
 
 PERIODS = {"Today": 0, "Last 7 days": 6, "All time": None}
@@ -88,7 +90,7 @@ def worker_panel(store: Store) -> None:
         st.caption(md(w["message"]))
     st.caption(f"Next round: {md(describe_next(w['next_round']))}")
     if not w["running"]:
-        st.warning("The worker is not running (no heartbeat in the last 30 s). Start it with "
+        st.warning(f"The worker is not running (no heartbeat in the last {ALIVE_S:g} s). Start it with "
                    "`annotator worker` (or `annotator serve`); verdicts are kept meanwhile.")
     if w["last_error"]:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(w["last_error_at"])) if w["last_error_at"] else "?"

@@ -7,8 +7,9 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from annotator.export import COLUMN_DOCS
-from annotator.pages.common import context, export_bytes, export_preview, require_role, threshold
+from annotator.export import COLUMN_DOCS, threshold_in_force
+from annotator.pages.common import context, require_role
+from annotator.pages.export_data import export_bytes, export_preview
 from annotator.pages.lead_view import what_if_panel
 from annotator.store import Store
 
@@ -19,7 +20,7 @@ FORMATS = {"full": "Every column", "train": "For training: path, label, weight (
 def filters(store: Store) -> tuple[float | None, bool]:
     """The export's filters: (threshold or None for the one in force, only kept rows)."""
     model = store.current_model()
-    in_force = threshold(store, model)
+    in_force = threshold_in_force(store, model)
     source = ("the lead's override" if store.get_setting("delta_override") is not None
               else f"model v{model['version']}" if model else "none: no model yet")
     st.caption(f"Threshold in force: {'—' if in_force is None else f'{in_force:+.3f}'} ({source}). Images "
@@ -39,7 +40,7 @@ def page() -> None:
     require_role(user, "lead")
     st.title("Export")
     chosen, only_kept = filters(store)
-    applied = chosen if chosen is not None else threshold(store, store.current_model())
+    applied = chosen if chosen is not None else threshold_in_force(store, store.current_model())
     what_if_panel(store, applied)
     fmt = st.radio("Format", list(FORMATS), format_func=FORMATS.get, key="exp_format", horizontal=True)
     named = "" if applied is None else f"-t{applied:.3f}"  # the file's name records the threshold it applied

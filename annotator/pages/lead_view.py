@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from annotator import estimates, report
-from annotator.pages.common import threshold
+from annotator.export import threshold_in_force
 from annotator.store import Store
 
 
@@ -19,7 +19,7 @@ def standing(store: Store) -> dict:
     threshold changed."""
     model = store.current_model()
     return _standing(store, str(store.path), model["version"] if model else None, store.max_verdict_id(),
-                     tuple(store.verify_classes()), threshold(store, model))
+                     tuple(store.verify_classes()), threshold_in_force(store, model))
 
 
 def standing_panel(store: Store) -> dict:

@@ -2,7 +2,8 @@
 
 ``Store`` is composed of one mixin per area, each in its own module:
 
-- ``base``: connection, pragmas (WAL, busy timeout, foreign keys), ``_tx``, migrations, errors;
+- ``schema``: the tables and the migrations that build them;
+- ``base``: connection, pragmas (WAL, busy timeout, foreign keys), ``_tx``, running the migrations, errors;
 - ``catalog``: classes, images, ingest errors;
 - ``verdicts``: append-only verdicts, undo and overrides, leases;
 - ``accounts``: users, server-side login sessions, login attempts;
@@ -17,7 +18,7 @@ No other module writes SQL. See ``base`` for the concurrency rules (one Store pe
 thread or process).
 """
 
-from ..schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (re-exported for callers of annotator.store)
+from .schema import LIVE, MIGRATIONS, SCHEMA_VERSION  # noqa: F401  (re-exported for callers of annotator.store)
 from .accounts import SESSION_IDLE_S, SESSION_MAX_S, AccountsMixin, user_key
 from .artifacts import ARTIFACT_KINDS, ArtifactsMixin
 from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULTS, UNDO_DEPTH, VERDICTS, WORKER_FIELDS,

@@ -26,9 +26,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlite_utils import Database
+from .schema import MIGRATIONS, SCHEMA_VERSION
 
-from ..schema import MIGRATIONS, SCHEMA_VERSION
+
+def _sqlite_utils_database() -> type:
+    """``sqlite_utils.Database``, imported without pandas and numpy when they are not loaded yet.
+
+    sqlite-utils imports pandas and numpy, when installed, only to map their scalar types to column types
+    for ``Table.insert``, which the store never calls (it writes SQL with Python values). Those imports
+    would be most of every CLI command's start-up (0.5-1.4 s on 2 cores; benchmarks/cli_startup.py). While
+    sqlite-utils loads, importing them raises ImportError, as when they are absent; afterwards they
+    import normally. This module is the only one that imports sqlite-utils.
+    """
+    blocked = [m for m in ("pandas", "numpy") if m not in sys.modules] if "sqlite_utils" not in sys.modules else []
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not installed"
+    try:
+        from sqlite_utils import Database
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+    return Database
+
+
+Database = _sqlite_utils_database()
 
 
 class StoreError(Exception):

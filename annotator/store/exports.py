@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 
-from ..schema import LIVE
+from .schema import LIVE
 from .base import StoreBase
 
 # Columns of each tuple ``export_rows`` yields, in order.

@@ -107,7 +107,9 @@ class ModelsMixin(StoreBase):
         """Insert/replace score rows, ``batch`` per transaction; returns the row count.
 
         Each row: (image_id, label_id, score, uncertainty[, suggested_label_id, suggested_score]),
-        score = the model's score (higher = label more likely correct), uncertainty = |score - delta|.
+        score = the model's score (higher = label more likely correct), uncertainty = the image's queue key, lower
+        = served first (``annotator.publish.queue_order``: |score - delta| for a calibrated model; the review
+        queue, ``annotator.queue``, serves label conflicts and audit draws besides this order).
         Rows go into ``scores`` in the order given (by image id, its key, each transaction appends), then
         their queue entries into ``scores_queue`` sorted by its key (appends too, as the version's key range
         is new): write a new version's rows in one call. ``pause`` seconds after each transaction let other

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from itertools import chain
 
-from ..schema import LIVE
+from .schema import LIVE
 from .base import StoreBase, _ids_json
 
 # Condition on `images i` (parameter :now): i is a candidate. Own leases count as taken too.

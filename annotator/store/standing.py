@@ -3,7 +3,7 @@ many transfer-check items each class has (``annotator.queue``)."""
 
 import time
 
-from ..schema import LIVE
+from .schema import LIVE
 from .base import StoreBase
 
 # Columns of each tuple ``image_states`` returns, in order.

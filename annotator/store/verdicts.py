@@ -5,7 +5,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
-from ..schema import LIVE
+from .schema import LIVE
 from .base import (REASONS, UNDO_DEPTH, VERDICTS, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownImage,
                    _choice, _ids_json)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import open_store
+from .common import open_store
 
 
 @click.command()
@@ -20,9 +20,9 @@ def report(ctx, as_json, out) -> None:
 
     Example: annotator report --out report.html
     """
-    from .estimates import standing
-    from .export import ExportRefused
-    from .report import stopping_rows, summary_rows, write_html
+    from ..estimates import standing
+    from ..export import ExportRefused
+    from ..report import stopping_rows, summary_rows, write_html
     store = open_store(ctx)
     s = standing(store)
     if out is not None:

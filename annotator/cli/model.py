@@ -4,14 +4,13 @@ Registered on the root group by annotator.cli. torch and the pipeline are import
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
 
-from .cli_common import open_store, round_config
-from .progress import TqdmReport
-from .round_config import DECODERS, METHODS
+from .common import open_store, round_config
+from ..progress import TqdmReport
+from ..round_config import DECODERS, METHODS
 
 
 @click.command()
@@ -40,7 +39,7 @@ def extract(ctx, weights, new_backbone, batch_size, workers, decode, flush_every
     """
     from tqdm import tqdm
 
-    from . import artifacts, distributed
+    from .. import artifacts, distributed
     store = open_store(ctx)
     stored = artifacts.current_backbone(store)
     if weights and stored and not new_backbone:
@@ -85,7 +84,7 @@ def train(ctx, full, steps, method) -> None:
 
     Example: annotator train --method paper --steps 4000
     """
-    from . import pipeline
+    from .. import pipeline
     store = open_store(ctx)
     bars = TqdmReport()
     try:
@@ -114,9 +113,9 @@ def adapt(ctx, mode, budget, epochs) -> None:
 
     from cleannet_core.classifier import resolve_device
 
-    from .adapt_round import estimate_s, run_adapt_round
-    from .artifacts import current_backbone
-    from .round_config import save_round_config
+    from ..adapt_round import estimate_s, run_adapt_round
+    from ..artifacts import current_backbone
+    from ..round_config import save_round_config
     store = open_store(ctx)
     cfg = round_config(store, adapt_epochs=epochs)
     if mode or budget:
@@ -160,58 +159,19 @@ def train_classifier(ctx, rounds, mode, epochs, steps, workers, out) -> None:
 
     Example: annotator train-classifier --rounds 1 --weights soft --epochs 15 --out clf.pt
     """
-    from cleannet_core.alternate import AlternateConfig, train_alternating
-    from cleannet_core.features import load_imagenet_weights
-    from cleannet_core.train import TrainConfig
-
-    from . import artifacts, pipeline
+    from ..weighted_classifier import train_weighted_classifier
     store = open_store(ctx)
     cfg = round_config(store, steps=steps, backbone_epochs=epochs)
-    data = pipeline.load_data(store)
-    if len(data.ids) == 0:
-        raise click.ClickException("no images: ingest some first")
-    if len(data.class_ids) < 2:
-        raise click.ClickException("need at least two classes to train a classifier")
-    split = pipeline.verdict_split(store, data)
-    n_verdicts, max_verdict = split.n, store.max_verdict_id()
-    if n_verdicts == 0:
-        click.echo("warning: no live verdicts; CleanNet trains without supervision", err=True)
-    size = pipeline.pick_image_size(store, cfg, n_images=len(data.ids))
     try:
-        init_state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
+        done = train_weighted_classifier(store, cfg, rounds=rounds, weights=mode, num_workers=workers, out=out,
+                                         say=lambda msg: click.echo(f"[train-classifier] {msg}"),
+                                         warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(message)
-    acfg = AlternateConfig(
-        rounds=rounds, weights=mode, method=cfg.method, num_ref=cfg.num_ref, device=cfg.device,
-        classifier=pipeline.classifier_config(cfg, image_size=size, n_images=len(data.ids), num_workers=workers),
-        cleannet=TrainConfig.shortened(cfg.steps),
-        cache_dir=artifacts.features_dir(store),
-        checkpoint_dir=artifacts.classifiers_dir(store) / "resume")  # an interrupted run resumes
-    try:
-        res = train_alternating(data.paths, data.labels, len(data.class_ids), verified_idx=split.train,
-                                verified_ok=split.train_correct, val_idx=split.val, val_ok=split.val_correct,
-                                config=acfg, init_state=init_state, progress=True,
-                                report=lambda msg: click.echo(f"[train-classifier] {msg}"))
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = artifacts.classifiers_dir(store) / f"classifier-{mode}-{stamp}.pt"
-    meta = {"image_size": size, "weights": mode, "method": cfg.method, "rounds": rounds,
-            "epochs": cfg.backbone_epochs, "cleannet_steps": cfg.steps, "n_images": len(data.ids),
-            "n_verdicts": int(n_verdicts), "max_verdict_id": max_verdict, "class_ids": data.class_ids.tolist(),
-            "history": [{k: v for k, v in h.items() if k != "epochs"} for h in res.history]}
-    try:
-        artifacts.save_classifier_artifact(store, res.model, out, class_names=data.class_names, provenance=meta,
-                                           source=f"train-classifier: {cfg.method} score w_{mode}, "
-                                                  f"{rounds} extra round(s)")
-    except OSError as e:
-        raise click.ClickException(f"cannot write {out}: {e}") from e
-    last = res.rounds[-1]
+    last = done.last
     click.echo(f"round {last.round}: delta {last.delta:.4f}, mean weight {last.weights.mean():.3f}, "
                f"{(last.score < last.delta).mean():.1%} flagged")
-    click.echo(f"classifier ({len(data.class_names)} classes, {size}px) written to {out}")
+    click.echo(f"classifier ({done.n_classes} classes, {done.image_size}px) written to {done.path}")
 
 
 @click.command()
@@ -221,7 +181,7 @@ def score(ctx) -> None:
 
     Example: annotator score
     """
-    from . import pipeline
+    from .. import pipeline
     store = open_store(ctx)
     bars = TqdmReport()
     try:

@@ -8,8 +8,8 @@ import json
 
 import click
 
-from .cli_common import open_store, round_config
-from .store import StoreError
+from .common import open_store, round_config
+from ..store import StoreError
 
 
 @click.command()
@@ -32,8 +32,8 @@ def duplicates(ctx, as_json, class_name, conflicts, limit, outliers, recompute) 
     """
     from tqdm import tqdm
 
-    from .duplicates import groups, refresh
-    from .progress import TqdmReport
+    from ..duplicates import groups, refresh
+    from ..progress import TqdmReport
     store = open_store(ctx)
     try:
         class_id = store.class_id(class_name) if class_name else None
@@ -63,25 +63,30 @@ def duplicates(ctx, as_json, class_name, conflicts, limit, outliers, recompute) 
         bar.close()
     found = groups(store, class_id=class_id, conflicts_only=conflicts, limit=limit)
     top = store.top_outliers(class_id=class_id, limit=outliers) if outliers else []
-    if as_json:
-        for g in found:
-            for m in g["members"]:
-                m.pop("hash")
-        click.echo(json.dumps({"run": {k: run[k] for k in ("threshold", "method", "n_images", "n_groups",
-                                                            "n_conflicts", "created_at", "seconds")},
-                               "groups": found,
-                               "outliers": [{"id": o["image_id"], "path": o["path"], "label": o["label"],
-                                             "outlier_score": o["outlier_score"], "group": o["group_id"]}
-                                            for o in top]}))
-        return
-    click.echo(f"{run['n_groups']} near-duplicate groups among {run['n_images']} images, {run['n_conflicts']} with "
-               f"conflicting labels (cosine >= {run['threshold']:g}, {run['method']} search)")
+    click.echo(_as_json(run, found, top) if as_json else _as_text(run, found, top))
+
+
+def _as_json(run: dict, found: list[dict], top: list[dict]) -> str:
+    """One JSON object: the run's figures, the groups (members without their hashes), the outliers."""
     for g in found:
-        click.echo(f"group {g['group']}: {g['size']} images" + (
-            f", CONFLICT: {', '.join(g['labels'])}" if g["conflict"] else f", all {g['labels'][0]}"))
         for m in g["members"]:
-            click.echo(f"  {m['id']}\t{m['label']}\t{m['path']}")
+            m.pop("hash")
+    return json.dumps({"run": {k: run[k] for k in ("threshold", "method", "n_images", "n_groups", "n_conflicts",
+                                                   "created_at", "seconds")},
+                       "groups": found,
+                       "outliers": [{"id": o["image_id"], "path": o["path"], "label": o["label"],
+                                     "outlier_score": o["outlier_score"], "group": o["group_id"]} for o in top]})
+
+
+def _as_text(run: dict, found: list[dict], top: list[dict]) -> str:
+    """The run's counts, each group with its members (conflicts first, as `groups` orders them), the outliers."""
+    lines = [f"{run['n_groups']} near-duplicate groups among {run['n_images']} images, {run['n_conflicts']} with "
+             f"conflicting labels (cosine >= {run['threshold']:g}, {run['method']} search)"]
+    for g in found:
+        lines.append(f"group {g['group']}: {g['size']} images" + (
+            f", CONFLICT: {', '.join(g['labels'])}" if g["conflict"] else f", all {g['labels'][0]}"))
+        lines += [f"  {m['id']}\t{m['label']}\t{m['path']}" for m in g["members"]]
     if top:
-        click.echo("most outlying images (outlier score: higher = further from every class):")
-        for o in top:
-            click.echo(f"  {o['image_id']}\t{o['outlier_score']:.3f}\t{o['label']}\t{o['path']}")
+        lines.append("most outlying images (outlier score: higher = further from every class):")
+        lines += [f"  {o['image_id']}\t{o['outlier_score']:.3f}\t{o['label']}\t{o['path']}" for o in top]
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""SQLite schema and migrations, owned by the store layer (only the `annotator.store` package imports this).
+"""SQLite schema and migrations of the store (only the `annotator.store` package imports this).
 
 The schema version lives in ``PRAGMA user_version``. ``MIGRATIONS[i]`` upgrades a database
 from version ``i`` to ``i + 1``; append new functions, never edit shipped ones.
@@ -8,33 +8,16 @@ verdict's id. A *live verdict* is a row with ``voids IS NULL`` whose id no undo 
 references (see ``LIVE``).
 """
 
+from __future__ import annotations
+
 import json
-import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
-def _sqlite_utils_database() -> type:
-    """``sqlite_utils.Database``, imported without pandas and numpy when they are not loaded yet.
-
-    sqlite-utils imports pandas and numpy, when installed, only to map their scalar types to column types
-    for ``Table.insert``, which the store never calls (it writes SQL with Python values). Those imports
-    would be most of every CLI command's start-up (0.5-1.4 s on 2 cores; benchmarks/cli_startup.py). While
-    sqlite-utils loads, importing them raises ImportError, as when they are absent; afterwards they
-    import normally.
-    """
-    blocked = [m for m in ("pandas", "numpy") if m not in sys.modules] if "sqlite_utils" not in sys.modules else []
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not installed"
-    try:
-        from sqlite_utils import Database
-    finally:
-        for name in blocked:
-            del sys.modules[name]
-    return Database
-
-
-Database = _sqlite_utils_database()
 
 SCHEMA_V1 = """
 CREATE TABLE classes (

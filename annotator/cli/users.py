@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import click
 
-from . import auth
-from .cli_common import open_store
-from .store import StoreError
+from .. import auth
+from .common import open_store
+from ..store import StoreError
 
 
 @click.group()
