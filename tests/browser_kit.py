@@ -1,5 +1,6 @@
 """What the browser tests share: Debian Chromium's launch options, `streamlit run app.py` on a free port,
-and a module-scoped Playwright browser fixture (import `browser` into a test module to use it)."""
+Playwright's `expect` (30 s per check), a page, the login form, a metric, a screenshot. The module-scoped
+`browser` fixture is in conftest.py."""
 from __future__ import annotations
 
 import socket
@@ -20,7 +21,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 BROWSER_MARKS = [pytest.mark.browser,
                  pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium at /usr/bin/chromium")]
+WAIT_MS = 30_000  # how long a page action or an `expect` check waits: a loaded 2-core machine needs that long
 sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+expect.set_options(timeout=WAIT_MS)
 
 
 def free_port() -> int:
@@ -70,9 +74,39 @@ def streamlit_app(env: dict, *, log_name: str) -> Iterator[str]:
             stop(proc)
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def chromium() -> Iterator:
+    """Debian Chromium, headless, launched by Playwright; closed when the block ends."""
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield b
         b.close()
+
+
+def new_page(browser):
+    """A page in a new browser context (no cookies) at 1400x1000 that accepts downloads."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+def login(page, url: str, name: str, password: str) -> None:
+    """Sign in through the login form; returns once the Annotate page (everyone's landing page) is shown."""
+    page.goto(url)
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
+
+
+def metric(page, label: str):
+    """The value of the metric with this label."""
+    return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue")
+
+
+def shot(page, name: str) -> None:
+    """A full-page screenshot to tests/artifacts/`name`.png once every image has loaded."""
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    page.wait_for_timeout(300)  # let charts paint (a picture for people; nothing is asserted on it)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)

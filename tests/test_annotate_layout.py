@@ -13,14 +13,13 @@ import pytest
 from annotator import auth
 from annotator.ingest import ingest_csv
 from annotator.store import Store
-from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from browser_kit import ARTIFACTS, BROWSER_MARKS, expect, streamlit_app
 from helpers import DEMO
 
 PW = {"admin": "lead-pass-123", "ann": "annotator-pass-1"}
 SIZES = [(1366, 768), (1920, 1080)]
 
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from browser_kit import ARTIFACTS, BROWSER_MARKS, expect, metric, new_page, streamlit_app
+from browser_kit import login as login_as
 from helpers import demo_db
-from test_browser import metric, new_page
 
 from annotator import auth
 from annotator.store import Store
@@ -22,7 +22,6 @@ PASSWORD = "alice-password"
 N_IMAGES = 120
 
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +37,8 @@ def server(tmp_path_factory):
 
 
 def login(page, url: str) -> None:
-    page.goto(url)
-    page.get_by_label("User name").fill("alice")
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
+    """browser_kit.login as alice, then the first image is on screen."""
+    login_as(page, url, "alice", PASSWORD)
     expect(page.get_by_text("Image #")).to_be_visible()
 
 

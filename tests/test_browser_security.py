@@ -7,10 +7,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from browser_kit import ARTIFACTS, BROWSER_MARKS, expect, metric, new_page, streamlit_app
+from browser_kit import login as login_as
 from helpers import demo_db, wait_for
-from test_browser import login as login_as
-from test_browser import metric, new_page
 
 from annotator import auth
 from annotator.demo import app_env
@@ -21,7 +20,6 @@ PASSWORD = "alice-password"
 N_IMAGES = 40
 
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def served_env(db, trusted_proxies: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def login(page, url: str, name: str, password: str) -> None:
-    """test_browser.login, then the first image is on screen."""
+    """browser_kit.login, then the first image is on screen."""
     login_as(page, url, name, password)
     expect(page.get_by_text("Image #")).to_be_visible()
 
