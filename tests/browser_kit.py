@@ -121,9 +121,9 @@ class Runs:
     ("drew": the script's body has begun, so the run has taken its press, whose callback runs before the body)
     and its end (script_finished, by status).
 
-    Create it before the page opens the app. Press keys through `press`, so `idle` knows how many presses to
-    wait for. Playwright hands over websocket frames only while one of its calls runs, so `wait` polls with
-    page.wait_for_timeout.
+    Create it before the page opens the app. Press keys and click widgets through `press` and `click`, so `idle`
+    knows how many rerun requests to wait for. Playwright hands over websocket frames only while one of its calls
+    runs, so `wait` polls with page.wait_for_timeout.
     """
 
     def __init__(self, page) -> None:
@@ -164,6 +164,11 @@ class Runs:
         """Press `key` in the page; each press of a button's shortcut sends one rerun_script."""
         self.pressed = max(self.pressed, self.count("sent")) + 1
         self.page.keyboard.press(key)
+
+    def click(self, locator) -> None:
+        """Click a widget (`locator`) that reruns the script when clicked: one rerun_script."""
+        self.pressed = max(self.pressed, self.count("sent")) + 1
+        locator.click()
 
     def sent_all(self) -> bool:
         """Every press made through `press` has reached the server."""

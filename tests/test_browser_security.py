@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from browser_kit import ARTIFACTS, BROWSER_MARKS, expect, metric, new_page, streamlit_app
+from browser_kit import ARTIFACTS, BROWSER_MARKS, Runs, expect, metric, new_page, streamlit_app
 from browser_kit import login as login_as
 from helpers import demo_db, wait_for
 
@@ -80,6 +80,7 @@ def test_a_link_with_a_login_session_does_not_sign_in_another_browser(server, br
 def test_images_are_inline_and_no_media_url_answers_without_the_session(server, browser):
     url, _ = server
     page = new_page(browser)
+    runs = Runs(page)
     media: list[str] = []
     page.on("request", lambda r: media.append(r.url) if urlparse(r.url).path.startswith("/media/") else None)
     login(page, url, "alice", PASSWORD)
@@ -93,7 +94,8 @@ def test_images_are_inline_and_no_media_url_answers_without_the_session(server, 
     box.fill("automobile")
     box.press("Enter")
     expect(page.locator("[class*='st-key-ann_flip_'] button").first).to_be_visible()
-    page.wait_for_timeout(500)
+    runs.wait(runs.idle, "the grid's run to finish")  # then every image it shows is in the page, and loaded:
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")  # any URL was fetched by now
     for target in media:  # while she is signed in, fetched by someone without her session
         assert status_of(target)[0] == 404, target
     assert media == []
