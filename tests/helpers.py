@@ -1,8 +1,13 @@
-"""Helpers shared by the test modules: polling, synthetic images, planted label noise, the demo data."""
+"""Helpers shared by the test modules: polling, synthetic images, planted label noise, the demo data, small
+stores built through the store's API, and the AppTest app (sign-in, what a page says).
+
+Fixtures live in tests/conftest.py; the browser tests' helpers in tests/browser_kit.py."""
 from __future__ import annotations
 
 import csv
 import json
+import random
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -11,10 +16,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from annotator import auth
+from annotator.store import Store
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 COLORS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+APP = "../app.py"  # relative to a module in tests/ (AppTest resolves it against the calling file's folder)
+ADMIN_PW = "admin-secret-pw"  # the lead 'admin' of the AppTest databases (conftest.py `db`, `lead_db`, `users`)
+HOSTILE = "<b>x **y** :red[z] $1+1$"  # a class name full of markup; no "/": it is a folder name
+CLASSES = ("cat", "dog", HOSTILE)  # the classes of conftest.py's `db`, 12 images each
+DELTA = 0.0  # the decision threshold of `add_random_model`
+ABC_SCORES = {"A": [0.2, 0.9, 0.6, 0.8, 0.1, 0.3, 0.7, 0.4, 0.95, 0.5],   # image ids 1-10
+              "B": [0.3, 0.45, 0.6, 0.9, 0.9, 0.9, 0.2, 0.8, 0.7, 0.6],   # 11-20
+              "C": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]}   # 21-30, unverified; 31 duplicates 21
 
 
 def wait_for(pred: Callable[[], object], *, timeout: float = 300, what: str = "condition",
@@ -80,7 +96,6 @@ def demo_db(tmp: Path, n: int, *, verify: list[str] | None = None) -> Path:
     """A database in ``tmp/state`` holding the first ``n`` demo images (ingested from a CSV of their rows), the
     classes `verify` (default: every class) chosen for verification; returns its path."""
     from annotator.ingest import ingest_csv
-    from annotator.store import Store
     lines = (DEMO / "labels.csv").read_text().splitlines()[:n + 1]
     (tmp / "labels.csv").write_text("\n".join(lines) + "\n")
     db = tmp / "state" / "annotator.db"
@@ -111,3 +126,83 @@ def demo_as_cifar10n(dst: Path) -> Path:
         w.writerows([r["cifar10n_index"], str(DEMO / r["path"]), NAMES.index(r["clean_label"])] for r in demo_rows())
     (dst / "stats.json").write_text(json.dumps({"n": len(demo_rows()), "classes": NAMES}))
     return dst
+
+
+# -- small stores -----------------------------------------------------------------------
+def add_random_model(store, *, metrics: dict | None = None) -> int:
+    """A current model: every image scored at random in [-1, 1]; suggested label 'dog' (or 'cat'). Returns its
+    version."""
+    rng = random.Random(1)
+    rows = []
+    for r in store.iter_images():
+        score = rng.uniform(-1, 1)
+        other = "cat" if r["label"] == "dog" else "dog"
+        rows.append((r["id"], r["label_id"], score, abs(score - DELTA), store.class_id(other), 0.5))
+    version = store.add_model(delta=DELTA, backbone="ImageNet weights from a test file", metrics=metrics or {
+        "estimated_noise_rate": 0.3, "per_class_noise_rate": {"cat": 0.2, "dog": 0.4, HOSTILE: 0.3},
+        "backbone": "ImageNet weights from a test file", "audit": {"error": 0.25, "auroc": 0.8}})
+    store.write_scores(version, rows)
+    store.make_current(version)
+    return version
+
+
+def build_abc(store, *, kind: str = "expected", delta: float = 0.5) -> None:
+    """Classes A, B verified, C not, 10 images each scored by ABC_SCORES (+ image 31, a copy of 21); verdicts:
+    A audits 1 (wrong), 2, 3, 4 (correct), 5 wrong -> B, 6 wrong (uncertain); B audits 11, 12 wrong, 13 unsure."""
+    ids = store.ensure_classes(["A", "B", "C"])
+    rows = [{"path": f"/img/{c}{k}.png", "hash": f"{c}{k}", "label_id": ids[c]} for c in "ABC" for k in range(10)]
+    store.add_images(rows + [{"path": "/img/dup.png", "hash": "C0", "label_id": ids["C"]}])
+    store.set_verify(["A", "B"])
+    version = store.add_model(delta=delta, metrics={"noise_rate_kind": kind})
+    store.write_scores(version, [(10 * j + k + 1, ids[c], s, abs(s - delta))
+                                 for j, c in enumerate("ABC") for k, s in enumerate(ABC_SCORES[c])])
+    store.make_current(version)
+    for image, verdict in ((1, "wrong"), (2, "correct"), (3, "correct"), (4, "correct"), (11, "wrong"), (12, "wrong")):
+        store.record_verdict(image, "ann", verdict, reason="audit")
+    store.record_verdict(5, "ann", "wrong", reason="uncertain", corrected_label="B")
+    store.record_verdict(6, "ann", "wrong", reason="uncertain")
+    store.record_verdict(13, "ann", "unsure", reason="uncertain")
+
+
+# -- the app under AppTest ($ANNOTATOR_DB names the database) ---------------------------
+def app(user: str | None = None, *, page: str | None = None):
+    """AppTest of app.py, run once; signed in as ``user`` (a session this browser session started, as after the
+    login form: AppTest sends no cookies, so a token in the URL alone would not sign it in)."""
+    from streamlit.testing.v1 import AppTest  # here: half a second to import, which most test modules never need
+    at = AppTest.from_file(APP, default_timeout=60)
+    if user:
+        with Store() as store:
+            at.session_state["token"] = auth.start_session(store, store.get_user(user)).token
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def button(at, key: str):
+    """The button with this key."""
+    return at.button(key=key)
+
+
+def texts(at) -> str:
+    """Everything the page says, as one string (markdown, captions, alerts, metrics, titles)."""
+    parts = [e.value for kind in ("markdown", "caption", "title", "subheader", "success", "info", "warning", "error")
+             for e in getattr(at, kind)]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def inline_images(at) -> list[str]:
+    """The src of every <img> the page embeds with st.html (the annotate page's images)."""
+    return re.findall(r'<img src="([^"]*)"', "".join(h.proto.body for h in at.get("html")))
+
+
+def shown_image(at) -> int:
+    """The id of the image the annotate page shows (its "Image #" caption)."""
+    caption = next(c.value for c in at.caption if c.value.startswith("Image #"))
+    return int(caption.split("#")[1].split(" ")[0])

@@ -6,15 +6,10 @@ import pytest
 
 from annotator import auth
 from annotator.auth import SESSION_IDLE_S, SESSION_MAX_S
-from annotator.store import Store, UnknownUser
+from annotator.store import UnknownUser
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "state" / "annotator.db") as s:
-        auth.add_user(s, "admin", "lead", "admin-password")
-        auth.add_user(s, "ann", "annotator", "ann-password")
-        yield s
+pytestmark = pytest.mark.usefixtures("users")  # `store` holds the lead 'admin' and the annotator 'ann' (conftest.py)
 
 
 def sessions(store) -> list[tuple[str, float]]:

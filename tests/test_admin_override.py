@@ -1,9 +1,10 @@
 """A lead's verdict override on the Admin page (AppTest): find the image, see its verdict, choose, confirm.
-The app fixture (`db`, `app`) comes from test_app."""
+The AppTest database is conftest.py's `db`."""
 import pytest
-from test_app import app, db, texts  # noqa: F401  (db is a fixture)
 
 from annotator.store import Store
+
+from helpers import app, texts
 
 ADMIN = "annotator/pages/admin.py"
 

@@ -13,14 +13,13 @@ import pytest
 from annotator import auth
 from annotator.ingest import ingest_csv
 from annotator.store import Store
-from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from browser_kit import ARTIFACTS, BROWSER_MARKS, Runs, expect, streamlit_app
 from helpers import DEMO
 
 PW = {"admin": "lead-pass-123", "ann": "annotator-pass-1"}
 SIZES = [(1366, 768), (1920, 1080)]
 
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +52,26 @@ def server(tmp_path_factory):
         yield url, db
 
 
-def open_annotate(browser, url: str, size: tuple[int, int]):
+def open_annotate(browser, url: str, size: tuple[int, int]) -> tuple:
+    """(page, its Runs): ann signed in on the annotate page at `size`, the page settled."""
     context = browser.new_context(viewport={"width": size[0], "height": size[1]})
     page = context.new_page()
+    runs = Runs(page)
     page.set_default_timeout(30_000)
     page.goto(url)
     page.get_by_label("User name").fill("ann")
     page.get_by_label("Password", exact=True).fill(PW["ann"])
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
-    settle(page)
-    return page
+    settle(page, runs)
+    return page, runs
 
 
-def settle(page) -> None:
-    """Let the rerun a click or key started finish (a key pressed meanwhile is dropped as stale, by design)."""
+def settle(page, runs: Runs) -> None:
+    """Wait until the app has answered every click and key (a key pressed during a rerun is dropped as stale, by
+    design) and every image has loaded."""
+    runs.wait(runs.idle, "the app to answer every click and key")
     page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-    page.wait_for_timeout(800)
 
 
 def on_screen(page, locator, size: tuple[int, int]) -> None:
@@ -102,7 +104,7 @@ def true_class_buttons(page) -> tuple[dict[int, str], list[str], str | None]:
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_annotate_fits_the_window_and_keys_stay_put(server, browser, size):
     url, db = server
-    page = open_annotate(browser, url, size)
+    page, runs = open_annotate(browser, url, size)
     image = page.locator(".st-key-ann_image img")
     expect(image).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / f"annotate-{size[0]}x{size[1]}.png"))
@@ -123,11 +125,11 @@ def test_annotate_fits_the_window_and_keys_stay_put(server, browser, size):
     for step in range(2):
         label = page.locator(".st-key-ann_about h3").inner_text().split(":", 1)[1].strip()
         shown = page.locator(".st-key-ann_about").get_by_text("Image #").inner_text()
-        page.keyboard.press("k")
+        runs.press("k")
         panel = page.locator(".st-key-ann_true_panel")
         expect(panel).to_be_visible()
         expect(page.locator(".st-key-ann_about").get_by_text("Image #")).not_to_have_text(shown)  # the next one
-        settle(page)
+        settle(page, runs)
         buttons, disabled, suggested = true_class_buttons(page)
         page.screenshot(path=str(ARTIFACTS / f"annotate-{size[0]}x{size[1]}-wrong-{step}.png"))
         on_screen(page, panel, size)
@@ -141,9 +143,9 @@ def test_annotate_fits_the_window_and_keys_stay_put(server, browser, size):
         assert disabled == [label]  # the image's own label is no choice, but keeps its key's place
         if step == 0:  # unsure: the next image, then its 'wrong' shows the panel again
             now = page.locator(".st-key-ann_about").get_by_text("Image #").inner_text()
-            page.keyboard.press("u")
+            runs.press("u")
             expect(page.locator(".st-key-ann_about").get_by_text("Image #")).not_to_have_text(now)
-            settle(page)
+            settle(page, runs)
     with Store(db) as store:
         names = sorted(c["name"] for c in store.classes())
     for buttons in keys:  # one key per class for the whole session: key n is the n-th class by name
@@ -154,37 +156,37 @@ def test_annotate_fits_the_window_and_keys_stay_put(server, browser, size):
 def test_blind_setting_and_audit_items_hide_score_and_suggestion(server, browser):
     url, db = server
     size = SIZES[0]
-    page = open_annotate(browser, url, size)
+    page, runs = open_annotate(browser, url, size)
     expect(page.get_by_test_id("stMetric").filter(has_text="Model score")).to_be_visible()
     toggle = page.locator(".st-key-ann_blind").get_by_text("Blind", exact=True)
-    toggle.click()  # the annotator's own setting
+    runs.click(toggle)  # the annotator's own setting
     page.evaluate("document.activeElement.blur()")  # shortcuts do not fire while the toggle has the focus
-    settle(page)
+    settle(page, runs)
     expect(page.get_by_test_id("stMetric").filter(has_text="Model score")).to_have_count(0)
     expect(page.get_by_text("The model thinks")).to_have_count(0)
-    page.keyboard.press("k")
+    runs.press("k")
     panel = page.locator(".st-key-ann_true_panel")
     expect(panel).to_be_visible()
     expect(panel.locator("[data-testid='stBaseButton-primary']")).to_have_count(0)  # no suggestion highlighted
-    page.keyboard.press("z")
-    toggle.click()  # off again
-    settle(page)
+    runs.press("z")
+    runs.click(toggle)  # off again
+    settle(page, runs)
     expect(page.get_by_test_id("stMetric").filter(has_text="Model score")).to_be_visible()
     page.context.close()
     with Store(db) as store:  # audit items: blind whatever the setting says
         store.set_setting("audit_share", 1.0)
         store.release_leases("ann")  # images served earlier were not audit draws
     try:
-        page = open_annotate(browser, url, size)
+        page, runs = open_annotate(browser, url, size)
         expect(page.get_by_text("a random audit sample")).to_be_visible()
         expect(page.get_by_test_id("stMetric").filter(has_text="Model score")).to_have_count(0)
         expect(page.get_by_text("hidden on audit items")).to_be_visible()
-        page.keyboard.press("k")
+        runs.press("k")
         panel = page.locator(".st-key-ann_true_panel")
         expect(panel).to_be_visible()
         expect(panel.locator("[data-testid='stBaseButton-primary']")).to_have_count(0)
         page.screenshot(path=str(ARTIFACTS / "annotate-audit-blind.png"))
-        page.keyboard.press("z")
+        runs.press("z")
         page.context.close()
     finally:
         with Store(db) as store:

@@ -1,8 +1,8 @@
 """The Streamlit app under AppTest: login and role gating, each page's logic, escaping, error boundary, scale.
 
-Each test gets a fresh SQLite file (``$ANNOTATOR_DB``) with 36 tiny generated images in three classes
-(one with a hostile name) ingested through ``annotator.ingest``, and a model version written through the
-store (add_model + write_scores + make_current), so scores show without running the worker.
+Each test gets a fresh SQLite file (``$ANNOTATOR_DB``, conftest.py's ``db``) with 36 tiny generated images in
+three classes (one with a hostile name) ingested through ``annotator.ingest``, and a model version written
+through the store (helpers.add_random_model), so scores show without running the worker.
 """
 import csv
 import io
@@ -12,92 +12,15 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from annotator import auth, estimates
-from annotator.ingest import ingest_folder
 from annotator.pages import common, export_data
 from annotator.round_config import RoundConfig, load_round_config
 from annotator.store import Store
 
-APP = "../app.py"  # relative to this file (AppTest resolves it against the test's folder)
-ADMIN_PW = "admin-secret-pw"
-HOSTILE = "<b>x **y** :red[z] $1+1$"  # no "/": it is a folder name
-CLASSES = ("cat", "dog", HOSTILE)
-DELTA = 0.0
-
-
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    """Path of a populated database; env ANNOTATOR_DB points at it."""
-    root = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for c in CLASSES:
-        (root / c).mkdir(parents=True)
-        for k in range(12):
-            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{k}.png")
-    path = tmp_path / "state" / "annotator.db"
-    monkeypatch.setenv("ANNOTATOR_DB", str(path))
-    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", ADMIN_PW)
-    with Store(path) as store:
-        report = ingest_folder(store, root, progress=False)
-        assert report.added == 36 and not report.errors
-        store.set_verify(["cat", "dog"])
-        auth.ensure_admin(store)
-        auth.add_user(store, "ann", "annotator", "ann-password")
-        add_model(store)
-    return path
-
-
-def add_model(store, *, metrics=None):
-    """A current model: every image scored at random in [-1, 1]; suggested label 'dog' (or 'cat')."""
-    rng = random.Random(1)
-    rows = []
-    for r in store.iter_images():
-        score = rng.uniform(-1, 1)
-        other = "cat" if r["label"] == "dog" else "dog"
-        rows.append((r["id"], r["label_id"], score, abs(score - DELTA), store.class_id(other), 0.5))
-    version = store.add_model(delta=DELTA, backbone="ImageNet weights from a test file", metrics=metrics or {
-        "estimated_noise_rate": 0.3, "per_class_noise_rate": {"cat": 0.2, "dog": 0.4, HOSTILE: 0.3},
-        "backbone": "ImageNet weights from a test file", "audit": {"error": 0.25, "auroc": 0.8}})
-    store.write_scores(version, rows)
-    store.make_current(version)
-    return version
-
-
-def app(user: str | None = None, *, page: str | None = None) -> AppTest:
-    """AppTest of app.py, run once; signed in as ``user`` (a session this browser session started, as after the
-    login form: AppTest sends no cookies, so a token in the URL alone would not sign it in)."""
-    at = AppTest.from_file(APP, default_timeout=60)
-    if user:
-        with Store() as store:
-            at.session_state["token"] = auth.start_session(store, store.get_user(user)).token
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def button(at, key: str):
-    """The button with this key."""
-    return at.button(key=key)
-
-
-def texts(at) -> str:
-    """Everything the page says, as one string (markdown, captions, alerts, metrics, titles)."""
-    parts = [e.value for kind in ("markdown", "caption", "title", "subheader", "success", "info", "warning", "error")
-             for e in getattr(at, kind)]
-    parts += [f"{m.label}={m.value}" for m in at.metric]
-    return "\n".join(str(p) for p in parts)
-
-
-def metric(at, label: str) -> str:
-    return next(m.value for m in at.metric if m.label == label)
-
+from helpers import ADMIN_PW, APP, CLASSES, HOSTILE, add_random_model, app, button, metric, shown_image, texts
 
 # -- login and roles --------------------------------------------------------------------
 def test_anonymous_sees_only_the_login_form(db):
@@ -173,16 +96,6 @@ def test_deactivated_user_is_signed_out_at_the_next_rerun(db):
 
 
 # -- annotate ---------------------------------------------------------------------------
-def inline_images(at) -> list[str]:
-    """The src of every <img> the page embeds with st.html (the annotate page's images)."""
-    return re.findall(r'<img src="([^"]*)"', "".join(h.proto.body for h in at.get("html")))
-
-
-def shown_image(at) -> int:
-    caption = next(c.value for c in at.caption if c.value.startswith("Image #"))
-    return int(caption.split("#")[1].split(" ")[0])
-
-
 def test_single_mode_verdicts_undo_and_true_class(db):
     at = app("ann")
     assert metric(at, "Mine") == "0" and metric(at, "Left") == "24"
@@ -320,10 +233,10 @@ def test_dashboard_rates_intervals_trend_worker(db):
         ids = [r["id"] for r in store.iter_images() if r["label"] == "cat"]
         for k, i in enumerate(ids[:10]):
             store.record_verdict(i, "ann", "wrong" if k < 3 else "correct", reason="audit")
-        add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
-                                  "backbone": "trained on the noisy labels (from /srv/secret/w.pth)",
-                                  "backbone_kind": "noisy", "backbone_arch": "resnet18", "method": "transfer",
-                                  "audit": {"error": 0.2, "auroc": 0.9, "n": 40}})
+        add_random_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
+                                         "backbone": "trained on the noisy labels (from /srv/secret/w.pth)",
+                                         "backbone_kind": "noisy", "backbone_arch": "resnet18", "method": "transfer",
+                                         "audit": {"error": 0.2, "auroc": 0.9, "n": 40}})
         store.worker_update(phase="training", progress=0.5, message="step 100/200", last_error="OSError: boom",
                             last_error_at=time.time())
         store.add_artifact(kind="backbone", path="/x.pt", backbone_id="b1", source="trained",
@@ -348,10 +261,11 @@ def test_dashboard_rates_intervals_trend_worker(db):
 
 def test_dashboard_warns_when_the_flags_lose_on_held_out_audits_and_reads_expected_rates(db):
     with Store() as store:
-        add_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
-                                  "method": "robust", "noise_rate_kind": "expected", "note": "calibrated on 40 "
-                                  "verdicts (9 wrong) around the verdict-free weights",
-                                  "audit_check": {"n": 14, "errors": 6, "flag_nothing_errors": 4, "loses": True}})
+        add_random_model(store, metrics={"estimated_noise_rate": 0.25, "per_class_noise_rate": {"cat": 0.1, "dog": 0.5},
+                                         "method": "robust", "noise_rate_kind": "expected", "note": "calibrated on 40 "
+                                         "verdicts (9 wrong) around the verdict-free weights",
+                                         "audit_check": {"n": 14, "errors": 6, "flag_nothing_errors": 4,
+                                                         "loses": True}})
     at = app("admin", page="annotator/pages/dashboard.py")
     said = texts(at)
     assert "the expected share of wrong labels in each class" in said
@@ -376,8 +290,9 @@ def test_dashboard_sample_sizes_axes_progress_and_undo_counts(db):
             v = store.relabel_verdict(v, "ann", "dog")
         store.record_verdict(cat[10], "ann", "correct", reason="uncertain")
         store.undo_last("ann")
-        add_model(store, metrics={"estimated_noise_rate": 0.2, "per_class_noise_rate": {"cat": 0.15, "dog": 0.25},
-                                  "audit": {"error": 0.0, "auroc": 1.0, "n": 13}})
+        add_random_model(store, metrics={"estimated_noise_rate": 0.2,
+                                         "per_class_noise_rate": {"cat": 0.15, "dog": 0.25},
+                                         "audit": {"error": 0.0, "auroc": 1.0, "n": 13}})
         store.worker_update(phase="training", progress=0.5, overall=0.42, phase_index=4, phase_count=6,
                             eta_at=time.time() + 90, message="step 100/200")
     at = app("admin", page="annotator/pages/dashboard.py")

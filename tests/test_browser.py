@@ -19,16 +19,13 @@ from annotator import auth
 from annotator.ingest import ingest_csv
 from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
-from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, stop, streamlit_app, sync_api  # noqa: F401
+from browser_kit import ARTIFACTS, BROWSER_MARKS, expect, login, metric, new_page, shot, stop, streamlit_app
 from helpers import DEMO, REPO, wait_for
 
 ADMIN_PW = "lead-pass-123"
 N_IMAGES = 200
-WAIT_MS = 30_000
 
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
-expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="module")
@@ -63,31 +60,6 @@ def annotator(server, request) -> tuple[str, str]:
     name = request.node.name.removeprefix("test_")[:40]
     with Store(server[1]) as store:
         return name, auth.add_user(store, name, "annotator")
-
-
-def new_page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    return page
-
-
-def login(page, url: str, name: str, password: str) -> None:
-    page.goto(url)
-    page.get_by_label("User name").fill(name)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
-
-
-def metric(page, label: str):
-    return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue")
-
-
-def shot(page, name: str) -> None:
-    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-    page.wait_for_timeout(300)  # let charts paint
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def live_of(db: Path, name: str) -> list[dict]:

@@ -5,14 +5,11 @@ import os
 import pytest
 
 from annotator.store import Store
-from browser_kit import BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from browser_kit import BROWSER_MARKS, expect, login, shot, streamlit_app
 from helpers import demo_db
-from test_browser import login, shot
 
 ADMIN_PW = "lead-pass-123"
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
-expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="module")

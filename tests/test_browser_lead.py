@@ -12,7 +12,7 @@ import pytest
 
 from annotator import auth, estimates
 from annotator.store import Store
-from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from browser_kit import ARTIFACTS, BROWSER_MARKS, expect, streamlit_app
 from helpers import DEMO, demo_db, demo_rows
 
 PW = "lead-pass-123"
@@ -20,8 +20,6 @@ N = 120
 SIZE = (1366, 768)
 
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
-expect.set_options(timeout=30_000)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from browser_kit import ARTIFACTS, BROWSER_MARKS, browser, streamlit_app, sync_api  # noqa: F401
+from browser_kit import ARTIFACTS, BROWSER_MARKS, Runs, expect, metric, new_page, streamlit_app
+from browser_kit import login as login_as
 from helpers import demo_db, wait_for
-from test_browser import login as login_as
-from test_browser import metric, new_page
 
 from annotator import auth
 from annotator.server import app_env
@@ -21,7 +20,6 @@ PASSWORD = "alice-password"
 N_IMAGES = 40
 
 pytestmark = BROWSER_MARKS
-expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def served_env(db, trusted_proxies: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def login(page, url: str, name: str, password: str) -> None:
-    """test_browser.login, then the first image is on screen."""
+    """browser_kit.login, then the first image is on screen."""
     login_as(page, url, name, password)
     expect(page.get_by_text("Image #")).to_be_visible()
 
@@ -82,6 +80,7 @@ def test_a_link_with_a_login_session_does_not_sign_in_another_browser(server, br
 def test_images_are_inline_and_no_media_url_answers_without_the_session(server, browser):
     url, _ = server
     page = new_page(browser)
+    runs = Runs(page)
     media: list[str] = []
     page.on("request", lambda r: media.append(r.url) if urlparse(r.url).path.startswith("/media/") else None)
     login(page, url, "alice", PASSWORD)
@@ -95,7 +94,8 @@ def test_images_are_inline_and_no_media_url_answers_without_the_session(server, 
     box.fill("automobile")
     box.press("Enter")
     expect(page.locator("[class*='st-key-ann_flip_'] button").first).to_be_visible()
-    page.wait_for_timeout(500)
+    runs.wait(runs.idle, "the grid's run to finish")  # then every image it shows is in the page, and loaded:
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")  # any URL was fetched by now
     for target in media:  # while she is signed in, fetched by someone without her session
         assert status_of(target)[0] == 404, target
     assert media == []

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
 from browser_kit import free_port, stop, wait_healthy
-from helpers import REPO
-from test_app import APP
+from helpers import APP, REPO
 
 from annotator import auth
 from annotator.cli import cli

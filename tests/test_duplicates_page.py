@@ -4,7 +4,7 @@ import pytest
 
 from annotator.store import Store
 
-from test_app import HOSTILE, app, db, texts  # noqa: F401  (db is the fixture)
+from helpers import HOSTILE, app, texts
 
 
 def plant_run(store: Store) -> dict[str, list[int]]:

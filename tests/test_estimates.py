@@ -1,38 +1,18 @@
-"""The lead's estimates (annotator.estimates) on small stores built here: exact values where the math is exact."""
+"""The lead's estimates (annotator.estimates) on small stores (helpers.build_abc and ones built here): exact
+values where the math is exact."""
 import csv
 import io
 from math import sqrt
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from annotator import auth, estimates, report
+from annotator import estimates, report
 from annotator.estimates import Interval, States, stratified_count, wilson
 from annotator.export import export_csv
 from annotator.store import Store
 
-SCORES = {"A": [0.2, 0.9, 0.6, 0.8, 0.1, 0.3, 0.7, 0.4, 0.95, 0.5],   # image ids 1-10
-          "B": [0.3, 0.45, 0.6, 0.9, 0.9, 0.9, 0.2, 0.8, 0.7, 0.6],   # 11-20
-          "C": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]}   # 21-30, unverified; 31 duplicates 21
-
-
-def build(store: Store, *, kind: str = "expected", delta: float = 0.5) -> None:
-    """A, B verified, C not; verdicts: A audits 1 (wrong), 2, 3, 4 (correct), 5 wrong -> B, 6 wrong (uncertain);
-    B audits 11, 12 wrong, 13 unsure."""
-    ids = store.ensure_classes(["A", "B", "C"])
-    rows = [{"path": f"/img/{c}{k}.png", "hash": f"{c}{k}", "label_id": ids[c]} for c in "ABC" for k in range(10)]
-    store.add_images(rows + [{"path": "/img/dup.png", "hash": "C0", "label_id": ids["C"]}])
-    store.set_verify(["A", "B"])
-    version = store.add_model(delta=delta, metrics={"noise_rate_kind": kind})
-    store.write_scores(version, [(10 * j + k + 1, ids[c], s, abs(s - delta))
-                                 for j, c in enumerate("ABC") for k, s in enumerate(SCORES[c])])
-    store.make_current(version)
-    for image, verdict in ((1, "wrong"), (2, "correct"), (3, "correct"), (4, "correct"), (11, "wrong"), (12, "wrong")):
-        store.record_verdict(image, "ann", verdict, reason="audit")
-    store.record_verdict(5, "ann", "wrong", reason="uncertain", corrected_label="B")
-    store.record_verdict(6, "ann", "wrong", reason="uncertain")
-    store.record_verdict(13, "ann", "unsure", reason="uncertain")
+from helpers import ABC_SCORES, app, build_abc
 
 
 def test_wilson_matches_known_values_and_takes_fractional_counts():
@@ -68,7 +48,7 @@ def test_combine_adds_points_and_half_widths_in_quadrature():
 
 def test_standing_on_a_constructed_store(db_path):
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
         s = estimates.standing(store)
     assert s["images"] == 30 and s["verdicts"] == 9 and s["judged"] == 8 and s["threshold"] == 0.5
     per = {r["class"]: r for r in s["audited_classes"]["classes"]}
@@ -81,7 +61,7 @@ def test_standing_on_a_constructed_store(db_path):
     audited = s["audited_classes"]["remaining"]
     assert list(audited.values()) == pytest.approx([9.0, 12 * lo, 12 * hi])
     # C from the model: sum(1 - P), checked on the held-out audits 1 (wrong, 0.2), 3 (correct, 0.6), 11 (wrong, 0.3)
-    p = np.array(SCORES["C"])
+    p = np.array(ABC_SCORES["C"])
     expected, sd = float((1 - p).sum()), sqrt(float((p * (1 - p)).sum()))
     check = s["model_classes"]["check"]
     lo, hi = wilson(2, 3)
@@ -110,7 +90,7 @@ def test_standing_on_a_constructed_store(db_path):
 def test_export_counts_are_what_the_export_writes(db_path, threshold):
     """None: the export's threshold in force (the model's delta, 0.5)."""
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
         counts = estimates.export_counts(States.of(store.image_states(1)), 0.5 if threshold is None else threshold)
         buf = io.StringIO(newline="")
         export_csv(store, buf, threshold=threshold)
@@ -123,7 +103,7 @@ def test_export_counts_are_what_the_export_writes(db_path, threshold):
 
 def test_what_if_precision_recall_move_with_the_threshold(db_path):
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
         rows = estimates.what_if(States.of(store.image_states(1)), [0.25, 0.65])
     low, high = rows[0]["flags"], rows[1]["flags"]
     assert (low["flagged"], low["precision"]["k"], low["recall"]["rate"]) == (1, 1, 0.5)  # only 0.2 < 0.25
@@ -134,7 +114,7 @@ def test_what_if_precision_recall_move_with_the_threshold(db_path):
 
 def test_scores_that_are_no_probabilities_or_an_unchecked_model_say_so(db_path):
     with Store(db_path) as store:
-        build(store, kind="flagged")
+        build_abc(store, kind="flagged")
         s = estimates.standing(store)
         assert s["model_classes"]["remaining"] is None and s["remaining"] is None and s["wrong_total"] is None
         assert s["audited_classes"]["remaining"]["point"] == pytest.approx(9.0)
@@ -143,29 +123,8 @@ def test_scores_that_are_no_probabilities_or_an_unchecked_model_say_so(db_path):
     assert unchecked == Interval(pytest.approx(0.6), 0.0, 2.0)
 
 
-@pytest.fixture
-def lead_db(db_path, monkeypatch):
-    """The constructed store behind ``$ANNOTATOR_DB``, with the lead 'admin'."""
-    monkeypatch.setenv("ANNOTATOR_DB", str(db_path))
-    monkeypatch.setenv("ANNOTATOR_ADMIN_PASSWORD", "admin-secret-pw")
-    with Store(db_path) as store:
-        build(store)
-        auth.ensure_admin(store)
-    return db_path
-
-
-def lead_page(page: str) -> AppTest:
-    at = AppTest.from_file("../app.py", default_timeout=60)
-    with Store() as store:
-        at.session_state["token"] = auth.start_session(store, store.get_user("admin")).token
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def test_the_dashboard_opens_with_where_we_stand_and_shows_the_estimates(lead_db):
-    at = lead_page("annotator/pages/dashboard.py")
+    at = app("admin", page="annotator/pages/dashboard.py")
     heads = [h.value for h in at.subheader]
     assert heads[0] == "Where we stand" and heads.index("Label noise per class") < heads.index("Worker")
     with Store(lead_db) as store:
@@ -182,7 +141,7 @@ def test_the_dashboard_opens_with_where_we_stand_and_shows_the_estimates(lead_db
 
 
 def test_the_export_what_if_follows_the_threshold_control(lead_db):
-    at = lead_page("annotator/pages/export.py")
+    at = app("admin", page="annotator/pages/export.py")
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Kept"], metrics["Dropped"], metrics["Relabelled"]) == ("20", "11", "1")  # at delta 0.5
     assert (metrics["Precision"], metrics["Recall"]) == ("100%", "100%")
@@ -239,9 +198,9 @@ def test_admin_says_which_verified_class_to_stop_and_swaps_it_for_a_suggested_on
         ids = {c["name"]: c["id"] for c in store.classes()}
         version = store.add_model(delta=0.5, metrics={"noise_rate_kind": "expected", "verdict_influence": influence})
         store.write_scores(version, [(10 * j + k + 1, ids[c], s, abs(s - 0.5))
-                                     for j, c in enumerate("ABC") for k, s in enumerate(SCORES[c])])
+                                     for j, c in enumerate("ABC") for k, s in enumerate(ABC_SCORES[c])])
         store.make_current(version)
-    at = lead_page("annotator/pages/admin.py")
+    at = app("admin", page="annotator/pages/admin.py")
     assert at.warning[0].value.startswith("**A**: the newest verdicts there no longer move the model")
     signal = at.dataframe[0].value.set_index("class")["signal"]
     assert signal.to_dict() == {"A": "verify another class", "B": "keep going", "C": ""}

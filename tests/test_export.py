@@ -14,12 +14,6 @@ from annotator.store import Store
 HOSTILE = ['=HYPERLINK("http://x")', "+1", "-2", "@x", "<script>"]
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "annotator.db") as s:
-        yield s
-
-
 def read(store, **kw):
     buf = io.StringIO(newline="")
     n = export_csv(store, buf, **kw)

@@ -15,7 +15,6 @@ from annotator.ingest import (CORRUPT, EMPTY, ESCAPES, MAX_PIXELS, MISSING, NOT_
                               NOT_REGULAR, BAD_ROW, DUPLICATE_ROW, BadSource, _pixel_limit, decode,
                               ingest_csv, ingest_folder)
 from annotator.rescan import rescan
-from annotator.store import Store
 from cleannet_core.keys import content_hash, content_key
 
 HYPERLINK = '=HYPERLINK("http://x")'
@@ -35,12 +34,6 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "db" / "annotator.db") as s:
-        yield s
 
 
 @pytest.fixture

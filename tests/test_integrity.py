@@ -193,7 +193,7 @@ def test_concurrent_processes_never_leave_two_live_verdicts(db_path):
 
 
 # -- the annotate page (AppTest): each press carries its image id ------------------------
-from test_app import app, button, db, shown_image, texts  # noqa: E402,F401  (db is a fixture)
+from helpers import app, button, shown_image, texts  # noqa: E402  (the AppTest database: conftest.py `db`)
 
 
 def test_a_move_lost_after_the_commit_cannot_bind_the_next_press_to_the_judged_image(db):

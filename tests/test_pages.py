@@ -1,14 +1,15 @@
 """Pages under AppTest, beyond tests/test_app.py: what a role check says, how a missing file is named to whom,
 grid mode reading each file once, and the Admin page's password reset handing the user's images back.
-The app fixture (``db``, ``app``) comes from test_app."""
+The AppTest database is conftest.py's ``db``."""
 from pathlib import Path
 
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_app import app, button, db  # noqa: F401  (db is a fixture)
 
 from annotator import display
 from annotator.store import Store
+
+from helpers import app, button
 
 
 def role_page() -> None:

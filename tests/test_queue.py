@@ -6,15 +6,9 @@ import time
 import pytest
 
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
-from annotator.store import Store, UnknownClass
+from annotator.store import UnknownClass
 
 DELTA = 0.1
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "annotator.db") as s:
-        yield s
 
 
 def populate(store, per_class=20, classes=("a", "b", "c"), verify=("a", "b")):

@@ -8,7 +8,7 @@ from annotator import estimates, report
 from annotator.cli import cli
 from annotator.store import Store
 
-from test_estimates import build, lead_db, lead_page  # noqa: F401  (lead_db is a fixture)
+from helpers import app, build_abc
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -19,14 +19,14 @@ def test_report_json_is_what_the_dashboard_shows(lead_db):
     out = json.loads(res.output)
     with Store(lead_db) as store:
         assert out == json.loads(json.dumps(estimates.standing(store)))
-    at = lead_page("annotator/pages/dashboard.py")
+    at = app("admin", page="annotator/pages/dashboard.py")
     assert at.table[0].value.reset_index().to_dict("records") == report.summary_rows(out)
     assert out["fixed"]["wrong"] == 5 and out["export"]["dropped"] == 11
 
 
 def test_report_text_and_html_say_the_same_rows_offline_and_escaped(db_path, tmp_path):
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
         store.ensure_classes([HOSTILE])
         store.add_images([{"path": "/img/h.png", "hash": "h", "label_id": store.class_id(HOSTILE)}])
         store.set_verify([HOSTILE])
@@ -52,7 +52,7 @@ def test_report_text_and_html_say_the_same_rows_offline_and_escaped(db_path, tmp
 
 def test_report_refuses_to_write_over_the_database(db_path):
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
     res = CliRunner().invoke(cli, ["--db", str(db_path), "report", "--out", f"{db_path}-wal"])
     assert res.exit_code == 1 and "database's own file" in res.output
     with Store(db_path) as store:

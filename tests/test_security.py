@@ -1,5 +1,6 @@
 """Accounts and sessions, login throttling, private files, hostile names and files, through the store,
-the CLI and the app (AppTest). The app fixture (`db`, `app`) comes from test_app."""
+the CLI and the app (AppTest). `store` with `users` holds the lead 'admin' and the annotator 'ann'; `db` is the
+AppTest database (conftest.py)."""
 import base64
 import hashlib
 import logging
@@ -15,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_app import ADMIN_PW, APP, app, button, db, inline_images, shown_image, texts  # noqa: F401  (db is a fixture)
 
 from cleannet_core.keys import content_hash
 
@@ -24,16 +24,10 @@ from annotator.cli import cli
 from annotator.pages import common
 from annotator.store import Store, StoreError
 
+from helpers import ADMIN_PW, APP, app, button, inline_images, shown_image, texts
+
 REPO = Path(__file__).resolve().parents[1]
 LOGIN_KEYS = ["login_name", "login_password"]
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "state" / "annotator.db") as s:
-        auth.add_user(s, "admin", "lead", ADMIN_PW)
-        auth.add_user(s, "ann", "annotator", "ann-password")
-        yield s
 
 
 def login_form(at) -> bool:
@@ -41,7 +35,7 @@ def login_form(at) -> bool:
 
 
 # -- sessions ---------------------------------------------------------------------------
-def test_session_token_is_random_stored_hashed_and_no_secret_is_kept(store):
+def test_session_token_is_random_stored_hashed_and_no_secret_is_kept(store, users):
     s1, s2 = (auth.start_session(store, store.get_user("ann")) for _ in range(2))
     assert s1.token != s2.token and len(s1.token) == 43
     rows = store._all("SELECT token_hash FROM sessions ORDER BY id")
@@ -49,7 +43,7 @@ def test_session_token_is_random_stored_hashed_and_no_secret_is_kept(store):
     assert store.get_setting("session_secret") is None
 
 
-def test_session_expiry_is_idle_and_capped(store):
+def test_session_expiry_is_idle_and_capped(store, users):
     ann = store.get_user("ann")
     t0 = 1_000_000.0
     s = auth.start_session(store, ann, now=t0)
@@ -62,7 +56,7 @@ def test_session_expiry_is_idle_and_capped(store):
     assert auth.resume_session(store, s.token, now=t0 + auth.SESSION_MAX_S + 1) is None  # the cap holds
 
 
-def test_a_session_id_is_never_reused_so_undo_never_reaches_an_earlier_login(store):
+def test_a_session_id_is_never_reused_so_undo_never_reaches_an_earlier_login(store, users):
     cid = store.ensure_classes(["cat"])["cat"]
     store.add_images([{"path": f"/cat/{k}.jpg", "hash": f"h{k}", "label_id": cid} for k in range(2)])
     first = auth.start_session(store, store.get_user("ann"))
@@ -100,7 +94,7 @@ def test_session_ids_continue_above_every_id_a_verdict_carries_after_the_upgrade
         assert new.session_id == 8 and s.undo_last("ann", session_id=new.session_id) == []
 
 
-def test_logout_password_change_deactivation_and_signout_end_sessions(store):
+def test_logout_password_change_deactivation_and_signout_end_sessions(store, users):
     ann = store.get_user("ann")
 
     def live(token):
@@ -175,7 +169,7 @@ def test_login_form_says_when_throttled(db):
 
 
 @pytest.mark.real_scrypt
-def test_unknown_user_costs_the_same_scrypt_work(store, monkeypatch):
+def test_unknown_user_costs_the_same_scrypt_work(store, users, monkeypatch):
     calls = []
     real = hashlib.scrypt
 
@@ -191,7 +185,7 @@ def test_unknown_user_costs_the_same_scrypt_work(store, monkeypatch):
 
 
 @pytest.mark.real_scrypt
-def test_old_scrypt_cost_is_rehashed_at_login(store):
+def test_old_scrypt_cost_is_rehashed_at_login(store, users):
     salt = os.urandom(16)
     old = hashlib.scrypt(b"old-cost-password", salt=salt, n=2 ** 14, r=8, p=1, dklen=32).hex()
     store.set_password_hash("ann", f"scrypt${2 ** 14}$8$1${salt.hex()}${old}")
@@ -202,7 +196,7 @@ def test_old_scrypt_cost_is_rehashed_at_login(store):
     assert auth.authenticate(store, "ann", "old-cost-password") and auth.resume_session(store, s.token)
 
 
-def test_a_password_reset_during_a_login_rehash_is_not_undone(store, monkeypatch):
+def test_a_password_reset_during_a_login_rehash_is_not_undone(store, users, monkeypatch):
     """A login that verified an old-cost hash rehashes it, but never over a password set meanwhile."""
     salt = os.urandom(16)
     old = hashlib.scrypt(b"old-cost-password", salt=salt, n=2 ** 11, r=8, p=1, dklen=32).hex()
@@ -221,7 +215,7 @@ def test_a_password_reset_during_a_login_rehash_is_not_undone(store, monkeypatch
     assert auth.authenticate(store, "ann", "old-cost-password") is None
 
 
-def test_user_names_are_normalised_and_compared_case_insensitively(store):
+def test_user_names_are_normalised_and_compared_case_insensitively(store, users):
     for clash in ("Admin", "ADMIN", "\uff21dmin", " admin "):  # the last but one is a full-width A
         with pytest.raises(StoreError, match="already exists"):
             auth.add_user(store, clash, "annotator", "long-enough-pw")
@@ -242,7 +236,7 @@ def test_user_names_are_normalised_and_compared_case_insensitively(store):
                                                                "r2d2"])
 
 
-def test_minimum_password_length_everywhere(store, tmp_path):
+def test_minimum_password_length_everywhere(store, users, tmp_path):
     with pytest.raises(auth.WeakPassword):
         auth.add_user(store, "bob", "annotator", "a")
     with pytest.raises(auth.WeakPassword):
@@ -285,7 +279,7 @@ def test_state_folder_and_files_are_private(tmp_path):
 
 
 # -- hostile names and files -----------------------------------------------------------
-def test_non_utf8_names_are_recorded_and_the_rest_ingested(store, tmp_path):
+def test_non_utf8_names_are_recorded_and_the_rest_ingested(store, users, tmp_path):
     root = tmp_path / "images"
     root.mkdir()
     os.mkdir(os.fsencode(root) + b"/caf\xe9")
@@ -302,7 +296,7 @@ def test_non_utf8_names_are_recorded_and_the_rest_ingested(store, tmp_path):
     assert {e["reason"] for e in store.ingest_errors()} == {ingest.BAD_NAME}
 
 
-def test_class_names_with_bidi_or_zero_width_characters_are_refused_and_counted(store, tmp_path):
+def test_class_names_with_bidi_or_zero_width_characters_are_refused_and_counted(store, users, tmp_path):
     root = tmp_path / "images"
     for folder in ("cat", "dog\u202egnp.exe", "cat\u200b"):  # a bidi override; a zero-width look-alike of cat
         (root / folder).mkdir(parents=True)

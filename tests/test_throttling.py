@@ -6,9 +6,11 @@ import time
 
 import pytest
 
-from test_security import ADMIN_PW, store  # noqa: F401  (store: admin and ann on a real file)
-
 from annotator import auth
+
+from helpers import ADMIN_PW
+
+pytestmark = pytest.mark.usefixtures("users")  # `store` holds the lead 'admin' and the annotator 'ann' (conftest.py)
 
 
 def test_throttling_per_user_name(store, caplog):

@@ -12,7 +12,7 @@ from annotator.queue import next_items
 from annotator.store import Store
 from cleannet_core.metrics import auroc
 
-from test_estimates import SCORES, build
+from helpers import ABC_SCORES, build_abc
 
 
 def answer(store: Store, who: str, k: int, rng: random.Random) -> list:
@@ -68,7 +68,7 @@ def test_a_leased_transfer_item_comes_back_as_one_and_an_unsure_leaves_the_quota
 
 def test_transfer_check_verdicts_neither_train_nor_validate_a_round(db_path):
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
         store.record_verdict(21, "t", "wrong", reason="transfer_check")  # C, odd id
         store.record_verdict(22, "t", "correct", reason="transfer_check")  # C, even id
         data = pipeline.load_data(store)
@@ -80,13 +80,13 @@ def test_transfer_check_verdicts_neither_train_nor_validate_a_round(db_path):
 
 def test_the_transfer_check_measures_error_and_auroc_on_the_unverified_classes(db_path):
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
         verdicts = {21: "correct", 22: "correct", 24: "wrong", 26: "correct", 27: "wrong", 29: "wrong"}
         for image, verdict in verdicts.items():
             store.record_verdict(image, "t", verdict, reason="transfer_check")
         s = estimates.standing(store)
     t = s["transfer"]
-    score = np.array([SCORES["C"][i - 21] for i in verdicts])  # 0.9, 0.8, 0.6, 0.4, 0.3, 0.1
+    score = np.array([ABC_SCORES["C"][i - 21] for i in verdicts])  # 0.9, 0.8, 0.6, 0.4, 0.3, 0.1
     correct = np.array([v == "correct" for v in verdicts.values()])
     errors = int(((score < 0.5) == correct).sum())  # 24 (0.6, wrong, kept) and 26 (0.4, correct, flagged)
     assert (t["n"], t["wrong"], errors) == (6, 3, 2) and t["per_class"] == {"C": {"n": 6, "wrong": 3}}
@@ -106,7 +106,7 @@ def test_the_transfer_check_measures_error_and_auroc_on_the_unverified_classes(d
 def test_the_annotate_page_shows_a_transfer_item_blind(db_path, monkeypatch):
     monkeypatch.setenv("ANNOTATOR_DB", str(db_path))
     with Store(db_path) as store:
-        build(store)
+        build_abc(store)
         auth.add_user(store, "t", "annotator", "t-password-1")
         store.set_setting("transfer_annotators", ["t"])
     at = AppTest.from_file("../app.py", default_timeout=60)
