@@ -177,17 +177,18 @@ def test_the_effort_curve_reads_each_versions_audit_check_and_expected_count():
 
 
 def test_the_stopping_signal_reads_the_rounds_verdict_influence():
-    metrics = {"verdict_influence": {"A": {"verdicts": 40, "held": 20, "moved": 3, "flagged": 200},
-                                     "B": {"verdicts": 30, "held": 15, "moved": 4, "flagged": 200},
-                                     "C": {"verdicts": 12, "held": 6, "moved": 0, "flagged": 200}}}
+    edge = round(estimates.STOP_SHARE * 1000)  # moved flags of 1,000 at the threshold
+    metrics = {"verdict_influence": {"A": {"verdicts": 40, "held": 20, "moved": edge - 1, "flagged": 1000},
+                                     "B": {"verdicts": 30, "held": 15, "moved": edge, "flagged": 1000},
+                                     "C": {"verdicts": 12, "held": 6, "moved": 0, "flagged": 1000}}}
     rows = estimates.stopping(metrics, ["B", "A", "D"])
-    # 3 < 0.02 x 200 = 4: stop; 4 is not under it; D has too few verdicts (no entry); C is not verified
+    # A is under the threshold: stop; B is on it: not under; D has too few verdicts (no entry); C is not verified
     assert [(r["class"], r["stop"]) for r in rows] == [("A", True), ("B", False), ("D", None)]
-    assert rows[0] | {} == {"class": "A", "verdicts": 40, "held": 20, "moved": 3, "flagged": 200, "stop": True,
-                            "signal": True}
+    assert rows[0] == {"class": "A", "verdicts": 40, "held": 20, "moved": edge - 1, "flagged": 1000, "stop": True,
+                       "signal": True}
     assert [r["signal"] for r in report.stopping_rows(rows)] == ["verify another class", "keep going",
                                                                  "too few verdicts to tell"]
-    assert report.stopping_rows(rows)[0]["flags moved"] == "3 of 200"
+    assert report.stopping_rows(rows)[0]["flags moved"] == f"{edge - 1} of 1,000"
     assert [r["signal"] for r in estimates.stopping({}, ["A"])] == [False]  # another method: no signal
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from annotator.estimates import STOP_SHARE
 from cleannet_core import registry, scoring
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.robust import PRIOR_B, PRIOR_W, STRENGTH, _map_logistic, fit_weights
@@ -152,5 +153,5 @@ def test_verdict_influence_tells_informative_newest_verdicts_from_redundant_ones
     assert (inf[1]["verdicts"], inf[1]["held"], inf[3]["verdicts"], inf[3]["held"]) == (24, 12, 24, 12)
     flagged = int((fitted.scores.score < fitted.delta).sum())
     assert inf[1]["flagged"] == inf[3]["flagged"] == flagged  # the sample is every image here (< 50k)
-    assert inf[1]["moved"] < 0.02 * flagged <= inf[3]["moved"]
+    assert inf[1]["moved"] < STOP_SHARE * flagged <= inf[3]["moved"]
     assert scoring.method("transfer").fit(round_data(feats, noisy, 6, rows, ~wrong[rows])).influence is None
