@@ -193,8 +193,8 @@ def test_the_stopping_signal_reads_the_rounds_verdict_influence():
 
 
 def test_admin_says_which_verified_class_to_stop_and_swaps_it_for_a_suggested_one(lead_db):
-    influence = {"A": {"verdicts": 24, "held": 12, "moved": 1, "flagged": 100},
-                 "B": {"verdicts": 20, "held": 10, "moved": 30, "flagged": 100}}
+    influence = {"A": {"verdicts": 24, "held": 12, "moved": 1, "flagged": 1000},
+                 "B": {"verdicts": 20, "held": 10, "moved": 300, "flagged": 1000}}
     with Store(lead_db) as store:
         ids = {c["name"]: c["id"] for c in store.classes()}
         version = store.add_model(delta=0.5, metrics={"noise_rate_kind": "expected", "verdict_influence": influence})
