@@ -210,11 +210,16 @@ def grid_items(store: Store, annotator: str, class_name: str, n: int = 16, *, rn
     return _items(store, ids, reasons, version)
 
 
+def midnight(now: float | None = None) -> float:
+    """Unix time of the last local midnight (before ``now``, default the present): where "today" starts."""
+    now = time.time() if now is None else now
+    return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
 def queue_status(store: Store, annotator: str, *, now: float | None = None) -> dict:
     """``{"remaining": {verify class: candidates left}, "mine_today": live verdicts of ``annotator``
     since local midnight, "verdicts_total": all live verdicts}``."""
     now = time.time() if now is None else now
-    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     return {"remaining": store.remaining_by_class(now=now),
-            "mine_today": store.verdict_count_by(annotator, midnight),
+            "mine_today": store.verdict_count_by(annotator, midnight(now)),
             "verdicts_total": store.verdict_count()}

@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import string
-import time
 import uuid
 from contextlib import contextmanager
-from datetime import datetime
 
 import streamlit as st
 
@@ -78,10 +76,3 @@ def errors_as_messages(where: str = "This page"):
         ref = uuid.uuid4().hex[:8]
         log.exception("%s failed [ref %s]", where, ref)
         st.error(f"Something went wrong (reference {ref}). The details are in the server log.")
-
-
-# -- small pure helpers -----------------------------------------------------------------
-def midnight(now: float | None = None) -> float:
-    """Unix time of the last local midnight."""
-    now = time.time() if now is None else now
-    return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()

@@ -17,11 +17,12 @@ import pandas as pd
 import streamlit as st
 
 from annotator.estimates import wilson
-from annotator.pages.common import METHOD_TEXT, context, md, midnight, require_role
+from annotator.pages.common import METHOD_TEXT, context, md, require_role
 from annotator.pages.duplicates_view import duplicates_panel
 from annotator.pages.lead_view import standing_panel
 from annotator.progress import (ALIVE_S, adapt_summary, describe_next, describe_round, duration, model_trust,
                                 worker_status)
+from annotator.queue import midnight
 from annotator.store import Store
 
 PERIODS = {"Today": 0, "Last 7 days": 6, "All time": None}
