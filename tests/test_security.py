@@ -72,7 +72,7 @@ def test_session_ids_continue_above_every_id_a_verdict_carries_after_the_upgrade
     """A database from before: its newest sessions were deleted, but verdicts still carry their ids."""
     from sqlite_utils import Database
 
-    from annotator.store.schema import MIGRATIONS, _accounts_v2
+    from annotator.store.schema import MIGRATIONS
     db_path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(db_path)
     before = [m.__name__ for m in MIGRATIONS].index("_accounts_v2")  # the schema just before that upgrade

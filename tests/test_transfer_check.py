@@ -7,7 +7,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from annotator import auth, estimates, pipeline
-from annotator.estimates import States
 from annotator.queue import next_items
 from annotator.store import Store
 from cleannet_core.metrics import auroc
