@@ -74,3 +74,20 @@ def test_a_current_model_without_a_readable_checkpoint_does_not_stop_the_next_ro
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert pipeline._warm_state({"checkpoint": str(junk)}) is None
+
+
+def test_verdict_split_orders_rows_oldest_verdict_first(tmp_path):
+    """The stopping signal leaves out each class's newest verdicts: train rows come in the order the live
+    verdicts were given, whatever the image ids; a verdict given again after an undo counts as new."""
+    store = Store(tmp_path / "a.db")
+    ids = store.ensure_classes(["cat"])
+    store.add_images({"path": f"/img/{k}.jpg", "hash": str(k), "label_id": ids["cat"]} for k in range(1, 6))
+    for image_id in (4, 2, 3):
+        store.record_verdict(image_id, "ann", "correct", reason="uncertain")
+    store.undo_last("ann")  # the verdict on 3
+    store.record_verdict(5, "ann", "wrong", reason="uncertain")
+    store.record_verdict(3, "ann", "wrong", reason="uncertain")
+    data = pipeline.load_data(store)
+    split = pipeline.verdict_split(store, data)
+    assert data.ids[split.train].tolist() == [4, 2, 5, 3]
+    assert split.train_correct.tolist() == [True, True, False, False]
