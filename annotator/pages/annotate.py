@@ -35,6 +35,7 @@ from pathlib import Path
 import streamlit as st
 
 from annotator import display
+from annotator.pages import duplicate_offer as copies
 from annotator.pages.common import context, md, threshold
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
 from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
@@ -77,6 +78,7 @@ def _verdict(store: Store, user: dict, verdict: str, target: int) -> None:
         _flash("warning", f"Not saved: {md(e)}. Here is the next image.")
         return
     _flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
+    st.session_state[copies.OFFER_KEY] = vid if item.reason not in BLIND_REASONS else None
     st.session_state["ann_last_wrong"] = (
         {"verdict_id": vid, "image_id": item.image_id, "label": item.label, "path": item.path,
          "suggested": item.suggested_label, "corrected": None} if verdict == "wrong" else None)
@@ -88,6 +90,8 @@ def _relabel(store: Store, user: dict, verdict_id: int, label: str) -> None:
         return
     new_id = store.relabel_verdict(verdict_id, user["name"], label)
     st.session_state["ann_last_wrong"] = dict(last, verdict_id=new_id, corrected=label)
+    if st.session_state.get(copies.OFFER_KEY) == verdict_id:
+        st.session_state[copies.OFFER_KEY] = new_id
     _flash("success", f"True class of the last image set to **{md(label)}**.")
 
 
@@ -150,6 +154,8 @@ def apply_actions(store: Store, user: dict) -> None:
             _relabel(store, user, *args)
         elif kind == "grid":
             _grid_submit(store, user, *args)
+        elif kind == "propagate":
+            _flash(*copies.apply(store, user, *args))
 
 
 # -- queue and prefetch -----------------------------------------------------------------
@@ -176,6 +182,7 @@ def _switch_mode() -> None:
     st.session_state["ann_items"] = []  # leases stay mine; the other mode resumes them
     st.session_state["ann_grid"] = None
     st.session_state["ann_last_wrong"] = None
+    st.session_state[copies.OFFER_KEY] = None
 
 
 def _flip(image_id: int) -> None:
@@ -223,6 +230,7 @@ def single_mode(store: Store, user: dict) -> None:
             st.success("The queue is empty: every image of your classes has a verdict or is being reviewed "
                        "by someone else. Thank you!")
         undo_button(disabled=False)
+        copies.offer_panel(store, user, _queue)
         return
     item = items[0]
     model = store.current_model()
@@ -240,6 +248,7 @@ def single_mode(store: Store, user: dict) -> None:
                       on_click=_queue, args=("verdict", "unsure", item.image_id))
             undo_button()
         relabel_panel(store)
+        copies.offer_panel(store, user, _queue)
     with about:
         name, score = st.columns([3, 2])  # side by side: the true-class keys below stay on screen
         name.markdown(f"### Label: {md(item.label)}")
