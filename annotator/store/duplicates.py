@@ -37,7 +37,8 @@ class NotPropagable(StoreError):
     blind draw's (audit, transfer check)."""
 
 
-def implied(verdict: str, label_id: int, corrected_id: int | None, target_label_id: int) -> tuple[str, int | None] | None:
+def implied(verdict: str, label_id: int, corrected_id: int | None,
+            target_label_id: int) -> tuple[str, int | None] | None:
     """What a verdict on an image labelled ``label_id`` says about a near-duplicate labelled ``target_label_id``:
     (verdict, corrected class id or None), or None when it says nothing.
 
@@ -123,6 +124,11 @@ class DuplicatesMixin(StoreBase):
             " FROM duplicates d JOIN images i ON i.id = d.image_id JOIN classes c ON c.id = i.label_id"
             f" WHERE d.run_id = {_CURRENT} AND d.group_id IS NOT NULL ORDER BY d.group_id, i.id")
 
+    def iter_duplicate_groups(self) -> Iterator[tuple[int, int]]:
+        """(image_id, group_id) of every member of a group of the current run, by image id."""
+        yield from self.db.execute(f"SELECT image_id, group_id FROM duplicates WHERE run_id = {_CURRENT}"
+                                   " AND group_id IS NOT NULL ORDER BY image_id")
+
     def top_outliers(self, *, class_id: int | None = None, limit: int = 50) -> list[dict]:
         """The images of the current run with the highest outlier scores (most outlying first): image_id, path,
         hash, label, outlier_score, group_id. ``class_id``: only images of that noisy label."""
@@ -177,8 +183,9 @@ class DuplicatesMixin(StoreBase):
                                                "now": time.time() if now is None else now}):
             said = implied(v["verdict"], v["label_id"], v["corrected_label_id"], m["label_id"])
             if said is not None:
-                out.append({"image_id": m["image_id"], "label": m["label"], "same_label": m["label_id"] == v["label_id"],
-                            "verdict": said[0], "corrected_label": names.get(said[1])})
+                out.append({"image_id": m["image_id"], "label": m["label"],
+                            "same_label": m["label_id"] == v["label_id"], "verdict": said[0],
+                            "corrected_label": names.get(said[1])})
         return out
 
     def propagate_verdict(self, verdict_id: int, annotator: str, image_ids: Iterable[int], *,
