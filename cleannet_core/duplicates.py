@@ -53,8 +53,8 @@ class GroupConfig:
     pixel_from: float = 0.60      # below exact_below: cosine from which thumbnails may confirm a pair (>= threshold:
                                   # off); chosen with pixel_min on the dev case
     pixel_min: float = 0.99       # thumbnail correlation that confirms it
-    k: int = 8                    # neighbours proposed per image by the index (a chain joins larger groups)
-    pca_dim: int = 128            # the index's projection
+    k: int = 4                    # neighbours proposed per image by the index (a chain joins larger groups)
+    pca_dim: int = 64             # the index's projection (k and pca_dim: benchmarks/README.md, "At 1M images")
     nprobe: int = 8               # inverted lists searched per image
     chunk: int = 4096             # rows per block (matmul, projection, checks)
     seed: int = 0

@@ -2,8 +2,9 @@
 
 Single mode keys: ``j`` correct, ``k`` wrong, ``u`` unsure, ``z`` undo, then (optional) ``1``-``9`` give
 the true class of the image just marked wrong; each class keeps its number for the whole session (the
-classes by name), and the model's suggestion is highlighted in its place. Grid mode: 16 images of one
-class, all "correct" until clicked; ``g`` saves the page.
+classes by name), and the model's suggestion is highlighted in its place; the verdict is then offered for the
+image's near-duplicates (``duplicate_offer``). Grid mode: 16 images of one class, all "correct" until clicked;
+``g`` saves the page.
 
 The single-image screen fits the window without scrolling (1366x768 and up): the image scales to the
 window's height, the true-class keys sit under the verdict buttons beside it, the counters are in the
