@@ -80,6 +80,7 @@ def main(argv=None) -> dict:
                    help="the cifar10n folder (test_labels.csv, test/); default $CIFAR10N")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--n-base", type=int, default=cases.N_BASE)
+    p.add_argument("--roles", default="dev,test", help="dev chooses the weight; test reports")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.cifar10n is None:
@@ -87,12 +88,12 @@ def main(argv=None) -> dict:
     load = os.getloadavg()
     dev = evaluate("dev", args)
     chosen = min(WEIGHTS, key=lambda w: (dev["by_weight"][str(w)]["flag_error"], -dev["by_weight"][str(w)]["auroc"]))
-    test = evaluate("test", args)
+    test = evaluate("test", args) if "test" in args.roles.split(",") else None
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_avg": {"start": load,
                                                                                     "end": os.getloadavg()},
            "chosen_on": "dev", "reported_on": "test", "weights": list(WEIGHTS), "chosen_weight": chosen,
            "product_weight": RoundConfig().conflict_weight, "dev": dev, "test": test}
-    for r in (dev, test):
+    for r in (r for r in (dev, test) if r):
         print(f"{r['role']}: {r['wrong_labels']} wrong of {r['images_scored']} scored, delta {r['delta']:.3f}; "
               + "; ".join(f"w {w}: flag error {v['flag_error']:.4f} AUROC {v['auroc']:.4f}"
                           for w, v in r["by_weight"].items()))
