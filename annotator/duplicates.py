@@ -15,14 +15,18 @@ and noisy label, the settings): a key equal to the current run's means nothing c
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 
-from cleannet_core.duplicates import GroupConfig, Progress, components, hash_pairs, outlier_scores, similar_pairs
+from cleannet_core.duplicates import (THUMB_SIDE, GroupConfig, Progress, components, hash_pairs, outlier_scores,
+                                      similar_pairs, thumbnail, thumbnail_similarity)
 
+from . import display
 from .backbone import ensure_backbone, load_data
 from .pipeline import features
 from .round_config import RoundConfig
@@ -31,6 +35,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 OUTLIER_SCORE = "centroid-cosine-v1"  # what the outlier score is; part of the run key
+PIXELS = f"gray-{THUMB_SIDE}px-flip-v1"  # what confirms a pair by pixels; part of the run key
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,8 @@ def run_key(cat: Catalog, *, backbone_id: str, image_size: int, config: GroupCon
     """What a run depends on: the features (backbone, input size, content hashes), the images, their labels and
     the settings."""
     h = hashlib.blake2b(digest_size=16)
-    for part in (backbone_id, str(image_size), repr(config), OUTLIER_SCORE, cat.ids.tobytes(), cat.labels.tobytes(),
-                 "\n".join(cat.keys)):
+    for part in (backbone_id, str(image_size), repr(config), OUTLIER_SCORE, PIXELS, cat.ids.tobytes(),
+                 cat.labels.tobytes(), "\n".join(cat.keys)):
         h.update(part if isinstance(part, bytes) else part.encode())
     return h.hexdigest()
 
@@ -107,13 +112,57 @@ class Found:
     method: str                # the nearest-neighbour search used: exact | faiss-ivf
 
 
+def read_thumbnail(path: str, content_hash: str) -> np.ndarray | None:
+    """The image's ``cleannet_core.duplicates.thumbnail``, read with the display's checks (``display``: no link, its
+    ingest hash, bounded size), or None when it cannot be read."""
+    data = display.read_for_display(path, expected_hash=content_hash)
+    if isinstance(data, str):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return thumbnail(np.asarray(im.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)))
+    except Exception:  # any decode failure: no pixel evidence for this image
+        return None
+
+
+def confirmed_by_pixels(pairs: np.ndarray, paths: list[str], keys: list[str], *, config: GroupConfig) -> np.ndarray:
+    """(P,) bool: the pairs (P, 2) of rows (paths, keys: the rows' files and content hashes) whose thumbnails reach
+    config.pixel_min (``thumbnail_similarity``); each image is read once. An unreadable image confirms nothing."""
+    if len(pairs) == 0:
+        return np.zeros(0, bool)
+    rows = np.unique(pairs)
+    thumbs = np.zeros((len(rows), THUMB_SIDE, THUMB_SIDE), np.float32)  # zeros correlate with nothing
+    for k, r in enumerate(rows.tolist()):
+        t = read_thumbnail(paths[r], keys[r])
+        if t is not None:
+            thumbs[k] = t
+    a, b = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
+    return thumbnail_similarity(thumbs[a], thumbs[b]) >= config.pixel_min
+
+
+def near_pairs(sub: np.ndarray, paths: list[str], keys: list[str], *, config: GroupConfig,
+               progress: Progress = _silent) -> tuple[np.ndarray, str]:
+    """(pairs (P, 2) of rows of sub, the search used): cosine >= config.threshold, or, below config.exact_below
+    images, cosine >= config.pixel_from and confirmed by pixels (paths, keys: the rows' files and hashes)."""
+    low = min(config.threshold, config.pixel_from) if len(sub) < config.exact_below else config.threshold
+    pairs, cos, method = similar_pairs(sub, config=replace(config, threshold=low), progress=progress)
+    band = cos < config.threshold
+    if band.any():
+        ok = ~band
+        ok[band] = confirmed_by_pixels(pairs[band], paths, keys, config=config)
+        pairs = pairs[ok]
+    return pairs, method
+
+
 def compute(cat: Catalog, data: Data, feats: np.ndarray, readable: np.ndarray, *,
             config: GroupConfig = GroupConfig(), progress: Progress = _silent) -> Found:
     """Groups and outlier scores of every catalog image from the (N, D) features of data's images (readable (N,)
-    bool). Byte-identical copies (equal hashes) join; so do images whose features reach config.threshold."""
+    bool). Byte-identical copies (equal hashes) join; so do images whose features reach config.threshold, and (below
+    config.exact_below images) those from config.pixel_from whose thumbnails match (``near_pairs``)."""
     rows = np.flatnonzero(readable)
     sub = feats if len(rows) == len(feats) else feats[rows]  # a boolean index would copy all N rows
-    pairs, _, method = similar_pairs(sub, config=config, progress=progress)
+    pairs, method = near_pairs(sub, [data.paths[r] for r in rows.tolist()], [data.keys[r] for r in rows.tolist()],
+                               config=config, progress=progress)
     pos = np.searchsorted(cat.ids, data.ids[rows])              # rows of sub -> positions in the catalog
     group = components(len(cat.ids), np.concatenate([hash_pairs(cat.keys), pos[pairs].reshape(-1, 2)]))
     score = outlier_scores(sub, data.labels[rows], len(data.class_ids)) if len(rows) else np.zeros(0, np.float32)

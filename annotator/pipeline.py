@@ -132,7 +132,8 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
                                 provenance={"max_verdict_id": max_verdict, "n_verdicts": inputs.split.n})
     version = store.add_model(delta=fit.delta, metrics=metrics, checkpoint=str(ckpt), n_verdicts=inputs.split.n,
                               backbone=f"adapted from {backbone.source}" if adapted else backbone.source)
-    publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state))
+    publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state),
+                   conflict_weight=cfg.conflict_weight if spec(cfg.method).probability else 0.0)
     return version
 
 
@@ -194,7 +195,8 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
-    publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt))
+    publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt),
+                   conflict_weight=cfg.conflict_weight if spec(ckpt["method"]).probability else 0.0)
     return version
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from cleannet_core.duplicates import conflict_share
 from cleannet_core.score import Scores
 
 from .round_types import Data, Report
@@ -49,18 +50,32 @@ def is_calibrated(state: dict) -> bool:
     return "transfer" not in state or state["transfer"]["calibrator"] is not None
 
 
+def duplicate_groups(store: Store, data: Data) -> np.ndarray:
+    """(N,) int64 group id of data's images in the store's current near-duplicate run, -1 for none."""
+    group = np.full(len(data.ids), -1, np.int64)
+    pairs = np.array(list(store.iter_duplicate_groups()), np.int64).reshape(-1, 2)
+    pos = np.searchsorted(data.ids, pairs[:, 0])
+    ok = (pos < len(data.ids)) & (data.ids[np.minimum(pos, len(data.ids) - 1)] == pairs[:, 0])
+    group[pos[ok]] = pairs[ok, 1]
+    return group
+
+
 def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report, *,
-                   calibrated: bool = True) -> None:
+                   calibrated: bool = True, conflict_weight: float = 0.0) -> None:
     """Write the scores of `version`, make it current in one transaction, drop older versions' scores.
 
     Rows go to the store in data's order, by image id (`load_data`), which is what `Store.write_scores` writes
     fastest; it writes their queue order (`queue_order`; calibrated=False for the verdict-free rule) itself.
+    conflict_weight > 0 (calibrated probabilities only): the scores of images whose near-duplicate in the current
+    duplicate run carries another label are lowered first (``cleannet_core.duplicates.conflict_share``).
     """
     n = len(data.ids)
     # The queue scans each class from the most uncertain end and skips reviewed images; pushing images that
     # already have a live verdict behind everything else keeps that scan short.
     reviewed = np.isin(data.ids, [v["image_id"] for v in store.live_verdicts()])
     score = sc.score.astype(np.float64)
+    if calibrated and conflict_weight > 0:
+        score = conflict_share(score, duplicate_groups(store, data), data.labels, weight=conflict_weight)
     uncertainty = queue_order(score, delta, calibrated=calibrated) + REVIEWED * reviewed
     suggested = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
     columns = (data.ids, data.class_ids[data.labels], score, uncertainty, suggested,

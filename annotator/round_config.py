@@ -54,6 +54,9 @@ class RoundConfig:
                                        # | off (annotator.adapt_round)
     adapt_budget_min: float = 30.0     # the longest adapted round the worker starts on a CPU, by its estimate
     adapt_epochs: int = 6              # epochs of each cross-fitted network
+    conflict_weight: float = 0.5       # calibrated scores of images whose near-duplicate carries another label are
+                                       # lowered: s * (1 - w * that label's best score); 0 = off (chosen on the
+                                       # dev case of benchmarks/duplicates_score.py)
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)
@@ -72,6 +75,9 @@ class RoundConfig:
         if isinstance(self.adapt_budget_min, bool) or not isinstance(self.adapt_budget_min, (int, float)) or not (
                 0 < self.adapt_budget_min <= 10_000):
             raise BadRoundConfig(f"adapt_budget_min must be minutes in (0, 10000], got {self.adapt_budget_min!r}")
+        if isinstance(self.conflict_weight, bool) or not isinstance(self.conflict_weight, (int, float)) or not (
+                0 <= self.conflict_weight <= 1):
+            raise BadRoundConfig(f"conflict_weight must be a number in [0, 1], got {self.conflict_weight!r}")
         if self.weights_path is not None and not (isinstance(self.weights_path, str) and self.weights_path):
             raise BadRoundConfig(f"weights_path must be a file path or None, got {self.weights_path!r}")
         if not isinstance(self.device, str) or not self.device:

@@ -14,8 +14,9 @@ ImageNet weights, 128 px for CIFAR's 32 px images below 20,000 images) into a fe
 
 Pairs: a true pair is an original and its copy; the predicted pairs are every pair of images in one predicted group
 (connected components, so a chain counts every pair it implies). The cosine threshold is chosen on the dev case
-(the lowest of a grid whose judged precision is >= PRECISION_FLOOR, so recall is as high as precision allows;
-`pair_stats` says which pairs are judged) and
+with the pixel confirmation's `pixel_from` and `pixel_min` (the highest pair recall of the grid at a judged
+precision >= PRECISION_FLOOR, of equals the lowest threshold and pixel_from and the highest pixel_min; `pair_stats`
+says which pairs are judged) and
 reported on the test case through the product's own path (`annotator.duplicates.refresh`, groups read back from
 the store). Outlier score variants (class centroids, the round's k-means references, cleanlab's
 OutOfDistribution on the same features as a baseline) are compared on both; the product's variant was chosen on dev.
@@ -40,7 +41,8 @@ from annotator import pipeline
 from annotator.ingest import ingest_csv
 from annotator.round_config import RoundConfig, load_round_config, save_round_config
 from annotator.store import Store
-from cleannet_core.duplicates import GroupConfig, components, hash_pairs, outlier_scores, similar_pairs
+from cleannet_core.duplicates import (THUMB_SIDE, GroupConfig, components, hash_pairs, outlier_scores, similar_pairs,
+                                      thumbnail_similarity)
 from cleannet_core.metrics import auroc
 from cleannet_core.references import KMeansConfig, build_references
 
@@ -52,7 +54,9 @@ CASES = {"dev": {"half": "dev", "seed": 10}, "test": {"half": "test", "seed": 20
 N_BASE, EXACT, ALTERED, OTHER = 3000, 0.02, 0.03, 0.02
 ALTERATIONS = ("jpeg", "resize", "crop", "flip")
 GRID = tuple(round(t, 3) for t in np.arange(0.70, 0.991, 0.01))
-PRECISION_FLOOR = 0.97  # dev: the lowest threshold at or above this precision (a margin over the 0.95 target)
+PRECISION_FLOOR = 0.97  # dev: the highest recall at or above this precision (a margin over the 0.95 target)
+PIXEL_FROM = (0.60, 0.65, 0.70)          # GroupConfig.pixel_from choices: cosine from which thumbnails may confirm
+PIXEL_MIN = (0.95, 0.97, 0.98, 0.99)     # GroupConfig.pixel_min choices
 
 
 def alter(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
@@ -168,7 +172,7 @@ def pair_stats(found: set, true: set, kinds: dict[int, str]) -> dict:
             "recall_by_kind": per_kind}
 
 
-def evaluate(name: str, args: argparse.Namespace, threshold: float | None) -> dict:
+def evaluate(name: str, args: argparse.Namespace, config: GroupConfig | None) -> dict:
     folder = build_case(name, data=args.cifar10n, cache=args.cache, n_base=args.n_base)
     store = case_store(name, folder, args.cache)
     cfg = load_round_config(store)
@@ -180,22 +184,31 @@ def evaluate(name: str, args: argparse.Namespace, threshold: float | None) -> di
     extract_s = time.perf_counter() - t
     true, kinds = truth(store, folder, args.cache)
     cat = dup.catalog(store)
-    # every threshold of the grid on the same candidate pairs: the lowest one's pairs, filtered
-    pairs, cos, _ = similar_pairs(feats, config=GroupConfig(threshold=min(GRID)))
+    # every setting of the grid on the same candidate pairs: the lowest cosine's pairs, filtered
+    pairs, cos, _ = similar_pairs(feats, config=GroupConfig(threshold=min(GRID + PIXEL_FROM)))
+    thumbs = np.stack([t_ if (t_ := dup.read_thumbnail(p_, k_)) is not None else np.zeros((THUMB_SIDE,) * 2, np.float32)
+                       for p_, k_ in zip(data.paths, data.keys)])
+    pix = thumbnail_similarity(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]])
     pos = np.searchsorted(cat.ids, data.ids)
     exact = hash_pairs(cat.keys)
-    sweep = {}
-    for t_ in GRID:
-        g = components(len(cat.ids), np.concatenate([exact, pos[pairs[cos >= t_]].reshape(-1, 2)]))
-        found = group_pairs(cat.ids, np.where(g >= 0, cat.ids[np.maximum(g, 0)], -1))
-        s = pair_stats(found, true, kinds)
-        sweep[str(t_)] = {k: s[k] for k in ("recall", "precision", "precision_judged", "false_pairs")}
+
+    def stats(keep: np.ndarray) -> dict:
+        g = components(len(cat.ids), np.concatenate([exact, pos[pairs[keep]].reshape(-1, 2)]))
+        s = pair_stats(group_pairs(cat.ids, np.where(g >= 0, cat.ids[np.maximum(g, 0)], -1)), true, kinds)
+        return {k: s[k] for k in ("recall", "precision", "precision_judged", "false_pairs")}
+
+    sweep = {str(t_): stats(cos >= t_) for t_ in GRID}
+    sweep_pixels = {f"{t_}|{lo}|{m}": stats((cos >= t_) | ((cos >= lo) & (pix >= m)))
+                    for t_ in GRID for lo in PIXEL_FROM for m in PIXEL_MIN}
     hash_only = pair_stats(group_pairs(cat.ids, components(len(cat.ids), exact)), true, kinds)
-    if threshold is None:  # dev: choose
-        ok = [t_ for t_ in GRID if sweep[str(t_)]["precision_judged"] >= PRECISION_FLOOR]
-        threshold = min(ok) if ok else max(GRID)
+    if config is None:  # dev: the highest recall at the precision floor; of equals, the lowest threshold and
+        # pixel_from (recall as high as precision allows) and the highest pixel_min (the fewest pixel-confirmed pairs)
+        ok = [(v["recall"], -t_, -lo, m) for k, v in sweep_pixels.items() for t_, lo, m in [map(float, k.split("|"))]
+              if v["precision_judged"] >= PRECISION_FLOOR]
+        best = max(ok) if ok else (0, -max(GRID), -1.0, 1.0)
+        config = GroupConfig(threshold=-best[1], pixel_from=-best[2], pixel_min=best[3])
     t = time.perf_counter()
-    run = dup.refresh(store, cfg, config=GroupConfig(threshold=threshold), force=True)
+    run = dup.refresh(store, cfg, config=config, force=True)
     group_s = time.perf_counter() - t
     product_groups = {}
     for m in store.iter_duplicate_members():
@@ -216,11 +229,13 @@ def evaluate(name: str, args: argparse.Namespace, threshold: float | None) -> di
     variants["product"] = np.array([stored[int(i)] for i in data.ids], np.float32)
     out_auroc = {k: float(auroc(-np.asarray(v, np.float64), ~other)) for k, v in variants.items()}
     store.close()
-    return {"role": name, "threshold": threshold, "images": int(len(cat.ids)),
+    return {"role": name, "threshold": config.threshold, "pixel_from": config.pixel_from,
+            "pixel_min": config.pixel_min, "images": int(len(cat.ids)),
             "planted": {"exact": int(round(EXACT * args.n_base)), "altered": int(round(ALTERED * args.n_base)),
                         "other_domain": int(other.sum()), "label_conflicts": sum(
                             1 for a, b in true if store_label(cat, a) != store_label(cat, b))},
             "pairs": pair_stats(found, true, kinds), "pairs_hash_only": hash_only, "sweep": sweep,
+            "sweep_pixels": sweep_pixels,
             "outlier_auroc": out_auroc, "run": {k: run[k] for k in ("method", "n_groups", "n_conflicts")},
             "seconds": {"features": extract_s, "groups_and_outliers": group_s}}
 
@@ -243,14 +258,18 @@ def main(argv=None) -> dict:
     load = os.getloadavg()
     roles = args.roles.split(",")
     dev = evaluate("dev", args, None) if "dev" in roles else None
-    test = evaluate("test", args, dev["threshold"] if dev else GroupConfig().threshold) if "test" in roles else None
+    chosen = GroupConfig(threshold=dev["threshold"], pixel_from=dev["pixel_from"], pixel_min=dev["pixel_min"]) if dev \
+        else GroupConfig()
+    test = evaluate("test", args, chosen) if "test" in roles else None
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_avg": {"start": load,
                                                                                     "end": os.getloadavg()},
            "chosen_on": "dev", "reported_on": "test", "precision_floor": PRECISION_FLOOR,
-           "product_threshold": GroupConfig().threshold, "dev": dev, "test": test}
+           "product": {k: getattr(GroupConfig(), k) for k in ("threshold", "pixel_from", "pixel_min")},
+           "dev": dev, "test": test}
     for r in (r for r in (dev, test) if r):
         pr = r["pairs"]
-        print(f"{r['role']}: threshold {r['threshold']}: pair recall {pr['recall']:.3f} precision judged "
+        print(f"{r['role']}: threshold {r['threshold']}, pixels from {r['pixel_from']} at {r['pixel_min']}: pair "
+              f"recall {pr['recall']:.3f} precision judged "
               f"{pr['precision_judged']:.3f}, all pairs {pr['precision']:.3f} ({pr['false_pairs']} false of "
               f"{pr['found_pairs']}, {pr['unjudged_pairs']} between two originals); by kind "
               f"{ {k: round(v, 3) for k, v in pr['recall_by_kind'].items()} }; hash only: recall "

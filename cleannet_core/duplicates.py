@@ -1,20 +1,29 @@
 """Near-duplicate groups and outlier scores from content hashes and pooled backbone features (numpy + torch).
 
-Two kinds of evidence join images into one group (connected components, so a chain a~b~c is one group):
+Three kinds of evidence join images into one group (connected components, so a chain a~b~c is one group):
 
 - **exact**: equal content hashes (the ingest hash of the file's bytes: free, since ingest computed it, and an
   image whose bytes are identical is identical; a copy with the same pixels in other bytes, e.g. PNG re-saved as
   BMP, has the same features and is caught by the next step);
 - **similar**: cosine similarity >= ``threshold`` between L2-normalised features (re-encoded, resized, cropped,
-  flipped copies). Below ``exact_below`` images every pair is compared (blocked torch matmul, exact); above, a
-  FAISS inverted-file index over a PCA projection proposes ``k`` neighbours per image and every proposal is
-  checked on the full features. The projection of unit vectors onto orthonormal components is a contraction, so
-  a pair with cosine >= t lies within squared distance 2 - 2t in the projection too: proposals further apart are
-  dropped without being checked, and none above the threshold is lost that way.
+  flipped copies);
+- **confirmed by pixels**: below ``exact_below`` images, a pair whose cosine is in [``pixel_from``, ``threshold``)
+  joins when small grayscale thumbnails of the two images (``thumbnail``) correlate >= ``pixel_min``, the second
+  one as it is or mirrored (``thumbnail_similarity``). Heavy JPEG re-encoding moves a 32 px image's features far
+  more than its coarse pixels; two different pictures that happen to have close features rarely share them.
+
+Similar pairs: below ``exact_below`` images every pair is compared (blocked torch matmul, exact); above, a FAISS
+inverted-file index over a PCA projection proposes ``k`` neighbours per image and every proposal is checked on the
+full features. The projection of unit vectors onto orthonormal components is a contraction, so a pair with
+cosine >= t lies within squared distance 2 - 2t in the projection too: proposals further apart are dropped
+without being checked, and none above the threshold is lost that way.
 
 Outlier score, per image: 1 - the largest cosine between its normalised feature and any class's centroid (the
 normalised mean of the class's normalised features) or, given ``refs``, any class's reference vector. Higher =
 further from every class (more outlying); in [0, 2].
+
+Label conflicts in the score (``conflict_share``): a picture has one true class, so when a near-duplicate of an
+image carries another label that is probably right, the image's own label probably is not.
 
     pairs, sims = similar_pairs(feats, config=GroupConfig())
     group = components(len(feats), np.concatenate([hash_pairs(keys), pairs]))
@@ -41,8 +50,11 @@ class GroupConfig:
     threshold: float = 0.79       # cosine at or above which two images are near-duplicates (chosen on the dev case
                                   # of benchmarks/duplicates.py)
     exact_below: int = 20_000     # images: below, every pair is compared; from here, the FAISS index
-    k: int = 8                    # neighbours proposed per image by the index (a chain joins larger groups)
-    pca_dim: int = 128            # the index's projection
+    pixel_from: float = 0.60      # below exact_below: cosine from which thumbnails may confirm a pair (>= threshold:
+                                  # off); chosen with pixel_min on the dev case
+    pixel_min: float = 0.99       # thumbnail correlation that confirms it
+    k: int = 4                    # neighbours proposed per image by the index (a chain joins larger groups)
+    pca_dim: int = 64             # the index's projection (k and pca_dim: benchmarks/README.md, "At 1M images")
     nprobe: int = 8               # inverted lists searched per image
     chunk: int = 4096             # rows per block (matmul, projection, checks)
     seed: int = 0
@@ -50,6 +62,30 @@ class GroupConfig:
     def __post_init__(self) -> None:
         if not -1.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (-1, 1], got {self.threshold}")
+        if not -1.0 < self.pixel_from <= 1.0 or not -1.0 <= self.pixel_min <= 1.0:
+            raise ValueError(f"pixel_from must be in (-1, 1] and pixel_min in [-1, 1], got {self.pixel_from},"
+                             f" {self.pixel_min}")
+
+
+THUMB_SIDE = 16  # pixels: the side of the grayscale thumbnails that confirm a pair
+
+
+def thumbnail(gray: np.ndarray) -> np.ndarray:
+    """(THUMB_SIDE, THUMB_SIDE) float32 of a (THUMB_SIDE, THUMB_SIDE) grayscale image: mean 0, L2 norm 1 (a flat image
+    stays all zeros, so it correlates with nothing)."""
+    x = np.asarray(gray, np.float32)
+    x = x - x.mean()
+    norm = float(np.linalg.norm(x))
+    return x / norm if norm > 1e-6 else np.zeros_like(x)
+
+
+def thumbnail_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(P,) float32: the larger correlation of (P, S, S) thumbnails a with b and with b mirrored left-right, in
+    [-1, 1]; higher = the same picture more likely."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    same = (a * b).sum(axis=(1, 2))
+    mirrored = (a * b[:, :, ::-1]).sum(axis=(1, 2))
+    return np.maximum(same, mirrored).astype(np.float32)
 
 
 def row_norms(feats: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:
@@ -175,7 +211,8 @@ def _check(feats: np.ndarray, norms: np.ndarray, cand: np.ndarray, config: Group
         a, b = cand[s:s + step, 0], cand[s:s + step, 1]
         lo, hi = int(a[0]), int(a[-1]) + 1
         xa = _rows(feats, slice(lo, hi))[torch.from_numpy(a - lo)] if hi - lo <= 4 * step else _rows(feats, a)
-        cos = (torch.linalg.vecdot(xa, _rows(feats, b)) / torch.from_numpy(norms[a] * norms[b])).numpy()
+        # numpy's einsum: several times faster than torch.linalg.vecdot on one CPU thread (benchmarks/README.md)
+        cos = np.einsum("ij,ij->i", xa.numpy(), _rows(feats, b).numpy()) / (norms[a] * norms[b])
         ok = cos >= config.threshold
         keep.append(cand[s:s + step][ok])
         sims.append(cos[ok])
@@ -227,4 +264,36 @@ def outlier_scores(feats: np.ndarray, labels: np.ndarray, num_classes: int, *, r
     out = np.empty(len(feats), np.float32)
     for s in range(0, len(feats), chunk):
         out[s:s + chunk] = 1.0 - (_unit(feats, norms, slice(s, s + chunk)) @ p.T).max(dim=1).values.numpy()
+    return out
+
+
+def conflict_share(score: np.ndarray, group: np.ndarray, labels: np.ndarray, *, weight: float) -> np.ndarray:
+    """(N,) float64: P(label correct) scores (N,) in [0, 1] lowered by label conflicts: s_i * (1 - weight * o_i), o_i
+    the highest score among the members of i's group (group (N,) int64, -1 = none) under another label than i's
+    (labels (N,) int). Images without such a member (or whose members' scores are NaN) keep their score; a NaN
+    score stays NaN. Lower = label more likely wrong, as before."""
+    score = np.asarray(score, np.float64)
+    out = score.copy()
+    rows = np.flatnonzero((np.asarray(group) >= 0) & ~np.isnan(score))
+    if weight == 0 or len(rows) == 0:
+        return out
+    g, lab, s = np.asarray(group)[rows], np.asarray(labels)[rows], score[rows]
+    order = np.lexsort((-s, lab, g))                                   # by group, label, best score first
+    g, lab, s = g[order], lab[order], s[order]
+    first = np.ones(len(g), bool)
+    first[1:] = (g[1:] != g[:-1]) | (lab[1:] != lab[:-1])              # each (group, label)'s best member
+    bg, bl, bs = g[first], lab[first], s[first]
+    top = np.lexsort((-bs, bg))                                        # per group, its labels by best score
+    bg, bl, bs = bg[top], bl[top], bs[top]
+    start = np.ones(len(bg), bool)
+    start[1:] = bg[1:] != bg[:-1]
+    head = np.flatnonzero(start)                                       # each group's best label
+    nxt = head + 1                                                     # its second label, when it has one
+    has2 = (nxt < len(bg)) & (bg[np.minimum(nxt, len(bg) - 1)] == bg[head])
+    gi = np.searchsorted(bg[head], g)                                  # group of each member -> its head
+    best_l, best_s = bl[head][gi], bs[head][gi]
+    second_s = np.where(has2, bs[np.minimum(nxt, len(bg) - 1)], np.nan)[gi]
+    other = np.where(lab != best_l, best_s, second_s)                  # best score under another label
+    adjusted = np.where(np.isnan(other), s, s * (1 - weight * other))
+    out[rows[order]] = adjusted
     return out

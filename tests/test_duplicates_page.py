@@ -52,3 +52,71 @@ def test_not_computed_yet_and_annotators_do_not_see_it(db):  # noqa: F811
         plant_run(store)
     with pytest.raises(ValueError, match="Known pages: .*annotate.py'\\]"):  # an annotator has no dashboard
         app("ann", page="annotator/pages/dashboard.py")
+
+
+def group_around(shown: int, others: list[int]) -> None:
+    """A stored run whose one group is image ``shown`` with ``others``."""
+    members = [shown, *others]
+    with Store() as store:
+        store.write_duplicates(((i, min(members), 0.1, 1) for i in sorted(members)), features_key="k",
+                               backbone_id="b", threshold=0.9, method="exact", n_images=36, n_groups=1,
+                               n_conflicts=1, seconds=0.1)
+
+
+def test_annotate_offers_the_verdict_for_the_copies_and_applies_it_only_when_pressed(db):  # noqa: F811
+    from test_app import button, shown_image
+    with Store() as store:
+        store.set_setting("audit_share", 0.0)
+    at = app("ann")
+    shown = shown_image(at)
+    held = {i.image_id for i in at.session_state["ann_items"]}
+    with Store() as store:
+        label = store.queue_rows([shown], None)[shown]["label"]
+        other = "dog" if label == "cat" else "cat"
+        same = [r["id"] for r in store.iter_images() if r["label"] == label and r["id"] not in held][:2]
+        moved = [r["id"] for r in store.iter_images() if r["label"] == other and r["id"] not in held][:1]
+    group_around(shown, same + moved)
+    button(at, "ann_correct").click().run()
+    with Store() as store:
+        [source] = store.live_verdicts()
+        assert source["image_id"] == shown and store.verdict_count() == 1   # nothing applied by itself
+    assert button(at, "ann_copies_same").label == "Apply to the 2 copies"
+    assert f"Suggestion: 1 copy labelled **{other}**, so **wrong** (true class **{label}**)." in texts(at)
+    button(at, "ann_copies_same").click().run()
+    with Store() as store:
+        rows = [store.live_verdict(i) for i in same]
+        assert [(r["verdict"], r["annotator"], r["reason"], r["source_id"]) for r in rows] == [
+            ("correct", "ann", "propagated", source["id"])] * 2
+        assert store.live_verdict(moved[0]) is None
+    assert "Applied to 2 copies" in texts(at) and not [b for b in at.button if b.key == "ann_copies_same"]
+    at.session_state["ann_actions"] = [("propagate", source["id"], tuple(same))]   # the same press again
+    at.run()
+    with Store() as store:
+        assert store.verdict_count() == 3
+    assert "Applied to 0 copies" in texts(at) and "2 skipped" in texts(at)
+    button(at, "ann_copies_other_0").click().run()
+    with Store() as store:
+        assert (store.live_verdict(moved[0])["verdict"], store.live_verdict(moved[0])["corrected_label"]) == (
+            "wrong", label)
+    assert not [b for b in at.button if b.key and b.key.startswith("ann_copies")]
+    button(at, "ann_undo").click().run()                                  # one press, one undo step
+    with Store() as store:
+        assert store.live_verdict(moved[0]) is None and store.verdict_count() == 3
+
+
+def test_no_offer_after_a_verdict_on_an_audit_draw(db):  # noqa: F811
+    from test_app import button, shown_image
+    with Store() as store:
+        store.set_setting("audit_share", 1.0)
+    at = app("ann")
+    shown = shown_image(at)
+    assert "a random audit sample" in texts(at)
+    with Store() as store:
+        label = store.queue_rows([shown], None)[shown]["label"]
+        held = {i.image_id for i in at.session_state["ann_items"]}
+        same = [r["id"] for r in store.iter_images() if r["label"] == label and r["id"] not in held][:2]
+    group_around(shown, same)
+    button(at, "ann_correct").click().run()
+    assert not [b for b in at.button if b.key and b.key.startswith("ann_copies")]
+    with Store() as store:
+        assert store.verdict_count() == 1

@@ -2,8 +2,9 @@
 
 Single mode keys: ``j`` correct, ``k`` wrong, ``u`` unsure, ``z`` undo, then (optional) ``1``-``9`` give
 the true class of the image just marked wrong; each class keeps its number for the whole session (the
-classes by name), and the model's suggestion is highlighted in its place. Grid mode: 16 images of one
-class, all "correct" until clicked; ``g`` saves the page.
+classes by name), and the model's suggestion is highlighted in its place; the verdict is then offered for the
+image's near-duplicates (``duplicate_offer``). Grid mode: 16 images of one class, all "correct" until clicked;
+``g`` saves the page.
 
 The single-image screen fits the window without scrolling (1366x768 and up): the image scales to the
 window's height, the true-class keys sit under the verdict buttons beside it, the counters are in the
@@ -36,6 +37,7 @@ import streamlit as st
 
 from annotator import display
 from annotator.export import threshold_in_force
+from annotator.pages import duplicate_offer as copies
 from annotator.pages.common import context, md
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
 from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
@@ -78,6 +80,7 @@ def _verdict(store: Store, user: dict, verdict: str, target: int) -> None:
         _flash("warning", f"Not saved: {md(e)}. Here is the next image.")
         return
     _flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
+    st.session_state[copies.OFFER_KEY] = vid if item.reason not in BLIND_REASONS else None
     st.session_state["ann_last_wrong"] = (
         {"verdict_id": vid, "image_id": item.image_id, "label": item.label, "path": item.path,
          "suggested": item.suggested_label, "corrected": None} if verdict == "wrong" else None)
@@ -89,6 +92,8 @@ def _relabel(store: Store, user: dict, verdict_id: int, label: str) -> None:
         return
     new_id = store.relabel_verdict(verdict_id, user["name"], label)
     st.session_state["ann_last_wrong"] = dict(last, verdict_id=new_id, corrected=label)
+    if st.session_state.get(copies.OFFER_KEY) == verdict_id:
+        st.session_state[copies.OFFER_KEY] = new_id
     _flash("success", f"True class of the last image set to **{md(label)}**.")
 
 
@@ -151,6 +156,8 @@ def apply_actions(store: Store, user: dict) -> None:
             _relabel(store, user, *args)
         elif kind == "grid":
             _grid_submit(store, user, *args)
+        elif kind == "propagate":
+            _flash(*copies.apply(store, user, *args))
 
 
 # -- queue and prefetch -----------------------------------------------------------------
@@ -177,6 +184,7 @@ def _switch_mode() -> None:
     st.session_state["ann_items"] = []  # leases stay mine; the other mode resumes them
     st.session_state["ann_grid"] = None
     st.session_state["ann_last_wrong"] = None
+    st.session_state[copies.OFFER_KEY] = None
 
 
 def _flip(image_id: int) -> None:
@@ -224,6 +232,7 @@ def single_mode(store: Store, user: dict) -> None:
             st.success("The queue is empty: every image of your classes has a verdict or is being reviewed "
                        "by someone else. Thank you!")
         undo_button(disabled=False)
+        copies.offer_panel(store, user, _queue)
         return
     item = items[0]
     model = store.current_model()
@@ -241,6 +250,7 @@ def single_mode(store: Store, user: dict) -> None:
                       on_click=_queue, args=("verdict", "unsure", item.image_id))
             undo_button()
         relabel_panel(store)
+        copies.offer_panel(store, user, _queue)
     with about:
         name, score = st.columns([3, 2])  # side by side: the true-class keys below stay on screen
         name.markdown(f"### Label: {md(item.label)}")

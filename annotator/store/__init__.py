@@ -11,7 +11,7 @@
 - ``artifacts``: model files (backbones, scoring checkpoints, classifiers) and their provenance;
 - ``review``: candidate queries of the review queue;
 - ``exports``: paged rows for the CSV export;
-- ``duplicates``: near-duplicate groups and outlier scores.
+- ``duplicates``: near-duplicate groups and outlier scores; a verdict applied to an image's near-duplicates.
 - ``standing``: one compact row per image for the lead's estimates.
 
 No other module writes SQL. See ``base`` for the concurrency rules (one Store per
@@ -25,7 +25,7 @@ from .base import (REASONS, REQUEST_KINDS, ROLES, SCORE_COLUMNS, SETTING_DEFAULT
                    AddResult, AlreadyJudged, LeaseLost, StoreBase, StoreError, UnknownClass, UnknownImage, UnknownUser,
                    default_db_path, private_files, user_data_dir)
 from .catalog import CatalogMixin
-from .duplicates import DuplicatesMixin
+from .duplicates import PROPAGATED, DuplicatesMixin, NotPropagable
 from .exports import EXPORT_ROW, ExportMixin
 from .models import ModelsMixin
 from .review import ReviewMixin
@@ -42,6 +42,7 @@ class Store(CatalogMixin, VerdictsMixin, AccountsMixin, ModelsMixin, ArtifactsMi
 
 
 __all__ = ["Store", "StoreError", "UnknownClass", "UnknownImage", "LeaseLost", "AlreadyJudged", "UnknownUser",
-           "VerdictChanged", "SameLabel", "AddResult", "default_db_path", "user_data_dir", "private_files", "user_key",
-           "VERDICTS", "REASONS", "ROLES", "REQUEST_KINDS", "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH",
+           "VerdictChanged", "SameLabel", "NotPropagable", "AddResult", "default_db_path", "user_data_dir",
+           "private_files", "user_key", "VERDICTS", "PROPAGATED", "REASONS", "ROLES", "REQUEST_KINDS",
+           "SETTING_DEFAULTS", "WORKER_FIELDS", "UNDO_DEPTH",
            "NOTE_MAX", "SCORE_COLUMNS", "EXPORT_ROW", "STATE_ROW", "ARTIFACT_KINDS", "SESSION_IDLE_S", "SESSION_MAX_S"]

@@ -3,16 +3,55 @@
 A computation is a ``duplicate_runs`` row plus one ``duplicates`` row per image. The rows are written in short
 transactions (the queue's writers get in between) before the run becomes current in one transaction; the
 previous run's rows are deleted afterwards. Readers see only the current run.
+
+A verdict on one member of a group can be applied to the others (``propagation_offer``, ``propagate_verdict``):
+only by an explicit action of the annotator who gave it, as new verdicts in that annotator's name with reason
+'propagated' and ``source_id`` = the verdict applied.
 """
 
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
-from .base import StoreBase, _ids_json
+from ..schema import LIVE
+from .base import StoreBase, StoreError, _ids_json
 from .review import FREE, NOT_EXCLUDED
 
 _CURRENT = "(SELECT id FROM duplicate_runs WHERE is_current = 1)"
+PROPAGATED = "propagated"  # verdicts.reason of a verdict applied from a near-duplicate's (source_id)
+BLIND = ("audit", "transfer_check")  # random draws that measure: never applied from, nor to an image drawn so
+# The members of the source image's group that a propagation may reach: no live verdict, and no live lease by
+# another annotator nor one that serves the image as a blind draw (audit, transfer check).
+_OPEN_MEMBERS = (
+    "SELECT d.image_id, i.label_id, c.name AS label FROM duplicates d JOIN images i ON i.id = d.image_id"
+    f" JOIN classes c ON c.id = i.label_id WHERE d.run_id = {_CURRENT} AND d.image_id != :src AND d.group_id ="
+    f" (SELECT group_id FROM duplicates WHERE run_id = {_CURRENT} AND image_id = :src)"
+    f" AND NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.image_id = d.image_id AND {LIVE})"
+    " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = d.image_id AND l.expires_at > :now"
+    " AND (l.annotator != :who OR l.reason IN ('audit', 'transfer_check'))) ORDER BY d.image_id")
+
+
+class NotPropagable(StoreError):
+    """A verdict that cannot be applied to near-duplicates: not live, not the annotator's own, 'unsure', or a
+    blind draw's (audit, transfer check)."""
+
+
+def implied(verdict: str, label_id: int, corrected_id: int | None,
+            target_label_id: int) -> tuple[str, int | None] | None:
+    """What a verdict on an image labelled ``label_id`` says about a near-duplicate labelled ``target_label_id``:
+    (verdict, corrected class id or None), or None when it says nothing.
+
+    The verdict names the picture's true class T: the label ('correct') or the corrected class ('wrong' with
+    one). A copy labelled T is then correct, a copy under any other label wrong with true class T. 'wrong'
+    without a class: a copy under the same label is wrong too, one under another label may be right (nothing).
+    'unsure' says nothing."""
+    truth = label_id if verdict == "correct" else corrected_id if verdict == "wrong" else None
+    if truth is not None:
+        return ("correct", None) if target_label_id == truth else ("wrong", truth)
+    if verdict == "wrong" and target_label_id == label_id:
+        return "wrong", None
+    return None
 
 
 class DuplicatesMixin(StoreBase):
@@ -85,6 +124,11 @@ class DuplicatesMixin(StoreBase):
             " FROM duplicates d JOIN images i ON i.id = d.image_id JOIN classes c ON c.id = i.label_id"
             f" WHERE d.run_id = {_CURRENT} AND d.group_id IS NOT NULL ORDER BY d.group_id, i.id")
 
+    def iter_duplicate_groups(self) -> Iterator[tuple[int, int]]:
+        """(image_id, group_id) of every member of a group of the current run, by image id."""
+        yield from self.db.execute(f"SELECT image_id, group_id FROM duplicates WHERE run_id = {_CURRENT}"
+                                   " AND group_id IS NOT NULL ORDER BY image_id")
+
     def top_outliers(self, *, class_id: int | None = None, limit: int = 50) -> list[dict]:
         """The images of the current run with the highest outlier scores (most outlying first): image_id, path,
         hash, label, outlier_score, group_id. ``class_id``: only images of that noisy label."""
@@ -106,3 +150,75 @@ class DuplicatesMixin(StoreBase):
             f" AND {FREE} AND {NOT_EXCLUDED} ORDER BY d.group_id, i.id LIMIT :k",
             {"classes": _ids_json(class_ids), "now": time.time() if now is None else now, "k": int(limit),
              "exclude": _ids_json(exclude)})]
+
+    # -- a verdict applied to near-duplicates ---------------------------------------------
+    def _propagable(self, verdict_id: int, annotator: str | None) -> dict:
+        """The live verdict ``verdict_id`` (with ``label_id``, its image's label), checked; raises ``NotPropagable``."""
+        v = self._one(f"SELECT v.*, i.label_id FROM verdicts v JOIN images i ON i.id = v.image_id WHERE v.id = ?"
+                      f" AND {LIVE}", [verdict_id])
+        if v is None:
+            raise NotPropagable(f"verdict {verdict_id} is not live (undone or replaced)")
+        if annotator is not None and v["annotator"] != annotator:
+            raise NotPropagable(f"verdict {verdict_id} is not {annotator!r}'s: only its annotator can apply it")
+        if v["reason"] in BLIND:
+            raise NotPropagable(f"verdict {verdict_id} is on a random draw that measures ({v['reason']}): it stays"
+                                " independent of its copies")
+        if v["verdict"] == "unsure":
+            raise NotPropagable("an 'unsure' verdict says nothing about the copies")
+        return v
+
+    def propagation_offer(self, verdict_id: int, annotator: str, *, now: float | None = None) -> list[dict]:
+        """What ``annotator``'s live verdict ``verdict_id`` implies for the other members of its image's group in the
+        current run (``implied``), for the members it may still reach (no live verdict; not served to someone
+        else, nor as an audit or transfer-check draw): image_id, label, same_label (the source image's label),
+        verdict, corrected_label (a class name or None). By image id; [] when the verdict cannot be applied
+        (``NotPropagable``) or implies nothing."""
+        try:
+            v = self._propagable(verdict_id, annotator)
+        except NotPropagable:
+            return []
+        names = {r["id"]: r["name"] for r in self.db.query("SELECT id, name FROM classes")}
+        out = []
+        for m in self.db.query(_OPEN_MEMBERS, {"src": v["image_id"], "who": annotator,
+                                               "now": time.time() if now is None else now}):
+            said = implied(v["verdict"], v["label_id"], v["corrected_label_id"], m["label_id"])
+            if said is not None:
+                out.append({"image_id": m["image_id"], "label": m["label"],
+                            "same_label": m["label_id"] == v["label_id"], "verdict": said[0],
+                            "corrected_label": names.get(said[1])})
+        return out
+
+    def propagate_verdict(self, verdict_id: int, annotator: str, image_ids: Iterable[int], *,
+                          session_id: int | None = None) -> list[int]:
+        """Apply ``annotator``'s live verdict ``verdict_id`` to those of ``image_ids`` it may still reach (as
+        ``propagation_offer``); returns the new verdict ids, by image id.
+
+        One transaction: each new verdict is ``implied`` by the source, in ``annotator``'s name, reason 'propagated',
+        ``source_id`` = ``verdict_id``, one undo step (a shared batch) in ``session_id``; ``annotator``'s leases on
+        those images end. Idempotent: an image that has a live verdict meanwhile (this call's twin included), or
+        that someone else now holds, is skipped. Raises ``NotPropagable``, or ``StoreError`` for an id outside
+        the source image's group of the current run."""
+        wanted = sorted({int(i) for i in image_ids})
+        now = time.time()
+        batch = f"propagated-{secrets.token_hex(6)}"
+        with self._tx():
+            v = self._propagable(verdict_id, annotator)
+            group = {r[0] for r in self.db.execute(
+                f"SELECT image_id FROM duplicates WHERE run_id = {_CURRENT} AND group_id ="
+                f" (SELECT group_id FROM duplicates WHERE run_id = {_CURRENT} AND image_id = ?)", [v["image_id"]])}
+            outside = [i for i in wanted if i not in group or i == v["image_id"]]
+            if outside:
+                raise StoreError(f"images {outside} are not near-duplicates of image {v['image_id']}")
+            open_ = {r["image_id"]: r["label_id"] for r in self.db.query(
+                _OPEN_MEMBERS, {"src": v["image_id"], "who": annotator, "now": now})}
+            made = []
+            for image_id in (i for i in wanted if i in open_):
+                said = implied(v["verdict"], v["label_id"], v["corrected_label_id"], open_[image_id])
+                if said is None:
+                    continue
+                made.append(self.db.execute(
+                    "INSERT INTO verdicts (image_id, annotator, verdict, corrected_label_id, reason, source_id,"
+                    " session_id, batch, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [image_id, annotator, said[0], said[1], PROPAGATED, verdict_id, session_id, batch, now]).lastrowid)
+                self.db.execute("DELETE FROM leases WHERE image_id = ? AND annotator = ?", [image_id, annotator])
+        return made

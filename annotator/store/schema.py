@@ -304,11 +304,29 @@ def _transfer_check_reason(db: Database) -> None:
         db.execute("PRAGMA writable_schema = OFF")
 
 
+def _propagated_verdicts(db: Database) -> None:
+    """Verdicts may have the reason 'propagated': an annotator applied their verdict on one image to a near-duplicate
+    of it (``Store.propagate_verdict``). ``source_id`` names that verdict; a CHECK ties the two together, so a
+    propagated verdict always says where it came from and no other verdict claims a source. The reason's CHECK
+    only widens and is edited in place, as in ``_transfer_check_reason``."""
+    old = "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual', 'transfer_check'))"
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'verdicts'",
+                   [old, "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual', 'transfer_check', 'propagated'))"])
+        db.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+    db.execute("ALTER TABLE verdicts ADD COLUMN source_id INT REFERENCES verdicts(id)"
+               " CHECK ((reason = 'propagated') = (source_id IS NOT NULL))")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
                                                  _worker_round_progress, _model_artifacts, _images_mtime,
                                                  _verdict_note, _scores_queue_table, _accounts_v2, _duplicate_groups,
-                                                 _transfer_check_reason]
+                                                 _transfer_check_reason, _propagated_verdicts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.

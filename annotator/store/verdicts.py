@@ -50,7 +50,7 @@ class VerdictsMixin(StoreBase):
     def _void(self, row: dict, by: str, now: float) -> None:
         """Append the undo row voiding verdict ``row`` (a copy of it with ``voids`` set, by ``by``)."""
         self._insert_verdict({k: row[k] for k in ("image_id", "verdict", "corrected_label_id", "reason",
-                                                  "model_version", "session_id", "batch", "note")}
+                                                  "model_version", "session_id", "batch", "note", "source_id")}
                              | {"annotator": by, "voids": row["id"], "created_at": now})
 
     def record_verdict(self, image_id: int, annotator: str, verdict: str, *, reason: str,
@@ -236,8 +236,8 @@ class VerdictsMixin(StoreBase):
             now = time.time()
             self._void(v, annotator, now)
             # the copy stays in the original's undo step (batch, else the original's id)
-            return self._insert_verdict({k: v[k] for k in ("image_id", "annotator", "verdict", "reason",
-                                                           "model_version", "session_id", "note", "created_at")}
+            return self._insert_verdict({k: v[k] for k in ("image_id", "annotator", "verdict", "reason", "model_version",
+                                                           "session_id", "note", "source_id", "created_at")}
                                         | {"corrected_label_id": corrected, "batch": v["batch"] or str(v["id"])})
 
     def audit_counts(self) -> dict[str, dict[str, int]]:
