@@ -4,10 +4,11 @@ undo, and the migration of a database of the previous schema."""
 import sqlite3
 
 import pytest
+from sqlite_utils import Database
 
-from annotator.schema import MIGRATIONS, SCHEMA_VERSION, Database, _propagated_verdicts
 from annotator.store import PROPAGATED, AlreadyJudged, NotPropagable, Store, StoreError
 from annotator.store.duplicates import implied
+from annotator.store.schema import MIGRATIONS, SCHEMA_VERSION, _propagated_verdicts
 
 
 def grouped_store(path) -> tuple[Store, dict[str, int]]:

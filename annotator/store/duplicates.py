@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
-from ..schema import LIVE
+from .schema import LIVE
 from .base import StoreBase, StoreError, _ids_json
 from .review import FREE, NOT_EXCLUDED
 
