@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from cleannet_core.features import load_imagenet_weights
 
 from .artifacts import BackboneInfo, current_backbone, save_adapted_artifact, save_scorer_artifact
 from .backbone import load_data
-from .pipeline import round_metrics, verdict_split
-from .publish import publish_scores
+from .pipeline import conflict_weight, round_metrics, verdict_split
+from .publish import publish_scores, with_conflicts
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
 from .store import Store
@@ -163,6 +163,8 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
                                 train_idx=split.train, train_ok=split.train_correct, val_idx=split.val,
                                 val_ok=split.val_correct, probs=probs)
     fitted = scoring.method("robust").fit(data_in, device=device)
+    fitted = replace(fitted, scores=with_conflicts(store, data, fitted.scores,
+                                                   weight=conflict_weight(cfg, fitted.state)))
     report("training", 1.0, fitted.note)
     verdict = compare(store, data, split, fitted.scores.score, fitted.delta)
     key = data_key(data)

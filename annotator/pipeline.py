@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from .artifacts import (BackboneInfo, adapted_probs, features_dir, load_backbone
                         save_scorer_artifact)
 from .backbone import ensure_backbone, load_data
 from .distributed import torchrun_extract
-from .publish import is_calibrated, publish_scores
+from .publish import is_calibrated, publish_scores, with_conflicts
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
 from .store import Store
@@ -122,6 +123,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     fit = method.fit(data_in, device=device, cleannet=TrainConfig.shortened(cfg.steps), warm_start=warm,
                      progress=lambda frac, message: report("training", frac, message))
     report("training", 1.0, fit.note)
+    fit = replace(fit, scores=with_conflicts(store, data, fit.scores, weight=conflict_weight(cfg, fit.state)))
     judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}
     metrics = round_metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict,
                             judged=np.isin(data.ids, list(judged))) | {"method": cfg.method, "adapted": bool(adapted)}
@@ -132,9 +134,13 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
                                 provenance={"max_verdict_id": max_verdict, "n_verdicts": inputs.split.n})
     version = store.add_model(delta=fit.delta, metrics=metrics, checkpoint=str(ckpt), n_verdicts=inputs.split.n,
                               backbone=f"adapted from {backbone.source}" if adapted else backbone.source)
-    publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state),
-                   conflict_weight=cfg.conflict_weight if spec(cfg.method).probability else 0.0)
+    publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state))
     return version
+
+
+def conflict_weight(cfg: RoundConfig, state: dict) -> float:
+    """The round setting conflict_weight where the state's scores are calibrated probabilities, else 0."""
+    return cfg.conflict_weight if spec(state["method"]).probability and is_calibrated(state) else 0.0
 
 
 def round_data(inputs: RoundInputs, *, probe_key: str = "", probs: np.ndarray | None = None) -> scoring.RoundData:
@@ -195,8 +201,8 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
-    publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt),
-                   conflict_weight=cfg.conflict_weight if spec(ckpt["method"]).probability else 0.0)
+    sc = with_conflicts(store, data, sc, weight=conflict_weight(cfg, ckpt))
+    publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt))
     return version
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from dataclasses import replace
+
 import numpy as np
 
 from cleannet_core.duplicates import conflict_share
@@ -60,22 +62,28 @@ def duplicate_groups(store: Store, data: Data) -> np.ndarray:
     return group
 
 
+def with_conflicts(store: Store, data: Data, sc: Scores, *, weight: float) -> Scores:
+    """sc with the scores of images whose near-duplicate in the current duplicate run carries another label
+    lowered (``cleannet_core.duplicates.conflict_share``; probabilities only); weight 0: sc itself. A round applies
+    it before it measures its flags, so the stored metrics describe the scores it publishes."""
+    if weight <= 0:
+        return sc
+    score = conflict_share(sc.score.astype(np.float64), duplicate_groups(store, data), data.labels, weight=weight)
+    return replace(sc, score=score.astype(np.float32))
+
+
 def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report, *,
-                   calibrated: bool = True, conflict_weight: float = 0.0) -> None:
+                   calibrated: bool = True) -> None:
     """Write the scores of `version`, make it current in one transaction, drop older versions' scores.
 
     Rows go to the store in data's order, by image id (`load_data`), which is what `Store.write_scores` writes
     fastest; it writes their queue order (`queue_order`; calibrated=False for the verdict-free rule) itself.
-    conflict_weight > 0 (calibrated probabilities only): the scores of images whose near-duplicate in the current
-    duplicate run carries another label are lowered first (``cleannet_core.duplicates.conflict_share``).
     """
     n = len(data.ids)
     # The queue scans each class from the most uncertain end and skips reviewed images; pushing images that
     # already have a live verdict behind everything else keeps that scan short.
     reviewed = np.isin(data.ids, [v["image_id"] for v in store.live_verdicts()])
     score = sc.score.astype(np.float64)
-    if calibrated and conflict_weight > 0:
-        score = conflict_share(score, duplicate_groups(store, data), data.labels, weight=conflict_weight)
     uncertainty = queue_order(score, delta, calibrated=calibrated) + REVIEWED * reviewed
     suggested = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
     columns = (data.ids, data.class_ids[data.labels], score, uncertainty, suggested,

@@ -38,7 +38,7 @@ def test_the_round_setting():
 
 def test_publish_lowers_the_scores_of_conflicting_members_of_the_current_run(store):
     from annotator.pipeline import load_data
-    from annotator.publish import publish_scores
+    from annotator.publish import publish_scores, with_conflicts
     from cleannet_core.score import Scores
 
     cids = store.ensure_classes(["cat", "dog"])
@@ -50,11 +50,20 @@ def test_publish_lowers_the_scores_of_conflicting_members_of_the_current_run(sto
                            backbone_id="b", threshold=0.8, method="exact", n_images=5, n_groups=2, n_conflicts=1,
                            seconds=0.0)
     sc = Scores(np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32), np.full(5, -1), np.zeros(5, np.float32))
-    for weight, calibrated in ((0.5, True), (0.5, False), (0.0, True)):
+    for weight in (0.5, 0.0):
         version = store.add_model(delta=0.5, metrics={})
-        publish_scores(store, version, data, sc, 0.5, lambda *a: None, calibrated=calibrated, conflict_weight=weight)
+        publish_scores(store, version, data, with_conflicts(store, data, sc, weight=weight), 0.5, lambda *a: None)
         got = [r[0] for r in store.db.execute("SELECT score FROM scores WHERE model_version = ? ORDER BY image_id",
                                               [version])]
-        lowered = weight > 0 and calibrated
+        lowered = weight > 0
         assert got == pytest.approx([0.9 * (1 - 0.5 * 0.6) if lowered else 0.9, 0.8, 0.7,
                                      0.6 * (1 - 0.5 * 0.9) if lowered else 0.6, 0.5], abs=1e-6)
+
+
+def test_conflicts_weigh_only_on_calibrated_probabilities():
+    from annotator.pipeline import conflict_weight
+    cfg = RoundConfig(conflict_weight=0.3)
+    assert conflict_weight(cfg, {"method": "robust"}) == 0.3
+    assert conflict_weight(cfg, {"method": "transfer", "transfer": {"calibrator": {"w": [1.0]}}}) == 0.3
+    assert conflict_weight(cfg, {"method": "transfer", "transfer": {"calibrator": None}}) == 0.0  # verdict-free rule
+    assert conflict_weight(cfg, {"method": "paper"}) == 0.0  # a relevance, not a probability
