@@ -244,17 +244,24 @@ def store_label(cat: dup.Catalog, image_id: int) -> int:
     return int(cat.labels[np.searchsorted(cat.ids, image_id)])
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def case_args(doc: str, argv, *, roles_help: str) -> argparse.Namespace:
+    """The options of a script over the constructed cases: --cifar10n (or $CIFAR10N), --cache, --n-base, --roles,
+    --json."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar10n", type=Path, default=os.environ.get("CIFAR10N"),
                    help="the cifar10n folder (test_labels.csv, test/); default $CIFAR10N")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--n-base", type=int, default=N_BASE, help="CIFAR-10 test images per case before the copies")
-    p.add_argument("--roles", default="dev,test", help="dev chooses the threshold; test alone uses the product's")
+    p.add_argument("--roles", default="dev,test", help=roles_help)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.cifar10n is None:
         p.error("give --cifar10n DIR or set $CIFAR10N")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = case_args(__doc__, argv, roles_help="dev chooses the threshold; test alone uses the product's")
     load = os.getloadavg()
     roles = args.roles.split(",")
     dev = evaluate("dev", args, None) if "dev" in roles else None

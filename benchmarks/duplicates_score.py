@@ -32,7 +32,6 @@ from annotator.round_config import RoundConfig, load_round_config
 from cleannet_core.metrics import auroc
 
 from . import duplicates as cases
-from .common import CACHE
 from .report import write_json
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -75,16 +74,7 @@ def evaluate(name: str, args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cifar10n", type=Path, default=os.environ.get("CIFAR10N"),
-                   help="the cifar10n folder (test_labels.csv, test/); default $CIFAR10N")
-    p.add_argument("--cache", type=Path, default=CACHE)
-    p.add_argument("--n-base", type=int, default=cases.N_BASE)
-    p.add_argument("--roles", default="dev,test", help="dev chooses the weight; test reports")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    if args.cifar10n is None:
-        p.error("give --cifar10n DIR or set $CIFAR10N")
+    args = cases.case_args(__doc__, argv, roles_help="dev chooses the weight; test reports")
     load = os.getloadavg()
     dev = evaluate("dev", args)
     chosen = min(WEIGHTS, key=lambda w: (dev["by_weight"][str(w)]["flag_error"], -dev["by_weight"][str(w)]["auroc"]))

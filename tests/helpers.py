@@ -206,3 +206,21 @@ def shown_image(at) -> int:
     """The id of the image the annotate page shows (its "Image #" caption)."""
     caption = next(c.value for c in at.caption if c.value.startswith("Image #"))
     return int(caption.split("#")[1].split(" ")[0])
+
+
+def database_before(path: Path, migration: Callable) -> "Database":
+    """A database at ``path`` of the schema just before ``migration`` (one of ``MIGRATIONS``), holding the class
+    'cat' (id 1) and one image of it (id 1): what an older release left behind. Close its ``conn`` before opening
+    a Store on it."""
+    import sqlite3
+
+    from annotator.store.base import Database
+    from annotator.store.schema import MIGRATIONS
+    db = Database(sqlite3.connect(path, isolation_level=None))
+    before = MIGRATIONS.index(migration)
+    for migrate in MIGRATIONS[:before]:
+        migrate(db)
+    db.execute(f"PRAGMA user_version = {before}")
+    db.execute("INSERT INTO classes (id, name) VALUES (1, 'cat')")
+    db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/x/1.png', 'h', 1)")
+    return db

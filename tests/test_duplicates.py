@@ -3,7 +3,6 @@ runs, export columns, CLI and schema migration on real SQLite files with feature
 import csv
 import io
 import json
-import sqlite3
 
 import numpy as np
 import pytest
@@ -13,10 +12,12 @@ from annotator import duplicates as dup
 from annotator.cli import cli
 from annotator.export import COLUMNS, export_csv
 from annotator.round_config import RoundConfig
-from annotator.store.schema import MIGRATIONS, SCHEMA_VERSION, _duplicate_groups
 from annotator.store import Store
+from annotator.store.schema import SCHEMA_VERSION, _duplicate_groups
 from cleannet_core.duplicates import GroupConfig, components, hash_pairs, outlier_scores, similar_pairs
 from cleannet_core.features import FeatureCache
+
+from helpers import database_before
 
 DIM = 16
 
@@ -154,16 +155,7 @@ def test_cli_duplicates_json_and_text(tmp_path):
 
 def test_a_database_of_the_previous_schema_gains_the_duplicate_tables(tmp_path):
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    from annotator.store.base import Database
-    db = Database(conn)
-    before = MIGRATIONS.index(_duplicate_groups)
-    for migrate in MIGRATIONS[:before]:
-        migrate(db)
-    db.execute(f"PRAGMA user_version = {before}")
-    db.execute("INSERT INTO classes (id, name) VALUES (1, 'cat')")
-    db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/x/1.png', 'h', 1)")
-    conn.close()
+    database_before(path, _duplicate_groups).conn.close()
     store = Store(path)
     assert store.schema_version == SCHEMA_VERSION
     assert {"duplicate_runs", "duplicates"} <= set(store.db.table_names())

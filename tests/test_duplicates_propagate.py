@@ -4,11 +4,12 @@ undo, and the migration of a database of the previous schema."""
 import sqlite3
 
 import pytest
-from sqlite_utils import Database
 
 from annotator.store import PROPAGATED, AlreadyJudged, NotPropagable, Store, StoreError
 from annotator.store.duplicates import implied
-from annotator.store.schema import MIGRATIONS, SCHEMA_VERSION, _propagated_verdicts
+from annotator.store.schema import SCHEMA_VERSION, _propagated_verdicts
+
+from helpers import database_before
 
 
 def grouped_store(path) -> tuple[Store, dict[str, int]]:
@@ -138,17 +139,10 @@ def test_the_schema_ties_reason_and_source(tmp_path):
 
 def test_a_database_of_the_previous_schema_gains_the_propagated_reason(tmp_path):
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    db = Database(conn)
-    before = MIGRATIONS.index(_propagated_verdicts)
-    for migrate in MIGRATIONS[:before]:
-        migrate(db)
-    db.execute(f"PRAGMA user_version = {before}")
-    db.execute("INSERT INTO classes (id, name) VALUES (1, 'cat')")
-    db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/x/1.png', 'h', 1)")
+    db = database_before(path, _propagated_verdicts)
     db.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at)"
                " VALUES (1, 'ann', 'correct', 'transfer_check', 1.0)")
-    conn.close()
+    db.conn.close()
     store = Store(path)
     assert store.schema_version == SCHEMA_VERSION
     assert store.live_verdict(1)["reason"] == "transfer_check" and store.live_verdict(1)["source_id"] is None

@@ -9,9 +9,10 @@ from streamlit.testing.v1 import AppTest
 from annotator import auth, estimates, pipeline
 from annotator.queue import next_items
 from annotator.store import Store
+from annotator.store.schema import SCHEMA_VERSION, _transfer_check_reason
 from cleannet_core.metrics import auroc
 
-from helpers import ABC_SCORES, build_abc
+from helpers import ABC_SCORES, build_abc, database_before
 
 
 def answer(store: Store, who: str, k: int, rng: random.Random) -> list:
@@ -118,26 +119,19 @@ def test_the_annotate_page_shows_a_transfer_item_blind(db_path, monkeypatch):
     assert "Model score" not in [m.label for m in at.metric]
 
 
-def test_a_database_of_the_previous_schema_takes_transfer_check_verdicts_after_the_migration(db_path):
+def test_a_database_of_the_previous_schema_takes_transfer_check_verdicts_after_the_migration(tmp_path):
     import sqlite3
-    with Store(db_path) as store:
-        ids = store.ensure_classes(["A"])
-        store.add_images([{"path": f"/img/{k}.png", "hash": str(k), "label_id": ids["A"]} for k in range(3)])
-        store.record_verdict(1, "a", "correct", reason="audit")
-        version = store.schema_version
-    con = sqlite3.connect(db_path)  # back to the previous schema: the reason CHECK without 'transfer_check'
-    con.execute("PRAGMA writable_schema = ON")
-    con.execute("UPDATE sqlite_master SET sql = replace(sql, ', ''transfer_check''', '') WHERE name = 'verdicts'")
-    con.execute(f"PRAGMA user_version = {version - 1}")
-    con.commit()
-    con.close()
-    con = sqlite3.connect(db_path)
+    db_path = tmp_path / "old.db"
+    db = database_before(db_path, _transfer_check_reason)  # the reason CHECK without 'transfer_check'
+    db.execute("INSERT INTO images (path, hash, label_id) VALUES ('/x/2.png', 'h2', 1), ('/x/3.png', 'h3', 1)")
+    db.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at) VALUES "
+               "(1, 'a', 'correct', 'audit', 0)")
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-        con.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at) VALUES "
-                    "(2, 'a', 'correct', 'transfer_check', 0)")
-    con.close()
+        db.execute("INSERT INTO verdicts (image_id, annotator, verdict, reason, created_at) VALUES "
+                   "(2, 'a', 'correct', 'transfer_check', 0)")
+    db.conn.close()
     with Store(db_path) as store:  # migrates
-        assert store.schema_version == version
+        assert store.schema_version == SCHEMA_VERSION
         store.record_verdict(2, "a", "wrong", reason="transfer_check")
         assert [v["reason"] for v in store.live_verdicts()] == ["audit", "transfer_check"]
         assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -287,37 +287,34 @@ CREATE INDEX duplicates_outlier ON duplicates(run_id, outlier_score);
 """)
 
 
-def _transfer_check_reason(db: Database) -> None:
-    """Verdicts may have the reason 'transfer_check': a random draw in a class nobody verifies, which measures the
-    model there and trains nothing. The CHECK constraint on ``verdicts.reason`` only widens (every stored row still
-    passes), so its text is edited in place, SQLite's documented way of changing a CHECK constraint
+def _widen_verdict_reasons(db: Database, reasons: tuple[str, ...], added: str) -> None:
+    """The CHECK on ``verdicts.reason`` from ``reasons`` to ``reasons`` and ``added``. A CHECK that only widens
+    (every stored row still passes) is edited in place, SQLite's documented way of changing a CHECK constraint
     (https://sqlite.org/lang_altertable.html, "making other kinds of table schema changes"), instead of copying the
     append-only verdicts table with its triggers and indexes."""
-    old = "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual'))"
+    def check(names: tuple[str, ...]) -> str:
+        return "CHECK (reason IN (" + ", ".join(f"'{n}'" for n in names) + "))"
     version = db.execute("PRAGMA schema_version").fetchone()[0]
     db.execute("PRAGMA writable_schema = ON")
     try:
         db.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'verdicts'",
-                   [old, "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual', 'transfer_check'))"])
+                   [check(reasons), check(reasons + (added,))])
         db.execute(f"PRAGMA schema_version = {version + 1}")
     finally:
         db.execute("PRAGMA writable_schema = OFF")
+
+
+def _transfer_check_reason(db: Database) -> None:
+    """Verdicts may have the reason 'transfer_check': a random draw in a class nobody verifies, which measures the
+    model there and trains nothing."""
+    _widen_verdict_reasons(db, ("uncertain", "audit", "grid", "manual"), "transfer_check")
 
 
 def _propagated_verdicts(db: Database) -> None:
     """Verdicts may have the reason 'propagated': an annotator applied their verdict on one image to a near-duplicate
     of it (``Store.propagate_verdict``). ``source_id`` names that verdict; a CHECK ties the two together, so a
-    propagated verdict always says where it came from and no other verdict claims a source. The reason's CHECK
-    only widens and is edited in place, as in ``_transfer_check_reason``."""
-    old = "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual', 'transfer_check'))"
-    version = db.execute("PRAGMA schema_version").fetchone()[0]
-    db.execute("PRAGMA writable_schema = ON")
-    try:
-        db.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'verdicts'",
-                   [old, "CHECK (reason IN ('uncertain', 'audit', 'grid', 'manual', 'transfer_check', 'propagated'))"])
-        db.execute(f"PRAGMA schema_version = {version + 1}")
-    finally:
-        db.execute("PRAGMA writable_schema = OFF")
+    propagated verdict always says where it came from and no other verdict claims a source."""
+    _widen_verdict_reasons(db, ("uncertain", "audit", "grid", "manual", "transfer_check"), "propagated")
     db.execute("ALTER TABLE verdicts ADD COLUMN source_id INT REFERENCES verdicts(id)"
                " CHECK ((reason = 'propagated') = (source_id IS NOT NULL))")
 
