@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from .store import Store, UnknownClass
+from .store import REASONS, Store, UnknownClass
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def _serve(store: Store, annotator: str, class_ids: list[int], n: int, resume_re
     own = store.leased_candidates(annotator, class_ids, now=now)[:n]
     ids = store.acquire_leases(annotator, own, seconds, now=now, stagger=STAGGER) if own else []
     stored = store.lease_reasons(annotator, ids) if ids and keep_stored else {}
-    reasons = {i: stored.get(i) or resume_reason for i in ids}
+    # a stored reason a verdict may not carry (a copy's 'propagated' after an undo) resumes as resume_reason
+    reasons = {i: stored[i] if stored.get(i) in REASONS else resume_reason for i in ids}
     for attempt in range(2):
         if len(ids) >= n:
             break

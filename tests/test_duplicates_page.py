@@ -4,7 +4,7 @@ import pytest
 
 from annotator.store import Store
 
-from helpers import HOSTILE, app, texts
+from helpers import HOSTILE, app, button, shown_image, texts
 
 
 def plant_run(store: Store) -> dict[str, list[int]]:
@@ -64,7 +64,6 @@ def group_around(shown: int, others: list[int]) -> None:
 
 
 def test_annotate_offers_the_verdict_for_the_copies_and_applies_it_only_when_pressed(db):  # noqa: F811
-    from test_app import button, shown_image
     with Store() as store:
         store.set_setting("audit_share", 0.0)
     at = app("ann")
@@ -105,7 +104,6 @@ def test_annotate_offers_the_verdict_for_the_copies_and_applies_it_only_when_pre
 
 
 def test_no_offer_after_a_verdict_on_an_audit_draw(db):  # noqa: F811
-    from test_app import button, shown_image
     with Store() as store:
         store.set_setting("audit_share", 1.0)
     at = app("ann")
@@ -120,3 +118,29 @@ def test_no_offer_after_a_verdict_on_an_audit_draw(db):  # noqa: F811
     assert not [b for b in at.button if b.key and b.key.startswith("ann_copies")]
     with Store() as store:
         assert store.verdict_count() == 1
+
+
+def test_undoing_an_applied_step_sends_the_copies_back_to_the_queue_not_to_this_screen(db):  # noqa: F811
+    """Copies were never served to the annotator: undoing the verdict applied to them leaves them unjudged and
+    unleased, and the next presses judge the images the queue serves (a copy comes back as an ordinary item)."""
+    with Store() as store:
+        store.set_setting("audit_share", 0.0)
+    at = app("ann")
+    shown = shown_image(at)
+    held = {i.image_id for i in at.session_state["ann_items"]}
+    with Store() as store:
+        label = store.queue_rows([shown], None)[shown]["label"]
+        same = [r["id"] for r in store.iter_images() if r["label"] == label and r["id"] not in held][:2]
+    group_around(shown, same)
+    button(at, "ann_correct").click().run()
+    button(at, "ann_copies_same").click().run()
+    button(at, "ann_undo").click().run()
+    assert "Undone: the verdict applied to 2 copies" in texts(at)
+    assert not {i.image_id for i in at.session_state["ann_items"]} & set(same)
+    with Store() as store:
+        assert [store.live_verdict(i) for i in same] == [None, None] and store.lease_reasons("ann", same) == {}
+    for _ in range(4):
+        button(at, "ann_correct").click().run()
+        assert not at.exception
+    with Store() as store:
+        assert {v["reason"] for v in store.live_verdicts()} == {"uncertain"} and store.verdict_count() == 5

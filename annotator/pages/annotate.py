@@ -40,7 +40,7 @@ from annotator.export import threshold_in_force
 from annotator.pages import duplicate_offer as copies
 from annotator.pages.common import context, md
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
-from annotator.store import UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
+from annotator.store import PROPAGATED, UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
 
 PREFETCH = 2  # items held in session state: the current one and the next
 # The image's height is what the page header, the title and the toggles leave of the window.
@@ -107,6 +107,12 @@ def _undo(store: Store, user: dict) -> None:
     last = st.session_state.get("ann_last_wrong")
     if last and last["verdict_id"] in voided:
         st.session_state["ann_last_wrong"] = None
+    if all(r["reason"] == PROPAGATED for r in rows):
+        _flash("info", f"Undone: the verdict applied to {len(rows)} cop{'y' if len(rows) == 1 else 'ies'}; they are "
+                       "back in the queue as they were.")
+        return
+    # verdicts applied to copies were never served here: those images go back to the queue, not to this screen
+    rows = [r for r in rows if r["reason"] != PROPAGATED]
     what = f"your **{rows[0]['verdict']}** verdict" if len(rows) == 1 else f"your last page ({len(rows)} verdicts)"
     _flash("info", f"Undone: {what}. The image{'s are' if len(rows) > 1 else ' is'} back in front of you.")
     ids = store.acquire_leases(name, [r["image_id"] for r in rows], store.get_setting("lease_seconds"),
