@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from annotator import auth
 from annotator.store import PROPAGATED, AlreadyJudged, NotPropagable, Store, StoreError
 from annotator.store.duplicates import implied
 from annotator.store.schema import SCHEMA_VERSION, _propagated_verdicts
@@ -86,6 +87,24 @@ def test_a_relabelled_wrong_verdict_offers_its_true_class(tmp_path):
     assert [(o["image_id"], o["verdict"], o["corrected_label"]) for o in store.propagation_offer(src, "ann")] == [
         (2, "wrong", "dog"), (3, "wrong", "dog"), (5, "correct", None), (7, "wrong", "dog")]
     assert store.propagation_offer(first, "ann") == []                     # the voided one offers nothing
+
+
+def test_undoing_relabelling_or_overriding_a_source_takes_back_its_copies(tmp_path):
+    """A copy's verdict stands on its source: when the source is voided (a relabel, a lead's override, an undo), so
+    are the verdicts applied from it, in the same transaction; the copies are open again and offered anew."""
+    store, ids = grouped_store(tmp_path / "annotator.db")
+    auth.ensure_admin(store)
+    src = store.record_verdict(1, "ann", "wrong", reason="uncertain", session_id=7)
+    store.propagate_verdict(src, "ann", [2, 3], session_id=7)
+    relabelled = store.relabel_verdict(src, "ann", "dog")   # the relabel joins the source's undo step
+    assert [store.live_verdict(i) for i in (2, 3)] == [None, None]
+    assert [(o["image_id"], o["verdict"], o["corrected_label"]) for o in
+            store.propagation_offer(relabelled, "ann")][:2] == [(2, "wrong", "dog"), (3, "wrong", "dog")]
+    store.propagate_verdict(relabelled, "ann", [2, 3], session_id=7)
+    store.override_verdict(1, "admin", "correct", replaces=relabelled)
+    assert [store.live_verdict(i) for i in (2, 3)] == [None, None] and store.live_verdict(1)["verdict"] == "correct"
+    assert [store.undo_last("ann", session_id=7) for _ in range(3)] == [[], [], []]  # the lead's override ended both
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_who_and_what_may_be_propagated(tmp_path):

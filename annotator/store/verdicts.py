@@ -48,10 +48,15 @@ class VerdictsMixin(StoreBase):
         return label
 
     def _void(self, row: dict, by: str, now: float) -> None:
-        """Append the undo row voiding verdict ``row`` (a copy of it with ``voids`` set, by ``by``)."""
+        """Append the undo row voiding verdict ``row`` (a copy of it with ``voids`` set, by ``by``), and void the
+        live verdicts applied from it to near-duplicates (``source_id``): an undo, a relabel or an override of
+        a verdict takes back what it said about the copies too, which go back to the queue."""
         self._insert_verdict({k: row[k] for k in ("image_id", "verdict", "corrected_label_id", "reason",
                                                   "model_version", "session_id", "batch", "note", "source_id")}
                              | {"annotator": by, "voids": row["id"], "created_at": now})
+        for copy in self._all(f"SELECT * FROM verdicts v WHERE v.source_id = ? AND v.voids IS NULL AND {LIVE}",
+                              [row["id"]]):
+            self._void(copy, by, now)
 
     def record_verdict(self, image_id: int, annotator: str, verdict: str, *, reason: str,
                        corrected_label: str | None = None, model_version: int | None = None,
