@@ -63,13 +63,27 @@ def duplicate_groups(store: Store, data: Data) -> np.ndarray:
 
 
 def with_conflicts(store: Store, data: Data, sc: Scores, *, weight: float) -> Scores:
-    """sc with the scores of images whose near-duplicate in the current duplicate run carries another label
-    lowered (``cleannet_core.duplicates.conflict_share``; probabilities only); weight 0: sc itself. A round applies
-    it before it measures its flags, so the stored metrics describe the scores it publishes."""
+    """sc with the scores of unjudged images whose near-duplicate in the current duplicate run carries another label
+    lowered (``cleannet_core.duplicates.conflict_share``; probabilities only); weight 0: sc itself. A member with a
+    live verdict vouches with certainty for the class the verdict gives it ('correct': its label, 'wrong' with a
+    true class: that class) and for none after 'wrong' alone; judged images keep their score (their verdict
+    decides). A round applies it before it measures its flags, so the stored metrics describe what it publishes."""
     if weight <= 0:
         return sc
-    score = conflict_share(sc.score.astype(np.float64), duplicate_groups(store, data), data.labels, weight=weight)
-    return replace(sc, score=score.astype(np.float32))
+    labels, evidence = data.labels.copy(), sc.score.astype(np.float64)
+    judged = np.zeros(len(data.ids), bool)
+    row = {int(i): k for k, i in enumerate(data.ids)}
+    index = {int(c): k for k, c in enumerate(data.class_ids)}
+    for v in store.live_verdicts():
+        k = row.get(v["image_id"])
+        if k is None or v["verdict"] == "unsure":
+            continue
+        judged[k] = True
+        if v["verdict"] == "wrong" and v["corrected_label_id"] is not None:
+            labels[k] = index[v["corrected_label_id"]]
+        evidence[k] = 0.0 if v["verdict"] == "wrong" and v["corrected_label_id"] is None else 1.0
+    lowered = conflict_share(evidence, duplicate_groups(store, data), labels, weight=weight)
+    return replace(sc, score=np.where(judged, sc.score, lowered).astype(np.float32))
 
 
 def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report, *,

@@ -67,3 +67,26 @@ def test_conflicts_weigh_only_on_calibrated_probabilities():
     assert conflict_weight(cfg, {"method": "transfer", "transfer": {"calibrator": {"w": [1.0]}}}) == 0.3
     assert conflict_weight(cfg, {"method": "transfer", "transfer": {"calibrator": None}}) == 0.0  # verdict-free rule
     assert conflict_weight(cfg, {"method": "paper"}) == 0.0  # a relevance, not a probability
+
+
+def test_a_member_with_a_verdict_vouches_for_the_class_the_verdict_gives_it(store):
+    """Group: cat #1 (0.9), dog #4 (0.95, judged wrong: a cat), dog #5 (0.8). The verdict settles #4 as a cat, so
+    cat #1 is lowered only by dog #5's model score (0.8, not #4's 0.95); dog #5 by what the verdict vouches for
+    (1.0); the judged image keeps its score. Group 2: cat #2 judged 'wrong' alone vouches for nothing: cat #3
+    keeps 0.7."""
+    from annotator.pipeline import load_data
+    from annotator.publish import with_conflicts
+    from cleannet_core.score import Scores
+
+    cids = store.ensure_classes(["cat", "dog"])
+    store.add_images({"path": f"/img/{i}.jpg", "hash": f"h{i}", "label_id": cids["cat" if i < 3 else "dog"]}
+                     for i in range(5))                       # ids 1-3 cat, 4-5 dog
+    group = {1: 1, 4: 1, 5: 1, 2: 2, 3: 2}
+    store.write_duplicates(((i, group.get(i), 0.1, int(i in (1, 4, 5))) for i in range(1, 6)), features_key="k",
+                           backbone_id="b", threshold=0.8, method="exact", n_images=5, n_groups=2, n_conflicts=1,
+                           seconds=0.0)
+    store.record_verdict(4, "ann", "wrong", reason="uncertain", corrected_label="cat")
+    store.record_verdict(2, "ann", "wrong", reason="uncertain")
+    sc = Scores(np.array([0.9, 0.6, 0.7, 0.95, 0.8], np.float32), np.full(5, -1), np.zeros(5, np.float32))
+    got = with_conflicts(store, load_data(store), sc, weight=0.5).score
+    assert got.tolist() == pytest.approx([0.9 * (1 - 0.5 * 0.8), 0.6, 0.7, 0.95, 0.8 * (1 - 0.5 * 1.0)])
