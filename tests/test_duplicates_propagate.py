@@ -166,3 +166,14 @@ def test_a_database_of_the_previous_schema_gains_the_propagated_reason(tmp_path)
     assert store.schema_version == SCHEMA_VERSION
     assert store.live_verdict(1)["reason"] == "transfer_check" and store.live_verdict(1)["source_id"] is None
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_reason_check_of_unexpected_text_is_refused_not_silently_kept(tmp_path):
+    from annotator.store.schema import _transfer_check_reason
+    db = database_before(tmp_path / "odd.db", _transfer_check_reason)
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET sql = replace(sql, ', ''manual''', '') WHERE name = 'verdicts'")
+    db.execute("PRAGMA writable_schema = OFF")
+    with pytest.raises(RuntimeError, match="not migrating"):
+        _transfer_check_reason(db)
+    db.conn.close()

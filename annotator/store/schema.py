@@ -294,6 +294,9 @@ def _widen_verdict_reasons(db: Database, reasons: tuple[str, ...], added: str) -
     append-only verdicts table with its triggers and indexes."""
     def check(names: tuple[str, ...]) -> str:
         return "CHECK (reason IN (" + ", ".join(f"'{n}'" for n in names) + "))"
+    table = "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'verdicts'"
+    if check(reasons) not in db.execute(table).fetchone()[0]:
+        raise RuntimeError(f"the verdicts table's reason check is not {check(reasons)}: not migrating it")
     version = db.execute("PRAGMA schema_version").fetchone()[0]
     db.execute("PRAGMA writable_schema = ON")
     try:
