@@ -177,3 +177,11 @@ def test_a_reason_check_of_unexpected_text_is_refused_not_silently_kept(tmp_path
     with pytest.raises(RuntimeError, match="not migrating"):
         _transfer_check_reason(db)
     db.conn.close()
+
+
+def test_an_image_whose_file_changed_leaves_its_group_until_the_next_run(tmp_path):
+    store, ids = grouped_store(tmp_path / "annotator.db")
+    assert store.update_image_files([{"id": 2, "hash": "new", "bytes": 1, "mtime": 1.0}]) == 1
+    src = store.record_verdict(1, "ann", "correct", reason="uncertain")
+    assert [o["image_id"] for o in store.propagation_offer(src, "ann")] == [3, 5, 7]   # 2 is no longer offered
+    assert dict(store.iter_duplicate_groups())[1] == 1 and 2 not in dict(store.iter_duplicate_groups())

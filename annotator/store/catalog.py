@@ -90,7 +90,8 @@ class CatalogMixin(StoreBase):
 
         New content re-derives the duplicate links: the image becomes a duplicate of the first other 'ok' image
         with that hash, or 'ok'; images that were duplicates of its old content now follow the first of them,
-        which becomes 'ok'.
+        which becomes 'ok'. It leaves its near-duplicate group until the groups are computed again (nobody
+        compared the new content: no verdict is offered to it, no conflict lowers its score).
         """
         changed = 0
         with self._tx():
@@ -103,6 +104,7 @@ class CatalogMixin(StoreBase):
                                     [r["bytes"], r["mtime"], r["id"]])
                     continue
                 changed += 1
+                self.db.execute("UPDATE duplicates SET group_id = NULL, conflict = 0 WHERE image_id = ?", [r["id"]])
                 original = self._scalar("SELECT id FROM images WHERE hash = ? AND status = 'ok' AND id != ? "
                                         "ORDER BY id LIMIT 1", [r["hash"], r["id"]])
                 self.db.execute(
