@@ -88,8 +88,9 @@ COLUMN_DOCS = {  # column of the full format -> what it holds (shown in the READ
     "suggested_label": "the class the model would give instead, or empty",
     "suggested_score": "score of suggested_label",
     "model_version": "version of the model that scored the row",
-    "duplicate_group": "the smallest image id of the row's near-duplicate group (same content hash, or features "
-                       "with cosine >= 0.79; `annotator duplicates`), empty when it is in none",
+    "duplicate_group": "the smallest image id of the row's near-duplicate group (same content hash, features with "
+                       "cosine >= 0.79, or from 0.60 with matching thumbnails; `annotator duplicates`), empty when "
+                       "it is in none",
     "outlier_score": "1 - the largest cosine of the image's features to any class centroid: higher = further from "
                      "every class; empty before the first duplicate run",
 }
