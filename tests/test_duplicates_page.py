@@ -63,14 +63,22 @@ def group_around(shown: int, others: list[int]) -> None:
                                n_conflicts=1, seconds=0.1)
 
 
-def test_annotate_offers_the_verdict_for_the_copies_and_applies_it_only_when_pressed(db):  # noqa: F811
+def annotate_first_image(*, audit_share: float):
+    """The annotator's Annotate page with audit_share set: (AppTest, the image shown, its label, the images held
+    in the session: the shown one and the prefetched one)."""
     with Store() as store:
-        store.set_setting("audit_share", 0.0)
+        store.set_setting("audit_share", audit_share)
     at = app("ann")
     shown = shown_image(at)
     held = {i.image_id for i in at.session_state["ann_items"]}
     with Store() as store:
         label = store.queue_rows([shown], None)[shown]["label"]
+    return at, shown, label, held
+
+
+def test_annotate_offers_the_verdict_for_the_copies_and_applies_it_only_when_pressed(db):  # noqa: F811
+    at, shown, label, held = annotate_first_image(audit_share=0.0)
+    with Store() as store:
         other = "dog" if label == "cat" else "cat"
         same = [r["id"] for r in store.iter_images() if r["label"] == label and r["id"] not in held][:2]
         moved = [r["id"] for r in store.iter_images() if r["label"] == other and r["id"] not in held][:1]
@@ -104,14 +112,9 @@ def test_annotate_offers_the_verdict_for_the_copies_and_applies_it_only_when_pre
 
 
 def test_no_offer_after_a_verdict_on_an_audit_draw(db):  # noqa: F811
-    with Store() as store:
-        store.set_setting("audit_share", 1.0)
-    at = app("ann")
-    shown = shown_image(at)
+    at, shown, label, held = annotate_first_image(audit_share=1.0)
     assert "a random audit sample" in texts(at)
     with Store() as store:
-        label = store.queue_rows([shown], None)[shown]["label"]
-        held = {i.image_id for i in at.session_state["ann_items"]}
         same = [r["id"] for r in store.iter_images() if r["label"] == label and r["id"] not in held][:2]
     group_around(shown, same)
     button(at, "ann_correct").click().run()
@@ -123,13 +126,8 @@ def test_no_offer_after_a_verdict_on_an_audit_draw(db):  # noqa: F811
 def test_undoing_an_applied_step_sends_the_copies_back_to_the_queue_not_to_this_screen(db):  # noqa: F811
     """Copies were never served to the annotator: undoing the verdict applied to them leaves them unjudged and
     unleased, and the next presses judge the images the queue serves (a copy comes back as an ordinary item)."""
+    at, shown, label, held = annotate_first_image(audit_share=0.0)
     with Store() as store:
-        store.set_setting("audit_share", 0.0)
-    at = app("ann")
-    shown = shown_image(at)
-    held = {i.image_id for i in at.session_state["ann_items"]}
-    with Store() as store:
-        label = store.queue_rows([shown], None)[shown]["label"]
         same = [r["id"] for r in store.iter_images() if r["label"] == label and r["id"] not in held][:2]
     group_around(shown, same)
     button(at, "ann_correct").click().run()
