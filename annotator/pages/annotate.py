@@ -13,7 +13,9 @@ rate) are always shown blind, so the model cannot anchor the verdicts that judge
 
 Every press carries the id of the image it was made on. Buttons only queue an action (``ann_actions``,
 via their callback); the page body applies the queue first and drops (and says so) a press whose image
-is no longer the one on screen. The store keeps at most one live verdict per image and refuses a second
+is no longer the one on screen. Presses that arrive together come in no reliable order (Streamlit merges the
+pending ones; ``runner.fastReruns`` is off so that none is thrown away), so two different verdicts queued for
+one image save neither and the page asks again. The store keeps at most one live verdict per image and refuses a second
 one, and the images on screen are re-derived from the store on every rerun (an image stays only while my
 lease on it is live, and a saved verdict ends that lease), so a press that arrives after its image was
 judged (keys faster than reruns, a rerun cut short or abandoned by Streamlit while it waited for the
@@ -31,6 +33,7 @@ leads see its path on the server.
 import html
 import os
 import secrets
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -38,6 +41,7 @@ import streamlit as st
 from annotator import display
 from annotator.export import threshold_in_force
 from annotator.pages import duplicate_offer as copies
+from annotator.pages import key_queue as presses
 from annotator.pages.common import context, md
 from annotator.queue import QueueItem, grid_items, next_items, queue_status
 from annotator.store import PROPAGATED, UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
@@ -57,11 +61,6 @@ BLIND_REASONS = ("audit", "transfer_check")  # random draws that measure: always
 
 
 # -- actions (applied at the top of the rerun) ------------------------------------------
-def _queue(*action) -> None:
-    """Button callback: queue the action (several may queue up if keys come faster than reruns)."""
-    st.session_state.setdefault("ann_actions", []).append(action)
-
-
 def _flash(kind: str, text: str) -> None:
     st.session_state["ann_flash"] = (kind, text)
 
@@ -149,11 +148,16 @@ def _grid_submit(store: Store, user: dict, target: tuple[int, ...]) -> None:
 
 
 def apply_actions(store: Store, user: dict) -> None:
-    """Apply the queued actions in order (no Streamlit rendering call inside, so a new key press cannot
-    interrupt it halfway). An action aimed at an image that is no longer the current one is dropped."""
-    actions = st.session_state.get("ann_actions") or []
+    """Apply the queued actions in order. An action leaves the queue only once applied (a rerun cut short
+    applies it again next time; the target checks make that harmless); an action aimed at an image that is no
+    longer the current one is dropped, and two different verdicts for one image save neither."""
+    actions = presses.actions()
+    clash = presses.drop_clashing_verdicts(actions)
+    if clash:
+        _flash("warning", f"Two different keys for image #{clash[0]} arrived together: nothing saved for it. "
+                          "Press the one you mean again.")
     while actions:
-        kind, *args = actions.pop(0)
+        kind, *args = actions[0]
         if kind == "verdict":
             _verdict(store, user, *args)
         elif kind == "undo":
@@ -164,6 +168,7 @@ def apply_actions(store: Store, user: dict) -> None:
             _grid_submit(store, user, *args)
         elif kind == "propagate":
             _flash(*copies.apply(store, user, *args))
+        actions.pop(0)
 
 
 # -- queue and prefetch -----------------------------------------------------------------
@@ -238,7 +243,7 @@ def single_mode(store: Store, user: dict) -> None:
             st.success("The queue is empty: every image of your classes has a verdict or is being reviewed "
                        "by someone else. Thank you!")
         undo_button(disabled=False)
-        copies.offer_panel(store, user, _queue)
+        copies.offer_panel(store, user, partial(presses.queue, presses.actions()))
         return
     item = items[0]
     model = store.current_model()
@@ -249,14 +254,14 @@ def single_mode(store: Store, user: dict) -> None:
         about = st.container(key="ann_about")
         with st.container(horizontal=True, gap="small"):
             st.button("Correct", key="ann_correct", shortcut="j", type="primary", icon=":material/check:",
-                      on_click=_queue, args=("verdict", "correct", item.image_id))
+                      on_click=presses.queue, args=(presses.actions(), "verdict", "correct", item.image_id))
             st.button("Wrong", key="ann_wrong", shortcut="k", icon=":material/close:",
-                      on_click=_queue, args=("verdict", "wrong", item.image_id))
+                      on_click=presses.queue, args=(presses.actions(), "verdict", "wrong", item.image_id))
             st.button("Unsure", key="ann_unsure", shortcut="u", icon=":material/help:",
-                      on_click=_queue, args=("verdict", "unsure", item.image_id))
+                      on_click=presses.queue, args=(presses.actions(), "verdict", "unsure", item.image_id))
             undo_button()
         relabel_panel(store)
-        copies.offer_panel(store, user, _queue)
+        copies.offer_panel(store, user, partial(presses.queue, presses.actions()))
     with about:
         name, score = st.columns([3, 2])  # side by side: the true-class keys below stay on screen
         name.markdown(f"### Label: {md(item.label)}")
@@ -284,7 +289,7 @@ def single_mode(store: Store, user: dict) -> None:
 
 def undo_button(disabled: bool = False) -> None:
     st.button("Undo last", key="ann_undo", shortcut="z", icon=":material/undo:", disabled=disabled,
-              on_click=_queue, args=("undo",))
+              on_click=presses.queue, args=(presses.actions(), "undo",))
 
 
 def class_keys(store: Store) -> dict[str, int]:
@@ -320,14 +325,14 @@ def relabel_panel(store: Store) -> None:
                     name = by_key[k]
                     col.button(md(name), key=f"ann_true_{k}", shortcut=str(k), width="stretch",
                                type="primary" if name == suggested else "secondary", disabled=name == last["label"],
-                               on_click=_queue, args=("relabel", last["verdict_id"], name))
+                               on_click=presses.queue, args=(presses.actions(), "relabel", last["verdict_id"], name))
         rest = [name for name, k in sorted(keys.items(), key=lambda kv: kv[1]) if k > 9 and name != last["label"]]
         if rest:
             a, b = st.columns([3, 1], vertical_alignment="bottom")
             other = a.selectbox("Other class", rest, index=rest.index(suggested) if suggested in rest else None,
                                 key="ann_true_other", placeholder="Other class", label_visibility="collapsed")
             b.button("Set class", key="ann_true_set", disabled=other is None,
-                     on_click=_queue, args=("relabel", last["verdict_id"], other))
+                     on_click=presses.queue, args=(presses.actions(), "relabel", last["verdict_id"], other))
 
 
 def grid_images(items: list[QueueItem]) -> dict[int, display.Inline | str]:
@@ -383,7 +388,7 @@ def grid_mode(store: Store, user: dict) -> None:
                           on_click=_flip, args=(item.image_id,))
     a, b = st.columns(2)
     a.button("Save this page", key="ann_grid_submit", shortcut="g", type="primary", icon=":material/done_all:",
-             on_click=_queue, args=("grid", tuple(i.image_id for i in items)))
+             on_click=presses.queue, args=(presses.actions(), "grid", tuple(i.image_id for i in items)))
     with b:
         undo_button()
 
@@ -394,7 +399,7 @@ def page() -> None:
     try:
         apply_actions(store, user)
     except StoreError as e:
-        st.session_state["ann_actions"] = []
+        presses.actions().clear()
         _flash("error", md(e))
     title, note = st.columns([1, 2], vertical_alignment="center")  # the last action's message beside the title,
     title.title("Annotate")                                          # so it moves nothing below
