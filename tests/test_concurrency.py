@@ -133,7 +133,10 @@ def test_annotators_and_worker_share_one_file(tmp_path):
     during = [m["version"] for m in models if first < m["created_at"] < last and m["version"] > v1]
     assert during, [(m["version"], m["created_at"]) for m in models]  # the worker published while we wrote
     current = store.current_model()
-    assert current["version"] == models[-1]["version"] and len(store.current_scores()) == 4 * PER_CLASS + UNVERIFIED
+    # SIGTERM abandons a round in progress (the previous model stays current), so a registered newer version whose
+    # scores were never made current may be left behind: at most the one round that was running
+    assert [m["version"] for m in models if m["version"] > current["version"]] in ([], [models[-1]["version"]])
+    assert len(store.current_scores()) == 4 * PER_CLASS + UNVERIFIED
     print(f"{len(models)} model versions, {len(during)} published while annotators wrote; "
           f"empty answers {[r['empty'] for r in results]}")
     store.close()
