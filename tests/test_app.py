@@ -178,8 +178,8 @@ def test_stale_second_press_does_not_record_twice(db):
 
 @pytest.mark.parametrize("order", [("correct", "wrong"), ("wrong", "correct")])
 def test_two_different_keys_for_one_image_save_neither(db, order):
-    """Streamlit may deliver two fast presses merged, in either order (runner.fastReruns off): which one came
-    first is unknowable, so neither is saved, the image stays and the page asks for the key again."""
+    """Streamlit may deliver two fast presses merged, in either order: which one came first is unknowable, so
+    neither is saved, the image stays and the page asks for the key again."""
     at = app("ann")
     first = shown_image(at)
     at.session_state["ann_actions"] = [("verdict", order[0], first), ("verdict", order[1], first)]
@@ -448,8 +448,6 @@ def test_streamlit_config_is_a_product():
     config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
     assert config["client"]["toolbarMode"] == "minimal" and config["browser"]["gatherUsageStats"] is False
     assert config["theme"]["base"] == "light"
-    # a press that stops the run in progress can be thrown away with the stopped run (Streamlit's request_stop)
-    assert config["runner"]["fastReruns"] is False
 
 
 def test_export_preview_filters_and_download(db, monkeypatch):

@@ -13,9 +13,8 @@ rate) are always shown blind, so the model cannot anchor the verdicts that judge
 
 Every press carries the id of the image it was made on. Buttons only queue an action (``ann_actions``,
 via their callback); the page body applies the queue first and drops (and says so) a press whose image
-is no longer the one on screen. Presses that arrive together come in no reliable order (Streamlit merges the
-pending ones; ``runner.fastReruns`` is off so that none is thrown away), so two different verdicts queued for
-one image save neither and the page asks again. The store keeps at most one live verdict per image and refuses a second
+is no longer the one on screen. Presses that arrive together come in no reliable order, so two different
+verdicts queued for one image save neither and the page asks again. The store keeps at most one live verdict per image and refuses a second
 one, and the images on screen are re-derived from the store on every rerun (an image stays only while my
 lease on it is live, and a saved verdict ends that lease), so a press that arrives after its image was
 judged (keys faster than reruns, a rerun cut short or abandoned by Streamlit while it waited for the

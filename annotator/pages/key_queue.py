@@ -1,8 +1,8 @@
 """The Annotate page's queue of pressed actions: buttons append to it in their callback, the page applies it.
 
 A callback gets the list in its args and touches no Streamlit state (reading st.session_state is where the next
-key press can cut a callback short). Presses that arrive together come in no reliable order (Streamlit merges
-pending reruns), so two different verdicts queued for one image are dropped together.
+key press can cut a callback short). Presses that arrive together come in no reliable order (Streamlit may
+merge pending reruns), so two different verdicts queued for one image are dropped together.
 """
 from __future__ import annotations
 
