@@ -4,7 +4,8 @@
 
 The worker calls ``refresh`` after every round; ``annotator duplicates`` calls it before printing. Every image
 (those ingest marked as byte-identical copies included) joins the group of the images whose content hash it
-shares, then of those whose features have cosine >= ``GroupConfig.threshold`` (``cleannet_core.duplicates``). A
+shares, then of those whose features are near (``cleannet_core.duplicates``: below ``GroupConfig.exact_below`` images,
+cosine >= ``pixel_until``, or >= ``pixel_from`` with matching pixels; from there, cosine >= ``threshold``). A
 group whose members carry different noisy labels is a **label conflict**: the same picture under two labels.
 Outlier score: 1 - the largest cosine to any class centroid, higher = further from every class; an image
 without readable features has none, a byte-identical copy gets its original's.
@@ -23,8 +24,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from cleannet_core.duplicates import (THUMB_SIDE, GroupConfig, Progress, components, hash_pairs, outlier_scores,
-                                      similar_pairs, thumbnail, thumbnail_similarity)
+from cleannet_core.duplicates import (CROPS, GRAY_SIDE, THUMB_SIDE, GroupConfig, Progress, aligned_similarity,
+                                      components, crop_thumbnails, hash_pairs, outlier_scores, similar_pairs)
 
 from . import display
 from .backbone import ensure_backbone, load_data
@@ -35,7 +36,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 OUTLIER_SCORE = "centroid-cosine-v1"  # what the outlier score is; part of the run key
-PIXELS = f"gray-{THUMB_SIDE}px-flip-v1"  # what confirms a pair by pixels; part of the run key
+PIXELS = f"gray-{GRAY_SIDE}px-{len(CROPS)}crops-{THUMB_SIDE}px-flip-v2"  # what confirms a pair by pixels; in the run key
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def refresh(store: Store, cfg: RoundConfig = RoundConfig(), *, config: GroupConf
         return current
     t0 = time.perf_counter()
     feats, readable = features(store, data, model, backbone, cfg, progress=progress, report=report)
-    report("duplicates", 0.0, f"near-duplicates among {int(readable.sum())} images (cosine >= {config.threshold})")
+    alone = features_alone(config, int(readable.sum()))
+    report("duplicates", 0.0, f"near-duplicates among {int(readable.sum())} images (cosine >= {alone:g})")
     found = compute(cat, data, feats, readable, config=config,
                     progress=lambda frac, message: report("duplicates", 0.9 * frac, message))
     group_id, outlier = found.group_id, found.outlier_score
@@ -94,11 +96,16 @@ def refresh(store: Store, cfg: RoundConfig = RoundConfig(), *, config: GroupConf
     run = store.write_duplicates(
         ((int(i), int(g) if g >= 0 else None, None if np.isnan(s) else float(s), int(int(g) in conflicted))
          for i, g, s in zip(cat.ids, group_id, outlier)),
-        features_key=key, backbone_id=backbone.id, threshold=config.threshold, method=found.method,
+        features_key=key, backbone_id=backbone.id, threshold=alone, method=found.method,
         n_images=len(cat.ids), n_groups=n_groups, n_conflicts=n_conflicts, seconds=time.perf_counter() - t0)
     report("duplicates", 1.0, f"{n_groups} near-duplicate groups, {n_conflicts} with conflicting labels")
     log.info("duplicates: run %d, %d groups, %d conflicts, %s search", run, n_groups, n_conflicts, found.method)
     return store.duplicate_run()
+
+
+def features_alone(config: GroupConfig, n: int) -> float:
+    """The cosine from which features alone join two of n images (below, only matching pixels can)."""
+    return config.pixel_until if n < config.exact_below else config.threshold
 
 
 def _silent(frac: float, message: str) -> None:
@@ -112,44 +119,54 @@ class Found:
     method: str                # the nearest-neighbour search used: exact | faiss-ivf
 
 
-def read_thumbnail(path: str, content_hash: str) -> np.ndarray | None:
-    """The image's ``cleannet_core.duplicates.thumbnail``, read with the display's checks (``display``: no link, its
-    ingest hash, bounded size), or None when it cannot be read."""
+def read_gray(path: str, content_hash: str) -> np.ndarray | None:
+    """(GRAY_SIDE, GRAY_SIDE) float32 grayscale of the image, read with the display's checks (``display``: no link,
+    its ingest hash, bounded size), or None when it cannot be read."""
     data = display.read_for_display(path, expected_hash=content_hash)
     if isinstance(data, str):
         return None
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return thumbnail(np.asarray(im.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)))
+            return np.asarray(im.convert("L").resize((GRAY_SIDE, GRAY_SIDE), Image.BILINEAR), np.float32)
     except Exception:  # any decode failure: no pixel evidence for this image
         return None
 
 
-def confirmed_by_pixels(pairs: np.ndarray, paths: list[str], keys: list[str], *, config: GroupConfig) -> np.ndarray:
-    """(P,) bool: the pairs (P, 2) of rows (paths, keys: the rows' files and content hashes) whose thumbnails reach
-    config.pixel_min (``thumbnail_similarity``); each image is read once. An unreadable image confirms nothing."""
+def confirmed_by_pixels(pairs: np.ndarray, paths: list[str], keys: list[str], *, config: GroupConfig,
+                        progress: Progress = _silent) -> np.ndarray:
+    """(P,) bool: the pairs (P, 2) of rows (paths, keys: the rows' files and content hashes) whose aligned
+    thumbnails reach config.pixel_min (``aligned_similarity``); each image is read once. An unreadable image
+    confirms nothing."""
     if len(pairs) == 0:
         return np.zeros(0, bool)
     rows = np.unique(pairs)
-    thumbs = np.zeros((len(rows), THUMB_SIDE, THUMB_SIDE), np.float32)  # zeros correlate with nothing
-    for k, r in enumerate(rows.tolist()):
-        t = read_thumbnail(paths[r], keys[r])
-        if t is not None:
-            thumbs[k] = t
-    a, b = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
-    return thumbnail_similarity(thumbs[a], thumbs[b]) >= config.pixel_min
+    thumbs = np.zeros((len(rows), len(CROPS), THUMB_SIDE ** 2), np.float16)  # zeros correlate with nothing
+    step = 1024
+    for s in range(0, len(rows), step):
+        grays = [read_gray(paths[r], keys[r]) for r in rows[s:s + step].tolist()]
+        ok = [k for k, g in enumerate(grays) if g is not None]
+        if ok:
+            thumbs[s + np.array(ok)] = crop_thumbnails(np.stack([grays[k] for k in ok]))
+        progress(min(1.0, (s + step) / len(rows)), f"read {min(len(rows), s + step)} of {len(rows)} images to compare"
+                 " their pixels")
+    local = np.stack([np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])], axis=1)
+    return aligned_similarity(thumbs, local) >= config.pixel_min
 
 
 def near_pairs(sub: np.ndarray, paths: list[str], keys: list[str], *, config: GroupConfig,
                progress: Progress = _silent) -> tuple[np.ndarray, str]:
-    """(pairs (P, 2) of rows of sub, the search used): cosine >= config.threshold, or, below config.exact_below
-    images, cosine >= config.pixel_from and confirmed by pixels (paths, keys: the rows' files and hashes)."""
-    low = min(config.threshold, config.pixel_from) if len(sub) < config.exact_below else config.threshold
-    pairs, cos, method = similar_pairs(sub, config=replace(config, threshold=low), progress=progress)
-    band = cos < config.threshold
+    """(pairs (P, 2) of rows of sub, the search used): from config.exact_below images, cosine >= config.threshold;
+    below, cosine >= config.pixel_until, or >= config.pixel_from and confirmed by pixels (paths, keys: the rows'
+    files and hashes)."""
+    small, alone = len(sub) < config.exact_below, features_alone(config, len(sub))
+    pairs, cos, method = similar_pairs(sub, config=replace(config, threshold=min(alone, config.pixel_from) if small
+                                                           else alone),
+                                       progress=lambda frac, message: progress(0.5 * frac, message))
+    band = cos < alone if small else np.zeros(len(cos), bool)
     if band.any():
         ok = ~band
-        ok[band] = confirmed_by_pixels(pairs[band], paths, keys, config=config)
+        ok[band] = confirmed_by_pixels(pairs[band], paths, keys, config=config,
+                                       progress=lambda frac, message: progress(0.5 + 0.5 * frac, message))
         pairs = pairs[ok]
     return pairs, method
 
@@ -157,8 +174,8 @@ def near_pairs(sub: np.ndarray, paths: list[str], keys: list[str], *, config: Gr
 def compute(cat: Catalog, data: Data, feats: np.ndarray, readable: np.ndarray, *,
             config: GroupConfig = GroupConfig(), progress: Progress = _silent) -> Found:
     """Groups and outlier scores of every catalog image from the (N, D) features of data's images (readable (N,)
-    bool). Byte-identical copies (equal hashes) join; so do images whose features reach config.threshold, and (below
-    config.exact_below images) those from config.pixel_from whose thumbnails match (``near_pairs``)."""
+    bool). Byte-identical copies (equal hashes) join; so do images whose features are near enough, or (below
+    config.exact_below images) near and with matching thumbnails (``near_pairs``)."""
     rows = np.flatnonzero(readable)
     sub = feats if len(rows) == len(feats) else feats[rows]  # a boolean index would copy all N rows
     pairs, method = near_pairs(sub, [data.paths[r] for r in rows.tolist()], [data.keys[r] for r in rows.tolist()],

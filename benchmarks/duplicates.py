@@ -3,8 +3,8 @@ reports).
 
     python -m benchmarks.duplicates --cifar10n $CIFAR10N --json benchmarks/results/duplicates.json
 
-Each case: 3,000 CIFAR-10 test images (dev and test cases draw from the two disjoint halves of
-`suite_cases.cifar_test`, with other seeds), plus 2 % exact copies (the file's bytes), 3 % altered copies (one of:
+Each case: 3,000 CIFAR-10 test images (the dev case draws from one half of `suite_cases.cifar_test`, the test cases
+`test` and `test-b` from the other, with other seeds), plus 2 % exact copies (the file's bytes), 3 % altered copies (one of:
 re-encoded as JPEG at quality 20-60, resized to 20-28 or 48-64 px, cropped by 5-20 % of each side's length and
 scaled back, flipped left-right), each copy of a different image, half of all copies under another label than
 their original, and 2 % images from another domain (sklearn's digits drawn in colour, `suite_cases.coloured_digits`,
@@ -13,11 +13,10 @@ dev and test from disjoint halves) under random labels. The case is ingested as 
 ImageNet weights, 128 px for CIFAR's 32 px images below 20,000 images) into a feature cache shared by the cases.
 
 Pairs: a true pair is an original and its copy; the predicted pairs are every pair of images in one predicted group
-(connected components, so a chain counts every pair it implies). The cosine threshold is chosen on the dev case
-with the pixel confirmation's `pixel_from` and `pixel_min` (the highest pair recall of the grid at a judged
-precision >= PRECISION_FLOOR, of equals the lowest threshold and pixel_from and the highest pixel_min; `pair_stats`
-says which pairs are judged) and
-reported on the test case through the product's own path (`annotator.duplicates.refresh`, groups read back from
+(connected components, so a chain counts every pair it implies). The settings are chosen on the dev case
+(``choose``: features alone where pixels are not compared; with pixels, the features-alone cosine `pixel_until`,
+`pixel_from` and `pixel_min`; `pair_stats` says which pairs are judged) and reported on the test cases through the
+product's own path (`annotator.duplicates.refresh`, groups read back from
 the store). Outlier score variants (class centroids, the round's k-means references, cleanlab's
 OutOfDistribution on the same features as a baseline) are compared on both; the product's variant was chosen on dev.
 """
@@ -41,8 +40,8 @@ from annotator import pipeline
 from annotator.ingest import ingest_csv
 from annotator.round_config import RoundConfig, load_round_config, save_round_config
 from annotator.store import Store
-from cleannet_core.duplicates import (THUMB_SIDE, GroupConfig, components, hash_pairs, outlier_scores, similar_pairs,
-                                      thumbnail_similarity)
+from cleannet_core.duplicates import (CROPS, GRAY_SIDE, GroupConfig, aligned_similarity, components, crop_thumbnails,
+                                      hash_pairs, outlier_scores, similar_pairs)
 from cleannet_core.metrics import auroc
 from cleannet_core.references import KMeansConfig, build_references
 
@@ -50,13 +49,15 @@ from .common import CACHE
 from .report import write_json
 from .suite_cases import CLASSES, cifar_test, coloured_digits
 
-CASES = {"dev": {"half": "dev", "seed": 10}, "test": {"half": "test", "seed": 20}}
+CASES = {"dev": {"half": "dev", "seed": 10}, "test": {"half": "test", "seed": 20}, "test-b": {"half": "test", "seed": 30},
+         "test-c": {"half": "test", "seed": 40}}
 N_BASE, EXACT, ALTERED, OTHER = 3000, 0.02, 0.03, 0.02
 ALTERATIONS = ("jpeg", "resize", "crop", "flip")
-GRID = tuple(round(t, 3) for t in np.arange(0.70, 0.991, 0.01))
+GRID = tuple(round(t, 3) for t in np.arange(0.70, 0.991, 0.01))  # GroupConfig.threshold (features alone) choices
 PRECISION_FLOOR = 0.97  # dev: the highest recall at or above this precision (a margin over the 0.95 target)
-PIXEL_FROM = (0.60, 0.65, 0.70)          # GroupConfig.pixel_from choices: cosine from which thumbnails may confirm
-PIXEL_MIN = (0.95, 0.97, 0.98, 0.99)     # GroupConfig.pixel_min choices
+PIXEL_UNTIL = tuple(round(t, 3) for t in np.arange(0.79, 0.991, 0.01))  # GroupConfig.pixel_until choices
+PIXEL_FROM = (0.55, 0.60, 0.65, 0.70)    # GroupConfig.pixel_from choices: cosine from which thumbnails may confirm
+PIXEL_MIN = (0.93, 0.94, 0.95, 0.955, 0.96, 0.965, 0.97, 0.98)  # GroupConfig.pixel_min choices
 
 
 def alter(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
@@ -186,9 +187,9 @@ def evaluate(name: str, args: argparse.Namespace, config: GroupConfig | None) ->
     cat = dup.catalog(store)
     # every setting of the grid on the same candidate pairs: the lowest cosine's pairs, filtered
     pairs, cos, _ = similar_pairs(feats, config=GroupConfig(threshold=min(GRID + PIXEL_FROM)))
-    thumbs = np.stack([t_ if (t_ := dup.read_thumbnail(p_, k_)) is not None else np.zeros((THUMB_SIDE,) * 2, np.float32)
-                       for p_, k_ in zip(data.paths, data.keys)])
-    pix = thumbnail_similarity(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]])
+    grays = [dup.read_gray(p_, k_) for p_, k_ in zip(data.paths, data.keys)]
+    thumbs = crop_thumbnails(np.stack([g if g is not None else np.zeros((GRAY_SIDE,) * 2, np.float32) for g in grays]))
+    pix = aligned_similarity(thumbs, pairs)
     pos = np.searchsorted(cat.ids, data.ids)
     exact = hash_pairs(cat.keys)
 
@@ -198,15 +199,10 @@ def evaluate(name: str, args: argparse.Namespace, config: GroupConfig | None) ->
         return {k: s[k] for k in ("recall", "precision", "precision_judged", "false_pairs")}
 
     sweep = {str(t_): stats(cos >= t_) for t_ in GRID}
-    sweep_pixels = {f"{t_}|{lo}|{m}": stats((cos >= t_) | ((cos >= lo) & (pix >= m)))
-                    for t_ in GRID for lo in PIXEL_FROM for m in PIXEL_MIN}
+    sweep_pixels = {f"{u}|{lo}|{m}": stats((cos >= u) | ((cos >= lo) & (pix >= m)))
+                    for u in PIXEL_UNTIL for lo in PIXEL_FROM for m in PIXEL_MIN}
     hash_only = pair_stats(group_pairs(cat.ids, components(len(cat.ids), exact)), true, kinds)
-    if config is None:  # dev: the highest recall at the precision floor; of equals, the lowest threshold and
-        # pixel_from (recall as high as precision allows) and the highest pixel_min (the fewest pixel-confirmed pairs)
-        ok = [(v["recall"], -t_, -lo, m) for k, v in sweep_pixels.items() for t_, lo, m in [map(float, k.split("|"))]
-              if v["precision_judged"] >= PRECISION_FLOOR]
-        best = max(ok) if ok else (0, -max(GRID), -1.0, 1.0)
-        config = GroupConfig(threshold=-best[1], pixel_from=-best[2], pixel_min=best[3])
+    config = config or choose(sweep, sweep_pixels)
     t = time.perf_counter()
     run = dup.refresh(store, cfg, config=config, force=True)
     group_s = time.perf_counter() - t
@@ -229,8 +225,8 @@ def evaluate(name: str, args: argparse.Namespace, config: GroupConfig | None) ->
     variants["product"] = np.array([stored[int(i)] for i in data.ids], np.float32)
     out_auroc = {k: float(auroc(-np.asarray(v, np.float64), ~other)) for k, v in variants.items()}
     store.close()
-    return {"role": name, "threshold": config.threshold, "pixel_from": config.pixel_from,
-            "pixel_min": config.pixel_min, "images": int(len(cat.ids)),
+    return {"role": name, "threshold": config.threshold, "pixel_until": config.pixel_until,
+            "pixel_from": config.pixel_from, "pixel_min": config.pixel_min, "images": int(len(cat.ids)),
             "planted": {"exact": int(round(EXACT * args.n_base)), "altered": int(round(ALTERED * args.n_base)),
                         "other_domain": int(other.sum()), "label_conflicts": sum(
                             1 for a, b in true if store_label(cat, a) != store_label(cat, b))},
@@ -240,11 +236,32 @@ def evaluate(name: str, args: argparse.Namespace, config: GroupConfig | None) ->
             "seconds": {"features": extract_s, "groups_and_outliers": group_s}}
 
 
+def choose(sweep: dict, sweep_pixels: dict) -> GroupConfig:
+    """The dev case's settings. Features alone (``threshold``, where pixels are not compared): the highest recall at
+    a judged precision >= PRECISION_FLOOR, of equals the lowest threshold. With pixels: the highest recall at that
+    floor, then the highest judged precision; of the settings that tie, the middle of the largest region: the
+    pixel_from with the most tied settings (of equals, the lowest), the median pixel_min of its tied settings, then
+    the median pixel_until of those left (the furthest from the settings that lose a pair or gain a false one)."""
+    alone = [(v["recall"], -float(t_)) for t_, v in sweep.items() if v["precision_judged"] >= PRECISION_FLOOR]
+    threshold = -max(alone)[1] if alone else max(GRID)
+    ok = {tuple(map(float, k.split("|"))): (v["recall"], v["precision_judged"]) for k, v in sweep_pixels.items()
+          if v["precision_judged"] >= PRECISION_FLOOR}
+    if not ok:
+        return GroupConfig(threshold=threshold, pixel_until=threshold, pixel_from=threshold)
+    best = max(ok.values())
+    tied = [k for k, v in ok.items() if v == best]
+    lo = max(sorted({k[1] for k in tied}), key=lambda f: sum(k[1] == f for k in tied))  # first of equals: lowest
+    mins = sorted(k[2] for k in tied if k[1] == lo)
+    m = mins[(len(mins) - 1) // 2]
+    until = sorted(k[0] for k in tied if k[1] == lo and k[2] == m)
+    return GroupConfig(threshold=threshold, pixel_until=until[(len(until) - 1) // 2], pixel_from=lo, pixel_min=m)
+
+
 def store_label(cat: dup.Catalog, image_id: int) -> int:
     return int(cat.labels[np.searchsorted(cat.ids, image_id)])
 
 
-def case_args(doc: str, argv, *, roles_help: str) -> argparse.Namespace:
+def case_args(doc: str, argv, *, roles_help: str, roles: str = "dev,test") -> argparse.Namespace:
     """The options of a script over the constructed cases: --cifar10n (or $CIFAR10N), --cache, --n-base, --roles,
     --json."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,7 +269,7 @@ def case_args(doc: str, argv, *, roles_help: str) -> argparse.Namespace:
                    help="the cifar10n folder (test_labels.csv, test/); default $CIFAR10N")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--n-base", type=int, default=N_BASE, help="CIFAR-10 test images per case before the copies")
-    p.add_argument("--roles", default="dev,test", help=roles_help)
+    p.add_argument("--roles", default=roles, help=roles_help)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.cifar10n is None:
@@ -261,22 +278,23 @@ def case_args(doc: str, argv, *, roles_help: str) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    args = case_args(__doc__, argv, roles_help="dev chooses the threshold; test alone uses the product's")
+    args = case_args(__doc__, argv, roles_help="dev chooses the settings; test and test-b report with them (alone: the"
+                                               " product's)", roles="dev,test,test-b,test-c")
     load = os.getloadavg()
     roles = args.roles.split(",")
     dev = evaluate("dev", args, None) if "dev" in roles else None
-    chosen = GroupConfig(threshold=dev["threshold"], pixel_from=dev["pixel_from"], pixel_min=dev["pixel_min"]) if dev \
+    chosen = GroupConfig(**{k: dev[k] for k in ("threshold", "pixel_until", "pixel_from", "pixel_min")}) if dev \
         else GroupConfig()
-    test = evaluate("test", args, chosen) if "test" in roles else None
+    tests = {r: evaluate(r, args, chosen) for r in roles if r != "dev"}
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_avg": {"start": load,
                                                                                     "end": os.getloadavg()},
-           "chosen_on": "dev", "reported_on": "test", "precision_floor": PRECISION_FLOOR,
-           "product": {k: getattr(GroupConfig(), k) for k in ("threshold", "pixel_from", "pixel_min")},
-           "dev": dev, "test": test}
-    for r in (r for r in (dev, test) if r):
+           "chosen_on": "dev", "reported_on": sorted(tests), "precision_floor": PRECISION_FLOOR,
+           "product": {k: getattr(GroupConfig(), k) for k in ("threshold", "pixel_until", "pixel_from", "pixel_min")},
+           "dev": dev, **tests}
+    for r in (r for r in (dev, *tests.values()) if r):
         pr = r["pairs"]
-        print(f"{r['role']}: threshold {r['threshold']}, pixels from {r['pixel_from']} at {r['pixel_min']}: pair "
-              f"recall {pr['recall']:.3f} precision judged "
+        print(f"{r['role']}: features alone from {r['pixel_until']}, pixels from {r['pixel_from']} at {r['pixel_min']}"
+              f" (threshold {r['threshold']} without pixels): pair recall {pr['recall']:.3f} precision judged "
               f"{pr['precision_judged']:.3f}, all pairs {pr['precision']:.3f} ({pr['false_pairs']} false of "
               f"{pr['found_pairs']}, {pr['unjudged_pairs']} between two originals); by kind "
               f"{ {k: round(v, 3) for k, v in pr['recall_by_kind'].items()} }; hash only: recall "

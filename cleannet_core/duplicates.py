@@ -7,10 +7,13 @@ Three kinds of evidence join images into one group (connected components, so a c
   BMP, has the same features and is caught by the next step);
 - **similar**: cosine similarity >= ``threshold`` between L2-normalised features (re-encoded, resized, cropped,
   flipped copies);
-- **confirmed by pixels**: below ``exact_below`` images, a pair whose cosine is in [``pixel_from``, ``threshold``)
-  joins when small grayscale thumbnails of the two images (``thumbnail``) correlate >= ``pixel_min``, the second
-  one as it is or mirrored (``thumbnail_similarity``). Heavy JPEG re-encoding moves a 32 px image's features far
-  more than its coarse pixels; two different pictures that happen to have close features rarely share them.
+- **confirmed by pixels**: below ``exact_below`` images, features alone join from ``pixel_until`` (not from
+  ``threshold``), and a pair whose cosine is in [``pixel_from``, ``pixel_until``) joins when small grayscale
+  thumbnails of the two images correlate >= ``pixel_min`` once aligned: either whole image, as it is or mirrored,
+  against the other's whole image and its crops of 81-94 % of its side at a grid of positions
+  (``crop_thumbnails``, ``aligned_similarity``). Heavy JPEG re-encoding moves a 32 px image's features far more
+  than its coarse pixels, and a crop scaled back aligns with its original's crop; two different pictures that
+  happen to have close features (two photos of one class, two drawings of one digit) rarely share their pixels.
 
 Similar pairs: below ``exact_below`` images every pair is compared (blocked torch matmul, exact); above, a FAISS
 inverted-file index over a PCA projection proposes ``k`` neighbours per image and every proposal is checked on the
@@ -47,12 +50,14 @@ def _quiet(frac: float, message: str) -> None:
 
 @dataclass(frozen=True)
 class GroupConfig:
-    threshold: float = 0.79       # cosine at or above which two images are near-duplicates (chosen on the dev case
-                                  # of benchmarks/duplicates.py)
-    exact_below: int = 20_000     # images: below, every pair is compared; from here, the FAISS index
-    pixel_from: float = 0.60      # below exact_below: cosine from which thumbnails may confirm a pair (>= threshold:
-                                  # off); chosen with pixel_min on the dev case
-    pixel_min: float = 0.99       # thumbnail correlation that confirms it
+    threshold: float = 0.79       # cosine at or above which two images are near-duplicates by their features alone
+                                  # where pixels are not compared (from exact_below images); chosen on the dev case
+                                  # of benchmarks/duplicates.py
+    exact_below: int = 20_000     # images: below, every pair is compared and pixels confirm; from here, the index
+    pixel_until: float = 0.90     # below exact_below: cosine from which features alone join
+    pixel_from: float = 0.60      # below exact_below: cosine from which aligned thumbnails may confirm a pair
+                                  # (>= pixel_until: off)
+    pixel_min: float = 0.955      # aligned thumbnail correlation that confirms it (pixel_*: chosen on the dev case)
     k: int = 4                    # neighbours proposed per image by the index (a chain joins larger groups)
     pca_dim: int = 64             # the index's projection (k and pca_dim: benchmarks/README.md, "At 1M images")
     nprobe: int = 8               # inverted lists searched per image
@@ -62,30 +67,50 @@ class GroupConfig:
     def __post_init__(self) -> None:
         if not -1.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (-1, 1], got {self.threshold}")
-        if not -1.0 < self.pixel_from <= 1.0 or not -1.0 <= self.pixel_min <= 1.0:
-            raise ValueError(f"pixel_from must be in (-1, 1] and pixel_min in [-1, 1], got {self.pixel_from},"
-                             f" {self.pixel_min}")
+        if not -1.0 < self.pixel_from <= 1.0 or not -1.0 < self.pixel_until <= 1.0 or not -1.0 <= self.pixel_min <= 1.0:
+            raise ValueError(f"pixel_from and pixel_until must be in (-1, 1] and pixel_min in [-1, 1], got "
+                             f"{self.pixel_from}, {self.pixel_until}, {self.pixel_min}")
 
 
-THUMB_SIDE = 16  # pixels: the side of the grayscale thumbnails that confirm a pair
+THUMB_SIDE = 16  # pixels: the side of the grayscale thumbnails compared
+GRAY_SIDE = 32   # pixels: the side of the grayscale image the thumbnails are cut from
+CROPS = tuple((side, left, top) for side in (32, 30, 28, 26) for left in range(GRAY_SIDE - side + 1)
+              for top in range(GRAY_SIDE - side + 1))  # the whole image, then 83 crops of 81-94 % of its side
 
 
-def thumbnail(gray: np.ndarray) -> np.ndarray:
-    """(THUMB_SIDE, THUMB_SIDE) float32 of a (THUMB_SIDE, THUMB_SIDE) grayscale image: mean 0, L2 norm 1 (a flat image
-    stays all zeros, so it correlates with nothing)."""
-    x = np.asarray(gray, np.float32)
-    x = x - x.mean()
-    norm = float(np.linalg.norm(x))
-    return x / norm if norm > 1e-6 else np.zeros_like(x)
+def crop_thumbnails(gray: np.ndarray) -> np.ndarray:
+    """(N, len(CROPS), THUMB_SIDE ** 2) float16 thumbnails of (N, GRAY_SIDE, GRAY_SIDE) grayscale images: the whole
+    image first, then each crop of CROPS, resized to THUMB_SIDE (bilinear, antialiased), mean 0 and L2 norm 1 (a
+    flat one stays all zeros, so it correlates with nothing; brightness and contrast do not matter)."""
+    x = torch.from_numpy(np.asarray(gray, np.float32)).reshape(-1, 1, GRAY_SIDE, GRAY_SIDE)
+    y = torch.stack([torch.nn.functional.interpolate(x[:, :, top:top + side, left:left + side], size=(THUMB_SIDE,) * 2,
+                                                     mode="bilinear", antialias=True, align_corners=False)[:, 0]
+                     for side, left, top in CROPS], dim=1).flatten(2)              # (N, K, S * S)
+    y = y - y.mean(dim=2, keepdim=True)
+    norm = torch.linalg.vector_norm(y, dim=2, keepdim=True)
+    return torch.where(norm > 1e-4, y / norm.clamp_min(1e-4), 0.0).to(torch.float16).numpy()
 
 
-def thumbnail_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(P,) float32: the larger correlation of (P, S, S) thumbnails a with b and with b mirrored left-right, in
-    [-1, 1]; higher = the same picture more likely."""
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    same = (a * b).sum(axis=(1, 2))
-    mirrored = (a * b[:, :, ::-1]).sum(axis=(1, 2))
-    return np.maximum(same, mirrored).astype(np.float32)
+def aligned_similarity(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(P,) float32 for (P, 2) pairs of rows of (R, K, S * S) crop thumbnails (``crop_thumbnails``): the largest
+    correlation of either image's whole thumbnail, as it is or mirrored left-right, with any of the other's K
+    thumbnails; in [-1, 1], higher = the same picture more likely (one a crop, mirror or re-encoding of the
+    other). Computed image by image (its K thumbnails against the whole ones of all its partners), so each image's
+    thumbnails are read once per side."""
+    t = torch.from_numpy(np.asarray(thumbs))
+    whole = t[:, 0].float()
+    both = torch.stack([whole, whole.reshape(-1, THUMB_SIDE, THUMB_SIDE).flip(-1).flatten(1)], dim=1)  # (R, 2, D)
+    best = torch.full((len(pairs),), -1.0)
+    for side in (0, 1):
+        order = np.argsort(pairs[:, side], kind="stable")
+        rows, partners = pairs[order, side], torch.from_numpy(pairs[order, 1 - side])
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, np.int64)
+        for lo, hi in zip(starts.tolist(), np.r_[starts[1:], len(rows)].tolist()):
+            sims = t[int(rows[lo])].float() @ both[partners[lo:hi]].flatten(0, 1).T          # (K, 2n)
+            got = sims.max(dim=0).values.reshape(-1, 2).max(dim=1).values
+            idx = torch.from_numpy(order[lo:hi])
+            best[idx] = torch.maximum(best[idx], got)
+    return best.clamp(-1.0, 1.0).numpy()
 
 
 def row_norms(feats: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:

@@ -81,7 +81,9 @@ def _as_json(run: dict, found: list[dict], top: list[dict]) -> str:
 def _as_text(run: dict, found: list[dict], top: list[dict]) -> str:
     """The run's counts, each group with its members (conflicts first, as `groups` orders them), the outliers."""
     lines = [f"{run['n_groups']} near-duplicate groups among {run['n_images']} images, {run['n_conflicts']} with "
-             f"conflicting labels (cosine >= {run['threshold']:g}, {run['method']} search)"]
+             f"conflicting labels (cosine >= {run['threshold']:g}" + (", or lower with matching pixels" if
+                                                                 run["method"] == "exact" else "") +
+             f", {run['method']} search)"]
     for g in found:
         lines.append(f"group {g['group']}: {g['size']} images" + (
             f", CONFLICT: {', '.join(g['labels'])}" if g["conflict"] else f", all {g['labels'][0]}"))

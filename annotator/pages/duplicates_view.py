@@ -42,7 +42,8 @@ def duplicates_panel(store: Store) -> None:
         return
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created_at"]))
     st.caption(f"{run['n_groups']} groups of near-duplicates among {run['n_images']} images (same file content, or "
-               f"features with cosine ≥ {run['threshold']:g}), {run['n_conflicts']} of them with members under "
+               f"features with cosine ≥ {run['threshold']:g}"
+               f"{', or lower with matching pixels' if run['method'] == 'exact' else ''}), {run['n_conflicts']} of them with members under "
                f"different labels: the same picture under two labels. Computed {when}.")
     names = {c["name"]: c["id"] for c in store.classes()}
     a, b, c = st.columns([2, 2, 1], vertical_alignment="bottom")
