@@ -41,10 +41,10 @@ def duplicates_panel(store: Store) -> None:
         st.info("Not computed yet: the worker finds near-duplicates after each round (or run `annotator duplicates`).")
         return
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created_at"]))
+    pixels = ", or lower with matching pixels" if run["method"] == "exact" else ""
     st.caption(f"{run['n_groups']} groups of near-duplicates among {run['n_images']} images (same file content, or "
-               f"features with cosine ≥ {run['threshold']:g}"
-               f"{', or lower with matching pixels' if run['method'] == 'exact' else ''}), {run['n_conflicts']} of them with members under "
-               f"different labels: the same picture under two labels. Computed {when}.")
+               f"features with cosine ≥ {run['threshold']:g}{pixels}), {run['n_conflicts']} of them with members "
+               f"under different labels: the same picture under two labels. Computed {when}.")
     names = {c["name"]: c["id"] for c in store.classes()}
     a, b, c = st.columns([2, 2, 1], vertical_alignment="bottom")
     chosen = a.selectbox("Class", ["All classes", *names], key="dup_class",
