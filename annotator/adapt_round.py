@@ -112,19 +112,21 @@ def record_failure(store: Store, error: str) -> None:
                                 "message": f"the adapted round failed ({error}): the current model keeps serving"})
 
 
-def targets(store: Store, data: Data) -> tuple[np.ndarray, np.ndarray]:
+def targets(store: Store, data: Data, *, verdicts: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(labels (N,), weights (N,)) the networks learn: noisy labels with corrections applied; w_soft from the
     current scores, 1 for a verdict that keeps or corrects the label, 0 for "wrong" without a correction.
-    Transfer-check verdicts are left out (verdict_split leaves them out too): they measure, never train."""
+    Transfer-check verdicts are left out (verdict_split leaves them out too): they measure, never train.
+    `verdicts`: the live verdicts (``Store.live_verdicts()``, the round's snapshot); None: read now."""
     by_id = store.current_scores()
     score = np.array([by_id.get(int(i), 1.0) for i in data.ids], np.float32)
     current = store.current_model()
-    rows, ok = verdict_split(store, data).every()
+    verdicts = store.live_verdicts() if verdicts is None else verdicts
+    rows, ok = verdict_split(store, data, verdicts=verdicts).every()
     w = round_weights(score, current["delta"], "soft", verified_idx=rows, verified_ok=ok)
     labels = data.labels.copy()
     pos = {int(c): k for k, c in enumerate(data.class_ids)}
     where = {int(i): k for k, i in enumerate(data.ids)}
-    for v in store.live_verdicts():  # transfer-check verdicts measure the model and never train it
+    for v in verdicts:  # transfer-check verdicts measure the model and never train it
         if v["verdict"] == "wrong" and v["corrected_label_id"] is not None and v["image_id"] in where and (
                 v["reason"] != "transfer_check"):
             labels[where[v["image_id"]]] = pos[v["corrected_label_id"]]
@@ -146,8 +148,12 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     size = backbone.image_size
     device = resolve_device(cfg.device)
     config = config or AdaptConfig(folds=FOLDS, epochs=cfg.adapt_epochs)
-    split = verdict_split(store, data)
-    labels, weights = targets(store, data)
+    # One snapshot of the verdicts, read with the watermark: the networks and the score learn these, the conflicts
+    # and metrics use them; one given during the fine-tuning counts as new for the next round.
+    max_verdict = store.max_verdict_id()
+    verdicts = store.live_verdicts()
+    split = verdict_split(store, data, verdicts=verdicts)
+    labels, weights = targets(store, data, verdicts=verdicts)
     state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
     report("backbone", 0.0, f"adapting the features: {config.folds} networks fine-tuned on {len(data.ids)} images "
                             f"({message})")
@@ -164,7 +170,7 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
                                 val_ok=split.val_correct, probs=probs)
     fitted = scoring.method("robust").fit(data_in, device=device)
     fitted = replace(fitted, scores=with_conflicts(store, data, fitted.scores,
-                                                   weight=conflict_weight(cfg, fitted.state)))
+                                                   weight=conflict_weight(cfg, fitted.state), verdicts=verdicts))
     report("training", 1.0, fitted.note)
     verdict = compare(store, data, split, fitted.scores.score, fitted.delta)
     key = data_key(data)
@@ -180,7 +186,8 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     adapted = save_adapted_artifact(store, fit, probs, ids=data.ids, class_ids=data.class_ids.tolist(),
                                     arch=cfg.arch, image_size=size, config=config.state(),
                                     backbone_id=backbone.id)
-    version = publish_adapted(store, data, fitted, adapted, backbone=backbone, split=split, report=report)
+    version = publish_adapted(store, data, fitted, adapted, backbone=backbone, split=split, report=report,
+                              max_verdict=max_verdict, verdicts=verdicts)
     record["message"] = (f"adapted model version {version} is current: {verdict['errors']} errors on "
                          f"{verdict['n']} held-out audit verdicts, the frozen model {verdict['current_errors']}")
     store.set_setting(SETTING, record)
@@ -214,9 +221,9 @@ def compare(store: Store, data: Data, split: VerdictSplit, score: np.ndarray, de
 
 
 def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: dict, *, backbone: BackboneInfo,
-                    split: VerdictSplit, report: Report) -> int:
-    """Register the adapted scorer (its checkpoint refers to the networks' file) and make it current."""
-    max_verdict = store.max_verdict_id()
+                    split: VerdictSplit, report: Report, max_verdict: int, verdicts: list[dict]) -> int:
+    """Register the adapted scorer (its checkpoint refers to the networks' file) and make it current. `split` was
+    made from `verdicts` (``Store.live_verdicts()``), read just after ``Store.max_verdict_id()`` gave `max_verdict`."""
     num_classes = len(data.class_ids)
     payload = fitted.state | {"delta": fitted.delta, "class_ids": data.class_ids.tolist(), "adapted": adapted,
                               "refs": torch.zeros(num_classes, 1, 1)}
@@ -225,10 +232,10 @@ def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: d
     inputs = RoundInputs(data=data, feats=np.zeros((0, 0), np.float16), readable=np.ones(len(data.ids), bool),
                          refs=np.zeros((num_classes, 1, 1), np.float32), has_refs=np.ones(num_classes, bool),
                          split=split)
-    judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}
+    judged = {v["image_id"] for v in verdicts if v["verdict"] != "unsure"}
     metrics = round_metrics(inputs, fitted, backbone=backbone, max_verdict=max_verdict,
                             judged=np.isin(data.ids, list(judged))) | {"method": "robust", "adapted": True}
     version = store.add_model(delta=fitted.delta, metrics=metrics, checkpoint=str(ckpt),
                               backbone=f"adapted from {backbone.source}", n_verdicts=split.n)
-    publish_scores(store, version, data, fitted.scores, fitted.delta, report, calibrated=True)
+    publish_scores(store, version, data, fitted.scores, fitted.delta, report, calibrated=True, verdicts=verdicts)
     return version

@@ -3,8 +3,9 @@
 One row per image (duplicates included), by image id. Two formats (``FORMATS``):
 
 - ``full`` (``COLUMNS``, documented one by one in ``COLUMN_DOCS``, which the README and the export page
-  show): the image's latest live verdict, the current model's score, and the decision. ``final_label``
-  is the one column to filter and train on: human verdicts always win over the score.
+  show): the image's latest live verdict (with its reason, and for one propagated from a near-duplicate, that
+  image's path), the current model's score, and the decision. ``final_label`` is the one column to filter and
+  train on: human verdicts always win over the score.
 - ``train`` (``TRAIN_COLUMNS``: path, label, weight): only the rows to keep, with ``final_label`` as
   the label and ``w_soft`` as the weight; what a training script reads.
 
@@ -31,7 +32,7 @@ older ones): the "wrong" is taken, since keeping a label its annotator called wr
 annotator marked correct can have ``predicted_noisy`` 1 and ``final_label`` set. ``only_kept=True``
 writes only rows with keep 1. Floats carry 6 significant digits.
 
-CSV injection: in both formats, text cells (path, labels, annotator) that begin with
+CSV injection: in both formats, text cells (paths, labels, annotator) that begin with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return are prefixed with a single quote ``'``, so a
 spreadsheet shows them as text instead of running them (a ``train`` file gets opened in spreadsheets
 too; a training script sees such a label with its quote). Numbers we compute are written as plain
@@ -77,7 +78,7 @@ COLUMN_DOCS = {  # column of the full format -> what it holds (shown in the READ
     "decided_by": "who decided final_label: verdict, model, or none (no score yet: kept)",
     "verdict": "latest live human verdict: correct, wrong, unsure, or empty",
     "corrected_label": "true class given with a 'wrong' verdict, or empty",
-    "annotator": "who gave the verdict",
+    "annotator": "who gave the verdict (a propagated one: who applied it)",
     "verified_at": "when, ISO 8601 UTC",
     "score": "current model's score, higher = label more likely correct (transfer: P(label correct) in [0, 1]; "
              "paper: CleanNet relevance in [-1, 1]); empty without a score",
@@ -93,6 +94,12 @@ COLUMN_DOCS = {  # column of the full format -> what it holds (shown in the READ
                        "it is in none",
     "outlier_score": "1 - the largest cosine of the image's features to any class centroid: higher = further from "
                      "every class; empty before the first duplicate run",
+    "verdict_reason": "how the verdict came: uncertain (served as one the model is least sure about), audit (a random "
+                      "audit draw), grid (grid mode), manual (a lead's override), transfer_check (a random check of a "
+                      "class nobody verifies), propagated (its annotator applied their verdict on a near-duplicate to "
+                      "this image); empty without a verdict",
+    "verdict_source": "for a propagated verdict, the path of the near-duplicate whose verdict was applied; empty for a "
+                      "verdict given on this image itself",
 }
 COLUMNS = tuple(COLUMN_DOCS)
 TRAIN_COLUMNS = ("path", "label", "weight")  # the train format: final_label, w_soft; kept rows only
@@ -148,7 +155,7 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt
         threshold = threshold_in_force(store, model)
     names: dict[str | None, str] = {}  # class name -> escaped cell; few distinct names, escaped once
     for (_, path, label, verdict, corrected, annotator, at, score, suggested, suggested_score, group,
-         outlier) in store.export_rows(version, page=page):
+         outlier, reason, source) in store.export_rows(version, page=page):
         final, by, w_soft = decide(label, verdict, corrected, score, threshold)
         if (only_kept or fmt == "train") and final is None:
             continue
@@ -162,7 +169,8 @@ def _rows(store: Store, threshold: float | None, only_kept: bool, page: int, fmt
         yield (escape_cell(path), names[label], names[final], by, verdict or "", names[corrected],
                escape_cell(annotator), _iso(at), _num(score), "" if threshold is None else _num(threshold), noisy,
                _num(w_soft), int(final is not None), names[suggested], _num(suggested_score),
-               version if score is not None else "", "" if group is None else group, _num(outlier))
+               version if score is not None else "", "" if group is None else group, _num(outlier), reason or "",
+               escape_cell(source))
 
 
 def _refuse_store_files(store: Store, out: Path) -> None:

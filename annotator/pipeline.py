@@ -61,17 +61,19 @@ def features(store: Store, data: Data, model: Backbone | None, info: BackboneInf
     return res.features, res.readable
 
 
-def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None) -> VerdictSplit:
+def verdict_split(store: Store, data: Data, readable: np.ndarray | None = None, *,
+                  verdicts: list[dict] | None = None) -> VerdictSplit:
     """Latest live correct/wrong verdict per image -> train and validation rows of data, oldest verdict first.
 
     Audit verdicts (random draws) are unbiased: those on odd image ids validate (delta, checkpoint, the
     model's reported error); everything else trains. 'unsure' verdicts are left out, and so are images not
     `readable` (N,) bool (no features: the verdict stays in the log, it only trains nothing). Transfer-check
     verdicts neither train nor validate: they measure the model on the unverified classes
-    (``annotator.estimates``), which they could not do once the model had learned them.
+    (``annotator.estimates``), which they could not do once the model had learned them. `verdicts`: the live
+    verdicts to split (``Store.live_verdicts()``, a round's snapshot); None: read now.
     """
     latest: dict[int, dict] = {}
-    for v in store.live_verdicts():
+    for v in store.live_verdicts() if verdicts is None else verdicts:
         if v["reason"] == "transfer_check":
             continue
         if v["verdict"] != "unsure" and (v["image_id"] not in latest or v["id"] > latest[v["image_id"]]["id"]):
@@ -108,9 +110,12 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     sub = slice(None) if readable.all() else readable  # a boolean index would copy all N rows
     refs, counts = build_references(feats[sub], data.labels[sub], len(data.class_ids),
                                     config=KMeansConfig(k=cfg.num_ref), device=device)
+    # One snapshot of the verdicts, read with the watermark: the round fits on, applies and measures these; one given
+    # later counts as new for the next round (``Store.verdicts_since(max_verdict)``).
     max_verdict = store.max_verdict_id()
+    verdicts = store.live_verdicts()
     inputs = RoundInputs(data=data, feats=feats, readable=readable, refs=refs, has_refs=counts > 0,
-                         split=verdict_split(store, data, readable))
+                         split=verdict_split(store, data, readable, verdicts=verdicts))
     method = scoring.method(cfg.method)
     split = inputs.split
     report("training", 0.0, f"{cfg.method}: fitting on {int(readable.sum())} images and {split.n} verdicts")
@@ -123,8 +128,9 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     fit = method.fit(data_in, device=device, cleannet=TrainConfig.shortened(cfg.steps), warm_start=warm,
                      progress=lambda frac, message: report("training", frac, message))
     report("training", 1.0, fit.note)
-    fit = replace(fit, scores=with_conflicts(store, data, fit.scores, weight=conflict_weight(cfg, fit.state)))
-    judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}
+    fit = replace(fit, scores=with_conflicts(store, data, fit.scores, weight=conflict_weight(cfg, fit.state),
+                                             verdicts=verdicts))
+    judged = {v["image_id"] for v in verdicts if v["verdict"] != "unsure"}
     metrics = round_metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict,
                             judged=np.isin(data.ids, list(judged))) | {"method": cfg.method, "adapted": bool(adapted)}
     ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
@@ -134,7 +140,8 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
                                 provenance={"max_verdict_id": max_verdict, "n_verdicts": inputs.split.n})
     version = store.add_model(delta=fit.delta, metrics=metrics, checkpoint=str(ckpt), n_verdicts=inputs.split.n,
                               backbone=f"adapted from {backbone.source}" if adapted else backbone.source)
-    publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state))
+    publish_scores(store, version, data, fit.scores, fit.delta, report, calibrated=is_calibrated(fit.state),
+                   verdicts=verdicts)
     return version
 
 
@@ -201,8 +208,10 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     metrics = dict(current.get("metrics") or {}, rescored_from=current["version"])
     version = store.add_model(delta=current["delta"], metrics=metrics, checkpoint=current["checkpoint"],
                               backbone=current.get("backbone"), n_verdicts=current.get("n_verdicts"))
-    sc = with_conflicts(store, data, sc, weight=conflict_weight(cfg, ckpt))
-    publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt))
+    verdicts = store.live_verdicts()
+    sc = with_conflicts(store, data, sc, weight=conflict_weight(cfg, ckpt), verdicts=verdicts)
+    publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt),
+                   verdicts=verdicts)
     return version
 
 

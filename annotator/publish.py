@@ -62,19 +62,21 @@ def duplicate_groups(store: Store, data: Data) -> np.ndarray:
     return group
 
 
-def with_conflicts(store: Store, data: Data, sc: Scores, *, weight: float) -> Scores:
+def with_conflicts(store: Store, data: Data, sc: Scores, *, weight: float,
+                   verdicts: list[dict] | None = None) -> Scores:
     """sc with the scores of unjudged images whose near-duplicate in the current duplicate run carries another label
     lowered (``cleannet_core.duplicates.conflict_share``; probabilities only); weight 0: sc itself. A member with a
     live verdict vouches with certainty for the class the verdict gives it ('correct': its label, 'wrong' with a
     true class: that class) and for none after 'wrong' alone; judged images keep their score (their verdict
-    decides). A round applies it before it measures its flags, so the stored metrics describe what it publishes."""
+    decides). A round applies it before it measures its flags, so the stored metrics describe what it publishes.
+    ``verdicts``: the live verdicts to apply (``Store.live_verdicts()``, the round's snapshot); None: read now."""
     if weight <= 0:
         return sc
     labels, evidence = data.labels.copy(), sc.score.astype(np.float64)
     judged = np.zeros(len(data.ids), bool)
     row = {int(i): k for k, i in enumerate(data.ids)}
     index = {int(c): k for k, c in enumerate(data.class_ids)}
-    for v in store.live_verdicts():
+    for v in store.live_verdicts() if verdicts is None else verdicts:
         k = row.get(v["image_id"])
         if k is None or v["verdict"] == "unsure":
             continue
@@ -87,16 +89,19 @@ def with_conflicts(store: Store, data: Data, sc: Scores, *, weight: float) -> Sc
 
 
 def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: float, report: Report, *,
-                   calibrated: bool = True) -> None:
+                   calibrated: bool = True, verdicts: list[dict] | None = None) -> None:
     """Write the scores of `version`, make it current in one transaction, drop older versions' scores.
 
     Rows go to the store in data's order, by image id (`load_data`), which is what `Store.write_scores` writes
     fastest; it writes their queue order (`queue_order`; calibrated=False for the verdict-free rule) itself.
+    `verdicts`: the live verdicts whose images go behind the others (the round's snapshot); None: read now.
     """
     n = len(data.ids)
     # The queue scans each class from the most uncertain end and skips reviewed images; pushing images that
-    # already have a live verdict behind everything else keeps that scan short.
-    reviewed = np.isin(data.ids, [v["image_id"] for v in store.live_verdicts()])
+    # already have a live verdict behind everything else keeps that scan short. One given after `verdicts` was read
+    # stays in place: the queue skips its image all the same.
+    verdicts = store.live_verdicts() if verdicts is None else verdicts
+    reviewed = np.isin(data.ids, [v["image_id"] for v in verdicts])
     score = sc.score.astype(np.float64)
     uncertainty = queue_order(score, delta, calibrated=calibrated) + REVIEWED * reviewed
     suggested = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)

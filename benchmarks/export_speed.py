@@ -45,7 +45,7 @@ def peak_rss_mb(db: Path, out: Path) -> tuple[float, float]:
 def baseline_dump(path: Path, n: int) -> float:
     """Seconds to csv.writer ``n`` in-memory tuples shaped like export rows (built before timing)."""
     row = ("/data/class042/0420000.jpg", "class042", "class042", "model", "", "", "", "", "0.512345", "0.5", 0,
-           "0.512345", 1, "class007", "-0.123456", 1)
+           "0.512345", 1, "class007", "-0.123456", 1, "", "", "", "")
     assert len(row) == len(COLUMNS)
     rows = [row] * n
     t = time.perf_counter()

@@ -13,6 +13,7 @@ from PIL import Image
 from annotator import adapt_round, pipeline
 from annotator.cli import cli
 from annotator.ingest import ingest_folder
+from annotator.publish import REVIEWED
 from annotator.round_config import RoundConfig, load_round_config, save_round_config
 from annotator.store import Store
 from cleannet_core.adapt import AdaptConfig, cross_fit, ensemble_probs
@@ -132,6 +133,54 @@ def test_a_better_adapted_model_serves_and_survives_rounds_and_new_images(tmp_pa
     ingest_folder(store, tmp_path / "images", progress=False)
     v2 = pipeline.rescore(store, ROUND)
     assert v2 == v + 1 and len(store.current_scores()) == len(truth) + 1
+
+
+def _verdict_once(store, image_id, verdict, *, phase):
+    """A Report that records `verdict` on `image_id` at the first report of `phase` (a verdict given mid-round);
+    its id lands in the returned list."""
+    given = []
+
+    def report(p, frac, message):
+        if p == phase and not given:
+            given.append(store.record_verdict(image_id, "bob", verdict, reason="uncertain"))
+    return report, given
+
+
+@pytest.mark.slow
+def test_a_round_uses_one_snapshot_of_the_verdicts_and_counts_a_later_one_as_new(tmp_path):
+    """A verdict given while the round fits is left to the next round in every respect: not trained on, above the
+    model's max_verdict_id (so the next trigger counts it), not vouching in the metrics' expected_wrong_left, and
+    its image keeps its queue key (the queue skips it while the verdict is live)."""
+    store, truth = _project(tmp_path)
+    audited = _audit(store, truth)
+    late = max(i for i in truth if i not in audited)
+    report, given = _verdict_once(store, late, "correct" if truth[late] else "wrong", phase="training")
+    version = pipeline.run_round(store, ROUND, report=report)
+    metrics = store.current_model()["metrics"]
+    assert given and metrics["max_verdict_id"] < given[0] and store.verdicts_since(metrics["max_verdict_id"],
+                                                                                   trains=True) == 1
+    assert store.current_model()["n_verdicts"] == len(audited)
+    score = store.current_scores()
+    assert metrics["expected_wrong_left"] == pytest.approx(sum(1.0 - s for i, s in score.items() if i not in audited),
+                                                           rel=1e-9)
+    key = dict(store.db.execute("SELECT image_id, uncertainty FROM scores WHERE model_version = ?", [version]))
+    assert key[late] < REVIEWED <= min(key[i] for i in audited)
+
+
+@pytest.mark.slow
+def test_an_adapted_model_records_the_verdicts_it_saw_not_those_given_while_it_fine_tuned(tmp_path):
+    """The adapted round's max_verdict_id is read with the verdicts it learns from, before the fine-tuning: a verdict
+    given meanwhile counts as new for the next round's trigger."""
+    store, truth = _project(tmp_path)
+    audited = _audit(store, truth)
+    _model_from(store, {i: 0.0 if ok else 1.0 for i, ok in truth.items()})  # every flag wrong: the adapted one wins
+    late = max(i for i in truth if i not in audited)
+    report, given = _verdict_once(store, late, "correct" if truth[late] else "wrong", phase="backbone")
+    out = adapt_round.run_adapt_round(store, ROUND, report=report)
+    current = store.current_model()
+    assert out.version == current["version"] and current["n_verdicts"] == len(audited)
+    assert given and current["metrics"]["max_verdict_id"] < given[0]
+    assert store.verdicts_since(current["metrics"]["max_verdict_id"], trains=True) == 1
 
 
 def test_targets_apply_corrections_and_zero_wrong_verdicts(tmp_path):

@@ -171,6 +171,17 @@ def test_queue_speed_store_is_built_reused_and_refused_for_another_size(tmp_path
         queue_speed.build_store(db, 3000)
 
 
+def test_export_speed_baseline_rows_have_one_cell_per_export_column(tmp_path):
+    import csv
+
+    from annotator.export import COLUMNS
+    from benchmarks import export_speed
+    export_speed.baseline_dump(tmp_path / "b.csv", 3)
+    with open(tmp_path / "b.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == COLUMNS and [len(r) for r in rows[1:]] == [len(COLUMNS)] * 3
+
+
 def test_probe_epochs_benchmark_scores_each_setting_and_writes_the_table(cifar_dir, tmp_path):
     from benchmarks import probe_epochs
     out = tmp_path / "pe.json"

@@ -121,7 +121,7 @@ def test_export_columns_duplicate_group_and_outlier_score(tmp_path):
     buf = io.StringIO(newline="")
     export_csv(store, buf)
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
-    assert COLUMNS[-2:] == ("duplicate_group", "outlier_score")
+    assert COLUMNS[-4:-2] == ("duplicate_group", "outlier_score")
     assert {r["duplicate_group"] for r in rows} == {""} and {r["outlier_score"] for r in rows} == {""}
     dup.refresh(store)
     buf = io.StringIO(newline="")

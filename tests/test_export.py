@@ -215,3 +215,36 @@ def test_the_cli_refuses_to_export_over_the_database_or_with_a_threshold_that_is
         assert store.images_count() == 3 and (tmp_path / "link.csv").is_symlink()
         res = runner.invoke(cli, ["--db", str(db), "export", "--out", str(tmp_path / "ok.csv"), "--threshold", "-1"])
         assert res.exit_code == 0 and len((tmp_path / "ok.csv").read_text().splitlines()) == 4
+
+
+def test_a_verdict_propagated_from_a_near_duplicate_names_its_reason_and_source(store):
+    """The last two columns say how each row's verdict came: given on the image (its reason, no source) or applied
+    from a near-duplicate's (reason 'propagated', source = that image's path, escaped like every path); undoing the
+    applied step empties them again. The train format is unchanged."""
+    ids = store.ensure_classes(["cat", "dog"])
+    paths = ["=src.jpg", "/d/2.jpg", "/d/3.jpg", "/d/4.jpg", "/d/5.jpg"]
+    store.add_images({"path": p, "hash": str(k), "label_id": ids["dog" if k == 3 else "cat"]}
+                     for k, p in enumerate(paths, start=1))
+    group = {1: 1, 2: 1, 3: 1, 5: 1}
+    store.write_duplicates(((i, group.get(i), None, int(i in group)) for i in range(1, 6)), features_key="k",
+                           backbone_id="b", threshold=0.8, method="exact", n_images=5, n_groups=1, n_conflicts=1,
+                           seconds=0.0)
+    src = store.record_verdict(1, "ann", "correct", reason="uncertain", session_id=7)
+    assert len(store.propagate_verdict(src, "ann", [2, 3], session_id=7)) == 2  # 5 stays without a verdict
+    store.record_verdict(4, "bob", "wrong", reason="audit")
+    assert COLUMNS[-2:] == ("verdict_reason", "verdict_source")
+    cols = ("verdict", "corrected_label", "annotator", "final_label", "decided_by", "duplicate_group",
+            "verdict_reason", "verdict_source")
+    assert short(read(store), *cols) == [
+        ("'=src.jpg", "correct", "", "ann", "cat", "verdict", "1", "uncertain", ""),
+        ("/d/2.jpg", "correct", "", "ann", "cat", "verdict", "1", "propagated", "'=src.jpg"),
+        ("/d/3.jpg", "wrong", "cat", "ann", "cat", "verdict", "1", "propagated", "'=src.jpg"),  # a dog copy of a cat
+        ("/d/4.jpg", "wrong", "", "bob", "", "verdict", "", "audit", ""),
+        ("/d/5.jpg", "", "", "", "cat", "none", "1", "", "")]
+    buf = io.StringIO(newline="")
+    assert export_csv(store, buf, fmt="train") == 4
+    assert buf.getvalue().splitlines() == [
+        "path,label,weight", "'=src.jpg,cat,1", "/d/2.jpg,cat,1", "/d/3.jpg,cat,1", "/d/5.jpg,cat,1"]
+    store.undo_last("ann", session_id=7)  # the applied step
+    assert short(read(store), "verdict", "verdict_reason", "verdict_source")[:3] == [
+        ("'=src.jpg", "correct", "uncertain", ""), ("/d/2.jpg", "", "", ""), ("/d/3.jpg", "", "", "")]
