@@ -96,7 +96,7 @@ def test_annotate_offers_the_verdict_for_the_copies_and_applies_it_only_when_pre
             ("correct", "ann", "propagated", source["id"])] * 2
         assert store.live_verdict(moved[0]) is None
     assert "Applied to 2 copies" in texts(at) and not [b for b in at.button if b.key == "ann_copies_same"]
-    at.session_state["ann_actions"] = [("propagate", source["id"], tuple(same))]   # the same press again
+    at.session_state["ann_actions"] = [("propagate", ((source["id"], tuple(same)),))]   # the same press again
     at.run()
     with Store() as store:
         assert store.verdict_count() == 3
@@ -142,3 +142,31 @@ def test_undoing_an_applied_step_sends_the_copies_back_to_the_queue_not_to_this_
         assert not at.exception
     with Store() as store:
         assert {v["reason"] for v in store.live_verdicts()} == {"uncertain"} and store.verdict_count() == 5
+
+
+def test_a_saved_grid_page_offers_its_verdicts_for_the_copies(db):  # noqa: F811
+    """Dog images 0 and 1 share a group with cat image 0: after the page is saved with dog 0 marked wrong (no true
+    class: says nothing about the cat copy) and dog 1 correct (the cat copy is a dog), the cat copy is offered as a
+    wrong label whose true class is dog, applied from dog 1's verdict."""
+    at = app("ann")
+    at.toggle(key="ann_grid_mode").set_value(True).run()
+    at.selectbox(key="ann_grid_class").set_value("dog").run()
+    dogs = [int(b.key.rsplit("_", 1)[1]) for b in at.button if b.key and b.key.startswith("ann_flip_")]
+    with Store() as store:
+        cat = next(r["id"] for r in store.iter_images() if r["label"] == "cat")   # leased to ann: still reached
+        store.write_duplicates(((i, dogs[0], 0.1, 1) for i in sorted([dogs[0], dogs[1], cat])), features_key="k",
+                               backbone_id="b", threshold=0.9, method="exact", n_images=36, n_groups=1,
+                               n_conflicts=1, seconds=0.1)
+    at.button(key=f"ann_flip_{dogs[0]}").click().run()
+    button(at, "ann_grid_submit").click().run()
+    assert "The last page's images have 1 copy (near-duplicates) without a verdict." in texts(at)
+    assert "Suggestion: 1 copy labelled **cat**, so **wrong** (true class **dog**)." in texts(at)
+    assert not [b for b in at.button if b.key == "ann_copies_same"]
+    button(at, "ann_copies_other_0").click().run()
+    with Store() as store:
+        v = store.live_verdict(cat)
+        source = store.get_verdict(v["source_id"])
+        assert (v["verdict"], v["corrected_label"], v["reason"], source["image_id"], source["verdict"]) == (
+            "wrong", "dog", "propagated", dogs[1], "correct")
+        assert store.verdict_count() == 13
+    assert not [b for b in at.button if b.key and b.key.startswith("ann_copies")]

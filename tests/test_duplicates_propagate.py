@@ -65,6 +65,34 @@ def test_offer_and_apply_same_label_then_the_suggestion_once(tmp_path):
     assert store.verdict_count() == 5
 
 
+def test_several_sources_merge_agreeing_copies_and_skip_the_ones_they_disagree_on(tmp_path):
+    """A saved grid page: cats 1 and 2 in one group with cat 3, dog 5 and bird 7."""
+    store, ids = grouped_store(tmp_path / "annotator.db")
+    v1 = store.record_verdict(1, "ann", "correct", reason="grid", session_id=7, batch="grid-a")
+    v2 = store.record_verdict(2, "ann", "wrong", reason="grid", session_id=7, batch="grid-a")
+    # 1 says 3 is correct and 5, 7 are cats; 2 (wrong, no true class) says 3 is wrong and nothing about 5, 7
+    assert [(o["image_id"], o["verdict"], o["corrected_label"], o["source"])
+            for o in store.propagation_offers([v1, v2], "ann")] == [(5, "wrong", "cat", v1), (7, "wrong", "cat", v1)]
+    assert store.propagate_verdicts([(v1, [3, 5]), (v2, [3])], "ann", session_id=7) != []
+    assert store.live_verdict(3) is None                                  # the two disagree: neither applies
+    assert (store.live_verdict(5)["verdict"], store.live_verdict(5)["source_id"]) == ("wrong", v1)
+    store.undo_last("ann", session_id=7)
+    store.undo_last("ann", session_id=7)                                  # the page
+    v1 = store.record_verdict(1, "ann", "correct", reason="grid", session_id=7, batch="grid-b")
+    v2 = store.record_verdict(2, "ann", "correct", reason="grid", session_id=7, batch="grid-b")
+    assert [(o["image_id"], o["source"]) for o in store.propagation_offers([v1, v2], "ann")] == [
+        (3, v1), (5, v1), (7, v1)]                                         # agreeing: offered once, by the first
+    made = store.propagate_verdicts([(v1, [3, 5]), (v2, [3, 7])], "ann", session_id=7)
+    rows = [store.get_verdict(v) for v in made]
+    assert [(r["image_id"], r["source_id"]) for r in rows] == [(3, v1), (5, v1), (7, v2)]
+    assert len({r["batch"] for r in rows}) == 1                           # one press, one undo step
+    assert store.verdict_count() == 5
+    assert sorted(store.undo_last("ann", session_id=7)) == sorted(made)
+    with pytest.raises(NotPropagable, match="not live"):
+        store.propagate_verdicts([(v1, [3]), (v1 + 999, [5])], "ann")
+    assert store.verdict_count() == 2                                      # refused as a whole
+
+
 def test_undo_removes_one_applied_step_and_the_offer_comes_back(tmp_path):
     store, ids = grouped_store(tmp_path / "annotator.db")
     src = store.record_verdict(1, "ann", "wrong", reason="uncertain", session_id=7)

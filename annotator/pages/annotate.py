@@ -4,7 +4,7 @@ Single mode keys: ``j`` correct, ``k`` wrong, ``u`` unsure, ``z`` undo, then (op
 the true class of the image just marked wrong; each class keeps its number for the whole session (the
 classes by name), and the model's suggestion is highlighted in its place; the verdict is then offered for the
 image's near-duplicates (``duplicate_offer``). Grid mode: 16 images of one class, all "correct" until clicked;
-``g`` saves the page.
+``g`` saves the page, whose verdicts are then offered for their images' near-duplicates.
 
 The single-image screen fits the window without scrolling (1366x768 and up): the image scales to the
 window's height, the true-class keys sit under the verdict buttons beside it, the counters are in the
@@ -78,7 +78,7 @@ def _verdict(store: Store, user: dict, verdict: str, target: int) -> None:
         _flash("warning", f"Not saved: {md(e)}. Here is the next image.")
         return
     _flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
-    st.session_state[copies.OFFER_KEY] = vid if item.reason not in BLIND_REASONS else None
+    st.session_state[copies.OFFER_KEY] = (vid,) if item.reason not in BLIND_REASONS else None
     st.session_state["ann_last_wrong"] = (
         {"verdict_id": vid, "image_id": item.image_id, "label": item.label, "path": item.path,
          "suggested": item.suggested_label, "corrected": None} if verdict == "wrong" else None)
@@ -90,8 +90,8 @@ def _relabel(store: Store, user: dict, verdict_id: int, label: str) -> None:
         return
     new_id = store.relabel_verdict(verdict_id, user["name"], label)
     st.session_state["ann_last_wrong"] = dict(last, verdict_id=new_id, corrected=label)
-    if st.session_state.get(copies.OFFER_KEY) == verdict_id:
-        st.session_state[copies.OFFER_KEY] = new_id
+    if st.session_state.get(copies.OFFER_KEY) == (verdict_id,):
+        st.session_state[copies.OFFER_KEY] = (new_id,)
     _flash("success", f"True class of the last image set to **{md(label)}**.")
 
 
@@ -133,15 +133,18 @@ def _grid_submit(store: Store, user: dict, target: tuple[int, ...]) -> None:
         return
     st.session_state["ann_grid"] = None
     batch = f"grid-{secrets.token_hex(8)}"  # one undo step for the whole page
-    saved = lost = 0
+    saved, lost, offered = 0, 0, []
     for item in grid["items"]:
         verdict = "wrong" if item.image_id in grid["wrong"] else "correct"
         try:
-            store.record_verdict(item.image_id, user["name"], verdict, reason=item.reason,
-                                 model_version=item.model_version, session_id=user.get("session_id"), batch=batch)
+            vid = store.record_verdict(item.image_id, user["name"], verdict, reason=item.reason,
+                                       model_version=item.model_version, session_id=user.get("session_id"),
+                                       batch=batch)
             saved += 1
+            offered += [vid] if item.reason not in BLIND_REASONS else []
         except (AlreadyJudged, LeaseLost):
             lost += 1
+    st.session_state[copies.OFFER_KEY] = tuple(offered) or None
     _flash("success", f"Saved {saved} verdicts ({len(grid['wrong'])} marked wrong)."
            + (f" {lost} not saved: someone (or another tab of yours) judged or took them meanwhile." if lost else ""))
 
@@ -371,6 +374,7 @@ def grid_mode(store: Store, user: dict) -> None:
     if not items:
         st.success(f"The queue is empty for {md(cls)}: nothing left to review in this class.")
         undo_button()
+        copies.offer_panel(store, user, partial(presses.queue, presses.actions()))
         return
     st.caption(f"Every image is **{md(cls)}** and counts as correct unless you click it to mark it wrong; "
                f"**g** saves the page. {len(grid['wrong'])} of {len(items)} marked wrong.")
@@ -390,6 +394,7 @@ def grid_mode(store: Store, user: dict) -> None:
              on_click=presses.queue, args=(presses.actions(), "grid", tuple(i.image_id for i in items)))
     with b:
         undo_button()
+    copies.offer_panel(store, user, partial(presses.queue, presses.actions()))
 
 
 def page() -> None:

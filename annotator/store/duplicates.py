@@ -188,33 +188,50 @@ class DuplicatesMixin(StoreBase):
                             "corrected_label": names.get(said[1])})
         return out
 
+    def propagation_offers(self, verdict_ids: Iterable[int], annotator: str, *, now: float | None = None) -> list[dict]:
+        """``propagation_offer`` of several verdicts (a saved grid page) merged, each row with its ``source`` (verdict
+        id): a copy two of them reach with the same implication is offered once (by the first), a copy they
+        disagree on not at all. By image id."""
+        merged: dict[int, dict] = {}
+        clash: set[int] = set()
+        for vid in verdict_ids:
+            for o in self.propagation_offer(vid, annotator, now=now):
+                seen = merged.get(o["image_id"])
+                if seen is None:
+                    merged[o["image_id"]] = o | {"source": vid}
+                elif (seen["verdict"], seen["corrected_label"]) != (o["verdict"], o["corrected_label"]):
+                    clash.add(o["image_id"])
+        return [merged[i] for i in sorted(merged) if i not in clash]
+
     def propagate_verdict(self, verdict_id: int, annotator: str, image_ids: Iterable[int], *,
                           session_id: int | None = None) -> list[int]:
-        """Apply ``annotator``'s live verdict ``verdict_id`` to those of ``image_ids`` it may still reach (as
-        ``propagation_offer``); returns the new verdict ids, by image id.
+        """``propagate_verdicts`` of one source verdict."""
+        return self.propagate_verdicts([(verdict_id, image_ids)], annotator, session_id=session_id)
 
-        One transaction: each new verdict is ``implied`` by the source, in ``annotator``'s name, reason 'propagated',
-        ``source_id`` = ``verdict_id``, one undo step (a shared batch) in ``session_id``; ``annotator``'s leases on
+    def propagate_verdicts(self, sources: Iterable[tuple[int, Iterable[int]]], annotator: str, *,
+                           session_id: int | None = None) -> list[int]:
+        """Apply each of ``annotator``'s live verdicts (source verdict id, image ids) to those of its image ids it may
+        still reach (as ``propagation_offer``); returns the new verdict ids, by source, then image id.
+
+        One transaction and one undo step (a shared batch) in ``session_id``: each new verdict is ``implied`` by its
+        source, in ``annotator``'s name, reason 'propagated', ``source_id`` = the source; ``annotator``'s leases on
         those images end. Idempotent: an image that has a live verdict meanwhile (this call's twin included), or
-        that someone else now holds, is skipped. Raises ``NotPropagable``, or ``StoreError`` for an id outside
-        the source image's group of the current run."""
-        wanted = sorted({int(i) for i in image_ids})
+        that someone else now holds, is skipped, and so is one two sources imply differently (one applies when
+        they agree). Raises ``NotPropagable``, or ``StoreError`` for an id outside its source image's group of the
+        current run."""
         now = time.time()
         batch = f"propagated-{secrets.token_hex(6)}"
         with self._tx():
-            v = self._propagable(verdict_id, annotator)
-            group = {r[0] for r in self.db.execute(
-                f"SELECT image_id FROM duplicates WHERE run_id = {_CURRENT} AND group_id ="
-                f" (SELECT group_id FROM duplicates WHERE run_id = {_CURRENT} AND image_id = ?)", [v["image_id"]])}
-            outside = [i for i in wanted if i not in group or i == v["image_id"]]
-            if outside:
-                raise StoreError(f"images {outside} are not near-duplicates of image {v['image_id']}")
-            open_ = {r["image_id"]: r["label_id"] for r in self.db.query(
-                _OPEN_MEMBERS, {"src": v["image_id"], "who": annotator, "now": now})}
+            planned: dict[int, tuple[int, tuple]] = {}   # image id -> (source, (verdict, corrected label id))
+            clash: set[int] = set()
+            for verdict_id, image_ids in sources:
+                for image_id, said in self._implications(verdict_id, annotator, image_ids, now=now):
+                    if image_id in planned and planned[image_id][1] != said:
+                        clash.add(image_id)
+                    planned.setdefault(image_id, (verdict_id, said))
             made = []
-            for image_id in (i for i in wanted if i in open_):
-                said = implied(v["verdict"], v["label_id"], v["corrected_label_id"], open_[image_id])
-                if said is None:
+            for image_id, (verdict_id, said) in sorted(planned.items(), key=lambda kv: (kv[1][0], kv[0])):
+                if image_id in clash:
                     continue
                 made.append(self.db.execute(
                     "INSERT INTO verdicts (image_id, annotator, verdict, corrected_label_id, reason, source_id,"
@@ -222,3 +239,24 @@ class DuplicatesMixin(StoreBase):
                     [image_id, annotator, said[0], said[1], PROPAGATED, verdict_id, session_id, batch, now]).lastrowid)
                 self.db.execute("DELETE FROM leases WHERE image_id = ? AND annotator = ?", [image_id, annotator])
         return made
+
+    def _implications(self, verdict_id: int, annotator: str, image_ids: Iterable[int], *,
+                      now: float) -> list[tuple[int, tuple]]:
+        """(image id, (verdict, corrected label id)) that the checked source verdict implies for those of image_ids
+        it may still reach; inside a transaction."""
+        wanted = sorted({int(i) for i in image_ids})
+        v = self._propagable(verdict_id, annotator)
+        group = {r[0] for r in self.db.execute(
+            f"SELECT image_id FROM duplicates WHERE run_id = {_CURRENT} AND group_id ="
+            f" (SELECT group_id FROM duplicates WHERE run_id = {_CURRENT} AND image_id = ?)", [v["image_id"]])}
+        outside = [i for i in wanted if i not in group or i == v["image_id"]]
+        if outside:
+            raise StoreError(f"images {outside} are not near-duplicates of image {v['image_id']}")
+        open_ = {r["image_id"]: r["label_id"] for r in self.db.query(
+            _OPEN_MEMBERS, {"src": v["image_id"], "who": annotator, "now": now})}
+        out = []
+        for image_id in (i for i in wanted if i in open_):
+            said = implied(v["verdict"], v["label_id"], v["corrected_label_id"], open_[image_id])
+            if said is not None:
+                out.append((image_id, said))
+        return out
