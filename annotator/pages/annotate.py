@@ -29,21 +29,19 @@ resumes my leases; grid mode keeps its page's images too. Images are embedded in
 that cannot be shown (missing, changed since ingest, a link, ...) is named by image id and file name: only
 leads see its path on the server.
 """
-import html
-import os
-import secrets
 from functools import partial
-from pathlib import Path
 
 import streamlit as st
 
 from annotator import display
 from annotator.export import threshold_in_force
+from annotator.pages import annotate_grid as grid
 from annotator.pages import duplicate_offer as copies
 from annotator.pages import key_queue as presses
+from annotator.pages.annotate_parts import BLIND_REASONS, flash, show_image, undo_button, where
 from annotator.pages.common import context, md
-from annotator.queue import QueueItem, grid_items, next_items, queue_status
-from annotator.store import PROPAGATED, UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError, UnknownClass
+from annotator.queue import QueueItem, next_items, queue_status
+from annotator.store import PROPAGATED, UNDO_DEPTH, AlreadyJudged, LeaseLost, Store, StoreError
 
 PREFETCH = 2  # items held in session state: the current one and the next
 # The image's height is what the page header, the title and the toggles leave of the window.
@@ -52,22 +50,15 @@ STYLE = """<style>
 .st-key-ann_image img {height: calc(100vh - 190px); max-width: 100%; width: auto !important;
                        object-fit: contain; object-position: left top;}
 </style>"""
-GRID = 16
-GRID_SIDE = 512  # pixels: grid tiles are shown at most this large
 REASON_TEXT = {"uncertain": "the model is least sure about it", "audit": "a random audit sample",
                "grid": "grid mode", "manual": "manual", "transfer_check": "a random check of a class nobody verifies"}
-BLIND_REASONS = ("audit", "transfer_check")  # random draws that measure: always shown blind
 
 
 # -- actions (applied at the top of the rerun) ------------------------------------------
-def _flash(kind: str, text: str) -> None:
-    st.session_state["ann_flash"] = (kind, text)
-
-
 def _verdict(store: Store, user: dict, verdict: str, target: int) -> None:
     items = st.session_state.get("ann_items") or []
     if not items or items[0].image_id != target:
-        _flash("warning", f"Dropped a **{verdict}** key press for image #{target}: it is no longer on screen.")
+        flash("warning", f"Dropped a **{verdict}** key press for image #{target}: it is no longer on screen.")
         return
     item = items[0]
     st.session_state["ann_items"] = items[1:]  # whatever happens below, this image leaves the screen
@@ -75,9 +66,9 @@ def _verdict(store: Store, user: dict, verdict: str, target: int) -> None:
         vid = store.record_verdict(item.image_id, user["name"], verdict, reason=item.reason,
                                    model_version=item.model_version, session_id=user.get("session_id"))
     except (AlreadyJudged, LeaseLost) as e:
-        _flash("warning", f"Not saved: {md(e)}. Here is the next image.")
+        flash("warning", f"Not saved: {md(e)}. Here is the next image.")
         return
-    _flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
+    flash("success", f"Saved: {md(item.label)} is **{verdict}**.")
     st.session_state[copies.OFFER_KEY] = (vid,) if item.reason not in BLIND_REASONS else None
     st.session_state["ann_last_wrong"] = (
         {"verdict_id": vid, "image_id": item.image_id, "label": item.label, "path": item.path,
@@ -92,27 +83,27 @@ def _relabel(store: Store, user: dict, verdict_id: int, label: str) -> None:
     st.session_state["ann_last_wrong"] = dict(last, verdict_id=new_id, corrected=label)
     if st.session_state.get(copies.OFFER_KEY) == (verdict_id,):
         st.session_state[copies.OFFER_KEY] = (new_id,)
-    _flash("success", f"True class of the last image set to **{md(label)}**.")
+    flash("success", f"True class of the last image set to **{md(label)}**.")
 
 
 def _undo(store: Store, user: dict) -> None:
     name = user["name"]
     voided = store.undo_last(name, session_id=user.get("session_id"))
     if not voided:
-        _flash("info", f"Nothing to undo: undo reaches your last {UNDO_DEPTH} steps of this session.")
+        flash("info", f"Nothing to undo: undo reaches your last {UNDO_DEPTH} steps of this session.")
         return
     rows = [store.get_verdict(v) for v in voided]
     last = st.session_state.get("ann_last_wrong")
     if last and last["verdict_id"] in voided:
         st.session_state["ann_last_wrong"] = None
     if all(r["reason"] == PROPAGATED for r in rows):
-        _flash("info", f"Undone: the verdict applied to {len(rows)} cop{'y' if len(rows) == 1 else 'ies'}; they are "
+        flash("info", f"Undone: the verdict applied to {len(rows)} cop{'y' if len(rows) == 1 else 'ies'}; they are "
                        "back in the queue as they were.")
         return
     # verdicts applied to copies were never served here: those images go back to the queue, not to this screen
     rows = [r for r in rows if r["reason"] != PROPAGATED]
     what = f"your **{rows[0]['verdict']}** verdict" if len(rows) == 1 else f"your last page ({len(rows)} verdicts)"
-    _flash("info", f"Undone: {what}. The image{'s are' if len(rows) > 1 else ' is'} back in front of you.")
+    flash("info", f"Undone: {what}. The image{'s are' if len(rows) > 1 else ' is'} back in front of you.")
     ids = store.acquire_leases(name, [r["image_id"] for r in rows], store.get_setting("lease_seconds"),
                                reasons={r["image_id"]: r["reason"] for r in rows})
     if st.session_state.get("ann_grid_mode"):
@@ -126,29 +117,6 @@ def _undo(store: Store, user: dict) -> None:
     st.session_state["ann_items"] = back + [i for i in st.session_state.get("ann_items") or [] if i.image_id not in ids]
 
 
-def _grid_submit(store: Store, user: dict, target: tuple[int, ...]) -> None:
-    grid = st.session_state.get("ann_grid")
-    if not grid or tuple(i.image_id for i in grid["items"]) != target:
-        _flash("warning", "Dropped a save for a grid page that is no longer on screen.")
-        return
-    st.session_state["ann_grid"] = None
-    batch = f"grid-{secrets.token_hex(8)}"  # one undo step for the whole page
-    saved, lost, offered = 0, 0, []
-    for item in grid["items"]:
-        verdict = "wrong" if item.image_id in grid["wrong"] else "correct"
-        try:
-            vid = store.record_verdict(item.image_id, user["name"], verdict, reason=item.reason,
-                                       model_version=item.model_version, session_id=user.get("session_id"),
-                                       batch=batch)
-            saved += 1
-            offered += [vid] if item.reason not in BLIND_REASONS else []
-        except (AlreadyJudged, LeaseLost):
-            lost += 1
-    st.session_state[copies.OFFER_KEY] = tuple(offered) or None
-    _flash("success", f"Saved {saved} verdicts ({len(grid['wrong'])} marked wrong)."
-           + (f" {lost} not saved: someone (or another tab of yours) judged or took them meanwhile." if lost else ""))
-
-
 def apply_actions(store: Store, user: dict) -> None:
     """Apply the queued actions in order. An action leaves the queue only once applied (a rerun cut short
     applies it again next time; the target checks make that harmless); an action aimed at an image that is no
@@ -156,7 +124,7 @@ def apply_actions(store: Store, user: dict) -> None:
     actions = presses.actions()
     clash = presses.drop_clashing_verdicts(actions)
     if clash:
-        _flash("warning", f"Two different keys for image #{clash[0]} arrived together: nothing saved for it. "
+        flash("warning", f"Two different keys for image #{clash[0]} arrived together: nothing saved for it. "
                           "Press the one you mean again.")
     while actions:
         kind, *args = actions[0]
@@ -167,9 +135,9 @@ def apply_actions(store: Store, user: dict) -> None:
         elif kind == "relabel":
             _relabel(store, user, *args)
         elif kind == "grid":
-            _grid_submit(store, user, *args)
+            grid.submit(store, user, *args)
         elif kind == "propagate":
-            _flash(*copies.apply(store, user, *args))
+            flash(*copies.apply(store, user, *args))
         actions.pop(0)
 
 
@@ -200,12 +168,6 @@ def _switch_mode() -> None:
     st.session_state[copies.OFFER_KEY] = None
 
 
-def _flip(image_id: int) -> None:
-    grid = st.session_state.get("ann_grid")
-    if grid:
-        grid["wrong"] ^= {image_id}
-
-
 # -- panels -----------------------------------------------------------------------------
 def progress_panel(store: Store, name: str) -> int:
     """My verdicts today and what is left in my classes (images held for me included); returns the number left."""
@@ -220,20 +182,6 @@ def progress_panel(store: Store, name: str) -> int:
     if status["remaining"]:
         st.caption("Not yet served: " + " · ".join(f"{md(k)} {v}" for k, v in status["remaining"].items()))
     return left
-
-
-def where(item: QueueItem, user: dict) -> str:
-    """The image's file as ``user`` may see it: the server path for a lead, else image id and file name."""
-    return item.path if user.get("role") == "lead" else f"image #{item.image_id}, file {Path(item.path).name}"
-
-
-def show_image(picture: display.Inline | str, shown: str) -> None:
-    """The image, embedded in the page (never a /media URL, which Streamlit serves to anyone), or (``picture``
-    is a reason from ``display.for_page``) the warning naming the file as ``shown``."""
-    if isinstance(picture, str):
-        st.warning(f"Image file missing or unreadable ({md(picture)}): {md(shown)}. Mark it unsure to move on.")
-    else:
-        st.html(f'<img src="{picture.uri}" alt="{html.escape(shown)}" style="width: 100%">')
 
 
 def single_mode(store: Store, user: dict) -> None:
@@ -289,11 +237,6 @@ def single_mode(store: Store, user: dict) -> None:
         show_image(st.session_state["ann_pictures"].get(item.image_id), where(item, user))
 
 
-def undo_button(disabled: bool = False) -> None:
-    st.button("Undo last", key="ann_undo", shortcut="z", icon=":material/undo:", disabled=disabled,
-              on_click=presses.queue, args=(presses.actions(), "undo",))
-
-
 def class_keys(store: Store) -> dict[str, int]:
     """Each class's number key for this session: the classes by name get 1, 2, ... when first seen and keep
     them (a class added later gets the next number), so a key means one class all session."""
@@ -337,66 +280,6 @@ def relabel_panel(store: Store) -> None:
                      on_click=presses.queue, args=(presses.actions(), "relabel", last["verdict_id"], other))
 
 
-def grid_images(items: list[QueueItem]) -> dict[int, display.Inline | str]:
-    """``display.for_page`` of each grid item (scaled to ``GRID_SIDE``), kept in session state between reruns and
-    read again only when the file's (inode, size, mtime) changed; that stamp is taken before the read, so a write
-    during it shows next time."""
-    old, cache = st.session_state.get("ann_grid_pictures") or {}, {}
-    for item in items:
-        try:
-            info = os.lstat(item.path)
-            stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
-        except OSError:  # gone: for_page says so
-            stamp = None
-        hit = old.get(item.image_id)
-        cache[item.image_id] = hit if stamp is not None and hit and hit[0] == stamp else (
-            stamp, display.for_page(item.path, expected_hash=item.content_hash, max_side=GRID_SIDE))
-    st.session_state["ann_grid_pictures"] = cache  # only this page's images stay
-    return {image_id: data for image_id, (_, data) in cache.items()}
-
-
-def grid_mode(store: Store, user: dict) -> None:
-    name = user["name"]
-    classes = list(store.verify_classes())
-    if not classes:
-        st.info("No classes are chosen for verification yet. A lead picks them on the Admin page.")
-        return
-    cls = st.selectbox("Class", classes, key="ann_grid_class")
-    grid = st.session_state.get("ann_grid")
-    if grid is None or grid["class"] != cls:
-        try:
-            grid = {"class": cls, "items": grid_items(store, name, cls, GRID), "wrong": set()}
-        except UnknownClass:  # a lead stopped verifying it a moment ago
-            st.info(f"{md(cls)} is no longer verified; pick another class.")
-            return
-        st.session_state["ann_grid"] = grid
-    items = grid["items"]
-    if not items:
-        st.success(f"The queue is empty for {md(cls)}: nothing left to review in this class.")
-        undo_button()
-        copies.offer_panel(store, user, partial(presses.queue, presses.actions()))
-        return
-    st.caption(f"Every image is **{md(cls)}** and counts as correct unless you click it to mark it wrong; "
-               f"**g** saves the page. {len(grid['wrong'])} of {len(items)} marked wrong.")
-    images = grid_images(items)
-    for row_start in range(0, len(items), 4):
-        cols = st.columns(4)
-        for col, item in zip(cols, items[row_start:row_start + 4]):
-            with col:
-                show_image(images[item.image_id], where(item, user))
-                wrong = item.image_id in grid["wrong"]
-                st.button("Wrong" if wrong else "Correct", key=f"ann_flip_{item.image_id}",
-                          type="primary" if wrong else "secondary", width="stretch",
-                          icon=":material/close:" if wrong else ":material/check:",
-                          on_click=_flip, args=(item.image_id,))
-    a, b = st.columns(2)
-    a.button("Save this page", key="ann_grid_submit", shortcut="g", type="primary", icon=":material/done_all:",
-             on_click=presses.queue, args=(presses.actions(), "grid", tuple(i.image_id for i in items)))
-    with b:
-        undo_button()
-    copies.offer_panel(store, user, partial(presses.queue, presses.actions()))
-
-
 def page() -> None:
     store, user = context()
     name = user["name"]
@@ -404,7 +287,7 @@ def page() -> None:
         apply_actions(store, user)
     except StoreError as e:
         presses.actions().clear()
-        _flash("error", md(e))
+        flash("error", md(e))
     title, note = st.columns([1, 2], vertical_alignment="center")  # the last action's message beside the title,
     title.title("Annotate")                                          # so it moves nothing below
     flash = st.session_state.pop("ann_flash", None)
@@ -417,7 +300,7 @@ def page() -> None:
                   "on for audit items (random draws that measure the noise rate).")
     progress = st.sidebar.container()  # the counters live in the sidebar: the image gets the height
     if st.session_state.get("ann_grid_mode"):
-        grid_mode(store, user)
+        grid.grid_mode(store, user)
     else:
         single_mode(store, user)
     with progress:  # filled last, so an updated count means this rerun's buttons are in place
