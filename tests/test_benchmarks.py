@@ -223,7 +223,7 @@ def test_robustness_suite_runs_a_case_through_the_product_and_reports(cifar_dir,
 @pytest.mark.slow
 def test_duplicates_benchmark_plants_copies_and_scores_pairs_and_outliers(cifar_dir, tmp_path):
     """A toy dev case (200 demo images, 4 exact and 6 altered copies, 4 coloured digits): every exact copy is found
-    by its hash, and the threshold is chosen from the documented grid."""
+    by its hash, and the settings are chosen from the documented grids."""
     from benchmarks import duplicates
     out = tmp_path / "d.json"
     res = duplicates.main(["--cifar10n", str(cifar_dir), "--n-base", "200", "--roles", "dev", "--cache",
@@ -232,7 +232,9 @@ def test_duplicates_benchmark_plants_copies_and_scores_pairs_and_outliers(cifar_
     assert dev["planted"]["exact"] == 4 and dev["planted"]["other_domain"] == 4 and dev["images"] == 214
     assert dev["pairs"]["true_pairs"] == 10 and dev["pairs"]["recall_by_kind"]["exact"] == 1.0
     assert dev["threshold"] in duplicates.GRID and 0 <= dev["outlier_auroc"]["product"] <= 1
-    assert json.loads(out.read_text())["chosen_on"] == "dev" and res["test"] is None
+    assert (dev["pixel_until"], dev["pixel_from"], dev["pixel_min"]) in {
+        tuple(map(float, k.split("|"))) for k in dev["sweep_pixels"]} and dev["pixel_from"] in duplicates.PIXEL_FROM
+    assert json.loads(out.read_text())["chosen_on"] == "dev" and "test" not in res and "test-c" not in res
 
 
 @pytest.mark.slow
