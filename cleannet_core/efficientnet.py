@@ -119,11 +119,27 @@ class EfficientNetLite(nn.Module):
 def lite_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, 1280) average-pooled head activations of m's Lite layers (m is an
     EfficientNetLite or a module holding the same children, as classifier.Backbone does)."""
+    return lite_suffix(m, lite_prefix(m, x, 0), 0)
+
+
+def lite_prefix(m: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> the input of m._blocks[cut]: stem then _blocks[:cut]. At 128 px: cut 0 gives
+    (B, 32, 64, 64), 8 (B, 80, 8, 8), 11 (B, 112, 8, 8), 15 (B, 192, 4, 4), 16 = len(_blocks) the head conv's
+    input (B, 320, 4, 4)."""
+    if not 0 <= cut <= len(m._blocks):
+        raise ValueError(f"cut must be in [0, {len(m._blocks)}], got {cut}")
     x = F.relu6(m._bn0(m._conv_stem(x)))   # (B, 32, H/2, W/2)
-    for block in m._blocks:
-        x = block(x)                       # ... (B, 320, H/32, W/32)
-    x = F.relu6(m._bn1(m._conv_head(x)))   # (B, 1280, H/32, W/32)
-    return x.mean(dim=(2, 3))
+    for block in m._blocks[:cut]:
+        x = block(x)
+    return x
+
+
+def lite_suffix(m: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
+    """lite_prefix's output at `cut` -> (B, 1280) pooled features: _blocks[cut:], head conv, ReLU6, mean pool."""
+    for block in m._blocks[cut:]:
+        h = block(h)                       # ... (B, 320, H/32, W/32)
+    h = F.relu6(m._bn1(m._conv_head(h)))   # (B, 1280, H/32, W/32)
+    return h.mean(dim=(2, 3))
 
 
 def lite_head(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
