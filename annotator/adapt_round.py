@@ -1,9 +1,11 @@
 """The adapted round: the backbone fine-tuned on the data itself, cross-fitted, kept only when it is better.
 
-After the frozen first model serves, the worker may adapt the features (cleannet_core.adapt): K networks are
-fine-tuned from the ImageNet weights on the noisy labels, with the verdicts applied (a corrected label replaces the
-noisy one; CleanNet's soft weights from the current scores down-weight suspected noise; a "wrong" verdict without
-a correction weighs 0), each scoring only the images it did not train on. Their out-of-fold probabilities feed the
+After the frozen first model serves, the worker may adapt the features (cleannet_core.adapt): K networks (the
+round setting adapt_layers: "tail", Lite0's last blocks on the frozen ImageNet prefix's maps, or "full", whole
+networks from the image files) are fine-tuned from the ImageNet weights on the noisy labels, with the verdicts
+applied (a corrected label replaces the noisy one; CleanNet's soft weights from the current scores down-weight
+suspected noise; a "wrong" verdict without a correction weighs 0), each scoring only the images it did not train
+on. Their out-of-fold probabilities feed the
 noise model and the robust score in place of the linear probe's.
 
 The adapted model becomes current only when it makes fewer errors than the current model on the held-out audit
@@ -22,12 +24,13 @@ import numpy as np
 import torch
 
 from cleannet_core import scoring
-from cleannet_core.adapt import AdaptConfig, CrossFit, cross_fit
+from cleannet_core.adapt import AdaptConfig, CrossFit, TailConfig, cross_fit, cross_fit_maps, path_maps
 from cleannet_core.alternate import round_weights, training_weights
 from cleannet_core.classifier import resolve_device
 from cleannet_core.features import load_imagenet_weights
 
-from .artifacts import BackboneInfo, current_backbone, save_adapted_artifact, save_scorer_artifact
+from .artifacts import (BackboneInfo, current_backbone, imagenet_network, save_adapted_artifact,
+                        save_scorer_artifact)
 from .backbone import load_data
 from .pipeline import conflict_weight, round_metrics, verdict_split
 from .publish import publish_scores, with_conflicts
@@ -42,6 +45,11 @@ FOLDS = 2
 CPU_IMAGES_PER_S = 7.0     # Lite0 training images per second on a 2-core CPU at 128 px, scaled by (128 / size)^2
                            # (measured with other jobs sharing the cores, so the estimate errs long;
                            # benchmarks/README.md, "Adapted features")
+TAIL_MAPS_S = 0.035        # tail: seconds per image for the frozen prefix's maps of it and its mirror, and
+TAIL_TRAIN_S = 0.03        # seconds per image and epoch for the K tails' training and prediction; both on the
+                           # 2-core CPU at 128 px, scaled by (size / 128)^2 (benchmarks/head_adapt.py on
+                           # dev-structured-30, 3,000 images: maps 84-120 s, the whole round about 5 min;
+                           # benchmarks/README.md, "Adapting only the last blocks")
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,19 @@ def data_key(data: Data) -> str:
     return h.hexdigest()
 
 
+def layers(cfg: RoundConfig) -> str:
+    """Which layers the round adapts: "tail" (the setting adapt_layers, on efficientnet_lite0: the tail split
+    exists for Lite0 only) or "full" (whole networks)."""
+    return "tail" if cfg.adapt_layers == "tail" and cfg.arch == "efficientnet_lite0" else "full"
+
+
 def estimate_s(n_images: int, cfg: RoundConfig, *, image_size: int, device: torch.device) -> float | None:
-    """Seconds an adapted round takes on a CPU (K networks, each epochs x (K-1)/K of the images, plus one
-    prediction pass); None on a GPU (not estimated: it runs)."""
+    """Seconds an adapted round takes on a CPU; None on a GPU (not estimated: it runs). full: K networks, each
+    adapt_epochs x (K-1)/K of the images, plus one prediction pass; tail: the maps once, then TailConfig's epochs."""
     if device.type != "cpu":
         return None
+    if layers(cfg) == "tail":
+        return n_images * (TAIL_MAPS_S + TailConfig().epochs * TAIL_TRAIN_S) * (image_size / 128) ** 2
     per_s = CPU_IMAGES_PER_S * (128 / image_size) ** 2
     return n_images * (cfg.adapt_epochs * (FOLDS - 1) + 0.3) / per_s
 
@@ -88,8 +104,8 @@ def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:
     size = backbone.image_size if backbone else 128
     est = estimate_s(store.images_count(status="ok"), cfg, image_size=size, device=resolve_device(cfg.device))
     if est is not None and cfg.adapt == "auto":
-        return False, ("adapted features run on a GPU by default: on the CPU-sized settings they lost to the frozen "
-                       "features on the dev cases (set adapt on to try them on this data; the audit guard decides)")
+        return False, ("adapted features run on a GPU by default (set adapt on to run them on this CPU within "
+                       "adapt_budget_min; the audit guard decides whether they serve)")
     if est is not None and est > 60 * cfg.adapt_budget_min:
         return False, (f"an adapted round would take about {est / 60:.0f} min on this CPU, over the "
                        f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min)")
@@ -135,9 +151,10 @@ def targets(store: Store, data: Data, *, verdicts: list[dict] | None = None) -> 
 
 
 def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = quiet,
-                    config: AdaptConfig | None = None) -> Outcome:
+                    config: AdaptConfig | TailConfig | None = None) -> Outcome:
     """Fine-tune, cross-fitted; fit the robust score on the out-of-fold probabilities; publish only if it beats
-    the current model on the held-out audit verdicts. The outcome is stored under the setting SETTING."""
+    the current model on the held-out audit verdicts. The outcome is stored under the setting SETTING.
+    config: TailConfig when layers(cfg) is "tail", AdaptConfig when "full"; None = the defaults (adapt_epochs)."""
     current = store.current_model()
     if current is None:
         raise ValueError("no model yet: the frozen first model serves first (run `train`)")
@@ -147,20 +164,15 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
         raise ValueError("no backbone yet: the frozen first model serves first (run `train`)")
     size = backbone.image_size
     device = resolve_device(cfg.device)
-    config = config or AdaptConfig(folds=FOLDS, epochs=cfg.adapt_epochs)
     # One snapshot of the verdicts, read with the watermark: the networks and the score learn these, the conflicts
     # and metrics use them; one given during the fine-tuning counts as new for the next round.
     max_verdict = store.max_verdict_id()
     verdicts = store.live_verdicts()
     split = verdict_split(store, data, verdicts=verdicts)
     labels, weights = targets(store, data, verdicts=verdicts)
-    state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
-    report("backbone", 0.0, f"adapting the features: {config.folds} networks fine-tuned on {len(data.ids)} images "
-                            f"({message})")
-    folds = adapt_folds(data.ids, config.folds)
-    fit = cross_fit(data.paths, labels, folds, len(data.class_ids), arch=cfg.arch, image_size=size,
-                    init_state=state, weights=weights, config=config, device=str(device),
-                    progress=lambda frac, msg: report("backbone", frac, msg))
+    folds = adapt_folds(data.ids, config.folds if isinstance(config, AdaptConfig) else FOLDS)
+    fit, config, saved = _cross_fit(data, labels, weights, folds, cfg, config=config, image_size=size,
+                                    device=device, report=report)
     probs = _fill_unreadable(fit)
     report("training", 0.0, f"robust score on the adapted probabilities and {len(split.train)} verdicts")
     data_in = scoring.RoundData(feats=np.zeros((len(data.ids), 0), np.float16), labels=data.labels, folds=folds,
@@ -185,13 +197,44 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
         return Outcome(None, record["message"], fitted.scores.score)
     adapted = save_adapted_artifact(store, fit, probs, ids=data.ids, class_ids=data.class_ids.tolist(),
                                     arch=cfg.arch, image_size=size, config=config.state(),
-                                    backbone_id=backbone.id)
+                                    backbone_id=backbone.id, **saved)
     version = publish_adapted(store, data, fitted, adapted, backbone=backbone, split=split, report=report,
                               max_verdict=max_verdict, verdicts=verdicts)
     record["message"] = (f"adapted model version {version} is current: {verdict['errors']} errors on "
                          f"{verdict['n']} held-out audit verdicts, the frozen model {verdict['current_errors']}")
     store.set_setting(SETTING, record)
     return Outcome(version, record["message"], fitted.scores.score)
+
+
+def _cross_fit(data: Data, labels: np.ndarray, weights: np.ndarray, folds: np.ndarray, cfg: RoundConfig, *,
+               config: AdaptConfig | TailConfig | None, image_size: int, device: torch.device,
+               report: Report) -> tuple[CrossFit, AdaptConfig | TailConfig, dict]:
+    """The K cross-fitted networks of layers(cfg) on labels (N,), weights (N,), folds (N,) -> (the fit, its
+    config, save_adapted_artifact's layer arguments)."""
+    n, k = len(data.ids), int(folds.max(initial=0)) + 1
+    if layers(cfg) == "tail":
+        config = config or TailConfig()
+        if not isinstance(config, TailConfig):
+            raise ValueError(f"adapt_layers tail takes a TailConfig, got {type(config).__name__}")
+        prefix = imagenet_network(cfg.arch, weights_path=cfg.weights_path)
+        report("backbone", 0.0, f"adapting the last blocks: the frozen network up to block {config.cut} on "
+                                f"{n} images and their mirrors")
+        maps, readable = path_maps(prefix, data.paths, cut=config.cut, arch=cfg.arch, image_size=image_size,
+                                   device=str(device))
+        report("backbone", 0.0, f"{k} tails trained on the maps")
+        fit = cross_fit_maps(maps, labels, folds, len(data.class_ids), backbone=prefix, weights=weights,
+                             readable=readable, config=config, device=str(device),
+                             progress=lambda frac, msg: report("backbone", frac, msg))
+        return fit, config, {"layers": "tail", "prefix": prefix, "weights_path": cfg.weights_path}
+    config = config or AdaptConfig(folds=FOLDS, epochs=cfg.adapt_epochs)
+    if not isinstance(config, AdaptConfig):
+        raise ValueError(f"adapt_layers full takes an AdaptConfig, got {type(config).__name__}")
+    state, message = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
+    report("backbone", 0.0, f"adapting the features: {config.folds} networks fine-tuned on {n} images ({message})")
+    fit = cross_fit(data.paths, labels, folds, len(data.class_ids), arch=cfg.arch, image_size=image_size,
+                    init_state=state, weights=weights, config=config, device=str(device),
+                    progress=lambda frac, msg: report("backbone", frac, msg))
+    return fit, config, {"layers": "full"}
 
 
 def _fill_unreadable(fit: CrossFit) -> np.ndarray:

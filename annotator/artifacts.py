@@ -4,7 +4,8 @@ Files live under the state folder (the database's folder):
 
     backbones/backbone-<id>.pt      the image backbone whose pooled features every round scores
     models/<method>-<id>.pt         one round's scoring model (probe + calibrator, or CleanNet) and references
-    models/adapted-<id>.pt          an adapted round's cross-fitted networks and their out-of-fold probabilities
+    models/adapted-<id>.pt          an adapted round's cross-fitted networks (whole ones, or Lite0 tails on the
+                                    frozen ImageNet prefix) and their out-of-fold probabilities
     classifiers/                    classifiers exported by `train-classifier` (and resume/ checkpoints)
     features/                       the content-keyed feature cache (cleannet_core.features)
 
@@ -25,14 +26,17 @@ import torch
 
 import numpy as np
 
-from cleannet_core.adapt import CrossFit, ensemble_probs
+from cleannet_core.adapt import CrossFit, ensemble_probs, tail_probs
 from cleannet_core.atomic import atomic_write
 from cleannet_core.classifier import Backbone, load_backbone, save_backbone
-from cleannet_core.features import backbone_id
+from cleannet_core.features import backbone_id, load_imagenet_weights
+from cleannet_core.features import backbone_id as content_id  # save_adapted_artifact's argument is named backbone_id
 
 from .store import Store
 
 log = logging.getLogger(__name__)
+ADAPTED_FORMAT = 2  # the adapted file's "format": 1 (no field) = whole networks only; 2 adds "layers" (full | tail)
+                    # and, for tails, the prefix's ImageNet weights ("weights_path", "prefix_id")
 
 
 @dataclass(frozen=True)
@@ -132,30 +136,55 @@ def load_scorer(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def imagenet_network(arch: str, *, weights_path: str | None) -> Backbone:
+    """The frozen ImageNet network (1000 classes, eval mode, CPU) whose prefix a tail adapted round reads; no
+    ImageNet weights found raises ValueError (a tail on random features would not adapt anything)."""
+    state, message = load_imagenet_weights(arch, weights_path=weights_path)
+    if state is None:
+        raise ValueError(f"adapting the last blocks needs ImageNet {arch} weights: {message}")
+    net = Backbone(arch, 1000)
+    net.load_pretrained(state)
+    return net.eval()
+
+
 def save_adapted_artifact(store: Store, fit: CrossFit, probs: np.ndarray, *, ids: np.ndarray, class_ids: list[int],
-                          arch: str, image_size: int, config: dict[str, Any], backbone_id: str) -> dict[str, str]:
+                          arch: str, image_size: int, config: dict[str, Any], backbone_id: str, layers: str = "full",
+                          prefix: Backbone | None = None, weights_path: str | None = None) -> dict[str, str]:
     """Write an adapted round's K networks and out-of-fold probabilities (N, C) once, atomically, and register
-    them; -> the reference every later scorer checkpoint of the adaptation keeps ({"path": ...})."""
+    them; -> the reference every later scorer checkpoint of the adaptation keeps ({"path": ...}).
+    layers "full": fit.states are whole networks; "tail": cleannet_core.adapt.Tail states on the frozen `prefix`
+    (imagenet_network(arch, weights_path=weights_path)), whose content id is kept to check it when rescoring."""
+    if layers not in ("full", "tail") or (layers == "tail") != (prefix is not None):
+        raise ValueError(f"layers must be 'full', or 'tail' with its prefix network; got {layers!r}")
+    tail = {"weights_path": weights_path, "prefix_id": content_id(prefix)} if prefix is not None else {}
     path = state_dir(store) / "models" / f"adapted-{uuid.uuid4().hex[:8]}.pt"
     with atomic_write(path) as f:
-        torch.save({"arch": arch, "image_size": image_size, "config": config, "class_ids": list(class_ids),
+        torch.save({"format": ADAPTED_FORMAT, "layers": layers, "arch": arch, "image_size": image_size,
+                    "config": config, "class_ids": list(class_ids),
                     "ids": torch.from_numpy(np.asarray(ids, np.int64)),
-                    "probs": torch.from_numpy(np.asarray(probs, np.float16)), "states": fit.states}, f)
+                    "probs": torch.from_numpy(np.asarray(probs, np.float16)), "states": fit.states} | tail, f)
+    what = "cross-fitted networks" if layers == "full" else "cross-fitted Lite0 tails"
     store.add_artifact(kind="classifier", path=str(path), backbone_id=backbone_id,
-                       source=f"adapted: {len(fit.states)} cross-fitted networks",
-                       provenance={"arch": arch, "image_size": image_size, "n_images": len(ids), **config})
+                       source=f"adapted: {len(fit.states)} {what}",
+                       provenance={"arch": arch, "image_size": image_size, "n_images": len(ids), "layers": layers,
+                                   **config} | tail)
     return {"path": str(path)}
 
 
 def adapted_probs(ref: dict[str, str], *, ids: np.ndarray, paths: Sequence[str], class_ids: list[int],
                   device: str = "cpu") -> np.ndarray | None:
     """(N, C) probabilities of images (ids, paths) from an adapted file: its out-of-fold probabilities for the
-    images it was fitted on, the networks' mean for images added since. None when the file cannot be read or
-    its classes differ (the round then scores the frozen features)."""
+    images it was fitted on, the networks' mean for images added since (whole networks, or the tails on the
+    frozen ImageNet prefix). None when the file cannot be read, is of a newer format, its classes differ or its
+    prefix's ImageNet weights are gone or changed (the round then scores the frozen features)."""
     try:
         saved = torch.load(ref["path"], map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, KeyError) as e:
         log.warning("adapted networks unreadable (%s): the round scores the frozen features", e)
+        return None
+    if saved.get("format", 1) > ADAPTED_FORMAT:
+        log.warning("adapted file of format %s (this version reads <= %s): the round scores the frozen features",
+                    saved.get("format"), ADAPTED_FORMAT)
         return None
     if saved["class_ids"] != list(class_ids):
         return None
@@ -164,8 +193,23 @@ def adapted_probs(ref: dict[str, str], *, ids: np.ndarray, paths: Sequence[str],
     probs = np.zeros((len(ids), len(class_ids)), np.float32)
     if known.any():
         probs[known] = saved["probs"].float().numpy()[[pos[int(i)] for i in np.asarray(ids)[known]]]
-    if (~known).any():
-        new = [paths[k] for k in np.flatnonzero(~known)]
+    if not (~known).any():
+        return probs
+    new = [paths[k] for k in np.flatnonzero(~known)]
+    if saved.get("layers", "full") == "full":
         probs[~known], _ = ensemble_probs(saved["states"], new, arch=saved["arch"], num_classes=len(class_ids),
                                           image_size=saved["image_size"], device=device)
+        return probs
+    try:
+        prefix = imagenet_network(saved["arch"], weights_path=saved["weights_path"])
+    except (OSError, ValueError) as e:
+        log.warning("the adapted tails' ImageNet prefix cannot be loaded (%s): the round scores the frozen "
+                    "features", e)
+        return None
+    if content_id(prefix) != saved["prefix_id"]:
+        log.warning("the ImageNet weights changed since the tails were adapted: the round scores the frozen features")
+        return None
+    probs[~known], _ = tail_probs(saved["states"], new, np.full(len(new), -1), backbone=prefix,
+                                  cut=saved["config"]["cut"], arch=saved["arch"], num_classes=len(class_ids),
+                                  image_size=saved["image_size"], device=device)
     return probs

@@ -12,7 +12,8 @@ The out-of-fold probabilities (N, C) replace the linear probe's in the noise mod
 
 `cross_fit` fine-tunes whole networks on the image files. `cross_fit_maps` adapts only Lite0's last blocks (a
 `Tail`) on maps the frozen network computes once per image (`prefix_maps`): each epoch then costs a fraction of
-a whole network's, so the round fits a CPU.
+a whole network's, so the round fits a CPU. `tail_probs` scores images with saved tails (the prefix recomputed by
+the same frozen network).
 """
 from __future__ import annotations
 
@@ -311,3 +312,32 @@ def cross_fit_maps(maps: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_
         states.append({name: t.detach().cpu().clone() for name, t in tail.state_dict().items()})
         report((f + 1) / k, f"tail {f + 1}/{k}: predicted its {len(held)} held-out images")
     return CrossFit(probs, readable.copy(), states)
+
+
+def tail_probs(states: list[dict], paths: Sequence[str | Path], folds: np.ndarray, *, backbone: nn.Module,
+               cut: int, arch: str, num_classes: int, image_size: int,
+               device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Rescoring with the K tails of cross_fit_maps on top of the frozen `backbone`'s prefix (path_maps at `cut`):
+    images with a fold (folds[i] in [0, K)) get their own held-out tail's probabilities, images with folds[i] = -1
+    (new since the fit) the tails' mean; each tail averages the image's two views as in the fit.
+    -> probs (N, C) P(label | x), readable (N,) (unreadable rows are zero)."""
+    folds = np.asarray(folds, np.int64)
+    if len(folds) != len(paths):
+        raise ValueError(f"paths and folds must have one row per image: {len(paths)}, {len(folds)}")
+    probs = np.zeros((len(paths), num_classes), np.float32)
+    if not len(paths):
+        return probs, np.ones(0, bool)
+    dev = resolve_device(device)
+    maps, readable = path_maps(backbone, paths, cut=cut, arch=arch, image_size=image_size, device=str(dev))
+    for f, state in enumerate(states):
+        rows = np.flatnonzero(((folds == f) | (folds < 0)) & readable)
+        if not len(rows):
+            continue
+        tail = Tail(backbone, cut, num_classes)
+        tail.load_state_dict(state)
+        tail.to(dev).eval()
+        share = np.where(folds[rows] < 0, 1.0 / len(states), 1.0).astype(np.float32)[:, None]
+        for v in range(maps.shape[1]):
+            p = _batched(tail, np.ascontiguousarray(maps[rows, v]), "forward", dev).softmax(1).cpu().numpy()
+            probs[rows] += share * p / maps.shape[1]
+    return probs, readable

@@ -7,16 +7,18 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from annotator import adapt_round, pipeline
+from annotator.artifacts import ADAPTED_FORMAT, adapted_probs, imagenet_network, load_scorer
 from annotator.cli import cli
 from annotator.ingest import ingest_folder
 from annotator.publish import REVIEWED
 from annotator.round_config import RoundConfig, load_round_config, save_round_config
 from annotator.store import Store
-from cleannet_core.adapt import AdaptConfig, cross_fit, ensemble_probs
+from cleannet_core.adapt import AdaptConfig, TailConfig, cross_fit, ensemble_probs, tail_probs
 from cleannet_core.classifier import Backbone, predict
 from helpers import REPO, wait_for, write_images
 
@@ -56,7 +58,7 @@ def test_bad_folds_are_refused(tmp_path):
                   init_state=None, config=TINY, device="cpu")
 
 
-def _project(tmp_path, n_per=24, flip=0.2, seed=0):
+def _project(tmp_path, n_per=24, flip=0.2, seed=0, cfg=ROUND):
     """Two colour classes in folders, `flip` of each filed under the other; a frozen first model."""
     rng = np.random.default_rng(seed)
     clean = np.repeat([0, 1], n_per)
@@ -64,8 +66,8 @@ def _project(tmp_path, n_per=24, flip=0.2, seed=0):
     write_images(tmp_path / "images", clean, folders=[["red", "green"][y] for y in noisy])
     store = Store(tmp_path / "state" / "a.db")
     ingest_folder(store, tmp_path / "images", progress=False)
-    save_round_config(store, ROUND)
-    pipeline.run_round(store, ROUND)
+    save_round_config(store, cfg)
+    pipeline.run_round(store, cfg)
     truth = {}
     for r in store.iter_images():
         k = int(r["path"].rsplit("img", 1)[1][:4])
@@ -237,3 +239,71 @@ def test_the_worker_adapts_when_idle_and_the_cli_sets_and_runs_it(tmp_path):
     res = CliRunner().invoke(cli, ["--db", db, "adapt", "--epochs", "1"])  # on request, whatever the setting
     assert res.exit_code == 0, res.output
     assert "held-out audit verdicts" in res.output
+
+
+LITE = RoundConfig(arch="efficientnet_lite0", image_size=32, num_ref=2, adapt="on")  # adapt_layers: tail
+TAIL = TailConfig(cut=8, epochs=1, batch_size=16)
+
+
+def test_an_old_whole_network_file_still_scores_new_images(tmp_path):
+    """An adapted file written before the format field (whole networks only) is read as layers full: new images
+    get the networks' mean, fitted images their stored probabilities."""
+    paths = [str(p) for p in write_images(tmp_path, [0, 1] * 5)]
+    fit = cross_fit(paths[:8], np.array([0, 1] * 4), np.arange(8) // 4, 2, arch="resnet18", image_size=16,
+                    init_state=None, config=TINY, device="cpu")
+    old = tmp_path / "adapted-old.pt"
+    torch.save({"arch": "resnet18", "image_size": 16, "config": TINY.state(), "class_ids": [1, 2],
+                "ids": torch.arange(1, 9), "probs": torch.from_numpy(fit.probs.astype(np.float16)),
+                "states": fit.states}, old)
+    probs = adapted_probs({"path": str(old)}, ids=np.arange(1, 11), paths=paths, class_ids=[1, 2])
+    mean, _ = ensemble_probs(fit.states, paths[8:], arch="resnet18", num_classes=2, image_size=16, device="cpu")
+    np.testing.assert_array_equal(probs[:8], fit.probs.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(probs[8:], mean)
+
+
+@pytest.mark.slow
+def test_a_tail_adapted_round_serves_saves_its_tails_and_scores_new_images_with_them(tmp_path):
+    """adapt_layers tail on Lite0: the round trains tails on the frozen ImageNet prefix, its file says so and
+    reloads, a rescore scores a new image with the tails' mean on that prefix, and the guard still refuses a
+    worse model."""
+    store, truth = _project(tmp_path, cfg=LITE)
+    _audit(store, truth)
+    oracle = _model_from(store, {i: 1.0 if ok else 0.0 for i, ok in truth.items()})
+    out = adapt_round.run_adapt_round(store, LITE, config=TAIL)
+    assert out.version is None and store.current_model()["version"] == oracle  # the guard: no error to beat
+    _model_from(store, {i: 0.0 if ok else 1.0 for i, ok in truth.items()})  # every flag wrong
+    store.set_setting(adapt_round.SETTING, {})
+    out = adapt_round.run_adapt_round(store, LITE, config=TAIL)
+    current = store.current_model()
+    assert out.version == current["version"] and current["metrics"]["adapted"] is True
+    ref = load_scorer(current["checkpoint"])["adapted"]
+    saved = torch.load(ref["path"], weights_only=True)
+    assert (saved["format"], saved["layers"], saved["config"]["cut"]) == (ADAPTED_FORMAT, "tail", 8)
+    assert len(saved["states"]) == 2 and "w" in saved["states"][0] and "_blocks.0.weight" not in saved["states"][0]
+    data = pipeline.load_data(store)
+    again = adapted_probs(ref, ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist())
+    np.testing.assert_array_equal(again, saved["probs"].float().numpy())
+    write_images(tmp_path / "images", [0], start=900, folders=["red"])
+    ingest_folder(store, tmp_path / "images", progress=False)
+    v = pipeline.rescore(store, LITE)
+    data = pipeline.load_data(store)
+    new = int(np.flatnonzero(~np.isin(data.ids, saved["ids"].numpy()))[0])
+    prefix = imagenet_network("efficientnet_lite0", weights_path=None)
+    expected, ok = tail_probs(saved["states"], [data.paths[new]], np.array([-1]), backbone=prefix, cut=8,
+                              arch="efficientnet_lite0", num_classes=2, image_size=32)
+    probs = adapted_probs(ref, ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist())
+    np.testing.assert_allclose(probs[new], expected[0], rtol=1e-5) and ok.all()
+    assert 0 < expected[0, 0] < 1 and store.current_model()["version"] == v
+    assert len(store.current_scores()) == len(truth) + 1
+
+
+def test_the_estimate_follows_adapt_layers():
+    """tail: maps once and TailConfig's epochs at the per-image constants; full: adapt_epochs at the Lite0 rate;
+    a ResNet always runs full."""
+    cpu = torch.device("cpu")
+    est = adapt_round.estimate_s(1000, LITE, image_size=128, device=cpu)
+    assert est == pytest.approx(1000 * (adapt_round.TAIL_MAPS_S + 2 * adapt_round.TAIL_TRAIN_S))
+    full = adapt_round.estimate_s(1000, replace(LITE, adapt_layers="full"), image_size=128, device=cpu)
+    assert full == pytest.approx(1000 * 6.3 / adapt_round.CPU_IMAGES_PER_S)
+    assert adapt_round.layers(ROUND) == "full" and adapt_round.layers(LITE) == "tail"
+    assert adapt_round.estimate_s(1000, LITE, image_size=128, device=torch.device("cuda")) is None

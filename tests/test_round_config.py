@@ -20,7 +20,8 @@ def test_defaults_are_the_product_defaults():
     (dict(num_ref=0), "num_ref must be an integer >= 1"), (dict(steps=2.5), "steps must be an integer"),
     (dict(backbone_epochs=True), "backbone_epochs must be an integer"), (dict(image_size=-1), "image_size"),
     (dict(backbone_lr=0), "backbone_lr must be a number"), (dict(backbone_lr="fast"), "backbone_lr"),
-    (dict(weights_path=""), "weights_path"), (dict(device=3), "device")])
+    (dict(weights_path=""), "weights_path"), (dict(device=3), "device"),
+    (dict(adapt_layers="head"), r"adapt_layers must be one of \('tail', 'full'\)")])
 def test_bad_values_are_named(bad, match):
     with pytest.raises(BadRoundConfig, match=match):
         RoundConfig(**bad)

@@ -101,11 +101,14 @@ def train(ctx, full, steps, method) -> None:
 @click.option("--set", "mode", type=click.Choice(["auto", "on", "off"]),
               help="store when the worker adapts: auto (on a GPU) | on (also on a CPU, within the budget) | off; then exit")
 @click.option("--budget", type=click.FloatRange(min=1, max=10_000), help="with --set: the CPU budget in minutes")
-@click.option("--epochs", type=click.IntRange(min=1), help="epochs of each cross-fitted network (this run)")
+@click.option("--layers", type=click.Choice(["tail", "full"]),
+              help="this run: tail (Lite0's last blocks on frozen maps) | full (whole networks)")
+@click.option("--epochs", type=click.IntRange(min=1), help="epochs of each cross-fitted whole network (this run)")
 @click.pass_context
-def adapt(ctx, mode, budget, epochs) -> None:
-    """Run an adapted round now: fine-tune the backbone on the data, cross-fitted, and make it current only if
-    it makes fewer errors than the current model on the held-out audit verdicts.
+def adapt(ctx, mode, budget, layers, epochs) -> None:
+    """Run an adapted round now: fine-tune the backbone (its last blocks, or whole networks: round setting
+    adapt_layers) on the data, cross-fitted, and make it current only if it makes fewer errors than the current
+    model on the held-out audit verdicts.
 
     Example: annotator adapt              (or: annotator adapt --set on --budget 30)
     """
@@ -117,7 +120,7 @@ def adapt(ctx, mode, budget, epochs) -> None:
     from ..artifacts import current_backbone
     from ..round_config import save_round_config
     store = open_store(ctx)
-    cfg = round_config(store, adapt_epochs=epochs)
+    cfg = round_config(store, adapt_epochs=epochs, adapt_layers=layers)
     if mode or budget:
         cfg = replace(cfg, adapt=mode or cfg.adapt, adapt_budget_min=budget or cfg.adapt_budget_min)
         save_round_config(store, cfg)
