@@ -5,8 +5,7 @@ round setting adapt_layers: "tail", Lite0's last blocks on the frozen ImageNet p
 networks from the image files) are fine-tuned from the ImageNet weights on the noisy labels, with the verdicts
 applied (a corrected label replaces the noisy one; CleanNet's soft weights from the current scores down-weight
 suspected noise; a "wrong" verdict without a correction weighs 0), each scoring only the images it did not train
-on. Their out-of-fold probabilities feed the
-noise model and the robust score in place of the linear probe's.
+on. Their out-of-fold probabilities feed the noise model and the robust score in place of the linear probe's.
 
 The adapted model becomes current only when it makes fewer errors than the current model on the held-out audit
 verdicts (random draws no model trained on; ties broken by log-loss); otherwise the frozen model keeps serving
