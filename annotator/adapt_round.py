@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -26,6 +27,7 @@ from cleannet_core import scoring
 from cleannet_core.adapt import AdaptConfig, CrossFit, TailConfig, cross_fit, cross_fit_maps, path_maps
 from cleannet_core.alternate import round_weights, training_weights
 from cleannet_core.classifier import resolve_device
+from cleannet_core.efficientnet import LITE0_STAGES, STEM
 from cleannet_core.features import load_imagenet_weights
 
 from .artifacts import (BackboneInfo, current_backbone, imagenet_network, save_adapted_artifact,
@@ -44,6 +46,7 @@ FOLDS = 2
 CPU_IMAGES_PER_S = 7.0     # Lite0 training images per second on a 2-core CPU at 128 px, scaled by (128 / size)^2
                            # (measured with other jobs sharing the cores, so the estimate errs long;
                            # benchmarks/README.md, "Adapted features")
+TAIL_MAPS_MAX_GB = 8.0     # tail: the most memory its maps may take (20 KB an image at 128 px, 61 KB at 224)
 TAIL_MAPS_S = 0.035        # tail: seconds per image for the frozen prefix's maps of it and its mirror, and
 TAIL_TRAIN_S = 0.03        # seconds per image and epoch for the K tails' training and prediction; both on the
                            # 2-core CPU at 128 px, scaled by (size / 128)^2 (benchmarks/head_adapt.py on
@@ -73,10 +76,23 @@ def data_key(data: Data) -> str:
     return h.hexdigest()
 
 
-def layers(cfg: RoundConfig) -> str:
-    """Which layers the round adapts: "tail" (the setting adapt_layers, on efficientnet_lite0: the tail split
-    exists for Lite0 only) or "full" (whole networks)."""
-    return "tail" if cfg.adapt_layers == "tail" and cfg.arch == "efficientnet_lite0" else "full"
+def layers(cfg: RoundConfig, device: torch.device) -> str:
+    """Which layers the round adapts on device: "tail" (the setting adapt_layers tail, or auto on a CPU; on
+    efficientnet_lite0 only: the tail split exists for Lite0) or "full" (whole networks)."""
+    tail = cfg.adapt_layers == "tail" or (cfg.adapt_layers == "auto" and device.type == "cpu")
+    return "tail" if tail and cfg.arch == "efficientnet_lite0" else "full"
+
+
+def tail_maps_bytes(n_images: int, *, image_size: int, cut: int = TailConfig().cut) -> int:
+    """Bytes of the float16 maps a tail round holds in memory: n images x 2 views x the prefix's output at cut."""
+    channels, stride, k = STEM, 2, 0
+    for repeats, _, s, _, cout in LITE0_STAGES:
+        for i in range(repeats):
+            if k < cut:
+                channels, stride = cout, stride * (s if i == 0 else 1)
+            k += 1
+    side = math.ceil(image_size / stride)
+    return n_images * 2 * channels * side * side * 2
 
 
 def estimate_s(n_images: int, cfg: RoundConfig, *, image_size: int, device: torch.device) -> float | None:
@@ -84,7 +100,7 @@ def estimate_s(n_images: int, cfg: RoundConfig, *, image_size: int, device: torc
     adapt_epochs x (K-1)/K of the images, plus one prediction pass; tail: the maps once, then TailConfig's epochs."""
     if device.type != "cpu":
         return None
-    if layers(cfg) == "tail":
+    if layers(cfg, device) == "tail":
         return n_images * (TAIL_MAPS_S + TailConfig().epochs * TAIL_TRAIN_S) * (image_size / 128) ** 2
     per_s = CPU_IMAGES_PER_S * (128 / image_size) ** 2
     return n_images * (cfg.adapt_epochs * (FOLDS - 1) + 0.3) / per_s
@@ -153,7 +169,7 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
                     config: AdaptConfig | TailConfig | None = None) -> Outcome:
     """Fine-tune, cross-fitted; fit the robust score on the out-of-fold probabilities; publish only if it beats
     the current model on the held-out audit verdicts. The outcome is stored under the setting SETTING.
-    config: TailConfig when layers(cfg) is "tail", AdaptConfig when "full"; None = the defaults (adapt_epochs)."""
+    config: TailConfig when layers(cfg, device) is "tail", AdaptConfig when "full"; None = the defaults."""
     current = store.current_model()
     if current is None:
         raise ValueError("no model yet: the frozen first model serves first (run `train`)")
@@ -208,13 +224,18 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
 def _cross_fit(data: Data, labels: np.ndarray, weights: np.ndarray, folds: np.ndarray, cfg: RoundConfig, *,
                config: AdaptConfig | TailConfig | None, image_size: int, device: torch.device,
                report: Report) -> tuple[CrossFit, AdaptConfig | TailConfig, dict]:
-    """The K cross-fitted networks of layers(cfg) on labels (N,), weights (N,), folds (N,) -> (the fit, its
-    config, save_adapted_artifact's layer arguments)."""
+    """The K cross-fitted networks of layers(cfg, device) on labels (N,), weights (N,), folds (N,) -> (the fit, its
+    config, save_adapted_artifact's layer arguments). Raises ValueError when a tail round's maps would not fit
+    TAIL_MAPS_MAX_GB."""
     n, k = len(data.ids), int(folds.max(initial=0)) + 1
-    if layers(cfg) == "tail":
+    if layers(cfg, device) == "tail":
         config = config or TailConfig()
         if not isinstance(config, TailConfig):
             raise ValueError(f"adapt_layers tail takes a TailConfig, got {type(config).__name__}")
+        need = tail_maps_bytes(n, image_size=image_size, cut=config.cut) / 2**30
+        if need > TAIL_MAPS_MAX_GB:
+            raise ValueError(f"a tail round over {n} images at {image_size} px would hold {need:.1f} GB of maps "
+                             f"(more than {TAIL_MAPS_MAX_GB:g} GB): set adapt_layers full")
         prefix = imagenet_network(cfg.arch, weights_path=cfg.weights_path)
         report("backbone", 0.0, f"adapting the last blocks: the frozen network up to block {config.cut} on "
                                 f"{n} images and their mirrors")

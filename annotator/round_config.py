@@ -19,7 +19,7 @@ METHODS = tuple(REGISTERED)        # the scoring methods (cleannet_core.registry
 ARCHS = ("efficientnet_lite0", "resnet18", "resnet50")  # the backbones cleannet_core.classifier builds
 BACKBONES = ("pretrained", "finetuned", "noisy")        # where a new backbone's weights come from
 ADAPT = ("auto", "on", "off")      # when the adapted round runs
-ADAPT_LAYERS = ("tail", "full")    # what the adapted round fine-tunes
+ADAPT_LAYERS = ("auto", "tail", "full")  # what the adapted round fine-tunes
 DECODERS = ("cpu", "gpu")          # cleannet_core.loading.DECODERS: where extraction decodes JPEGs
 SETTING = "round"                  # the settings key
 
@@ -54,11 +54,11 @@ class RoundConfig:
                                        # serves: auto = on a GPU | on = also on a CPU within adapt_budget_min
                                        # | off (annotator.adapt_round)
     adapt_budget_min: float = 30.0     # the longest adapted round the worker starts on a CPU, by its estimate
-    adapt_layers: str = "tail"         # tail: Lite0's last blocks (8 of 16) on maps the frozen ImageNet network
+    adapt_layers: str = "auto"         # tail: Lite0's last blocks (8 of 16) on maps the frozen ImageNet network
                                        # computes once per image (cleannet_core.adapt.TailConfig; ~5 min for 3,000
                                        # images on 2 CPU cores, better than the frozen features on the dev cases)
-                                       # | full: whole networks fine-tuned from the image files; other archs
-                                       # than efficientnet_lite0 always run full
+                                       # | full: whole networks fine-tuned from the image files | auto: tail on a
+                                       # CPU, full on a GPU; other archs than efficientnet_lite0 always run full
     adapt_epochs: int = 6              # epochs of each cross-fitted whole network (adapt_layers full)
     conflict_weight: float = 0.5       # calibrated scores of images whose near-duplicate carries another label are
                                        # lowered: s * (1 - w * that label's best score); 0 = off (chosen on the

@@ -20,6 +20,7 @@ from annotator.round_config import RoundConfig, load_round_config, save_round_co
 from annotator.store import Store
 from cleannet_core.adapt import AdaptConfig, TailConfig, cross_fit, ensemble_probs, tail_probs
 from cleannet_core.classifier import Backbone, predict
+from cleannet_core.efficientnet import lite_prefix
 from helpers import REPO, wait_for, write_images
 
 TINY = AdaptConfig(folds=2, epochs=2, lr=0.05, label_smoothing=0.0)
@@ -292,7 +293,8 @@ def test_a_tail_adapted_round_serves_saves_its_tails_and_scores_new_images_with_
     expected, ok = tail_probs(saved["states"], [data.paths[new]], np.array([-1]), backbone=prefix, cut=8,
                               arch="efficientnet_lite0", num_classes=2, image_size=32)
     probs = adapted_probs(ref, ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist())
-    np.testing.assert_allclose(probs[new], expected[0], rtol=1e-5) and ok.all()
+    np.testing.assert_allclose(probs[new], expected[0], rtol=1e-5)
+    assert ok.all()
     assert 0 < expected[0, 0] < 1 and store.current_model()["version"] == v
     assert len(store.current_scores()) == len(truth) + 1
 
@@ -305,5 +307,24 @@ def test_the_estimate_follows_adapt_layers():
     assert est == pytest.approx(1000 * (adapt_round.TAIL_MAPS_S + 2 * adapt_round.TAIL_TRAIN_S))
     full = adapt_round.estimate_s(1000, replace(LITE, adapt_layers="full"), image_size=128, device=cpu)
     assert full == pytest.approx(1000 * 6.3 / adapt_round.CPU_IMAGES_PER_S)
-    assert adapt_round.layers(ROUND) == "full" and adapt_round.layers(LITE) == "tail"
-    assert adapt_round.estimate_s(1000, LITE, image_size=128, device=torch.device("cuda")) is None
+    gpu = torch.device("cuda")
+    assert adapt_round.layers(ROUND, cpu) == "full" and adapt_round.layers(LITE, cpu) == "tail"
+    assert adapt_round.layers(LITE, gpu) == "full" and adapt_round.layers(replace(LITE, adapt_layers="tail"), gpu) \
+        == "tail" and adapt_round.layers(replace(LITE, adapt_layers="full"), cpu) == "full"
+    assert adapt_round.estimate_s(1000, LITE, image_size=128, device=gpu) is None
+
+
+def test_tail_maps_have_the_prefix_shape_and_a_memory_cap(tmp_path, monkeypatch):
+    """The bytes a tail round's maps take are those of the prefix's real output; over TAIL_MAPS_MAX_GB the round
+    refuses, naming the setting that avoids it."""
+    prefix = imagenet_network("efficientnet_lite0", weights_path=None)
+    with torch.no_grad():
+        out = lite_prefix(prefix.eval(), torch.zeros(1, 3, 128, 128), 8)
+    assert adapt_round.tail_maps_bytes(1, image_size=128) == 2 * out.numel() * 2 == 20_480
+    assert adapt_round.tail_maps_bytes(1, image_size=224) == 2 * 80 * 14 * 14 * 2
+    store, truth = _project(tmp_path, cfg=LITE)
+    _audit(store, truth)
+    _model_from(store, {i: 0.0 if ok else 1.0 for i, ok in truth.items()})
+    monkeypatch.setattr(adapt_round, "TAIL_MAPS_MAX_GB", 1e-9)
+    with pytest.raises(ValueError, match="set adapt_layers full"):
+        adapt_round.run_adapt_round(store, LITE, config=TAIL)

@@ -21,7 +21,7 @@ def test_defaults_are_the_product_defaults():
     (dict(backbone_epochs=True), "backbone_epochs must be an integer"), (dict(image_size=-1), "image_size"),
     (dict(backbone_lr=0), "backbone_lr must be a number"), (dict(backbone_lr="fast"), "backbone_lr"),
     (dict(weights_path=""), "weights_path"), (dict(device=3), "device"),
-    (dict(adapt_layers="head"), r"adapt_layers must be one of \('tail', 'full'\)")])
+    (dict(adapt_layers="head"), r"adapt_layers must be one of \('auto', 'tail', 'full'\)")])
 def test_bad_values_are_named(bad, match):
     with pytest.raises(BadRoundConfig, match=match):
         RoundConfig(**bad)
