@@ -23,6 +23,7 @@ import numpy as np
 
 from annotator import adapt_round, pipeline
 from annotator.round_config import RoundConfig, load_round_config, save_round_config
+from annotator.store import Store
 
 from .common import CACHE
 from .report import write_json
@@ -49,22 +50,29 @@ def judged(score: np.ndarray, delta: float, wrong: np.ndarray, open_set: np.ndar
     return out | {"x_flag_nothing": out["error"] / nothing if nothing else None}
 
 
+def verdict_session(store: Store, data: pipeline.Data, split: list[int], truths: dict, *, cfg: RoundConfig,
+                    seed: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """A session up to the adapted round: the split's classes verified, the frozen first model, LEVEL truthful
+    verdicts from the product's queue with a frozen round every LEVEL / 2 -> (verdicts given, wrong (N,) bool,
+    open_set (N,) bool: the truth of data's images)."""
+    store.set_verify([data.class_names[c] for c in split], True)
+    save_round_config(store, cfg)
+    rng, given = random.Random(seed), 0
+    pipeline.run_round(store, cfg)
+    for level in (LEVEL // 2, LEVEL):
+        given += answer(store, level - given, truths, rng)
+        pipeline.run_round(store, load_round_config(store))
+    t = [truths[str(Path(p).resolve())] for p in data.paths]
+    wrong = np.array([clean != data.class_names[y] for (_, clean, _), y in zip(t, data.labels)])
+    return given, wrong, np.array([clean == OPEN_SET for _, clean, _ in t])
+
+
 def session(case, db: Path, split: list[int], seed: int, truths: dict, state: Path, args) -> dict:
     store = session_store(db, state / "session")
     try:
         data = pipeline.load_data(store)
-        store.set_verify([data.class_names[c] for c in split], True)
-        cfg = RoundConfig(adapt_epochs=args.epochs, adapt="on")
-        save_round_config(store, cfg)
-        rng = random.Random(seed)
-        given = 0
-        pipeline.run_round(store, cfg)
-        for level in (LEVEL // 2, LEVEL):
-            given += answer(store, level - given, truths, rng)
-            pipeline.run_round(store, load_round_config(store))
-        t = [truths[str(Path(p).resolve())] for p in data.paths]
-        wrong = np.array([clean != data.class_names[y] for (_, clean, _), y in zip(t, data.labels)])
-        open_set = np.array([clean == OPEN_SET for _, clean, _ in t])
+        given, wrong, open_set = verdict_session(store, data, split, truths, seed=seed,
+                                                 cfg=RoundConfig(adapt_epochs=args.epochs, adapt="on"))
         held = ~np.isin(data.labels, split)
         frozen = store.current_model()
         by_id = store.current_scores()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from annotator import adapt_round, pipeline
 from annotator.artifacts import current_backbone
 from annotator.publish import with_conflicts
-from annotator.round_config import RoundConfig, load_round_config, save_round_config
+from annotator.round_config import RoundConfig, load_round_config
 from annotator.store import Store
 from cleannet_core import scoring
 from cleannet_core.adapt import TailConfig, cross_fit_maps, path_maps
@@ -37,10 +36,10 @@ from cleannet_core.classifier import Backbone
 from cleannet_core.features import load_imagenet_weights
 from cleannet_core.metrics import auroc
 
-from .adapted import LEVEL, judged
+from .adapted import judged, verdict_session
 from .common import CACHE
-from .robustness import answer, session_store, template
-from .suite_cases import OPEN_SET, build, by_name, truth
+from .robustness import session_store, template
+from .suite_cases import build, by_name, truth
 
 CUTS = (8, 11, 15, 16)   # block indices whose input is cached: stage 5 (80 x 8 x 8), stage 6 (112 x 8 x 8), the
                          # last block (192 x 4 x 4), the head conv (320 x 4 x 4); at 128 px
@@ -61,16 +60,7 @@ def prepare(args) -> None:
     store = session_store(db, out / "session")
     try:
         data = pipeline.load_data(store)
-        store.set_verify([data.class_names[c] for c in split], True)
-        save_round_config(store, RoundConfig(adapt="on"))
-        rng, given = random.Random(0), 0
-        pipeline.run_round(store, load_round_config(store))
-        for level in (LEVEL // 2, LEVEL):
-            given += answer(store, level - given, truths, rng)
-            pipeline.run_round(store, load_round_config(store))
-        t = [truths[str(Path(p).resolve())] for p in data.paths]
-        wrong = np.array([clean != data.class_names[y] for (_, clean, _), y in zip(t, data.labels)])
-        open_set = np.array([clean == OPEN_SET for _, clean, _ in t])
+        given, wrong, open_set = verdict_session(store, data, split, truths, cfg=RoundConfig(adapt="on"), seed=0)
         by_id = store.current_scores()
         np.savez(out / "truth.npz", wrong=wrong, open_set=open_set, held=~np.isin(data.labels, split),
                  frozen=np.array([by_id[int(i)] for i in data.ids]), delta=store.current_model()["delta"],
