@@ -158,11 +158,11 @@ def near_pairs(sub: np.ndarray, paths: list[str], keys: list[str], *, config: Gr
     """(pairs (P, 2) of rows of sub, the search used): from config.exact_below images, cosine >= config.threshold;
     below, cosine >= config.pixel_until, or >= config.pixel_from and confirmed by pixels (paths, keys: the rows'
     files and hashes)."""
-    small, alone = len(sub) < config.exact_below, features_alone(config, len(sub))
-    pairs, cos, method = similar_pairs(sub, config=replace(config, threshold=min(alone, config.pixel_from) if small
-                                                           else alone),
+    alone = features_alone(config, len(sub))
+    low = min(alone, config.pixel_from) if len(sub) < config.exact_below else alone
+    pairs, cos, method = similar_pairs(sub, config=replace(config, threshold=low),
                                        progress=lambda frac, message: progress(0.5 * frac, message))
-    band = cos < alone if small else np.zeros(len(cos), bool)
+    band = cos < alone                                           # empty from exact_below: low is alone there
     if band.any():
         ok = ~band
         ok[band] = confirmed_by_pixels(pairs[band], paths, keys, config=config,

@@ -80,8 +80,8 @@ COLUMN_DOCS = {  # column of the full format -> what it holds (shown in the READ
     "corrected_label": "true class given with a 'wrong' verdict, or empty",
     "annotator": "who gave the verdict (a propagated one: who applied it)",
     "verified_at": "when, ISO 8601 UTC",
-    "score": "current model's score, higher = label more likely correct (transfer: P(label correct) in [0, 1]; "
-             "paper: CleanNet relevance in [-1, 1]); empty without a score",
+    "score": "current model's score, higher = label more likely correct (robust and transfer: P(label correct) in "
+             "[0, 1]; paper: CleanNet relevance in [-1, 1]); empty without a score",
     "threshold": "score threshold in force (argument, else the lead's override, else the model's delta)",
     "predicted_noisy": "1 if score < threshold: the model's view alone, verdicts not applied",
     "w_soft": "training weight: 1 for a kept verdict, 0 for a dropped one, else max(0, score)",
@@ -90,8 +90,8 @@ COLUMN_DOCS = {  # column of the full format -> what it holds (shown in the READ
     "suggested_score": "score of suggested_label",
     "model_version": "version of the model that scored the row",
     "duplicate_group": "the smallest image id of the row's near-duplicate group (same content hash, features with "
-                       "cosine >= 0.79, or from 0.60 with matching thumbnails; `annotator duplicates`), empty when "
-                       "it is in none",
+                       "cosine >= 0.90, or from 0.60 with matching aligned thumbnails; from 20,000 images features "
+                       "with cosine >= 0.79; `annotator duplicates`), empty when it is in none",
     "outlier_score": "1 - the largest cosine of the image's features to any class centroid: higher = further from "
                      "every class; empty before the first duplicate run",
     "verdict_reason": "how the verdict came: uncertain (served as one the model is least sure about), audit (a random "

@@ -295,3 +295,11 @@ def test_every_spec_section_cited_exists():
              for n in match.groups() if n}
     assert {"1", "3.2", "4.1", "6", "10"} <= cited  # the parser finds what the code cites
     assert sorted(cited - headings) == []
+
+
+def test_the_export_columns_read_as_the_code_documents_them():
+    """Each full-format column's row in the README's export table is ``export.COLUMN_DOCS``' text (the Export page
+    shows that text too), so neither drifts from the other."""
+    from annotator.export import COLUMN_DOCS
+    stale = [name for name, doc in COLUMN_DOCS.items() if f"| `{name}` | {doc} |" not in README]
+    assert stale == []
