@@ -13,11 +13,13 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from typing import TypeVar
 
 from .schema import LIVE
 from .base import StoreBase, StoreError, _ids_json
 from .review import FREE, NOT_EXCLUDED
 
+T = TypeVar("T")
 _CURRENT = "(SELECT id FROM duplicate_runs WHERE is_current = 1)"
 PROPAGATED = "propagated"  # verdicts.reason of a verdict applied from a near-duplicate's (source_id)
 BLIND = ("audit", "transfer_check")  # random draws that measure: never applied from, nor to an image drawn so
@@ -35,6 +37,18 @@ _OPEN_MEMBERS = (
 class NotPropagable(StoreError):
     """A verdict that cannot be applied to near-duplicates: not live, not the annotator's own, 'unsure', or a
     blind draw's (audit, transfer check)."""
+
+
+def agreeing(rows: Iterable[tuple[int, tuple, T]]) -> dict[int, T]:
+    """{image id: the first payload} of rows (image id, what a source verdict implies for it, payload), leaving out
+    the images two rows imply different things for: several verdicts (a grid page) speak for a copy only together."""
+    first: dict[int, tuple[tuple, T]] = {}
+    clash: set[int] = set()
+    for image_id, said, payload in rows:
+        if image_id in first and first[image_id][0] != said:
+            clash.add(image_id)
+        first.setdefault(image_id, (said, payload))
+    return {i: payload for i, (_, payload) in first.items() if i not in clash}
 
 
 def implied(verdict: str, label_id: int, corrected_id: int | None,
@@ -192,16 +206,9 @@ class DuplicatesMixin(StoreBase):
         """``propagation_offer`` of several verdicts (a saved grid page) merged, each row with its ``source`` (verdict
         id): a copy two of them reach with the same implication is offered once (by the first), a copy they
         disagree on not at all. By image id."""
-        merged: dict[int, dict] = {}
-        clash: set[int] = set()
-        for vid in verdict_ids:
-            for o in self.propagation_offer(vid, annotator, now=now):
-                seen = merged.get(o["image_id"])
-                if seen is None:
-                    merged[o["image_id"]] = o | {"source": vid}
-                elif (seen["verdict"], seen["corrected_label"]) != (o["verdict"], o["corrected_label"]):
-                    clash.add(o["image_id"])
-        return [merged[i] for i in sorted(merged) if i not in clash]
+        agreed = agreeing((o["image_id"], (o["verdict"], o["corrected_label"]), o | {"source": vid})
+                          for vid in verdict_ids for o in self.propagation_offer(vid, annotator, now=now))
+        return [agreed[i] for i in sorted(agreed)]
 
     def propagate_verdict(self, verdict_id: int, annotator: str, image_ids: Iterable[int], *,
                           session_id: int | None = None) -> list[int]:
@@ -222,17 +229,10 @@ class DuplicatesMixin(StoreBase):
         now = time.time()
         batch = f"propagated-{secrets.token_hex(6)}"
         with self._tx():
-            planned: dict[int, tuple[int, tuple]] = {}   # image id -> (source, (verdict, corrected label id))
-            clash: set[int] = set()
-            for verdict_id, image_ids in sources:
-                for image_id, said in self._implications(verdict_id, annotator, image_ids, now=now):
-                    if image_id in planned and planned[image_id][1] != said:
-                        clash.add(image_id)
-                    planned.setdefault(image_id, (verdict_id, said))
+            planned = agreeing((image_id, said, (verdict_id, said)) for verdict_id, image_ids in sources
+                               for image_id, said in self._implications(verdict_id, annotator, image_ids, now=now))
             made = []
             for image_id, (verdict_id, said) in sorted(planned.items(), key=lambda kv: (kv[1][0], kv[0])):
-                if image_id in clash:
-                    continue
                 made.append(self.db.execute(
                     "INSERT INTO verdicts (image_id, annotator, verdict, corrected_label_id, reason, source_id,"
                     " session_id, batch, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
