@@ -27,7 +27,7 @@ from cleannet_core import scoring
 from cleannet_core.adapt import AdaptConfig, CrossFit, TailConfig, cross_fit, cross_fit_maps, path_maps
 from cleannet_core.alternate import round_weights, training_weights
 from cleannet_core.classifier import resolve_device
-from cleannet_core.efficientnet import LITE0_STAGES, STEM
+from cleannet_core.efficientnet import lite_prefix_shape
 from cleannet_core.features import load_imagenet_weights
 
 from .artifacts import (BackboneInfo, current_backbone, imagenet_network, save_adapted_artifact,
@@ -85,14 +85,7 @@ def layers(cfg: RoundConfig, device: torch.device) -> str:
 
 def tail_maps_bytes(n_images: int, *, image_size: int, cut: int = TailConfig().cut) -> int:
     """Bytes of the float16 maps a tail round holds in memory: n images x 2 views x the prefix's output at cut."""
-    channels, stride, k = STEM, 2, 0
-    for repeats, _, s, _, cout in LITE0_STAGES:
-        for i in range(repeats):
-            if k < cut:
-                channels, stride = cout, stride * (s if i == 0 else 1)
-            k += 1
-    side = math.ceil(image_size / stride)
-    return n_images * 2 * channels * side * side * 2
+    return n_images * 2 * math.prod(lite_prefix_shape(cut, image_size)) * 2
 
 
 def estimate_s(n_images: int, cfg: RoundConfig, *, image_size: int, device: torch.device) -> float | None:
@@ -190,14 +183,8 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
                                     device=device, report=report)
     probs = _fill_unreadable(fit)
     report("training", 0.0, f"robust score on the adapted probabilities and {len(split.train)} verdicts")
-    data_in = scoring.RoundData(feats=np.zeros((len(data.ids), 0), np.float16), labels=data.labels, folds=folds,
-                                num_classes=len(data.class_ids), refs=np.zeros((len(data.class_ids), 1, 1)),
-                                valid=np.ones(len(data.class_ids), bool), readable=fit.readable,
-                                train_idx=split.train, train_ok=split.train_correct, val_idx=split.val,
-                                val_ok=split.val_correct, probs=probs)
-    fitted = scoring.method("robust").fit(data_in, device=device)
-    fitted = replace(fitted, scores=with_conflicts(store, data, fitted.scores,
-                                                   weight=conflict_weight(cfg, fitted.state), verdicts=verdicts))
+    fitted = score_probs(store, data, probs, folds=folds, readable=fit.readable, split=split, cfg=cfg,
+                         verdicts=verdicts, device=device)
     report("training", 1.0, fitted.note)
     verdict = compare(store, data, split, fitted.scores.score, fitted.delta)
     key = data_key(data)
@@ -239,12 +226,13 @@ def _cross_fit(data: Data, labels: np.ndarray, weights: np.ndarray, folds: np.nd
         prefix = imagenet_network(cfg.arch, weights_path=cfg.weights_path)
         report("backbone", 0.0, f"adapting the last blocks: the frozen network up to block {config.cut} on "
                                 f"{n} images and their mirrors")
+        share = TAIL_MAPS_S / (TAIL_MAPS_S + config.epochs * TAIL_TRAIN_S)  # of the round's time, by the estimate
         maps, readable = path_maps(prefix, data.paths, cut=config.cut, arch=cfg.arch, image_size=image_size,
-                                   device=str(device))
-        report("backbone", 0.0, f"{k} tails trained on the maps")
+                                   device=str(device), progress=lambda frac, msg: report("backbone", share * frac, msg))
+        report("backbone", share, f"training {k} tails on the maps")
         fit = cross_fit_maps(maps, labels, folds, len(data.class_ids), backbone=prefix, weights=weights,
                              readable=readable, config=config, device=str(device),
-                             progress=lambda frac, msg: report("backbone", frac, msg))
+                             progress=lambda frac, msg: report("backbone", share + (1 - share) * frac, msg))
         return fit, config, {"layers": "tail", "prefix": prefix, "weights_path": cfg.weights_path}
     config = config or AdaptConfig(folds=FOLDS, epochs=cfg.adapt_epochs)
     if not isinstance(config, AdaptConfig):
@@ -255,6 +243,20 @@ def _cross_fit(data: Data, labels: np.ndarray, weights: np.ndarray, folds: np.nd
                     init_state=state, weights=weights, config=config, device=str(device),
                     progress=lambda frac, msg: report("backbone", frac, msg))
     return fit, config, {"layers": "full"}
+
+
+def score_probs(store: Store, data: Data, probs: np.ndarray, *, folds: np.ndarray, readable: np.ndarray,
+                split: VerdictSplit, cfg: RoundConfig, verdicts: list[dict], device: torch.device) -> scoring.Fitted:
+    """The robust score fitted on out-of-fold probabilities (N, C) in place of the probe's, with split's verdicts
+    (made from `verdicts`), label conflicts applied as a round applies them; higher = label more likely correct."""
+    data_in = scoring.RoundData(feats=np.zeros((len(data.ids), 0), np.float16), labels=data.labels, folds=folds,
+                                num_classes=len(data.class_ids), refs=np.zeros((len(data.class_ids), 1, 1)),
+                                valid=np.ones(len(data.class_ids), bool), readable=readable,
+                                train_idx=split.train, train_ok=split.train_correct, val_idx=split.val,
+                                val_ok=split.val_correct, probs=probs)
+    fitted = scoring.method("robust").fit(data_in, device=device)
+    return replace(fitted, scores=with_conflicts(store, data, fitted.scores,
+                                                 weight=conflict_weight(cfg, fitted.state), verdicts=verdicts))
 
 
 def _fill_unreadable(fit: CrossFit) -> np.ndarray:

@@ -9,9 +9,10 @@ Lite0 run once to the input of blocks CUTS for every image and its mirror, cache
 
 `run`: K = 2 cross-fitted copies of blocks[cut:] + _conv_head + a linear head (`cleannet_core.adapt.cross_fit_maps`,
 options default to `TailConfig`), trained on the maps of the images outside their fold (the labels and weights
-`adapt_round.targets` gives), each predicting its held-out fold (mean over the two views). The out-of-fold probabilities (N, C) replace the probe's
-in the robust score as `adapt_round.run_adapt_round` does; judged on the unverified classes as
-`benchmarks.adapted` judges (AUROC of P(correct), error at the fitted threshold, x flagging nothing).
+`adapt_round.targets` gives), each predicting its held-out fold (mean over the two views). The out-of-fold
+probabilities (N, C) replace the probe's in the robust score (`adapt_round.score_probs`, as the adapted round
+does); judged on the unverified classes as `benchmarks.adapted` judges (AUROC of P(correct), error at the fitted
+threshold, x flagging nothing).
 """
 from __future__ import annotations
 
@@ -19,21 +20,16 @@ import argparse
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from annotator import adapt_round, pipeline
-from annotator.artifacts import current_backbone
-from annotator.publish import with_conflicts
+from annotator.artifacts import current_backbone, imagenet_network
 from annotator.round_config import RoundConfig, load_round_config
 from annotator.store import Store
-from cleannet_core import scoring
 from cleannet_core.adapt import TailConfig, cross_fit_maps, path_maps
-from cleannet_core.classifier import Backbone
-from cleannet_core.features import load_imagenet_weights
 from cleannet_core.metrics import auroc
 
 from .adapted import judged, verdict_session
@@ -78,7 +74,7 @@ def save_maps(args) -> None:
         data = pipeline.load_data(store)
         size = current_backbone(store).image_size
         cfg = load_round_config(store)
-    net = imagenet_lite(cfg)
+    net = imagenet_network(cfg.arch, weights_path=cfg.weights_path)
     t0, shapes = time.perf_counter(), {}
     for c in args.cuts:
         maps, _ = path_maps(net, data.paths, cut=c, arch=cfg.arch, image_size=size)
@@ -86,13 +82,6 @@ def save_maps(args) -> None:
         shapes[c] = list(maps.shape)
     print(json.dumps({"image_size": size, "maps_s": round(time.perf_counter() - t0, 1), "shapes": shapes}),
           flush=True)
-
-
-def imagenet_lite(cfg: RoundConfig) -> Backbone:
-    state, _ = load_imagenet_weights(cfg.arch, weights_path=cfg.weights_path)
-    net = Backbone(cfg.arch, 1000)
-    net.load_pretrained(state)
-    return net.eval()
 
 
 def run(args) -> dict:
@@ -112,20 +101,13 @@ def run(args) -> dict:
         config = TailConfig(cut=args.cut, epochs=args.epochs, lr=args.lr, label_smoothing=args.smoothing,
                             weight_decay=args.wd, batch_size=args.batch, head_penalty=args.head_l2)
         t0 = time.perf_counter()
-        probs = cross_fit_maps(maps, labels, folds, len(data.class_ids), backbone=imagenet_lite(cfg),
+        prefix = imagenet_network(cfg.arch, weights_path=cfg.weights_path)
+        probs = cross_fit_maps(maps, labels, folds, len(data.class_ids), backbone=prefix,
                                weights=weights, config=config, device="cpu",
                                progress=lambda frac, msg: print(f"  {msg}", flush=True)).probs
         train_s = time.perf_counter() - t0
-        data_in = scoring.RoundData(feats=np.zeros((len(data.ids), 0), np.float16), labels=data.labels, folds=folds,
-                                    num_classes=len(data.class_ids), refs=np.zeros((len(data.class_ids), 1, 1)),
-                                    valid=np.ones(len(data.class_ids), bool),
-                                    readable=np.ones(len(data.ids), bool), train_idx=split.train,
-                                    train_ok=split.train_correct, val_idx=split.val, val_ok=split.val_correct,
-                                    probs=probs)
-        fitted = scoring.method("robust").fit(data_in, device=torch.device("cpu"))
-        fitted = replace(fitted, scores=with_conflicts(store, data, fitted.scores,
-                                                       weight=pipeline.conflict_weight(cfg, fitted.state),
-                                                       verdicts=verdicts))
+        fitted = adapt_round.score_probs(store, data, probs, folds=folds, readable=np.ones(len(data.ids), bool),
+                                         split=split, cfg=cfg, verdicts=verdicts, device=torch.device("cpu"))
         guard = adapt_round.compare(store, data, split, fitted.scores.score, fitted.delta)
         held = t["held"]
         agree = probs.argmax(1) == data.labels

@@ -205,18 +205,24 @@ def prefix_maps(backbone: nn.Module, batches: Iterable[torch.Tensor], *, cut: in
 
 
 def path_maps(backbone: nn.Module, paths: Sequence[str | Path], *, cut: int, arch: str, image_size: int,
-              batch_size: int = 100, num_workers: int = 0, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+              batch_size: int = 100, num_workers: int = 0, device: str = "cpu",
+              progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """prefix_maps of image files, read as classifier.ImageDataset reads them -> maps (N, 2, C, H, W) float16,
-    readable (N,) bool (False: the file could not be read; its maps are a zero image's)."""
+    readable (N,) bool (False: the file could not be read; its maps are a zero image's). progress(fraction,
+    message) after every batch read."""
     ds = ImageDataset(paths, None, make_transform(image_size, train=False, arch=arch), image_size)
     readable: list[bool] = []
 
     def batches() -> Iterable[torch.Tensor]:
         for x, _, _, errs in DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
+            if progress and readable:  # the previous batch's maps are done
+                progress(len(readable) / len(ds), f"maps of {len(readable)} of {len(ds)} images and their mirrors")
             readable.extend(not e for e in errs)
             yield x
 
     maps = prefix_maps(backbone, batches(), cut=cut, device=device)
+    if progress:
+        progress(1.0, f"maps of {len(ds)} images and their mirrors")
     return maps, np.array(readable, bool)
 
 
@@ -225,6 +231,13 @@ def _batched(model: nn.Module, x: np.ndarray, fn: str, dev: torch.device, bs: in
     with torch.no_grad():
         return torch.cat([getattr(model, fn)(torch.from_numpy(x[i:i + bs]).to(dev).float())
                           for i in range(0, len(x), bs)])
+
+
+def _view_probs(tail: Tail, maps: np.ndarray, dev: torch.device) -> np.ndarray:
+    """(M, C) float32 softmax of tail (eval mode) on maps (M, V, C, H, W), averaged over the V views."""
+    views = maps.shape[1]
+    return sum(_batched(tail, np.ascontiguousarray(maps[:, v]), "forward", dev).softmax(1).cpu().numpy() / views
+               for v in range(views))
 
 
 def _fit_tail(tail: Tail, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, config: TailConfig, seed: int,
@@ -305,10 +318,8 @@ def cross_fit_maps(maps: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_
 
         _fit_tail(tail, maps[train].reshape(-1, *maps.shape[2:]), np.repeat(labels[train], views),
                   np.repeat(weights[train], views), config=config, seed=seed + f, dev=dev, on_epoch=on_epoch)
-        tail.eval()
-        for v in range(views if len(held) else 0):
-            p = _batched(tail, np.ascontiguousarray(maps[held, v]), "forward", dev).softmax(1)
-            probs[held] += p.cpu().numpy() / views
+        if len(held):
+            probs[held] = _view_probs(tail.eval(), maps[held], dev)
         states.append({name: t.detach().cpu().clone() for name, t in tail.state_dict().items()})
         report((f + 1) / k, f"tail {f + 1}/{k}: predicted its {len(held)} held-out images")
     return CrossFit(probs, readable.copy(), states)
@@ -337,7 +348,5 @@ def tail_probs(states: list[dict], paths: Sequence[str | Path], folds: np.ndarra
         tail.load_state_dict(state)
         tail.to(dev).eval()
         share = np.where(folds[rows] < 0, 1.0 / len(states), 1.0).astype(np.float32)[:, None]
-        for v in range(maps.shape[1]):
-            p = _batched(tail, np.ascontiguousarray(maps[rows, v]), "forward", dev).softmax(1).cpu().numpy()
-            probs[rows] += share * p / maps.shape[1]
+        probs[rows] += share * _view_probs(tail, maps[rows], dev)
     return probs, readable

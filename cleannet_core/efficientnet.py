@@ -134,6 +134,20 @@ def lite_prefix(m: nn.Module, x: torch.Tensor, cut: int) -> torch.Tensor:
     return x
 
 
+def lite_prefix_shape(cut: int, image_size: int) -> tuple[int, int, int]:
+    """(C, H, W) of lite_prefix's output per image at `cut` for (image_size, image_size) inputs, from LITE0_STAGES
+    (each stage's first block strides; SAME padding rounds up), without running a network."""
+    if not 0 <= cut <= sum(stage[0] for stage in LITE0_STAGES):
+        raise ValueError(f"cut must be in [0, {sum(stage[0] for stage in LITE0_STAGES)}], got {cut}")
+    channels, side, k = STEM, math.ceil(image_size / 2), 0
+    for repeats, _, stride, _, cout in LITE0_STAGES:
+        for i in range(repeats):
+            if k < cut:
+                channels, side = cout, math.ceil(side / stride) if i == 0 else side
+            k += 1
+    return channels, side, side
+
+
 def lite_suffix(m: nn.Module, h: torch.Tensor, cut: int) -> torch.Tensor:
     """lite_prefix's output at `cut` -> (B, 1280) pooled features: _blocks[cut:], head conv, ReLU6, mean pool."""
     for block in m._blocks[cut:]:

@@ -20,7 +20,7 @@ from annotator.round_config import RoundConfig, load_round_config, save_round_co
 from annotator.store import Store
 from cleannet_core.adapt import AdaptConfig, TailConfig, cross_fit, ensemble_probs, tail_probs
 from cleannet_core.classifier import Backbone, predict
-from cleannet_core.efficientnet import lite_prefix
+from cleannet_core.efficientnet import lite_prefix, lite_prefix_shape
 from helpers import REPO, wait_for, write_images
 
 TINY = AdaptConfig(folds=2, epochs=2, lr=0.05, label_smoothing=0.0)
@@ -322,6 +322,9 @@ def test_tail_maps_have_the_prefix_shape_and_a_memory_cap(tmp_path, monkeypatch)
         out = lite_prefix(prefix.eval(), torch.zeros(1, 3, 128, 128), 8)
     assert adapt_round.tail_maps_bytes(1, image_size=128) == 2 * out.numel() * 2 == 20_480
     assert adapt_round.tail_maps_bytes(1, image_size=224) == 2 * 80 * 14 * 14 * 2
+    with torch.no_grad():
+        for cut in (0, 8, 16):                                       # an odd size: SAME padding rounds up
+            assert lite_prefix_shape(cut, 100) == tuple(lite_prefix(prefix, torch.zeros(1, 3, 100, 100), cut).shape[1:])
     store, truth = _project(tmp_path, cfg=LITE)
     _audit(store, truth)
     _model_from(store, {i: 0.0 if ok else 1.0 for i, ok in truth.items()})
