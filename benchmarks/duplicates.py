@@ -278,8 +278,8 @@ def case_args(doc: str, argv, *, roles_help: str, roles: str = "dev,test") -> ar
 
 
 def main(argv=None) -> dict:
-    args = case_args(__doc__, argv, roles_help="dev chooses the settings; test and test-b report with them (alone: the"
-                                               " product's)", roles="dev,test,test-b,test-c")
+    args = case_args(__doc__, argv, roles_help="dev chooses the settings; test, test-b and test-c report with them"
+                                               " (without dev: the product's)", roles="dev,test,test-b,test-c")
     load = os.getloadavg()
     roles = args.roles.split(",")
     dev = evaluate("dev", args, None) if "dev" in roles else None
