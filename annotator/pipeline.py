@@ -223,9 +223,11 @@ def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: Backbon
     bool; the effort curve of ``annotator.estimates``) and, for the robust score, what each class's newest verdicts
     still move (`verdict_influence`: the stopping signal)."""
     data, split, score = inputs.data, inputs.split, fit.scores.score
-    # the expected share of wrong labels where the score is a probability, else the share flagged
+    # the expected share of wrong labels (the method's counting calibration, else 1 - score) where the score is a
+    # probability, else the share flagged
     expected = spec(fit.state["method"]).probability
-    wrong = 1.0 - score.astype(np.float64) if expected else (score < fit.delta).astype(np.float64)
+    wrong = ((fit.expected_wrong if fit.expected_wrong is not None else 1.0 - score.astype(np.float64)) if expected
+             else (score < fit.delta).astype(np.float64))
     per_class = {name: float(wrong[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}
     influence = {data.class_names[c]: v for c, v in (fit.influence or {}).items()}

@@ -163,7 +163,11 @@ def judge(store: Store, data: pipeline.Data, truths: dict, verified: set[int], *
     est = model["metrics"].get("per_class_noise_rate") or {}
     true_rate = {n: float(wrong[data.labels == c].mean()) for c, n in enumerate(names) if (data.labels == c).any()}
     gaps = [abs(est[n] - r) for n, r in true_rate.items() if est.get(n) is not None]
+    # the share the flag score's own P(wrong) expects (1 - score): what the chart drew before the counting
+    # calibration, kept to compare the two on the same runs
+    by_score = {n: float(1 - score[data.labels == c].mean()) for c, n in enumerate(names) if (data.labels == c).any()}
     res["noise_rate"] = {"mae_all": float(np.mean(gaps)) if gaps else None,
+                         "mae_flag_score": float(np.mean([abs(by_score[n] - r) for n, r in true_rate.items()])),
                          "estimated": est, "true": true_rate}
     res["model"] = {"version": model["version"], "n_train": len(split.train), "n_val": len(split.val),
                     "fallback": (model["metrics"] or {}).get("fallback"), "delta": delta}

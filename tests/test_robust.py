@@ -5,10 +5,16 @@ import numpy as np
 import pytest
 import torch
 
+from annotator.artifacts import BackboneInfo
 from annotator.estimates import STOP_SHARE
+from annotator.pipeline import round_metrics
+from annotator.round_types import Data, RoundInputs, VerdictSplit
 from cleannet_core import registry, scoring
+from cleannet_core.probe import Probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.robust import PRIOR_B, PRIOR_W, STRENGTH, _map_logistic, fit_weights
+from cleannet_core.robust import (CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, STRENGTH, RobustScore, _map_logistic,
+                                  fit_weights)
+from cleannet_core.score import Scores
 
 
 def structured(seed: int = 0, c: int = 6, per: int = 300, d: int = 32, rate: float = 0.35):
@@ -155,3 +161,48 @@ def test_verdict_influence_tells_informative_newest_verdicts_from_redundant_ones
     assert inf[1]["flagged"] == inf[3]["flagged"] == flagged  # the sample is every image here (< 50k)
     assert inf[1]["moved"] < STOP_SHARE * flagged <= inf[3]["moved"]
     assert scoring.method("transfer").fit(round_data(feats, noisy, 6, rows, ~wrong[rows])).influence is None
+
+
+def test_counting_starts_at_the_noise_models_posterior_and_verdicts_move_it():
+    """With no verdict, the P(wrong) the noise rates are counted with is exactly 1 - the noise model's posterior
+    (not the cautious flag score, which counts fewer); verdicts refit it around that prior; the state keeps it,
+    and a state saved without it counts with the prior."""
+    feats, clean, noisy = structured()
+    wrong = clean != noisy
+    fitted = scoring.method("robust").fit(round_data(feats, noisy, 6))
+    rs = RobustScore.from_state(fitted.state["robust"])
+    probs = Probe.from_state(fitted.state["probe"]).predict(feats, np.arange(len(noisy)) % 5)
+    p_ok = np.clip(rs.noise.posterior(probs, noisy)[0], CLIP, 1 - CLIP)  # the signal's logit clips it
+    np.testing.assert_allclose(fitted.expected_wrong, 1 - p_ok, rtol=0, atol=1e-9)
+    assert (rs.est_w.tolist(), rs.est_b) == (list(ESTIMATE_W), ESTIMATE_B)
+    assert fitted.expected_wrong.mean() > (1 - fitted.scores.score).mean()  # the flag score is cautious
+
+    rows = np.arange(0, len(noisy), 9)
+    taught = scoring.method("robust").fit(round_data(feats, noisy, 6, rows, ~wrong[rows]))
+    back = RobustScore.from_state(taught.state["robust"])
+    assert back.n_verdicts == len(rows) and not np.allclose(back.est_w, ESTIMATE_W)
+    x = back.signals(probs, noisy)
+    np.testing.assert_allclose(taught.expected_wrong, back.expected_wrong(x), rtol=0, atol=1e-9)
+    old = {k: v for k, v in taught.state["robust"].items() if k not in ("est_w", "est_b")}
+    np.testing.assert_allclose(RobustScore.from_state(old).expected_wrong(x), 1 - p_ok, rtol=0, atol=1e-9)
+
+
+def test_round_metrics_count_noise_rates_with_the_counting_calibration():
+    """The chart's per-class noise rate is the class's mean of the fit's expected_wrong, and the overall rate the
+    mean over every image; a method without one counts 1 - score."""
+    labels = np.array([0, 0, 1, 1, 1])
+    data = Data(ids=np.arange(1, 6), paths=[""] * 5, keys=[""] * 5, labels=labels, class_ids=np.array([7, 8]),
+                class_names=["cat", "dog"])
+    empty = np.zeros(0, np.int64)
+    inputs = RoundInputs(data, np.zeros((5, 2), np.float16), np.ones(5, bool), np.zeros((2, 1, 2), np.float32),
+                         np.ones(2, bool), VerdictSplit(empty, empty.astype(bool), empty, empty.astype(bool)))
+    info = BackboneInfo(path="", id="x", source="test", arch="efficientnet_lite0", image_size=32, num_classes=2,
+                        kind="pretrained")
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.1], np.float32)
+    sc = Scores(score, np.zeros(5, np.int64), np.zeros(5, np.float32))
+    counted = scoring.Fitted(sc, 0.5, {"method": "robust"}, "", expected_wrong=np.array([0.5, 0.3, 0.2, 0.2, 0.8]))
+    m = round_metrics(inputs, counted, backbone=info, max_verdict=0)
+    assert m["per_class_noise_rate"] == {"cat": pytest.approx(0.4), "dog": pytest.approx(0.4)}
+    assert m["estimated_noise_rate"] == pytest.approx(0.4) and m["noise_rate_kind"] == "expected"
+    plain = round_metrics(inputs, replace(counted, expected_wrong=None), backbone=info, max_verdict=0)
+    assert plain["per_class_noise_rate"] == {"cat": pytest.approx(0.15), "dog": pytest.approx(1.6 / 3)}
