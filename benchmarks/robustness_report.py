@@ -88,12 +88,17 @@ def checks(runs: list[dict]) -> dict:
     out["open_set_caught_at_100"] = float(np.mean(opened)) if opened else None
     digits = [r["default"]["error"] for r in runs if r["kind"] == "digits" and r["verdicts"] == 0]
     out["digits_error_no_verdicts"] = float(np.mean(digits)) if digits else None
-    mae = defaultdict(list)
+    mae, by_score = defaultdict(list), defaultdict(list)
     for r in runs:
         if r["noise_rate"]["mae_all"] is not None:
             key = "n10n-10k" if r["kind"] == "cifar10n" and r["case"].endswith("10k") else r["kind"]
             mae[key].append(r["noise_rate"]["mae_all"])
-    out["noise_rate_mae"] = {k: float(np.mean(v)) for k, v in mae.items()}
+            mae[f"{key} at {r['verdicts']}"].append(r["noise_rate"]["mae_all"])
+            if r["noise_rate"].get("mae_flag_score") is not None:  # the count 1 - flag score would give
+                by_score[key].append(r["noise_rate"]["mae_flag_score"])
+                by_score[f"{key} at {r['verdicts']}"].append(r["noise_rate"]["mae_flag_score"])
+    out["noise_rate_mae"] = {k: float(np.mean(v)) for k, v in sorted(mae.items())}
+    out["noise_rate_mae_flag_score"] = {k: float(np.mean(v)) for k, v in sorted(by_score.items())}
     return out
 
 

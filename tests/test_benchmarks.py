@@ -217,6 +217,10 @@ def test_robustness_suite_runs_a_case_through_the_product_and_reports(cifar_dir,
         "prior_w"])
     checks = robustness_report.checks(runs)
     assert checks["never_worse_than_flagging_nothing"]["runs"] == 3
+    # the chart's count and the one 1 - flag score would give, each against the truth, overall and per verdict count
+    assert all(0 <= r["noise_rate"]["mae_all"] <= 1 and 0 <= r["noise_rate"]["mae_flag_score"] <= 1 for r in runs)
+    levels = {"digits", "digits at 0", "digits at 50", "digits at 100"}
+    assert set(checks["noise_rate_mae"]) == set(checks["noise_rate_mae_flag_score"]) == levels
     assert robustness_report.table(runs)[2].startswith("| dev-digits-15 | 0 |")
 
 
