@@ -11,13 +11,15 @@ How each figure is estimated (counts of images; "unjudged" = no live correct/wro
   stratified sample's effective size 1 / sum(w_c^2 / n_c) (w_c = the class's share of the unjudged images,
   n_c its audit verdicts), times the unjudged images. With one class it is exactly Wilson's interval.
 - **The other classes** (unverified, and verified ones with no audit verdict yet): the calibrated model's
-  expected count, sum of 1 - P(label correct) over their unjudged images. Its interval is the wider of the
-  model's own (expected count +- 1.96 x sqrt(sum P (1 - P))) and the calibration check: on a random sample of
-  judged images, the wrong count over the model's expected count, a ratio whose Wilson bounds scale the
-  expected count. The sample is the transfer check's verdicts (random draws in the unverified classes, which
-  no model trains on) when there are any, else the held-out audit verdicts (audit draws on odd image ids,
-  which no model trains on either). Without both the interval is everything possible (0 to the unjudged
-  images): the model is not checked yet.
+  expected count, the sum of P(label wrong) over their unjudged images, P(label wrong) being the score's counting
+  calibration where it has one (``expected_wrong``: the robust score's, whose prior is the noise model's posterior;
+  the flag score's prior is cautious and undercounts at high noise), else 1 - P(label correct). Its interval is
+  the wider of the model's own (expected count +- 1.96 x sqrt(sum P (1 - P)), P = P(label wrong)) and the
+  calibration check: on a random sample of judged images, the wrong count over the model's expected count (the
+  same P(label wrong) summed), a ratio whose Wilson bounds scale the expected count. The sample is the transfer
+  check's verdicts (random draws in the unverified classes, which no model trains on) when there are any, else
+  the held-out audit verdicts (audit draws on odd image ids, which no model trains on either). Without both the
+  interval is everything possible (0 to the unjudged images): the model is not checked yet.
 - **Transfer check**: on its verdicts, the model's error (flags disagreeing with the verdict) with Wilson's
   interval, against flagging nothing, and its AUROC with Hanley and McNeil's interval.
 - **Remaining** = the two parts, their intervals combined in quadrature (each side separately).
@@ -43,7 +45,7 @@ import numpy as np
 from cleannet_core.metrics import auroc
 
 from .export import threshold_in_force
-from .store import Store
+from .store import STATE_ROW, Store
 
 Z = 1.96  # two-sided 95 %
 # a verified class's newest verdicts moved under this share of the flags: verify another class (chosen on the dev
@@ -121,17 +123,21 @@ class States:
     verdict: np.ndarray    # str: 'correct', 'wrong', 'unsure' or '' (none)
     corrected: np.ndarray  # int64 corrected class id of a 'wrong' verdict, -1 = none
     reason: np.ndarray     # str: the live verdict's reason, '' = none
+    p_wrong: np.ndarray    # float64 P(label wrong) the counts sum: the stored expected_wrong, else 1 - score; NaN =
+                           # no score (meaningful where the score is a probability)
 
     @classmethod
     def of(cls, rows: list[tuple]) -> States:
         """From ``Store.image_states`` rows (``STATE_ROW`` columns)."""
-        cols = list(zip(*rows)) if rows else [()] * 7
+        cols = list(zip(*rows)) if rows else [()] * len(STATE_ROW)
+        score = np.array([np.nan if s is None else s for s in cols[3]], np.float64)
+        counted = np.array([np.nan if w is None else w for w in cols[7]], np.float64)
         return cls(image_id=np.array(cols[0], np.int64), label=np.array(cols[1], np.int64),
-                   ok=np.array([s == "ok" for s in cols[2]], bool),
-                   score=np.array([np.nan if s is None else s for s in cols[3]], np.float64),
+                   ok=np.array([s == "ok" for s in cols[2]], bool), score=score,
                    verdict=np.array([v or "" for v in cols[4]], dtype="<U7"),
                    corrected=np.array([-1 if c is None else c for c in cols[5]], np.int64),
-                   reason=np.array([r or "" for r in cols[6]], dtype="<U16"))
+                   reason=np.array([r or "" for r in cols[6]], dtype="<U16"),
+                   p_wrong=np.where(np.isnan(counted), 1.0 - score, counted))
 
     @property
     def judged(self) -> np.ndarray:
@@ -165,12 +171,12 @@ def stratified_count(k: np.ndarray, n: np.ndarray, sizes: np.ndarray) -> Interva
 
 
 def calibration_check(states: States, sample: np.ndarray | None = None, *, source: str = "held-out audit") -> dict:
-    """The model's expected wrong count against the wrong verdicts on a random sample of judged images with a
-    score (``sample`` (N,) bool; default the held-out audit verdicts): {source, n, wrong, expected, ratio,
-    ratio_low, ratio_high} (ratio = wrong / expected, None when not measurable)."""
+    """The model's expected wrong count (the sum of ``States.p_wrong``) against the wrong verdicts on a random
+    sample of judged images with a score (``sample`` (N,) bool; default the held-out audit verdicts): {source, n,
+    wrong, expected, ratio, ratio_low, ratio_high} (ratio = wrong / expected, None when not measurable)."""
     m = (states.held_out if sample is None else sample) & ~np.isnan(states.score)
     n, k = int(m.sum()), int(states.wrong[m].sum())
-    expected = float((1.0 - states.score[m]).sum())
+    expected = float(states.p_wrong[m].sum())
     out = {"source": source, "n": n, "wrong": k, "expected": expected, "ratio": None, "ratio_low": None,
            "ratio_high": None}
     if n and expected > 0:
@@ -180,11 +186,11 @@ def calibration_check(states: States, sample: np.ndarray | None = None, *, sourc
 
 
 def model_count(p: np.ndarray, check: dict) -> Interval:
-    """Expected wrong labels among images with P(label correct) p (M,): sum(1 - p), its interval the wider of
-    +- Z sqrt(sum p (1 - p)) and the expected count times the calibration check's ratio bounds; (0, M) when
-    the check has no held-out verdicts."""
+    """Expected wrong labels among images with P(label wrong) p (M,) (``States.p_wrong``): sum(p), its interval
+    the wider of +- Z sqrt(sum p (1 - p)) and the expected count times the calibration check's ratio bounds;
+    (0, M) when the check has no held-out verdicts."""
     p = np.asarray(p, np.float64)
-    expected = float((1.0 - p).sum())
+    expected = float(p.sum())
     if check["ratio_low"] is None:
         return Interval(expected, 0.0, float(len(p)))
     sd = sqrt(float((p * (1.0 - p)).sum()))
@@ -295,7 +301,7 @@ def remaining(states: States, verified: set[int], *, probability: bool) -> dict:
     transfer = transfer_sample(states, verified)
     check = (calibration_check(states, transfer, source="transfer-check") if transfer.any()
              else calibration_check(states))
-    model_part = model_count(states.score[scored], check) if probability else None
+    model_part = model_count(states.p_wrong[scored], check) if probability else None
     parts = [audited_part] + ([model_part] if model_part is not None else [])
     images = int((states.ok & np.isin(states.label, measured)).sum())
     return {"audited_classes": {"classes": per_class, "images": images, "unjudged": int(u.sum()),

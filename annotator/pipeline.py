@@ -226,7 +226,8 @@ def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: Backbon
     # the expected share of wrong labels (the method's counting calibration, else 1 - score) where the score is a
     # probability, else the share flagged
     expected = spec(fit.state["method"]).probability
-    wrong = ((fit.expected_wrong if fit.expected_wrong is not None else 1.0 - score.astype(np.float64)) if expected
+    counted = fit.scores.expected_wrong
+    wrong = ((counted if counted is not None else 1.0 - score.astype(np.float64)) if expected
              else (score < fit.delta).astype(np.float64))
     per_class = {name: float(wrong[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}

@@ -69,6 +69,7 @@ def with_conflicts(store: Store, data: Data, sc: Scores, *, weight: float,
     live verdict vouches with certainty for the class the verdict gives it ('correct': its label, 'wrong' with a
     true class: that class) and for none after 'wrong' alone; judged images keep their score (their verdict
     decides). A round applies it before it measures its flags, so the stored metrics describe what it publishes.
+    sc.expected_wrong stays as it is: counting wrong labels is the counting calibration's alone.
     ``verdicts``: the live verdicts to apply (``Store.live_verdicts()``, the round's snapshot); None: read now."""
     if weight <= 0:
         return sc
@@ -94,6 +95,7 @@ def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: fl
 
     Rows go to the store in data's order, by image id (`load_data`), which is what `Store.write_scores` writes
     fastest; it writes their queue order (`queue_order`; calibrated=False for the verdict-free rule) itself.
+    sc.expected_wrong (the counting P(label wrong)) goes with them, NULL where the method has none.
     `verdicts`: the live verdicts whose images go behind the others (the round's snapshot); None: read now.
     """
     n = len(data.ids)
@@ -105,8 +107,9 @@ def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: fl
     score = sc.score.astype(np.float64)
     uncertainty = queue_order(score, delta, calibrated=calibrated) + REVIEWED * reviewed
     suggested = np.where(sc.suggested >= 0, data.class_ids[np.maximum(sc.suggested, 0)], -1)
+    counted = np.full(n, None, object) if sc.expected_wrong is None else sc.expected_wrong.astype(np.float64)
     columns = (data.ids, data.class_ids[data.labels], score, uncertainty, suggested,
-               sc.suggested_score.astype(np.float64))
+               sc.suggested_score.astype(np.float64), counted)
     report("writing", 0.0, f"writing scores of version {version}")
     next_report = [SCORE_CHUNK]
 
@@ -125,8 +128,8 @@ def publish_scores(store: Store, version: int, data: Data, sc: Scores, delta: fl
 
 
 def _rows(columns: tuple[np.ndarray, ...]) -> Iterator[tuple]:
-    """Score rows (image_id, label_id, score, uncertainty, suggested_label_id, suggested_score) from (N,) arrays
-    in that order (suggested_label_id -1: none), converted a chunk at a time."""
+    """Score rows (``SCORE_COLUMNS``: image_id, label_id, score, uncertainty, suggested_label_id, suggested_score,
+    expected_wrong) from (N,) arrays in that order (suggested_label_id -1: none), converted a chunk at a time."""
     for start in range(0, len(columns[0]), SCORE_CHUNK):
-        i, y, s, u, g, gs = (c[start:start + SCORE_CHUNK].tolist() for c in columns)
-        yield from ((*row[:4], None, None) if row[4] < 0 else row for row in zip(i, y, s, u, g, gs))
+        i, y, s, u, g, gs, e = (c[start:start + SCORE_CHUNK].tolist() for c in columns)
+        yield from ((*row[:4], None, None, row[6]) if row[4] < 0 else row for row in zip(i, y, s, u, g, gs, e))

@@ -161,9 +161,9 @@ the flags that changed. Under {STOP_SHARE:.0%} of the flags: more verdicts there
 still fix the images they judge); verify another class.</p>
 <p>Intervals are 95 %. Verified classes: the share of wrong labels in each class's random audit verdicts times
 its unjudged images, combined over classes as a stratified sample. Other classes: the calibrated model's
-expected count (the sum of 1 - P(label correct)), its interval widened by how far the model's count was off on
-the held-out audit verdicts. Precision and recall: the flags (score below the threshold) on the held-out
-audit verdicts.</p>
+expected count (the sum of P(label wrong), from the score's counting calibration), its interval widened by how
+far the model's count was off on the held-out audit verdicts. Precision and recall: the flags (score below the
+threshold) on the held-out audit verdicts.</p>
 </body></html>
 """
 

@@ -144,28 +144,28 @@ def _map_logistic(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: float, stren
 
 
 def score_robust(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, *,
-                 valid_classes: np.ndarray | None = None) -> tuple[Scores, np.ndarray]:
-    """(Scores, signals (N, 3)): P(label correct) of every image; the suggestion is the probe's best other class."""
+                 valid_classes: np.ndarray | None = None) -> Scores:
+    """P(label correct) of every image and its counting P(label wrong) (`RobustScore.expected_wrong`) from probe
+    probabilities probs (N, C) and noisy labels (N,); the suggestion is the probe's best other class."""
     labels = np.asarray(labels, np.int64)
     x = rs.signals(probs, labels)
     _, best, best_p = self_confidence(probs, labels, valid=valid_classes)
     has = np.isfinite(best_p)
     return Scores(score=rs(x).astype(np.float32), suggested=np.where(has, best, -1).astype(np.int64),
-                  suggested_score=np.where(has, best_p, np.nan).astype(np.float32)), x
+                  suggested_score=np.where(has, best_p, np.nan).astype(np.float32), expected_wrong=rs.expected_wrong(x))
 
 
 def score_with_probe(rs: RobustScore, probe: Probe, features: np.ndarray, labels: np.ndarray, folds: np.ndarray, *,
-                     valid_classes: np.ndarray | None = None, chunk: int = 131_072) -> tuple[Scores, np.ndarray]:
-    """(Scores, expected_wrong (N,)): score_robust on the probe's out-of-fold probabilities, `chunk` rows at a time
-    (the (N, C) probabilities never exist at once)."""
+                     valid_classes: np.ndarray | None = None, chunk: int = 131_072) -> Scores:
+    """score_robust on the probe's out-of-fold probabilities, `chunk` rows at a time (the (N, C) probabilities
+    never exist at once)."""
     labels, folds = np.asarray(labels, np.int64), np.asarray(folds, np.int64)
     parts = [score_robust(rs, probe.predict(features[s], folds[s]), labels[s], valid_classes=valid_classes)
              for s in (slice(i, i + chunk) for i in range(0, len(labels), chunk))]
     if not parts:
-        return Scores(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)), np.zeros(0)
-    scores = Scores(*(np.concatenate([getattr(p, f) for p, _ in parts])
-                      for f in ("score", "suggested", "suggested_score")))
-    return scores, np.concatenate([rs.expected_wrong(x) for _, x in parts])
+        return Scores(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0))
+    return Scores(*(np.concatenate([getattr(p, f) for p in parts])
+                    for f in ("score", "suggested", "suggested_score", "expected_wrong")))
 
 
 def fit_robust_score(probs: np.ndarray, labels: np.ndarray, verified_probs: np.ndarray, verified_labels: np.ndarray,
@@ -216,9 +216,8 @@ def verdict_influence(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, ve
 class RobustFit:
     probe: Probe
     score: RobustScore
-    scores: Scores
+    scores: Scores              # with expected_wrong
     influence: dict[int, dict]  # verdict_influence on the noise model's sample
-    expected_wrong: np.ndarray  # (N,) RobustScore.expected_wrong of every image
 
 
 def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, num_classes: int,
@@ -246,5 +245,5 @@ def fit_robust_scores(features: np.ndarray, labels: np.ndarray, folds: np.ndarra
     rs = fit_robust_score(probs, labels[sample], verified_probs, labels[v], verified_ok,
                           progress=lambda: report(PROBE_SHARE + 0.5 * (1 - PROBE_SHARE)))
     influence = verdict_influence(rs, probs, labels[sample], verified_probs, labels[v], verified_ok)
-    scores, expected = score_with_probe(rs, probe, features, labels, folds, valid_classes=valid_classes)
-    return RobustFit(probe, rs, scores, influence, expected)
+    return RobustFit(probe, rs, score_with_probe(rs, probe, features, labels, folds, valid_classes=valid_classes),
+                     influence)

@@ -18,6 +18,8 @@ class Scores:
     score: np.ndarray            # (N,) float32 relevance to the image's own noisy class
     suggested: np.ndarray        # (N,) int64 best-matching *other* class (relabel suggestion), -1 if none
     suggested_score: np.ndarray  # (N,) float32 its relevance
+    expected_wrong: np.ndarray | None = None  # (N,) float64 P(label wrong) for counting wrong labels (the robust
+                                              # score's counting calibration); None: the method has none
 
 
 @torch.inference_mode()

@@ -53,14 +53,13 @@ class RoundData:
 
 @dataclass
 class Fitted:
-    scores: Scores           # every image's score (higher = label more likely correct) and suggestion
+    scores: Scores           # every image's score (higher = label more likely correct), suggestion and, where the
+                             # method has one, counting P(label wrong) (Scores.expected_wrong)
     delta: float             # flagged below
     state: dict              # the checkpoint payload, with "method" and "version"
     note: str                # what the fit did with the verdicts, said truthfully (shown by the round)
     best_step: int | None = None
     influence: dict[int, dict] | None = None  # per class, what its newest verdicts still move (robust.verdict_influence)
-    expected_wrong: np.ndarray | None = None  # (N,) P(label wrong) for counting (robust.RobustScore.expected_wrong);
-                                              # None: 1 - score where the score is a probability
 
 
 class Robust:
@@ -83,8 +82,7 @@ class Robust:
                 if n else "no verdicts yet: the noise model's verdict-free weights")
         note += "; probe of the previous round reused (same images, labels and features)" if same else ""
         return Fitted(fit.scores, DELTA, _state(self.spec, probe=fit.probe.state(), robust=fit.score.state(),
-                                                probe_key=data.probe_key), note, influence=fit.influence,
-                      expected_wrong=fit.expected_wrong)
+                                                probe_key=data.probe_key), note, influence=fit.influence)
 
     def _fit_on_probs(self, data: RoundData, progress: Progress) -> Fitted:
         rows = np.flatnonzero(data.readable)
@@ -93,21 +91,20 @@ class Robust:
         t = data.train_idx
         score = fit_robust_score(data.probs[rows], data.labels[rows], data.probs[t], data.labels[t], data.train_ok,
                                  progress=lambda: progress(0.5, "noise model, weights and scores"))
-        scores, x = score_robust(score, data.probs, data.labels, valid_classes=data.valid)
+        scores = score_robust(score, data.probs, data.labels, valid_classes=data.valid)
         note = (f"calibrated on {len(t)} verdicts ({int((~data.train_ok).sum())} wrong) around the verdict-free "
                 f"weights" if len(t) else "no verdicts yet: the noise model's verdict-free weights")
         influence = verdict_influence(score, data.probs[rows], data.labels[rows], data.probs[t], data.labels[t],
                                       data.train_ok)
         return Fitted(scores, DELTA, _state(self.spec, probe=None, robust=score.state(), probe_key=""),
-                      note + "; probabilities of the adapted networks (out-of-fold)", influence=influence,
-                      expected_wrong=score.expected_wrong(x))
+                      note + "; probabilities of the adapted networks (out-of-fold)", influence=influence)
 
     def rescore(self, state: dict, data: RoundData) -> Scores:
         if data.probs is not None:
             return score_robust(RobustScore.from_state(state["robust"]), data.probs, data.labels,
-                                valid_classes=data.valid)[0]
+                                valid_classes=data.valid)
         return robust_rescore(RobustScore.from_state(state["robust"]), Probe.from_state(state["probe"]), data.feats,
-                              data.labels, data.folds, valid_classes=data.valid)[0]
+                              data.labels, data.folds, valid_classes=data.valid)
 
 
 class Transfer:

@@ -134,8 +134,14 @@ def test_a_better_adapted_model_serves_and_survives_rounds_and_new_images(tmp_pa
     # a new image is scored by the networks' mean
     write_images(tmp_path / "images", [0], start=900, folders=["red"])
     ingest_folder(store, tmp_path / "images", progress=False)
+    counted = {row[0]: row[-1] for row in store.image_states(v) if row[3] is not None}  # the stored counting P(wrong)
+    assert len(counted) == len(truth) and None not in counted.values()
     v2 = pipeline.rescore(store, ROUND)
     assert v2 == v + 1 and len(store.current_scores()) == len(truth) + 1
+    # the rescore stores it for every image, the new one included, and the old images count as before
+    recounted = {row[0]: row[-1] for row in store.image_states(v2) if row[3] is not None}
+    assert len(recounted) == len(truth) + 1 and None not in recounted.values()
+    assert [recounted[i] for i in counted] == pytest.approx(list(counted.values()), abs=1e-6)
 
 
 def _verdict_once(store, image_id, verdict, *, phase):
@@ -163,8 +169,8 @@ def test_a_round_uses_one_snapshot_of_the_verdicts_and_counts_a_later_one_as_new
     assert given and metrics["max_verdict_id"] < given[0] and store.verdicts_since(metrics["max_verdict_id"],
                                                                                    trains=True) == 1
     assert store.current_model()["n_verdicts"] == len(audited)
-    score = store.current_scores()
-    assert metrics["expected_wrong_left"] == pytest.approx(sum(1.0 - s for i, s in score.items() if i not in audited),
+    counted = {row[0]: row[-1] for row in store.image_states(version)}  # the stored counting P(label wrong)
+    assert metrics["expected_wrong_left"] == pytest.approx(sum(p for i, p in counted.items() if i not in audited),
                                                            rel=1e-9)
     key = dict(store.db.execute("SELECT image_id, uncertainty FROM scores WHERE model_version = ?", [version]))
     assert key[late] < REVIEWED <= min(key[i] for i in audited)

@@ -49,15 +49,18 @@ def test_publish_lowers_the_scores_of_conflicting_members_of_the_current_run(sto
     store.write_duplicates(((i, group.get(i), 0.1, int(i in (1, 4))) for i in range(1, 6)), features_key="k",
                            backbone_id="b", threshold=0.8, method="exact", n_images=5, n_groups=2, n_conflicts=1,
                            seconds=0.0)
-    sc = Scores(np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32), np.full(5, -1), np.zeros(5, np.float32))
+    counted = [0.15, 0.25, 0.35, 0.45, 0.55]  # the counting P(label wrong): conflicts lower only the flag score
+    sc = Scores(np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32), np.full(5, -1), np.zeros(5, np.float32),
+                np.array(counted))
     for weight in (0.5, 0.0):
         version = store.add_model(delta=0.5, metrics={})
         publish_scores(store, version, data, with_conflicts(store, data, sc, weight=weight), 0.5, lambda *a: None)
-        got = [r[0] for r in store.db.execute("SELECT score FROM scores WHERE model_version = ? ORDER BY image_id",
-                                              [version])]
+        got = store.db.execute("SELECT score, expected_wrong FROM scores WHERE model_version = ? ORDER BY image_id",
+                               [version]).fetchall()
         lowered = weight > 0
-        assert got == pytest.approx([0.9 * (1 - 0.5 * 0.6) if lowered else 0.9, 0.8, 0.7,
-                                     0.6 * (1 - 0.5 * 0.9) if lowered else 0.6, 0.5], abs=1e-6)
+        assert [r[0] for r in got] == pytest.approx([0.9 * (1 - 0.5 * 0.6) if lowered else 0.9, 0.8, 0.7,
+                                                     0.6 * (1 - 0.5 * 0.9) if lowered else 0.6, 0.5], abs=1e-6)
+        assert [r[1] for r in got] == counted
 
 
 def test_conflicts_weigh_only_on_calibrated_probabilities():

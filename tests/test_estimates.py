@@ -61,6 +61,7 @@ def test_standing_on_a_constructed_store(db_path):
     audited = s["audited_classes"]["remaining"]
     assert list(audited.values()) == pytest.approx([9.0, 12 * lo, 12 * hi])
     # C from the model: sum(1 - P), checked on the held-out audits 1 (wrong, 0.2), 3 (correct, 0.6), 11 (wrong, 0.3)
+    # (build_abc stores no counting P(label wrong): the scores count, as a method without one does)
     p = np.array(ABC_SCORES["C"])
     expected, sd = float((1 - p).sum()), sqrt(float((p * (1 - p)).sum()))
     check = s["model_classes"]["check"]
@@ -84,6 +85,39 @@ def test_standing_on_a_constructed_store(db_path):
     flags = s["flags"]
     assert (flags["n"], flags["wrong"], flags["flagged"]) == (3, 2, 2)
     assert flags["precision"]["rate"] == 1.0 and flags["recall"]["rate"] == 1.0
+
+
+def test_the_model_part_counts_with_the_stored_counting_probability(db_path):
+    """Where a score row has expected_wrong, the model's count, its sd and the calibration check sum it instead of
+    1 - score; a row without it (NULL) falls back to 1 - score. The flags (the scores) are unchanged."""
+    counted = {21: 0.35, 22: 0.15, 23: 0.5, 24: 0.25, 25: 0.65, 26: 0.7, 27: 0.45, 28: 0.9, 29: 0.85,  # 30: NULL
+               1: 0.5, 3: 0.25, 11: 0.75}  # the held-out audits 1 (wrong), 3 (correct), 11 (wrong)
+    with Store(db_path) as store:
+        build_abc(store)
+        ids = {c["name"]: c["id"] for c in store.classes()}
+        before = estimates.standing(store)
+        store.write_scores(1, [(i, ids["ABC"[(i - 1) // 10]], s, abs(s - 0.5), None, None, counted[i])
+                               for i, s in ((i, [*ABC_SCORES["A"], *ABC_SCORES["B"], *ABC_SCORES["C"]][i - 1])
+                                            for i in counted)])
+        states = States.of(store.image_states(1))
+        s = estimates.standing(store)
+    by_id = dict(zip(states.image_id.tolist(), states.p_wrong.tolist()))
+    assert by_id[30] == 1 - ABC_SCORES["C"][9] and by_id[2] == 1 - ABC_SCORES["A"][1]  # NULL: 1 - score
+    assert all(by_id[i] == p for i, p in counted.items())
+    check = s["model_classes"]["check"]
+    lo, hi = wilson(2, 3)
+    assert (check["n"], check["wrong"], check["expected"]) == (3, 2, 1.5)
+    assert (check["ratio"], check["ratio_low"], check["ratio_high"]) == pytest.approx((2 / 1.5, lo * 3 / 1.5,
+                                                                                      hi * 3 / 1.5))
+    p = np.array([counted[i] for i in range(21, 30)] + [1 - ABC_SCORES["C"][9]])
+    expected, sd = float(p.sum()), sqrt(float((p * (1 - p)).sum()))
+    assert expected == pytest.approx(5.75)  # 1 - score would count 5.45
+    model = s["model_classes"]["remaining"]
+    assert list(model.values()) == pytest.approx([expected, max(0, min(expected - 1.96 * sd, expected * lo * 3 / 1.5)),
+                                                  min(10, max(expected + 1.96 * sd, expected * hi * 3 / 1.5))])
+    assert s["remaining"]["point"] == pytest.approx(9 + expected)
+    assert s["audited_classes"] == before["audited_classes"] and s["export"] == before["export"]
+    assert s["flags"] == before["flags"] and s["transfer"] == before["transfer"]
 
 
 @pytest.mark.parametrize("threshold", [None, 0.0, 0.35, 0.5, 0.85, 1.0])
@@ -118,8 +152,8 @@ def test_scores_that_are_no_probabilities_or_an_unchecked_model_say_so(db_path):
         s = estimates.standing(store)
         assert s["model_classes"]["remaining"] is None and s["remaining"] is None and s["wrong_total"] is None
         assert s["audited_classes"]["remaining"]["point"] == pytest.approx(9.0)
-    p = np.array([0.9, 0.5])
-    unchecked = estimates.model_count(p, estimates.calibration_check(States.of([])))
+    p_wrong = np.array([0.1, 0.5])
+    unchecked = estimates.model_count(p_wrong, estimates.calibration_check(States.of([])))
     assert unchecked == Interval(pytest.approx(0.6), 0.0, 2.0)
 
 

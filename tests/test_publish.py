@@ -8,7 +8,7 @@ import pytest
 
 from annotator.pipeline import Data, load_data
 from annotator.publish import PUBLISH_BATCH, REVIEWED, is_calibrated, publish_scores, queue_order
-from annotator.store import Store
+from annotator.store import STATE_ROW, Store
 from cleannet_core.score import Scores
 
 N = 3 * PUBLISH_BATCH + 17  # several transactions per table, the last one short
@@ -27,11 +27,13 @@ def data(store) -> Data:
     return load_data(store)
 
 
-def scores(seed: int) -> Scores:
-    """Random scores in [-1, 1]; every 7th image without a suggestion."""
+def scores(seed: int, *, counted: bool = False) -> Scores:
+    """Random scores in [-1, 1]; every 7th image without a suggestion; counted: with a random counting
+    P(label wrong) (Scores.expected_wrong)."""
     rng = np.random.default_rng(seed)
     suggested = np.where(np.arange(N) % 7 == 0, -1, rng.integers(0, 3, N))
-    return Scores(rng.uniform(-1, 1, N).astype(np.float32), suggested, rng.random(N, np.float32))
+    return Scores(rng.uniform(-1, 1, N).astype(np.float32), suggested, rng.random(N, np.float32),
+                  rng.random(N) if counted else None)
 
 
 def expected_rows(data: Data, sc: Scores, delta: float, reviewed: set[int]) -> list[tuple]:
@@ -41,14 +43,16 @@ def expected_rows(data: Data, sc: Scores, delta: float, reviewed: set[int]) -> l
         s, g = float(sc.score[k]), int(sc.suggested[k])
         rows.append((image_id, int(data.class_ids[data.labels[k]]), s,
                      abs(s - delta) + (REVIEWED if image_id in reviewed else 0.0),
-                     int(data.class_ids[g]) if g >= 0 else None, float(sc.suggested_score[k]) if g >= 0 else None))
+                     int(data.class_ids[g]) if g >= 0 else None, float(sc.suggested_score[k]) if g >= 0 else None,
+                     None if sc.expected_wrong is None else float(sc.expected_wrong[k])))
     return rows
 
 
 def version_rows(store: Store, version: int) -> tuple[list[tuple], list[tuple]]:
     """(scores rows by image id, scores_queue rows in key order) of one version."""
     return ([tuple(r) for r in store.db.execute(
-                "SELECT image_id, label_id, score, uncertainty, suggested_label_id, suggested_score FROM scores"
+                "SELECT image_id, label_id, score, uncertainty, suggested_label_id, suggested_score, expected_wrong"
+                " FROM scores"
                 " WHERE model_version = ? ORDER BY image_id", [version])],
             [tuple(r) for r in store.db.execute(
                 "SELECT label_id, uncertainty, image_id FROM scores_queue WHERE model_version = ?"
@@ -62,15 +66,15 @@ def test_publish_writes_every_row_and_drops_the_old_version(store, data):
     for i in reviewed:
         store.record_verdict(i, "ann", "correct", reason="audit")
     v2 = store.add_model(delta=0.1)
-    sc = scores(2)
+    sc = scores(2, counted=True)
     publish_scores(store, v2, data, sc, 0.1, _quiet)
     rows, queue = version_rows(store, v2)
     want = expected_rows(data, sc, 0.1, set(reviewed))
     assert rows == want
-    assert queue == sorted((label, u, i) for i, label, _, u, _, _ in want)
+    assert queue == sorted((label, u, i) for i, label, _, u, *_ in want)
     assert store.current_model()["version"] == v2
     assert version_rows(store, v1) == ([], [])
-    most_uncertain = [i for _, i in sorted((u, i) for i, _, _, u, _, _ in want)[:3]]
+    most_uncertain = [i for _, i in sorted((u, i) for i, _, _, u, *_ in want)[:3]]
     assert store.uncertain_candidates(v2, data.class_ids.tolist(), 3) == most_uncertain
 
 
@@ -119,12 +123,32 @@ def test_write_scores_replaces_rows_and_their_queue_entries(store, data):
     # a second call replaces two rows; within it, the same image twice: its last row counts
     store.write_scores(v, [(ids[0], 2, 0.9, 0.9, 3, 0.1), (ids[3], 2, 0.3, 0.3), (ids[3], 1, 0.2, 0.2)], batch=2)
     rows, queue = version_rows(store, v)
-    assert rows == [(ids[0], 2, 0.9, 0.9, 3, 0.1), (ids[1], 1, 0.5, 0.5, None, None),
-                    (ids[2], 1, 0.5, 0.5, None, None), (ids[3], 1, 0.2, 0.2, None, None),
-                    (ids[4], 1, 0.5, 0.5, None, None)]
+    assert rows == [(ids[0], 2, 0.9, 0.9, 3, 0.1, None), (ids[1], 1, 0.5, 0.5, None, None, None),
+                    (ids[2], 1, 0.5, 0.5, None, None, None), (ids[3], 1, 0.2, 0.2, None, None, None),
+                    (ids[4], 1, 0.5, 0.5, None, None, None)]
     assert queue == [(1, 0.2, ids[3]), (1, 0.5, ids[1]), (1, 0.5, ids[2]), (1, 0.5, ids[4]), (2, 0.9, ids[0])]
     assert store.delete_scores(v, batch=2) == 5
     assert version_rows(store, v) == ([], [])
+
+
+def test_publish_stores_the_counting_probability_and_image_states_returns_it(store, data):
+    """Scores with expected_wrong: each row stores its own value, and ``Store.image_states`` returns it with the
+    score; a method without one (expected_wrong None) stores NULL. A row written without the column (older
+    writers' shorter rows) is NULL too, and a full-width row sets it."""
+    v1 = store.add_model(delta=0.5)
+    sc = scores(3, counted=True)
+    publish_scores(store, v1, data, sc, 0.5, _quiet)
+    states = store.image_states(v1)
+    assert STATE_ROW[3] == "score" and STATE_ROW[-1] == "expected_wrong" and len(states[0]) == len(STATE_ROW)
+    assert [r[0] for r in states] == data.ids.tolist()
+    assert [r[3] for r in states] == sc.score.astype(np.float64).tolist()
+    assert [r[-1] for r in states] == sc.expected_wrong.tolist()
+    v2 = store.add_model(delta=0.5)
+    publish_scores(store, v2, data, scores(3), 0.5, _quiet)
+    assert {r[-1] for r in store.image_states(v2)} == {None}
+    ids = data.ids[:2].tolist()
+    store.write_scores(v2, [(ids[0], 1, 0.4, 0.1), (ids[1], 1, 0.6, 0.1, None, None, 0.25)])
+    assert [r[-1] for r in store.image_states(v2)[:2]] == [None, 0.25]
 
 
 def test_queue_order_takes_the_verdict_free_rules_nearest_and_lowest_in_turn():

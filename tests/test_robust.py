@@ -107,6 +107,12 @@ def test_every_method_rescores_from_its_checkpoint_exactly(name):
     again = scoring.rescore(fitted.state, data)
     np.testing.assert_array_equal(again.score, fitted.scores.score)
     np.testing.assert_array_equal(again.suggested, fitted.scores.suggested)
+    # the counting P(label wrong) too: new images scored by the checkpoint count like the fitted ones
+    assert (fitted.scores.expected_wrong is not None) == (name == "robust")
+    if name == "robust":
+        np.testing.assert_array_equal(again.expected_wrong, fitted.scores.expected_wrong)
+    else:
+        assert again.expected_wrong is None
 
 
 def test_a_checkpoint_of_another_version_or_method_is_refused():
@@ -166,29 +172,38 @@ def test_verdict_influence_tells_informative_newest_verdicts_from_redundant_ones
 def test_counting_starts_at_the_noise_models_posterior_and_verdicts_move_it():
     """With no verdict, the P(wrong) the noise rates are counted with is exactly 1 - the noise model's posterior
     (not the cautious flag score, which counts fewer); verdicts refit it around that prior; the state keeps it,
-    and a state saved without it counts with the prior."""
+    and a state saved without it counts with the prior. A fit on adapted probabilities carries it as well, and
+    rescoring from that checkpoint gives it back exactly."""
     feats, clean, noisy = structured()
     wrong = clean != noisy
     fitted = scoring.method("robust").fit(round_data(feats, noisy, 6))
     rs = RobustScore.from_state(fitted.state["robust"])
     probs = Probe.from_state(fitted.state["probe"]).predict(feats, np.arange(len(noisy)) % 5)
     p_ok = np.clip(rs.noise.posterior(probs, noisy)[0], CLIP, 1 - CLIP)  # the signal's logit clips it
-    np.testing.assert_allclose(fitted.expected_wrong, 1 - p_ok, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fitted.scores.expected_wrong, 1 - p_ok, rtol=0, atol=1e-9)
     assert (rs.est_w.tolist(), rs.est_b) == (list(ESTIMATE_W), ESTIMATE_B)
-    assert fitted.expected_wrong.mean() > (1 - fitted.scores.score).mean()  # the flag score is cautious
+    assert fitted.scores.expected_wrong.mean() > (1 - fitted.scores.score).mean()  # the flag score is cautious
 
     rows = np.arange(0, len(noisy), 9)
     taught = scoring.method("robust").fit(round_data(feats, noisy, 6, rows, ~wrong[rows]))
     back = RobustScore.from_state(taught.state["robust"])
     assert back.n_verdicts == len(rows) and not np.allclose(back.est_w, ESTIMATE_W)
     x = back.signals(probs, noisy)
-    np.testing.assert_allclose(taught.expected_wrong, back.expected_wrong(x), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(taught.scores.expected_wrong, back.expected_wrong(x), rtol=0, atol=1e-9)
     old = {k: v for k, v in taught.state["robust"].items() if k not in ("est_w", "est_b")}
     np.testing.assert_allclose(RobustScore.from_state(old).expected_wrong(x), 1 - p_ok, rtol=0, atol=1e-9)
 
+    on_probs = replace(round_data(feats, noisy, 6, rows, ~wrong[rows]), probs=probs)
+    adapted = scoring.method("robust").fit(on_probs)
+    fitted_rs = RobustScore.from_state(adapted.state["robust"])
+    np.testing.assert_allclose(adapted.scores.expected_wrong, fitted_rs.expected_wrong(fitted_rs.signals(probs, noisy)),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(scoring.rescore(adapted.state, on_probs).expected_wrong,
+                                  adapted.scores.expected_wrong)
+
 
 def test_round_metrics_count_noise_rates_with_the_counting_calibration():
-    """The chart's per-class noise rate is the class's mean of the fit's expected_wrong, and the overall rate the
+    """The chart's per-class noise rate is the class's mean of the scores' expected_wrong, and the overall rate the
     mean over every image; a method without one counts 1 - score."""
     labels = np.array([0, 0, 1, 1, 1])
     data = Data(ids=np.arange(1, 6), paths=[""] * 5, keys=[""] * 5, labels=labels, class_ids=np.array([7, 8]),
@@ -199,10 +214,11 @@ def test_round_metrics_count_noise_rates_with_the_counting_calibration():
     info = BackboneInfo(path="", id="x", source="test", arch="efficientnet_lite0", image_size=32, num_classes=2,
                         kind="pretrained")
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.1], np.float32)
-    sc = Scores(score, np.zeros(5, np.int64), np.zeros(5, np.float32))
-    counted = scoring.Fitted(sc, 0.5, {"method": "robust"}, "", expected_wrong=np.array([0.5, 0.3, 0.2, 0.2, 0.8]))
+    sc = Scores(score, np.zeros(5, np.int64), np.zeros(5, np.float32), np.array([0.5, 0.3, 0.2, 0.2, 0.8]))
+    counted = scoring.Fitted(sc, 0.5, {"method": "robust"}, "")
     m = round_metrics(inputs, counted, backbone=info, max_verdict=0)
     assert m["per_class_noise_rate"] == {"cat": pytest.approx(0.4), "dog": pytest.approx(0.4)}
     assert m["estimated_noise_rate"] == pytest.approx(0.4) and m["noise_rate_kind"] == "expected"
-    plain = round_metrics(inputs, replace(counted, expected_wrong=None), backbone=info, max_verdict=0)
+    plain = round_metrics(inputs, replace(counted, scores=replace(sc, expected_wrong=None)), backbone=info,
+                          max_verdict=0)
     assert plain["per_class_noise_rate"] == {"cat": pytest.approx(0.15), "dog": pytest.approx(1.6 / 3)}

@@ -74,6 +74,32 @@ def test_v1_database_is_migrated_to_the_current_version_keeping_its_rows(db_path
     assert s.uncertain_candidates(1, [1], 5) == [1]
 
 
+def test_scores_of_the_previous_schema_are_kept_and_count_with_1_minus_score(tmp_path):
+    """A database from before the counting column: its score rows stay (expected_wrong NULL), image_states returns
+    them, and "Where we stand" counts them with 1 - score."""
+    from annotator import estimates
+    from annotator.store.schema import _scores_expected_wrong
+    from helpers import database_before
+
+    path = tmp_path / "old.db"
+    db = database_before(path, _scores_expected_wrong)
+    db.execute("INSERT INTO models (version, delta, metrics, is_current) VALUES (1, 0.5, ?, 1)",
+               ['{"noise_rate_kind": "expected"}'])
+    db.execute("INSERT INTO scores (model_version, image_id, label_id, score, uncertainty, suggested_label_id,"
+               " suggested_score) VALUES (1, 1, 1, 0.25, 0.25, NULL, NULL)")
+    db.execute("INSERT INTO scores_queue VALUES (1, 1, 0.25, 1)")
+    db.conn.close()
+    s = Store(path)
+    assert s.schema_version == SCHEMA_VERSION and "expected_wrong" in s.db["scores"].columns_dict
+    assert s._all("SELECT * FROM scores") == [{"model_version": 1, "image_id": 1, "label_id": 1, "score": 0.25,
+                                               "uncertainty": 0.25, "suggested_label_id": None,
+                                               "suggested_score": None, "expected_wrong": None}]
+    assert s.image_states(1) == [(1, 1, "ok", 0.25, None, None, None, None)]
+    assert estimates.States.of(s.image_states(1)).p_wrong.tolist() == [0.75]
+    assert estimates.standing(s)["model_classes"]["remaining"]["point"] == 0.75
+    assert s.uncertain_candidates(1, [1], 5) == [1]
+
+
 def test_default_db_path(monkeypatch, tmp_path):
     monkeypatch.delenv("ANNOTATOR_DB", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")

@@ -112,13 +112,17 @@ def test_round_scores_every_image_including_unverified_classes(base):
     assert n_wrong >= 20 and auroc(s, ok) > 0.5 + 2.33 * sigma
     m = model["metrics"]
     assert m["method"] == "robust" and (s >= 0).all()  # P(label correct)
-    # the chart's noise rate is an expected share of wrong labels per class (the counting calibration: its exact
-    # values are in test_robust); the overall rate is the same count over every image
+    # the chart's noise rate is an expected share of wrong labels per class: the mean of the counting P(label wrong)
+    # stored with the scores (the counting calibration: its exact values are in test_robust), which "Where we
+    # stand" counts too; the overall rate is the same count over every image
     assert m["noise_rate_kind"] == "expected"
-    sizes = {n: sum(r["label"] == n for r in images) for n in NAMES}
+    counted = {row[0]: row[-1] for row in store.image_states(model["version"])}
+    assert all(p is not None and 0 <= p <= 1 for p in counted.values())
     rates = m["per_class_noise_rate"]
-    assert all(0 <= rates[n] <= 1 for n in NAMES)
-    assert m["estimated_noise_rate"] == pytest.approx(sum(sizes[n] * rates[n] for n in NAMES) / len(images))
+    for name in NAMES:
+        assert rates[name] == pytest.approx(np.mean([counted[r["id"]] for r in images if r["label"] == name]),
+                                            abs=1e-9)
+    assert m["estimated_noise_rate"] == pytest.approx(np.mean(list(counted.values())), abs=1e-9)
     # the held-out audit verdicts (audit draws on odd image ids) measure the flags against flagging nothing
     held_out = [v for v in store.live_verdicts() if v["reason"] == "audit" and v["image_id"] % 2 == 1]
     errors = sum((scores[v["image_id"]] < model["delta"]) != (v["verdict"] == "wrong") for v in held_out)
@@ -127,8 +131,8 @@ def test_round_scores_every_image_including_unverified_classes(base):
                                 "loses": errors > nothing}
     assert m["note"].startswith(f"calibrated on {m['n_train']} verdicts")
     judged = {v["image_id"] for v in store.live_verdicts() if v["verdict"] != "unsure"}  # the effort curve's figure
-    assert m["expected_wrong_left"] == pytest.approx(sum(1 - scores[r["id"]] for r in images if r["id"] not in judged),
-                                                     rel=1e-5)
+    assert m["expected_wrong_left"] == pytest.approx(sum(counted[r["id"]] for r in images if r["id"] not in judged),
+                                                     rel=1e-9)
     status = json.loads(cli(db, "status", "--json").stdout)
     assert status["images"] == 600 and status["model_version"] == 1 and status["classes_verified"] == 5
     assert status["worker"]["phase"] == "stopped"

@@ -44,9 +44,10 @@ def standing_panel(store: Store) -> dict:
                    "(Admin suggests which).")
         st.table(pd.DataFrame(report.stopping_rows(s["stopping"])).set_index("class"))
     st.caption("Intervals are 95 %. Verified classes: wrong share in the random audit verdicts of each class times "
-               "its unjudged images. Other classes: the model's expected count (the sum of 1 - P(label correct)), "
-               "its interval widened by how far the model's count was off on the held-out audit verdicts. "
-               "Precision and recall: the flags (score below the threshold) on the held-out audit verdicts.")
+               "its unjudged images. Other classes: the model's expected count (the sum of P(label wrong), from the "
+               "score's counting calibration), its interval widened by how far the model's count was off on the "
+               "held-out audit verdicts. Precision and recall: the flags (score below the threshold) on the held-out "
+               "audit verdicts.")
     return s
 
 

@@ -92,7 +92,8 @@ SETTING_DEFAULTS: dict[str, Any] = {
 UNDO_DEPTH = 10  # undo reaches back at most this many steps (a verdict or a grid page) of the current session
 WORKER_FIELDS = ("pid", "heartbeat", "phase", "progress", "message", "last_error", "last_error_at",
                  "phase_index", "phase_count", "overall", "round_started_at", "eta_at")
-SCORE_COLUMNS = ("image_id", "label_id", "score", "uncertainty", "suggested_label_id", "suggested_score")
+SCORE_COLUMNS = ("image_id", "label_id", "score", "uncertainty", "suggested_label_id", "suggested_score",
+                 "expected_wrong")
 BUSY_TIMEOUT = 30.0  # seconds a statement or a write transaction waits for another writer before "database is locked"
 LOCK_POLL = 0.001  # seconds between a waiting writer's tries for the write lock
 

@@ -106,10 +106,12 @@ class ModelsMixin(StoreBase):
                      progress: Callable[[int], None] | None = None) -> int:
         """Insert/replace score rows, ``batch`` per transaction; returns the row count.
 
-        Each row: (image_id, label_id, score, uncertainty[, suggested_label_id, suggested_score]),
-        score = the model's score (higher = label more likely correct), uncertainty = the image's queue key, lower
-        = served first (``annotator.publish.queue_order``: |score - delta| for a calibrated model; the review
-        queue, ``annotator.queue``, serves label conflicts and audit draws besides this order).
+        Each row: (image_id, label_id, score, uncertainty[, suggested_label_id, suggested_score[, expected_wrong]])
+        (``SCORE_COLUMNS``; the columns left off are NULL), score = the model's score (higher = label more likely
+        correct), uncertainty = the image's queue key, lower = served first (``annotator.publish.queue_order``:
+        |score - delta| for a calibrated model; the review queue, ``annotator.queue``, serves label conflicts and
+        audit draws besides this order), expected_wrong = P(label wrong) for counting wrong labels (None: the
+        method has none; ``annotator.estimates`` counts 1 - score).
         Rows go into ``scores`` in the order given (by image id, its key, each transaction appends), then
         their queue entries into ``scores_queue`` sorted by its key (appends too, as the version's key range
         is new): write a new version's rows in one call. ``pause`` seconds after each transaction let other
@@ -132,7 +134,7 @@ class ModelsMixin(StoreBase):
                                     [version, _ids_json(columns[0])])
                 self.db.conn.executemany(
                     f"INSERT OR REPLACE INTO scores (model_version, {', '.join(SCORE_COLUMNS)})"
-                    f" VALUES ({int(version)}, ?, ?, ?, ?, ?, ?)",
+                    f" VALUES ({int(version)}, {', '.join('?' * len(SCORE_COLUMNS))})",
                     [r if len(r) == len(SCORE_COLUMNS) else (*r, *(None,) * (len(SCORE_COLUMNS) - len(r)))
                      for r in chunk])
             ids.extend(columns[0])

@@ -322,11 +322,18 @@ def _propagated_verdicts(db: Database) -> None:
                " CHECK ((reason = 'propagated') = (source_id IS NOT NULL))")
 
 
+def _scores_expected_wrong(db: Database) -> None:
+    """A score row can carry the image's P(label wrong) for counting wrong labels (``expected_wrong``: the robust
+    score's counting calibration, ``cleannet_core.robust.RobustScore.expected_wrong``); NULL where the method has
+    none, and on the rows of older versions (counted with 1 - score)."""
+    db.execute("ALTER TABLE scores ADD COLUMN expected_wrong REAL")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
 MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3_one_live_verdict_sessions_logins,
                                                  _worker_round_progress, _model_artifacts, _images_mtime,
                                                  _verdict_note, _scores_queue_table, _accounts_v2, _duplicate_groups,
-                                                 _transfer_check_reason, _propagated_verdicts]
+                                                 _transfer_check_reason, _propagated_verdicts, _scores_expected_wrong]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # WHERE condition on `verdicts v` selecting live verdicts: not an undo row, not voided by one.
