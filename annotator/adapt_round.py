@@ -8,8 +8,10 @@ suspected noise; a "wrong" verdict without a correction weighs 0), each scoring 
 on. Their out-of-fold probabilities feed the noise model and the robust score in place of the linear probe's.
 
 The adapted model becomes current only when it makes fewer errors than the current model on the held-out audit
-verdicts (random draws no model trained on; ties broken by log-loss); otherwise the frozen model keeps serving
-and the outcome says why. Later rounds refit the robust score on the same networks' probabilities (new images get
+verdicts (random draws no model trained on; ties broken by log-loss) and its networks put the filed label first
+on at least as many images they did not train on as the current model does on images its probe did not train on
+(a training that went astray shows there with no verdict needed; the few audit verdicts of a first session
+cannot tell it); otherwise the frozen model keeps serving and the outcome says why. Later rounds refit the robust score on the same networks' probabilities (new images get
 the networks' mean), so the adaptation is not lost when verdicts arrive.
 """
 from __future__ import annotations
@@ -30,10 +32,12 @@ from cleannet_core.classifier import resolve_device
 from cleannet_core.efficientnet import lite_prefix_shape
 from cleannet_core.features import load_imagenet_weights
 
-from .artifacts import (BackboneInfo, current_backbone, imagenet_network, save_adapted_artifact,
-                        save_scorer_artifact)
+from cleannet_core.probe import Probe
+
+from .artifacts import (BackboneInfo, adapted_probs, current_backbone, imagenet_network, load_scorer,
+                        save_adapted_artifact, save_scorer_artifact)
 from .backbone import load_data
-from .pipeline import conflict_weight, round_metrics, verdict_split
+from .pipeline import conflict_weight, features, round_metrics, verdict_split
 from .publish import publish_scores, with_conflicts
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
@@ -186,14 +190,24 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     fitted = score_probs(store, data, probs, folds=folds, readable=fit.readable, split=split, cfg=cfg,
                          verdicts=verdicts, device=device)
     report("training", 1.0, fitted.note)
-    verdict = compare(store, data, split, fitted.scores.score, fitted.delta)
+    rows = np.flatnonzero(fit.readable)
+    verdict = compare(store, data, split, fitted.scores.score, fitted.delta) | {
+        "agreement": agreement(probs, data.labels, rows),
+        "current_agreement": _current_agreement(store, data, cfg, rows, device=device)}
     key = data_key(data)
     record = {"key": key, "at": time.time(), "n_val": int(len(split.val)), **verdict}
-    if not verdict["better"]:
+    astray = verdict["current_agreement"] is not None and verdict["agreement"] < verdict["current_agreement"]
+    if astray:
+        record |= {"better": False, "message": (
+            f"the adapted networks put the filed label first on {verdict['agreement']:.1%} of the images they did "
+            f"not train on, the current model on {verdict['current_agreement']:.1%}: the current model keeps "
+            f"serving")}
+    elif not verdict["better"]:
         short = f" (the comparison needs {GUARD_MIN})" if verdict["n"] < GUARD_MIN else ""
         record["message"] = (f"the adapted model made {verdict['errors']} errors on {verdict['n']} held-out audit "
                              f"verdicts{short}, the current one {verdict['current_errors']}: the current model keeps "
                              f"serving")
+    if not record["better"]:
         store.set_setting(SETTING, record)
         report("training", 1.0, record["message"])
         return Outcome(None, record["message"], fitted.scores.score)
@@ -283,6 +297,35 @@ def compare(store: Store, data: Data, split: VerdictSplit, score: np.ndarray, de
     better = len(rows) >= GUARD_MIN and (errors < current_errors or (
         errors == current_errors and log_loss(new) < log_loss(old)))
     return {"n": int(len(rows)), "errors": errors, "current_errors": current_errors, "better": bool(better)}
+
+
+def agreement(probs: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> float:
+    """Share of the images `rows` whose out-of-fold probabilities probs (N, C) rank their label (N,) first."""
+    rows = np.asarray(rows, np.int64)
+    return float((probs[rows].argmax(axis=1) == labels[rows]).mean()) if len(rows) else 0.0
+
+
+def _current_agreement(store: Store, data: Data, cfg: RoundConfig, rows: np.ndarray, *,
+                       device: torch.device) -> float | None:
+    """`agreement` of the current model's out-of-fold probabilities (its adapted networks', else its probe's on
+    the cached features); None when it has neither (a method without a probe, an unreadable checkpoint)."""
+    path = store.current_model()["checkpoint"]
+    if not path:
+        return None
+    try:
+        ckpt = load_scorer(path)
+    except (OSError, EOFError, RuntimeError, KeyError) as e:
+        log.warning("current checkpoint unreadable (%s): the adapted round is checked on the audit verdicts only", e)
+        return None
+    if ckpt.get("adapted"):
+        probs = adapted_probs(ckpt["adapted"], ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist(),
+                              device=str(device))
+    elif ckpt.get("probe") is not None and (info := current_backbone(store)) is not None:
+        feats, _ = features(store, data, None, info, cfg)
+        probs = Probe.from_state(ckpt["probe"]).predict(feats, scoring.folds_of(data.ids))
+    else:
+        probs = None
+    return None if probs is None else agreement(probs, data.labels, rows)
 
 
 def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: dict, *, backbone: BackboneInfo,

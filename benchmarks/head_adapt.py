@@ -99,7 +99,8 @@ def run(args) -> dict:
         labels, weights = adapt_round.targets(store, data, verdicts=verdicts)
         folds = adapt_round.adapt_folds(data.ids, adapt_round.FOLDS)
         config = TailConfig(cut=args.cut, epochs=args.epochs, lr=args.lr, label_smoothing=args.smoothing,
-                            weight_decay=args.wd, batch_size=args.batch, head_penalty=args.head_l2)
+                            weight_decay=args.wd, batch_size=args.batch, head_penalty=args.head_l2,
+                            warmup=args.warmup, clip=args.clip)
         t0 = time.perf_counter()
         prefix = imagenet_network(cfg.arch, weights_path=cfg.weights_path)
         probs = cross_fit_maps(maps, labels, folds, len(data.class_ids), backbone=prefix,
@@ -112,7 +113,8 @@ def run(args) -> dict:
         held = t["held"]
         agree = probs.argmax(1) == data.labels
         own = probs[np.arange(len(probs)), data.labels]
-        diag = {"agree_label": round(float(agree[held].mean()), 3),
+        diag = {"agree_label": round(float(agree[held].mean()), 3), "agree_all": round(float(agree.mean()), 3),
+                "agree_per_fold": [round(float(agree[folds == f].mean()), 3) for f in range(int(folds.max()) + 1)],
                 "agree_clean_rows": round(float(agree[held & ~t["wrong"]].mean()), 3),
                 "own_p_auroc": round(auroc(own[held], ~t["wrong"][held]), 3)}
         res = {"variant": {k: v for k, v in vars(args).items() if k not in ("data", "func")},
@@ -152,6 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--batch", type=int, default=d.batch_size)
     r.add_argument("--wd", type=float, default=d.weight_decay)
     r.add_argument("--smoothing", type=float, default=d.label_smoothing)
+    r.add_argument("--warmup", type=float, default=d.warmup, help="share of the steps the LR ramps up over")
+    r.add_argument("--clip", type=float, default=d.clip, help="largest gradient norm per step (0: none)")
     return ap.parse_args(argv)
 
 

@@ -154,6 +154,8 @@ class TailConfig:
     weight_decay: float = 5e-4    # SGD's L2 on the tail's convolutions and BN (not the linear head)
     batch_size: int = 64          # maps per step (each view of an image is its own row)
     head_penalty: float = 0.3     # l2 / 2 * |w|^2 on the linear head, as the probe's ProbeConfig.l2
+    warmup: float = 0.0           # share of the steps over which the LR ramps up linearly from 0
+    clip: float = 0.0             # the gradient's largest L2 norm per step (0: not clipped)
 
     def state(self) -> dict:
         return asdict(self)
@@ -257,7 +259,9 @@ def _fit_tail(tail: Tail, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, config
                           momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
     steps_per = math.ceil(len(x) / config.batch_size)
     total = max(config.epochs * steps_per, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    ramp = config.warmup * total
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / ramp if ramp else 1.0)
+                                              * 0.5 * (1 + math.cos(math.pi * s / total)))
     gen = torch.Generator().manual_seed(seed)
     y_t, w_t = torch.from_numpy(y).to(dev), torch.from_numpy(w.astype(np.float32)).to(dev)
     for epoch in range(config.epochs):
@@ -272,6 +276,8 @@ def _fit_tail(tail: Tail, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, config
             loss = (w_t[idx] * ce).mean() + config.head_penalty / 2 * tail.w.square().sum()
             opt.zero_grad()
             loss.backward()
+            if config.clip:
+                nn.utils.clip_grad_norm_(tail.parameters(), config.clip)
             opt.step()
             sched.step()
             correct += int((logits.argmax(1) == yb).sum())

@@ -112,6 +112,36 @@ def test_the_guard_keeps_a_better_current_model_and_says_why(tmp_path):
 
 
 @pytest.mark.slow
+def test_networks_that_went_astray_do_not_serve_even_when_the_audit_verdicts_favour_them(tmp_path, monkeypatch):
+    """The networks learn every label the other way round (a training gone astray) and the current model's stored
+    flags are all wrong on the 12 audit verdicts, so the audit comparison alone would switch; the networks put the
+    filed label first on fewer images they did not train on than the current probe does, and the current model
+    keeps serving, saying why."""
+    store, truth = _project(tmp_path)
+    _audit(store, truth)
+    current = store.current_model()["version"]
+    labels = {r["id"]: r["label_id"] for r in store.iter_images()}
+    store.write_scores(current, [(i, labels[i], 0.0 if ok else 1.0, 0.5) for i, ok in truth.items()])
+    honest = adapt_round.targets
+    monkeypatch.setattr(adapt_round, "targets", lambda *a, **k: (1 - honest(*a, **k)[0], honest(*a, **k)[1]))
+    out = adapt_round.run_adapt_round(store, ROUND)
+    record = store.get_setting(adapt_round.SETTING)
+    assert out.version is None and store.current_model()["version"] == current
+    print({k: record[k] for k in ("errors", "current_errors", "agreement", "current_agreement")})
+    assert record["errors"] < record["current_errors"]  # the audit verdicts alone favour the networks
+    assert record["agreement"] < record["current_agreement"] and record["better"] is False
+    assert record["message"].startswith("the adapted networks put the filed label first on")
+
+
+def test_agreement_counts_the_label_ranked_first_among_the_given_rows():
+    probs = np.array([[0.6, 0.4], [0.2, 0.8], [0.7, 0.3], [0.5, 0.5]])
+    labels = np.array([0, 0, 0, 1])
+    assert adapt_round.agreement(probs, labels, np.array([0, 1, 2])) == pytest.approx(2 / 3)
+    assert adapt_round.agreement(probs, labels, np.array([3])) == 0.0  # a tie goes to the first class
+    assert adapt_round.agreement(probs, labels, np.array([], np.int64)) == 0.0
+
+
+@pytest.mark.slow
 def test_a_better_adapted_model_serves_and_survives_rounds_and_new_images(tmp_path):
     store, truth = _project(tmp_path)
     _audit(store, truth)

@@ -104,3 +104,23 @@ def test_bad_folds_are_refused_with_a_count(net, toy):
         cross_fit_maps(maps, labels, np.where(np.arange(40) < 3, -1, folds), 2, backbone=net, config=TINY)
     with pytest.raises(ValueError, match="one row per image: 40, 39"):
         cross_fit_maps(maps, labels[:39], folds, 2, backbone=net, config=TINY)
+
+
+def test_clipping_and_warm_up_shorten_the_first_steps(net, toy):
+    """The same seed and data (no weight decay, which acts beside the gradient): a gradient clipped to a tiny norm,
+    or an LR ramped up over every step, moves the tails' blocks less from their copies of the backbone than plain
+    training does."""
+    from dataclasses import replace
+    maps, labels, folds = toy
+    start = {n: t for n, t in net.state_dict().items() if n.startswith("_blocks.")}
+
+    def moved(config: TailConfig) -> float:
+        fit = cross_fit_maps(maps, labels, folds, 2, backbone=net, config=config, device="cpu", seed=0)
+        return sum(float((fit.states[0][f"_blocks.{i}.{rest}"] - start[f"_blocks.{CUT + i}.{rest}"]).abs().sum())
+                   for name in start if int(name.split(".")[1]) >= CUT
+                   for i, rest in [(int(name.split(".")[1]) - CUT, name.split(".", 2)[2])])
+
+    base = replace(TINY, weight_decay=0.0)
+    plain = moved(base)
+    assert moved(replace(base, clip=1e-6)) < 0.01 * plain
+    assert moved(replace(base, warmup=1.0)) < plain
