@@ -105,7 +105,8 @@ def _round(db: str, device: str, publish_only: bool, out: mp.Queue) -> None:
         data = pipeline.load_data(store)
         rng = np.random.default_rng(1)
         score = rng.uniform(-1, 1, len(data.ids)).astype(np.float32)
-        sc = Scores(score, rng.integers(0, len(data.class_ids), len(score)), rng.random(len(score), np.float32))
+        sc = Scores(score, rng.integers(0, len(data.class_ids), len(score)), rng.random(len(score), np.float32),
+                    expected_wrong=rng.random(len(score)))  # the default (robust) stores its counting P too
         version = store.add_model(delta=0.5, metrics={"synthetic": True})
         publish_scores(store, version, data, sc, 0.5, report)
     else:
