@@ -11,8 +11,9 @@ The adapted model becomes current only when it makes fewer errors than the curre
 verdicts (random draws no model trained on; ties broken by log-loss) and its networks put the filed label first
 on at least as many images they did not train on as the current model does on images its probe did not train on
 (a training that went astray shows there with no verdict needed; the few audit verdicts of a first session
-cannot tell it); otherwise the frozen model keeps serving and the outcome says why. Later rounds refit the robust score on the same networks' probabilities (new images get
-the networks' mean), so the adaptation is not lost when verdicts arrive.
+cannot tell it); otherwise the frozen model keeps serving and the outcome says why. Later rounds refit the robust
+score on the same networks' probabilities (new images get the networks' mean), so the adaptation is not lost when
+verdicts arrive.
 """
 from __future__ import annotations
 
@@ -32,12 +33,10 @@ from cleannet_core.classifier import resolve_device
 from cleannet_core.efficientnet import lite_prefix_shape
 from cleannet_core.features import load_imagenet_weights
 
-from cleannet_core.probe import Probe
-
-from .artifacts import (BackboneInfo, adapted_probs, current_backbone, imagenet_network, load_scorer,
-                        save_adapted_artifact, save_scorer_artifact)
+from .artifacts import (BackboneInfo, current_backbone, imagenet_network, save_adapted_artifact,
+                        save_scorer_artifact)
 from .backbone import load_data
-from .pipeline import conflict_weight, features, round_metrics, verdict_split
+from .pipeline import conflict_weight, current_probs, round_metrics, verdict_split
 from .publish import publish_scores, with_conflicts
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
@@ -193,7 +192,8 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     rows = np.flatnonzero(fit.readable)
     verdict = compare(store, data, split, fitted.scores.score, fitted.delta) | {
         "agreement": agreement(probs, data.labels, rows),
-        "current_agreement": _current_agreement(store, data, cfg, rows, device=device)}
+        "current_agreement": None if (current := current_probs(store, data, cfg, device=device)) is None
+        else agreement(current, data.labels, rows)}
     key = data_key(data)
     record = {"key": key, "at": time.time(), "n_val": int(len(split.val)), **verdict}
     astray = verdict["current_agreement"] is not None and verdict["agreement"] < verdict["current_agreement"]
@@ -303,29 +303,6 @@ def agreement(probs: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> float:
     """Share of the images `rows` whose out-of-fold probabilities probs (N, C) rank their label (N,) first."""
     rows = np.asarray(rows, np.int64)
     return float((probs[rows].argmax(axis=1) == labels[rows]).mean()) if len(rows) else 0.0
-
-
-def _current_agreement(store: Store, data: Data, cfg: RoundConfig, rows: np.ndarray, *,
-                       device: torch.device) -> float | None:
-    """`agreement` of the current model's out-of-fold probabilities (its adapted networks', else its probe's on
-    the cached features); None when it has neither (a method without a probe, an unreadable checkpoint)."""
-    path = store.current_model()["checkpoint"]
-    if not path:
-        return None
-    try:
-        ckpt = load_scorer(path)
-    except (OSError, EOFError, RuntimeError, KeyError) as e:
-        log.warning("current checkpoint unreadable (%s): the adapted round is checked on the audit verdicts only", e)
-        return None
-    if ckpt.get("adapted"):
-        probs = adapted_probs(ckpt["adapted"], ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist(),
-                              device=str(device))
-    elif ckpt.get("probe") is not None and (info := current_backbone(store)) is not None:
-        feats, _ = features(store, data, None, info, cfg)
-        probs = Probe.from_state(ckpt["probe"]).predict(feats, scoring.folds_of(data.ids))
-    else:
-        probs = None
-    return None if probs is None else agreement(probs, data.labels, rows)
 
 
 def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: dict, *, backbone: BackboneInfo,

@@ -21,13 +21,13 @@ from cleannet_core.classifier import Backbone, resolve_device
 from cleannet_core.features import extract_features
 from cleannet_core import scoring
 from cleannet_core.metrics import detection_report
-from cleannet_core.probe import ProbeConfig
+from cleannet_core.probe import Probe, ProbeConfig
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.registry import spec
 from cleannet_core.train import TrainConfig
 
-from .artifacts import (BackboneInfo, adapted_probs, features_dir, load_backbone_artifact, load_scorer,
-                        save_scorer_artifact)
+from .artifacts import (BackboneInfo, adapted_probs, current_backbone, features_dir, load_backbone_artifact,
+                        load_scorer, save_scorer_artifact)
 from .backbone import ensure_backbone, load_data
 from .distributed import torchrun_extract
 from .publish import is_calibrated, publish_scores, with_conflicts
@@ -213,6 +213,29 @@ def rescore(store: Store, cfg: RoundConfig = RoundConfig(), *, report: Report = 
     publish_scores(store, version, data, sc, current["delta"], report, calibrated=is_calibrated(ckpt),
                    verdicts=verdicts)
     return version
+
+
+def current_probs(store: Store, data: Data, cfg: RoundConfig, *, device: torch.device | str = "cpu"
+                  ) -> np.ndarray | None:
+    """(N, C) the current model's out-of-fold P(noisy label | x) of data's images: its adapted networks', else its
+    probe's on its backbone's cached features; None where it has neither (no checkpoint or an unreadable one, a
+    method without a probe)."""
+    path = (store.current_model() or {}).get("checkpoint")
+    if not path:
+        return None
+    try:
+        ckpt = load_scorer(path)
+    except (OSError, EOFError, RuntimeError, KeyError) as e:
+        log.warning("current checkpoint unreadable (%s)", e)
+        return None
+    if ckpt.get("adapted"):
+        return adapted_probs(ckpt["adapted"], ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist(),
+                             device=str(device))
+    info = current_backbone(store)
+    if ckpt.get("probe") is None or info is None:
+        return None
+    feats, _ = features(store, data, None, info, cfg)
+    return Probe.from_state(ckpt["probe"]).predict(feats, scoring.folds_of(data.ids))
 
 
 def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int,

@@ -36,13 +36,12 @@ import numpy as np
 import torch
 
 from annotator import backbone, pipeline
-from annotator.artifacts import load_scorer
 from annotator.ingest import ingest_csv
 from annotator.queue import next_items
 from annotator.round_config import RoundConfig, load_round_config, save_round_config
 from annotator.store import Store
 from cleannet_core.metrics import auroc
-from cleannet_core.probe import Probe, ProbeConfig
+from cleannet_core.probe import ProbeConfig
 
 from .common import CACHE
 from .report import write_json
@@ -106,10 +105,7 @@ def session_store(db: Path, folder: Path) -> Store:
 
 def probe_probs(store: Store, data: pipeline.Data) -> np.ndarray:
     """(N, C) the current model's out-of-fold probe probabilities of every image, in data's order."""
-    ckpt = load_scorer(store.current_model()["checkpoint"])
-    info = pipeline.ensure_backbone(store, data, load_round_config(store), load=False)[1]
-    feats, _ = pipeline.features(store, data, None, info, load_round_config(store))
-    return Probe.from_state(ckpt["probe"]).predict(feats, data.ids % ProbeConfig.folds)
+    return pipeline.current_probs(store, data, load_round_config(store))
 
 
 def flag_stats(flag: np.ndarray, wrong: np.ndarray, open_set: np.ndarray, score: np.ndarray | None = None) -> dict:
