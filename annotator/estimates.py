@@ -43,6 +43,7 @@ from math import exp, lgamma, log, log1p, sqrt
 import numpy as np
 
 from cleannet_core.metrics import auroc
+from cleannet_core.score import counted_wrong
 
 from .export import threshold_in_force
 from .store import STATE_ROW, Store
@@ -137,7 +138,7 @@ class States:
                    verdict=np.array([v or "" for v in cols[4]], dtype="<U7"),
                    corrected=np.array([-1 if c is None else c for c in cols[5]], np.int64),
                    reason=np.array([r or "" for r in cols[6]], dtype="<U16"),
-                   p_wrong=np.where(np.isnan(counted), 1.0 - score, counted))
+                   p_wrong=counted_wrong(score, counted))
 
     @property
     def judged(self) -> np.ndarray:

@@ -24,6 +24,7 @@ from cleannet_core.metrics import detection_report
 from cleannet_core.probe import Probe, ProbeConfig
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.registry import spec
+from cleannet_core.score import counted_wrong
 from cleannet_core.train import TrainConfig
 
 from .artifacts import (BackboneInfo, adapted_probs, current_backbone, features_dir, load_backbone_artifact,
@@ -249,8 +250,7 @@ def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: Backbon
     # the expected share of wrong labels (the method's counting calibration, else 1 - score) where the score is a
     # probability, else the share flagged
     expected = spec(fit.state["method"]).probability
-    counted = fit.scores.expected_wrong
-    wrong = ((counted if counted is not None else 1.0 - score.astype(np.float64)) if expected
+    wrong = (counted_wrong(score, fit.scores.expected_wrong) if expected
              else (score < fit.delta).astype(np.float64))
     per_class = {name: float(wrong[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}

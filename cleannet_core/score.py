@@ -66,6 +66,16 @@ def score_images(model: CleanNet, features: np.ndarray, labels: np.ndarray, refs
     return Scores(score=score, suggested=suggested, suggested_score=suggested_score)
 
 
+def counted_wrong(score: np.ndarray, expected_wrong: np.ndarray | None) -> np.ndarray:
+    """(N,) float64 P(label wrong) that counts of wrong labels sum: expected_wrong (N,) (NaN or None: the method
+    has no counting calibration) where given, else 1 - score (N,) of a method whose score is P(label correct)."""
+    score = np.asarray(score, np.float64)
+    if expected_wrong is None:
+        return 1.0 - score
+    counted = np.asarray(expected_wrong, np.float64)
+    return np.where(np.isnan(counted), 1.0 - score, counted)
+
+
 def noise_flags(score: np.ndarray, delta: float) -> np.ndarray:
     """(N,) bool: True where the label is judged noise (score < delta)."""
     return np.asarray(score) < delta

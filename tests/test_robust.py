@@ -14,7 +14,7 @@ from cleannet_core.probe import Probe
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.robust import (CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, STRENGTH, RobustScore, _map_logistic,
                                   fit_weights)
-from cleannet_core.score import Scores
+from cleannet_core.score import Scores, counted_wrong
 
 
 def structured(seed: int = 0, c: int = 6, per: int = 300, d: int = 32, rate: float = 0.35):
@@ -222,3 +222,12 @@ def test_round_metrics_count_noise_rates_with_the_counting_calibration():
     plain = round_metrics(inputs, replace(counted, scores=replace(sc, expected_wrong=None)), backbone=info,
                           max_verdict=0)
     assert plain["per_class_noise_rate"] == {"cat": pytest.approx(0.15), "dog": pytest.approx(1.6 / 3)}
+
+
+def test_counts_sum_the_counting_calibration_and_fall_back_on_one_minus_score_per_image():
+    """counted_wrong, which both the chart (round_metrics) and the lead's estimates (States.p_wrong) sum: each
+    image's expected_wrong where it has one, 1 - score where it is NaN, and 1 - score for all when it is None."""
+    score = np.array([0.9, 0.25, 0.5], np.float32)
+    assert counted_wrong(score, np.array([0.3, np.nan, 0.0])).tolist() == [0.3, 0.75, 0.0]
+    np.testing.assert_allclose(counted_wrong(score, None), [0.1, 0.75, 0.5], rtol=0, atol=1e-7)
+    assert counted_wrong(score, None).dtype == np.float64
