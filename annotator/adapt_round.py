@@ -114,12 +114,10 @@ def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:
     backbone = current_backbone(store)
     size = backbone.image_size if backbone else 128
     est = estimate_s(store.images_count(status="ok"), cfg, image_size=size, device=resolve_device(cfg.device))
-    if est is not None and cfg.adapt == "auto":
-        return False, ("adapted features run on a GPU by default (set adapt on to run them on this CPU within "
-                       "adapt_budget_min; the audit guard decides whether they serve)")
-    if est is not None and est > 60 * cfg.adapt_budget_min:
+    if est is not None and cfg.adapt == "auto" and est > 60 * cfg.adapt_budget_min:
         return False, (f"an adapted round would take about {est / 60:.0f} min on this CPU, over the "
-                       f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min)")
+                       f"{cfg.adapt_budget_min:g} min budget (round setting adapt_budget_min; a GPU runs it "
+                       "whatever the size, and adapt on runs it on this CPU anyway)")
     data = load_data(store)
     last = store.get_setting(SETTING) or {}
     n_val = len(verdict_split(store, data).val)

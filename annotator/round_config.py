@@ -51,9 +51,10 @@ class RoundConfig:
     extract_procs: int = 1             # > 1: the round extracts missing features with torchrun on this many
                                        # processes (one per GPU), see annotator.distributed
     adapt: str = "auto"                # adapted round (backbone fine-tuned, cross-fitted) after the frozen model
-                                       # serves: auto = on a GPU | on = also on a CPU within adapt_budget_min
-                                       # | off (annotator.adapt_round)
-    adapt_budget_min: float = 30.0     # the longest adapted round the worker starts on a CPU, by its estimate
+                                       # serves: auto = on a GPU, and on a CPU within adapt_budget_min | on =
+                                       # also on a CPU over the budget | off (annotator.adapt_round)
+    adapt_budget_min: float = 30.0     # the longest adapted round the worker starts on a CPU by itself (adapt
+                                       # auto), by its estimate
     adapt_layers: str = "auto"         # tail: Lite0's last blocks (8 of 16) on maps the frozen ImageNet network
                                        # computes once per image (cleannet_core.adapt.TailConfig; ~5 min for 3,000
                                        # images on 2 CPU cores, better than the frozen features on the dev cases)

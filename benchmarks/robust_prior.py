@@ -34,8 +34,9 @@ GRID = {"noise_logit": (0.2, 0.3, 0.43, 0.6, 0.8, 1.0), "in_domain": (0, 5, 10, 
 MARGIN = 0.95
 
 
-def case_signals(case, data_dir: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(signals (N, 3), wrong (N,) bool) of every image of a dev case under the product's probe and noise model."""
+def case_signals(case, data_dir: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signals (N, 3), wrong (N,) bool, noisy labels (N,) as the case's class indices) of every image of a case
+    under the product's probe and noise model."""
     built = build(case, data=data_dir, cache=cache)
     truths = truth(built)
     with Store(template(case, built, cache)) as store:
@@ -47,7 +48,7 @@ def case_signals(case, data_dir: Path, cache: Path) -> tuple[np.ndarray, np.ndar
     rs = RobustScore(fit_noise_model(probs, data.labels), np.zeros(3), 0.0)
     clean = [truths[str(Path(p).resolve())][1] for p in data.paths]
     wrong = np.array([c != data.class_names[y] or c == OPEN_SET for c, y in zip(clean, data.labels)])
-    return rs.signals(probs, data.labels), wrong
+    return rs.signals(probs, data.labels), wrong, data.labels
 
 
 def main(argv=None) -> dict:
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
     rows = []
     for a, c, b in itertools.product(*GRID.values()):
         ratios = {}
-        for name, (x, wrong) in sig.items():
+        for name, (x, wrong, _) in sig.items():
             flag = x[:, 0] * a + x[:, 1] * c + b < 0  # P(correct) < 0.5
             ratios[name] = float((flag != wrong).mean() / wrong.mean())
         rows.append({"w": [a, c, 0.0], "b": b, "worst": max(ratios.values()),

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import (budget, classify, cli_startup, dashboard_speed, gpu_check, lite_settings, oof, quality, signals,
+from benchmarks import (budget, classify, cli_startup, dashboard_speed, gpu_check, lite_settings, oof, quality, signal_ceiling, signals,
                         summarize)
 from cleannet_core import efficientnet
 
@@ -262,3 +262,21 @@ def test_stopping_agreement_counts_which_choice_wins_on_each_side_of_the_thresho
     assert a["gain_stay_when_stopped"] == 0.01 and a["gain_switch_when_stopped"] == 0.01
     none = agreement(rows, 0.0)  # nothing stopped: staying wins in 3 of the 4 going rows
     assert none["switch_wins_when_stopped"] is None and none["balanced"] == 0.75
+
+
+def test_signal_ceiling_fits_on_the_truth_of_the_verified_classes_and_of_the_unverified_ones():
+    """Where label_logit alone tells wrong labels (below 0) and the prior ignores it, the fit on the verified classes'
+    truth transfers to the unverified classes and the fit on their own truth is perfect; the prior's ratio is its
+    exact flag error over flagging nothing's."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    wrong = rng.random(200) < 0.2
+    label_logit = np.where(wrong, -rng.uniform(1, 3, 200), rng.uniform(1, 3, 200))
+    noise_logit = rng.normal(0, 1, 200)
+    x = np.stack([noise_logit, np.zeros(200), label_logit], axis=1)
+    r = signal_ceiling.ceilings(x, wrong, labels, [0, 1])
+    held = labels >= 2
+    prior_flags = x[held] @ np.asarray(signal_ceiling.PRIOR_W) + signal_ceiling.PRIOR_B < 0
+    assert r["prior"] == pytest.approx((prior_flags != wrong[held]).mean() / wrong[held].mean())
+    assert r["prior"] > 0.5 and r["verified"] == 0.0 and r["own"] == 0.0
+    assert r["weights"]["own"][2] > 0

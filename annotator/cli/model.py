@@ -99,8 +99,10 @@ def train(ctx, full, steps, method) -> None:
 
 @click.command()
 @click.option("--set", "mode", type=click.Choice(["auto", "on", "off"]),
-              help="store when the worker adapts: auto (on a GPU) | on (also on a CPU, within the budget) | off; then exit")
-@click.option("--budget", type=click.FloatRange(min=1, max=10_000), help="with --set: the CPU budget in minutes")
+              help="store when the worker adapts: auto (on a GPU; on a CPU within the budget) | on (also over the "
+                   "budget) | off; then exit")
+@click.option("--budget", type=click.FloatRange(min=1, max=10_000),
+              help="the longest adapted round (minutes, by its estimate) the worker starts on a CPU by itself")
 @click.option("--layers", type=click.Choice(["tail", "full"]),
               help="this run: tail (Lite0's last blocks on frozen maps) | full (whole networks)")
 @click.option("--epochs", type=click.IntRange(min=1), help="epochs of each cross-fitted whole network (this run)")
