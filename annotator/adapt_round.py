@@ -55,6 +55,7 @@ TAIL_TRAIN_S = 0.03        # seconds per image and epoch for the K tails' traini
                            # 2-core CPU at 128 px, scaled by (size / 128)^2 (benchmarks/head_adapt.py on
                            # dev-structured-30, 3,000 images: maps 84-120 s, the whole round about 5 min;
                            # benchmarks/README.md, "Adapting only the last blocks")
+MEASURED_THREADS = 2       # the torch threads those rates were measured with
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,20 @@ def tail_maps_bytes(n_images: int, *, image_size: int, cut: int = TailConfig().c
     return n_images * 2 * math.prod(lite_prefix_shape(cut, image_size)) * 2
 
 
-def estimate_s(n_images: int, cfg: RoundConfig, *, image_size: int, device: torch.device) -> float | None:
-    """Seconds an adapted round takes on a CPU; None on a GPU (not estimated: it runs). full: K networks, each
-    adapt_epochs x (K-1)/K of the images, plus one prediction pass; tail: the maps once, then TailConfig's epochs."""
+def estimate_s(n_images: int, cfg: RoundConfig, *, image_size: int, device: torch.device,
+               threads: int | None = None) -> float | None:
+    """Seconds an adapted round takes on a CPU with `threads` torch threads (default: this process's; the worker
+    leaves a core to the app); None on a GPU (not estimated: it runs). full: K networks, each adapt_epochs x
+    (K-1)/K of the images, plus one prediction pass; tail: the maps once, then TailConfig's epochs. The rates were
+    measured with MEASURED_THREADS threads: fewer take proportionally longer, more are not counted faster."""
     if device.type != "cpu":
         return None
+    threads = torch.get_num_threads() if threads is None else threads
+    slower = MEASURED_THREADS / max(1, min(threads, MEASURED_THREADS))
     if layers(cfg, device) == "tail":
-        return n_images * (TAIL_MAPS_S + TailConfig().epochs * TAIL_TRAIN_S) * (image_size / 128) ** 2
+        return slower * n_images * (TAIL_MAPS_S + TailConfig().epochs * TAIL_TRAIN_S) * (image_size / 128) ** 2
     per_s = CPU_IMAGES_PER_S * (128 / image_size) ** 2
-    return n_images * (cfg.adapt_epochs * (FOLDS - 1) + 0.3) / per_s
+    return slower * n_images * (cfg.adapt_epochs * (FOLDS - 1) + 0.3) / per_s
 
 
 def due(store: Store, cfg: RoundConfig) -> tuple[bool, str]:

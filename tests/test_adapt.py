@@ -338,11 +338,14 @@ def test_a_tail_adapted_round_serves_saves_its_tails_and_scores_new_images_with_
 
 def test_the_estimate_follows_adapt_layers():
     """tail: maps once and TailConfig's epochs at the per-image constants; full: adapt_epochs at the Lite0 rate;
-    a ResNet always runs full."""
+    a ResNet always runs full. One thread (the worker's on 2 cores) takes twice as long as the two the rates were
+    measured with; more threads are not counted faster."""
     cpu = torch.device("cpu")
-    est = adapt_round.estimate_s(1000, LITE, image_size=128, device=cpu)
+    est = adapt_round.estimate_s(1000, LITE, image_size=128, device=cpu, threads=2)
     assert est == pytest.approx(1000 * (adapt_round.TAIL_MAPS_S + 2 * adapt_round.TAIL_TRAIN_S))
-    full = adapt_round.estimate_s(1000, replace(LITE, adapt_layers="full"), image_size=128, device=cpu)
+    assert adapt_round.estimate_s(1000, LITE, image_size=128, device=cpu, threads=1) == pytest.approx(2 * est)
+    assert adapt_round.estimate_s(1000, LITE, image_size=128, device=cpu, threads=16) == pytest.approx(est)
+    full = adapt_round.estimate_s(1000, replace(LITE, adapt_layers="full"), image_size=128, device=cpu, threads=2)
     assert full == pytest.approx(1000 * 6.3 / adapt_round.CPU_IMAGES_PER_S)
     gpu = torch.device("cuda")
     assert adapt_round.layers(ROUND, cpu) == "full" and adapt_round.layers(LITE, cpu) == "tail"
