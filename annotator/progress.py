@@ -166,11 +166,15 @@ def model_trust(model: dict | None) -> dict | None:
 
 def adapt_summary(store: Store) -> dict:
     """The adapted features (annotator.adapt_round): whether the current model uses them, the last attempt's
-    outcome and what the worker waits for. -> {current, message, waiting, text}."""
+    outcome and what the worker waits for. -> {current, message, waiting, text}. An attempt replaces the record,
+    so a `waiting` reason is newer than the `message` beside it: the text leads with it."""
     model = store.current_model() or {}
     record = store.get_setting("adapt") or {}
     current = bool((model.get("metrics") or {}).get("adapted"))
-    text = record.get("message") or record.get("waiting") or "not tried yet"
+    message, waiting = record.get("message"), record.get("waiting")
+    text = waiting or message or "not tried yet"
+    if waiting and message and message not in waiting:
+        text += f" (last attempt: {message})"
     return {"current": current, "message": record.get("message"), "waiting": record.get("waiting"),
             "text": ("in use; " if current else "not in use; ") + text}
 

@@ -12,8 +12,8 @@ import pytest
 
 import held_worker
 from annotator.ingest import ingest_csv
-from annotator.progress import (PHASE_WEIGHTS, PHASES, RoundProgress, describe_next, describe_status, duration,
-                                next_round, project_status)
+from annotator.progress import (PHASE_WEIGHTS, PHASES, RoundProgress, adapt_summary, describe_next, describe_status,
+                                duration, next_round, project_status)
 from annotator.round_config import RoundConfig, save_round_config
 from annotator.store import Store
 from helpers import DEMO, REPO, wait_for
@@ -134,3 +134,19 @@ def test_status_says_what_the_fit_did_and_warns_when_the_flags_lose(tmp_path):
     assert status["trust"]["loses"] and status["trust"]["n"] == 12
     assert ("  WARNING: flags LOSE to flagging nothing on 12 held-out audit verdicts: 5 errors against 3"
             in describe_status(status))
+
+
+def test_adapt_summary_leads_with_the_newer_waiting_reason(tmp_path):
+    """An attempt's record carries its message; the worker adds why it waits later (over the budget, say): the
+    line shows that reason first and the attempt's message beside it, and once only when they repeat."""
+    store = Store(tmp_path / "a.db")
+    assert adapt_summary(store)["text"] == "not in use; not tried yet"
+    store.set_setting("adapt", {"message": "the adapted model made 3 errors, the current one 1"})
+    assert adapt_summary(store)["text"] == "not in use; the adapted model made 3 errors, the current one 1"
+    store.set_setting("adapt", store.get_setting("adapt") | {"waiting": "over the 30 min budget"})
+    assert adapt_summary(store)["text"] == ("not in use; over the 30 min budget (last attempt: the adapted model "
+                                            "made 3 errors, the current one 1)")
+    store.set_setting("adapt", store.get_setting("adapt") | {
+        "waiting": "last adapted round: the adapted model made 3 errors, the current one 1"})
+    assert adapt_summary(store)["text"] == ("not in use; last adapted round: the adapted model made 3 errors, the "
+                                            "current one 1")
