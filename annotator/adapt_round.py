@@ -7,13 +7,15 @@ applied (a corrected label replaces the noisy one; CleanNet's soft weights from 
 suspected noise; a "wrong" verdict without a correction weighs 0), each scoring only the images it did not train
 on. Their out-of-fold probabilities feed the noise model and the robust score in place of the linear probe's.
 
-The adapted model becomes current only when it makes fewer errors than the current model on the held-out audit
-verdicts (random draws no model trained on; ties broken by log-loss) and its networks put the filed label first
-on at least as many images they did not train on as the current model does on images its probe did not train on
-(a training that went astray shows there with no verdict needed; the few audit verdicts of a first session
-cannot tell it); otherwise the frozen model keeps serving and the outcome says why. Later rounds refit the robust
-score on the same networks' probabilities (new images get the networks' mean), so the adaptation is not lost when
-verdicts arrive.
+The adapted model becomes current only when (`decide`) its networks put the filed label first on at least as many
+images they did not train on as the current model does on images its probe did not train on (a training that
+went astray shows there with no verdict needed), and it makes no more errors than the current model on at least
+GUARD_MIN held-out audit verdicts (random draws no model trained on). A tie there is usual (a first session has
+about ten, mostly "correct") and goes to the adapted model: its agreement is measured on thousands of images,
+while the held-out log-loss of a dozen verdicts, as a tie-break, refused tails that were far better on the
+robustness suite (benchmarks/README.md, "Adapting only the last blocks"). Otherwise the frozen model keeps serving
+and the outcome says why. Later rounds refit the robust score on the same networks' probabilities (new images get
+the networks' mean), so the adaptation is not lost when verdicts arrive.
 """
 from __future__ import annotations
 
@@ -193,25 +195,11 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
     fitted = score_probs(store, data, probs, folds=folds, readable=fit.readable, split=split, cfg=cfg,
                          verdicts=verdicts, device=device)
     report("training", 1.0, fitted.note)
-    rows = np.flatnonzero(fit.readable)
-    verdict = compare(store, data, split, fitted.scores.score, fitted.delta) | {
-        "agreement": agreement(probs, data.labels, rows),
-        "current_agreement": None if (current := current_probs(store, data, cfg, device=device)) is None
-        else agreement(current, data.labels, rows)}
-    key = data_key(data)
-    record = {"key": key, "at": time.time(), "n_val": int(len(split.val)), **verdict}
-    astray = verdict["current_agreement"] is not None and verdict["agreement"] < verdict["current_agreement"]
-    if astray:
-        record |= {"better": False, "message": (
-            f"the adapted networks put the filed label first on {verdict['agreement']:.1%} of the images they did "
-            f"not train on, the current model on {verdict['current_agreement']:.1%}: the current model keeps "
-            f"serving")}
-    elif not verdict["better"]:
-        short = f" (the comparison needs {GUARD_MIN})" if verdict["n"] < GUARD_MIN else ""
-        record["message"] = (f"the adapted model made {verdict['errors']} errors on {verdict['n']} held-out audit "
-                             f"verdicts{short}, the current one {verdict['current_errors']}: the current model keeps "
-                             f"serving")
-    if not record["better"]:
+    verdict = guard(store, data, split, fitted, probs, readable=fit.readable, cfg=cfg, device=device)
+    message = verdict.pop("message")
+    record = {"key": data_key(data), "at": time.time(), "n_val": int(len(split.val)), **verdict}
+    if not verdict["better"]:
+        record["message"] = message
         store.set_setting(SETTING, record)
         report("training", 1.0, record["message"])
         return Outcome(None, record["message"], fitted.scores.score)
@@ -220,8 +208,7 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
                                     backbone_id=backbone.id, **saved)
     version = publish_adapted(store, data, fitted, adapted, backbone=backbone, split=split, report=report,
                               max_verdict=max_verdict, verdicts=verdicts)
-    record["message"] = (f"adapted model version {version} is current: {verdict['errors']} errors on "
-                         f"{verdict['n']} held-out audit verdicts, the frozen model {verdict['current_errors']}")
+    record["message"] = f"adapted model version {version} is current: {message}"
     store.set_setting(SETTING, record)
     return Outcome(version, record["message"], fitted.scores.score)
 
@@ -284,23 +271,60 @@ def _fill_unreadable(fit: CrossFit) -> np.ndarray:
     return probs
 
 
+def log_loss(p_correct: np.ndarray, ok: np.ndarray) -> float:
+    """Mean log-loss of P(correct) (M,) against verdicts ok (M,) bool; 0 for none."""
+    p = np.clip(np.asarray(p_correct, np.float64), 1e-6, 1 - 1e-6)
+    return float(-(np.where(ok, np.log(p), np.log1p(-p))).mean()) if len(p) else 0.0
+
+
 def compare(store: Store, data: Data, split: VerdictSplit, score: np.ndarray, delta: float) -> dict:
     """The new scores against the current model's on the held-out audit verdicts: errors at each model's own
-    threshold, then log-loss of P(correct) as the tie-break. -> n, errors, current_errors, better."""
+    threshold and log-loss of P(correct). -> n, errors, current_errors, log_loss, current_log_loss."""
     current = store.current_model()
     by_id = store.current_scores()
     rows, ok = split.val, split.val_correct
     old = np.array([by_id.get(int(data.ids[r]), 1.0) for r in rows], np.float64)
     new = np.asarray(score, np.float64)[rows]
-    errors, current_errors = int(((new < delta) != ~ok).sum()), int(((old < current["delta"]) != ~ok).sum())
+    return {"n": int(len(rows)), "errors": int(((new < delta) != ~ok).sum()),
+            "current_errors": int(((old < current["delta"]) != ~ok).sum()),
+            "log_loss": log_loss(new, ok), "current_log_loss": log_loss(old, ok)}
 
-    def log_loss(p: np.ndarray) -> float:
-        p = np.clip(p, 1e-6, 1 - 1e-6)
-        return float(-(np.where(ok, np.log(p), np.log1p(-p))).mean()) if len(p) else 0.0
 
-    better = len(rows) >= GUARD_MIN and (errors < current_errors or (
-        errors == current_errors and log_loss(new) < log_loss(old)))
-    return {"n": int(len(rows)), "errors": errors, "current_errors": current_errors, "better": bool(better)}
+def guard(store: Store, data: Data, split: VerdictSplit, fitted: scoring.Fitted, probs: np.ndarray, *,
+          readable: np.ndarray, cfg: RoundConfig, device: torch.device) -> dict:
+    """The adapted model (its fitted score and out-of-fold probabilities probs (N, C)) against the current one:
+    compare's held-out figures, agreement for both, and decide's better and message."""
+    rows = np.flatnonzero(readable)
+    current = current_probs(store, data, cfg, device=device)
+    v = compare(store, data, split, fitted.scores.score, fitted.delta) | {
+        "agreement": agreement(probs, data.labels, rows),
+        "current_agreement": None if current is None else agreement(current, data.labels, rows)}
+    better, message = decide(v)
+    return v | {"better": better, "message": message}
+
+
+def decide(v: dict) -> tuple[bool, str]:
+    """Whether the adapted model replaces the current one, and why, from guard's figures v: agreement and
+    current_agreement (None: the current model has no probabilities) and compare's held-out figures. A tie on the
+    held-out errors goes to the adapted model when it agrees with the labels at least as often (thousands of
+    images against a dozen verdicts); to the lower held-out log-loss when the current model has no probabilities."""
+    keeps = "the current model keeps serving"
+    if v["current_agreement"] is not None and v["agreement"] < v["current_agreement"]:
+        return False, (f"the adapted networks put the filed label first on {v['agreement']:.1%} of the images they "
+                       f"did not train on, the current model on {v['current_agreement']:.1%}: {keeps}")
+    held = f"{v['errors']} errors on {v['n']} held-out audit verdicts, the current model {v['current_errors']}"
+    if v["n"] < GUARD_MIN:
+        return False, f"the adapted model made {held} (the comparison needs {GUARD_MIN}): {keeps}"
+    if v["errors"] != v["current_errors"]:
+        better = v["errors"] < v["current_errors"]
+        return better, f"the adapted model made {held}" + ("" if better else f": {keeps}")
+    if v["current_agreement"] is not None:
+        return True, (f"the adapted model made {held}, and its networks put the filed label first on "
+                      f"{v['agreement']:.1%} of the images they did not train on, the current model on "
+                      f"{v['current_agreement']:.1%}")
+    better = v["log_loss"] < v["current_log_loss"]
+    return better, (f"the adapted model made {held}; log-loss {v['log_loss']:.3f} against "
+                    f"{v['current_log_loss']:.3f}" + ("" if better else f": {keeps}"))
 
 
 def agreement(probs: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> float:

@@ -109,7 +109,8 @@ def run(args) -> dict:
         train_s = time.perf_counter() - t0
         fitted = adapt_round.score_probs(store, data, probs, folds=folds, readable=np.ones(len(data.ids), bool),
                                          split=split, cfg=cfg, verdicts=verdicts, device=torch.device("cpu"))
-        guard = adapt_round.compare(store, data, split, fitted.scores.score, fitted.delta)
+        guard = adapt_round.guard(store, data, split, fitted, probs, readable=np.ones(len(data.ids), bool), cfg=cfg,
+                                  device=torch.device("cpu"))
         held = t["held"]
         agree = probs.argmax(1) == data.labels
         own = probs[np.arange(len(probs)), data.labels]
