@@ -48,6 +48,7 @@ from .report import write_json
 from .suite_cases import OPEN_SET, Case, build, cases, truth
 
 LEVELS = (0, 50, 100)   # verdicts before each judged round
+SCAN = ("PSEUDO", "RIDGE", "STRENGTH")  # cleannet_core.robust constants a dev scan may set (--robust)
 ANNOTATOR = "sim"
 
 
@@ -62,9 +63,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paper-steps", type=int, default=1000)
     p.add_argument("--logreg", action="store_true", help="also cleanlab on a separate logistic regression")
     p.add_argument("--method", default=None, help="scoring method of every round (default: the product's)")
+    p.add_argument("--robust", action="append", default=[], metavar="NAME=VALUE",
+                   help=f"a dev scan: set one of the flags' prior constants {', '.join(SCAN)} of "
+                        "cleannet_core.robust for every round (repeatable; the JSON records the values in force)")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", type=Path)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for item in args.robust:
+        name, _, value = item.partition("=")
+        if name not in SCAN:
+            p.error(f"--robust {item}: not one of {', '.join(SCAN)}")
+        try:
+            float(value)
+        except ValueError:
+            p.error(f"--robust {item}: the value is not a number")
+    return args
+
+
+def scan(items: list[str]) -> None:
+    """Set the constants NAME=VALUE of cleannet_core.robust (parse_args checked the names)."""
+    from cleannet_core import robust
+    for item in items:
+        name, _, value = item.partition("=")
+        setattr(robust, name, float(value))
 
 
 # ---- state folders ---------------------------------------------------------------------------------------------
@@ -257,7 +278,8 @@ def settings() -> dict:
     from cleannet_core import robust
     return {"round": asdict(RoundConfig()), "probe": asdict(ProbeConfig()),
             "robust": {"signals": list(robust.SIGNALS), "prior_w": list(robust.PRIOR_W), "prior_b": robust.PRIOR_B,
-                       "strength": robust.STRENGTH, "delta": robust.DELTA,
+                       "pseudo": robust.PSEUDO, "ridge": robust.RIDGE,
+                       "counting_strength": robust.STRENGTH, "delta": robust.DELTA,
                        "noise_model": {"anchor_percentile": 97.0, "em_iterations": 100, "top_k": 16}},
             "image_size": f"{backbone.UPSCALE_224_FROM} images and more: 224 px, else 128 px (small images)",
             "queue": {"audit_share": 0.2, "retrain_every": 50}, "levels": list(LEVELS),
@@ -266,6 +288,7 @@ def settings() -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    scan(args.robust)
     chosen = [c for c in cases() if (args.role == "all" or c.role == args.role)
               and (not args.cases or c.name in args.cases.split(","))]
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -37,7 +37,7 @@ from annotator.round_config import load_round_config
 from annotator.store import Store
 from cleannet_core import scoring
 from cleannet_core.probe import Probe
-from cleannet_core.robust import DELTA, RobustScore, fit_weights
+from cleannet_core.robust import DELTA, RobustScore, fit_flag_weights
 
 from .demo_session import answer_next
 from .lead_view import copy_template, template
@@ -78,7 +78,7 @@ def gain(a: dict, extra: np.ndarray, truth: np.ndarray, population: np.ndarray) 
     """Drop in the flags' error on population (N,) bool when verdicts on rows extra are added to the fit."""
     rows = np.concatenate([a["train"], extra])
     ok = np.concatenate([a["ok"], truth[extra]])
-    w, b = fit_weights(a["x"][rows], ok, scale=a["x"].std(axis=0))
+    w, b = fit_flag_weights(a["x"][rows], ok, a["x"])
     before = a["rs"](a["x"]) < DELTA
     after = RobustScore(a["rs"].noise, w, b)(a["x"]) < DELTA
     wrong = ~truth

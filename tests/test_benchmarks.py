@@ -224,6 +224,23 @@ def test_robustness_suite_runs_a_case_through_the_product_and_reports(cifar_dir,
     assert robustness_report.table(runs)[2].startswith("| dev-digits-15 | 0 |")
 
 
+def test_a_dev_scan_sets_the_flags_prior_and_the_json_records_it(monkeypatch, capsys):
+    """--robust NAME=VALUE sets the constants of cleannet_core.robust a dev scan may change, and settings() records
+    the values in force; any other name, or a value that is not a number, is refused with its message."""
+    from benchmarks import robustness
+    from cleannet_core import robust
+    for name in robustness.SCAN:
+        monkeypatch.setattr(robust, name, getattr(robust, name))  # restored after the test
+    args = robustness.parse_args(["--data", "x", "--robust", "PSEUDO=0", "--robust", "RIDGE=3"])
+    robustness.scan(args.robust)
+    assert (robust.PSEUDO, robust.RIDGE) == (0.0, 3.0)
+    assert {k: robustness.settings()["robust"][k] for k in ("pseudo", "ridge")} == {"pseudo": 0.0, "ridge": 3.0}
+    for bad, says in (("DELTA=0.4", "not one of PSEUDO, RIDGE, STRENGTH"), ("RIDGE=x", "the value is not a number")):
+        with pytest.raises(SystemExit):
+            robustness.parse_args(["--data", "x", "--robust", bad])
+        assert f"--robust {bad}: {says}" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_duplicates_benchmark_plants_copies_and_scores_pairs_and_outliers(cifar_dir, tmp_path):
     """A toy dev case (200 demo images, 4 exact and 6 altered copies, 4 coloured digits): every exact copy is found

@@ -12,8 +12,8 @@ from annotator.round_types import Data, RoundInputs, VerdictSplit
 from cleannet_core import registry, scoring
 from cleannet_core.probe import Probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.robust import (CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, STRENGTH, RobustScore, _map_logistic,
-                                  fit_weights)
+from cleannet_core.robust import (CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, PSEUDO, RIDGE, STRENGTH, RobustScore,
+                                  _map_logistic, _sigmoid, fit_flag_weights, fit_weights)
 from cleannet_core.score import Scores, counted_wrong
 
 
@@ -69,6 +69,53 @@ def test_one_sided_verdicts_do_not_collapse_the_score():
     x = np.random.default_rng(1).normal(0, 1, (50, 3))
     w, b = fit_weights(x, np.ones(50, bool), scale=np.ones(3))
     assert w[0] > 0.5 * PRIOR_W[0] and b > PRIOR_B
+
+
+def _signals(rng, n: int) -> np.ndarray:
+    """(n, 3) signals with their usual spreads: noise_logit a few units, in_domain = log(1 - P(no class)) a few
+    hundredths, label_logit a few units."""
+    return np.c_[rng.normal(2, 2, n), -np.abs(rng.normal(0, 0.03, n)), rng.normal(1, 2, n)]
+
+
+def test_the_flags_prior_is_the_constrained_optimum_of_verdicts_plus_pseudo_verdicts():
+    """fit_flag_weights minimises the verdicts' summed log-loss + PSEUDO x the mean cross-entropy against the
+    prior's own P(correct) on the sample + RIDGE / 2 |(w, b) - prior|^2 (weights x spread): no feasible point
+    on a grid around it has a lower loss; no verdicts give the prior exactly."""
+    rng = np.random.default_rng(4)
+    sample = _signals(rng, 2000)
+    np.testing.assert_allclose(fit_flag_weights(np.zeros((0, 3)), np.zeros(0, bool), sample)[0], PRIOR_W)
+    x = sample[:60]
+    ok = rng.random(60) < _sigmoid(0.5 * x[:, 0] + 0.3 * x[:, 2])
+    w, b = fit_flag_weights(x, ok, sample)
+    assert (w >= 0).all()
+    scale = sample.std(0)
+    target = _sigmoid(sample @ np.asarray(PRIOR_W) + PRIOR_B)
+
+    def loss(wt: np.ndarray, bt: float) -> float:
+        z, zs = x @ wt + bt, sample @ wt + bt
+        anchor = -(target * -np.logaddexp(0, -zs) + (1 - target) * -np.logaddexp(0, zs)).mean()
+        return float(np.logaddexp(0, -z)[ok].sum() + np.logaddexp(0, z)[~ok].sum() + PSEUDO * anchor + RIDGE / 2 * (
+            (((wt - np.asarray(PRIOR_W)) * scale) ** 2).sum() + (bt - PRIOR_B) ** 2))
+
+    best = loss(w, b)
+    for dw in (-0.1, 0.0, 0.1):
+        for dl in (-0.1, 0.0, 0.1):
+            for db in (-0.1, 0.0, 0.1):
+                trial = np.maximum(w + np.array([dw, 0, dl]), 0)
+                assert loss(trial, b + db) >= best - 1e-6
+
+
+def test_one_sided_flag_verdicts_keep_the_ranking():
+    """50 verdicts, all "correct", on signals with their usual spreads: the pseudo-verdicts keep the noise model's
+    weight, so the score still ranks the data set (it does not go constant), and fewer images are flagged."""
+    rng = np.random.default_rng(5)
+    sample = _signals(rng, 3000)
+    w, b = fit_flag_weights(sample[:50], np.ones(50, bool), sample)
+    assert w[0] > 0.5 * PRIOR_W[0] and b > PRIOR_B
+    before = _sigmoid(sample @ np.asarray(PRIOR_W) + PRIOR_B)
+    after = _sigmoid(sample @ w + b)
+    assert 0 < (after < 0.5).sum() < (before < 0.5).sum()
+    assert np.corrcoef(before, after)[0, 1] > 0.9
 
 
 def test_many_consistent_verdicts_outweigh_the_prior():
