@@ -49,8 +49,8 @@ from .export import threshold_in_force
 from .store import STATE_ROW, Store
 
 Z = 1.96  # two-sided 95 %
-# a verified class's newest verdicts moved under this share of the flags: verify another class (chosen on the dev
-# sessions of benchmarks/stopping.py)
+# a verified class's newest verdicts moved under this share of the flags: they no longer move the model, verify
+# another class (benchmarks/stopping.py: no threshold predicts when switching teaches more; at 1 % it fires rarely)
 STOP_SHARE = 0.01
 
 

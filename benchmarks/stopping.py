@@ -4,7 +4,7 @@ class teach the model less than the same number in the class Admin suggests?
     nice -n 5 python -m benchmarks.stopping --json benchmarks/results/stopping.json
 
 Simulated demo sessions (the template of `benchmarks.lead_view`: the demo with its first model). Each session
-verifies five classes drawn by its seed (dev seeds choose STOP_SHARE, test seeds report with other class splits),
+verifies five classes drawn by its seed (dev seeds choose a threshold, test seeds report with other class splits),
 answers --verdicts queue items truthfully (`demo_session.answer_next`) and runs a round whenever one is due, as
 the worker does. After each round, per verified class c with a signal (``metrics.verdict_influence``):
 
