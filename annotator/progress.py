@@ -175,7 +175,7 @@ def adapt_summary(store: Store) -> dict:
     text = waiting or message or "not tried yet"
     if waiting and message and message not in waiting:
         text += f" (last attempt: {message})"
-    return {"current": current, "message": record.get("message"), "waiting": record.get("waiting"),
+    return {"current": current, "message": message, "waiting": waiting,
             "text": ("in use; " if current else "not in use; ") + text}
 
 

@@ -107,10 +107,10 @@ def run(args) -> dict:
                                weights=weights, config=config, device="cpu",
                                progress=lambda frac, msg: print(f"  {msg}", flush=True)).probs
         train_s = time.perf_counter() - t0
-        fitted = adapt_round.score_probs(store, data, probs, folds=folds, readable=np.ones(len(data.ids), bool),
-                                         split=split, cfg=cfg, verdicts=verdicts, device=torch.device("cpu"))
-        guard = adapt_round.guard(store, data, split, fitted, probs, readable=np.ones(len(data.ids), bool), cfg=cfg,
-                                  device=torch.device("cpu"))
+        readable, cpu = np.ones(len(data.ids), bool), torch.device("cpu")
+        fitted = adapt_round.score_probs(store, data, probs, folds=folds, readable=readable, split=split, cfg=cfg,
+                                         verdicts=verdicts, device=cpu)
+        guard = adapt_round.guard(store, data, split, fitted, probs, readable=readable, cfg=cfg, device=cpu)
         held = t["held"]
         agree = probs.argmax(1) == data.labels
         own = probs[np.arange(len(probs)), data.labels]

@@ -69,23 +69,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    pairs = []
     for item in args.robust:
         name, _, value = item.partition("=")
         if name not in SCAN:
             p.error(f"--robust {item}: not one of {', '.join(SCAN)}")
         try:
-            float(value)
+            pairs.append((name, float(value)))
         except ValueError:
             p.error(f"--robust {item}: the value is not a number")
+    args.robust = pairs
     return args
 
 
-def scan(items: list[str]) -> None:
-    """Set the constants NAME=VALUE of cleannet_core.robust (parse_args checked the names)."""
+def scan(pairs: list[tuple[str, float]]) -> None:
+    """Set the constants (NAME, value) of cleannet_core.robust that parse_args read from --robust."""
     from cleannet_core import robust
-    for item in items:
-        name, _, value = item.partition("=")
-        setattr(robust, name, float(value))
+    for name, value in pairs:
+        setattr(robust, name, value)
 
 
 # ---- state folders ---------------------------------------------------------------------------------------------

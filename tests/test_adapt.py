@@ -373,7 +373,6 @@ def test_tail_maps_have_the_prefix_shape_and_a_memory_cap(tmp_path, monkeypatch)
         adapt_round.run_adapt_round(store, LITE, config=TAIL)
 
 
-
 def _figures(errors=2, current_errors=2, n=13, agreement=0.74, current_agreement=0.67) -> dict:
     return {"n": n, "errors": errors, "current_errors": current_errors, "log_loss": 0.30, "current_log_loss": 0.20,
             "agreement": agreement, "current_agreement": current_agreement}
