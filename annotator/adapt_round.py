@@ -38,7 +38,7 @@ from cleannet_core.features import load_imagenet_weights
 from .artifacts import (BackboneInfo, current_backbone, imagenet_network, save_adapted_artifact,
                         save_scorer_artifact)
 from .backbone import load_data
-from .pipeline import conflict_weight, current_probs, round_metrics, verdict_split
+from .pipeline import conflict_weight, current_probs, judged_wrong, round_metrics, verdict_split
 from .publish import publish_scores, with_conflicts
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
@@ -345,9 +345,8 @@ def publish_adapted(store: Store, data: Data, fitted: scoring.Fitted, adapted: d
     inputs = RoundInputs(data=data, feats=np.zeros((0, 0), np.float16), readable=np.ones(len(data.ids), bool),
                          refs=np.zeros((num_classes, 1, 1), np.float32), has_refs=np.ones(num_classes, bool),
                          split=split)
-    judged = {v["image_id"] for v in verdicts if v["verdict"] != "unsure"}
     metrics = round_metrics(inputs, fitted, backbone=backbone, max_verdict=max_verdict,
-                            judged=np.isin(data.ids, list(judged))) | {"method": "robust", "adapted": True}
+                            judged=judged_wrong(data, verdicts)) | {"method": "robust", "adapted": True}
     version = store.add_model(delta=fitted.delta, metrics=metrics, checkpoint=str(ckpt),
                               backbone=f"adapted from {backbone.source}", n_verdicts=split.n)
     publish_scores(store, version, data, fitted.scores, fitted.delta, report, calibrated=True, verdicts=verdicts)

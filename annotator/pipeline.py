@@ -131,9 +131,8 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     report("training", 1.0, fit.note)
     fit = replace(fit, scores=with_conflicts(store, data, fit.scores, weight=conflict_weight(cfg, fit.state),
                                              verdicts=verdicts))
-    judged = {v["image_id"] for v in verdicts if v["verdict"] != "unsure"}
     metrics = round_metrics(inputs, fit, backbone=backbone, max_verdict=max_verdict,
-                            judged=np.isin(data.ids, list(judged))) | {"method": cfg.method, "adapted": bool(adapted)}
+                            judged=judged_wrong(data, verdicts)) | {"method": cfg.method, "adapted": bool(adapted)}
     ckpt = save_scorer_artifact(store, fit.state | {"delta": fit.delta, "class_ids": data.class_ids.tolist(),
                                                     "refs": torch.from_numpy(refs)}
                                 | ({"adapted": adapted} if adapted else {}),
@@ -239,23 +238,38 @@ def current_probs(store: Store, data: Data, cfg: RoundConfig, *, device: torch.d
     return Probe.from_state(ckpt["probe"]).predict(feats, scoring.folds_of(data.ids))
 
 
+def judged_wrong(data: Data, verdicts: list[dict]) -> np.ndarray:
+    """(N,) float64 per image of data: 1.0 where its live verdict says the label is wrong, 0.0 correct, NaN where
+    no correct/wrong verdict judged it (none, or 'unsure'); verdicts: ``Store.live_verdicts()``."""
+    out = np.full(len(data.ids), np.nan)
+    where = {int(i): k for k, i in enumerate(data.ids)}
+    for v in verdicts:
+        if v["verdict"] != "unsure" and v["image_id"] in where:
+            out[where[v["image_id"]]] = float(v["verdict"] == "wrong")
+    return out
+
+
 def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: BackboneInfo, max_verdict: int,
                   judged: np.ndarray | None = None) -> dict:
     """The model's stored metrics: estimated noise rates (overall, per class), what the fit did with the verdicts,
     its flags measured on the held-out audit verdicts against flagging nothing (`audit_check`), and the wrong
-    labels it expects among the images no correct/wrong verdict judged (`expected_wrong_left`, `judged` (N,)
-    bool; the effort curve of ``annotator.estimates``) and, for the robust score, what each class's newest verdicts
-    still move (`verdict_influence`: the stopping signal)."""
+    labels it expects among the images no correct/wrong verdict judged (`expected_wrong_left`; the effort curve of
+    ``annotator.estimates``) and, for the robust score, what each class's newest verdicts still move
+    (`verdict_influence`: the stopping signal). judged (N,): `judged_wrong`, None: no verdict.
+
+    Where the score is a probability, the noise rates count each judged image by its verdict (1 wrong, 0 correct)
+    and every other image by the method's counting calibration (else 1 - score); otherwise they are the share
+    flagged."""
     data, split, score = inputs.data, inputs.split, fit.scores.score
-    # the expected share of wrong labels (the method's counting calibration, else 1 - score) where the score is a
-    # probability, else the share flagged
     expected = spec(fit.state["method"]).probability
     wrong = (counted_wrong(score, fit.scores.expected_wrong) if expected
              else (score < fit.delta).astype(np.float64))
-    per_class = {name: float(wrong[data.labels == c].mean()) if (data.labels == c).any() else None
+    unjudged = np.ones(len(score), bool) if judged is None else np.isnan(judged)
+    counted = np.where(unjudged, wrong, judged) if expected else wrong
+    per_class = {name: float(counted[data.labels == c].mean()) if (data.labels == c).any() else None
                  for c, name in enumerate(data.class_names)}
     influence = {data.class_names[c]: v for c, v in (fit.influence or {}).items()}
-    out = {"estimated_noise_rate": float(wrong.mean()), "per_class_noise_rate": per_class,
+    out = {"estimated_noise_rate": float(counted.mean()), "per_class_noise_rate": per_class,
            "verdict_influence": influence if fit.influence is not None else None,
            "max_verdict_id": max_verdict, "best_step": fit.best_step, "backbone": backbone.source,
            "backbone_arch": backbone.arch, "backbone_kind": backbone.kind, "image_size": backbone.image_size,
@@ -266,7 +280,7 @@ def round_metrics(inputs: RoundInputs, fit: scoring.Fitted, *, backbone: Backbon
     if len(split.val):
         out["audit"] = detection_report(score[split.val], split.val_correct, fit.delta)
     if judged is not None:
-        out["expected_wrong_left"] = float(wrong[~judged].sum())
+        out["expected_wrong_left"] = float(wrong[unjudged].sum())
     return out
 
 

@@ -50,6 +50,7 @@ STRENGTH = 3.0              # prior precision on weight x signal spread (the cou
 PSEUDO = 10.0               # the flags' prior: as many verdicts as this, on images drawn from the whole data set
                             # and answered by PRIOR's own P(correct) (benchmarks/README.md, "The flags' prior")
 RIDGE = 0.1                 # ... and a weak pull of each weight x signal spread towards PRIOR_W
+ANCHOR_ROWS = 10_000        # the pseudo-verdicts sit on at most this many images of the sample (a seeded draw)
 DELTA = 0.5
 NEWEST = 0.5                 # verdict_influence leaves out each class's newest half of its verdicts
 MIN_HELD = 5                 # ... when that is at least this many
@@ -146,9 +147,12 @@ def fit_weights(x: np.ndarray, is_correct: np.ndarray, *, scale: np.ndarray, pri
 
 def fit_flag_weights(x: np.ndarray, is_correct: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, float]:
     """The flag score's weights from verdicts (M,) on signals x (M, 3): fit_weights around PRIOR_W, PRIOR_B, the
-    prior counting like PSEUDO verdicts on the signals of a sample (S, 3) of the whole data set, plus RIDGE."""
-    return fit_weights(x, is_correct, scale=np.asarray(sample, np.float64).std(axis=0), strength=RIDGE,
-                       sample=sample, pseudo=PSEUDO)
+    prior counting like PSEUDO verdicts on the signals of a sample (S, 3) of the whole data set (at most
+    ANCHOR_ROWS of its rows, a seeded draw, so a fit costs the same for any S), plus RIDGE."""
+    sample = np.asarray(sample, np.float64)
+    anchor = sample if len(sample) <= ANCHOR_ROWS else sample[
+        np.sort(np.random.default_rng(0).choice(len(sample), ANCHOR_ROWS, replace=False))]
+    return fit_weights(x, is_correct, scale=sample.std(axis=0), strength=RIDGE, sample=anchor, pseudo=PSEUDO)
 
 
 def _map_logistic(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: float, strength: float, *,

@@ -7,13 +7,13 @@ import torch
 
 from annotator.artifacts import BackboneInfo
 from annotator.estimates import STOP_SHARE
-from annotator.pipeline import round_metrics
+from annotator.pipeline import judged_wrong, round_metrics
 from annotator.round_types import Data, RoundInputs, VerdictSplit
 from cleannet_core import registry, scoring
 from cleannet_core.probe import Probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.robust import (CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, PSEUDO, RIDGE, STRENGTH, RobustScore,
-                                  _map_logistic, _sigmoid, fit_flag_weights, fit_weights)
+from cleannet_core.robust import (ANCHOR_ROWS, CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, PSEUDO, RIDGE, STRENGTH,
+                                  RobustScore, _map_logistic, _sigmoid, fit_flag_weights, fit_weights)
 from cleannet_core.score import Scores, counted_wrong
 
 
@@ -103,6 +103,24 @@ def test_the_flags_prior_is_the_constrained_optimum_of_verdicts_plus_pseudo_verd
             for db in (-0.1, 0.0, 0.1):
                 trial = np.maximum(w + np.array([dw, 0, dl]), 0)
                 assert loss(trial, b + db) >= best - 1e-6
+
+
+def test_the_flags_prior_sits_on_at_most_anchor_rows_of_a_large_sample():
+    """A sample of ANCHOR_ROWS rows or fewer: every row carries the pseudo-verdicts (exactly fit_weights on it). A
+    larger one: a seeded draw of ANCHOR_ROWS rows carries them (the spread still comes from every row), which moves
+    the fit less than the verdicts' own noise."""
+    rng = np.random.default_rng(6)
+    sample = _signals(rng, 4 * ANCHOR_ROWS)
+    x = sample[:80]
+    ok = rng.random(80) < _sigmoid(0.5 * x[:, 0] + 0.3 * x[:, 2])
+    small = sample[:ANCHOR_ROWS]
+    exact = fit_weights(x, ok, scale=small.std(0), strength=RIDGE, sample=small, pseudo=PSEUDO)
+    np.testing.assert_array_equal(fit_flag_weights(x, ok, small)[0], exact[0])
+    full = fit_weights(x, ok, scale=sample.std(0), strength=RIDGE, sample=sample, pseudo=PSEUDO)
+    capped = fit_flag_weights(x, ok, sample)
+    np.testing.assert_allclose(capped[0], full[0], rtol=0.05, atol=1e-3)
+    assert abs(capped[1] - full[1]) < 0.05
+    assert fit_flag_weights(x, ok, sample)[1] == capped[1]  # the draw is seeded
 
 
 def test_one_sided_flag_verdicts_keep_the_ranking():
@@ -269,6 +287,34 @@ def test_round_metrics_count_noise_rates_with_the_counting_calibration():
     plain = round_metrics(inputs, replace(counted, scores=replace(sc, expected_wrong=None)), backbone=info,
                           max_verdict=0)
     assert plain["per_class_noise_rate"] == {"cat": pytest.approx(0.15), "dog": pytest.approx(1.6 / 3)}
+
+
+def test_round_metrics_count_judged_images_by_their_verdict():
+    """A judged image counts 1 (verdict 'wrong') or 0 ('correct') in the noise rates, not its expected_wrong; the
+    rest count as before, and expected_wrong_left sums the unjudged ones only. The share flagged (a score that is
+    not a probability) is left as it is."""
+    labels = np.array([0, 0, 1, 1, 1])
+    data = Data(ids=np.arange(1, 6), paths=[""] * 5, keys=[""] * 5, labels=labels, class_ids=np.array([7, 8]),
+                class_names=["cat", "dog"])
+    empty = np.zeros(0, np.int64)
+    inputs = RoundInputs(data, np.zeros((5, 2), np.float16), np.ones(5, bool), np.zeros((2, 1, 2), np.float32),
+                         np.ones(2, bool), VerdictSplit(empty, empty.astype(bool), empty, empty.astype(bool)))
+    info = BackboneInfo(path="", id="x", source="test", arch="efficientnet_lite0", image_size=32, num_classes=2,
+                        kind="pretrained")
+    sc = Scores(np.array([0.9, 0.8, 0.7, 0.6, 0.1], np.float32), np.zeros(5, np.int64), np.zeros(5, np.float32),
+                np.array([0.5, 0.3, 0.2, 0.2, 0.8]))
+    verdicts = [{"image_id": 2, "verdict": "wrong"}, {"image_id": 3, "verdict": "correct"},
+                {"image_id": 4, "verdict": "unsure"}, {"image_id": 99, "verdict": "wrong"}]
+    judged = judged_wrong(data, verdicts)
+    np.testing.assert_array_equal(judged, [np.nan, 1.0, 0.0, np.nan, np.nan])
+    m = round_metrics(inputs, scoring.Fitted(sc, 0.5, {"method": "robust"}, ""), backbone=info, max_verdict=0,
+                      judged=judged)
+    assert m["per_class_noise_rate"] == {"cat": pytest.approx(0.75), "dog": pytest.approx(1 / 3)}
+    assert m["estimated_noise_rate"] == pytest.approx(0.5)
+    assert m["expected_wrong_left"] == pytest.approx(1.5)
+    flagged = round_metrics(inputs, scoring.Fitted(sc, 0.5, {"method": "paper"}, ""), backbone=info, max_verdict=0,
+                            judged=judged)
+    assert flagged["per_class_noise_rate"] == {"cat": 0.0, "dog": pytest.approx(1 / 3)}
 
 
 def test_counts_sum_the_counting_calibration_and_fall_back_on_one_minus_score_per_image():

@@ -123,8 +123,8 @@ def worker_panel(store: Store) -> None:
 BACKBONE_KINDS = {"pretrained": "ImageNet weights, frozen",
                   "finetuned": "ImageNet weights fine-tuned on the noisy labels",
                   "noisy": "trained on the noisy labels"}  # the backbone line names its kind, never a file
-BAR_TEXT = {"expected": "the expected share of wrong labels in each class (the mean of P(label wrong) over its "
-                        "images, from the score's counting calibration)",
+BAR_TEXT = {"expected": "the expected share of wrong labels in each class (images with a correct/wrong verdict "
+                        "count as judged, the others by P(label wrong) from the score's counting calibration)",
             "flagged": "share of each class's images the current model flags as mislabeled"}
 
 
