@@ -279,8 +279,10 @@ def settings() -> dict:
     from cleannet_core import robust
     return {"round": asdict(RoundConfig()), "probe": asdict(ProbeConfig()),
             "robust": {"signals": list(robust.SIGNALS), "prior_w": list(robust.PRIOR_W), "prior_b": robust.PRIOR_B,
-                       "pseudo": robust.PSEUDO, "ridge": robust.RIDGE,
-                       "counting_strength": robust.STRENGTH, "delta": robust.DELTA,
+                       "pseudo": robust.PSEUDO, "ridge": robust.RIDGE, "anchor_rows": robust.ANCHOR_ROWS,
+                       "counting_signals": ["noise_logit > 0", "noise_logit < 0", "in_domain", "label_logit"],
+                       "counting_prior_w": list(robust.ESTIMATE_W), "counting_strength": robust.STRENGTH,
+                       "delta": robust.DELTA,
                        "noise_model": {"anchor_percentile": 97.0, "em_iterations": 100, "top_k": 16}},
             "image_size": f"{backbone.UPSCALE_224_FROM} images and more: 224 px, else 128 px (small images)",
             "queue": {"audit_share": 0.2, "retrain_every": 50}, "levels": list(LEVELS),

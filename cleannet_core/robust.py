@@ -25,6 +25,9 @@ where noise is high. Counting uses a second calibration of the same signals, `ex
 noise model's own posterior (ESTIMATE_W, ESTIMATE_B: P(correct) = P_noise(correct)) and the same verdicts move it
 around that prior with the pull STRENGTH. On the dev cases with no verdict its per-class noise rates are 4.8
 points off the truth on average (worst case 8.2) against the cautious score's 6.1 (worst 16.8, CIFAR-10N `worse`).
+It reads noise_logit in two parts, split at 0 (`count_signals`), so verdicts can flatten the "wrong" side alone:
+on the dev runs with verdicts 3.72 points against 3.85 for one weight (3 % noise, 100 verdicts: 1.1 against
+2.9).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from .score import Scores
 SIGNALS = ("noise_logit", "in_domain", "label_logit")
 PRIOR_W = (0.8, 30.0, 0.0)  # the verdict-free weights chosen on the dev cases (benchmarks/robust_prior.py)
 PRIOR_B = 1.5
-ESTIMATE_W = (1.0, 0.0, 0.0)  # counting: the noise model's posterior itself, before any verdict
+ESTIMATE_W = (1.0, 1.0, 0.0, 0.0)  # counting, on count_signals: the noise model's posterior itself, before any verdict
 ESTIMATE_B = 0.0
 STRENGTH = 3.0              # prior precision on weight x signal spread (the counting calibration's prior)
 PSEUDO = 10.0               # the flags' prior: as many verdicts as this, on images drawn from the whole data set
@@ -61,7 +64,7 @@ CLIP = 1e-6
 @dataclass
 class RobustScore:
     """The calibrated map from signals to P(label correct); n_verdicts = how many verdicts moved it off the prior.
-    (est_w, est_b): the counting calibration (expected_wrong)."""
+    (est_w, est_b): the counting calibration (expected_wrong), on count_signals."""
     noise: NoiseModel
     w: np.ndarray          # (3,) >= 0, on the raw signals
     b: float
@@ -83,7 +86,7 @@ class RobustScore:
     def expected_wrong(self, x: np.ndarray) -> np.ndarray:
         """(N,) P(label wrong) for counting wrong labels (its mean over a class estimates the class's noise rate)
         from signals x (N, 3); not the flags' calibration, which is cautious."""
-        return 1.0 - _sigmoid(np.asarray(x, np.float64) @ self.est_w + self.est_b)
+        return 1.0 - _sigmoid(count_signals(x) @ self.est_w + self.est_b)
 
     def state(self) -> dict:
         return {"noise": self.noise.state(), "w": self.w.tolist(), "b": self.b, "n_verdicts": self.n_verdicts,
@@ -91,10 +94,22 @@ class RobustScore:
 
     @classmethod
     def from_state(cls, s: dict) -> "RobustScore":
-        """A state of state(); one saved before the counting calibration existed counts with its prior."""
+        """A state of state(); one saved without a counting calibration counts with its prior, and one whose
+        calibration had a single weight a on noise_logit gets a on both of its parts (the same function)."""
+        est_w = np.array(s.get("est_w", ESTIMATE_W), np.float64)
+        if len(est_w) == len(SIGNALS):
+            est_w = np.insert(est_w, 1, est_w[0])
         return cls(NoiseModel.from_state(s["noise"]), np.array(s["w"], np.float64), float(s["b"]),
-                   int(s["n_verdicts"]), np.array(s.get("est_w", ESTIMATE_W), np.float64),
-                   float(s.get("est_b", ESTIMATE_B)))
+                   int(s["n_verdicts"]), est_w, float(s.get("est_b", ESTIMATE_B)))
+
+
+def count_signals(x: np.ndarray) -> np.ndarray:
+    """(N, 4) float64 the counting calibration's inputs from signals x (N, 3): noise_logit split at 0 into its
+    positive and negative parts, then in_domain and label_logit. With equal weights on the two parts it is
+    noise_logit itself; verdicts can flatten the part where the noise model says "wrong" (where it puts P(correct)
+    at 0 for images a low-noise data set mostly labels right) without raising the count of the confident bulk."""
+    x = np.asarray(x, np.float64).reshape(-1, len(SIGNALS))
+    return np.column_stack([np.maximum(x[:, 0], 0), np.minimum(x[:, 0], 0), x[:, 1:]])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -155,6 +170,13 @@ def fit_flag_weights(x: np.ndarray, is_correct: np.ndarray, sample: np.ndarray) 
     return fit_weights(x, is_correct, scale=sample.std(axis=0), strength=RIDGE, sample=anchor, pseudo=PSEUDO)
 
 
+def fit_count_weights(x: np.ndarray, is_correct: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, float]:
+    """The counting calibration's weights (4,) and bias from verdicts (M,) on signals x (M, 3): fit_weights on
+    count_signals around ESTIMATE_W, ESTIMATE_B with the pull STRENGTH, spreads from a sample (S, 3)."""
+    return fit_weights(count_signals(x), is_correct, scale=count_signals(sample).std(axis=0), prior_w=ESTIMATE_W,
+                       prior_b=ESTIMATE_B)
+
+
 def _map_logistic(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: float, strength: float, *,
                   fixed: np.ndarray, anchor: tuple | None = None) -> tuple[np.ndarray, float, float]:
     """-> (w, b, loss): summed log-loss + strength / 2 (|w - w0|^2 + (b - b0)^2 + |fixed|^2), the weights
@@ -212,8 +234,7 @@ def fit_robust_score(probs: np.ndarray, labels: np.ndarray, verified_probs: np.n
     if len(verified_ok):
         x, sample = rs.signals(verified_probs, verified_labels), rs.signals(probs, labels)
         rs.w, rs.b = fit_flag_weights(x, verified_ok, sample)
-        rs.est_w, rs.est_b = fit_weights(x, verified_ok, scale=sample.std(axis=0), prior_w=ESTIMATE_W,
-                                         prior_b=ESTIMATE_B)
+        rs.est_w, rs.est_b = fit_count_weights(x, verified_ok, sample)
         rs.n_verdicts = len(verified_ok)
     return rs
 

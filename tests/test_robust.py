@@ -10,10 +10,12 @@ from annotator.estimates import STOP_SHARE
 from annotator.pipeline import judged_wrong, round_metrics
 from annotator.round_types import Data, RoundInputs, VerdictSplit
 from cleannet_core import registry, scoring
+from cleannet_core.noise_model import NoiseModel
 from cleannet_core.probe import Probe
 from cleannet_core.references import KMeansConfig, build_references
 from cleannet_core.robust import (ANCHOR_ROWS, CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, PSEUDO, RIDGE, STRENGTH,
-                                  RobustScore, _map_logistic, _sigmoid, fit_flag_weights, fit_weights)
+                                  RobustScore, _map_logistic, _sigmoid, count_signals, fit_count_weights,
+                                  fit_flag_weights, fit_weights)
 from cleannet_core.score import Scores, counted_wrong
 
 
@@ -267,17 +269,55 @@ def test_counting_starts_at_the_noise_models_posterior_and_verdicts_move_it():
                                   adapted.scores.expected_wrong)
 
 
-def test_round_metrics_count_noise_rates_with_the_counting_calibration():
-    """The chart's per-class noise rate is the class's mean of the scores' expected_wrong, and the overall rate the
-    mean over every image; a method without one counts 1 - score."""
-    labels = np.array([0, 0, 1, 1, 1])
-    data = Data(ids=np.arange(1, 6), paths=[""] * 5, keys=[""] * 5, labels=labels, class_ids=np.array([7, 8]),
-                class_names=["cat", "dog"])
+def test_counting_reads_the_noise_logit_in_two_parts():
+    """count_signals splits noise_logit at 0; equal weights on the parts give noise_logit itself, so a state saved
+    with one weight on it counts exactly as before."""
+    x = np.array([[-13.8, -0.01, 1.0], [0.0, 0.0, -2.0], [2.5, -0.2, 3.0]])
+    np.testing.assert_array_equal(count_signals(x), [[0.0, -13.8, -0.01, 1.0], [0.0, 0.0, 0.0, -2.0],
+                                                     [2.5, 0.0, -0.2, 3.0]])
+    np.testing.assert_array_equal(count_signals(x) @ np.asarray(ESTIMATE_W), x[:, 0])
+    rs = RobustScore(NoiseModel(1.0, np.eye(2), np.full(2, 0.5)), np.asarray(PRIOR_W), PRIOR_B)
+    old = rs.state() | {"est_w": [0.7, 0.0, 0.2], "est_b": 0.3}
+    np.testing.assert_allclose(RobustScore.from_state(old).expected_wrong(x),
+                               1 - _sigmoid(x @ np.array([0.7, 0.0, 0.2]) + 0.3), rtol=0, atol=1e-12)
+
+
+def test_verdicts_on_the_noise_models_false_alarms_do_not_raise_the_count_of_the_confident_bulk():
+    """Low noise: 3,000 images the noise model is sure of (all correct), 60 it puts at P(correct) = 0 of which about
+    half are wrong, 300 in between. Verdicts drawn where the queue draws them (mostly the uncertain ones) teach the
+    count that the "wrong" side is only half wrong; with noise_logit in two parts that flattens that side alone, and
+    the bulk still counts under 1.5 % wrong (one weight on noise_logit would have to flatten it all: 5.6 %)."""
+    rng = np.random.default_rng(7)
+    bulk, sure_wrong, middle = 3000, 60, 300
+    noise_logit = np.r_[rng.normal(6, 1.5, bulk), np.full(sure_wrong, np.log(CLIP)), rng.normal(0.5, 1.5, middle)]
+    x = np.c_[noise_logit, -np.abs(rng.normal(0, 0.01, len(noise_logit))), rng.normal(2, 1, len(noise_logit))]
+    ok = np.r_[np.ones(bulk, bool), rng.random(sure_wrong) < 0.45, rng.random(middle) < 0.85]
+    rows = np.r_[rng.choice(bulk, 10, replace=False), bulk + np.arange(0, sure_wrong, 3),
+                 bulk + sure_wrong + rng.choice(middle, 50, replace=False)]
+    w, b = fit_count_weights(x[rows], ok[rows], x)
+    assert (w >= 0).all() and w[1] < w[0]
+    counted = RobustScore(NoiseModel(1.0, np.eye(2), np.full(2, 0.5)), np.asarray(PRIOR_W), PRIOR_B, len(rows), w,
+                          b).expected_wrong(x)
+    assert counted[:bulk].mean() < 0.015
+    assert abs(counted[bulk:bulk + sure_wrong].mean() - (~ok[bulk:bulk + sure_wrong]).mean()) < 0.1
+
+
+def _five_images() -> tuple[Data, RoundInputs, BackboneInfo]:
+    """Two classes (cat: ids 1-2, dog: ids 3-5) and no verdict: round_metrics' inputs."""
+    data = Data(ids=np.arange(1, 6), paths=[""] * 5, keys=[""] * 5, labels=np.array([0, 0, 1, 1, 1]),
+                class_ids=np.array([7, 8]), class_names=["cat", "dog"])
     empty = np.zeros(0, np.int64)
     inputs = RoundInputs(data, np.zeros((5, 2), np.float16), np.ones(5, bool), np.zeros((2, 1, 2), np.float32),
                          np.ones(2, bool), VerdictSplit(empty, empty.astype(bool), empty, empty.astype(bool)))
     info = BackboneInfo(path="", id="x", source="test", arch="efficientnet_lite0", image_size=32, num_classes=2,
                         kind="pretrained")
+    return data, inputs, info
+
+
+def test_round_metrics_count_noise_rates_with_the_counting_calibration():
+    """The chart's per-class noise rate is the class's mean of the scores' expected_wrong, and the overall rate the
+    mean over every image; a method without one counts 1 - score."""
+    _, inputs, info = _five_images()
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.1], np.float32)
     sc = Scores(score, np.zeros(5, np.int64), np.zeros(5, np.float32), np.array([0.5, 0.3, 0.2, 0.2, 0.8]))
     counted = scoring.Fitted(sc, 0.5, {"method": "robust"}, "")
@@ -293,14 +333,7 @@ def test_round_metrics_count_judged_images_by_their_verdict():
     """A judged image counts 1 (verdict 'wrong') or 0 ('correct') in the noise rates, not its expected_wrong; the
     rest count as before, and expected_wrong_left sums the unjudged ones only. The share flagged (a score that is
     not a probability) is left as it is."""
-    labels = np.array([0, 0, 1, 1, 1])
-    data = Data(ids=np.arange(1, 6), paths=[""] * 5, keys=[""] * 5, labels=labels, class_ids=np.array([7, 8]),
-                class_names=["cat", "dog"])
-    empty = np.zeros(0, np.int64)
-    inputs = RoundInputs(data, np.zeros((5, 2), np.float16), np.ones(5, bool), np.zeros((2, 1, 2), np.float32),
-                         np.ones(2, bool), VerdictSplit(empty, empty.astype(bool), empty, empty.astype(bool)))
-    info = BackboneInfo(path="", id="x", source="test", arch="efficientnet_lite0", image_size=32, num_classes=2,
-                        kind="pretrained")
+    data, inputs, info = _five_images()
     sc = Scores(np.array([0.9, 0.8, 0.7, 0.6, 0.1], np.float32), np.zeros(5, np.int64), np.zeros(5, np.float32),
                 np.array([0.5, 0.3, 0.2, 0.2, 0.8]))
     verdicts = [{"image_id": 2, "verdict": "wrong"}, {"image_id": 3, "verdict": "correct"},
