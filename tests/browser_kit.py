@@ -16,6 +16,7 @@ import pytest
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
+from annotator.auth import BROWSER_COOKIE
 from helpers import REPO, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -95,12 +96,15 @@ def new_page(browser):
 
 
 def login(page, url: str, name: str, password: str) -> None:
-    """Sign in through the login form; returns once the Annotate page (everyone's landing page) is shown."""
+    """Sign in through the login form; returns once the Annotate page (everyone's landing page) is shown and the
+    browser holds its id cookie (written by a script after the login: a link opened before it exists counts as
+    another browser's, which a busy machine can make a test hit)."""
     page.goto(url)
     page.get_by_label("User name").fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("heading", name="Annotate")).to_be_visible()
+    page.wait_for_function(f"document.cookie.includes('{BROWSER_COOKIE}=')")
 
 
 def metric(page, label: str):

@@ -112,12 +112,15 @@ def test_round_scores_every_image_including_unverified_classes(base):
     assert n_wrong >= 20 and auroc(s, ok) > 0.5 + 2.33 * sigma
     m = model["metrics"]
     assert m["method"] == "robust" and (s >= 0).all()  # P(label correct)
-    # the chart's noise rate is an expected share of wrong labels per class: the mean of the counting P(label wrong)
-    # stored with the scores (the counting calibration: its exact values are in test_robust), which "Where we
-    # stand" counts too; the overall rate is the same count over every image
+    # the chart's noise rate is an expected share of wrong labels per class: each judged image counts as its verdict
+    # says (1 wrong, 0 correct), every other image the counting P(label wrong) stored with the scores (the counting
+    # calibration: its exact values are in test_robust), which "Where we stand" counts too; the overall rate is the
+    # same count over every image
     assert m["noise_rate_kind"] == "expected"
-    counted = {row[0]: row[-1] for row in store.image_states(model["version"])}
-    assert all(p is not None and 0 <= p <= 1 for p in counted.values())
+    states = list(store.image_states(model["version"]))
+    assert all(row[-1] is not None and 0 <= row[-1] <= 1 for row in states)
+    counted = {row[0]: {"wrong": 1.0, "correct": 0.0}.get(row[4], row[-1]) for row in states}
+    assert sum(row[4] in ("wrong", "correct") for row in states) == 80
     rates = m["per_class_noise_rate"]
     for name in NAMES:
         assert rates[name] == pytest.approx(np.mean([counted[r["id"]] for r in images if r["label"] == name]),
