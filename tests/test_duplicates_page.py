@@ -147,13 +147,17 @@ def test_undoing_an_applied_step_sends_the_copies_back_to_the_queue_not_to_this_
 def test_a_saved_grid_page_offers_its_verdicts_for_the_copies(db):  # noqa: F811
     """Dog images 0 and 1 share a group with cat image 0: after the page is saved with dog 0 marked wrong (no true
     class: says nothing about the cat copy) and dog 1 correct (the cat copy is a dog), the cat copy is offered as a
-    wrong label whose true class is dog, applied from dog 1's verdict."""
+    wrong label whose true class is dog, applied from dog 1's verdict. The cat copy is ann's own lease served by
+    uncertainty (an audit draw of hers would stay blind and not be offered: test_duplicates_propagate)."""
+    with Store() as store:
+        store.set_setting("audit_share", 0.0)
     at = app("ann")
     at.toggle(key="ann_grid_mode").set_value(True).run()
     at.selectbox(key="ann_grid_class").set_value("dog").run()
     dogs = [int(b.key.rsplit("_", 1)[1]) for b in at.button if b.key and b.key.startswith("ann_flip_")]
     with Store() as store:
-        cat = next(r["id"] for r in store.iter_images() if r["label"] == "cat")   # leased to ann: still reached
+        cat = next(r["id"] for r in store.iter_images() if r["label"] == "cat")
+        assert store.acquire_leases("ann", [cat], 600, reasons={cat: "uncertain"}) == [cat]  # hers: still reached
         store.write_duplicates(((i, dogs[0], 0.1, 1) for i in sorted([dogs[0], dogs[1], cat])), features_key="k",
                                backbone_id="b", threshold=0.9, method="exact", n_images=36, n_groups=1,
                                n_conflicts=1, seconds=0.1)
