@@ -5,7 +5,9 @@ round setting adapt_layers: "tail", Lite0's last blocks on the frozen ImageNet p
 networks from the image files) are fine-tuned from the ImageNet weights on the noisy labels, with the verdicts
 applied (a corrected label replaces the noisy one; CleanNet's soft weights from the current scores down-weight
 suspected noise; a "wrong" verdict without a correction weighs 0), each scoring only the images it did not train
-on. Their out-of-fold probabilities feed the noise model and the robust score in place of the linear probe's.
+on. Their out-of-fold probabilities, mixed with the frozen probe's (`robust.mix_probs`: a quarter the probe's),
+feed the noise model and the robust score; in_domain (an image of no class) is read from the probe's alone, since
+networks trained to put every image in some class lose it.
 
 The adapted model becomes current only when (`decide`) its networks put the filed label first on at least as many
 images they did not train on as the current model does on images its probe did not train on (a training that
@@ -38,7 +40,8 @@ from cleannet_core.features import load_imagenet_weights
 from .artifacts import (BackboneInfo, current_backbone, imagenet_network, save_adapted_artifact,
                         save_scorer_artifact)
 from .backbone import load_data
-from .pipeline import conflict_weight, current_probs, judged_wrong, round_metrics, verdict_split
+from .pipeline import (conflict_weight, current_probs, features, judged_wrong, probe_key, round_metrics, verdict_split,
+                       warm_state)
 from .publish import publish_scores, with_conflicts
 from .round_config import RoundConfig
 from .round_types import Data, Report, RoundInputs, VerdictSplit, quiet
@@ -192,8 +195,8 @@ def run_adapt_round(store: Store, cfg: RoundConfig = RoundConfig(), *, report: R
                                     device=device, report=report)
     probs = _fill_unreadable(fit)
     report("training", 0.0, f"robust score on the adapted probabilities and {len(split.train)} verdicts")
-    fitted = score_probs(store, data, probs, folds=folds, readable=fit.readable, split=split, cfg=cfg,
-                         verdicts=verdicts, device=device)
+    fitted = score_probs(store, data, probs, readable=fit.readable, split=split, cfg=cfg, verdicts=verdicts,
+                         device=device)
     report("training", 1.0, fitted.note)
     verdict = guard(store, data, split, fitted, probs, readable=fit.readable, cfg=cfg, device=device)
     message = verdict.pop("message")
@@ -250,16 +253,20 @@ def _cross_fit(data: Data, labels: np.ndarray, weights: np.ndarray, folds: np.nd
     return fit, config, {"layers": "full"}
 
 
-def score_probs(store: Store, data: Data, probs: np.ndarray, *, folds: np.ndarray, readable: np.ndarray,
-                split: VerdictSplit, cfg: RoundConfig, verdicts: list[dict], device: torch.device) -> scoring.Fitted:
-    """The robust score fitted on out-of-fold probabilities (N, C) in place of the probe's, with split's verdicts
-    (made from `verdicts`), label conflicts applied as a round applies them; higher = label more likely correct."""
-    data_in = scoring.RoundData(feats=np.zeros((len(data.ids), 0), np.float16), labels=data.labels, folds=folds,
+def score_probs(store: Store, data: Data, probs: np.ndarray, *, readable: np.ndarray, split: VerdictSplit,
+                cfg: RoundConfig, verdicts: list[dict], device: torch.device) -> scoring.Fitted:
+    """The robust score fitted on adapted networks' out-of-fold probabilities (N, C) read with the frozen probe's
+    on the current backbone's cached features (the current model's probe when it fits them; ``Robust``), with
+    split's verdicts (made from `verdicts`), label conflicts applied as a round applies them; higher = label more
+    likely correct. readable (N,) bool: the images the networks could read."""
+    backbone = current_backbone(store)
+    feats, has_feats = features(store, data, None, backbone, cfg)
+    data_in = scoring.RoundData(feats=feats, labels=data.labels, folds=scoring.folds_of(data.ids),
                                 num_classes=len(data.class_ids), refs=np.zeros((len(data.class_ids), 1, 1)),
-                                valid=np.ones(len(data.class_ids), bool), readable=readable,
+                                valid=np.ones(len(data.class_ids), bool), readable=readable & has_feats,
                                 train_idx=split.train, train_ok=split.train_correct, val_idx=split.val,
-                                val_ok=split.val_correct, probs=probs)
-    fitted = scoring.method("robust").fit(data_in, device=device)
+                                val_ok=split.val_correct, probe_key=probe_key(data, has_feats, backbone), probs=probs)
+    fitted = scoring.method("robust").fit(data_in, device=device, warm_start=warm_state(store.current_model()))
     return replace(fitted, scores=with_conflicts(store, data, fitted.scores,
                                                  weight=conflict_weight(cfg, fitted.state), verdicts=verdicts))
 

@@ -120,7 +120,7 @@ def run_round(store: Store, cfg: RoundConfig = RoundConfig(), *, full: bool = Fa
     method = scoring.method(cfg.method)
     split = inputs.split
     report("training", 0.0, f"{cfg.method}: fitting on {int(readable.sum())} images and {split.n} verdicts")
-    warm = None if full else _warm_state(current)
+    warm = None if full else warm_state(current)
     adapted = (warm or {}).get("adapted") if cfg.method == "robust" and cfg.adapt != "off" else None
     probs = adapted and adapted_probs(adapted, ids=data.ids, paths=data.paths, class_ids=data.class_ids.tolist(),
                                       device=str(device))
@@ -298,7 +298,7 @@ def _current_scores(store: Store, data: Data) -> np.ndarray:
     return np.array([by_id.get(int(i), 1.0) for i in data.ids], dtype=np.float32)
 
 
-def _warm_state(current: dict | None) -> dict | None:
+def warm_state(current: dict | None) -> dict | None:
     """The current model's checkpoint, for the next fit to continue from (a CleanNet to warm-start, a probe to
     reuse when nothing it depends on changed); None when it cannot be read."""
     if not current or not current.get("checkpoint"):

@@ -107,8 +107,9 @@ def run(args) -> dict:
                                weights=weights, config=config, device="cpu",
                                progress=lambda frac, msg: print(f"  {msg}", flush=True)).probs
         train_s = time.perf_counter() - t0
+        np.save(out / f"probs_{args.cut}.npy", probs)  # the out-of-fold probabilities, for offline reads
         readable, cpu = np.ones(len(data.ids), bool), torch.device("cpu")
-        fitted = adapt_round.score_probs(store, data, probs, folds=folds, readable=readable, split=split, cfg=cfg,
+        fitted = adapt_round.score_probs(store, data, probs, readable=readable, split=split, cfg=cfg,
                                          verdicts=verdicts, device=cpu)
         guard = adapt_round.guard(store, data, split, fitted, probs, readable=readable, cfg=cfg, device=cpu)
         held = t["held"]

@@ -55,6 +55,7 @@ PSEUDO = 10.0               # the flags' prior: as many verdicts as this, on ima
 RIDGE = 0.1                 # ... and a weak pull of each weight x signal spread towards PRIOR_W
 ANCHOR_ROWS = 10_000        # the pseudo-verdicts sit on at most this many images of the sample (a seeded draw)
 DELTA = 0.5
+FROZEN_SHARE = 0.25          # the frozen probe's share of the probabilities beside adapted networks' (mix_probs)
 NEWEST = 0.5                 # verdict_influence leaves out each class's newest half of its verdicts
 MIN_HELD = 5                 # ... when that is at least this many
 PROBE_SHARE = 0.8            # the probe's share of a fit's progress; the noise model and scoring take the rest
@@ -64,18 +65,25 @@ CLIP = 1e-6
 @dataclass
 class RobustScore:
     """The calibrated map from signals to P(label correct); n_verdicts = how many verdicts moved it off the prior.
-    (est_w, est_b): the counting calibration (expected_wrong), on count_signals."""
+    (est_w, est_b): the counting calibration (expected_wrong), on count_signals. domain: on adapted networks'
+    probabilities, the noise model of the frozen probe's, which in_domain is read from (`mix_probs`)."""
     noise: NoiseModel
     w: np.ndarray          # (3,) >= 0, on the raw signals
     b: float
     n_verdicts: int = 0
     est_w: np.ndarray = field(default_factory=lambda: np.asarray(ESTIMATE_W, np.float64))
     est_b: float = ESTIMATE_B
+    domain: NoiseModel | None = None
 
-    def signals(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """(N, 3) float64 SIGNALS of images with probe probabilities probs (N, C) and noisy labels (N,)."""
+    def signals(self, probs: np.ndarray, labels: np.ndarray, domain_probs: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) float64 SIGNALS of images with probabilities probs (N, C) and noisy labels (N,); with a domain
+        model, in_domain comes from the frozen probe's probabilities domain_probs (N, C), which it then needs."""
         labels = np.asarray(labels, np.int64)
         p_ok, p_open = self.noise.posterior(probs, labels)
+        if self.domain is not None:
+            if domain_probs is None:
+                raise ValueError("this score reads in_domain from the frozen probe: pass its probabilities")
+            p_open = self.domain.posterior(domain_probs, labels)[1]
         q = self.noise.calibrate(probs)[np.arange(len(labels)), labels]
         return np.stack([_logit(p_ok), np.log(np.clip(1 - p_open, CLIP, 1)), _logit(q)], axis=1)
 
@@ -90,7 +98,8 @@ class RobustScore:
 
     def state(self) -> dict:
         return {"noise": self.noise.state(), "w": self.w.tolist(), "b": self.b, "n_verdicts": self.n_verdicts,
-                "est_w": self.est_w.tolist(), "est_b": self.est_b}
+                "est_w": self.est_w.tolist(), "est_b": self.est_b} | (
+            {"domain": self.domain.state()} if self.domain is not None else {})
 
     @classmethod
     def from_state(cls, s: dict) -> "RobustScore":
@@ -100,7 +109,20 @@ class RobustScore:
         if len(est_w) == len(SIGNALS):
             est_w = np.insert(est_w, 1, est_w[0])
         return cls(NoiseModel.from_state(s["noise"]), np.array(s["w"], np.float64), float(s["b"]),
-                   int(s["n_verdicts"]), est_w, float(s.get("est_b", ESTIMATE_B)))
+                   int(s["n_verdicts"]), est_w, float(s.get("est_b", ESTIMATE_B)),
+                   NoiseModel.from_state(s["domain"]) if s.get("domain") is not None else None)
+
+
+def mix_probs(adapted: np.ndarray, frozen: np.ndarray, share: float = FROZEN_SHARE) -> np.ndarray:
+    """(N, C) float32 the geometric mixture softmax((1 - share) log adapted + share log frozen) of two models'
+    out-of-fold probabilities (N, C) each: what the robust score reads where adapted networks exist. Adapted
+    networks are trained to put every image in some class, so the frozen probe keeps a share of the ranking and
+    all of in_domain (RobustScore.domain)."""
+    z = (1 - share) * np.log(np.clip(np.asarray(adapted, np.float64), CLIP, 1)) + share * np.log(
+        np.clip(np.asarray(frozen, np.float64), CLIP, 1))
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def count_signals(x: np.ndarray) -> np.ndarray:
@@ -199,11 +221,12 @@ def _map_logistic(x: np.ndarray, y: np.ndarray, w0: np.ndarray, b0: float, stren
 
 
 def score_robust(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, *,
-                 valid_classes: np.ndarray | None = None) -> Scores:
-    """P(label correct) of every image and its counting P(label wrong) (`RobustScore.expected_wrong`) from probe
-    probabilities probs (N, C) and noisy labels (N,); the suggestion is the probe's best other class."""
+                 valid_classes: np.ndarray | None = None, domain_probs: np.ndarray | None = None) -> Scores:
+    """P(label correct) of every image and its counting P(label wrong) (`RobustScore.expected_wrong`) from
+    probabilities probs (N, C) and noisy labels (N,) (domain_probs (N, C): the frozen probe's, for a score with a
+    domain model); the suggestion is the best other class of probs."""
     labels = np.asarray(labels, np.int64)
-    x = rs.signals(probs, labels)
+    x = rs.signals(probs, labels, domain_probs)
     _, best, best_p = self_confidence(probs, labels, valid=valid_classes)
     has = np.isfinite(best_p)
     return Scores(score=rs(x).astype(np.float32), suggested=np.where(has, best, -1).astype(np.int64),
@@ -224,15 +247,20 @@ def score_with_probe(rs: RobustScore, probe: Probe, features: np.ndarray, labels
 
 
 def fit_robust_score(probs: np.ndarray, labels: np.ndarray, verified_probs: np.ndarray, verified_labels: np.ndarray,
-                     verified_ok: np.ndarray, *, progress: Callable[[], None] | None = None) -> RobustScore:
+                     verified_ok: np.ndarray, *, domain: tuple[np.ndarray, np.ndarray] | None = None,
+                     progress: Callable[[], None] | None = None) -> RobustScore:
     """The noise model read on out-of-fold probabilities probs (N, C) of images with noisy labels (N,), then the
     weights fitted on the verdicts: verified_probs (M, C), verified_labels (M,), verified_ok (M,) bool (True =
-    label correct). progress: called once the noise model is fitted."""
-    rs = RobustScore(fit_noise_model(probs, labels), np.asarray(PRIOR_W, np.float64), PRIOR_B)
+    label correct). domain: the frozen probe's probabilities of the same images and of the verified ones ((N, C),
+    (M, C)), where probs are adapted networks': in_domain is read from their own noise model. progress: called
+    once the noise model is fitted."""
+    rs = RobustScore(fit_noise_model(probs, labels), np.asarray(PRIOR_W, np.float64), PRIOR_B,
+                     domain=None if domain is None else fit_noise_model(domain[0], labels))
     if progress:
         progress()
     if len(verified_ok):
-        x, sample = rs.signals(verified_probs, verified_labels), rs.signals(probs, labels)
+        d, dv = domain or (None, None)
+        x, sample = rs.signals(verified_probs, verified_labels, dv), rs.signals(probs, labels, d)
         rs.w, rs.b = fit_flag_weights(x, verified_ok, sample)
         rs.est_w, rs.est_b = fit_count_weights(x, verified_ok, sample)
         rs.n_verdicts = len(verified_ok)
@@ -241,17 +269,19 @@ def fit_robust_score(probs: np.ndarray, labels: np.ndarray, verified_probs: np.n
 
 def verdict_influence(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, verified_probs: np.ndarray,
                       verified_labels: np.ndarray, verified_ok: np.ndarray, *, newest: float = NEWEST,
-                      min_held: int = MIN_HELD) -> dict[int, dict]:
+                      min_held: int = MIN_HELD, domain: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> dict[int, dict]:
     """What each class's latest verdicts still teach the weights: per class c of the verdicts, the weights are
     refitted without c's newest `newest` share of them (verdicts (M,) oldest first, as fit_robust_score takes
     them) and the flags (score < DELTA) of the images probs (S, C), labels (S,) compared with rs's.
 
     -> {c: {"verdicts": n_c, "held": verdicts left out, "moved": images whose flag changed, "flagged": rs's flags}};
-    classes with fewer than 2 * min_held verdicts are left out. moved / flagged small: more verdicts in c no
-    longer move the model (they still fix the images they judge)."""
+    classes with fewer than 2 * min_held verdicts are left out (domain: as fit_robust_score's). moved / flagged
+    small: more verdicts in c no longer move the model (they still fix the images they judge)."""
     verified_labels, verified_ok = np.asarray(verified_labels, np.int64), np.asarray(verified_ok, bool)
-    x = rs.signals(probs, labels)
-    xv = rs.signals(verified_probs, verified_labels)
+    d, dv = domain or (None, None)
+    x = rs.signals(probs, labels, d)
+    xv = rs.signals(verified_probs, verified_labels, dv)
     flags = rs(x) < DELTA
     out = {}
     for c in np.unique(verified_labels):
@@ -262,7 +292,7 @@ def verdict_influence(rs: RobustScore, probs: np.ndarray, labels: np.ndarray, ve
         keep = np.ones(len(verified_ok), bool)
         keep[rows[-held:]] = False
         w, b = fit_flag_weights(xv[keep], verified_ok[keep], x)
-        moved = int(((RobustScore(rs.noise, w, b)(x) < DELTA) != flags).sum())
+        moved = int(((RobustScore(rs.noise, w, b, domain=rs.domain)(x) < DELTA) != flags).sum())
         out[int(c)] = {"verdicts": int(len(rows)), "held": held, "moved": moved, "flagged": int(flags.sum())}
     return out
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import CleanNet
-from .probe import Probe, ProbeConfig
+from .probe import Probe, ProbeConfig, fit_probe
 from .registry import METHODS, MethodSpec, check_checkpoint, spec
-from .robust import PROBE_SHARE, RobustScore, fit_robust_score, fit_robust_scores, score_robust, verdict_influence
+from .robust import (FROZEN_SHARE, PROBE_SHARE, RobustScore, fit_robust_score, fit_robust_scores, mix_probs,
+                     score_robust, verdict_influence)
 from .robust import score_with_probe as robust_rescore
 from .score import Scores, score_images
 from .train import TrainConfig, train_cleannet
@@ -64,19 +65,22 @@ class Fitted:
 
 class Robust:
     """Probe -> class-conditional noise model -> weights fitted on the verdicts around the dev-chosen prior.
-    warm_start: the previous round's state; its probe is reused when its probe_key equals the data's."""
+    warm_start: the previous round's state; its probe is reused when its probe_key equals the data's. With adapted
+    networks' probabilities (data.probs) the score reads them mixed with the probe's (`mix_probs`), and in_domain
+    from the probe's alone."""
     spec = METHODS["robust"]
 
     def fit(self, data: RoundData, *, device="cpu", warm_start: dict | None = None, cleannet: TrainConfig = PAPER,
             progress: Progress = _quiet) -> Fitted:
+        same = bool(data.probe_key) and warm_start is not None and warm_start.get("probe_key") == data.probe_key \
+            and warm_start.get("probe") is not None
+        probe = Probe.from_state(warm_start["probe"]) if same else None
         if data.probs is not None:
-            return self._fit_on_probs(data, progress)
-        same = bool(data.probe_key) and warm_start is not None and warm_start.get("probe_key") == data.probe_key
+            return self._fit_on_probs(data, probe, same, progress)
         fit = fit_robust_scores(data.feats, data.labels, data.folds, data.num_classes, data.train_idx,
                                 data.train_ok, valid_classes=data.valid, fit_rows=data.readable, device=device,
-                                probe=Probe.from_state(warm_start["probe"]) if same else None,
-                                progress=lambda p: progress(0.95 * p, "out-of-fold probe" if p < PROBE_SHARE
-                                                            else "noise model, weights and scores"))
+                                probe=probe, progress=lambda p: progress(0.95 * p, "out-of-fold probe" if p < PROBE_SHARE
+                                                                         else "noise model, weights and scores"))
         n = len(data.train_idx)
         note = (f"calibrated on {n} verdicts ({int((~data.train_ok).sum())} wrong) around the verdict-free weights"
                 if n else "no verdicts yet: the noise model's verdict-free weights")
@@ -84,27 +88,39 @@ class Robust:
         return Fitted(fit.scores, DELTA, _state(self.spec, probe=fit.probe.state(), robust=fit.score.state(),
                                                 probe_key=data.probe_key), note, influence=fit.influence)
 
-    def _fit_on_probs(self, data: RoundData, progress: Progress) -> Fitted:
+    def _fit_on_probs(self, data: RoundData, probe: Probe | None, same: bool, progress: Progress) -> Fitted:
         rows = np.flatnonzero(data.readable)
+        if probe is None:
+            probe = fit_probe(data.feats[rows], data.labels[rows], data.folds[rows], data.num_classes,
+                              progress=lambda p: progress(0.5 * p, "out-of-fold probe"))
+        frozen = probe.predict(data.feats, data.folds)
+        probs = mix_probs(data.probs, frozen)
         if len(rows) > 50_000:
             rows = np.sort(np.random.default_rng(0).choice(rows, 50_000, replace=False))
         t = data.train_idx
-        score = fit_robust_score(data.probs[rows], data.labels[rows], data.probs[t], data.labels[t], data.train_ok,
-                                 progress=lambda: progress(0.5, "noise model, weights and scores"))
-        scores = score_robust(score, data.probs, data.labels, valid_classes=data.valid)
+        domain = (frozen[rows], frozen[t])
+        score = fit_robust_score(probs[rows], data.labels[rows], probs[t], data.labels[t], data.train_ok,
+                                 domain=domain, progress=lambda: progress(0.75, "noise model, weights and scores"))
+        scores = score_robust(score, probs, data.labels, valid_classes=data.valid, domain_probs=frozen)
         note = (f"calibrated on {len(t)} verdicts ({int((~data.train_ok).sum())} wrong) around the verdict-free "
                 f"weights" if len(t) else "no verdicts yet: the noise model's verdict-free weights")
-        influence = verdict_influence(score, data.probs[rows], data.labels[rows], data.probs[t], data.labels[t],
-                                      data.train_ok)
-        return Fitted(scores, DELTA, _state(self.spec, probe=None, robust=score.state(), probe_key=""),
-                      note + "; probabilities of the adapted networks (out-of-fold)", influence=influence)
+        influence = verdict_influence(score, probs[rows], data.labels[rows], probs[t], data.labels[t], data.train_ok,
+                                      domain=domain)
+        note += (f"; probabilities of the adapted networks (out-of-fold) with the probe's "
+                 f"({FROZEN_SHARE:.0%}{', reused' if same else ''})")
+        return Fitted(scores, DELTA, _state(self.spec, probe=probe.state(), robust=score.state(),
+                                            probe_key=data.probe_key), note, influence=influence)
 
     def rescore(self, state: dict, data: RoundData) -> Scores:
-        if data.probs is not None:
-            return score_robust(RobustScore.from_state(state["robust"]), data.probs, data.labels,
-                                valid_classes=data.valid)
-        return robust_rescore(RobustScore.from_state(state["robust"]), Probe.from_state(state["probe"]), data.feats,
-                              data.labels, data.folds, valid_classes=data.valid)
+        rs = RobustScore.from_state(state["robust"])
+        if data.probs is None:
+            return robust_rescore(rs, Probe.from_state(state["probe"]), data.feats, data.labels, data.folds,
+                                  valid_classes=data.valid)
+        if rs.domain is None:  # a state without a domain model reads the networks' probabilities alone
+            return score_robust(rs, data.probs, data.labels, valid_classes=data.valid)
+        frozen = Probe.from_state(state["probe"]).predict(data.feats, data.folds)
+        return score_robust(rs, mix_probs(data.probs, frozen), data.labels, valid_classes=data.valid,
+                            domain_probs=frozen)
 
 
 class Transfer:

@@ -10,12 +10,13 @@ from annotator.estimates import STOP_SHARE
 from annotator.pipeline import judged_wrong, round_metrics
 from annotator.round_types import Data, RoundInputs, VerdictSplit
 from cleannet_core import registry, scoring
-from cleannet_core.noise_model import NoiseModel
+from cleannet_core.metrics import auroc
+from cleannet_core.noise_model import NoiseModel, fit_noise_model
 from cleannet_core.probe import Probe
 from cleannet_core.references import KMeansConfig, build_references
-from cleannet_core.robust import (ANCHOR_ROWS, CLIP, ESTIMATE_B, ESTIMATE_W, PRIOR_B, PRIOR_W, PSEUDO, RIDGE, STRENGTH,
-                                  RobustScore, _map_logistic, _sigmoid, count_signals, fit_count_weights,
-                                  fit_flag_weights, fit_weights)
+from cleannet_core.robust import (ANCHOR_ROWS, CLIP, ESTIMATE_B, ESTIMATE_W, FROZEN_SHARE, PRIOR_B, PRIOR_W, PSEUDO,
+                                  RIDGE, STRENGTH, RobustScore, _map_logistic, _sigmoid, count_signals,
+                                  fit_count_weights, fit_flag_weights, fit_weights, mix_probs)
 from cleannet_core.score import Scores, counted_wrong
 
 
@@ -263,8 +264,9 @@ def test_counting_starts_at_the_noise_models_posterior_and_verdicts_move_it():
     on_probs = replace(round_data(feats, noisy, 6, rows, ~wrong[rows]), probs=probs)
     adapted = scoring.method("robust").fit(on_probs)
     fitted_rs = RobustScore.from_state(adapted.state["robust"])
-    np.testing.assert_allclose(adapted.scores.expected_wrong, fitted_rs.expected_wrong(fitted_rs.signals(probs, noisy)),
-                               rtol=0, atol=1e-12)
+    frozen = Probe.from_state(adapted.state["probe"]).predict(feats, np.arange(len(noisy)) % 5)
+    x = fitted_rs.signals(mix_probs(probs, frozen), noisy, frozen)
+    np.testing.assert_allclose(adapted.scores.expected_wrong, fitted_rs.expected_wrong(x), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(scoring.rescore(adapted.state, on_probs).expected_wrong,
                                   adapted.scores.expected_wrong)
 
@@ -357,3 +359,45 @@ def test_counts_sum_the_counting_calibration_and_fall_back_on_one_minus_score_pe
     assert counted_wrong(score, np.array([0.3, np.nan, 0.0])).tolist() == [0.3, 0.75, 0.0]
     np.testing.assert_allclose(counted_wrong(score, None), [0.1, 0.75, 0.5], rtol=0, atol=1e-7)
     assert counted_wrong(score, None).dtype == np.float64
+
+
+def test_adapted_probabilities_are_read_with_the_frozen_probes_and_in_domain_from_the_probe_alone():
+    """Adapted networks put every image in some class, images of no class included: the score reads their
+    probabilities mixed with the frozen probe's (exactly softmax(0.75 log adapted + 0.25 log frozen)), and in_domain
+    from the probe's noise model alone. 60 images of no class (random features, filed evenly) that the networks
+    call confidently their label: in_domain still tells them apart (AUROC > 0.9) as the probe's does, where the
+    networks' own noise model cannot (< 0.7). The probe of a warm state with the same probe_key is reused; a state
+    without a domain model (the networks alone) rescores as it always did."""
+    feats, clean, noisy = structured(seed=3)
+    rng = np.random.default_rng(3)
+    n_open = 60
+    feats = np.vstack([feats, rng.random((n_open, feats.shape[1])).astype(np.float32) * 3])
+    noisy = np.r_[noisy, np.arange(n_open) % 6]
+    is_open = np.r_[np.zeros(len(clean), bool), np.ones(n_open, bool)]
+    adapted = np.full((len(noisy), 6), 0.02, np.float32)
+    adapted[np.arange(len(noisy)), np.where(is_open, noisy, np.r_[clean, noisy[len(clean):]])] = 0.9
+    data = replace(round_data(feats, noisy, 6), probs=adapted, probe_key="k")
+    fitted = scoring.method("robust").fit(data)
+    rs = RobustScore.from_state(fitted.state["robust"])
+    frozen = Probe.from_state(fitted.state["probe"]).predict(feats, np.arange(len(noisy)) % 5)
+    mixed = mix_probs(adapted, frozen)
+    want = np.exp(0.75 * np.log(adapted.astype(np.float64)) + FROZEN_SHARE * np.log(np.clip(frozen, CLIP, 1)))
+    np.testing.assert_allclose(mixed, want / want.sum(1, keepdims=True), rtol=1e-5)
+    x = rs.signals(mixed, noisy, frozen)
+    np.testing.assert_allclose(fitted.scores.score, rs(x), rtol=1e-6)
+    np.testing.assert_allclose(x[:, 1], np.log(np.clip(1 - rs.domain.posterior(frozen, noisy)[1], CLIP, 1)))
+    assert auroc(x[:, 1], ~is_open) > 0.9
+    alone_nm = fit_noise_model(adapted, noisy)  # the networks' probabilities read alone
+    assert auroc(RobustScore(alone_nm, rs.w, rs.b).signals(adapted, noisy)[:, 1], ~is_open) < 0.7
+    with pytest.raises(ValueError, match="frozen probe"):
+        rs.signals(mixed, noisy)
+
+    other = fitted.state | {"probe": fitted.state["probe"] | {"w": 2 * fitted.state["probe"]["w"]}}
+    warm = scoring.method("robust").fit(data, warm_start=other)  # same probe_key: that probe, not a new fit
+    assert torch.equal(warm.state["probe"]["w"], other["probe"]["w"]) and "reused" in warm.note
+    assert not torch.equal(scoring.method("robust").fit(replace(data, probe_key="changed"), warm_start=other)
+                           .state["probe"]["w"], other["probe"]["w"])
+
+    alone = fitted.state | {"robust": {k: v for k, v in fitted.state["robust"].items() if k != "domain"}}
+    back = RobustScore.from_state(alone["robust"])
+    np.testing.assert_allclose(scoring.rescore(alone, data).score, back(back.signals(adapted, noisy)), rtol=1e-6)
