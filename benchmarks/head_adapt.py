@@ -10,9 +10,9 @@ Lite0 run once to the input of blocks CUTS for every image and its mirror, cache
 `run`: K = 2 cross-fitted copies of blocks[cut:] + _conv_head + a linear head (`cleannet_core.adapt.cross_fit_maps`,
 options default to `TailConfig`), trained on the maps of the images outside their fold (the labels and weights
 `adapt_round.targets` gives), each predicting its held-out fold (mean over the two views). The out-of-fold
-probabilities (N, C) replace the probe's in the robust score (`adapt_round.score_probs`, as the adapted round
-does); judged on the unverified classes as `benchmarks.adapted` judges (AUROC of P(correct), error at the fitted
-threshold, x flagging nothing).
+probabilities (N, C), saved as probs_<cut>.npy, are read by the robust score as the adapted round reads them
+(`adapt_round.score_probs`: mixed with the frozen probe's, in_domain from the probe's); judged on the unverified
+classes as `benchmarks.adapted` judges (AUROC of P(correct), error at the fitted threshold, x flagging nothing).
 """
 from __future__ import annotations
 

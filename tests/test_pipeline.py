@@ -68,12 +68,12 @@ def test_image_size_is_chosen_by_image_side_and_store_size(tmp_path):
 def test_a_current_model_without_a_readable_checkpoint_does_not_stop_the_next_round(tmp_path):
     """The next round continues from the current model's checkpoint (a probe to reuse, a CleanNet to warm-start);
     a model registered without one, or whose file is missing or not a checkpoint, is fitted from scratch."""
-    assert pipeline._warm_state(None) is None
-    assert pipeline._warm_state({"checkpoint": None}) is None
-    assert pipeline._warm_state({"checkpoint": str(tmp_path / "gone.pt")}) is None
+    assert pipeline.warm_state(None) is None
+    assert pipeline.warm_state({"checkpoint": None}) is None
+    assert pipeline.warm_state({"checkpoint": str(tmp_path / "gone.pt")}) is None
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert pipeline._warm_state({"checkpoint": str(junk)}) is None
+    assert pipeline.warm_state({"checkpoint": str(junk)}) is None
 
 
 def test_verdict_split_orders_rows_oldest_verdict_first(tmp_path):
