@@ -4,15 +4,16 @@
     python -m benchmarks.head_adapt --case dev-structured-30 run --cut 8 --epochs 2 --lr 0.01
 
 `prepare`: the robustness session of `benchmarks.adapted` up to the adapted round (frozen first model, 100
-truthful verdicts from the product's queue, a frozen round every 50; class split --split, seed 0), then the frozen
-Lite0 run once to the input of blocks CUTS for every image and its mirror, cached as float16 maps.
+truthful verdicts from the product's queue, a frozen round every 50; class split --split, seed --seed), then the
+frozen Lite0 run once to the input of blocks CUTS for every image and its mirror, cached as float16 maps.
 
-`run`: K = 2 cross-fitted copies of blocks[cut:] + _conv_head + a linear head (`cleannet_core.adapt.cross_fit_maps`,
-options default to `TailConfig`), trained on the maps of the images outside their fold (the labels and weights
-`adapt_round.targets` gives), each predicting its held-out fold (mean over the two views). The out-of-fold
-probabilities (N, C), saved as probs_<cut>.npy, are read by the robust score as the adapted round reads them
-(`adapt_round.score_probs`: mixed with the frozen probe's, in_domain from the probe's); judged on the unverified
-classes as `benchmarks.adapted` judges (AUROC of P(correct), error at the fitted threshold, x flagging nothing).
+`run`: K = --folds (2) cross-fitted copies of blocks[cut:] + _conv_head + a linear head
+(`cleannet_core.adapt.cross_fit_maps`, options default to `TailConfig`), trained on the maps of the images outside
+their fold (the labels and weights `adapt_round.targets` gives), each predicting its held-out fold (mean over the
+two views). The out-of-fold probabilities (N, C), saved as probs_<cut>.npy (with _k<K> or _s<seed> for another K
+or tail seed), are read by the robust score as the adapted round reads them (`adapt_round.score_probs`: mixed with
+the frozen probe's, in_domain from the probe's); judged on the unverified classes as `benchmarks.adapted` judges
+(AUROC of P(correct), error at the fitted threshold, x flagging nothing).
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ CUTS = (8, 11, 15, 16)   # block indices whose input is cached: stage 5 (80 x 8 
                          # last block (192 x 4 x 4), the head conv (320 x 4 x 4); at 128 px
 
 
-def folder(case: str, split: int = 0) -> Path:
-    return CACHE / "suite" / "state" / case / ("head_adapt" if split == 0 else f"head_adapt_split{split}")
+def folder(case: str, split: int = 0, seed: int = 0) -> Path:
+    name = "head_adapt" + (f"_split{split}" if split else "") + (f"_seed{seed}" if seed else "")
+    return CACHE / "suite" / "state" / case / name
 
 
 def prepare(args) -> None:
@@ -52,11 +54,12 @@ def prepare(args) -> None:
     truths = truth(built)
     db = template(case, built, CACHE)
     split = case.splits()[args.split]
-    out = folder(case.name, args.split)
+    out = folder(case.name, args.split, args.seed)
     store = session_store(db, out / "session")
     try:
         data = pipeline.load_data(store)
-        given, wrong, open_set = verdict_session(store, data, split, truths, cfg=RoundConfig(adapt="on"), seed=0)
+        given, wrong, open_set = verdict_session(store, data, split, truths, cfg=RoundConfig(adapt="on"),
+                                                   seed=args.seed)
         by_id = store.current_scores()
         np.savez(out / "truth.npz", wrong=wrong, open_set=open_set, held=~np.isin(data.labels, split),
                  frozen=np.array([by_id[int(i)] for i in data.ids]), delta=store.current_model()["delta"],
@@ -69,7 +72,7 @@ def prepare(args) -> None:
 
 def save_maps(args) -> None:
     """maps_<cut>.npy of every cut in args.cuts (adapt.path_maps: the frozen network, image and mirror)."""
-    out = folder(args.case, args.split)
+    out = folder(args.case, args.split, args.seed)
     with Store(out / "session" / "annotator.db") as store:
         data = pipeline.load_data(store)
         size = current_backbone(store).image_size
@@ -86,7 +89,8 @@ def save_maps(args) -> None:
 
 def run(args) -> dict:
     """One variant on the prepared session: cross-fit, robust score, judged."""
-    out = folder(args.case, args.split)
+    out = folder(args.case, args.split, args.seed)
+    tail_seed = args.seed if args.tail_seed is None else args.tail_seed
     t = np.load(out / "truth.npz")
     maps = np.load(out / f"maps_{args.cut}.npy")
     work = out / "work"
@@ -97,17 +101,19 @@ def run(args) -> dict:
         verdicts = store.live_verdicts()
         split = pipeline.verdict_split(store, data, verdicts=verdicts)
         labels, weights = adapt_round.targets(store, data, verdicts=verdicts)
-        folds = adapt_round.adapt_folds(data.ids, adapt_round.FOLDS)
+        folds = adapt_round.adapt_folds(data.ids, args.folds)
         config = TailConfig(cut=args.cut, epochs=args.epochs, lr=args.lr, label_smoothing=args.smoothing,
                             weight_decay=args.wd, batch_size=args.batch, head_penalty=args.head_l2,
                             warmup=args.warmup, clip=args.clip)
         t0 = time.perf_counter()
         prefix = imagenet_network(cfg.arch, weights_path=cfg.weights_path)
         probs = cross_fit_maps(maps, labels, folds, len(data.class_ids), backbone=prefix,
-                               weights=weights, config=config, device="cpu",
+                               weights=weights, config=config, device="cpu", seed=tail_seed,
                                progress=lambda frac, msg: print(f"  {msg}", flush=True)).probs
         train_s = time.perf_counter() - t0
-        np.save(out / f"probs_{args.cut}.npy", probs)  # the out-of-fold probabilities, for offline reads
+        suffix = ("" if args.folds == adapt_round.FOLDS else f"_k{args.folds}") + (
+            "" if tail_seed == args.seed else f"_s{tail_seed}")
+        np.save(out / f"probs_{args.cut}{suffix}.npy", probs)  # the out-of-fold probabilities, for offline reads
         readable, cpu = np.ones(len(data.ids), bool), torch.device("cpu")
         fitted = adapt_round.score_probs(store, data, probs, readable=readable, split=split, cfg=cfg,
                                          verdicts=verdicts, device=cpu)
@@ -139,7 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=os.environ.get("CIFAR10N"), help="CIFAR-10N folder ($CIFAR10N)")
     ap.add_argument("--case", default="dev-structured-30")
-    ap.add_argument("--split", type=int, default=0, help="which of the case's class splits (verdict seed 0)")
+    ap.add_argument("--split", type=int, default=0, help="which of the case's class splits")
+    ap.add_argument("--seed", type=int, default=0, help="the session's verdict draws and the tails' training")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, fn in (("prepare", prepare), ("maps", save_maps)):
         p = sub.add_parser(name)
@@ -151,6 +158,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     d = TailConfig()
     r.add_argument("--cut", type=int, default=d.cut, help="first trained block (11, 15, 16 = the head conv only)")
     r.add_argument("--epochs", type=int, default=d.epochs)
+    r.add_argument("--folds", type=int, default=adapt_round.FOLDS, help="cross-fitted copies (each trains on the "
+                   "images outside its fold)")
+    r.add_argument("--tail-seed", type=int, default=None, help="the tails' training seed (default: --seed)")
     r.add_argument("--lr", type=float, default=d.lr)
     r.add_argument("--head-l2", type=float, default=d.head_penalty, help="the linear head's penalty")
     r.add_argument("--batch", type=int, default=d.batch_size)
